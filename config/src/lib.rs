@@ -1,1 +1,19 @@
-//! placeholder
+//! comfyfleet's domain: the types and pure rules that the controller, the agent and the
+//! CLI share. Nothing here does I/O; wire types live in `comfyfleet-proto` and are
+//! converted into these at the edge.
+#![forbid(unsafe_code)]
+
+pub mod admin_config;
+pub mod credential;
+pub mod inventory;
+pub mod join_token;
+pub mod labels;
+pub mod machine;
+mod secret_token;
+
+pub use admin_config::AdminConfig;
+pub use credential::{OperatorCredential, Role};
+pub use inventory::{ComputeCapability, CudaVersion, Gpu, HostInfo, Inventory, NvidiaInfo, NvmlStatus};
+pub use join_token::JoinToken;
+pub use labels::Labels;
+pub use machine::{MachineId, MachineRecord};

@@ -1,1 +1,26 @@
-//! placeholder
+//! comfyfleet's wire contract, `comfyfleet.v1`, generated from `fleet.proto`, plus the
+//! conversions between wire messages and the domain types of `comfyfleet-config`.
+//! Wire types stop at the gRPC edge: everything past it uses domain types.
+#![forbid(unsafe_code)]
+
+mod convert;
+
+pub use convert::{
+    WireError, labels_from_wire, labels_to_wire, role_from_wire, timestamp_from_wire, timestamp_to_wire,
+};
+
+/// The generated messages, clients and servers.
+pub mod v1 {
+    #![allow(clippy::all, clippy::pedantic, missing_docs, unreachable_pub)]
+    tonic::include_proto!("comfyfleet.v1");
+}
+
+/// The encoded descriptor set of every comfyfleet.v1 service, for server reflection.
+pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("comfyfleet_v1_descriptor");
+
+/// The largest message an agent may send. An inventory of 64 GPUs is about 15 KiB;
+/// anything near this is an attack or a bug, and the codec refuses it unread.
+pub const MAX_AGENT_MESSAGE_BYTES: usize = 1 << 20;
+
+/// The largest operator API message (a page of machines with full inventories).
+pub const MAX_FLEET_MESSAGE_BYTES: usize = 32 << 20;
