@@ -1,0 +1,318 @@
+//! The agents' API: enrollment with a join token, then one long-lived session stream
+//! per machine over mutual TLS.
+//!
+//! Anything an agent sends is checked here before it reaches the store; a bad message
+//! ends that agent's session with a status that says what was wrong, and nothing else.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use comfyfleet_config::{Inventory, JoinToken, MachineId};
+use comfyfleet_proto::v1 as pb;
+use comfyfleet_proto::{WireError, labels_from_wire};
+use jiff::Timestamp;
+use tokio::sync::mpsc;
+use tokio_stream::Stream;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::pki::{certificate_sha256, machine_id_of};
+use crate::presence::{KickReason, SessionGuard};
+use crate::secrets;
+use crate::state::ControllerState;
+use crate::store::{Hello, NewMachine};
+
+/// How long a new session may take to say Hello.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(30);
+const MAX_HOSTNAME: usize = 253;
+
+pub struct AgentApi {
+    state: Arc<ControllerState>,
+}
+
+impl AgentApi {
+    pub fn new(state: Arc<ControllerState>) -> Self {
+        Self { state }
+    }
+}
+
+type SessionStream = Pin<Box<dyn Stream<Item = Result<pb::ControllerMessage, Status>> + Send>>;
+
+fn internal(error: impl std::fmt::Display) -> Status {
+    tracing::error!(%error, "internal error");
+    Status::internal(error.to_string())
+}
+
+#[tonic::async_trait]
+impl pb::agent_service_server::AgentService for AgentApi {
+    #[tracing::instrument(skip_all, fields(remote = ?request.remote_addr()))]
+    async fn enroll(&self, request: Request<pb::EnrollRequest>) -> Result<Response<pb::EnrollResponse>, Status> {
+        let request = request.into_inner();
+        let token: JoinToken =
+            request.join_token.parse().map_err(|error: comfyfleet_config::join_token::JoinTokenError| {
+                Status::invalid_argument(error.to_string())
+            })?;
+        let ca_sha256 = self.state.ca.sha256();
+        if token.ca_sha256() != ca_sha256 {
+            return Err(Status::failed_precondition(format!(
+                "the join token pins CA sha256 {} but this controller's CA is {ca_sha256}: the token was made by another controller",
+                token.ca_sha256()
+            )));
+        }
+        let hostname = request.hostname;
+        if hostname.is_empty() || hostname.len() > MAX_HOSTNAME || hostname.chars().any(char::is_control) {
+            return Err(Status::invalid_argument("hostname must be 1 to 253 printable characters"));
+        }
+        let agent_labels = labels_from_wire("labels", request.labels)?;
+
+        let machine_id: MachineId = secrets::new_machine_id().parse().map_err(internal)?;
+        let certificate = self.state.ca.sign_agent_csr(&request.csr_pem, &machine_id).map_err(|error| match error {
+            crate::pki::PkiError::BadCsr(_) => Status::invalid_argument(error.to_string()),
+            other => internal(other),
+        })?;
+        let new_machine = NewMachine {
+            id: machine_id.clone(),
+            hostname: hostname.clone(),
+            cert_sha256: certificate.sha256,
+            agent_labels,
+            enrolled_at: Timestamp::now(),
+        };
+        let outcome = self
+            .state
+            .store
+            .enroll_machine(token.id(), &secrets::digest(token.secret()), &new_machine)
+            .await
+            .map_err(internal)?;
+        if let Err(refusal) = outcome {
+            tracing::warn!(token = token.id(), %hostname, %refusal, "enrollment refused");
+            return Err(Status::permission_denied(format!(
+                "{refusal}; ask an operator for a new token (`comfyfleet token create`)"
+            )));
+        }
+        tracing::info!(machine_id = %machine_id, %hostname, token = token.id(), "machine enrolled");
+        self.state
+            .audit(&format!("join-token {}", token.id()), "machine.enroll", machine_id.as_str(), &hostname)
+            .await;
+        Ok(Response::new(pb::EnrollResponse {
+            machine_id: machine_id.to_string(),
+            certificate_pem: certificate.pem,
+            ca_certificate_pem: self.state.ca.certificate_pem().to_owned(),
+        }))
+    }
+
+    type SessionStream = SessionStream;
+
+    async fn session(
+        &self,
+        request: Request<Streaming<pb::AgentMessage>>,
+    ) -> Result<Response<Self::SessionStream>, Status> {
+        let remote = request.remote_addr().map(|addr| addr.to_string()).unwrap_or_default();
+        let machine_id = self.authenticate_machine(&request).await?;
+        let (outbound, receiver) = mpsc::channel(16);
+        let session = Session {
+            state: self.state.clone(),
+            machine_id,
+            remote,
+            inbound: request.into_inner(),
+            outbound,
+        };
+        tokio::spawn(session.run());
+        Ok(Response::new(Box::pin(ReceiverStream::new(receiver))))
+    }
+}
+
+impl AgentApi {
+    /// The machine named by the client certificate, if that machine may connect.
+    async fn authenticate_machine<T>(&self, request: &Request<T>) -> Result<MachineId, Status> {
+        let certificates = request.peer_certs().ok_or_else(|| {
+            Status::unauthenticated(
+                "the agent API needs the client certificate that enrollment issues; \
+                 start the agent with --join-token to enroll",
+            )
+        })?;
+        let leaf = certificates.first().ok_or_else(|| Status::unauthenticated("empty client certificate chain"))?;
+        let machine_id = machine_id_of(leaf).map_err(Status::unauthenticated)?;
+        let machine = self
+            .state
+            .store
+            .get_machine(&machine_id)
+            .await
+            .map_err(internal)?
+            .ok_or_else(|| Status::permission_denied(format!("machine {machine_id} is not enrolled here")))?;
+        if let Some(at) = machine.revoked_at {
+            return Err(Status::permission_denied(format!(
+                "machine {machine_id} was revoked at {at}; to bring it back, remove the agent's identity \
+                 directory and enroll again with a new join token"
+            )));
+        }
+        if machine.cert_sha256 != certificate_sha256(leaf) {
+            return Err(Status::permission_denied(format!(
+                "this certificate is not machine {machine_id}'s current one"
+            )));
+        }
+        Ok(machine_id)
+    }
+}
+
+/// One agent's stream, from Hello to its end.
+struct Session {
+    state: Arc<ControllerState>,
+    machine_id: MachineId,
+    remote: String,
+    inbound: Streaming<pb::AgentMessage>,
+    outbound: mpsc::Sender<Result<pb::ControllerMessage, Status>>,
+}
+
+/// Why a session ended; the status, if any, goes to the agent.
+enum SessionEnd {
+    AgentClosed,
+    Refused(Status),
+}
+
+impl Session {
+    #[tracing::instrument(name = "session", skip_all, fields(machine_id = %self.machine_id, remote = %self.remote))]
+    async fn run(mut self) {
+        let guard = match self.open().await {
+            Ok(guard) => guard,
+            Err(status) => {
+                tracing::warn!(code = ?status.code(), message = status.message(), "session refused");
+                let _ = self.outbound.send(Err(status)).await;
+                return;
+            }
+        };
+        tracing::info!("agent connected");
+        let (end, guard) = self.serve(guard).await;
+        let last_seen = guard.last_seen();
+        drop(guard);
+        match end {
+            SessionEnd::AgentClosed => tracing::info!("agent disconnected"),
+            SessionEnd::Refused(status) => {
+                tracing::warn!(code = ?status.code(), message = status.message(), "session ended by the controller");
+                let _ = self.outbound.send(Err(status)).await;
+            }
+        }
+        if let Err(error) = self.state.store.record_last_seen(&[(self.machine_id.clone(), last_seen)]).await {
+            tracing::warn!(%error, "cannot record last-seen time");
+        }
+    }
+
+    /// Waits for Hello, checks it, records it and registers the machine as online.
+    async fn open(&mut self) -> Result<SessionGuard, Status> {
+        let first = tokio::time::timeout(HELLO_TIMEOUT, self.inbound.message())
+            .await
+            .map_err(|_| Status::deadline_exceeded("no Hello within 30 s"))?
+            .map_err(|status| received_error(&status))?
+            .ok_or_else(|| Status::cancelled("stream closed before Hello"))?;
+        let Some(pb::agent_message::Body::Hello(hello)) = first.body else {
+            return Err(Status::invalid_argument("the first message of a session must be Hello"));
+        };
+        if hello.machine_id != self.machine_id.as_str() {
+            return Err(Status::permission_denied(format!(
+                "the client certificate is machine {} but the session claims machine {:?}",
+                self.machine_id, hello.machine_id
+            )));
+        }
+        if hello.agent_version.len() > 64 || hello.agent_version.chars().any(char::is_control) {
+            return Err(Status::invalid_argument("`hello.agent_version` must be at most 64 printable characters"));
+        }
+        let inventory = hello.inventory.map(Inventory::try_from).transpose().map_err(Status::from)?;
+        let now = Timestamp::now();
+        let record = Hello {
+            agent_version: hello.agent_version,
+            agent_labels: labels_from_wire("hello.labels", hello.labels)?,
+            inventory,
+            remote_address: self.remote.clone(),
+            at: now,
+        };
+        self.state.store.record_hello(&self.machine_id, &record).await.map_err(internal)?;
+        let guard = self.state.presence.register(self.machine_id.clone(), now);
+        let heartbeat = u32::try_from(self.state.settings.heartbeat_interval.as_secs()).unwrap_or(u32::MAX).max(1);
+        let welcome = pb::ControllerMessage {
+            body: Some(pb::controller_message::Body::Welcome(pb::Welcome {
+                controller_version: env!("CARGO_PKG_VERSION").to_owned(),
+                heartbeat_interval_seconds: heartbeat,
+            })),
+        };
+        self.outbound.send(Ok(welcome)).await.map_err(|_| Status::cancelled("agent went away"))?;
+        Ok(guard)
+    }
+
+    async fn serve(&mut self, mut guard: SessionGuard) -> (SessionEnd, SessionGuard) {
+        let silence_limit = self.state.settings.heartbeat_interval * 3;
+        let end = loop {
+            let message = tokio::select! {
+                reason = guard.kicked() => break SessionEnd::Refused(kick_status(&self.machine_id, &reason)),
+                () = self.outbound.closed() => break SessionEnd::AgentClosed,
+                received = tokio::time::timeout(silence_limit, self.inbound.message()) => received,
+            };
+            let message = match message {
+                Err(_) => {
+                    break SessionEnd::Refused(Status::deadline_exceeded(format!(
+                        "no message for {} s; reconnect",
+                        silence_limit.as_secs()
+                    )));
+                }
+                Ok(Ok(Some(message))) => message,
+                Ok(Ok(None)) => break SessionEnd::AgentClosed,
+                Ok(Err(status)) if is_disconnect(&status) => break SessionEnd::AgentClosed,
+                Ok(Err(status)) => break SessionEnd::Refused(received_error(&status)),
+            };
+            let now = Timestamp::now();
+            guard.touch(now);
+            match self.handle(message, now).await {
+                Ok(()) => {}
+                Err(status) => break SessionEnd::Refused(status),
+            }
+        };
+        (end, guard)
+    }
+
+    async fn handle(&mut self, message: pb::AgentMessage, now: Timestamp) -> Result<(), Status> {
+        match message.body {
+            Some(pb::agent_message::Body::Heartbeat(_)) => Ok(()),
+            Some(pb::agent_message::Body::Inventory(inventory)) => {
+                let inventory = Inventory::try_from(inventory).map_err(|error: WireError| Status::from(error))?;
+                self.state.store.record_inventory(&self.machine_id, &inventory, now).await.map_err(internal)?;
+                tracing::info!(gpus = inventory.nvidia.gpus.len(), "inventory updated");
+                let ack = pb::ControllerMessage {
+                    body: Some(pb::controller_message::Body::Ack(pb::Ack { seq: message.seq })),
+                };
+                self.outbound.send(Ok(ack)).await.map_err(|_| Status::cancelled("agent went away"))
+            }
+            Some(pb::agent_message::Body::Hello(_)) => {
+                Err(Status::invalid_argument("Hello may only be the first message of a session"))
+            }
+            None => Err(Status::invalid_argument("empty message: no body set")),
+        }
+    }
+}
+
+fn kick_status(machine_id: &MachineId, reason: &KickReason) -> Status {
+    match reason {
+        KickReason::Revoked => Status::permission_denied(format!("machine {machine_id} was revoked by an operator")),
+        KickReason::Replaced => Status::aborted("a newer session of this machine replaced this one"),
+        KickReason::Shutdown => Status::unavailable("the controller is shutting down; reconnect"),
+    }
+}
+
+/// A peer that vanished (kill -9, network gone) shows up as a transport error; it
+/// ends the session quietly rather than as a refusal.
+fn is_disconnect(status: &Status) -> bool {
+    matches!(
+        status.code(),
+        tonic::Code::Cancelled | tonic::Code::Unknown | tonic::Code::Internal | tonic::Code::Unavailable
+    ) && !status.message().contains("decode Protobuf")
+}
+
+/// What went wrong reading the agent's stream, reworded for the agent.
+fn received_error(status: &Status) -> Status {
+    match status.code() {
+        tonic::Code::OutOfRange | tonic::Code::ResourceExhausted => Status::resource_exhausted(format!(
+            "message refused: {} (the limit is {} bytes)",
+            status.message(),
+            comfyfleet_proto::MAX_AGENT_MESSAGE_BYTES
+        )),
+        _ => Status::invalid_argument(format!("unreadable message: {}", status.message())),
+    }
+}

@@ -1,0 +1,430 @@
+//! The operators' API: join tokens, machines, credentials and the audit log. Every
+//! call is authenticated; every change is checked against the caller's role and
+//! written to the audit log.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use comfyfleet_config::labels::validate_key;
+use comfyfleet_config::{JoinToken, MachineId, MachineRecord, OperatorCredential, Role};
+use comfyfleet_proto::v1 as pb;
+use comfyfleet_proto::{labels_from_wire, labels_to_wire, role_from_wire, timestamp_to_wire};
+use jiff::{SignedDuration, Timestamp};
+use tonic::{Request, Response, Status};
+
+use crate::auth::{Caller, authenticate};
+use crate::presence::KickReason;
+use crate::secrets;
+use crate::state::ControllerState;
+use crate::store::{CredentialRecord, JoinTokenRecord, StoredMachine};
+
+const DEFAULT_PAGE: u32 = 200;
+const MAX_PAGE: u32 = 1000;
+const MAX_DESCRIPTION: usize = 256;
+
+pub struct FleetApi {
+    state: Arc<ControllerState>,
+}
+
+impl FleetApi {
+    pub fn new(state: Arc<ControllerState>) -> Self {
+        Self { state }
+    }
+
+    async fn caller<T>(&self, request: &Request<T>, needed: Role) -> Result<Caller, Status> {
+        let caller = authenticate(self.state.store.as_ref(), request).await?;
+        caller.require(needed)?;
+        Ok(caller)
+    }
+
+    fn machine_record(&self, machine: StoredMachine) -> MachineRecord {
+        let labels = machine.effective_labels();
+        let live = machine.revoked_at.is_none() && self.state.presence.is_online(&machine.id);
+        let last_seen = self.state.presence.last_seen(&machine.id).or(machine.last_seen);
+        MachineRecord {
+            labels,
+            online: live,
+            last_seen,
+            id: machine.id,
+            hostname: machine.hostname,
+            enrolled_at: machine.enrolled_at,
+            revoked_at: machine.revoked_at,
+            operator_labels: machine.operator_labels,
+            inventory: machine.inventory,
+            inventory_updated_at: machine.inventory_updated_at,
+            agent_version: machine.agent_version,
+            remote_address: machine.remote_address,
+            join_token_id: machine.join_token_id,
+        }
+    }
+
+    /// The one machine whose id is `text` or starts with it.
+    async fn resolve_machine(&self, text: &str) -> Result<StoredMachine, Status> {
+        if text.is_empty() || text.len() > MachineId::MAX_LEN {
+            return Err(Status::invalid_argument("give a machine id (or a unique prefix of one)"));
+        }
+        let mut matches = self.state.store.find_machines(text, 6).await.map_err(internal)?;
+        if let Some(exact) = matches.iter().position(|machine| machine.id.as_str() == text) {
+            return Ok(matches.swap_remove(exact));
+        }
+        match matches.len() {
+            0 => Err(Status::not_found(format!("no machine id starts with `{text}` (see `comfyfleet machines`)"))),
+            1 => Ok(matches.remove(0)),
+            _ => {
+                let ids: Vec<_> = matches.iter().map(|machine| machine.id.as_str()).collect();
+                Err(Status::invalid_argument(format!(
+                    "`{text}` matches several machines ({}); give more characters",
+                    ids.join(", ")
+                )))
+            }
+        }
+    }
+}
+
+fn internal(error: impl std::fmt::Display) -> Status {
+    tracing::error!(%error, "internal error");
+    Status::internal(error.to_string())
+}
+
+fn join_token_to_wire(token: &JoinTokenRecord) -> pb::JoinToken {
+    pb::JoinToken {
+        id: token.id.clone(),
+        created_at: Some(timestamp_to_wire(token.created_at)),
+        expires_at: Some(timestamp_to_wire(token.expires_at)),
+        uses_allowed: token.uses_allowed.unwrap_or(0),
+        uses: token.uses,
+        labels: labels_to_wire(&token.labels),
+        description: token.description.clone(),
+        created_by: token.created_by.clone(),
+    }
+}
+
+fn credential_to_wire(credential: &CredentialRecord) -> pb::Credential {
+    pb::Credential {
+        id: credential.id.clone(),
+        name: credential.name.clone(),
+        role: pb::Role::from(credential.role).into(),
+        created_at: Some(timestamp_to_wire(credential.created_at)),
+        revoked_at: credential.revoked_at.map(timestamp_to_wire),
+        created_by: credential.created_by.clone(),
+    }
+}
+
+fn check_credential_name(name: &str) -> Result<(), Status> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'@'));
+    if ok {
+        Ok(())
+    } else {
+        Err(Status::invalid_argument(
+            "a credential name is 1 to 64 letters, digits, `-`, `_`, `.` or `@` (e.g. ci-reader)",
+        ))
+    }
+}
+
+/// Mints a credential and stores its digest; returns the secret text, shown once.
+pub async fn mint_credential(
+    state: &ControllerState,
+    name: &str,
+    role: Role,
+    created_by: &str,
+) -> Result<(OperatorCredential, CredentialRecord), crate::store::StoreError> {
+    let id = secrets::new_token_id();
+    let secret = secrets::new_secret();
+    let record = CredentialRecord {
+        id: id.clone(),
+        name: name.to_owned(),
+        role,
+        secret_sha256: secrets::digest(&secret),
+        created_at: Timestamp::now(),
+        revoked_at: None,
+        created_by: created_by.to_owned(),
+    };
+    state.store.create_credential(&record).await?;
+    let credential = OperatorCredential::new(&id, &secret)
+        .map_err(|e| crate::store::StoreError::Corrupt { what: "new credential", detail: e.to_string() })?;
+    Ok((credential, record))
+}
+
+#[tonic::async_trait]
+impl pb::fleet_service_server::FleetService for FleetApi {
+    async fn who_am_i(&self, request: Request<pb::WhoAmIRequest>) -> Result<Response<pb::WhoAmIResponse>, Status> {
+        let caller = self.caller(&request, Role::Viewer).await?;
+        Ok(Response::new(pb::WhoAmIResponse {
+            credential_id: caller.credential_id,
+            name: caller.name,
+            role: pb::Role::from(caller.role).into(),
+            controller_version: env!("CARGO_PKG_VERSION").to_owned(),
+        }))
+    }
+
+    async fn create_join_token(
+        &self,
+        request: Request<pb::CreateJoinTokenRequest>,
+    ) -> Result<Response<pb::CreateJoinTokenResponse>, Status> {
+        let caller = self.caller(&request, Role::Operator).await?;
+        let request = request.into_inner();
+        let settings = &self.state.settings;
+        let ttl = match request.ttl_seconds {
+            0 => settings.default_token_ttl,
+            seconds => Duration::from_secs(seconds),
+        };
+        if ttl > settings.max_token_ttl {
+            return Err(Status::invalid_argument(format!(
+                "a join token may live at most {} days",
+                settings.max_token_ttl.as_secs() / 86_400
+            )));
+        }
+        if request.description.len() > MAX_DESCRIPTION || request.description.chars().any(char::is_control) {
+            return Err(Status::invalid_argument("the description must be at most 256 printable characters"));
+        }
+        let labels = labels_from_wire("labels", request.labels)?;
+        let now = Timestamp::now();
+        let ttl = SignedDuration::try_from(ttl).map_err(internal)?;
+        let secret = secrets::new_secret();
+        let record = JoinTokenRecord {
+            id: secrets::new_token_id(),
+            secret_sha256: secrets::digest(&secret),
+            created_at: now,
+            expires_at: now.checked_add(ttl).map_err(internal)?,
+            uses_allowed: (request.uses > 0).then_some(request.uses),
+            uses: 0,
+            labels,
+            description: request.description,
+            created_by: caller.actor(),
+        };
+        let token = JoinToken::new(&record.id, &secret, &self.state.ca.sha256()).map_err(internal)?;
+        self.state.store.create_join_token(&record).await.map_err(internal)?;
+        let detail = format!(
+            "expires {}, uses {}, labels {}",
+            record.expires_at,
+            record.uses_allowed.map_or("unlimited".to_owned(), |n| n.to_string()),
+            record.labels
+        );
+        self.state.audit(&caller.actor(), "token.create", &record.id, &detail).await;
+        Ok(Response::new(pb::CreateJoinTokenResponse {
+            token: token.to_string(),
+            info: Some(join_token_to_wire(&record)),
+        }))
+    }
+
+    async fn list_join_tokens(
+        &self,
+        request: Request<pb::ListJoinTokensRequest>,
+    ) -> Result<Response<pb::ListJoinTokensResponse>, Status> {
+        self.caller(&request, Role::Viewer).await?;
+        let tokens = self.state.store.list_join_tokens().await.map_err(internal)?;
+        Ok(Response::new(pb::ListJoinTokensResponse { tokens: tokens.iter().map(join_token_to_wire).collect() }))
+    }
+
+    async fn delete_join_token(
+        &self,
+        request: Request<pb::DeleteJoinTokenRequest>,
+    ) -> Result<Response<pb::DeleteJoinTokenResponse>, Status> {
+        let caller = self.caller(&request, Role::Operator).await?;
+        let id = request.into_inner().id;
+        if !self.state.store.delete_join_token(&id).await.map_err(internal)? {
+            return Err(Status::not_found(format!("no join token {id} (see `comfyfleet token list`)")));
+        }
+        self.state.audit(&caller.actor(), "token.delete", &id, "").await;
+        Ok(Response::new(pb::DeleteJoinTokenResponse {}))
+    }
+
+    async fn list_machines(
+        &self,
+        request: Request<pb::ListMachinesRequest>,
+    ) -> Result<Response<pb::ListMachinesResponse>, Status> {
+        self.caller(&request, Role::Viewer).await?;
+        let request = request.into_inner();
+        let limit = match request.page_size {
+            0 => DEFAULT_PAGE,
+            size => size.min(MAX_PAGE),
+        };
+        let after = match request.page_token.as_str() {
+            "" => None,
+            token => Some(
+                token.parse::<MachineId>().map_err(|_| Status::invalid_argument("page_token is not one we issued"))?,
+            ),
+        };
+        let page = self
+            .state
+            .store
+            .list_machines(after.as_ref(), limit, request.include_revoked)
+            .await
+            .map_err(internal)?;
+        let next_page_token = if page.len() == limit as usize {
+            page.last().map(|machine| machine.id.to_string()).unwrap_or_default()
+        } else {
+            String::new()
+        };
+        let machines = page.into_iter().map(|machine| pb::Machine::from(&self.machine_record(machine))).collect();
+        Ok(Response::new(pb::ListMachinesResponse { machines, next_page_token }))
+    }
+
+    async fn get_machine(&self, request: Request<pb::GetMachineRequest>) -> Result<Response<pb::Machine>, Status> {
+        self.caller(&request, Role::Viewer).await?;
+        let machine = self.resolve_machine(&request.into_inner().id).await?;
+        Ok(Response::new(pb::Machine::from(&self.machine_record(machine))))
+    }
+
+    async fn revoke_machine(
+        &self,
+        request: Request<pb::RevokeMachineRequest>,
+    ) -> Result<Response<pb::Machine>, Status> {
+        let caller = self.caller(&request, Role::Admin).await?;
+        let machine = self.resolve_machine(&request.into_inner().id).await?;
+        if machine.revoked_at.is_some() {
+            return Err(Status::failed_precondition(format!("machine {} is already revoked", machine.id)));
+        }
+        self.state.store.revoke_machine(&machine.id, Timestamp::now()).await.map_err(internal)?;
+        let was_online = self.state.presence.kick(&machine.id, KickReason::Revoked);
+        tracing::warn!(machine_id = %machine.id, was_online, by = %caller.actor(), "machine revoked");
+        self.state.audit(&caller.actor(), "machine.revoke", machine.id.as_str(), &machine.hostname).await;
+        let machine = self.state.store.get_machine(&machine.id).await.map_err(internal)?.ok_or_else(|| {
+            Status::not_found("the machine disappeared while being revoked")
+        })?;
+        Ok(Response::new(pb::Machine::from(&self.machine_record(machine))))
+    }
+
+    async fn label_machine(&self, request: Request<pb::LabelMachineRequest>) -> Result<Response<pb::Machine>, Status> {
+        let caller = self.caller(&request, Role::Operator).await?;
+        let request = request.into_inner();
+        let mut machine = self.resolve_machine(&request.id).await?;
+        let set = labels_from_wire("set", request.set)?;
+        let mut labels = machine.operator_labels.clone();
+        for key in &request.remove {
+            validate_key(key).map_err(|e| Status::invalid_argument(e.to_string()))?;
+            if labels.remove(key).is_none() {
+                let source = if machine.agent_labels.get(key).is_some() {
+                    "the agent's --label flags"
+                } else if machine.token_labels.get(key).is_some() {
+                    "its join token"
+                } else {
+                    return Err(Status::not_found(format!("machine {} has no label `{key}`", machine.id)));
+                };
+                return Err(Status::failed_precondition(format!(
+                    "label `{key}` comes from {source}, not from an operator; override it with `{key}=VALUE` instead"
+                )));
+            }
+        }
+        for (key, value) in set.iter() {
+            labels.insert(key.to_owned(), value.to_owned()).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        }
+        self.state.store.set_operator_labels(&machine.id, &labels).await.map_err(internal)?;
+        let detail = format!("set {set}; removed {}", request.remove.join(","));
+        self.state.audit(&caller.actor(), "machine.label", machine.id.as_str(), &detail).await;
+        machine.operator_labels = labels;
+        Ok(Response::new(pb::Machine::from(&self.machine_record(machine))))
+    }
+
+    async fn create_credential(
+        &self,
+        request: Request<pb::CreateCredentialRequest>,
+    ) -> Result<Response<pb::CreateCredentialResponse>, Status> {
+        let caller = self.caller(&request, Role::Admin).await?;
+        let request = request.into_inner();
+        check_credential_name(&request.name)?;
+        let role = role_from_wire("role", request.role)?;
+        let (credential, record) =
+            mint_credential(&self.state, &request.name, role, &caller.actor()).await.map_err(internal)?;
+        self.state.audit(&caller.actor(), "credential.create", &record.id, &format!("{} as {role}", record.name)).await;
+        Ok(Response::new(pb::CreateCredentialResponse {
+            token: credential.to_string(),
+            info: Some(credential_to_wire(&record)),
+        }))
+    }
+
+    async fn list_credentials(
+        &self,
+        request: Request<pb::ListCredentialsRequest>,
+    ) -> Result<Response<pb::ListCredentialsResponse>, Status> {
+        self.caller(&request, Role::Admin).await?;
+        let credentials = self.state.store.list_credentials().await.map_err(internal)?;
+        Ok(Response::new(pb::ListCredentialsResponse {
+            credentials: credentials.iter().map(credential_to_wire).collect(),
+        }))
+    }
+
+    async fn revoke_credential(
+        &self,
+        request: Request<pb::RevokeCredentialRequest>,
+    ) -> Result<Response<pb::Credential>, Status> {
+        let caller = self.caller(&request, Role::Admin).await?;
+        let id = request.into_inner().id;
+        let credentials = self.state.store.list_credentials().await.map_err(internal)?;
+        let target = credentials
+            .iter()
+            .find(|credential| credential.id == id)
+            .ok_or_else(|| Status::not_found(format!("no credential {id} (see `comfyfleet credentials list`)")))?;
+        let live_admins =
+            credentials.iter().filter(|c| c.role == Role::Admin && c.revoked_at.is_none() && c.id != id).count();
+        if target.role == Role::Admin && target.revoked_at.is_none() && live_admins == 0 {
+            return Err(Status::failed_precondition(
+                "this is the last admin credential; create another admin first so nobody is locked out",
+            ));
+        }
+        self.state.store.revoke_credential(&id, Timestamp::now()).await.map_err(internal)?;
+        self.state.audit(&caller.actor(), "credential.revoke", &id, &target.name).await;
+        let revoked = self.state.store.get_credential(&id).await.map_err(internal)?;
+        let revoked = revoked.ok_or_else(|| Status::not_found("the credential disappeared while being revoked"))?;
+        Ok(Response::new(credential_to_wire(&revoked)))
+    }
+
+    async fn list_audit_events(
+        &self,
+        request: Request<pb::ListAuditEventsRequest>,
+    ) -> Result<Response<pb::ListAuditEventsResponse>, Status> {
+        self.caller(&request, Role::Viewer).await?;
+        let limit = match request.into_inner().limit {
+            0 => 100,
+            n => n.min(10_000),
+        };
+        let events = self.state.store.list_audit(limit).await.map_err(internal)?;
+        Ok(Response::new(pb::ListAuditEventsResponse {
+            events: events
+                .into_iter()
+                .map(|event| pb::AuditEvent {
+                    id: event.id,
+                    at: Some(timestamp_to_wire(event.at)),
+                    actor: event.actor,
+                    action: event.action,
+                    target: event.target,
+                    detail: event.detail,
+                })
+                .collect(),
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use comfyfleet_config::Labels;
+
+    use super::*;
+
+    #[test]
+    fn credential_names_are_checked() {
+        assert!(check_credential_name("ci-reader").is_ok());
+        assert!(check_credential_name("").is_err());
+        assert!(check_credential_name("a b").is_err());
+    }
+
+    #[test]
+    fn labels_round_trip_for_tokens() {
+        let record = JoinTokenRecord {
+            id: "0123456789ab".into(),
+            secret_sha256: [0; 32],
+            created_at: Timestamp::UNIX_EPOCH,
+            expires_at: Timestamp::UNIX_EPOCH,
+            uses_allowed: None,
+            uses: 0,
+            labels: Labels::parse_pairs(["pool=a"]).unwrap(),
+            description: String::new(),
+            created_by: String::new(),
+        };
+        let wire = join_token_to_wire(&record);
+        assert_eq!(wire.uses_allowed, 0);
+        assert_eq!(wire.labels.get("pool").map(String::as_str), Some("a"));
+    }
+}

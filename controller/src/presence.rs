@@ -1,0 +1,189 @@
+//! Which agents are connected to this controller right now.
+//!
+//! A machine is online while its session stream is open here. The registry is in
+//! memory (it dies with the process, as the streams do); last-seen times are flushed
+//! to the store periodically and when a session ends, so a restarted controller still
+//! knows when it last heard from each machine.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use comfyfleet_config::MachineId;
+use jiff::Timestamp;
+use tokio::sync::oneshot;
+
+/// Why the controller ends a session from its side.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KickReason {
+    /// An operator revoked the machine.
+    Revoked,
+    /// The same machine opened a newer session (the old one is a ghost).
+    Replaced,
+    /// The controller is shutting down.
+    Shutdown,
+}
+
+struct LiveSession {
+    session_id: u64,
+    last_seen_ms: Arc<AtomicI64>,
+    kick: Option<oneshot::Sender<KickReason>>,
+}
+
+#[derive(Default)]
+pub struct Presence {
+    sessions: Mutex<HashMap<MachineId, LiveSession>>,
+    next_session_id: AtomicU64,
+}
+
+impl Presence {
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self::default())
+    }
+
+    fn sessions(&self) -> MutexGuard<'_, HashMap<MachineId, LiveSession>> {
+        // No code path panics while holding the lock; if one ever did, the map is
+        // still consistent (every operation is a single insert or remove).
+        self.sessions.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Registers a session for `machine`, ending any older one of the same machine.
+    pub fn register(self: &Arc<Self>, machine: MachineId, now: Timestamp) -> SessionGuard {
+        let session_id = self.next_session_id.fetch_add(1, Ordering::Relaxed);
+        let last_seen_ms = Arc::new(AtomicI64::new(now.as_millisecond()));
+        let (kick, kicked) = oneshot::channel();
+        let previous = self.sessions().insert(
+            machine.clone(),
+            LiveSession { session_id, last_seen_ms: last_seen_ms.clone(), kick: Some(kick) },
+        );
+        if let Some(mut previous) = previous
+            && let Some(kick) = previous.kick.take()
+        {
+            let _ = kick.send(KickReason::Replaced);
+        }
+        SessionGuard { presence: self.clone(), machine, session_id, last_seen_ms, kicked: Some(kicked) }
+    }
+
+    pub fn is_online(&self, machine: &MachineId) -> bool {
+        self.sessions().contains_key(machine)
+    }
+
+    /// The last time a live session heard from `machine`.
+    pub fn last_seen(&self, machine: &MachineId) -> Option<Timestamp> {
+        let millis = self.sessions().get(machine)?.last_seen_ms.load(Ordering::Relaxed);
+        Timestamp::from_millisecond(millis).ok()
+    }
+
+    /// Ends `machine`'s session, if it has one. Returns whether it had.
+    pub fn kick(&self, machine: &MachineId, reason: KickReason) -> bool {
+        let kick = self.sessions().get_mut(machine).and_then(|session| session.kick.take());
+        kick.is_some_and(|kick| kick.send(reason).is_ok())
+    }
+
+    pub fn kick_all(&self, reason: KickReason) {
+        let kicks: Vec<_> = self.sessions().values_mut().filter_map(|session| session.kick.take()).collect();
+        for kick in kicks {
+            let _ = kick.send(reason.clone());
+        }
+    }
+
+    /// Every live session's last-seen time, for the periodic flush to the store.
+    pub fn snapshot(&self) -> Vec<(MachineId, Timestamp)> {
+        self.sessions()
+            .iter()
+            .filter_map(|(id, session)| {
+                let at = Timestamp::from_millisecond(session.last_seen_ms.load(Ordering::Relaxed)).ok()?;
+                Some((id.clone(), at))
+            })
+            .collect()
+    }
+
+    pub fn online_count(&self) -> usize {
+        self.sessions().len()
+    }
+}
+
+/// Held by a session task; the machine is online until it drops.
+pub struct SessionGuard {
+    presence: Arc<Presence>,
+    machine: MachineId,
+    session_id: u64,
+    last_seen_ms: Arc<AtomicI64>,
+    kicked: Option<oneshot::Receiver<KickReason>>,
+}
+
+impl SessionGuard {
+    pub fn touch(&self, now: Timestamp) {
+        self.last_seen_ms.store(now.as_millisecond(), Ordering::Relaxed);
+    }
+
+    pub fn last_seen(&self) -> Timestamp {
+        Timestamp::from_millisecond(self.last_seen_ms.load(Ordering::Relaxed)).unwrap_or_else(|_| Timestamp::now())
+    }
+
+    /// Resolves when the controller ends this session; pending forever once taken.
+    pub async fn kicked(&mut self) -> KickReason {
+        match self.kicked.as_mut() {
+            Some(receiver) => match receiver.await {
+                Ok(reason) => {
+                    self.kicked = None;
+                    reason
+                }
+                Err(_) => {
+                    self.kicked = None;
+                    std::future::pending().await
+                }
+            },
+            None => std::future::pending().await,
+        }
+    }
+}
+
+impl Drop for SessionGuard {
+    fn drop(&mut self) {
+        let mut sessions = self.presence.sessions();
+        // A newer session of the same machine may have replaced ours: leave it.
+        if sessions.get(&self.machine).is_some_and(|live| live.session_id == self.session_id) {
+            sessions.remove(&self.machine);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(text: &str) -> MachineId {
+        text.parse().unwrap()
+    }
+
+    #[tokio::test]
+    async fn online_while_the_guard_lives() {
+        let presence = Presence::new();
+        let guard = presence.register(id("m1"), Timestamp::now());
+        assert!(presence.is_online(&id("m1")));
+        drop(guard);
+        assert!(!presence.is_online(&id("m1")));
+    }
+
+    #[tokio::test]
+    async fn a_newer_session_replaces_the_older_which_cannot_unregister_it() {
+        let presence = Presence::new();
+        let mut old = presence.register(id("m1"), Timestamp::now());
+        let new = presence.register(id("m1"), Timestamp::now());
+        assert_eq!(old.kicked().await, KickReason::Replaced);
+        drop(old);
+        assert!(presence.is_online(&id("m1")));
+        drop(new);
+        assert!(!presence.is_online(&id("m1")));
+    }
+
+    #[tokio::test]
+    async fn kick_reaches_the_session() {
+        let presence = Presence::new();
+        let mut guard = presence.register(id("m1"), Timestamp::now());
+        assert!(presence.kick(&id("m1"), KickReason::Revoked));
+        assert_eq!(guard.kicked().await, KickReason::Revoked);
+        assert!(!presence.kick(&id("m2"), KickReason::Revoked));
+    }
+}

@@ -1,0 +1,222 @@
+//! Puts the controller together: store, CA, TLS listener, the agents' and operators'
+//! services plus gRPC health and reflection, and a bounded shutdown.
+
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use comfyfleet_daemon::files;
+use comfyfleet_proto::v1::agent_service_server::AgentServiceServer;
+use comfyfleet_proto::v1::fleet_service_server::FleetServiceServer;
+use jiff::Timestamp;
+use tokio::net::TcpListener;
+
+use crate::admin_file;
+use crate::agent_service::AgentApi;
+use crate::fleet_service::FleetApi;
+use crate::pki::CertificateAuthority;
+use crate::presence::{KickReason, Presence};
+use crate::state::{ControllerState, Settings};
+use crate::store::{SqliteStore, Store};
+use crate::tls;
+
+/// How long in-flight calls get to finish after a shutdown signal.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often live sessions' last-seen times are written to the store.
+const LAST_SEEN_FLUSH: Duration = Duration::from_secs(30);
+
+#[derive(Debug, Clone)]
+pub struct ControllerOptions {
+    pub data_dir: PathBuf,
+    /// `HOST:PORT`; port 0 picks a free port (written to admin.toml).
+    pub listen: String,
+    /// The URL operators and agents use; default derived from the bound address.
+    pub advertise_url: Option<String>,
+    /// Extra DNS names or IPs for the server certificate.
+    pub tls_sans: Vec<String>,
+    pub settings: Settings,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ControllerError {
+    #[error("cannot create the data dir {path}: {source}")]
+    DataDir { path: PathBuf, source: std::io::Error },
+    #[error("`{listen}` is not HOST:PORT that resolves to an address: {detail}")]
+    ListenAddress { listen: String, detail: String },
+    #[error("cannot listen on {address}: {source}")]
+    Bind { address: SocketAddr, source: std::io::Error },
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    #[error(transparent)]
+    Pki(#[from] crate::pki::PkiError),
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsSetupError),
+    #[error(transparent)]
+    AdminFile(#[from] admin_file::AdminFileError),
+    #[error("cannot build the reflection service: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+    #[error("the gRPC server failed: {0}")]
+    Serve(#[from] tonic::transport::Error),
+}
+
+/// Runs the controller until `shutdown` resolves. `on_ready` gets the URL it serves.
+pub async fn run(
+    options: ControllerOptions,
+    shutdown: impl Future<Output = ()>,
+    on_ready: impl FnOnce(&str),
+) -> Result<(), ControllerError> {
+    let data_dir = &options.data_dir;
+    files::create_private_dir(data_dir).map_err(|source| ControllerError::DataDir { path: data_dir.clone(), source })?;
+    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&data_dir.join("controller.db")).await?);
+    let ca = CertificateAuthority::load_or_create(data_dir)?;
+
+    let address = resolve_listen(&options.listen).await?;
+    let listener = TcpListener::bind(address).await.map_err(|source| ControllerError::Bind { address, source })?;
+    let bound = listener.local_addr().map_err(|source| ControllerError::Bind { address, source })?;
+    let url = options.advertise_url.clone().unwrap_or_else(|| default_url(bound));
+    let names = certificate_names(bound, &url, &options.tls_sans);
+    let identity = ca.issue_server_certificate(&names)?;
+    let tls_config = tls::server_config(&ca, identity)?;
+
+    let state = Arc::new(ControllerState { store, ca, presence: Presence::new(), settings: options.settings.clone() });
+    let admin_path = admin_file::ensure(data_dir, &url, &state).await?;
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_serving::<AgentServiceServer<AgentApi>>().await;
+    health.set_serving::<FleetServiceServer<FleetApi>>().await;
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(comfyfleet_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(comfyfleet_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()?;
+
+    let agent_api = AgentServiceServer::new(AgentApi::new(state.clone()))
+        .max_decoding_message_size(comfyfleet_proto::MAX_AGENT_MESSAGE_BYTES);
+    let fleet_api = FleetServiceServer::new(FleetApi::new(state.clone()))
+        .max_encoding_message_size(comfyfleet_proto::MAX_FLEET_MESSAGE_BYTES);
+
+    let flusher = tokio::spawn(flush_last_seen(state.clone()));
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(Duration::from_secs(20)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        .tcp_keepalive(Some(Duration::from_secs(60)))
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(agent_api)
+        .add_service(fleet_api)
+        .serve_with_incoming_shutdown(tls::incoming(listener, tls_config), async {
+            let _ = stopped.await;
+        });
+    tokio::pin!(server);
+
+    tracing::info!(%url, listen = %bound, admin_config = %admin_path.display(), ca_sha256 = %state.ca.sha256(), "controller ready");
+    on_ready(&url);
+
+    tokio::select! {
+        result = &mut server => {
+            flusher.abort();
+            return result.map_err(ControllerError::from);
+        }
+        () = shutdown => {}
+    }
+    health.set_not_serving::<AgentServiceServer<AgentApi>>().await;
+    health.set_not_serving::<FleetServiceServer<FleetApi>>().await;
+    state.presence.kick_all(KickReason::Shutdown);
+    let _ = stop.send(());
+    match tokio::time::timeout(DRAIN_TIMEOUT, server).await {
+        Ok(result) => result?,
+        Err(_) => tracing::warn!("connections still open after {} s; closing them", DRAIN_TIMEOUT.as_secs()),
+    }
+    flusher.abort();
+    if let Err(error) = state.store.record_last_seen(&state.presence.snapshot()).await {
+        tracing::warn!(%error, "cannot record last-seen times at shutdown");
+    }
+    tracing::info!("controller stopped");
+    Ok(())
+}
+
+async fn resolve_listen(listen: &str) -> Result<SocketAddr, ControllerError> {
+    let invalid = |detail: String| ControllerError::ListenAddress { listen: listen.to_owned(), detail };
+    let mut addresses = tokio::net::lookup_host(listen).await.map_err(|e| invalid(e.to_string()))?;
+    addresses.next().ok_or_else(|| invalid("no address".into()))
+}
+
+/// The URL written to admin.toml when `--advertise-url` is not given: the bound
+/// address, or loopback when bound to every interface (give `--advertise-url` for
+/// operators on other hosts).
+fn default_url(bound: SocketAddr) -> String {
+    let host = match bound.ip() {
+        ip if ip.is_unspecified() && ip.is_ipv4() => "127.0.0.1".to_owned(),
+        ip if ip.is_unspecified() => "[::1]".to_owned(),
+        IpAddr::V4(ip) => ip.to_string(),
+        IpAddr::V6(ip) => format!("[{ip}]"),
+    };
+    format!("https://{host}:{}", bound.port())
+}
+
+/// Every name the server certificate covers: loopback, this host's name, the bound
+/// and advertised addresses, and whatever `--tls-san` adds.
+fn certificate_names(bound: SocketAddr, url: &str, extra: &[String]) -> Vec<String> {
+    let mut names = vec!["localhost".to_owned(), "127.0.0.1".to_owned(), "::1".to_owned()];
+    if let Ok(uname) = rustix::system::uname().nodename().to_str() {
+        names.push(uname.to_owned());
+    }
+    if !bound.ip().is_unspecified() {
+        names.push(bound.ip().to_string());
+    }
+    if let Some(host) = url_host(url) {
+        names.push(host);
+    }
+    names.extend(extra.iter().cloned());
+    names.sort();
+    names.dedup();
+    names
+}
+
+fn url_host(url: &str) -> Option<String> {
+    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+    let authority = rest.split('/').next()?;
+    let host = match authority.strip_prefix('[') {
+        Some(v6) => v6.split(']').next()?,
+        None => authority.rsplit_once(':').map_or(authority, |(host, _)| host),
+    };
+    (!host.is_empty()).then(|| host.to_owned())
+}
+
+async fn flush_last_seen(state: Arc<ControllerState>) {
+    let mut tick = tokio::time::interval(LAST_SEEN_FLUSH);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        let seen = state.presence.snapshot();
+        if let Err(error) = state.store.record_last_seen(&seen).await {
+            tracing::warn!(%error, "cannot record last-seen times");
+        }
+        tracing::debug!(online = seen.len(), at = %Timestamp::now(), "flushed last-seen times");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_and_names() {
+        assert_eq!(default_url("127.0.0.1:7443".parse().unwrap()), "https://127.0.0.1:7443");
+        assert_eq!(default_url("0.0.0.0:7443".parse().unwrap()), "https://127.0.0.1:7443");
+        assert_eq!(default_url("[::]:1".parse().unwrap()), "https://[::1]:1");
+        assert_eq!(url_host("https://ctl.example:7443").as_deref(), Some("ctl.example"));
+        assert_eq!(url_host("https://[fd00::1]:7443").as_deref(), Some("fd00::1"));
+        let names = certificate_names("10.0.0.5:7443".parse().unwrap(), "https://ctl.example:7443", &["x".into()]);
+        for expected in ["localhost", "127.0.0.1", "10.0.0.5", "ctl.example", "x"] {
+            assert!(names.iter().any(|name| name == expected), "{expected} missing from {names:?}");
+        }
+    }
+}

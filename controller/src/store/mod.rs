@@ -1,0 +1,212 @@
+//! Everything the controller keeps: one [`Store`] trait, so the default SQLite file
+//! and a later PostgreSQL store are interchangeable. Implementations hold no policy:
+//! the rules (what makes a join token usable) are pure functions they call.
+
+mod sqlite;
+
+use comfyfleet_config::{Inventory, Labels, MachineId, Role};
+use jiff::Timestamp;
+
+pub use sqlite::SqliteStore;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database error while {doing}: {source}")]
+    Database { doing: &'static str, source: sqlx::Error },
+    #[error("stored {what} is unreadable: {detail}")]
+    Corrupt { what: &'static str, detail: String },
+    #[error("cannot open the database {path}: {source}")]
+    Open { path: String, source: sqlx::Error },
+    #[error("the database was written by a newer comfyfleet (schema version {found}, this build knows {known}); upgrade this controller")]
+    TooNew { found: i64, known: i64 },
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JoinTokenRecord {
+    pub id: String,
+    pub secret_sha256: [u8; 32],
+    pub created_at: Timestamp,
+    pub expires_at: Timestamp,
+    /// `None`: unlimited until expiry.
+    pub uses_allowed: Option<u32>,
+    pub uses: u32,
+    pub labels: Labels,
+    pub description: String,
+    pub created_by: String,
+}
+
+/// What the store needs to create a machine at enrollment.
+#[derive(Debug, Clone)]
+pub struct NewMachine {
+    pub id: MachineId,
+    pub hostname: String,
+    pub cert_sha256: String,
+    pub agent_labels: Labels,
+    pub enrolled_at: Timestamp,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredMachine {
+    pub id: MachineId,
+    pub hostname: String,
+    pub enrolled_at: Timestamp,
+    pub revoked_at: Option<Timestamp>,
+    pub cert_sha256: String,
+    pub join_token_id: String,
+    pub token_labels: Labels,
+    pub agent_labels: Labels,
+    pub operator_labels: Labels,
+    pub inventory: Option<Inventory>,
+    pub inventory_updated_at: Option<Timestamp>,
+    pub agent_version: String,
+    pub last_seen: Option<Timestamp>,
+    pub remote_address: String,
+}
+
+impl StoredMachine {
+    /// Token labels, then agent labels, then operator labels: the operator has the
+    /// last word, and an agent flag can refine what its token said.
+    pub fn effective_labels(&self) -> Labels {
+        self.token_labels.overlaid(&self.agent_labels).overlaid(&self.operator_labels)
+    }
+}
+
+/// What an agent reports when its stream opens.
+#[derive(Debug, Clone)]
+pub struct Hello {
+    pub agent_version: String,
+    pub agent_labels: Labels,
+    pub inventory: Option<Inventory>,
+    pub remote_address: String,
+    pub at: Timestamp,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CredentialRecord {
+    pub id: String,
+    pub name: String,
+    pub role: Role,
+    pub secret_sha256: [u8; 32],
+    pub created_at: Timestamp,
+    pub revoked_at: Option<Timestamp>,
+    pub created_by: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditRecord {
+    pub id: u64,
+    pub at: Timestamp,
+    pub actor: String,
+    pub action: String,
+    pub target: String,
+    pub detail: String,
+}
+
+/// Why a join token did not admit a machine. Said to the agent as it is: the token id
+/// is not secret, and "expired" tells the operator exactly what to do.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EnrollRefusal {
+    #[error("join token {id} is unknown to this controller (deleted, or made by another controller)")]
+    UnknownToken { id: String },
+    #[error("join token {id} has the wrong secret")]
+    WrongSecret { id: String },
+    #[error("join token {id} expired at {at}")]
+    Expired { id: String, at: Timestamp },
+    #[error("join token {id} has been used {uses} times, all it allowed")]
+    UsedUp { id: String, uses: u32 },
+}
+
+/// Whether `token` admits one more machine with `secret_sha256` at `now`.
+pub fn check_join_token(
+    token: &JoinTokenRecord,
+    secret_sha256: &[u8; 32],
+    now: Timestamp,
+) -> Result<(), EnrollRefusal> {
+    use subtle::ConstantTimeEq;
+    if !bool::from(token.secret_sha256.ct_eq(secret_sha256)) {
+        return Err(EnrollRefusal::WrongSecret { id: token.id.clone() });
+    }
+    if now >= token.expires_at {
+        return Err(EnrollRefusal::Expired { id: token.id.clone(), at: token.expires_at });
+    }
+    if token.uses_allowed.is_some_and(|allowed| token.uses >= allowed) {
+        return Err(EnrollRefusal::UsedUp { id: token.id.clone(), uses: token.uses });
+    }
+    Ok(())
+}
+
+#[async_trait::async_trait]
+pub trait Store: Send + Sync + 'static {
+    async fn create_join_token(&self, token: &JoinTokenRecord) -> StoreResult<()>;
+    async fn list_join_tokens(&self) -> StoreResult<Vec<JoinTokenRecord>>;
+    /// Whether a token with that id existed.
+    async fn delete_join_token(&self, id: &str) -> StoreResult<bool>;
+
+    /// Checks the token with [`check_join_token`], counts one use and creates the
+    /// machine, all in one transaction: a refused enrollment stores nothing.
+    async fn enroll_machine(
+        &self,
+        token_id: &str,
+        secret_sha256: &[u8; 32],
+        machine: &NewMachine,
+    ) -> StoreResult<Result<StoredMachine, EnrollRefusal>>;
+
+    async fn get_machine(&self, id: &MachineId) -> StoreResult<Option<StoredMachine>>;
+    /// Machines whose id starts with `prefix`, at most `limit`.
+    async fn find_machines(&self, prefix: &str, limit: u32) -> StoreResult<Vec<StoredMachine>>;
+    /// One page in id order, starting after `after` (exclusive).
+    async fn list_machines(
+        &self,
+        after: Option<&MachineId>,
+        limit: u32,
+        include_revoked: bool,
+    ) -> StoreResult<Vec<StoredMachine>>;
+    async fn record_hello(&self, id: &MachineId, hello: &Hello) -> StoreResult<()>;
+    async fn record_inventory(&self, id: &MachineId, inventory: &Inventory, at: Timestamp) -> StoreResult<()>;
+    async fn record_last_seen(&self, seen: &[(MachineId, Timestamp)]) -> StoreResult<()>;
+    async fn set_operator_labels(&self, id: &MachineId, labels: &Labels) -> StoreResult<()>;
+    /// Marks the machine revoked; returns false if it already was (or is unknown).
+    async fn revoke_machine(&self, id: &MachineId, at: Timestamp) -> StoreResult<bool>;
+
+    async fn create_credential(&self, credential: &CredentialRecord) -> StoreResult<()>;
+    async fn get_credential(&self, id: &str) -> StoreResult<Option<CredentialRecord>>;
+    async fn list_credentials(&self) -> StoreResult<Vec<CredentialRecord>>;
+    async fn revoke_credential(&self, id: &str, at: Timestamp) -> StoreResult<bool>;
+
+    async fn append_audit(&self, at: Timestamp, actor: &str, action: &str, target: &str, detail: &str)
+    -> StoreResult<()>;
+    /// Newest first.
+    async fn list_audit(&self, limit: u32) -> StoreResult<Vec<AuditRecord>>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn token(uses_allowed: Option<u32>, uses: u32) -> JoinTokenRecord {
+        JoinTokenRecord {
+            id: "0123456789ab".into(),
+            secret_sha256: [7; 32],
+            created_at: Timestamp::from_second(1_000).unwrap(),
+            expires_at: Timestamp::from_second(2_000).unwrap(),
+            uses_allowed,
+            uses,
+            labels: Labels::new(),
+            description: String::new(),
+            created_by: "admin".into(),
+        }
+    }
+
+    #[test]
+    fn join_token_rules() {
+        let now = Timestamp::from_second(1_500).unwrap();
+        assert_eq!(check_join_token(&token(None, 99), &[7; 32], now), Ok(()));
+        assert_eq!(check_join_token(&token(Some(2), 1), &[7; 32], now), Ok(()));
+        assert!(matches!(check_join_token(&token(Some(2), 2), &[7; 32], now), Err(EnrollRefusal::UsedUp { .. })));
+        assert!(matches!(check_join_token(&token(None, 0), &[8; 32], now), Err(EnrollRefusal::WrongSecret { .. })));
+        let later = Timestamp::from_second(2_000).unwrap();
+        assert!(matches!(check_join_token(&token(None, 0), &[7; 32], later), Err(EnrollRefusal::Expired { .. })));
+    }
+}

@@ -1,0 +1,558 @@
+//! The default store: one SQLite file in the controller's data dir, in WAL mode so
+//! readers never wait for the writer, with versioned migrations applied at open.
+
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use comfyfleet_config::{Inventory, Labels, MachineId, Role};
+use jiff::Timestamp;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow, SqliteSynchronous};
+use sqlx::{Row, Sqlite, Transaction};
+
+use super::{
+    AuditRecord, CredentialRecord, EnrollRefusal, Hello, JoinTokenRecord, NewMachine, Store, StoreError,
+    StoreResult, StoredMachine, check_join_token,
+};
+
+/// Every migration, in order. A migration is never edited once released: add one.
+const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("../../migrations/0001_fleet.sql"))];
+
+pub struct SqliteStore {
+    pool: SqlitePool,
+}
+
+fn database(doing: &'static str) -> impl FnOnce(sqlx::Error) -> StoreError {
+    move |source| StoreError::Database { doing, source }
+}
+
+fn corrupt(what: &'static str) -> impl FnOnce(String) -> StoreError {
+    move |detail| StoreError::Corrupt { what, detail }
+}
+
+impl SqliteStore {
+    pub async fn open(path: &Path) -> StoreResult<Self> {
+        let options = SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            // WAL + NORMAL: a commit survives a process crash; only an OS crash can
+            // lose the last transactions, never corrupt the file.
+            .synchronous(SqliteSynchronous::Normal)
+            .busy_timeout(Duration::from_secs(10))
+            .foreign_keys(true);
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(options)
+            .await
+            .map_err(|source| StoreError::Open { path: path.display().to_string(), source })?;
+        let store = Self { pool };
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    async fn migrate(&self) -> StoreResult<()> {
+        sqlx::raw_sql(
+            "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_at INTEGER NOT NULL)",
+        )
+        .execute(&self.pool)
+        .await
+        .map_err(database("creating the migrations table"))?;
+        let current: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(version), 0) FROM schema_migrations")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(database("reading the schema version"))?;
+        let known = MIGRATIONS.last().map_or(0, |(version, _)| *version);
+        if current > known {
+            return Err(StoreError::TooNew { found: current, known });
+        }
+        for (version, sql) in MIGRATIONS.iter().filter(|(version, _)| *version > current) {
+            let mut tx = self.pool.begin().await.map_err(database("starting a migration"))?;
+            sqlx::raw_sql(*sql).execute(&mut *tx).await.map_err(database("applying a migration"))?;
+            sqlx::query("INSERT INTO schema_migrations (version, applied_at) VALUES (?, ?)")
+                .bind(version)
+                .bind(Timestamp::now().as_millisecond())
+                .execute(&mut *tx)
+                .await
+                .map_err(database("recording a migration"))?;
+            tx.commit().await.map_err(database("committing a migration"))?;
+            tracing::info!(version, "applied database migration");
+        }
+        Ok(())
+    }
+}
+
+fn millis(at: Timestamp) -> i64 {
+    at.as_millisecond()
+}
+
+fn timestamp(what: &'static str, value: i64) -> StoreResult<Timestamp> {
+    Timestamp::from_millisecond(value).map_err(|e| corrupt(what)(e.to_string()))
+}
+
+fn optional_timestamp(what: &'static str, value: Option<i64>) -> StoreResult<Option<Timestamp>> {
+    value.map(|v| timestamp(what, v)).transpose()
+}
+
+fn labels_json(labels: &Labels) -> String {
+    serde_json::to_string(labels).unwrap_or_else(|_| "{}".to_owned())
+}
+
+fn labels_from(what: &'static str, json: &str) -> StoreResult<Labels> {
+    serde_json::from_str(json).map_err(|e| corrupt(what)(e.to_string()))
+}
+
+fn digest(what: &'static str, bytes: Vec<u8>) -> StoreResult<[u8; 32]> {
+    bytes.try_into().map_err(|_| corrupt(what)("digest is not 32 bytes".into()))
+}
+
+fn count(what: &'static str, value: i64) -> StoreResult<u32> {
+    u32::try_from(value).map_err(|_| corrupt(what)(format!("{value} is out of range")))
+}
+
+fn get<'r, T>(row: &'r SqliteRow, column: &'static str) -> StoreResult<T>
+where
+    T: sqlx::Decode<'r, Sqlite> + sqlx::Type<Sqlite>,
+{
+    row.try_get(column).map_err(database("decoding a row"))
+}
+
+fn machine_from_row(row: &SqliteRow) -> StoreResult<StoredMachine> {
+    let id: String = get(row, "id")?;
+    let inventory = get::<Option<String>>(row, "inventory")?
+        .map(|json| serde_json::from_str::<Inventory>(&json))
+        .transpose()
+        .map_err(|e| corrupt("machine inventory")(format!("machine {id}: {e}")))?;
+    Ok(StoredMachine {
+        id: MachineId::from_str(&id).map_err(|e| corrupt("machine id")(e.to_string()))?,
+        hostname: get(row, "hostname")?,
+        enrolled_at: timestamp("enrolled_at", get(row, "enrolled_at")?)?,
+        revoked_at: optional_timestamp("revoked_at", get(row, "revoked_at")?)?,
+        cert_sha256: get(row, "cert_sha256")?,
+        join_token_id: get(row, "join_token_id")?,
+        token_labels: labels_from("token labels", &get::<String>(row, "token_labels")?)?,
+        agent_labels: labels_from("agent labels", &get::<String>(row, "agent_labels")?)?,
+        operator_labels: labels_from("operator labels", &get::<String>(row, "operator_labels")?)?,
+        inventory,
+        inventory_updated_at: optional_timestamp("inventory_updated_at", get(row, "inventory_updated_at")?)?,
+        agent_version: get(row, "agent_version")?,
+        last_seen: optional_timestamp("last_seen", get(row, "last_seen")?)?,
+        remote_address: get(row, "remote_address")?,
+    })
+}
+
+fn join_token_from_row(row: &SqliteRow) -> StoreResult<JoinTokenRecord> {
+    Ok(JoinTokenRecord {
+        id: get(row, "id")?,
+        secret_sha256: digest("join token digest", get(row, "secret_sha256")?)?,
+        created_at: timestamp("created_at", get(row, "created_at")?)?,
+        expires_at: timestamp("expires_at", get(row, "expires_at")?)?,
+        uses_allowed: get::<Option<i64>>(row, "uses_allowed")?.map(|v| count("uses_allowed", v)).transpose()?,
+        uses: count("uses", get(row, "uses")?)?,
+        labels: labels_from("join token labels", &get::<String>(row, "labels")?)?,
+        description: get(row, "description")?,
+        created_by: get(row, "created_by")?,
+    })
+}
+
+fn credential_from_row(row: &SqliteRow) -> StoreResult<CredentialRecord> {
+    Ok(CredentialRecord {
+        id: get(row, "id")?,
+        name: get(row, "name")?,
+        role: Role::from_str(&get::<String>(row, "role")?).map_err(|e| corrupt("credential role")(e.to_string()))?,
+        secret_sha256: digest("credential digest", get(row, "secret_sha256")?)?,
+        created_at: timestamp("created_at", get(row, "created_at")?)?,
+        revoked_at: optional_timestamp("revoked_at", get(row, "revoked_at")?)?,
+        created_by: get(row, "created_by")?,
+    })
+}
+
+const MACHINE_COLUMNS: &str = "id, hostname, enrolled_at, revoked_at, cert_sha256, join_token_id, token_labels, \
+     agent_labels, operator_labels, inventory, inventory_updated_at, agent_version, last_seen, remote_address";
+
+async fn fetch_machine(tx: &mut Transaction<'_, Sqlite>, id: &str) -> StoreResult<Option<StoredMachine>> {
+    let row = sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {MACHINE_COLUMNS} FROM machines WHERE id = ?")))
+        .bind(id)
+        .fetch_optional(&mut **tx)
+        .await
+        .map_err(database("reading a machine"))?;
+    row.as_ref().map(machine_from_row).transpose()
+}
+
+#[async_trait::async_trait]
+impl Store for SqliteStore {
+    async fn create_join_token(&self, token: &JoinTokenRecord) -> StoreResult<()> {
+        sqlx::query(
+            "INSERT INTO join_tokens (id, secret_sha256, created_at, expires_at, uses_allowed, uses, labels, \
+             description, created_by) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&token.id)
+        .bind(token.secret_sha256.as_slice())
+        .bind(millis(token.created_at))
+        .bind(millis(token.expires_at))
+        .bind(token.uses_allowed.map(i64::from))
+        .bind(i64::from(token.uses))
+        .bind(labels_json(&token.labels))
+        .bind(&token.description)
+        .bind(&token.created_by)
+        .execute(&self.pool)
+        .await
+        .map_err(database("creating a join token"))?;
+        Ok(())
+    }
+
+    async fn list_join_tokens(&self) -> StoreResult<Vec<JoinTokenRecord>> {
+        let rows = sqlx::query("SELECT * FROM join_tokens ORDER BY created_at, id")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(database("listing join tokens"))?;
+        rows.iter().map(join_token_from_row).collect()
+    }
+
+    async fn delete_join_token(&self, id: &str) -> StoreResult<bool> {
+        let result = sqlx::query("DELETE FROM join_tokens WHERE id = ?")
+            .bind(id)
+            .execute(&self.pool)
+            .await
+            .map_err(database("deleting a join token"))?;
+        Ok(result.rows_affected() > 0)
+    }
+
+    async fn enroll_machine(
+        &self,
+        token_id: &str,
+        secret_sha256: &[u8; 32],
+        machine: &NewMachine,
+    ) -> StoreResult<Result<StoredMachine, EnrollRefusal>> {
+        // BEGIN IMMEDIATE would be ideal; with a single writer at a time in SQLite,
+        // the UPDATE below takes the write lock before the use count is trusted.
+        let mut tx = self.pool.begin().await.map_err(database("starting an enrollment"))?;
+        let row = sqlx::query("SELECT * FROM join_tokens WHERE id = ?")
+            .bind(token_id)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(database("reading a join token"))?;
+        let Some(row) = row else {
+            return Ok(Err(EnrollRefusal::UnknownToken { id: token_id.to_owned() }));
+        };
+        let token = join_token_from_row(&row)?;
+        if let Err(refusal) = check_join_token(&token, secret_sha256, machine.enrolled_at) {
+            return Ok(Err(refusal));
+        }
+        let counted = sqlx::query("UPDATE join_tokens SET uses = uses + 1 WHERE id = ? AND uses = ?")
+            .bind(token_id)
+            .bind(i64::from(token.uses))
+            .execute(&mut *tx)
+            .await
+            .map_err(database("counting a join token use"))?;
+        if counted.rows_affected() != 1 {
+            // Another enrollment used the token between our read and our write.
+            return Ok(Err(EnrollRefusal::UsedUp { id: token.id, uses: token.uses.saturating_add(1) }));
+        }
+        sqlx::query(
+            "INSERT INTO machines (id, hostname, enrolled_at, cert_sha256, join_token_id, token_labels, agent_labels, \
+             operator_labels) VALUES (?, ?, ?, ?, ?, ?, ?, '{}')",
+        )
+        .bind(machine.id.as_str())
+        .bind(&machine.hostname)
+        .bind(millis(machine.enrolled_at))
+        .bind(&machine.cert_sha256)
+        .bind(token_id)
+        .bind(labels_json(&token.labels))
+        .bind(labels_json(&machine.agent_labels))
+        .execute(&mut *tx)
+        .await
+        .map_err(database("creating a machine"))?;
+        let stored = fetch_machine(&mut tx, machine.id.as_str())
+            .await?
+            .ok_or_else(|| corrupt("machine")("vanished inside its own transaction".into()))?;
+        tx.commit().await.map_err(database("committing an enrollment"))?;
+        Ok(Ok(stored))
+    }
+
+    async fn get_machine(&self, id: &MachineId) -> StoreResult<Option<StoredMachine>> {
+        let mut tx = self.pool.begin().await.map_err(database("reading a machine"))?;
+        let machine = fetch_machine(&mut tx, id.as_str()).await?;
+        tx.commit().await.map_err(database("reading a machine"))?;
+        Ok(machine)
+    }
+
+    async fn find_machines(&self, prefix: &str, limit: u32) -> StoreResult<Vec<StoredMachine>> {
+        // Ids are [a-z0-9-], so a range scan is an exact prefix match without LIKE escaping.
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {MACHINE_COLUMNS} FROM machines WHERE id >= ? AND id < ? ORDER BY id LIMIT ?"
+        )))
+        .bind(prefix)
+        .bind(format!("{prefix}\u{7f}"))
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(database("finding machines"))?;
+        rows.iter().map(machine_from_row).collect()
+    }
+
+    async fn list_machines(
+        &self,
+        after: Option<&MachineId>,
+        limit: u32,
+        include_revoked: bool,
+    ) -> StoreResult<Vec<StoredMachine>> {
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {MACHINE_COLUMNS} FROM machines WHERE id > ? AND (? OR revoked_at IS NULL) ORDER BY id LIMIT ?"
+        )))
+        .bind(after.map_or("", MachineId::as_str))
+        .bind(include_revoked)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(database("listing machines"))?;
+        rows.iter().map(machine_from_row).collect()
+    }
+
+    async fn record_hello(&self, id: &MachineId, hello: &Hello) -> StoreResult<()> {
+        let inventory = hello.inventory.as_ref().map(serde_json::to_string).transpose().map_err(|e| {
+            StoreError::Corrupt { what: "inventory", detail: format!("cannot serialise: {e}") }
+        })?;
+        let hostname = hello.inventory.as_ref().map(|inventory| inventory.host.hostname.as_str());
+        sqlx::query(
+            "UPDATE machines SET agent_version = ?, agent_labels = ?, remote_address = ?, last_seen = ?, \
+             hostname = COALESCE(?, hostname), \
+             inventory = COALESCE(?, inventory), \
+             inventory_updated_at = CASE WHEN ? IS NULL THEN inventory_updated_at ELSE ? END \
+             WHERE id = ?",
+        )
+        .bind(&hello.agent_version)
+        .bind(labels_json(&hello.agent_labels))
+        .bind(&hello.remote_address)
+        .bind(millis(hello.at))
+        .bind(hostname)
+        .bind(inventory.as_deref())
+        .bind(inventory.as_deref())
+        .bind(millis(hello.at))
+        .bind(id.as_str())
+        .execute(&self.pool)
+        .await
+        .map_err(database("recording an agent's hello"))?;
+        Ok(())
+    }
+
+    async fn record_inventory(&self, id: &MachineId, inventory: &Inventory, at: Timestamp) -> StoreResult<()> {
+        let json = serde_json::to_string(inventory)
+            .map_err(|e| StoreError::Corrupt { what: "inventory", detail: format!("cannot serialise: {e}") })?;
+        sqlx::query(
+            "UPDATE machines SET inventory = ?, inventory_updated_at = ?, last_seen = ?, hostname = ? WHERE id = ?",
+        )
+        .bind(json)
+        .bind(millis(at))
+        .bind(millis(at))
+        .bind(&inventory.host.hostname)
+        .bind(id.as_str())
+        .execute(&self.pool)
+        .await
+        .map_err(database("recording an inventory"))?;
+        Ok(())
+    }
+
+    async fn record_last_seen(&self, seen: &[(MachineId, Timestamp)]) -> StoreResult<()> {
+        if seen.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.pool.begin().await.map_err(database("recording last-seen times"))?;
+        for (id, at) in seen {
+            sqlx::query("UPDATE machines SET last_seen = MAX(COALESCE(last_seen, 0), ?) WHERE id = ?")
+                .bind(millis(*at))
+                .bind(id.as_str())
+                .execute(&mut *tx)
+                .await
+                .map_err(database("recording last-seen times"))?;
+        }
+        tx.commit().await.map_err(database("recording last-seen times"))
+    }
+
+    async fn set_operator_labels(&self, id: &MachineId, labels: &Labels) -> StoreResult<()> {
+        sqlx::query("UPDATE machines SET operator_labels = ? WHERE id = ?")
+            .bind(labels_json(labels))
+            .bind(id.as_str())
+            .execute(&self.pool)
+            .await
+            .map_err(database("setting labels"))?;
+        Ok(())
+    }
+
+    async fn revoke_machine(&self, id: &MachineId, at: Timestamp) -> StoreResult<bool> {
+        let result = sqlx::query("UPDATE machines SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL")
+            .bind(millis(at))
+            .bind(id.as_str())
+            .execute(&self.pool)
+            .await
+            .map_err(database("revoking a machine"))?;
+        Ok(result.rows_affected() > 0)
+    }
+
+    async fn create_credential(&self, credential: &CredentialRecord) -> StoreResult<()> {
+        sqlx::query(
+            "INSERT INTO credentials (id, name, role, secret_sha256, created_at, revoked_at, created_by) \
+             VALUES (?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&credential.id)
+        .bind(&credential.name)
+        .bind(credential.role.as_str())
+        .bind(credential.secret_sha256.as_slice())
+        .bind(millis(credential.created_at))
+        .bind(credential.revoked_at.map(millis))
+        .bind(&credential.created_by)
+        .execute(&self.pool)
+        .await
+        .map_err(database("creating a credential"))?;
+        Ok(())
+    }
+
+    async fn get_credential(&self, id: &str) -> StoreResult<Option<CredentialRecord>> {
+        let row = sqlx::query("SELECT * FROM credentials WHERE id = ?")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(database("reading a credential"))?;
+        row.as_ref().map(credential_from_row).transpose()
+    }
+
+    async fn list_credentials(&self) -> StoreResult<Vec<CredentialRecord>> {
+        let rows = sqlx::query("SELECT * FROM credentials ORDER BY created_at, id")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(database("listing credentials"))?;
+        rows.iter().map(credential_from_row).collect()
+    }
+
+    async fn revoke_credential(&self, id: &str, at: Timestamp) -> StoreResult<bool> {
+        let result = sqlx::query("UPDATE credentials SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL")
+            .bind(millis(at))
+            .bind(id)
+            .execute(&self.pool)
+            .await
+            .map_err(database("revoking a credential"))?;
+        Ok(result.rows_affected() > 0)
+    }
+
+    async fn append_audit(
+        &self,
+        at: Timestamp,
+        actor: &str,
+        action: &str,
+        target: &str,
+        detail: &str,
+    ) -> StoreResult<()> {
+        sqlx::query("INSERT INTO audit_events (at, actor, action, target, detail) VALUES (?, ?, ?, ?, ?)")
+            .bind(millis(at))
+            .bind(actor)
+            .bind(action)
+            .bind(target)
+            .bind(detail)
+            .execute(&self.pool)
+            .await
+            .map_err(database("writing the audit log"))?;
+        Ok(())
+    }
+
+    async fn list_audit(&self, limit: u32) -> StoreResult<Vec<AuditRecord>> {
+        let rows = sqlx::query("SELECT * FROM audit_events ORDER BY id DESC LIMIT ?")
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(database("reading the audit log"))?;
+        rows.iter()
+            .map(|row| {
+                Ok(AuditRecord {
+                    id: u64::try_from(get::<i64>(row, "id")?).unwrap_or_default(),
+                    at: timestamp("audit time", get(row, "at")?)?,
+                    actor: get(row, "actor")?,
+                    action: get(row, "action")?,
+                    target: get(row, "target")?,
+                    detail: get(row, "detail")?,
+                })
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn store() -> (tempfile::TempDir, SqliteStore) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("controller.db")).await.unwrap();
+        (dir, store)
+    }
+
+    fn token(uses_allowed: Option<u32>) -> JoinTokenRecord {
+        let now = Timestamp::now();
+        JoinTokenRecord {
+            id: "0123456789ab".into(),
+            secret_sha256: [1; 32],
+            created_at: now,
+            expires_at: now + jiff::SignedDuration::from_hours(1),
+            uses_allowed,
+            uses: 0,
+            labels: Labels::parse_pairs(["pool=a"]).unwrap(),
+            description: "test".into(),
+            created_by: "admin".into(),
+        }
+    }
+
+    fn new_machine(id: &str) -> NewMachine {
+        NewMachine {
+            id: id.parse().unwrap(),
+            hostname: "host".into(),
+            cert_sha256: "ab".into(),
+            agent_labels: Labels::parse_pairs(["gpu=yes"]).unwrap(),
+            enrolled_at: Timestamp::now(),
+        }
+    }
+
+    #[tokio::test]
+    async fn enrollment_counts_uses_and_refuses_past_them_storing_nothing() {
+        let (_dir, store) = store().await;
+        store.create_join_token(&token(Some(1))).await.unwrap();
+        let first = store.enroll_machine("0123456789ab", &[1; 32], &new_machine("m1")).await.unwrap().unwrap();
+        assert_eq!(first.effective_labels().to_string(), "gpu=yes,pool=a");
+        let second = store.enroll_machine("0123456789ab", &[1; 32], &new_machine("m2")).await.unwrap();
+        assert!(matches!(second, Err(EnrollRefusal::UsedUp { .. })));
+        let wrong = store.enroll_machine("ffffffffffff", &[1; 32], &new_machine("m3")).await.unwrap();
+        assert!(matches!(wrong, Err(EnrollRefusal::UnknownToken { .. })));
+        let machines = store.list_machines(None, 100, true).await.unwrap();
+        assert_eq!(machines.len(), 1);
+        assert_eq!(store.list_join_tokens().await.unwrap()[0].uses, 1);
+    }
+
+    #[tokio::test]
+    async fn machines_page_by_id_and_match_prefixes() {
+        let (_dir, store) = store().await;
+        store.create_join_token(&token(None)).await.unwrap();
+        for id in ["aa1", "aa2", "ab1"] {
+            store.enroll_machine("0123456789ab", &[1; 32], &new_machine(id)).await.unwrap().unwrap();
+        }
+        let page = store.list_machines(None, 2, false).await.unwrap();
+        assert_eq!(page.iter().map(|m| m.id.as_str()).collect::<Vec<_>>(), ["aa1", "aa2"]);
+        let rest = store.list_machines(Some(&page[1].id), 2, false).await.unwrap();
+        assert_eq!(rest.iter().map(|m| m.id.as_str()).collect::<Vec<_>>(), ["ab1"]);
+        assert_eq!(store.find_machines("aa", 10).await.unwrap().len(), 2);
+        assert!(store.revoke_machine(&"aa1".parse().unwrap(), Timestamp::now()).await.unwrap());
+        assert!(!store.revoke_machine(&"aa1".parse().unwrap(), Timestamp::now()).await.unwrap());
+        assert_eq!(store.list_machines(None, 10, false).await.unwrap().len(), 2);
+    }
+
+    #[tokio::test]
+    async fn reopening_keeps_everything_and_does_not_migrate_twice() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("controller.db");
+        {
+            let store = SqliteStore::open(&path).await.unwrap();
+            store.create_join_token(&token(None)).await.unwrap();
+            store.append_audit(Timestamp::now(), "admin", "token.create", "0123456789ab", "").await.unwrap();
+        }
+        let store = SqliteStore::open(&path).await.unwrap();
+        assert_eq!(store.list_join_tokens().await.unwrap().len(), 1);
+        assert_eq!(store.list_audit(10).await.unwrap()[0].action, "token.create");
+    }
+}

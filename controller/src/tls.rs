@@ -1,0 +1,93 @@
+//! The controller's TLS listener: TLS 1.3 only, HTTP/2 only, client certificates
+//! optional at the TLS layer (enrollment and operators have none) and required by the
+//! agent session handler, which reads them from the connection.
+//!
+//! Handshakes run in their own tasks with a deadline, so a slow or hostile client
+//! never holds up the accept loop; thousands of agents reconnecting at once are
+//! accepted as fast as the CPU can do handshakes.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls::RootCertStore;
+use rustls::server::WebPkiClientVerifier;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::server::TlsStream;
+use tokio_stream::wrappers::ReceiverStream;
+
+use crate::pki::{CertificateAuthority, ServerIdentity};
+
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, thiserror::Error)]
+pub enum TlsSetupError {
+    #[error("cannot build the TLS configuration: {0}")]
+    Rustls(#[from] rustls::Error),
+    #[error("cannot build the client-certificate verifier: {0}")]
+    Verifier(#[from] rustls::server::VerifierBuilderError),
+}
+
+pub fn server_config(
+    ca: &CertificateAuthority,
+    identity: ServerIdentity,
+) -> Result<Arc<rustls::ServerConfig>, TlsSetupError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = RootCertStore::empty();
+    roots.add(ca.certificate_der().clone())?;
+    let verifier =
+        WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone()).allow_unauthenticated().build()?;
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(identity.chain, identity.key)?;
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// Accepts TCP connections on `listener` and yields them once their TLS handshake
+/// has completed. Ends when the returned stream is dropped.
+pub fn incoming(
+    listener: TcpListener,
+    config: Arc<rustls::ServerConfig>,
+) -> ReceiverStream<Result<TlsStream<TcpStream>, std::io::Error>> {
+    let (ready, stream) = mpsc::channel(1024);
+    let acceptor = TlsAcceptor::from(config);
+    tokio::spawn(async move {
+        loop {
+            let (tcp, peer) = tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok(accepted) => accepted,
+                    Err(error) => {
+                        // EMFILE and friends: back off briefly instead of spinning.
+                        tracing::warn!(%error, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+                () = ready.closed() => return,
+            };
+            let _ = tcp.set_nodelay(true);
+            let acceptor = acceptor.clone();
+            let ready = ready.clone();
+            tokio::spawn(async move {
+                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                    Ok(Ok(tls)) => {
+                        let _ = ready.send(Ok(tls)).await;
+                    }
+                    Ok(Err(error)) => log_handshake_failure(peer, &error),
+                    Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                }
+            });
+        }
+    });
+    ReceiverStream::new(stream)
+}
+
+fn log_handshake_failure(peer: SocketAddr, error: &std::io::Error) {
+    // A client with a certificate from another CA, or plain HTTP on the TLS port:
+    // worth a line, not a warning storm.
+    tracing::info!(%peer, %error, "TLS handshake failed");
+}
