@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 mod convert;
+pub mod transport;
 
 pub use convert::{
     WireError, labels_from_wire, labels_to_wire, role_from_wire, timestamp_from_wire, timestamp_to_wire,

@@ -1,0 +1,191 @@
+//! The fleet link: one long-lived mutual-TLS session to the controller, reopened
+//! with jittered backoff whenever it drops. Inventory goes up at connect and whenever
+//! it changes; heartbeats keep the controller's view of "online" honest.
+
+use std::future::Future;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use comfyfleet_config::{Inventory, Labels};
+use comfyfleet_proto::v1 as pb;
+use comfyfleet_proto::{labels_to_wire, transport};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::Status;
+
+use crate::backoff::Backoff;
+use crate::enroll::error_chain;
+use crate::identity::Identity;
+use crate::inventory::{InventoryCollector, changed_materially};
+
+const WELCOME_TIMEOUT: Duration = Duration::from_secs(30);
+
+#[derive(Debug, thiserror::Error)]
+pub enum LinkError {
+    /// The controller will not take this machine (revoked, unknown, wrong
+    /// certificate): retrying cannot help, an operator must act.
+    #[error("the controller refused this machine: {0}")]
+    Refused(String),
+    #[error(transparent)]
+    Endpoint(#[from] transport::EndpointError),
+}
+
+/// Why a session ended.
+enum SessionEnd {
+    Shutdown,
+    Lost(String),
+    Refused(String),
+}
+
+pub struct Link {
+    pub identity: Identity,
+    pub labels: Labels,
+    pub collector: Arc<Mutex<InventoryCollector>>,
+    pub inventory_interval: Duration,
+    pub max_backoff: Duration,
+}
+
+impl Link {
+    /// Keeps a session open until `shutdown` resolves or the controller refuses us.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), LinkError> {
+        tokio::pin!(shutdown);
+        let endpoint = transport::endpoint(&self.identity.controller_url)?;
+        let tls = transport::tls_config(
+            &self.identity.ca_pem,
+            Some((&self.identity.certificate_pem, &self.identity.key_pem)),
+        );
+        let endpoint = endpoint.tls_config(tls).map_err(|e| LinkError::Refused(format!("TLS setup: {e}")))?;
+        let mut backoff = Backoff::new(Duration::from_millis(250), self.max_backoff);
+        loop {
+            let session = async {
+                let channel = endpoint.connect().await.map_err(|e| SessionEnd::Lost(error_chain(&e)))?;
+                self.session(channel, &mut backoff).await
+            };
+            let end = tokio::select! {
+                end = session => match end { Ok(end) | Err(end) => end },
+                () = &mut shutdown => SessionEnd::Shutdown,
+            };
+            match end {
+                SessionEnd::Shutdown => return Ok(()),
+                SessionEnd::Refused(reason) => return Err(LinkError::Refused(reason)),
+                SessionEnd::Lost(reason) => {
+                    let delay = backoff.next_delay();
+                    tracing::warn!(%reason, retry_in = ?delay, "lost the controller");
+                    tokio::select! {
+                        () = tokio::time::sleep(delay) => {}
+                        () = &mut shutdown => return Ok(()),
+                    }
+                }
+            }
+        }
+    }
+
+    async fn collect(&self) -> Inventory {
+        let collector = self.collector.clone();
+        let collected = tokio::task::spawn_blocking(move || {
+            collector.lock().unwrap_or_else(PoisonError::into_inner).collect()
+        })
+        .await;
+        match collected {
+            Ok(inventory) => inventory,
+            // The probe panicked (a broken NVML library): report what the host says.
+            Err(error) => {
+                tracing::error!(%error, "inventory probe failed");
+                let mut collector = self.collector.lock().unwrap_or_else(PoisonError::into_inner);
+                collector.collect_host_only(format!("inventory probe crashed: {error}"))
+            }
+        }
+    }
+
+    /// One session: Hello, Welcome, then heartbeats and inventory changes.
+    async fn session(&self, channel: tonic::transport::Channel, backoff: &mut Backoff) -> Result<SessionEnd, SessionEnd> {
+        let mut client = pb::agent_service_client::AgentServiceClient::new(channel)
+            .max_decoding_message_size(comfyfleet_proto::MAX_AGENT_MESSAGE_BYTES);
+        let (outbound, receiver) = mpsc::channel::<pb::AgentMessage>(16);
+        let mut sender = Sender { outbound, seq: 0 };
+        let mut last_sent = self.collect().await;
+        sender
+            .send(pb::agent_message::Body::Hello(pb::Hello {
+                machine_id: self.identity.machine_id.to_string(),
+                agent_version: env!("CARGO_PKG_VERSION").to_owned(),
+                labels: labels_to_wire(&self.labels),
+                inventory: Some(pb::Inventory::from(&last_sent)),
+            }))
+            .await?;
+        let mut inbound = client.session(ReceiverStream::new(receiver)).await.map_err(status_end)?.into_inner();
+
+        let welcome = tokio::time::timeout(WELCOME_TIMEOUT, inbound.message())
+            .await
+            .map_err(|_| SessionEnd::Lost("no Welcome from the controller".into()))?
+            .map_err(status_end)?
+            .ok_or_else(|| SessionEnd::Lost("the controller closed the session".into()))?;
+        let Some(pb::controller_message::Body::Welcome(welcome)) = welcome.body else {
+            return Err(SessionEnd::Lost("the controller did not start with Welcome".into()));
+        };
+        let heartbeat = Duration::from_secs(u64::from(welcome.heartbeat_interval_seconds.clamp(1, 300)));
+        tracing::info!(
+            machine_id = %self.identity.machine_id,
+            controller_version = %welcome.controller_version,
+            gpus = last_sent.nvidia.gpus.len(),
+            "connected to the controller"
+        );
+        backoff.reset();
+
+        let mut heartbeat_tick = tokio::time::interval(heartbeat);
+        heartbeat_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut inventory_tick = tokio::time::interval(self.inventory_interval);
+        inventory_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        heartbeat_tick.tick().await;
+        inventory_tick.tick().await;
+        loop {
+            tokio::select! {
+                _ = heartbeat_tick.tick() => sender.send(pb::agent_message::Body::Heartbeat(pb::Heartbeat {})).await?,
+                _ = inventory_tick.tick() => {
+                    let current = self.collect().await;
+                    if changed_materially(&last_sent, &current) {
+                        tracing::info!(gpus = current.nvidia.gpus.len(), "inventory changed; reporting it");
+                        sender.send(pb::agent_message::Body::Inventory(pb::Inventory::from(&current))).await?;
+                        last_sent = current;
+                    }
+                }
+                message = inbound.message() => match message {
+                    Ok(Some(message)) => handle(message),
+                    Ok(None) => return Err(SessionEnd::Lost("the controller closed the session".into())),
+                    Err(status) => return Err(status_end(status)),
+                },
+            }
+        }
+    }
+}
+
+fn handle(message: pb::ControllerMessage) {
+    match message.body {
+        Some(pb::controller_message::Body::Ack(ack)) => tracing::debug!(seq = ack.seq, "acknowledged"),
+        Some(pb::controller_message::Body::Welcome(_)) => tracing::debug!("unexpected second Welcome ignored"),
+        None => tracing::debug!("empty message from the controller ignored"),
+    }
+}
+
+struct Sender {
+    outbound: mpsc::Sender<pb::AgentMessage>,
+    seq: u64,
+}
+
+impl Sender {
+    async fn send(&mut self, body: pb::agent_message::Body) -> Result<(), SessionEnd> {
+        self.seq += 1;
+        self.outbound
+            .send(pb::AgentMessage { seq: self.seq, body: Some(body) })
+            .await
+            .map_err(|_| SessionEnd::Lost("the session's send side closed".into()))
+    }
+}
+
+/// Refusals end the agent; everything else is a lost link to retry.
+fn status_end(status: Status) -> SessionEnd {
+    let text = if status.message().is_empty() { format!("{:?}", status.code()) } else { status.message().to_owned() };
+    match status.code() {
+        tonic::Code::PermissionDenied | tonic::Code::Unauthenticated => SessionEnd::Refused(text),
+        _ => SessionEnd::Lost(format!("{:?}: {text}", status.code())),
+    }
+}
