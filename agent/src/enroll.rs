@@ -109,9 +109,22 @@ async fn attempt(enrollment: &Enrollment<'_>, csr_pem: &str) -> Result<pb::Enrol
     };
     match client.enroll(request).await {
         Ok(response) => Ok(response.into_inner()),
-        Err(status) if status.code() == tonic::Code::Unavailable => Err(Attempt::Retry(status.message().to_owned())),
-        Err(status) => Err(Attempt::Fatal(EnrollError::Refused(status.message().to_owned()))),
+        // A refusal is about the token or the request: retrying cannot help.
+        Err(status) if is_refusal(status.code()) => Err(Attempt::Fatal(EnrollError::Refused(status.message().to_owned()))),
+        // Anything else (unavailable, a database hiccup) may pass.
+        Err(status) => Err(Attempt::Retry(format!("{:?}: {}", status.code(), status.message()))),
     }
+}
+
+fn is_refusal(code: tonic::Code) -> bool {
+    matches!(
+        code,
+        tonic::Code::PermissionDenied
+            | tonic::Code::Unauthenticated
+            | tonic::Code::InvalidArgument
+            | tonic::Code::FailedPrecondition
+            | tonic::Code::NotFound
+    )
 }
 
 fn sha256_hex(der: &[u8]) -> String {

@@ -1,1 +1,202 @@
-fn main() {}
+//! `comfyfleet`: the operator's command line.
+#![forbid(unsafe_code)]
+#![allow(clippy::print_stdout, clippy::print_stderr)]
+
+mod client;
+mod commands;
+mod format;
+mod machine_view;
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use comfyfleet_config::{Labels, Role};
+
+/// Provision and inspect ComfyUI GPU fleets.
+#[derive(Debug, Parser)]
+#[command(version, propagate_version = true)]
+struct Cli {
+    /// Operator config (admin.toml). Default: ~/.config/comfyfleet/admin.toml.
+    #[arg(long, global = true, env = "COMFYFLEET_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OutputFormat {
+    Table,
+    Json,
+    Csv,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Join tokens: what a new machine needs to enroll.
+    #[command(subcommand)]
+    Token(TokenCommand),
+    /// List machines, or act on one.
+    #[command(args_conflicts_with_subcommands = true)]
+    Machines {
+        #[command(subcommand)]
+        command: Option<MachinesCommand>,
+        /// Output format.
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: OutputFormat,
+        /// Include revoked machines.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Operator credentials (viewer, operator, admin).
+    #[command(subcommand)]
+    Credentials(CredentialsCommand),
+    /// Who changed what, newest first.
+    Audit {
+        #[arg(long, default_value = "50")]
+        limit: u32,
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: OutputFormat,
+    },
+    /// Which credential this config holds, and its role.
+    Whoami,
+}
+
+#[derive(Debug, Subcommand)]
+enum TokenCommand {
+    /// Create a join token and print only the token.
+    Create {
+        /// How long the token stays valid (e.g. 30m, 24h, 7d).
+        #[arg(long, default_value = "24h", value_parser = parse_ttl)]
+        ttl: Duration,
+        /// How many machines may enroll with it (default: unlimited until it expires).
+        #[arg(long)]
+        uses: Option<u32>,
+        /// A label every machine enrolled with it gets, KEY=VALUE (repeatable).
+        #[arg(long = "label", value_name = "KEY=VALUE")]
+        labels: Vec<String>,
+        /// A note for `token list`.
+        #[arg(long, default_value = "")]
+        description: String,
+    },
+    /// List join tokens (never their secrets).
+    List {
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: OutputFormat,
+    },
+    /// Delete a join token: no machine can enroll with it any more.
+    Delete { id: String },
+}
+
+#[derive(Debug, Subcommand)]
+enum MachinesCommand {
+    /// Everything known about one machine (ID or a unique prefix).
+    Show {
+        id: String,
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: OutputFormat,
+    },
+    /// Revoke a machine: its agent is cut off now and can never reconnect.
+    Revoke { id: String },
+    /// Set (KEY=VALUE) or remove (KEY-) operator labels.
+    Label {
+        id: String,
+        #[arg(required = true, value_name = "KEY=VALUE|KEY-")]
+        changes: Vec<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum CredentialsCommand {
+    /// Mint a credential and print a config file for it (keep it secret).
+    Create {
+        name: String,
+        #[arg(long, value_parser = parse_role)]
+        role: Role,
+        /// Print only the credential instead of a whole config file.
+        #[arg(long)]
+        token_only: bool,
+    },
+    /// List credentials (never their secrets).
+    List {
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: OutputFormat,
+    },
+    /// Revoke a credential by id.
+    Revoke { id: String },
+}
+
+fn parse_ttl(text: &str) -> Result<Duration, String> {
+    let ttl = humantime::parse_duration(text).map_err(|e| format!("{e} (write e.g. 30m, 24h, 7d)"))?;
+    if ttl < Duration::from_secs(1) { Err("the TTL must be at least 1s".into()) } else { Ok(ttl) }
+}
+
+fn parse_role(text: &str) -> Result<Role, String> {
+    text.parse().map_err(|e: comfyfleet_config::credential::UnknownRole| e.to_string())
+}
+
+async fn run(cli: Cli) -> anyhow::Result<String> {
+    let config_path = client::config_path(cli.config)?;
+    let config = client::load_config(&config_path)?;
+    let mut fleet = client::connect(&config).await?;
+    match cli.command {
+        Command::Token(TokenCommand::Create { ttl, uses, labels, description }) => {
+            let labels = Labels::parse_pairs(&labels)?;
+            commands::tokens::create(&mut fleet, ttl, uses.unwrap_or(0), &labels, description).await
+        }
+        Command::Token(TokenCommand::List { output }) => commands::tokens::list(&mut fleet, output).await,
+        Command::Token(TokenCommand::Delete { id }) => commands::tokens::delete(&mut fleet, id).await,
+        Command::Machines { command: None, output, all } => commands::machines::list(&mut fleet, all, output).await,
+        Command::Machines { command: Some(MachinesCommand::Show { id, output }), .. } => {
+            commands::machines::show(&mut fleet, id, output).await
+        }
+        Command::Machines { command: Some(MachinesCommand::Revoke { id }), .. } => {
+            commands::machines::revoke(&mut fleet, id).await
+        }
+        Command::Machines { command: Some(MachinesCommand::Label { id, changes }), .. } => {
+            commands::machines::label(&mut fleet, id, changes).await
+        }
+        Command::Credentials(CredentialsCommand::Create { name, role, token_only }) => {
+            commands::credentials::create(&mut fleet, &config, name, role, token_only).await
+        }
+        Command::Credentials(CredentialsCommand::List { output }) => {
+            commands::credentials::list(&mut fleet, output).await
+        }
+        Command::Credentials(CredentialsCommand::Revoke { id }) => commands::credentials::revoke(&mut fleet, id).await,
+        Command::Audit { limit, output } => commands::audit::list(&mut fleet, limit, output).await,
+        Command::Whoami => {
+            let me = fleet
+                .who_am_i(comfyfleet_proto::v1::WhoAmIRequest {})
+                .await
+                .map_err(commands::status_error)?
+                .into_inner();
+            Ok(format!(
+                "{} ({}) with role {} on {} (controller {})\n",
+                me.name,
+                me.credential_id,
+                commands::role_name(me.role),
+                config.server,
+                me.controller_version
+            ))
+        }
+    }
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli).await {
+        Ok(text) => {
+            let mut stdout = std::io::stdout().lock();
+            // A closed pipe (`| head`) is not an error worth a message.
+            let _ = stdout.write_all(text.as_bytes()).and_then(|()| stdout.flush());
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

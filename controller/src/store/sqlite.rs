@@ -51,6 +51,13 @@ impl SqliteStore {
         Ok(store)
     }
 
+    /// A transaction that holds the write lock from its first statement. A deferred
+    /// transaction that reads and then writes can fail with SQLITE_BUSY at once when
+    /// another writer got there first; BEGIN IMMEDIATE waits (busy_timeout) instead.
+    async fn write_transaction(&self, doing: &'static str) -> StoreResult<Transaction<'static, Sqlite>> {
+        self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(database(doing))
+    }
+
     async fn migrate(&self) -> StoreResult<()> {
         sqlx::raw_sql(
             "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_at INTEGER NOT NULL)",
@@ -67,7 +74,7 @@ impl SqliteStore {
             return Err(StoreError::TooNew { found: current, known });
         }
         for (version, sql) in MIGRATIONS.iter().filter(|(version, _)| *version > current) {
-            let mut tx = self.pool.begin().await.map_err(database("starting a migration"))?;
+            let mut tx = self.write_transaction("starting a migration").await?;
             sqlx::raw_sql(*sql).execute(&mut *tx).await.map_err(database("applying a migration"))?;
             sqlx::query("INSERT INTO schema_migrations (version, applied_at) VALUES (?, ?)")
                 .bind(version)
@@ -224,9 +231,7 @@ impl Store for SqliteStore {
         secret_sha256: &[u8; 32],
         machine: &NewMachine,
     ) -> StoreResult<Result<StoredMachine, EnrollRefusal>> {
-        // BEGIN IMMEDIATE would be ideal; with a single writer at a time in SQLite,
-        // the UPDATE below takes the write lock before the use count is trusted.
-        let mut tx = self.pool.begin().await.map_err(database("starting an enrollment"))?;
+        let mut tx = self.write_transaction("starting an enrollment").await?;
         let row = sqlx::query("SELECT * FROM join_tokens WHERE id = ?")
             .bind(token_id)
             .fetch_optional(&mut *tx)
@@ -357,7 +362,7 @@ impl Store for SqliteStore {
         if seen.is_empty() {
             return Ok(());
         }
-        let mut tx = self.pool.begin().await.map_err(database("recording last-seen times"))?;
+        let mut tx = self.write_transaction("recording last-seen times").await?;
         for (id, at) in seen {
             sqlx::query("UPDATE machines SET last_seen = MAX(COALESCE(last_seen, 0), ?) WHERE id = ?")
                 .bind(millis(*at))

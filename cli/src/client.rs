@@ -1,0 +1,82 @@
+//! Connecting to the controller as an operator: admin.toml gives the URL, the CA to
+//! trust and the credential sent with every call.
+
+use std::path::{Path, PathBuf};
+
+use comfyfleet_config::AdminConfig;
+use comfyfleet_proto::transport;
+use comfyfleet_proto::v1::fleet_service_client::FleetServiceClient;
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::Interceptor;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Channel;
+
+pub type Fleet = FleetServiceClient<InterceptedService<Channel, Bearer>>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error(
+        "no operator config: pass --config FILE or set COMFYFLEET_CONFIG (the controller writes DATA_DIR/admin.toml at first start)"
+    )]
+    NoConfig,
+    #[error("cannot read {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("{path}: {source}")]
+    Invalid { path: PathBuf, source: comfyfleet_config::admin_config::AdminConfigError },
+    #[error(transparent)]
+    Endpoint(#[from] transport::EndpointError),
+    #[error("cannot reach the controller at {url}: {detail}")]
+    Connect { url: String, detail: String },
+}
+
+/// Adds `authorization: Bearer …` to every call.
+#[derive(Clone)]
+pub struct Bearer(MetadataValue<Ascii>);
+
+impl Interceptor for Bearer {
+    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        request.metadata_mut().insert("authorization", self.0.clone());
+        Ok(request)
+    }
+}
+
+/// The config file to use: the flag, else the environment, else the per-user default.
+pub fn config_path(flag: Option<PathBuf>) -> Result<PathBuf, ClientError> {
+    if let Some(path) = flag {
+        return Ok(path);
+    }
+    let home = std::env::var_os("HOME").map(PathBuf::from);
+    let default = home.map(|home| home.join(".config/comfyfleet/admin.toml"));
+    default.filter(|path| path.exists()).ok_or(ClientError::NoConfig)
+}
+
+pub fn load_config(path: &Path) -> Result<AdminConfig, ClientError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ClientError::Read { path: path.to_owned(), source })?;
+    AdminConfig::parse(&text).map_err(|source| ClientError::Invalid { path: path.to_owned(), source })
+}
+
+pub async fn connect(config: &AdminConfig) -> Result<Fleet, ClientError> {
+    let endpoint = transport::endpoint(&config.server)?
+        .tls_config(transport::tls_config(&config.ca_certificate, None))
+        .map_err(|e| ClientError::Connect { url: config.server.clone(), detail: e.to_string() })?;
+    let channel = endpoint
+        .connect()
+        .await
+        .map_err(|e| ClientError::Connect { url: config.server.clone(), detail: error_chain(&e) })?;
+    let header = format!("Bearer {}", config.credential)
+        .parse::<MetadataValue<Ascii>>()
+        .map_err(|_| ClientError::Connect { url: config.server.clone(), detail: "the credential is not ASCII".into() })?;
+    Ok(FleetServiceClient::with_interceptor(channel, Bearer(header))
+        .max_decoding_message_size(comfyfleet_proto::MAX_FLEET_MESSAGE_BYTES))
+}
+
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}

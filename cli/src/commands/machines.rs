@@ -1,0 +1,225 @@
+//! `comfyfleet machines …`: what the fleet is made of.
+
+use comfyfleet_config::MachineRecord;
+use comfyfleet_config::labels::{parse_pair, validate_key};
+use comfyfleet_proto::v1 as pb;
+use jiff::Timestamp;
+
+use super::{status_error, to_json};
+use crate::OutputFormat;
+use crate::client::Fleet;
+use crate::format;
+use crate::machine_view::MachineView;
+
+/// Every machine, fetched page by page.
+pub async fn fetch_all(client: &mut Fleet, include_revoked: bool) -> anyhow::Result<Vec<MachineView>> {
+    let mut views = Vec::new();
+    let mut page_token = String::new();
+    loop {
+        let page = client
+            .list_machines(pb::ListMachinesRequest { page_size: 500, page_token, include_revoked })
+            .await
+            .map_err(status_error)?
+            .into_inner();
+        for machine in page.machines {
+            views.push(view(machine)?);
+        }
+        if page.next_page_token.is_empty() {
+            return Ok(views);
+        }
+        page_token = page.next_page_token;
+    }
+}
+
+fn view(machine: pb::Machine) -> anyhow::Result<MachineView> {
+    let id = machine.id.clone();
+    let record = MachineRecord::try_from(machine)
+        .map_err(|error| anyhow::anyhow!("the controller sent an unreadable record for machine {id}: {error}"))?;
+    Ok(MachineView::from(&record))
+}
+
+pub async fn list(client: &mut Fleet, include_revoked: bool, output: OutputFormat) -> anyhow::Result<String> {
+    let views = fetch_all(client, include_revoked).await?;
+    match output {
+        OutputFormat::Json => to_json(&views),
+        OutputFormat::Csv => csv(&views),
+        OutputFormat::Table => Ok(table(&views, Timestamp::now())),
+    }
+}
+
+fn table(views: &[MachineView], now: Timestamp) -> String {
+    let rows: Vec<Vec<String>> = views
+        .iter()
+        .map(|machine| {
+            let last_seen = machine.last_seen.as_deref().and_then(|at| at.parse::<Timestamp>().ok());
+            vec![
+                machine.id.clone(),
+                machine.hostname.clone(),
+                machine.status().to_owned(),
+                machine.gpu_summary(),
+                machine.driver_version.clone().unwrap_or_else(|| "-".into()),
+                machine.cuda_driver_version.clone().unwrap_or_else(|| "-".into()),
+                machine.labels_text(),
+                if machine.online { "now".into() } else { format::ago(last_seen, now) },
+            ]
+        })
+        .collect();
+    let mut text = format::table(&["ID", "HOSTNAME", "STATUS", "GPUS", "DRIVER", "CUDA", "LABELS", "LAST SEEN"], &rows);
+    let online = views.iter().filter(|m| m.online).count();
+    let gpus: usize = views.iter().map(|m| m.gpus.len()).sum();
+    text.push_str(&format!("\n{} machines ({online} online), {gpus} GPUs\n", views.len()));
+    text
+}
+
+fn csv(views: &[MachineView]) -> anyhow::Result<String> {
+    let mut writer = csv::Writer::from_writer(Vec::new());
+    writer.write_record([
+        "id",
+        "hostname",
+        "online",
+        "last_seen",
+        "labels",
+        "driver_version",
+        "cuda_driver_version",
+        "cpu_cores",
+        "memory_total_bytes",
+        "gpu_count",
+        "gpus",
+    ])?;
+    for machine in views {
+        writer.write_record([
+            machine.id.clone(),
+            machine.hostname.clone(),
+            machine.online.to_string(),
+            machine.last_seen.clone().unwrap_or_default(),
+            machine.labels_text(),
+            machine.driver_version.clone().unwrap_or_default(),
+            machine.cuda_driver_version.clone().unwrap_or_default(),
+            machine.cpu_cores.map(|n| n.to_string()).unwrap_or_default(),
+            machine.memory_total_bytes.map(|n| n.to_string()).unwrap_or_default(),
+            machine.gpus.len().to_string(),
+            machine.gpu_summary(),
+        ])?;
+    }
+    Ok(String::from_utf8(writer.into_inner()?)?)
+}
+
+pub async fn show(client: &mut Fleet, id: String, output: OutputFormat) -> anyhow::Result<String> {
+    let machine = client.get_machine(pb::GetMachineRequest { id }).await.map_err(status_error)?.into_inner();
+    let machine = view(machine)?;
+    match output {
+        OutputFormat::Json => to_json(&machine),
+        OutputFormat::Table | OutputFormat::Csv => Ok(describe(&machine, Timestamp::now())),
+    }
+}
+
+fn describe(machine: &MachineView, now: Timestamp) -> String {
+    let or_dash = |value: Option<String>| value.filter(|v| !v.is_empty()).unwrap_or_else(|| "-".into());
+    let last_seen = machine.last_seen.as_deref().and_then(|at| at.parse::<Timestamp>().ok());
+    let mut lines = vec![
+        ("Machine", machine.id.clone()),
+        ("Hostname", machine.hostname.clone()),
+        ("Status", format!("{} (last seen {})", machine.status(), format::ago(last_seen, now))),
+        ("Enrolled", machine.enrolled_at.clone()),
+        ("Labels", or_dash(Some(machine.labels_text()))),
+        ("Agent", format!("{} from {}", or_dash(Some(machine.agent_version.clone())), or_dash(Some(machine.remote_address.clone())))),
+        ("OS", format!("{} / {} / {}", or_dash(machine.os.clone()), or_dash(machine.kernel.clone()), or_dash(machine.arch.clone()))),
+        ("CPU", format!("{} ({} cores)", or_dash(machine.cpu_model.clone()), machine.cpu_cores.unwrap_or(0))),
+        ("Memory", machine.memory_total_bytes.map_or("-".into(), format::bytes)),
+        ("Data dir free", machine.data_dir_free_bytes.map_or("-".into(), format::bytes)),
+        (
+            "NVIDIA",
+            match machine.nvml_status.as_deref() {
+                Some("ok") => format!(
+                    "driver {}, CUDA {}",
+                    or_dash(machine.driver_version.clone()),
+                    or_dash(machine.cuda_driver_version.clone())
+                ),
+                Some(status) => format!("{status}: {}", or_dash(machine.nvml_detail.clone())),
+                None => "not reported yet".into(),
+            },
+        ),
+    ];
+    if let Some(revoked) = &machine.revoked_at {
+        lines.insert(3, ("Revoked", revoked.clone()));
+    }
+    let width = lines.iter().map(|(key, _)| key.len()).max().unwrap_or(0) + 1;
+    let mut text: String = lines.iter().map(|(key, value)| format!("{:<width$} {value}\n", format!("{key}:"))).collect();
+    text.push_str(&format!("GPUs: {}\n", machine.gpu_summary()));
+    if !machine.gpus.is_empty() {
+        let rows: Vec<Vec<String>> = machine
+            .gpus
+            .iter()
+            .map(|gpu| {
+                vec![
+                    gpu.index.to_string(),
+                    gpu.name.clone().unwrap_or_else(|| "?".into()),
+                    gpu.compute_capability.clone().unwrap_or_else(|| "?".into()),
+                    gpu.memory_total_bytes.map_or("?".into(), format::bytes),
+                    gpu.pci_bus_id.clone().unwrap_or_else(|| "?".into()),
+                    gpu.uuid.clone().unwrap_or_else(|| "?".into()),
+                    gpu.errors.join("; "),
+                ]
+            })
+            .collect();
+        let table = format::table(&["INDEX", "NAME", "COMPUTE", "MEMORY", "PCI BUS", "UUID", "ERRORS"], &rows);
+        for line in table.lines() {
+            text.push_str(&format!("  {line}\n"));
+        }
+    }
+    text
+}
+
+pub async fn revoke(client: &mut Fleet, id: String) -> anyhow::Result<String> {
+    let machine = client.revoke_machine(pb::RevokeMachineRequest { id }).await.map_err(status_error)?.into_inner();
+    Ok(format!(
+        "machine {} ({}) revoked: its agent is disconnected and cannot reconnect\n",
+        machine.id, machine.hostname
+    ))
+}
+
+/// `KEY=VALUE` sets an operator label, `KEY-` removes one (as kubectl label does).
+pub async fn label(client: &mut Fleet, id: String, changes: Vec<String>) -> anyhow::Result<String> {
+    let mut set = std::collections::HashMap::new();
+    let mut remove = Vec::new();
+    for change in &changes {
+        if let Some(key) = change.strip_suffix('-').filter(|_| !change.contains('=')) {
+            validate_key(key)?;
+            remove.push(key.to_owned());
+        } else {
+            let (key, value) = parse_pair(change)?;
+            set.insert(key, value);
+        }
+    }
+    if set.is_empty() && remove.is_empty() {
+        anyhow::bail!("give at least one KEY=VALUE to set or KEY- to remove");
+    }
+    let machine = client
+        .label_machine(pb::LabelMachineRequest { id, set, remove })
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    let machine = view(machine)?;
+    Ok(format!("machine {} labels: {}\n", machine.id, machine.labels_text()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_table_has_one_row_per_machine_and_a_total() {
+        let json = r#"[{"id":"a1","hostname":"render-01","online":true,"last_seen":null,"enrolled_at":"2026-01-01T00:00:00Z",
+            "revoked_at":null,"labels":{"pool":"a"},"driver_version":"570.133.07","cuda_driver_version":"12.8",
+            "nvml_status":"ok","nvml_detail":null,"os":null,"kernel":null,"arch":null,"cpu_model":null,"cpu_cores":8,
+            "memory_total_bytes":1,"data_dir_free_bytes":1,"agent_version":"0.1.0","remote_address":"",
+            "gpus":[{"index":0,"name":"NVIDIA L40S","uuid":"GPU-1","memory_total_bytes":48305799168,
+            "compute_capability":"8.9","pci_bus_id":null}]}]"#;
+        let views: Vec<MachineView> = serde_json::from_str(json).unwrap();
+        let text = table(&views, Timestamp::now());
+        assert!(text.contains("1× L40S (8.9, 45 GiB)"), "{text}");
+        assert!(text.contains("1 machines (1 online), 1 GPUs"), "{text}");
+        assert!(csv(&views).unwrap().lines().count() == 2);
+        assert!(describe(&views[0], Timestamp::now()).contains("driver 570.133.07, CUDA 12.8"));
+    }
+}

@@ -1,0 +1,208 @@
+//! A machine as `comfyfleet machines` shows it. The JSON form is a stable, flat
+//! contract (scripts and `plan --facts` read it); the table form is for eyes.
+
+use std::collections::BTreeMap;
+
+use comfyfleet_config::{Gpu, MachineRecord};
+use serde::{Deserialize, Serialize};
+
+use crate::format;
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct MachineView {
+    pub id: String,
+    pub hostname: String,
+    pub online: bool,
+    /// RFC 3339; null if the agent never connected.
+    pub last_seen: Option<String>,
+    pub enrolled_at: String,
+    pub revoked_at: Option<String>,
+    pub labels: BTreeMap<String, String>,
+    pub driver_version: Option<String>,
+    /// e.g. "12.8"; null without a driver.
+    pub cuda_driver_version: Option<String>,
+    /// "ok", "library-not-found", "driver-not-loaded", "error"; null before the first report.
+    pub nvml_status: Option<String>,
+    pub nvml_detail: Option<String>,
+    pub os: Option<String>,
+    pub kernel: Option<String>,
+    pub arch: Option<String>,
+    pub cpu_model: Option<String>,
+    pub cpu_cores: Option<u32>,
+    pub memory_total_bytes: Option<u64>,
+    pub data_dir_free_bytes: Option<u64>,
+    pub agent_version: String,
+    pub remote_address: String,
+    pub gpus: Vec<GpuView>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct GpuView {
+    pub index: u32,
+    pub name: Option<String>,
+    pub uuid: Option<String>,
+    pub memory_total_bytes: Option<u64>,
+    /// e.g. "8.9".
+    pub compute_capability: Option<String>,
+    pub pci_bus_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<String>,
+}
+
+impl From<&Gpu> for GpuView {
+    fn from(gpu: &Gpu) -> Self {
+        GpuView {
+            index: gpu.index,
+            name: gpu.name.clone(),
+            uuid: gpu.uuid.clone(),
+            memory_total_bytes: gpu.memory_total_bytes,
+            compute_capability: gpu.compute_capability.map(|cc| cc.to_string()),
+            pci_bus_id: gpu.pci_bus_id.clone(),
+            errors: gpu.errors.clone(),
+        }
+    }
+}
+
+impl From<&MachineRecord> for MachineView {
+    fn from(machine: &MachineRecord) -> Self {
+        let inventory = machine.inventory.as_ref();
+        let host = inventory.map(|inventory| &inventory.host);
+        let nvidia = inventory.map(|inventory| &inventory.nvidia);
+        let status = nvidia.map(|nvidia| {
+            let json = serde_json::to_value(&nvidia.status).unwrap_or_default();
+            json["status"].as_str().unwrap_or("error").to_owned()
+        });
+        MachineView {
+            id: machine.id.to_string(),
+            hostname: machine.hostname.clone(),
+            online: machine.online,
+            last_seen: machine.last_seen.map(format::rfc3339),
+            enrolled_at: format::rfc3339(machine.enrolled_at),
+            revoked_at: machine.revoked_at.map(format::rfc3339),
+            labels: machine.labels.as_map().clone(),
+            driver_version: nvidia.and_then(|nvidia| nvidia.driver_version.clone()),
+            cuda_driver_version: nvidia.and_then(|nvidia| nvidia.cuda_driver_version).map(|v| v.to_string()),
+            nvml_status: status,
+            nvml_detail: nvidia.map(|nvidia| nvidia.status.detail().to_owned()).filter(|detail| !detail.is_empty()),
+            os: host.map(|host| host.os.clone()),
+            kernel: host.map(|host| host.kernel.clone()),
+            arch: host.map(|host| host.arch.clone()),
+            cpu_model: host.map(|host| host.cpu_model.clone()),
+            cpu_cores: host.map(|host| host.cpu_cores),
+            memory_total_bytes: host.map(|host| host.memory_total_bytes),
+            data_dir_free_bytes: host.map(|host| host.data_dir_free_bytes),
+            agent_version: machine.agent_version.clone(),
+            remote_address: machine.remote_address.clone(),
+            gpus: nvidia.map(|nvidia| nvidia.gpus.iter().map(GpuView::from).collect()).unwrap_or_default(),
+        }
+    }
+}
+
+impl MachineView {
+    pub fn status(&self) -> &'static str {
+        if self.revoked_at.is_some() {
+            "revoked"
+        } else if self.online {
+            "online"
+        } else {
+            "offline"
+        }
+    }
+
+    /// "2× L40S (8.9, 45 GiB)"; mixed machines join their groups with " + ".
+    pub fn gpu_summary(&self) -> String {
+        if self.gpus.is_empty() {
+            return match self.nvml_status.as_deref() {
+                None => "unknown".to_owned(),
+                Some("ok") => "none".to_owned(),
+                Some("library-not-found") => "none (no NVIDIA library)".to_owned(),
+                Some("driver-not-loaded") => "none (driver not loaded)".to_owned(),
+                Some(_) => "none (NVML error)".to_owned(),
+            };
+        }
+        let mut groups: Vec<(String, usize)> = Vec::new();
+        for gpu in &self.gpus {
+            let name = gpu.name.as_deref().map_or("unreadable GPU", format::short_gpu_name);
+            let mut facts = Vec::new();
+            if let Some(cc) = &gpu.compute_capability {
+                facts.push(cc.clone());
+            }
+            if let Some(memory) = gpu.memory_total_bytes {
+                facts.push(format::bytes(memory));
+            }
+            let label = if facts.is_empty() { name.to_owned() } else { format!("{name} ({})", facts.join(", ")) };
+            match groups.iter_mut().find(|(existing, _)| *existing == label) {
+                Some((_, count)) => *count += 1,
+                None => groups.push((label, 1)),
+            }
+        }
+        let summary: Vec<String> = groups.iter().map(|(label, count)| format!("{count}× {label}")).collect();
+        let errors = self.gpus.iter().filter(|gpu| !gpu.errors.is_empty()).count();
+        let mut text = summary.join(" + ");
+        if errors > 0 {
+            text.push_str(&format!(" [{errors} with errors]"));
+        }
+        text
+    }
+
+    pub fn labels_text(&self) -> String {
+        self.labels.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn gpu(index: u32, name: &str, cc: &str, memory: u64) -> GpuView {
+        GpuView {
+            index,
+            name: Some(name.into()),
+            uuid: None,
+            memory_total_bytes: Some(memory),
+            compute_capability: Some(cc.into()),
+            pci_bus_id: None,
+            errors: vec![],
+        }
+    }
+
+    fn view(gpus: Vec<GpuView>) -> MachineView {
+        MachineView {
+            id: "m".into(),
+            hostname: "h".into(),
+            online: true,
+            last_seen: None,
+            enrolled_at: String::new(),
+            revoked_at: None,
+            labels: BTreeMap::new(),
+            driver_version: None,
+            cuda_driver_version: None,
+            nvml_status: Some("ok".into()),
+            nvml_detail: None,
+            os: None,
+            kernel: None,
+            arch: None,
+            cpu_model: None,
+            cpu_cores: None,
+            memory_total_bytes: None,
+            data_dir_free_bytes: None,
+            agent_version: String::new(),
+            remote_address: String::new(),
+            gpus,
+        }
+    }
+
+    #[test]
+    fn summaries_group_identical_gpus() {
+        let l40s = view(vec![gpu(0, "NVIDIA L40S", "8.9", 48_305_799_168), gpu(1, "NVIDIA L40S", "8.9", 48_305_799_168)]);
+        assert_eq!(l40s.gpu_summary(), "2× L40S (8.9, 45 GiB)");
+        let mixed = view(vec![
+            gpu(0, "NVIDIA GeForce RTX 4090", "8.9", 25_757_220_864),
+            gpu(1, "NVIDIA RTX A6000", "8.6", 51_527_024_640),
+        ]);
+        assert_eq!(mixed.gpu_summary(), "1× RTX 4090 (8.9, 24 GiB) + 1× RTX A6000 (8.6, 48 GiB)");
+        let mut none = view(vec![]);
+        none.nvml_status = Some("driver-not-loaded".into());
+        assert_eq!(none.gpu_summary(), "none (driver not loaded)");
+    }
+}
