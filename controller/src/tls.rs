@@ -87,7 +87,12 @@ pub fn incoming(
 }
 
 fn log_handshake_failure(peer: SocketAddr, error: &std::io::Error) {
-    // A client with a certificate from another CA, or plain HTTP on the TLS port:
-    // worth a line, not a warning storm.
-    tracing::info!(%peer, %error, "TLS handshake failed");
+    use std::io::ErrorKind;
+    match error.kind() {
+        // Load balancers' TCP health checks connect and close: not news.
+        ErrorKind::UnexpectedEof | ErrorKind::ConnectionReset => tracing::debug!(%peer, %error, "TLS handshake abandoned"),
+        // A certificate from another CA, plain HTTP on the TLS port: worth a line,
+        // not a warning storm.
+        _ => tracing::info!(%peer, %error, "TLS handshake failed"),
+    }
 }
