@@ -62,7 +62,10 @@ pub async fn enroll(
         match attempt(&enrollment, &csr_pem).await {
             Ok(answer) => {
                 let identity = Identity {
-                    machine_id: answer.machine_id.parse::<MachineId>().map_err(|e| EnrollError::BadAnswer(e.to_string()))?,
+                    machine_id: answer
+                        .machine_id
+                        .parse::<MachineId>()
+                        .map_err(|e| EnrollError::BadAnswer(e.to_string()))?,
                     controller_url: enrollment.controller_url.to_owned(),
                     certificate_pem: answer.certificate_pem,
                     key_pem: key.serialize_pem(),
@@ -110,7 +113,9 @@ async fn attempt(enrollment: &Enrollment<'_>, csr_pem: &str) -> Result<pb::Enrol
     match client.enroll(request).await {
         Ok(response) => Ok(response.into_inner()),
         // A refusal is about the token or the request: retrying cannot help.
-        Err(status) if is_refusal(status.code()) => Err(Attempt::Fatal(EnrollError::Refused(status.message().to_owned()))),
+        Err(status) if is_refusal(status.code()) => {
+            Err(Attempt::Fatal(EnrollError::Refused(status.message().to_owned())))
+        }
         // Anything else (unavailable, a database hiccup) may pass.
         Err(status) => Err(Attempt::Retry(format!("{:?}: {}", status.code(), status.message()))),
     }
@@ -179,7 +184,11 @@ impl PinnedCaVerifier {
         match outcome {
             PinOutcome::Mismatch(presented) => Attempt::Fatal(EnrollError::CaMismatch {
                 url: url.to_owned(),
-                presented: if presented.is_empty() { "(no CA in the chain)".into() } else { presented.join(", ") },
+                presented: if presented.is_empty() {
+                    "(no CA in the chain)".into()
+                } else {
+                    presented.join(", ")
+                },
                 expected: self.expected_sha256.clone(),
             }),
             PinOutcome::NotYet | PinOutcome::Matched => Attempt::Retry(error_chain(error)),
@@ -227,7 +236,12 @@ impl ServerCertVerifier for PinnedCaVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
     }
 
     fn verify_tls13_signature(
@@ -236,7 +250,12 @@ impl ServerCertVerifier for PinnedCaVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {

@@ -79,8 +79,8 @@ impl IdentityDir {
         if !machine_path.exists() {
             return Ok(None);
         }
-        let machine: MachineFile =
-            toml::from_str(&self.read("machine.toml")?).map_err(|e| self.damaged("machine.toml", e.to_string()))?;
+        let machine: MachineFile = toml::from_str(&self.read("machine.toml")?)
+            .map_err(|e| self.damaged("machine.toml", e.to_string()))?;
         let identity = Identity {
             machine_id: machine.machine_id,
             controller_url: machine.controller_url,
@@ -102,7 +102,8 @@ impl IdentityDir {
 
     /// The agent's private key, created (0600) on first use and kept across attempts.
     pub fn key(&self) -> Result<KeyPair, IdentityError> {
-        files::create_private_dir(&self.dir).map_err(|source| IdentityError::Io { path: self.dir.clone(), source })?;
+        files::create_private_dir(&self.dir)
+            .map_err(|source| IdentityError::Io { path: self.dir.clone(), source })?;
         let path = self.file("machine.key");
         match std::fs::read_to_string(&path) {
             Ok(pem) => KeyPair::from_pem(&pem).map_err(|e| self.damaged("machine.key", e.to_string())),

@@ -89,7 +89,8 @@ pub async fn run(options: AgentOptions, shutdown: impl Future<Output = ()>) -> R
             let token = options.join_token.as_ref().ok_or(AgentError::NotEnrolled)?;
             let url = options.controller_url.as_deref().ok_or(AgentError::NoControllerUrl)?;
             tracing::info!(controller = %url, token = token.id(), "enrolling");
-            let enrollment = Enrollment { controller_url: url, token, hostname: &hostname, labels: &options.labels };
+            let enrollment =
+                Enrollment { controller_url: url, token, hostname: &hostname, labels: &options.labels };
             let identity = enroll::enroll(&identity_dir, enrollment, &mut shutdown).await?;
             tracing::info!(machine_id = %identity.machine_id, "enrolled");
             identity

@@ -98,7 +98,11 @@ impl Link {
     }
 
     /// One session: Hello, Welcome, then heartbeats and inventory changes.
-    async fn session(&self, channel: tonic::transport::Channel, backoff: &mut Backoff) -> Result<SessionEnd, SessionEnd> {
+    async fn session(
+        &self,
+        channel: tonic::transport::Channel,
+        backoff: &mut Backoff,
+    ) -> Result<SessionEnd, SessionEnd> {
         let mut client = pb::agent_service_client::AgentServiceClient::new(channel)
             .max_decoding_message_size(comfyfleet_proto::MAX_AGENT_MESSAGE_BYTES);
         let (outbound, receiver) = mpsc::channel::<pb::AgentMessage>(16);
@@ -112,7 +116,8 @@ impl Link {
                 inventory: Some(pb::Inventory::from(&last_sent)),
             }))
             .await?;
-        let mut inbound = client.session(ReceiverStream::new(receiver)).await.map_err(status_end)?.into_inner();
+        let mut inbound =
+            client.session(ReceiverStream::new(receiver)).await.map_err(status_end)?.into_inner();
 
         let welcome = tokio::time::timeout(WELCOME_TIMEOUT, inbound.message())
             .await
@@ -161,7 +166,9 @@ impl Link {
 fn handle(message: pb::ControllerMessage) {
     match message.body {
         Some(pb::controller_message::Body::Ack(ack)) => tracing::debug!(seq = ack.seq, "acknowledged"),
-        Some(pb::controller_message::Body::Welcome(_)) => tracing::debug!("unexpected second Welcome ignored"),
+        Some(pb::controller_message::Body::Welcome(_)) => {
+            tracing::debug!("unexpected second Welcome ignored")
+        }
         None => tracing::debug!("empty message from the controller ignored"),
     }
 }
@@ -183,7 +190,11 @@ impl Sender {
 
 /// Refusals end the agent; everything else is a lost link to retry.
 fn status_end(status: Status) -> SessionEnd {
-    let text = if status.message().is_empty() { format!("{:?}", status.code()) } else { status.message().to_owned() };
+    let text = if status.message().is_empty() {
+        format!("{:?}", status.code())
+    } else {
+        status.message().to_owned()
+    };
     match status.code() {
         tonic::Code::PermissionDenied | tonic::Code::Unauthenticated => SessionEnd::Refused(text),
         _ => SessionEnd::Lost(format!("{:?}: {text}", status.code())),

@@ -51,7 +51,8 @@ pub fn config_path(flag: Option<PathBuf>) -> Result<PathBuf, ClientError> {
 }
 
 pub fn load_config(path: &Path) -> Result<AdminConfig, ClientError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ClientError::Read { path: path.to_owned(), source })?;
+    let text = std::fs::read_to_string(path)
+        .map_err(|source| ClientError::Read { path: path.to_owned(), source })?;
     AdminConfig::parse(&text).map_err(|source| ClientError::Invalid { path: path.to_owned(), source })
 }
 
@@ -63,9 +64,9 @@ pub async fn connect(config: &AdminConfig) -> Result<Fleet, ClientError> {
         .connect()
         .await
         .map_err(|e| ClientError::Connect { url: config.server.clone(), detail: error_chain(&e) })?;
-    let header = format!("Bearer {}", config.credential)
-        .parse::<MetadataValue<Ascii>>()
-        .map_err(|_| ClientError::Connect { url: config.server.clone(), detail: "the credential is not ASCII".into() })?;
+    let header = format!("Bearer {}", config.credential).parse::<MetadataValue<Ascii>>().map_err(|_| {
+        ClientError::Connect { url: config.server.clone(), detail: "the credential is not ASCII".into() }
+    })?;
     Ok(FleetServiceClient::with_interceptor(channel, Bearer(header))
         .max_decoding_message_size(comfyfleet_proto::MAX_FLEET_MESSAGE_BYTES))
 }

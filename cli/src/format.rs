@@ -11,7 +11,11 @@ pub fn bytes(value: u64) -> String {
         size /= 1024.0;
         unit += 1;
     }
-    if size >= 10.0 || unit == 0 { format!("{size:.0} {}", UNITS[unit]) } else { format!("{size:.1} {}", UNITS[unit]) }
+    if size >= 10.0 || unit == 0 {
+        format!("{size:.0} {}", UNITS[unit])
+    } else {
+        format!("{size:.1} {}", UNITS[unit])
+    }
 }
 
 /// How long ago `at` was, the way kubectl says it: "4s", "3m", "2h", "5d".

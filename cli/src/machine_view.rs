@@ -83,7 +83,9 @@ impl From<&MachineRecord> for MachineView {
             driver_version: nvidia.and_then(|nvidia| nvidia.driver_version.clone()),
             cuda_driver_version: nvidia.and_then(|nvidia| nvidia.cuda_driver_version).map(|v| v.to_string()),
             nvml_status: status,
-            nvml_detail: nvidia.map(|nvidia| nvidia.status.detail().to_owned()).filter(|detail| !detail.is_empty()),
+            nvml_detail: nvidia
+                .map(|nvidia| nvidia.status.detail().to_owned())
+                .filter(|detail| !detail.is_empty()),
             os: host.map(|host| host.os.clone()),
             kernel: host.map(|host| host.kernel.clone()),
             arch: host.map(|host| host.arch.clone()),
@@ -130,7 +132,8 @@ impl MachineView {
             if let Some(memory) = gpu.memory_total_bytes {
                 facts.push(format::bytes(memory));
             }
-            let label = if facts.is_empty() { name.to_owned() } else { format!("{name} ({})", facts.join(", ")) };
+            let label =
+                if facts.is_empty() { name.to_owned() } else { format!("{name} ({})", facts.join(", ")) };
             match groups.iter_mut().find(|(existing, _)| *existing == label) {
                 Some((_, count)) => *count += 1,
                 None => groups.push((label, 1)),
@@ -194,7 +197,10 @@ mod tests {
 
     #[test]
     fn summaries_group_identical_gpus() {
-        let l40s = view(vec![gpu(0, "NVIDIA L40S", "8.9", 48_305_799_168), gpu(1, "NVIDIA L40S", "8.9", 48_305_799_168)]);
+        let l40s = view(vec![
+            gpu(0, "NVIDIA L40S", "8.9", 48_305_799_168),
+            gpu(1, "NVIDIA L40S", "8.9", 48_305_799_168),
+        ]);
         assert_eq!(l40s.gpu_summary(), "2× L40S (8.9, 45 GiB)");
         let mixed = view(vec![
             gpu(0, "NVIDIA GeForce RTX 4090", "8.9", 25_757_220_864),

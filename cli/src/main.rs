@@ -148,7 +148,9 @@ async fn run(cli: Cli) -> anyhow::Result<String> {
         }
         Command::Token(TokenCommand::List { output }) => commands::tokens::list(&mut fleet, output).await,
         Command::Token(TokenCommand::Delete { id }) => commands::tokens::delete(&mut fleet, id).await,
-        Command::Machines { command: None, output, all } => commands::machines::list(&mut fleet, all, output).await,
+        Command::Machines { command: None, output, all } => {
+            commands::machines::list(&mut fleet, all, output).await
+        }
         Command::Machines { command: Some(MachinesCommand::Show { id, output }), .. } => {
             commands::machines::show(&mut fleet, id, output).await
         }
@@ -164,7 +166,9 @@ async fn run(cli: Cli) -> anyhow::Result<String> {
         Command::Credentials(CredentialsCommand::List { output }) => {
             commands::credentials::list(&mut fleet, output).await
         }
-        Command::Credentials(CredentialsCommand::Revoke { id }) => commands::credentials::revoke(&mut fleet, id).await,
+        Command::Credentials(CredentialsCommand::Revoke { id }) => {
+            commands::credentials::revoke(&mut fleet, id).await
+        }
         Command::Audit { limit, output } => commands::audit::list(&mut fleet, limit, output).await,
         Command::Whoami => {
             let me = fleet

@@ -11,7 +11,9 @@ use crate::state::ControllerState;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AdminFileError {
-    #[error("{path} is not a valid admin config ({source}); move it away and restart to mint a new admin credential")]
+    #[error(
+        "{path} is not a valid admin config ({source}); move it away and restart to mint a new admin credential"
+    )]
     Invalid { path: PathBuf, source: comfyfleet_config::admin_config::AdminConfigError },
     #[error("cannot read or write {path}: {source}")]
     Io { path: PathBuf, source: std::io::Error },
@@ -20,13 +22,17 @@ pub enum AdminFileError {
 }
 
 /// Makes sure `admin.toml` exists and names `server_url` and this CA. Returns its path.
-pub async fn ensure(data_dir: &Path, server_url: &str, state: &ControllerState) -> Result<PathBuf, AdminFileError> {
+pub async fn ensure(
+    data_dir: &Path,
+    server_url: &str,
+    state: &ControllerState,
+) -> Result<PathBuf, AdminFileError> {
     let path = data_dir.join("admin.toml");
     let io = |source| AdminFileError::Io { path: path.clone(), source };
     let config = match std::fs::read_to_string(&path) {
         Ok(text) => {
-            let mut config =
-                AdminConfig::parse(&text).map_err(|source| AdminFileError::Invalid { path: path.clone(), source })?;
+            let mut config = AdminConfig::parse(&text)
+                .map_err(|source| AdminFileError::Invalid { path: path.clone(), source })?;
             if config.server == server_url && config.ca_certificate == state.ca.certificate_pem() {
                 return Ok(path);
             }
@@ -36,12 +42,23 @@ pub async fn ensure(data_dir: &Path, server_url: &str, state: &ControllerState) 
         }
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
             let existing = state.store.list_credentials().await?;
-            let name = if existing.is_empty() { "admin".to_owned() } else { format!("admin-{}", existing.len() + 1) };
+            let name = if existing.is_empty() {
+                "admin".to_owned()
+            } else {
+                format!("admin-{}", existing.len() + 1)
+            };
             if !existing.is_empty() {
                 tracing::warn!(path = %path.display(), %name, "admin.toml was missing; minted a new admin credential");
             }
             let (credential, record) = mint_credential(state, &name, Role::Admin, "controller").await?;
-            state.audit("controller", "credential.create", &record.id, &format!("{name} as admin (admin.toml)")).await;
+            state
+                .audit(
+                    "controller",
+                    "credential.create",
+                    &record.id,
+                    &format!("{name} as admin (admin.toml)"),
+                )
+                .await;
             AdminConfig {
                 server: server_url.to_owned(),
                 credential: credential.to_string(),

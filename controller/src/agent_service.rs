@@ -47,7 +47,10 @@ fn internal(error: impl std::fmt::Display) -> Status {
 #[tonic::async_trait]
 impl pb::agent_service_server::AgentService for AgentApi {
     #[tracing::instrument(skip_all, fields(remote = ?request.remote_addr()))]
-    async fn enroll(&self, request: Request<pb::EnrollRequest>) -> Result<Response<pb::EnrollResponse>, Status> {
+    async fn enroll(
+        &self,
+        request: Request<pb::EnrollRequest>,
+    ) -> Result<Response<pb::EnrollResponse>, Status> {
         let request = request.into_inner();
         let token: JoinToken =
             request.join_token.parse().map_err(|error: comfyfleet_config::join_token::JoinTokenError| {
@@ -67,10 +70,11 @@ impl pb::agent_service_server::AgentService for AgentApi {
         let agent_labels = labels_from_wire("labels", request.labels)?;
 
         let machine_id: MachineId = secrets::new_machine_id().parse().map_err(internal)?;
-        let certificate = self.state.ca.sign_agent_csr(&request.csr_pem, &machine_id).map_err(|error| match error {
-            crate::pki::PkiError::BadCsr(_) => Status::invalid_argument(error.to_string()),
-            other => internal(other),
-        })?;
+        let certificate =
+            self.state.ca.sign_agent_csr(&request.csr_pem, &machine_id).map_err(|error| match error {
+                crate::pki::PkiError::BadCsr(_) => Status::invalid_argument(error.to_string()),
+                other => internal(other),
+            })?;
         let new_machine = NewMachine {
             id: machine_id.clone(),
             hostname: hostname.clone(),
@@ -131,15 +135,13 @@ impl AgentApi {
                  start the agent with --join-token to enroll",
             )
         })?;
-        let leaf = certificates.first().ok_or_else(|| Status::unauthenticated("empty client certificate chain"))?;
+        let leaf =
+            certificates.first().ok_or_else(|| Status::unauthenticated("empty client certificate chain"))?;
         let machine_id = machine_id_of(leaf).map_err(Status::unauthenticated)?;
-        let machine = self
-            .state
-            .store
-            .get_machine(&machine_id)
-            .await
-            .map_err(internal)?
-            .ok_or_else(|| Status::permission_denied(format!("machine {machine_id} is not enrolled here")))?;
+        let machine =
+            self.state.store.get_machine(&machine_id).await.map_err(internal)?.ok_or_else(|| {
+                Status::permission_denied(format!("machine {machine_id} is not enrolled here"))
+            })?;
         if let Some(at) = machine.revoked_at {
             return Err(Status::permission_denied(format!(
                 "machine {machine_id} was revoked at {at}; to bring it back, remove the agent's identity \
@@ -214,7 +216,9 @@ impl Session {
             )));
         }
         if hello.agent_version.len() > 64 || hello.agent_version.chars().any(char::is_control) {
-            return Err(Status::invalid_argument("`hello.agent_version` must be at most 64 printable characters"));
+            return Err(Status::invalid_argument(
+                "`hello.agent_version` must be at most 64 printable characters",
+            ));
         }
         let inventory = hello.inventory.map(Inventory::try_from).transpose().map_err(Status::from)?;
         let now = Timestamp::now();
@@ -227,7 +231,8 @@ impl Session {
         };
         self.state.store.record_hello(&self.machine_id, &record).await.map_err(internal)?;
         let guard = self.state.presence.register(self.machine_id.clone(), now);
-        let heartbeat = u32::try_from(self.state.settings.heartbeat_interval.as_secs()).unwrap_or(u32::MAX).max(1);
+        let heartbeat =
+            u32::try_from(self.state.settings.heartbeat_interval.as_secs()).unwrap_or(u32::MAX).max(1);
         let welcome = pb::ControllerMessage {
             body: Some(pb::controller_message::Body::Welcome(pb::Welcome {
                 controller_version: env!("CARGO_PKG_VERSION").to_owned(),
@@ -272,8 +277,13 @@ impl Session {
         match message.body {
             Some(pb::agent_message::Body::Heartbeat(_)) => Ok(()),
             Some(pb::agent_message::Body::Inventory(inventory)) => {
-                let inventory = Inventory::try_from(inventory).map_err(|error: WireError| Status::from(error))?;
-                self.state.store.record_inventory(&self.machine_id, &inventory, now).await.map_err(internal)?;
+                let inventory =
+                    Inventory::try_from(inventory).map_err(|error: WireError| Status::from(error))?;
+                self.state
+                    .store
+                    .record_inventory(&self.machine_id, &inventory, now)
+                    .await
+                    .map_err(internal)?;
                 tracing::info!(gpus = inventory.nvidia.gpus.len(), "inventory updated");
                 let ack = pb::ControllerMessage {
                     body: Some(pb::controller_message::Body::Ack(pb::Ack { seq: message.seq })),
@@ -290,7 +300,9 @@ impl Session {
 
 fn kick_status(machine_id: &MachineId, reason: &KickReason) -> Status {
     match reason {
-        KickReason::Revoked => Status::permission_denied(format!("machine {machine_id} was revoked by an operator")),
+        KickReason::Revoked => {
+            Status::permission_denied(format!("machine {machine_id} was revoked by an operator"))
+        }
         KickReason::Replaced => Status::aborted("a newer session of this machine replaced this one"),
         KickReason::Shutdown => Status::unavailable("the controller is shutting down; reconnect"),
     }

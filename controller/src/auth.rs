@@ -40,7 +40,8 @@ pub async fn authenticate<T>(store: &dyn Store, request: &Request<T>) -> Result<
             "no credential: run comfyfleet with --config FILE (the admin.toml the controller wrote) or set COMFYFLEET_CONFIG",
         )
     })?;
-    let text = header.to_str().map_err(|_| Status::unauthenticated("the authorization header is not text"))?;
+    let text =
+        header.to_str().map_err(|_| Status::unauthenticated("the authorization header is not text"))?;
     let token = text
         .strip_prefix("Bearer ")
         .ok_or_else(|| Status::unauthenticated("the authorization header must be `Bearer <credential>`"))?;
@@ -60,7 +61,8 @@ pub async fn authenticate<T>(store: &dyn Store, request: &Request<T>) -> Result<
         .await
         .map_err(|error| Status::internal(error.to_string()))?
         .ok_or_else(rejected)?;
-    if record.revoked_at.is_some() || !secrets::digests_match(&record.secret_sha256, &secrets::digest(credential.secret()))
+    if record.revoked_at.is_some()
+        || !secrets::digests_match(&record.secret_sha256, &secrets::digest(credential.secret()))
     {
         return Err(rejected());
     }

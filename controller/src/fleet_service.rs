@@ -68,7 +68,9 @@ impl FleetApi {
             return Ok(matches.swap_remove(exact));
         }
         match matches.len() {
-            0 => Err(Status::not_found(format!("no machine id starts with `{text}` (see `comfyfleet machines`)"))),
+            0 => Err(Status::not_found(format!(
+                "no machine id starts with `{text}` (see `comfyfleet machines`)"
+            ))),
             1 => Ok(matches.remove(0)),
             _ => {
                 let ids: Vec<_> = matches.iter().map(|machine| machine.id.as_str()).collect();
@@ -149,7 +151,10 @@ pub async fn mint_credential(
 
 #[tonic::async_trait]
 impl pb::fleet_service_server::FleetService for FleetApi {
-    async fn who_am_i(&self, request: Request<pb::WhoAmIRequest>) -> Result<Response<pb::WhoAmIResponse>, Status> {
+    async fn who_am_i(
+        &self,
+        request: Request<pb::WhoAmIRequest>,
+    ) -> Result<Response<pb::WhoAmIResponse>, Status> {
         let caller = self.caller(&request, Role::Viewer).await?;
         Ok(Response::new(pb::WhoAmIResponse {
             credential_id: caller.credential_id,
@@ -215,7 +220,9 @@ impl pb::fleet_service_server::FleetService for FleetApi {
     ) -> Result<Response<pb::ListJoinTokensResponse>, Status> {
         self.caller(&request, Role::Viewer).await?;
         let tokens = self.state.store.list_join_tokens().await.map_err(internal)?;
-        Ok(Response::new(pb::ListJoinTokensResponse { tokens: tokens.iter().map(join_token_to_wire).collect() }))
+        Ok(Response::new(pb::ListJoinTokensResponse {
+            tokens: tokens.iter().map(join_token_to_wire).collect(),
+        }))
     }
 
     async fn delete_join_token(
@@ -244,7 +251,9 @@ impl pb::fleet_service_server::FleetService for FleetApi {
         let after = match request.page_token.as_str() {
             "" => None,
             token => Some(
-                token.parse::<MachineId>().map_err(|_| Status::invalid_argument("page_token is not one we issued"))?,
+                token
+                    .parse::<MachineId>()
+                    .map_err(|_| Status::invalid_argument("page_token is not one we issued"))?,
             ),
         };
         let page = self
@@ -258,11 +267,15 @@ impl pb::fleet_service_server::FleetService for FleetApi {
         } else {
             String::new()
         };
-        let machines = page.into_iter().map(|machine| pb::Machine::from(&self.machine_record(machine))).collect();
+        let machines =
+            page.into_iter().map(|machine| pb::Machine::from(&self.machine_record(machine))).collect();
         Ok(Response::new(pb::ListMachinesResponse { machines, next_page_token }))
     }
 
-    async fn get_machine(&self, request: Request<pb::GetMachineRequest>) -> Result<Response<pb::Machine>, Status> {
+    async fn get_machine(
+        &self,
+        request: Request<pb::GetMachineRequest>,
+    ) -> Result<Response<pb::Machine>, Status> {
         self.caller(&request, Role::Viewer).await?;
         let machine = self.resolve_machine(&request.into_inner().id).await?;
         Ok(Response::new(pb::Machine::from(&self.machine_record(machine))))
@@ -281,13 +294,20 @@ impl pb::fleet_service_server::FleetService for FleetApi {
         let was_online = self.state.presence.kick(&machine.id, KickReason::Revoked);
         tracing::warn!(machine_id = %machine.id, was_online, by = %caller.actor(), "machine revoked");
         self.state.audit(&caller.actor(), "machine.revoke", machine.id.as_str(), &machine.hostname).await;
-        let machine = self.state.store.get_machine(&machine.id).await.map_err(internal)?.ok_or_else(|| {
-            Status::not_found("the machine disappeared while being revoked")
-        })?;
+        let machine = self
+            .state
+            .store
+            .get_machine(&machine.id)
+            .await
+            .map_err(internal)?
+            .ok_or_else(|| Status::not_found("the machine disappeared while being revoked"))?;
         Ok(Response::new(pb::Machine::from(&self.machine_record(machine))))
     }
 
-    async fn label_machine(&self, request: Request<pb::LabelMachineRequest>) -> Result<Response<pb::Machine>, Status> {
+    async fn label_machine(
+        &self,
+        request: Request<pb::LabelMachineRequest>,
+    ) -> Result<Response<pb::Machine>, Status> {
         let caller = self.caller(&request, Role::Operator).await?;
         let request = request.into_inner();
         let mut machine = self.resolve_machine(&request.id).await?;
@@ -309,7 +329,9 @@ impl pb::fleet_service_server::FleetService for FleetApi {
             }
         }
         for (key, value) in set.iter() {
-            labels.insert(key.to_owned(), value.to_owned()).map_err(|e| Status::invalid_argument(e.to_string()))?;
+            labels
+                .insert(key.to_owned(), value.to_owned())
+                .map_err(|e| Status::invalid_argument(e.to_string()))?;
         }
         self.state.store.set_operator_labels(&machine.id, &labels).await.map_err(internal)?;
         let detail = format!("set {set}; removed {}", request.remove.join(","));
@@ -328,7 +350,9 @@ impl pb::fleet_service_server::FleetService for FleetApi {
         let role = role_from_wire("role", request.role)?;
         let (credential, record) =
             mint_credential(&self.state, &request.name, role, &caller.actor()).await.map_err(internal)?;
-        self.state.audit(&caller.actor(), "credential.create", &record.id, &format!("{} as {role}", record.name)).await;
+        self.state
+            .audit(&caller.actor(), "credential.create", &record.id, &format!("{} as {role}", record.name))
+            .await;
         Ok(Response::new(pb::CreateCredentialResponse {
             token: credential.to_string(),
             info: Some(credential_to_wire(&record)),
@@ -353,12 +377,13 @@ impl pb::fleet_service_server::FleetService for FleetApi {
         let caller = self.caller(&request, Role::Admin).await?;
         let id = request.into_inner().id;
         let credentials = self.state.store.list_credentials().await.map_err(internal)?;
-        let target = credentials
+        let target = credentials.iter().find(|credential| credential.id == id).ok_or_else(|| {
+            Status::not_found(format!("no credential {id} (see `comfyfleet credentials list`)"))
+        })?;
+        let live_admins = credentials
             .iter()
-            .find(|credential| credential.id == id)
-            .ok_or_else(|| Status::not_found(format!("no credential {id} (see `comfyfleet credentials list`)")))?;
-        let live_admins =
-            credentials.iter().filter(|c| c.role == Role::Admin && c.revoked_at.is_none() && c.id != id).count();
+            .filter(|c| c.role == Role::Admin && c.revoked_at.is_none() && c.id != id)
+            .count();
         if target.role == Role::Admin && target.revoked_at.is_none() && live_admins == 0 {
             return Err(Status::failed_precondition(
                 "this is the last admin credential; create another admin first so nobody is locked out",
@@ -367,7 +392,8 @@ impl pb::fleet_service_server::FleetService for FleetApi {
         self.state.store.revoke_credential(&id, Timestamp::now()).await.map_err(internal)?;
         self.state.audit(&caller.actor(), "credential.revoke", &id, &target.name).await;
         let revoked = self.state.store.get_credential(&id).await.map_err(internal)?;
-        let revoked = revoked.ok_or_else(|| Status::not_found("the credential disappeared while being revoked"))?;
+        let revoked =
+            revoked.ok_or_else(|| Status::not_found("the credential disappeared while being revoked"))?;
         Ok(Response::new(credential_to_wire(&revoked)))
     }
 

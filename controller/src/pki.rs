@@ -33,7 +33,9 @@ const MACHINE_URI_PREFIX: &str = "urn:comfyfleet:machine:";
 pub enum PkiError {
     #[error("cannot read or write {path}: {source}")]
     Io { path: PathBuf, source: std::io::Error },
-    #[error("{path} is not a usable {what}: {detail}; restore it from a backup or remove the whole pki/ directory to start a new CA (every agent must then enroll again)")]
+    #[error(
+        "{path} is not a usable {what}: {detail}; restore it from a backup or remove the whole pki/ directory to start a new CA (every agent must then enroll again)"
+    )]
     Corrupt { path: PathBuf, what: &'static str, detail: String },
     #[error("cannot create the {what}: {source}")]
     Generate { what: &'static str, source: rcgen::Error },
@@ -76,10 +78,13 @@ impl CertificateAuthority {
         let mut params = CertificateParams::default();
         params.distinguished_name = name("comfyfleet CA");
         params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+        params.key_usages =
+            vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
         params.serial_number = Some(random_serial());
         set_validity(&mut params, CA_VALIDITY_DAYS);
-        let certificate = params.self_signed(&key).map_err(|source| PkiError::Generate { what: "CA certificate", source })?;
+        let certificate = params
+            .self_signed(&key)
+            .map_err(|source| PkiError::Generate { what: "CA certificate", source })?;
         // The key first: a certificate without its key is useless, the reverse is
         // retried on the next start.
         files::write_private(&key_path, key.serialize_pem().as_bytes())
@@ -96,7 +101,8 @@ impl CertificateAuthority {
         };
         let certificate_pem = read(cert_path)?;
         let key_pem = read(key_path)?;
-        let corrupt = |path: &Path, what, detail: String| PkiError::Corrupt { path: path.to_owned(), what, detail };
+        let corrupt =
+            |path: &Path, what, detail: String| PkiError::Corrupt { path: path.to_owned(), what, detail };
         let key = KeyPair::from_pem(&key_pem).map_err(|e| corrupt(key_path, "CA key", e.to_string()))?;
         let certificate_der = pem_certificates(&certificate_pem)
             .into_iter()
@@ -143,7 +149,11 @@ impl CertificateAuthority {
 
     /// Signs an agent's CSR as a client certificate naming `machine_id`. Nothing from
     /// the request but its public key is used: the agent does not choose its name.
-    pub fn sign_agent_csr(&self, csr_pem: &str, machine_id: &MachineId) -> Result<AgentCertificate, PkiError> {
+    pub fn sign_agent_csr(
+        &self,
+        csr_pem: &str,
+        machine_id: &MachineId,
+    ) -> Result<AgentCertificate, PkiError> {
         let request = CertificateSigningRequestParams::from_pem(csr_pem).map_err(PkiError::BadCsr)?;
         let mut params = CertificateParams::default();
         params.distinguished_name = name(machine_id.as_str());
@@ -171,7 +181,8 @@ pub fn certificate_sha256(der: &[u8]) -> String {
 /// The machine id named by an agent certificate (already verified against the CA by
 /// the TLS layer), or why there is none.
 pub fn machine_id_of(der: &[u8]) -> Result<MachineId, String> {
-    let (_, certificate) = X509Certificate::from_der(der).map_err(|e| format!("unreadable certificate: {e}"))?;
+    let (_, certificate) =
+        X509Certificate::from_der(der).map_err(|e| format!("unreadable certificate: {e}"))?;
     let names = certificate
         .subject_alternative_name()
         .map_err(|e| format!("unreadable subjectAltName: {e}"))?

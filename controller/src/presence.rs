@@ -118,7 +118,8 @@ impl SessionGuard {
     }
 
     pub fn last_seen(&self) -> Timestamp {
-        Timestamp::from_millisecond(self.last_seen_ms.load(Ordering::Relaxed)).unwrap_or_else(|_| Timestamp::now())
+        Timestamp::from_millisecond(self.last_seen_ms.load(Ordering::Relaxed))
+            .unwrap_or_else(|_| Timestamp::now())
     }
 
     /// Resolves when the controller ends this session; pending forever once taken.

@@ -68,19 +68,26 @@ pub async fn run(
     on_ready: impl FnOnce(&str),
 ) -> Result<(), ControllerError> {
     let data_dir = &options.data_dir;
-    files::create_private_dir(data_dir).map_err(|source| ControllerError::DataDir { path: data_dir.clone(), source })?;
+    files::create_private_dir(data_dir)
+        .map_err(|source| ControllerError::DataDir { path: data_dir.clone(), source })?;
     let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&data_dir.join("controller.db")).await?);
     let ca = CertificateAuthority::load_or_create(data_dir)?;
 
     let address = resolve_listen(&options.listen).await?;
-    let listener = TcpListener::bind(address).await.map_err(|source| ControllerError::Bind { address, source })?;
+    let listener =
+        TcpListener::bind(address).await.map_err(|source| ControllerError::Bind { address, source })?;
     let bound = listener.local_addr().map_err(|source| ControllerError::Bind { address, source })?;
     let url = options.advertise_url.clone().unwrap_or_else(|| default_url(bound));
     let names = certificate_names(bound, &url, &options.tls_sans);
     let identity = ca.issue_server_certificate(&names)?;
     let tls_config = tls::server_config(&ca, identity)?;
 
-    let state = Arc::new(ControllerState { store, ca, presence: Presence::new(), settings: options.settings.clone() });
+    let state = Arc::new(ControllerState {
+        store,
+        ca,
+        presence: Presence::new(),
+        settings: options.settings.clone(),
+    });
     let admin_path = admin_file::ensure(data_dir, &url, &state).await?;
 
     let (health, health_service) = tonic_health::server::health_reporter();
@@ -214,7 +221,8 @@ mod tests {
         assert_eq!(default_url("[::]:1".parse().unwrap()), "https://[::1]:1");
         assert_eq!(url_host("https://ctl.example:7443").as_deref(), Some("ctl.example"));
         assert_eq!(url_host("https://[fd00::1]:7443").as_deref(), Some("fd00::1"));
-        let names = certificate_names("10.0.0.5:7443".parse().unwrap(), "https://ctl.example:7443", &["x".into()]);
+        let names =
+            certificate_names("10.0.0.5:7443".parse().unwrap(), "https://ctl.example:7443", &["x".into()]);
         for expected in ["localhost", "127.0.0.1", "10.0.0.5", "ctl.example", "x"] {
             assert!(names.iter().any(|name| name == expected), "{expected} missing from {names:?}");
         }

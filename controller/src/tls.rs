@@ -37,8 +37,9 @@ pub fn server_config(
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut roots = RootCertStore::empty();
     roots.add(ca.certificate_der().clone())?;
-    let verifier =
-        WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone()).allow_unauthenticated().build()?;
+    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+        .allow_unauthenticated()
+        .build()?;
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_client_cert_verifier(verifier)
@@ -90,7 +91,9 @@ fn log_handshake_failure(peer: SocketAddr, error: &std::io::Error) {
     use std::io::ErrorKind;
     match error.kind() {
         // Load balancers' TCP health checks connect and close: not news.
-        ErrorKind::UnexpectedEof | ErrorKind::ConnectionReset => tracing::debug!(%peer, %error, "TLS handshake abandoned"),
+        ErrorKind::UnexpectedEof | ErrorKind::ConnectionReset => {
+            tracing::debug!(%peer, %error, "TLS handshake abandoned")
+        }
         // A certificate from another CA, plain HTTP on the TLS port: worth a line,
         // not a warning storm.
         _ => tracing::info!(%peer, %error, "TLS handshake failed"),

@@ -4,7 +4,8 @@
 /// future never resolves, and the process still dies by the default signal action.
 pub async fn signal() {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut terminate), Ok(mut interrupt)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
+    let (Ok(mut terminate), Ok(mut interrupt)) =
+        (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
     else {
         tracing::warn!("cannot install signal handlers; stop with SIGKILL");
         return std::future::pending().await;

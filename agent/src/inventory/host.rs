@@ -45,7 +45,9 @@ pub fn kernel_hostname() -> String {
 
 fn os_name(os_release: &str) -> String {
     let value = |key: &str| {
-        os_release.lines().find_map(|line| line.strip_prefix(key)?.strip_prefix('=').map(|v| v.trim_matches('"')))
+        os_release
+            .lines()
+            .find_map(|line| line.strip_prefix(key)?.strip_prefix('=').map(|v| v.trim_matches('"')))
     };
     value("PRETTY_NAME").or_else(|| value("NAME")).unwrap_or("Linux").to_owned()
 }
@@ -62,7 +64,10 @@ fn cpu_model(cpuinfo: &str) -> String {
 
 /// Logical CPUs of the machine (not of this process's cgroup).
 fn cpu_count(cpuinfo: &str) -> u32 {
-    let listed = cpuinfo.lines().filter(|line| line.split(':').next().is_some_and(|k| k.trim() == "processor")).count();
+    let listed = cpuinfo
+        .lines()
+        .filter(|line| line.split(':').next().is_some_and(|k| k.trim() == "processor"))
+        .count();
     let count = if listed > 0 { listed } else { std::thread::available_parallelism().map_or(1, usize::from) };
     u32::try_from(count).unwrap_or(u32::MAX)
 }
@@ -79,7 +84,9 @@ fn memory_total(meminfo: &str) -> u64 {
 
 fn disk_space(path: &std::path::Path) -> (u64, u64) {
     match rustix::fs::statvfs(path) {
-        Ok(stat) => (stat.f_bavail.saturating_mul(stat.f_frsize), stat.f_blocks.saturating_mul(stat.f_frsize)),
+        Ok(stat) => {
+            (stat.f_bavail.saturating_mul(stat.f_frsize), stat.f_blocks.saturating_mul(stat.f_frsize))
+        }
         Err(_) => (0, 0),
     }
 }
@@ -90,7 +97,10 @@ mod tests {
 
     #[test]
     fn parses_proc_files() {
-        assert_eq!(os_name("NAME=\"Debian\"\nPRETTY_NAME=\"Debian GNU/Linux 12 (bookworm)\"\n"), "Debian GNU/Linux 12 (bookworm)");
+        assert_eq!(
+            os_name("NAME=\"Debian\"\nPRETTY_NAME=\"Debian GNU/Linux 12 (bookworm)\"\n"),
+            "Debian GNU/Linux 12 (bookworm)"
+        );
         assert_eq!(cpu_model("processor\t: 0\nmodel name\t: AMD EPYC 9354\n"), "AMD EPYC 9354");
         assert_eq!(cpu_count("processor\t: 0\nprocessor\t: 1\n"), 2);
         assert_eq!(memory_total("MemTotal:       16384 kB\n"), 16384 * 1024);

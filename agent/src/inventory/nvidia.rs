@@ -26,10 +26,9 @@ impl NvmlProbe {
 
     fn init(&self) -> Result<Nvml, NvmlStatus> {
         Nvml::builder().lib_path(self.library.as_os_str()).init().map_err(|error| match error {
-            NvmlError::LibloadingError(detail) => NvmlStatus::LibraryNotFound(format!(
-                "{}: {detail}",
-                self.library.display()
-            )),
+            NvmlError::LibloadingError(detail) => {
+                NvmlStatus::LibraryNotFound(format!("{}: {detail}", self.library.display()))
+            }
             NvmlError::DriverNotLoaded => {
                 NvmlStatus::DriverNotLoaded("NVML reports that the NVIDIA kernel driver is not loaded".into())
             }
@@ -84,8 +83,8 @@ fn read_gpu(nvml: &Nvml, index: u32) -> Gpu {
     let name = field(&mut errors, "name", device.name());
     let uuid = field(&mut errors, "uuid", device.uuid());
     let memory_total_bytes = field(&mut errors, "memory", device.memory_info()).map(|memory| memory.total);
-    let compute_capability =
-        field(&mut errors, "compute capability", device.cuda_compute_capability()).and_then(|cc| {
+    let compute_capability = field(&mut errors, "compute capability", device.cuda_compute_capability())
+        .and_then(|cc| {
             Some(ComputeCapability::new(u32::try_from(cc.major).ok()?, u32::try_from(cc.minor).ok()?))
         });
     let pci_bus_id = field(&mut errors, "pci", device.pci_info()).map(|pci| pci.bus_id);

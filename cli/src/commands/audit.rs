@@ -19,8 +19,12 @@ struct EventView {
 }
 
 pub async fn list(client: &mut Fleet, limit: u32, output: OutputFormat) -> anyhow::Result<String> {
-    let events =
-        client.list_audit_events(pb::ListAuditEventsRequest { limit }).await.map_err(status_error)?.into_inner().events;
+    let events = client
+        .list_audit_events(pb::ListAuditEventsRequest { limit })
+        .await
+        .map_err(status_error)?
+        .into_inner()
+        .events;
     let views: Vec<EventView> = events
         .into_iter()
         .map(|event| EventView {

@@ -55,8 +55,12 @@ fn view(credential: pb::Credential) -> CredentialView {
 }
 
 pub async fn list(client: &mut Fleet, output: OutputFormat) -> anyhow::Result<String> {
-    let credentials =
-        client.list_credentials(pb::ListCredentialsRequest {}).await.map_err(status_error)?.into_inner().credentials;
+    let credentials = client
+        .list_credentials(pb::ListCredentialsRequest {})
+        .await
+        .map_err(status_error)?
+        .into_inner()
+        .credentials;
     let views: Vec<CredentialView> = credentials.into_iter().map(view).collect();
     match output {
         OutputFormat::Json => to_json(&views),
@@ -80,7 +84,8 @@ pub async fn list(client: &mut Fleet, output: OutputFormat) -> anyhow::Result<St
 }
 
 pub async fn revoke(client: &mut Fleet, id: String) -> anyhow::Result<String> {
-    let credential = client.revoke_credential(pb::RevokeCredentialRequest { id }).await.map_err(status_error)?;
+    let credential =
+        client.revoke_credential(pb::RevokeCredentialRequest { id }).await.map_err(status_error)?;
     let credential = credential.into_inner();
     Ok(format!("credential {} ({}) revoked\n", credential.id, credential.name))
 }

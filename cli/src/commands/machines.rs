@@ -33,8 +33,9 @@ pub async fn fetch_all(client: &mut Fleet, include_revoked: bool) -> anyhow::Res
 
 fn view(machine: pb::Machine) -> anyhow::Result<MachineView> {
     let id = machine.id.clone();
-    let record = MachineRecord::try_from(machine)
-        .map_err(|error| anyhow::anyhow!("the controller sent an unreadable record for machine {id}: {error}"))?;
+    let record = MachineRecord::try_from(machine).map_err(|error| {
+        anyhow::anyhow!("the controller sent an unreadable record for machine {id}: {error}")
+    })?;
     Ok(MachineView::from(&record))
 }
 
@@ -64,7 +65,8 @@ fn table(views: &[MachineView], now: Timestamp) -> String {
             ]
         })
         .collect();
-    let mut text = format::table(&["ID", "HOSTNAME", "STATUS", "GPUS", "DRIVER", "CUDA", "LABELS", "LAST SEEN"], &rows);
+    let mut text =
+        format::table(&["ID", "HOSTNAME", "STATUS", "GPUS", "DRIVER", "CUDA", "LABELS", "LAST SEEN"], &rows);
     let online = views.iter().filter(|m| m.online).count();
     let gpus: usize = views.iter().map(|m| m.gpus.len()).sum();
     text.push_str(&format!("\n{} machines ({online} online), {gpus} GPUs\n", views.len()));
@@ -122,8 +124,23 @@ fn describe(machine: &MachineView, now: Timestamp) -> String {
         ("Status", format!("{} (last seen {})", machine.status(), format::ago(last_seen, now))),
         ("Enrolled", machine.enrolled_at.clone()),
         ("Labels", or_dash(Some(machine.labels_text()))),
-        ("Agent", format!("{} from {}", or_dash(Some(machine.agent_version.clone())), or_dash(Some(machine.remote_address.clone())))),
-        ("OS", format!("{} / {} / {}", or_dash(machine.os.clone()), or_dash(machine.kernel.clone()), or_dash(machine.arch.clone()))),
+        (
+            "Agent",
+            format!(
+                "{} from {}",
+                or_dash(Some(machine.agent_version.clone())),
+                or_dash(Some(machine.remote_address.clone()))
+            ),
+        ),
+        (
+            "OS",
+            format!(
+                "{} / {} / {}",
+                or_dash(machine.os.clone()),
+                or_dash(machine.kernel.clone()),
+                or_dash(machine.arch.clone())
+            ),
+        ),
         ("CPU", format!("{} ({} cores)", or_dash(machine.cpu_model.clone()), machine.cpu_cores.unwrap_or(0))),
         ("Memory", machine.memory_total_bytes.map_or("-".into(), format::bytes)),
         ("Data dir free", machine.data_dir_free_bytes.map_or("-".into(), format::bytes)),
@@ -144,7 +161,8 @@ fn describe(machine: &MachineView, now: Timestamp) -> String {
         lines.insert(3, ("Revoked", revoked.clone()));
     }
     let width = lines.iter().map(|(key, _)| key.len()).max().unwrap_or(0) + 1;
-    let mut text: String = lines.iter().map(|(key, value)| format!("{:<width$} {value}\n", format!("{key}:"))).collect();
+    let mut text: String =
+        lines.iter().map(|(key, value)| format!("{:<width$} {value}\n", format!("{key}:"))).collect();
     text.push_str(&format!("GPUs: {}\n", machine.gpu_summary()));
     if !machine.gpus.is_empty() {
         let rows: Vec<Vec<String>> = machine
@@ -162,7 +180,8 @@ fn describe(machine: &MachineView, now: Timestamp) -> String {
                 ]
             })
             .collect();
-        let table = format::table(&["INDEX", "NAME", "COMPUTE", "MEMORY", "PCI BUS", "UUID", "ERRORS"], &rows);
+        let table =
+            format::table(&["INDEX", "NAME", "COMPUTE", "MEMORY", "PCI BUS", "UUID", "ERRORS"], &rows);
         for line in table.lines() {
             text.push_str(&format!("  {line}\n"));
         }
@@ -171,7 +190,8 @@ fn describe(machine: &MachineView, now: Timestamp) -> String {
 }
 
 pub async fn revoke(client: &mut Fleet, id: String) -> anyhow::Result<String> {
-    let machine = client.revoke_machine(pb::RevokeMachineRequest { id }).await.map_err(status_error)?.into_inner();
+    let machine =
+        client.revoke_machine(pb::RevokeMachineRequest { id }).await.map_err(status_error)?.into_inner();
     Ok(format!(
         "machine {} ({}) revoked: its agent is disconnected and cannot reconnect\n",
         machine.id, machine.hostname

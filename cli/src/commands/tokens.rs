@@ -47,7 +47,12 @@ struct TokenView {
 }
 
 pub async fn list(client: &mut Fleet, output: OutputFormat) -> anyhow::Result<String> {
-    let tokens = client.list_join_tokens(pb::ListJoinTokensRequest {}).await.map_err(status_error)?.into_inner().tokens;
+    let tokens = client
+        .list_join_tokens(pb::ListJoinTokensRequest {})
+        .await
+        .map_err(status_error)?
+        .into_inner()
+        .tokens;
     let now = Timestamp::now();
     let views: Vec<TokenView> = tokens
         .into_iter()
@@ -74,7 +79,11 @@ pub async fn list(client: &mut Fleet, output: OutputFormat) -> anyhow::Result<St
                 .map(|token| {
                     vec![
                         token.id.clone(),
-                        if token.expired { "expired".into() } else { token.expires_at.clone().unwrap_or_default() },
+                        if token.expired {
+                            "expired".into()
+                        } else {
+                            token.expires_at.clone().unwrap_or_default()
+                        },
                         match token.uses_allowed {
                             Some(allowed) => format!("{}/{allowed}", token.uses),
                             None => format!("{}/unlimited", token.uses),

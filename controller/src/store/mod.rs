@@ -17,7 +17,9 @@ pub enum StoreError {
     Corrupt { what: &'static str, detail: String },
     #[error("cannot open the database {path}: {source}")]
     Open { path: String, source: sqlx::Error },
-    #[error("the database was written by a newer comfyfleet (schema version {found}, this build knows {known}); upgrade this controller")]
+    #[error(
+        "the database was written by a newer comfyfleet (schema version {found}, this build knows {known}); upgrade this controller"
+    )]
     TooNew { found: i64, known: i64 },
 }
 
@@ -164,7 +166,8 @@ pub trait Store: Send + Sync + 'static {
         include_revoked: bool,
     ) -> StoreResult<Vec<StoredMachine>>;
     async fn record_hello(&self, id: &MachineId, hello: &Hello) -> StoreResult<()>;
-    async fn record_inventory(&self, id: &MachineId, inventory: &Inventory, at: Timestamp) -> StoreResult<()>;
+    async fn record_inventory(&self, id: &MachineId, inventory: &Inventory, at: Timestamp)
+    -> StoreResult<()>;
     async fn record_last_seen(&self, seen: &[(MachineId, Timestamp)]) -> StoreResult<()>;
     async fn set_operator_labels(&self, id: &MachineId, labels: &Labels) -> StoreResult<()>;
     /// Marks the machine revoked; returns false if it already was (or is unknown).
@@ -175,8 +178,14 @@ pub trait Store: Send + Sync + 'static {
     async fn list_credentials(&self) -> StoreResult<Vec<CredentialRecord>>;
     async fn revoke_credential(&self, id: &str, at: Timestamp) -> StoreResult<bool>;
 
-    async fn append_audit(&self, at: Timestamp, actor: &str, action: &str, target: &str, detail: &str)
-    -> StoreResult<()>;
+    async fn append_audit(
+        &self,
+        at: Timestamp,
+        actor: &str,
+        action: &str,
+        target: &str,
+        detail: &str,
+    ) -> StoreResult<()>;
     /// Newest first.
     async fn list_audit(&self, limit: u32) -> StoreResult<Vec<AuditRecord>>;
 }
@@ -204,9 +213,18 @@ mod tests {
         let now = Timestamp::from_second(1_500).unwrap();
         assert_eq!(check_join_token(&token(None, 99), &[7; 32], now), Ok(()));
         assert_eq!(check_join_token(&token(Some(2), 1), &[7; 32], now), Ok(()));
-        assert!(matches!(check_join_token(&token(Some(2), 2), &[7; 32], now), Err(EnrollRefusal::UsedUp { .. })));
-        assert!(matches!(check_join_token(&token(None, 0), &[8; 32], now), Err(EnrollRefusal::WrongSecret { .. })));
+        assert!(matches!(
+            check_join_token(&token(Some(2), 2), &[7; 32], now),
+            Err(EnrollRefusal::UsedUp { .. })
+        ));
+        assert!(matches!(
+            check_join_token(&token(None, 0), &[8; 32], now),
+            Err(EnrollRefusal::WrongSecret { .. })
+        ));
         let later = Timestamp::from_second(2_000).unwrap();
-        assert!(matches!(check_join_token(&token(None, 0), &[7; 32], later), Err(EnrollRefusal::Expired { .. })));
+        assert!(matches!(
+            check_join_token(&token(None, 0), &[7; 32], later),
+            Err(EnrollRefusal::Expired { .. })
+        ));
     }
 }

@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use comfyfleet_config::{Inventory, Labels, MachineId, Role};
 use jiff::Timestamp;
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow, SqliteSynchronous};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
+};
 use sqlx::{Row, Sqlite, Transaction};
 
 use super::{
@@ -154,7 +156,9 @@ fn join_token_from_row(row: &SqliteRow) -> StoreResult<JoinTokenRecord> {
         secret_sha256: digest("join token digest", get(row, "secret_sha256")?)?,
         created_at: timestamp("created_at", get(row, "created_at")?)?,
         expires_at: timestamp("expires_at", get(row, "expires_at")?)?,
-        uses_allowed: get::<Option<i64>>(row, "uses_allowed")?.map(|v| count("uses_allowed", v)).transpose()?,
+        uses_allowed: get::<Option<i64>>(row, "uses_allowed")?
+            .map(|v| count("uses_allowed", v))
+            .transpose()?,
         uses: count("uses", get(row, "uses")?)?,
         labels: labels_from("join token labels", &get::<String>(row, "labels")?)?,
         description: get(row, "description")?,
@@ -166,7 +170,8 @@ fn credential_from_row(row: &SqliteRow) -> StoreResult<CredentialRecord> {
     Ok(CredentialRecord {
         id: get(row, "id")?,
         name: get(row, "name")?,
-        role: Role::from_str(&get::<String>(row, "role")?).map_err(|e| corrupt("credential role")(e.to_string()))?,
+        role: Role::from_str(&get::<String>(row, "role")?)
+            .map_err(|e| corrupt("credential role")(e.to_string()))?,
         secret_sha256: digest("credential digest", get(row, "secret_sha256")?)?,
         created_at: timestamp("created_at", get(row, "created_at")?)?,
         revoked_at: optional_timestamp("revoked_at", get(row, "revoked_at")?)?,
@@ -178,11 +183,12 @@ const MACHINE_COLUMNS: &str = "id, hostname, enrolled_at, revoked_at, cert_sha25
      agent_labels, operator_labels, inventory, inventory_updated_at, agent_version, last_seen, remote_address";
 
 async fn fetch_machine(tx: &mut Transaction<'_, Sqlite>, id: &str) -> StoreResult<Option<StoredMachine>> {
-    let row = sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {MACHINE_COLUMNS} FROM machines WHERE id = ?")))
-        .bind(id)
-        .fetch_optional(&mut **tx)
-        .await
-        .map_err(database("reading a machine"))?;
+    let row =
+        sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {MACHINE_COLUMNS} FROM machines WHERE id = ?")))
+            .bind(id)
+            .fetch_optional(&mut **tx)
+            .await
+            .map_err(database("reading a machine"))?;
     row.as_ref().map(machine_from_row).transpose()
 }
 
@@ -341,9 +347,16 @@ impl Store for SqliteStore {
         Ok(())
     }
 
-    async fn record_inventory(&self, id: &MachineId, inventory: &Inventory, at: Timestamp) -> StoreResult<()> {
-        let json = serde_json::to_string(inventory)
-            .map_err(|e| StoreError::Corrupt { what: "inventory", detail: format!("cannot serialise: {e}") })?;
+    async fn record_inventory(
+        &self,
+        id: &MachineId,
+        inventory: &Inventory,
+        at: Timestamp,
+    ) -> StoreResult<()> {
+        let json = serde_json::to_string(inventory).map_err(|e| StoreError::Corrupt {
+            what: "inventory",
+            detail: format!("cannot serialise: {e}"),
+        })?;
         sqlx::query(
             "UPDATE machines SET inventory = ?, inventory_updated_at = ?, last_seen = ?, hostname = ? WHERE id = ?",
         )
@@ -519,7 +532,8 @@ mod tests {
     async fn enrollment_counts_uses_and_refuses_past_them_storing_nothing() {
         let (_dir, store) = store().await;
         store.create_join_token(&token(Some(1))).await.unwrap();
-        let first = store.enroll_machine("0123456789ab", &[1; 32], &new_machine("m1")).await.unwrap().unwrap();
+        let first =
+            store.enroll_machine("0123456789ab", &[1; 32], &new_machine("m1")).await.unwrap().unwrap();
         assert_eq!(first.effective_labels().to_string(), "gpu=yes,pool=a");
         let second = store.enroll_machine("0123456789ab", &[1; 32], &new_machine("m2")).await.unwrap();
         assert!(matches!(second, Err(EnrollRefusal::UsedUp { .. })));

@@ -60,7 +60,8 @@ impl RawSession {
         let mut grpc = tonic::client::Grpc::new(channel);
         grpc.ready().await.map_err(|e| Status::unavailable(e.to_string()))?;
         let path = "/comfyfleet.v1.AgentService/Session".parse().unwrap();
-        let response = grpc.streaming(tonic::Request::new(ReceiverStream::new(receiver)), path, RawCodec).await?;
+        let response =
+            grpc.streaming(tonic::Request::new(ReceiverStream::new(receiver)), path, RawCodec).await?;
         Ok(RawSession { outbound, inbound: response.into_inner() })
     }
 

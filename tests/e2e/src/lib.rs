@@ -206,7 +206,14 @@ pub struct Agent {
 impl Agent {
     /// Starts an agent named `name` (its reported hostname) with `profile`; `token`
     /// is passed when given (first start).
-    pub fn start(root: &Path, name: &str, profile: &Value, url: &str, token: Option<&str>, extra: &[&str]) -> Agent {
+    pub fn start(
+        root: &Path,
+        name: &str,
+        profile: &Value,
+        url: &str,
+        token: Option<&str>,
+        extra: &[&str],
+    ) -> Agent {
         let data_dir = root.join(name);
         let profile_path = root.join(format!("{name}.profile.json"));
         write_profile(&profile_path, profile);
@@ -219,7 +226,15 @@ impl Agent {
     pub fn restart(&mut self) {
         self.process.kill();
         let generation = self.process.generation() + 1;
-        self.process = spawn_agent(&self.name, &self.data_dir, &self.profile_path, &self.url, None, &self.extra, generation);
+        self.process = spawn_agent(
+            &self.name,
+            &self.data_dir,
+            &self.profile_path,
+            &self.url,
+            None,
+            &self.extra,
+            generation,
+        );
     }
 
     /// Waits for the agent to exit by itself; returns its status and log.

@@ -61,7 +61,16 @@ fn five_agents_report_exactly_their_gpus_driver_and_cuda() {
     let names = ["mixed-4090-a6000-570", "no-gpu", "h100-x8-580", "l40s-x2-550", "rtx5090-x1-575"];
     let _agents: Vec<Agent> = names
         .iter()
-        .map(|name| Agent::start(dir.path(), name, &profile(name), &controller.url, Some(&token), &["--label", "rack=r1"]))
+        .map(|name| {
+            Agent::start(
+                dir.path(),
+                name,
+                &profile(name),
+                &controller.url,
+                Some(&token),
+                &["--label", "rack=r1"],
+            )
+        })
         .collect();
 
     let machines = wait_until(Duration::from_secs(30), "five machines online with inventory", || {
@@ -71,7 +80,8 @@ fn five_agents_report_exactly_their_gpus_driver_and_cuda() {
         ready.then_some(machines)
     });
     for name in names {
-        let machine = machines.iter().find(|m| m["hostname"] == name).unwrap_or_else(|| panic!("{name} missing"));
+        let machine =
+            machines.iter().find(|m| m["hostname"] == name).unwrap_or_else(|| panic!("{name} missing"));
         assert_reports_profile(machine, &profile(name));
         assert_eq!(machine["labels"], json!({"pool": "render-a", "rack": "r1"}));
     }
@@ -90,12 +100,14 @@ fn five_agents_report_exactly_their_gpus_driver_and_cuda() {
     assert_eq!(csv.lines().count(), 6, "{csv}");
     assert!(csv.lines().next().unwrap().starts_with("id,hostname,online,last_seen"));
 
-    let mixed_id = machines.iter().find(|m| m["hostname"] == names[0]).unwrap()["id"].as_str().unwrap().to_owned();
+    let mixed_id =
+        machines.iter().find(|m| m["hostname"] == names[0]).unwrap()["id"].as_str().unwrap().to_owned();
     let shown = controller.cli(&["machines", "show", &mixed_id[..6]]).success();
     assert!(shown.contains("driver 570.133.07, CUDA 12.8"), "{shown}");
     assert!(shown.contains("NVIDIA RTX A6000"), "{shown}");
     let shown_json: Value =
-        serde_json::from_str(&controller.cli(&["machines", "show", &mixed_id, "-o", "json"]).success()).unwrap();
+        serde_json::from_str(&controller.cli(&["machines", "show", &mixed_id, "-o", "json"]).success())
+            .unwrap();
     assert_eq!(shown_json["id"], mixed_id.as_str());
 }
 
@@ -142,7 +154,9 @@ fn an_nvml_error_on_one_gpu_does_not_lose_the_others() {
     });
     let _agent = Agent::start(dir.path(), "flaky", &broken, &controller.url, Some(&token), &[]);
     let machine = wait_until(Duration::from_secs(20), "the flaky machine's inventory", || {
-        controller.machine("flaky").filter(|m| m["online"] == true && !m["gpus"].as_array().unwrap().is_empty())
+        controller
+            .machine("flaky")
+            .filter(|m| m["online"] == true && !m["gpus"].as_array().unwrap().is_empty())
     });
     let gpus = machine["gpus"].as_array().unwrap();
     assert_eq!(gpus.len(), 4, "{machine:#}");

@@ -15,8 +15,10 @@ fn a_killed_agent_goes_offline_and_comes_back_as_the_same_machine() {
     let dir = test_dir();
     let controller = Controller::start(&dir.path().join("controller"));
     let token = controller.create_token(&["--uses", "2"]);
-    let mut agent = Agent::start(dir.path(), "render-01", &profile("l40s-x2-550"), &controller.url, Some(&token), &[]);
-    let _other = Agent::start(dir.path(), "render-02", &profile("t4-x1-535"), &controller.url, Some(&token), &[]);
+    let mut agent =
+        Agent::start(dir.path(), "render-01", &profile("l40s-x2-550"), &controller.url, Some(&token), &[]);
+    let _other =
+        Agent::start(dir.path(), "render-02", &profile("t4-x1-535"), &controller.url, Some(&token), &[]);
     wait_until(Duration::from_secs(20), "both online", || {
         (online(&controller, "render-01")? && online(&controller, "render-02")?).then_some(())
     });
@@ -24,7 +26,9 @@ fn a_killed_agent_goes_offline_and_comes_back_as_the_same_machine() {
 
     agent.process.kill();
     let killed_at = Instant::now();
-    wait_until(Duration::from_secs(15), "render-01 offline", || (!online(&controller, "render-01")?).then_some(()));
+    wait_until(Duration::from_secs(15), "render-01 offline", || {
+        (!online(&controller, "render-01")?).then_some(())
+    });
     eprintln!("offline after {:?}", killed_at.elapsed());
     let offline = controller.machine("render-01").unwrap();
     assert!(offline["last_seen"].is_string());
@@ -64,7 +68,11 @@ fn a_restarted_controller_keeps_its_machines_and_every_agent_returns() {
     let port = controller.port;
     let restarted_at = Instant::now();
     let controller = Controller::start_with(&controller_dir, port, &[]);
-    assert_eq!(std::fs::read_to_string(controller.admin_config()).unwrap(), admin_before, "same credential, same URL");
+    assert_eq!(
+        std::fs::read_to_string(controller.admin_config()).unwrap(),
+        admin_before,
+        "same credential, same URL"
+    );
 
     // Right after the restart every machine is still listed...
     let listed = controller.machines();
@@ -97,7 +105,8 @@ fn sigterm_stops_the_controller_promptly_and_agents_wait_for_it() {
     let controller_dir = dir.path().join("controller");
     let mut controller = Controller::start(&controller_dir);
     let token = controller.create_token(&[]);
-    let mut agent = Agent::start(dir.path(), "waiter", &profile("rtx5090-x1-575"), &controller.url, Some(&token), &[]);
+    let mut agent =
+        Agent::start(dir.path(), "waiter", &profile("rtx5090-x1-575"), &controller.url, Some(&token), &[]);
     wait_until(Duration::from_secs(20), "online", || online(&controller, "waiter")?.then_some(()));
 
     let stopped_at = Instant::now();
