@@ -181,7 +181,7 @@ impl CudaVersion {
 
     /// From NVML's integer form (`nvmlSystemGetCudaDriverVersion_v2`): 12080 → 12.8.
     pub fn from_nvml(value: u32) -> Result<Self, BadCudaVersion> {
-        if !(1000..100_000).contains(&value) || value % 10 != 0 {
+        if !(1000..100_000).contains(&value) || !value.is_multiple_of(10) {
             return Err(BadCudaVersion(value));
         }
         Ok(Self { major: value / 1000, minor: (value % 1000) / 10 })

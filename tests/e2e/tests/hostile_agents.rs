@@ -1,6 +1,8 @@
 //! A bad agent message is that agent's problem: it gets an error naming what was
 //! wrong, nothing of it is stored, and the controller and every other agent carry on.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test helpers fail loudly by design
+
 use std::time::Duration;
 
 use comfyfleet_e2e::grpc::{AgentFiles, RawSession, channel, hello, inventory};

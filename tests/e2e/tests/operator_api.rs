@@ -1,6 +1,8 @@
 //! The operator's side: gRPC health and reflection for tools and load balancers,
 //! labels, tokens, credentials and the audit log through the real CLI.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test helpers fail loudly by design
+
 use std::time::Duration;
 
 use comfyfleet_e2e::grpc::{channel, controller_ca};

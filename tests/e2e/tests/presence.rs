@@ -1,6 +1,8 @@
 //! Online means connected: a killed agent goes offline, a restarted one is the same
 //! machine, and a restarted controller finds its whole fleet again untouched.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test helpers fail loudly by design
+
 use std::time::{Duration, Instant};
 
 use comfyfleet_e2e::{Agent, Controller, profile, test_dir, wait_until};

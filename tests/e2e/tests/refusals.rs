@@ -1,6 +1,8 @@
 //! Everything that must be refused is refused with an error that says what to do,
 //! and nothing of it is stored.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test helpers fail loudly by design
+
 use std::time::Duration;
 
 use comfyfleet_e2e::grpc::{AgentFiles, RawSession, channel, controller_ca, hello, inventory};

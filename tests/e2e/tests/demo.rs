@@ -1,0 +1,39 @@
+//! The README's first command, `scripts/demo`, brings up a fleet and prints its table.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test helpers fail loudly by design
+
+use std::path::Path;
+use std::process::Command;
+
+use comfyfleet_e2e::{binaries, test_dir};
+
+#[test]
+fn the_demo_brings_up_four_agents_and_prints_the_machine_table() {
+    let dir = test_dir();
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let output = Command::new(repo.join("scripts/demo"))
+        .arg("--once")
+        .env("COMFYFLEET_DEMO_SKIP_BUILD", "1")
+        .env("COMFYFLEET_BIN_DIR", binaries().controller.parent().unwrap())
+        .env("COMFYFLEET_DEMO_DIR", dir.path().join("demo"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "demo failed:\n{stdout}\n{stderr}");
+    assert!(stdout.contains("4 machines (4 online), 11 GPUs"), "{stdout}");
+    for expected in
+        ["8× H100 80GB HBM3 (9.0, 80 GiB)", "1× RTX 5090 (12.0, 32 GiB)", "none (driver not loaded)"]
+    {
+        assert!(stdout.contains(expected), "{expected} missing:\n{stdout}");
+    }
+    // --once stops what it started.
+    let marker = dir.path().to_str().unwrap();
+    let leftover: Vec<String> = std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|entry| std::fs::read(entry.ok()?.path().join("cmdline")).ok())
+        .map(|cmdline| String::from_utf8_lossy(&cmdline).replace('\0', " "))
+        .filter(|cmdline| cmdline.contains(marker))
+        .collect();
+    assert!(leftover.is_empty(), "processes left running: {leftover:?}");
+}
