@@ -231,6 +231,12 @@ impl Session {
         };
         self.state.store.record_hello(&self.machine_id, &record).await.map_err(internal)?;
         let guard = self.state.presence.register(self.machine_id.clone(), now);
+        // A revocation between authentication and registration found no session to
+        // end; look once more now that this one can be ended.
+        let machine = self.state.store.get_machine(&self.machine_id).await.map_err(internal)?;
+        if machine.is_none_or(|machine| machine.revoked_at.is_some()) {
+            return Err(kick_status(&self.machine_id, &KickReason::Revoked));
+        }
         let heartbeat =
             u32::try_from(self.state.settings.heartbeat_interval.as_secs()).unwrap_or(u32::MAX).max(1);
         let welcome = pb::ControllerMessage {
