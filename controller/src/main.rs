@@ -52,6 +52,8 @@ fn parse_https_url(text: &str) -> Result<String, String> {
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     logging::init(args.log_format, &args.log_level);
+    let open_files = comfyfleet_daemon::limits::raise_open_files_limit();
+    tracing::info!(open_files = ?open_files, "open-files limit (one per connected agent)");
     let options = ControllerOptions {
         data_dir: args.data_dir,
         listen: args.listen,

@@ -3,5 +3,6 @@
 #![forbid(unsafe_code)]
 
 pub mod files;
+pub mod limits;
 pub mod logging;
 pub mod shutdown;

@@ -52,6 +52,11 @@ fn assert_reports_profile(machine: &Value, profile: &Value) {
     }
     assert!(machine["cpu_cores"].as_u64().unwrap() >= 1);
     assert!(machine["memory_total_bytes"].as_u64().unwrap() > 0);
+    assert!(machine["data_dir_free_bytes"].as_u64().unwrap() > 0);
+    for field in ["os", "kernel", "arch", "cpu_model"] {
+        assert!(!machine[field].as_str().unwrap().is_empty(), "{name}: {field} is empty");
+    }
+    assert_eq!(machine["agent_version"], env!("CARGO_PKG_VERSION"));
     assert!(machine["last_seen"].as_str().unwrap().ends_with('Z'));
 }
 

@@ -109,6 +109,13 @@ fn operators_label_machines_manage_tokens_and_every_change_is_audited() {
 
     let whoami = controller.cli(&["whoami"]).success();
     assert!(whoami.contains("with role admin"), "{whoami}");
+
+    // admin.toml names the port actually bound and only its owner can read it.
+    use std::os::unix::fs::PermissionsExt;
+    let admin = std::fs::read_to_string(controller.admin_config()).unwrap();
+    assert!(admin.contains(&format!("server = \"https://127.0.0.1:{}\"", controller.port)), "{admin}");
+    let mode = std::fs::metadata(controller.admin_config()).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
 }
 
 #[test]

@@ -65,6 +65,7 @@ fn a_restarted_controller_keeps_its_machines_and_every_agent_returns() {
         (machines.len() == 4 && machines.iter().all(|m| m["online"] == true)).then_some(machines)
     });
     let admin_before = std::fs::read_to_string(controller.admin_config()).unwrap();
+    let tokens_before = controller.cli(&["token", "list", "-o", "json"]).success();
 
     controller.kill();
     let port = controller.port;
@@ -84,6 +85,7 @@ fn a_restarted_controller_keeps_its_machines_and_every_agent_returns() {
         ids
     };
     assert_eq!(ids(&listed), ids(&before));
+    assert_eq!(controller.cli(&["token", "list", "-o", "json"]).success(), tokens_before);
     // ...and every agent reconnects by itself.
     let after = wait_until(Duration::from_secs(10), "every agent back online", || {
         let machines = controller.machines();
