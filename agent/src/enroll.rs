@@ -191,20 +191,9 @@ impl PinnedCaVerifier {
                 },
                 expected: self.expected_sha256.clone(),
             }),
-            PinOutcome::NotYet | PinOutcome::Matched => Attempt::Retry(error_chain(error)),
+            PinOutcome::NotYet | PinOutcome::Matched => Attempt::Retry(transport::error_chain(error)),
         }
     }
-}
-
-pub fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 impl ServerCertVerifier for PinnedCaVerifier {

@@ -14,7 +14,6 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::Status;
 
 use crate::backoff::Backoff;
-use crate::enroll::error_chain;
 use crate::identity::Identity;
 use crate::inventory::{InventoryCollector, changed_materially};
 
@@ -58,7 +57,8 @@ impl Link {
         let mut backoff = Backoff::new(Duration::from_millis(250), self.max_backoff);
         loop {
             let session = async {
-                let channel = endpoint.connect().await.map_err(|e| SessionEnd::Lost(error_chain(&e)))?;
+                let channel =
+                    endpoint.connect().await.map_err(|e| SessionEnd::Lost(transport::error_chain(&e)))?;
                 self.session(channel, &mut backoff).await
             };
             let end = tokio::select! {

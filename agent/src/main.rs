@@ -55,8 +55,7 @@ fn parse_token(text: &str) -> Result<JoinToken, String> {
 }
 
 fn parse_duration(text: &str) -> Result<Duration, String> {
-    let duration = humantime::parse_duration(text).map_err(|e| format!("{e} (write e.g. 30s, 5m)"))?;
-    if duration.is_zero() { Err("must be more than zero".into()) } else { Ok(duration) }
+    comfyfleet_config::duration::parse_positive(text).map_err(|e| e.to_string())
 }
 
 #[tokio::main]

@@ -60,24 +60,13 @@ pub async fn connect(config: &AdminConfig) -> Result<Fleet, ClientError> {
     let endpoint = transport::endpoint(&config.server)?
         .tls_config(transport::tls_config(&config.ca_certificate, None))
         .map_err(|e| ClientError::Connect { url: config.server.clone(), detail: e.to_string() })?;
-    let channel = endpoint
-        .connect()
-        .await
-        .map_err(|e| ClientError::Connect { url: config.server.clone(), detail: error_chain(&e) })?;
+    let channel = endpoint.connect().await.map_err(|e| ClientError::Connect {
+        url: config.server.clone(),
+        detail: transport::error_chain(&e),
+    })?;
     let header = format!("Bearer {}", config.credential).parse::<MetadataValue<Ascii>>().map_err(|_| {
         ClientError::Connect { url: config.server.clone(), detail: "the credential is not ASCII".into() }
     })?;
     Ok(FleetServiceClient::with_interceptor(channel, Bearer(header))
         .max_decoding_message_size(comfyfleet_proto::MAX_FLEET_MESSAGE_BYTES))
-}
-
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }

@@ -129,7 +129,7 @@ enum CredentialsCommand {
 }
 
 fn parse_ttl(text: &str) -> Result<Duration, String> {
-    let ttl = humantime::parse_duration(text).map_err(|e| format!("{e} (write e.g. 30m, 24h, 7d)"))?;
+    let ttl = comfyfleet_config::duration::parse_positive(text).map_err(|e| e.to_string())?;
     if ttl < Duration::from_secs(1) { Err("the TTL must be at least 1s".into()) } else { Ok(ttl) }
 }
 

@@ -5,6 +5,7 @@
 
 pub mod admin_config;
 pub mod credential;
+pub mod duration;
 pub mod inventory;
 pub mod join_token;
 pub mod labels;

@@ -36,8 +36,7 @@ struct Args {
 }
 
 fn parse_duration(text: &str) -> Result<Duration, String> {
-    let duration = humantime::parse_duration(text).map_err(|e| format!("{e} (write e.g. 5s, 2m)"))?;
-    if duration.is_zero() { Err("must be more than zero".into()) } else { Ok(duration) }
+    comfyfleet_config::duration::parse_positive(text).map_err(|e| e.to_string())
 }
 
 fn parse_https_url(text: &str) -> Result<String, String> {

@@ -37,3 +37,16 @@ pub fn tls_config(ca_pem: &str, client: Option<(&str, &str)>) -> ClientTlsConfig
         None => config,
     }
 }
+
+/// An error and its causes on one line, `outer: inner: innermost`: tonic's connect
+/// errors hide the useful part (refused, certificate unknown) a few sources down.
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}

@@ -123,7 +123,7 @@ fn bad_flags_and_bad_config_files_get_clear_errors() {
     let dir = test_dir();
     let controller = Controller::start(&dir.path().join("controller"));
     let error = controller.cli(&["token", "create", "--ttl", "soon"]).failure();
-    assert!(error.contains("write e.g. 30m, 24h, 7d"), "{error}");
+    assert!(error.contains("write e.g. 30s, 5m, 24h, 7d"), "{error}");
     let error = controller.cli(&["token", "create", "--label", "nokey"]).failure();
     assert!(error.contains("write it as key=value"), "{error}");
     let error = controller.cli(&["token", "create", "--ttl", "4000d"]).failure();
