@@ -56,6 +56,24 @@ pub struct ServerIdentity {
     pub key: PrivateKeyDer<'static>,
 }
 
+impl ServerIdentity {
+    /// Writes the chain and key as `pki/server.crt` and `pki/server.key` (0600), for
+    /// operators to inspect (`openssl x509 -in …`); the controller itself uses the
+    /// copy in memory.
+    pub fn save(&self, data_dir: &Path) -> Result<(), PkiError> {
+        let pem = |label: &str, der: &[u8]| pem::encode(&pem::Pem::new(label, der.to_vec()));
+        let chain: String = self.chain.iter().map(|cert| pem("CERTIFICATE", cert)).collect();
+        let key = pem("PRIVATE KEY", self.key.secret_der());
+        let dir = data_dir.join("pki");
+        for (name, contents, mode) in [("server.key", key, 0o600), ("server.crt", chain, 0o644)] {
+            let path = dir.join(name);
+            files::write_atomic(&path, contents.as_bytes(), mode)
+                .map_err(|source| PkiError::Io { path, source })?;
+        }
+        Ok(())
+    }
+}
+
 /// An issued agent certificate.
 pub struct AgentCertificate {
     pub pem: String,
@@ -251,6 +269,18 @@ mod tests {
         let (_, parsed) = X509Certificate::from_der(&der).unwrap();
         assert!(!parsed.is_ca());
         assert_eq!(issued.sha256, certificate_sha256(&der));
+    }
+
+    #[test]
+    fn the_server_certificate_is_saved_beside_the_ca() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = CertificateAuthority::load_or_create(dir.path()).unwrap();
+        ca.issue_server_certificate(&["localhost".into()]).unwrap().save(dir.path()).unwrap();
+        let chain = std::fs::read_to_string(dir.path().join("pki/server.crt")).unwrap();
+        assert_eq!(pem_certificates(&chain).len(), 2);
+        assert_eq!(pem_certificates(&chain)[1], *ca.certificate_der());
+        let key = std::fs::read_to_string(dir.path().join("pki/server.key")).unwrap();
+        assert!(KeyPair::from_pem(&key).is_ok());
     }
 
     #[test]

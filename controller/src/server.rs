@@ -80,6 +80,7 @@ pub async fn run(
     let url = options.advertise_url.clone().unwrap_or_else(|| default_url(bound));
     let names = certificate_names(bound, &url, &options.tls_sans);
     let identity = ca.issue_server_certificate(&names)?;
+    identity.save(data_dir)?;
     let tls_config = tls::server_config(&ca, identity)?;
 
     let state = Arc::new(ControllerState {
