@@ -313,11 +313,6 @@ impl Inventory {
         }
         Ok(())
     }
-
-    /// The GPUs' compute capabilities that NVML could read.
-    pub fn compute_capabilities(&self) -> impl Iterator<Item = ComputeCapability> + '_ {
-        self.nvidia.gpus.iter().filter_map(|gpu| gpu.compute_capability)
-    }
 }
 
 fn check_text(field: &str, value: &str, required: bool) -> Result<(), InventoryError> {

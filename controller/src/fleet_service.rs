@@ -39,8 +39,9 @@ impl FleetApi {
 
     fn machine_record(&self, machine: StoredMachine) -> MachineRecord {
         let labels = machine.effective_labels();
-        let live = machine.revoked_at.is_none() && self.state.presence.is_online(&machine.id);
-        let last_seen = self.state.presence.last_seen(&machine.id).or(machine.last_seen);
+        let live_seen = self.state.presence.last_seen(&machine.id);
+        let live = machine.revoked_at.is_none() && live_seen.is_some();
+        let last_seen = live_seen.or(machine.last_seen);
         MachineRecord {
             labels,
             online: live,

@@ -64,11 +64,7 @@ impl Presence {
         SessionGuard { presence: self.clone(), machine, session_id, last_seen_ms, kicked: Some(kicked) }
     }
 
-    pub fn is_online(&self, machine: &MachineId) -> bool {
-        self.sessions().contains_key(machine)
-    }
-
-    /// The last time a live session heard from `machine`.
+    /// When a live session last heard from `machine`; `None` when it is offline.
     pub fn last_seen(&self, machine: &MachineId) -> Option<Timestamp> {
         let millis = self.sessions().get(machine)?.last_seen_ms.load(Ordering::Relaxed);
         Timestamp::from_millisecond(millis).ok()
@@ -96,10 +92,6 @@ impl Presence {
                 Some((id.clone(), at))
             })
             .collect()
-    }
-
-    pub fn online_count(&self) -> usize {
-        self.sessions().len()
     }
 }
 
@@ -162,9 +154,9 @@ mod tests {
     async fn online_while_the_guard_lives() {
         let presence = Presence::new();
         let guard = presence.register(id("m1"), Timestamp::now());
-        assert!(presence.is_online(&id("m1")));
+        assert!(presence.last_seen(&id("m1")).is_some());
         drop(guard);
-        assert!(!presence.is_online(&id("m1")));
+        assert!(presence.last_seen(&id("m1")).is_none());
     }
 
     #[tokio::test]
@@ -174,9 +166,9 @@ mod tests {
         let new = presence.register(id("m1"), Timestamp::now());
         assert_eq!(old.kicked().await, KickReason::Replaced);
         drop(old);
-        assert!(presence.is_online(&id("m1")));
+        assert!(presence.last_seen(&id("m1")).is_some());
         drop(new);
-        assert!(!presence.is_online(&id("m1")));
+        assert!(presence.last_seen(&id("m1")).is_none());
     }
 
     #[tokio::test]

@@ -20,7 +20,7 @@ impl HostProbe {
         let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
         let (data_dir_free_bytes, data_dir_total_bytes) = disk_space(&self.data_dir);
         HostInfo {
-            hostname: self.hostname().unwrap_or_else(|| text(uname.nodename())),
+            hostname: self.hostname_override.clone().unwrap_or_else(|| text(uname.nodename())),
             os: os_name(&std::fs::read_to_string("/etc/os-release").unwrap_or_default()),
             kernel: text(uname.release()),
             arch: text(uname.machine()),
@@ -31,10 +31,6 @@ impl HostProbe {
             data_dir_total_bytes,
             agent_version: env!("CARGO_PKG_VERSION").to_owned(),
         }
-    }
-
-    pub fn hostname(&self) -> Option<String> {
-        self.hostname_override.clone()
     }
 }
 
