@@ -18,3 +18,8 @@ pub use inventory::{ComputeCapability, CudaVersion, Gpu, HostInfo, Inventory, Nv
 pub use join_token::JoinToken;
 pub use labels::Labels;
 pub use machine::{MachineId, MachineRecord};
+pub mod resolve;
+pub mod spec;
+
+pub use resolve::{MachineFacts, MachinePlan, Resolution, Resolver};
+pub use spec::{Spec, SpecDigest, SpecErrors, SpecFormat};

@@ -1,0 +1,303 @@
+//! The environment spec: what an operator wants a ComfyUI environment to be. Parsed
+//! from TOML (or JSON) in [`source`], checked across fields in [`validate`],
+//! canonicalised and hashed in [`canonical`]. The field names here are the file
+//! format; the README's "Environment specs" section documents it.
+
+pub mod canonical;
+pub mod compute_range;
+pub mod names;
+pub mod selector;
+pub mod source;
+mod validate;
+pub mod values;
+pub mod wheel;
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+pub use canonical::SpecDigest;
+pub use compute_range::ComputeRange;
+pub use selector::Selector;
+pub use source::{SpecError, SpecErrors, SpecFormat};
+pub use values::{
+    Amount, CudaTag, HumanDuration, PythonVersion, ReleaseVersion, Requirement, Sha256Hex, Specifiers,
+    TorchSeries,
+};
+
+use crate::resolve::catalog::TorchRelease;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Spec {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    pub python: PythonVersion,
+    pub comfyui: GitSource,
+    pub torch: TorchSpec,
+    #[serde(default)]
+    pub index: PackageIndex,
+    #[serde(default, rename = "optimization")]
+    pub optimizations: Vec<Optimization>,
+    #[serde(default, rename = "custom_node")]
+    pub custom_nodes: Vec<CustomNode>,
+    #[serde(default)]
+    pub run: RunSpec,
+    #[serde(default)]
+    pub target: TargetSpec,
+    #[serde(default)]
+    pub rollout: RolloutPolicy,
+}
+
+/// A git repository at a ref; `commit` is filled in when the spec is applied.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GitSource {
+    pub git: String,
+    #[serde(rename = "ref")]
+    pub reference: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub commit: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TorchSpec {
+    pub version: ReleaseVersion,
+    /// Companion packages released in lockstep with torch (`torchvision`, `torchaudio`).
+    #[serde(default, rename = "with")]
+    pub companions: Vec<String>,
+    /// CUDA builds allowed, most preferred first.
+    pub cuda: Vec<CudaTag>,
+    /// Index URL pattern; `{cuda}` is replaced by the chosen tag.
+    #[serde(default = "default_torch_index")]
+    pub index: String,
+    /// Build facts for torch releases comfyfleet does not know yet (or corrections).
+    #[serde(default, rename = "release", skip_serializing_if = "Vec::is_empty")]
+    pub releases: Vec<TorchRelease>,
+}
+
+fn default_torch_index() -> String {
+    "https://download.pytorch.org/whl/{cuda}".to_owned()
+}
+
+/// Where everything that is not torch comes from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PackageIndex {
+    #[serde(default = "default_index")]
+    pub url: String,
+    #[serde(default)]
+    pub extra: Vec<String>,
+    /// Hosts that may be reached over plain http (a farm's own mirror).
+    #[serde(default)]
+    pub trusted_hosts: Vec<String>,
+}
+
+fn default_index() -> String {
+    "https://pypi.org/simple".to_owned()
+}
+
+impl Default for PackageIndex {
+    fn default() -> Self {
+        Self { url: default_index(), extra: Vec::new(), trusted_hosts: Vec::new() }
+    }
+}
+
+/// An optional speed-up: a PyPI package (`package`) or prebuilt kernel wheels (`wheel`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Optimization {
+    pub name: String,
+    #[serde(default)]
+    pub requires: Vec<Requirement>,
+    /// A fatal optimisation that cannot be planned or verified fails the machine.
+    #[serde(default)]
+    pub fatal: bool,
+    /// The module the verify step imports; defaults to the name with `-` as `_`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub import: Option<String>,
+    /// From the package index: the distribution name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub package: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<Specifiers>,
+    /// torch series → the versions of `package` built against it.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub torch_constraints: BTreeMap<TorchSeries, Specifiers>,
+    /// Prebuilt wheels, chosen per machine.
+    #[serde(default, rename = "wheel", skip_serializing_if = "Vec::is_empty")]
+    pub wheels: Vec<KernelWheel>,
+}
+
+impl Optimization {
+    pub fn import_name(&self) -> String {
+        self.import.clone().unwrap_or_else(|| self.name.replace('-', "_"))
+    }
+}
+
+/// A prebuilt wheel and the machines it is for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KernelWheel {
+    /// GPUs the wheel has kernels for; every GPU of a machine must be in it.
+    pub compute: ComputeRange,
+    /// CPython tag of the target venv (`cp312`).
+    pub python: String,
+    pub cuda: CudaTag,
+    /// The torch series the wheel was built against (`2.8`).
+    pub torch: TorchSeries,
+    pub url: String,
+    pub sha256: Option<Sha256Hex>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CustomNode {
+    /// Directory name under `custom_nodes/`; defaults to the repository name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    pub git: String,
+    #[serde(rename = "ref")]
+    pub reference: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub commit: Option<String>,
+}
+
+impl CustomNode {
+    pub fn directory_name(&self) -> String {
+        self.name.clone().unwrap_or_else(|| names::repository_name(&self.git).to_owned())
+    }
+
+    pub fn source(&self) -> GitSource {
+        GitSource { git: self.git.clone(), reference: self.reference.clone(), commit: self.commit.clone() }
+    }
+}
+
+/// How the agent runs ComfyUI.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunSpec {
+    #[serde(default = "default_port")]
+    pub port: u16,
+    #[serde(default)]
+    pub args: Vec<String>,
+    /// Arguments passed only when the named optimisation verified on the machine.
+    #[serde(default)]
+    pub when_verified: BTreeMap<String, Vec<String>>,
+    /// How long to wait for running renders before switching environments.
+    #[serde(default = "default_drain_timeout")]
+    pub drain_timeout: HumanDuration,
+    /// How long a freshly started ComfyUI has to answer `/system_stats`.
+    #[serde(default = "default_health_timeout")]
+    pub health_timeout: HumanDuration,
+}
+
+fn default_port() -> u16 {
+    8188
+}
+
+fn default_drain_timeout() -> HumanDuration {
+    HumanDuration(std::time::Duration::from_secs(30 * 60))
+}
+
+fn default_health_timeout() -> HumanDuration {
+    HumanDuration(std::time::Duration::from_secs(120))
+}
+
+impl Default for RunSpec {
+    fn default() -> Self {
+        Self {
+            port: default_port(),
+            args: Vec::new(),
+            when_verified: BTreeMap::new(),
+            drain_timeout: default_drain_timeout(),
+            health_timeout: default_health_timeout(),
+        }
+    }
+}
+
+/// Which machines the environment is for. No selector: every machine.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TargetSpec {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<Selector>,
+}
+
+/// How a rollout of this environment proceeds (carried out by the rollout engine).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RolloutPolicy {
+    /// Machines activated first, one phase on their own.
+    #[serde(default = "default_canary")]
+    pub canary: u32,
+    /// Most machines unavailable at once (draining, switching, health-checking).
+    #[serde(default = "default_max_unavailable")]
+    pub max_unavailable: Amount,
+    /// Most machines building their next environment at once.
+    #[serde(default = "default_max_parallel_prepare")]
+    pub max_parallel_prepare: Amount,
+    /// Pause between activation phases.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub soak: Option<HumanDuration>,
+    /// Failed machines tolerated before the rollout pauses itself.
+    #[serde(default = "default_failure_budget")]
+    pub failure_budget: Amount,
+    /// Return failed machines to their previous revision.
+    #[serde(default = "default_true")]
+    pub auto_rollback: bool,
+    /// No progress for this long marks a machine or phase stalled.
+    #[serde(default = "default_progress_deadline")]
+    pub progress_deadline: HumanDuration,
+    /// Whether a stalled machine counts against the failure budget.
+    #[serde(default = "default_true")]
+    pub stalled_is_failure: bool,
+}
+
+fn default_canary() -> u32 {
+    1
+}
+
+fn default_max_unavailable() -> Amount {
+    Amount::Percent(10)
+}
+
+fn default_max_parallel_prepare() -> Amount {
+    Amount::Percent(25)
+}
+
+fn default_failure_budget() -> Amount {
+    Amount::Count(0)
+}
+
+fn default_true() -> bool {
+    true
+}
+
+fn default_progress_deadline() -> HumanDuration {
+    HumanDuration(std::time::Duration::from_secs(30 * 60))
+}
+
+impl Default for RolloutPolicy {
+    fn default() -> Self {
+        Self {
+            canary: default_canary(),
+            max_unavailable: default_max_unavailable(),
+            max_parallel_prepare: default_max_parallel_prepare(),
+            soak: None,
+            failure_budget: default_failure_budget(),
+            auto_rollback: true,
+            progress_deadline: default_progress_deadline(),
+            stalled_is_failure: true,
+        }
+    }
+}
+
+impl Spec {
+    /// The canonical digest of the spec as it stands (with or without pins).
+    pub fn digest(&self) -> SpecDigest {
+        canonical::digest(self)
+    }
+}

@@ -1,0 +1,377 @@
+//! Rules that span fields, checked on a parsed spec. Each problem names the key path
+//! it is about (as written in the file) and says what to write instead; the caller
+//! turns the path into a line and column.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use super::names::{self, printable};
+use super::wheel::WheelName;
+use super::{Amount, KernelWheel, Optimization, Spec, TorchSeries};
+use crate::resolve::catalog::TorchCatalog;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Problem {
+    pub path: String,
+    pub message: String,
+}
+
+#[derive(Default)]
+struct Problems(Vec<Problem>);
+
+impl Problems {
+    fn add(&mut self, path: impl Into<String>, message: impl Into<String>) {
+        self.0.push(Problem { path: path.into(), message: message.into() });
+    }
+
+    fn check(&mut self, path: impl Into<String>, result: Result<(), String>) {
+        if let Err(message) = result {
+            self.add(path, message);
+        }
+    }
+}
+
+pub(crate) fn check(spec: &Spec) -> Vec<Problem> {
+    let mut problems = Problems::default();
+    let trusted = &spec.index.trusted_hosts;
+    problems.check("name", names::check_name(&spec.name));
+    if spec.description.as_ref().is_some_and(|d| d.len() > 4096) {
+        problems.add("description", "is longer than 4096 bytes");
+    }
+
+    problems.check("comfyui.git", names::check_git_url(&spec.comfyui.git, trusted));
+    problems.check("comfyui.ref", names::check_git_ref(&spec.comfyui.reference));
+    check_commit(&mut problems, "comfyui.commit", spec.comfyui.commit.as_deref());
+
+    check_torch(&mut problems, spec);
+    check_index(&mut problems, spec);
+
+    let mut optimization_names = BTreeSet::new();
+    for (i, optimization) in spec.optimizations.iter().enumerate() {
+        let path = format!("optimization[{i}]");
+        if !optimization_names.insert(names::normalize_package_name(&optimization.name)) {
+            problems
+                .add(format!("{path}.name"), format!("`{}` is listed twice: keep one", optimization.name));
+        }
+        check_optimization(&mut problems, &path, optimization, trusted);
+    }
+
+    let mut node_dirs = BTreeMap::new();
+    for (i, node) in spec.custom_nodes.iter().enumerate() {
+        let path = format!("custom_node[{i}]");
+        problems.check(format!("{path}.git"), names::check_git_url(&node.git, trusted));
+        problems.check(format!("{path}.ref"), names::check_git_ref(&node.reference));
+        check_commit(&mut problems, &format!("{path}.commit"), node.commit.as_deref());
+        let directory = node.directory_name();
+        let name_path = if node.name.is_some() { format!("{path}.name") } else { format!("{path}.git") };
+        match names::check_name(&directory) {
+            Err(message) => problems.add(
+                name_path,
+                format!("the custom node's directory name: {message}; set name = \"...\" to choose one"),
+            ),
+            Ok(()) => {
+                if let Some(first) = node_dirs.insert(directory.to_ascii_lowercase(), i) {
+                    problems.add(
+                        name_path,
+                        format!(
+                            "custom_node[{first}] already installs into `{directory}`: give one of them another \
+                             name = \"...\""
+                        ),
+                    );
+                }
+            }
+        }
+    }
+
+    check_run(&mut problems, spec, &optimization_names);
+    check_rollout(&mut problems, spec);
+    problems.0
+}
+
+fn check_commit(problems: &mut Problems, path: &str, commit: Option<&str>) {
+    if let Some(commit) = commit
+        && !names::is_commit_id(commit)
+    {
+        problems.add(
+            path,
+            format!(
+                "`{}` is not a full commit id: write 40 lowercase hex digits, or leave commit out and let \
+                 `comfyfleet apply` pin the ref",
+                printable(commit)
+            ),
+        );
+    }
+}
+
+fn check_torch(problems: &mut Problems, spec: &Spec) {
+    let torch = &spec.torch;
+    problems.check("torch.index", names::check_index_pattern(&torch.index, &spec.index.trusted_hosts));
+    for (i, release) in torch.releases.iter().enumerate() {
+        for (j, build) in release.builds.iter().enumerate() {
+            if build.arch.is_empty() && build.ptx.is_empty() {
+                problems.add(
+                    format!("torch.release[{i}].build[{j}].arch"),
+                    "is empty: list the SMs the build has kernels for, e.g. [\"8.0\", \"8.6\", \"9.0\"]",
+                );
+            }
+        }
+    }
+    let catalog = match TorchCatalog::with_extensions(&torch.releases) {
+        Ok(catalog) => catalog,
+        Err(message) => return problems.add("torch", message),
+    };
+    let series = TorchSeries::of(&torch.version.0);
+    let Some(release) = catalog.release(series) else {
+        let known: Vec<String> = catalog.known_series().iter().map(ToString::to_string).collect();
+        return problems.add(
+            "torch.version",
+            format!(
+                "comfyfleet has no build facts for torch {series} (it knows {}): add a [[torch.release]] with \
+                 series = \"{series}\" and its builds",
+                known.join(", ")
+            ),
+        );
+    };
+    if torch.cuda.is_empty() {
+        problems.add(
+            "torch.cuda",
+            "is empty: list the CUDA builds to allow, most preferred first, e.g. [\"cu128\", \"cu126\"]",
+        );
+    }
+    let mut seen = BTreeSet::new();
+    for (i, tag) in torch.cuda.iter().enumerate() {
+        if !seen.insert(*tag) {
+            problems.add(format!("torch.cuda[{i}]"), format!("{tag} is listed twice: keep one"));
+        } else if release.build(*tag).is_none() {
+            let known: Vec<String> = release.builds.iter().map(|build| build.cuda.to_string()).collect();
+            problems.add(
+                format!("torch.cuda[{i}]"),
+                format!(
+                    "torch {series} has no {tag} build (it has {}): remove {tag}, or add it with a \
+                     [[torch.release]] build",
+                    known.join(", ")
+                ),
+            );
+        }
+    }
+    let mut companions = BTreeSet::new();
+    for (i, companion) in torch.companions.iter().enumerate() {
+        if !companions.insert(companion) {
+            problems.add(format!("torch.with[{i}]"), format!("`{companion}` is listed twice: keep one"));
+        } else if !release.companions.contains_key(companion) {
+            let known: Vec<&str> = release.companions.keys().map(String::as_str).collect();
+            problems.add(
+                format!("torch.with[{i}]"),
+                format!(
+                    "`{}` is not a companion of torch {series} (known: {}): install it as an optimization, or \
+                     add it to the release's companions",
+                    printable(companion),
+                    known.join(", ")
+                ),
+            );
+        }
+    }
+}
+
+fn check_index(problems: &mut Problems, spec: &Spec) {
+    let trusted = &spec.index.trusted_hosts;
+    for (i, host) in trusted.iter().enumerate() {
+        let ok = !host.is_empty()
+            && host.len() <= 253
+            && host
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'[' | b']' | b':'));
+        if !ok {
+            problems.add(
+                format!("index.trusted_hosts[{i}]"),
+                format!("`{}` is not a host name: write e.g. \"mirror.farm.internal\"", printable(host)),
+            );
+        }
+    }
+    problems.check("index.url", names::check_download_url(&spec.index.url, trusted));
+    for (i, url) in spec.index.extra.iter().enumerate() {
+        problems.check(format!("index.extra[{i}]"), names::check_download_url(url, trusted));
+    }
+}
+
+fn check_optimization(problems: &mut Problems, path: &str, optimization: &Optimization, trusted: &[String]) {
+    problems.check(format!("{path}.name"), names::check_name(&optimization.name));
+    if let Some(import) = &optimization.import {
+        let ok = !import.is_empty()
+            && import.split('.').all(|part| {
+                part.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+                    && part.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+            });
+        if !ok {
+            problems.add(
+                format!("{path}.import"),
+                format!("`{}` is not a Python module name: write e.g. \"sageattention\"", printable(import)),
+            );
+        }
+    }
+    let mut requires = BTreeSet::new();
+    for (i, requirement) in optimization.requires.iter().enumerate() {
+        if !requires.insert(requirement) {
+            problems
+                .add(format!("{path}.requires[{i}]"), format!("`{requirement}` is listed twice: keep one"));
+        }
+    }
+    match (&optimization.package, optimization.wheels.is_empty()) {
+        (Some(_), false) => problems.add(
+            format!("{path}.package"),
+            "has both package and [[optimization.wheel]]: an optimization comes from the index (package) or from \
+             prebuilt wheels, not both",
+        ),
+        (None, true) => problems.add(
+            path,
+            format!(
+                "`{}` says neither where it comes from: write package = \"NAME\" (from the index) or add \
+                 [[optimization.wheel]] tables",
+                optimization.name
+            ),
+        ),
+        (Some(package), true) => problems.check(format!("{path}.package"), names::check_package_name(package)),
+        (None, false) => {
+            if optimization.version.is_some() || !optimization.torch_constraints.is_empty() {
+                problems.add(
+                    format!("{path}.version"),
+                    "version and torch_constraints apply to package optimizations; a wheel's version is in its file \
+                     name",
+                );
+            }
+            check_wheels(problems, path, &optimization.wheels, trusted);
+        }
+    }
+}
+
+fn check_wheels(problems: &mut Problems, path: &str, wheels: &[KernelWheel], trusted: &[String]) {
+    let mut distribution: Option<(usize, String)> = None;
+    for (i, wheel) in wheels.iter().enumerate() {
+        let wheel_path = format!("{path}.wheel[{i}]");
+        match wheel.sha256 {
+            None => problems.add(
+                &wheel_path,
+                "has no sha256: add sha256 = \"<64 hex digits>\" (from `sha256sum FILE`); comfyfleet installs no wheel \
+                 it cannot verify",
+            ),
+            Some(_) => {}
+        }
+        if let Err(message) = names::check_download_url(&wheel.url, trusted) {
+            problems.add(format!("{wheel_path}.url"), message);
+            continue;
+        }
+        let valid_tag = wheel.python.strip_prefix("cp").is_some_and(|digits| {
+            (2..=3).contains(&digits.len())
+                && digits.starts_with('3')
+                && digits.bytes().all(|b| b.is_ascii_digit())
+        });
+        if !valid_tag {
+            problems.add(
+                format!("{wheel_path}.python"),
+                format!("`{}` is not a CPython tag: write e.g. \"cp312\"", printable(&wheel.python)),
+            );
+        }
+        match WheelName::from_url(&wheel.url) {
+            Err(message) => problems.add(format!("{wheel_path}.url"), message),
+            Ok(name) => {
+                if valid_tag && !name.supports_python(&wheel.python) {
+                    problems.add(
+                        format!("{wheel_path}.python"),
+                        format!(
+                            "says {} but {} is built for {}: make them agree",
+                            wheel.python,
+                            name.filename,
+                            name.python_tags.join(".")
+                        ),
+                    );
+                }
+                if !name.platform_tags.iter().any(|tag| tag == "any" || tag.contains("linux")) {
+                    problems.add(
+                        format!("{wheel_path}.url"),
+                        format!(
+                            "{} is built for {}; comfyfleet agents run on Linux: list a linux wheel",
+                            name.filename,
+                            name.platform_tags.join(".")
+                        ),
+                    );
+                }
+                let normalized = names::normalize_package_name(&name.distribution);
+                match &distribution {
+                    None => distribution = Some((i, normalized)),
+                    Some((first, expected)) if *expected != normalized => problems.add(
+                        format!("{wheel_path}.url"),
+                        format!(
+                            "is a `{}` wheel but wheel[{first}] is `{expected}`: one optimization installs one \
+                             package; split them into two [[optimization]]s",
+                            name.distribution
+                        ),
+                    ),
+                    Some(_) => {}
+                }
+            }
+        }
+        for (j, earlier) in wheels.iter().enumerate().take(i) {
+            let same_tags =
+                earlier.python == wheel.python && earlier.cuda == wheel.cuda && earlier.torch == wheel.torch;
+            if same_tags && earlier.compute.overlaps(&wheel.compute) {
+                problems.add(
+                    format!("{wheel_path}.compute"),
+                    format!(
+                        "{} overlaps wheel[{j}] ({}) for the same {}, {} and torch {}: a GPU must match one wheel; \
+                         narrow the ranges, e.g. \">=8.6,<8.9\" and \">=8.9,<9.0\"",
+                        wheel.compute, earlier.compute, wheel.python, wheel.cuda, wheel.torch
+                    ),
+                );
+            }
+        }
+    }
+}
+
+fn check_run(problems: &mut Problems, spec: &Spec, optimization_names: &BTreeSet<String>) {
+    let run = &spec.run;
+    if run.port == 0 {
+        problems.add("run.port", "0 is not a port: write e.g. 8188");
+    }
+    let check_args = |problems: &mut Problems, path: &str, args: &[String]| {
+        for (i, arg) in args.iter().enumerate() {
+            if arg.is_empty() || arg.len() > 1024 || arg.chars().any(char::is_control) {
+                problems.add(
+                    format!("{path}[{i}]"),
+                    "is empty, too long or has control characters: ComfyUI arguments are single words such as \
+                     \"--use-sage-attention\"",
+                );
+            } else if arg == "--port" || arg.starts_with("--port=") {
+                problems.add(format!("{path}[{i}]"), "the port is set with run.port = 8188, not in args");
+            }
+        }
+    };
+    check_args(problems, "run.args", &run.args);
+    for (name, args) in &run.when_verified {
+        let path = format!("run.when_verified.{name}");
+        if !optimization_names.contains(&names::normalize_package_name(name)) {
+            let known: Vec<&str> = spec.optimizations.iter().map(|o| o.name.as_str()).collect();
+            problems.add(
+                &path,
+                format!(
+                    "`{}` is not an optimization of this spec (it has: {}): name one of them",
+                    printable(name),
+                    if known.is_empty() { "none".to_owned() } else { known.join(", ") }
+                ),
+            );
+        }
+        check_args(problems, &path, args);
+    }
+}
+
+fn check_rollout(problems: &mut Problems, spec: &Spec) {
+    let rollout = &spec.rollout;
+    for (key, amount) in
+        [("max_unavailable", rollout.max_unavailable), ("max_parallel_prepare", rollout.max_parallel_prepare)]
+    {
+        if matches!(amount, Amount::Count(0) | Amount::Percent(0)) {
+            problems.add(
+                format!("rollout.{key}"),
+                format!("{amount} would never let a machine through: write at least 1 (or a percentage, e.g. \"10%\")"),
+            );
+        }
+    }
+}
