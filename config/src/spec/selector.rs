@@ -138,9 +138,17 @@ impl Serialize for Selector {
 impl<'de> Deserialize<'de> for Selector {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let text = String::deserialize(deserializer)?;
-        Selector::parse(&text).map_err(serde::de::Error::custom)
+        Selector::parse(&text).map_err(|err| {
+            let character = text.get(..err.offset).map_or(0, |before| before.chars().count()) + 1;
+            serde::de::Error::custom(format!("{}{SELECTOR_AT}{character}{SELECTOR_AT_END}", err.message))
+        })
     }
 }
+
+/// How a deserialised selector's error says where in the selector it is; the spec
+/// reader turns it into a file position.
+pub(crate) const SELECTOR_AT: &str = " (at character ";
+const SELECTOR_AT_END: &str = " of the selector)";
 
 #[derive(Debug, Clone, PartialEq)]
 enum Expression {

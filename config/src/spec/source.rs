@@ -82,7 +82,14 @@ impl Spec {
         }
         let spec: Spec = match format {
             SpecFormat::Toml => toml::from_str(text).map_err(|err| {
-                let offset = err.span().map_or(0, |span| span.start);
+                let offset = err.span().map_or(0, |span| {
+                    span.start
+                        + selector_offset(text, span.start, err.message()).max(quoted_value_offset(
+                            text,
+                            &span,
+                            err.message(),
+                        ))
+                });
                 at(offset, None, tidy_message(err.message()))
             })?,
             SpecFormat::Json => serde_json::from_str(text).map_err(|err| {
@@ -115,6 +122,32 @@ impl Spec {
         errors.sort_by_key(|error| (error.line, error.column));
         Err(SpecErrors(errors))
     }
+}
+
+/// A selector error names the character it is at; point there inside the quoted value.
+fn selector_offset(text: &str, value_start: usize, message: &str) -> usize {
+    let Some(at) = message.rfind(super::selector::SELECTOR_AT) else { return 0 };
+    let digits: String =
+        message[at + super::selector::SELECTOR_AT.len()..].chars().take_while(char::is_ascii_digit).collect();
+    let Ok(character) = digits.parse::<usize>() else { return 0 };
+    let rest = text.get(value_start..).unwrap_or_default();
+    let quote = if rest.starts_with("'''") || rest.starts_with("\"\"\"") { 3 } else { 1 };
+    let value = text.get(value_start + quote..).unwrap_or_default();
+    quote + value.chars().take(character.saturating_sub(1)).map(char::len_utf8).sum::<usize>()
+}
+
+/// toml puts an error inside an array (`cuda = ["cu128", "cuda12"]`) on the whole
+/// array; when the message quotes the bad value, point at that value instead.
+fn quoted_value_offset(text: &str, span: &std::ops::Range<usize>, message: &str) -> usize {
+    let Some(value) = message.strip_prefix('`').and_then(|rest| rest.split_once('`')).map(|(value, _)| value)
+    else {
+        return 0;
+    };
+    let within = text.get(span.clone()).unwrap_or_default();
+    if !within.starts_with('[') || value.is_empty() {
+        return 0;
+    }
+    ["\"", "'"].iter().find_map(|quote| within.find(&format!("{quote}{value}{quote}"))).unwrap_or(0)
 }
 
 /// serde_json's message without its " at line L column C" suffix.

@@ -247,13 +247,12 @@ fn check_wheels(problems: &mut Problems, path: &str, wheels: &[KernelWheel], tru
     let mut distribution: Option<(usize, String)> = None;
     for (i, wheel) in wheels.iter().enumerate() {
         let wheel_path = format!("{path}.wheel[{i}]");
-        match wheel.sha256 {
-            None => problems.add(
+        if wheel.sha256.is_none() {
+            problems.add(
                 &wheel_path,
                 "has no sha256: add sha256 = \"<64 hex digits>\" (from `sha256sum FILE`); comfyfleet installs no wheel \
                  it cannot verify",
-            ),
-            Some(_) => {}
+            );
         }
         if let Err(message) = names::check_download_url(&wheel.url, trusted) {
             problems.add(format!("{wheel_path}.url"), message);
