@@ -152,8 +152,11 @@ fn an_rtx_5090_never_gets_cu126() {
 fn a_535_driver_is_refused_naming_the_driver() {
     let outcome = describe(&resolve(&example(), &profile("t4-x1-535")));
     assert!(outcome.starts_with("incompatible"), "{outcome}");
-    assert!(outcome.contains("driver 535.230.02 supports CUDA 12.2"), "{outcome}");
-    assert!(outcome.contains("needs CUDA 12.8 (driver ≥ 570.26)"), "{outcome}");
+    assert!(
+        outcome.contains("driver 535.230.02 supports CUDA 12.2, older than every allowed build needs"),
+        "{outcome}"
+    );
+    assert!(outcome.contains("cu128 needs CUDA 12.8 (driver ≥ 570.26)"), "{outcome}");
     let l40s = super_outcome("l40s-x2-550");
     assert!(l40s.contains("driver 550.144.03 supports CUDA 12.4"), "{l40s}");
 }
@@ -208,6 +211,6 @@ fn a_v100_with_torch_2_11_and_only_cu128_is_refused_naming_sm_7_0() {
     v100.driver_version = Some("570.133.07".into());
     v100.cuda_driver_version = Some(CudaVersion::new(12, 8));
     let refused = describe(&resolve(&spec, &v100));
-    assert!(refused.contains("GPU 0 (Tesla V100-SXM2-32GB) is SM 7.0"), "{refused}");
+    assert!(refused.contains("GPUs 0–1 (Tesla V100-SXM2-32GB) are SM 7.0"), "{refused}");
     assert!(refused.contains("torch 2.11.0+cu128 has kernels for SM 7.5, 8.0"), "{refused}");
 }

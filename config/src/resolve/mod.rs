@@ -60,6 +60,7 @@ impl<'a> Resolver<'a> {
         };
         let driver = machine.driver_version.as_deref().unwrap_or("(unknown version)");
         let mut reasons = Vec::new();
+        let mut driver_too_old = Vec::new();
         for tag in &self.spec.torch.cuda {
             let torch = format!("{}+{tag}", self.spec.torch.version);
             let Some(build) = release.build(*tag) else {
@@ -67,21 +68,19 @@ impl<'a> Resolver<'a> {
                 continue;
             };
             if driver_cuda < build.driver_cuda {
+                driver_too_old.push(format!("{tag} needs {}", build.describe_driver_need()));
                 reasons.push(format!(
                     "{tag}: torch {torch} needs {}; driver {driver} supports CUDA {driver_cuda}",
                     build.describe_driver_need()
                 ));
                 continue;
             }
-            let uncovered: Vec<String> = gpus
-                .iter()
-                .filter(|(_, cc)| !build.covers(*cc))
-                .map(|(gpu, cc)| format!("{} is SM {cc}", gpu.describe()))
-                .collect();
+            let uncovered: Vec<(&GpuFacts, ComputeCapability)> =
+                gpus.iter().copied().filter(|(_, cc)| !build.covers(*cc)).collect();
             if !uncovered.is_empty() {
                 reasons.push(format!(
                     "{tag}: {}; torch {torch} has kernels for SM {}",
-                    uncovered.join(", "),
+                    describe_gpus(&uncovered),
                     build.describe_arch()
                 ));
                 continue;
@@ -90,6 +89,14 @@ impl<'a> Resolver<'a> {
                 Ok(plan) => return Ok(plan),
                 Err(reason) => reasons.push(format!("{tag}: {reason}")),
             }
+        }
+        if driver_too_old.len() == reasons.len() && !reasons.is_empty() {
+            // Only the driver stands in the way: say so once.
+            return Err(Incompatibility::new(format!(
+                "driver {driver} supports CUDA {driver_cuda}, older than every allowed build needs ({}); \
+                 upgrade the driver or allow an older CUDA build",
+                driver_too_old.join(", ")
+            )));
         }
         Err(Incompatibility { reasons })
     }
@@ -216,12 +223,10 @@ impl<'a> Resolver<'a> {
         let covering =
             tagged.iter().find(|(wheel, _)| gpus.iter().all(|(_, cc)| wheel.compute.contains(*cc)));
         let Some((wheel, name)) = covering else {
-            let sms: Vec<String> =
-                gpus.iter().map(|(gpu, cc)| format!("SM {cc} ({})", gpu.describe())).collect();
             let ranges: Vec<String> = tagged.iter().map(|(wheel, _)| wheel.compute.to_string()).collect();
             return Err(format!(
                 "no wheel for {python_tag}, {tag}, torch {series} covers {}; the wheels cover {}",
-                dedup(sms).join(" and "),
+                describe_gpus(gpus),
                 ranges.join(", ")
             ));
         };
@@ -271,8 +276,34 @@ fn unmet_requirement(optimization: &Optimization, machine: &MachineFacts) -> Opt
     })
 }
 
-fn dedup(mut items: Vec<String>) -> Vec<String> {
-    let mut seen = std::collections::BTreeSet::new();
-    items.retain(|item| seen.insert(item.clone()));
-    items
+/// "GPU 0 (NVIDIA GeForce RTX 4090) is SM 8.9 and GPU 1 (NVIDIA RTX A6000) is SM 8.6";
+/// identical GPUs are named once: "GPUs 0–7 (NVIDIA H100 80GB HBM3) are SM 9.0".
+fn describe_gpus(gpus: &[(&GpuFacts, ComputeCapability)]) -> String {
+    let mut groups: Vec<(Option<&str>, ComputeCapability, Vec<u32>)> = Vec::new();
+    for (gpu, cc) in gpus {
+        let name = gpu.name.as_deref();
+        match groups.iter_mut().find(|(n, c, _)| *n == name && c == cc) {
+            Some((_, _, indexes)) => indexes.push(gpu.index),
+            None => groups.push((name, *cc, vec![gpu.index])),
+        }
+    }
+    let parts: Vec<String> = groups
+        .iter()
+        .map(|(name, cc, indexes)| {
+            let name = name.map(|n| format!(" ({n})")).unwrap_or_default();
+            match indexes.as_slice() {
+                [one] => format!("GPU {one}{name} is SM {cc}"),
+                [first, .., last]
+                    if last.checked_sub(*first).is_some_and(|span| span as usize + 1 == indexes.len()) =>
+                {
+                    format!("GPUs {first}–{last}{name} are SM {cc}")
+                }
+                many => {
+                    let list: Vec<String> = many.iter().map(ToString::to_string).collect();
+                    format!("GPUs {}{name} are SM {cc}", list.join(", "))
+                }
+            }
+        })
+        .collect();
+    parts.join(" and ")
 }
