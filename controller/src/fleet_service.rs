@@ -1,6 +1,7 @@
-//! The operators' API: join tokens, machines, credentials and the audit log. Every
-//! call is authenticated; every change is checked against the caller's role and
-//! written to the audit log.
+//! The operators' API: join tokens, machines, credentials, environments and the audit
+//! log. Every call is authenticated; every change is checked against the caller's
+//! role and written to the audit log. Environment calls are decided in
+//! `environment_service`.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,6 +14,7 @@ use jiff::{SignedDuration, Timestamp};
 use tonic::{Request, Response, Status};
 
 use crate::auth::{Caller, authenticate};
+use crate::environment_service;
 use crate::presence::KickReason;
 use crate::secrets;
 use crate::state::ControllerState;
@@ -84,7 +86,7 @@ impl FleetApi {
     }
 }
 
-fn internal(error: impl std::fmt::Display) -> Status {
+pub(crate) fn internal(error: impl std::fmt::Display) -> Status {
     tracing::error!(%error, "internal error");
     Status::internal(error.to_string())
 }
@@ -421,6 +423,38 @@ impl pb::fleet_service_server::FleetService for FleetApi {
                 })
                 .collect(),
         }))
+    }
+
+    async fn apply_environment(
+        &self,
+        request: Request<pb::ApplyEnvironmentRequest>,
+    ) -> Result<Response<pb::ApplyEnvironmentResponse>, Status> {
+        let caller = self.caller(&request, Role::Operator).await?;
+        environment_service::apply(&self.state, &caller, request.into_inner()).await.map(Response::new)
+    }
+
+    async fn list_environments(
+        &self,
+        request: Request<pb::ListEnvironmentsRequest>,
+    ) -> Result<Response<pb::ListEnvironmentsResponse>, Status> {
+        self.caller(&request, Role::Viewer).await?;
+        environment_service::list(&self.state).await.map(Response::new)
+    }
+
+    async fn list_environment_revisions(
+        &self,
+        request: Request<pb::ListEnvironmentRevisionsRequest>,
+    ) -> Result<Response<pb::ListEnvironmentRevisionsResponse>, Status> {
+        self.caller(&request, Role::Viewer).await?;
+        environment_service::history(&self.state, request.into_inner()).await.map(Response::new)
+    }
+
+    async fn get_environment_revision(
+        &self,
+        request: Request<pb::GetEnvironmentRevisionRequest>,
+    ) -> Result<Response<pb::EnvironmentRevision>, Status> {
+        self.caller(&request, Role::Viewer).await?;
+        environment_service::get(&self.state, request.into_inner()).await.map(Response::new)
     }
 }
 

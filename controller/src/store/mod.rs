@@ -4,6 +4,7 @@
 
 mod sqlite;
 
+use comfyfleet_config::spec::SpecDigest;
 use comfyfleet_config::{Inventory, Labels, MachineId, Role};
 use jiff::Timestamp;
 
@@ -106,6 +107,37 @@ pub struct AuditRecord {
     pub detail: String,
 }
 
+/// A revision to store: an environment's spec with every git ref pinned, named by
+/// the digest of that pinned spec.
+#[derive(Debug, Clone)]
+pub struct NewRevision {
+    pub environment: String,
+    pub id: SpecDigest,
+    /// The canonical pinned spec.
+    pub spec_json: String,
+    pub created_at: Timestamp,
+    pub created_by: String,
+}
+
+/// One immutable revision of an environment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredRevision {
+    pub environment: String,
+    /// 1, 2, 3 … per environment, in the order revisions were created.
+    pub number: u32,
+    pub id: SpecDigest,
+    pub spec_json: String,
+    pub created_at: Timestamp,
+    pub created_by: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EnvironmentSummary {
+    pub name: String,
+    pub revisions: u32,
+    pub latest: StoredRevision,
+}
+
 /// Why a join token did not admit a machine. Said to the agent as it is: the token id
 /// is not secret, and "expired" tells the operator exactly what to do.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -188,6 +220,27 @@ pub trait Store: Send + Sync + 'static {
     ) -> StoreResult<()>;
     /// Newest first.
     async fn list_audit(&self, limit: u32) -> StoreResult<Vec<AuditRecord>>;
+
+    /// In one transaction: the environment's revision with `revision.id` if it has
+    /// one (and `false`), else `revision` stored as number highest + 1 (and `true`).
+    async fn put_environment_revision(&self, revision: &NewRevision) -> StoreResult<(StoredRevision, bool)>;
+    /// Every environment that has a revision, by name.
+    async fn list_environments(&self) -> StoreResult<Vec<EnvironmentSummary>>;
+    /// Oldest first; empty for an unknown environment.
+    async fn environment_revisions(&self, environment: &str) -> StoreResult<Vec<StoredRevision>>;
+    async fn latest_environment_revision(&self, environment: &str) -> StoreResult<Option<StoredRevision>>;
+    async fn environment_revision(
+        &self,
+        environment: &str,
+        number: u32,
+    ) -> StoreResult<Option<StoredRevision>>;
+    /// Revisions whose id starts with `prefix` (lowercase hex), oldest first, at most `limit`.
+    async fn find_environment_revisions(
+        &self,
+        environment: &str,
+        prefix: &str,
+        limit: u32,
+    ) -> StoreResult<Vec<StoredRevision>>;
 }
 
 #[cfg(test)]

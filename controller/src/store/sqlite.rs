@@ -1,6 +1,8 @@
 //! The default store: one SQLite file in the controller's data dir, in WAL mode so
 //! readers never wait for the writer, with versioned migrations applied at open.
 
+mod environments;
+
 use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
@@ -13,12 +15,15 @@ use sqlx::sqlite::{
 use sqlx::{Row, Sqlite, Transaction};
 
 use super::{
-    AuditRecord, CredentialRecord, EnrollRefusal, Hello, JoinTokenRecord, NewMachine, Store, StoreError,
-    StoreResult, StoredMachine, check_join_token,
+    AuditRecord, CredentialRecord, EnrollRefusal, EnvironmentSummary, Hello, JoinTokenRecord, NewMachine,
+    NewRevision, Store, StoreError, StoreResult, StoredMachine, StoredRevision, check_join_token,
 };
 
 /// Every migration, in order. A migration is never edited once released: add one.
-const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("../../migrations/0001_fleet.sql"))];
+const MIGRATIONS: &[(i64, &str)] = &[
+    (1, include_str!("../../migrations/0001_fleet.sql")),
+    (2, include_str!("../../migrations/0002_environments.sql")),
+];
 
 pub struct SqliteStore {
     pool: SqlitePool,
@@ -490,6 +495,39 @@ impl Store for SqliteStore {
                 })
             })
             .collect()
+    }
+
+    async fn put_environment_revision(&self, revision: &NewRevision) -> StoreResult<(StoredRevision, bool)> {
+        self.put_revision(revision).await
+    }
+
+    async fn list_environments(&self) -> StoreResult<Vec<EnvironmentSummary>> {
+        self.summaries().await
+    }
+
+    async fn environment_revisions(&self, environment: &str) -> StoreResult<Vec<StoredRevision>> {
+        self.revisions(environment).await
+    }
+
+    async fn latest_environment_revision(&self, environment: &str) -> StoreResult<Option<StoredRevision>> {
+        self.latest_revision(environment).await
+    }
+
+    async fn environment_revision(
+        &self,
+        environment: &str,
+        number: u32,
+    ) -> StoreResult<Option<StoredRevision>> {
+        self.revision(environment, number).await
+    }
+
+    async fn find_environment_revisions(
+        &self,
+        environment: &str,
+        prefix: &str,
+        limit: u32,
+    ) -> StoreResult<Vec<StoredRevision>> {
+        self.find_revisions(environment, prefix, limit).await
     }
 }
 

@@ -1,0 +1,250 @@
+//! The environment calls of the operators' API: applying a spec stores it as an
+//! immutable revision with every git ref pinned to a commit; the reads return those
+//! revisions. `fleet_service` authenticates the caller and delegates here.
+
+use comfyfleet_config::spec::canonical::to_canonical_json;
+use comfyfleet_config::spec::names::printable;
+use comfyfleet_config::spec::source::MAX_SPEC_BYTES;
+use comfyfleet_config::spec::{Spec, SpecFormat};
+use comfyfleet_proto::timestamp_to_wire;
+use comfyfleet_proto::v1 as pb;
+use jiff::Timestamp;
+use tonic::Status;
+
+use crate::auth::Caller;
+use crate::fleet_service::internal;
+use crate::git_pin::{self, GitPin};
+use crate::state::ControllerState;
+use crate::store::{EnvironmentSummary, NewRevision, StoredRevision};
+
+const MAX_ENVIRONMENT_NAME: usize = 64;
+/// Shorter id prefixes match too much to be worth typing.
+const MIN_ID_PREFIX: usize = 4;
+/// Candidates named when an id prefix matches several revisions.
+const CANDIDATES_SHOWN: usize = 10;
+/// Longer file names are not a name anyone typed; messages call the spec "spec".
+const MAX_FILE_NAME: usize = 4096;
+
+/// Parses and checks the spec, pins its git refs and stores the pinned spec as a
+/// revision, or finds the revision that already holds exactly that.
+pub async fn apply(
+    state: &ControllerState,
+    caller: &Caller,
+    request: pb::ApplyEnvironmentRequest,
+) -> Result<pb::ApplyEnvironmentResponse, Status> {
+    let file = spec_file_name(&request.file_name);
+    if request.spec.len() > MAX_SPEC_BYTES {
+        return Err(Status::invalid_argument(format!(
+            "{file} is {} bytes; a spec may be at most {MAX_SPEC_BYTES} bytes (1 MiB)",
+            request.spec.len()
+        )));
+    }
+    let format = spec_format(request.format, &request.file_name, &request.spec)?;
+    let mut spec = Spec::parse(file, &request.spec, format)
+        .map_err(|errors| Status::invalid_argument(errors.to_string()))?;
+    let pins = git_pin::pin_spec(&mut spec)
+        .await
+        .map_err(|errors| Status::failed_precondition(errors.to_string()))?;
+    let revision = NewRevision {
+        environment: spec.name.clone(),
+        id: spec.digest(),
+        spec_json: to_canonical_json(&spec),
+        created_at: Timestamp::now(),
+        created_by: caller.actor(),
+    };
+    let (stored, created) = state.store.put_environment_revision(&revision).await.map_err(internal)?;
+    let target = format!("{}@{}", stored.environment, stored.number);
+    let detail = format!("{} {}", if created { "created" } else { "unchanged" }, stored.id.short());
+    state.audit(&caller.actor(), "environment.apply", &target, &detail).await;
+    tracing::info!(
+        environment = %stored.environment,
+        number = stored.number,
+        id = %stored.id.short(),
+        created,
+        by = %caller.actor(),
+        "environment applied"
+    );
+    Ok(pb::ApplyEnvironmentResponse {
+        revision: Some(revision_to_wire(&stored)),
+        created,
+        pins: pins.iter().map(pin_to_wire).collect(),
+    })
+}
+
+pub async fn list(state: &ControllerState) -> Result<pb::ListEnvironmentsResponse, Status> {
+    let environments = state.store.list_environments().await.map_err(internal)?;
+    Ok(pb::ListEnvironmentsResponse { environments: environments.iter().map(summary_to_wire).collect() })
+}
+
+/// Every revision of one environment, oldest first.
+pub async fn history(
+    state: &ControllerState,
+    request: pb::ListEnvironmentRevisionsRequest,
+) -> Result<pb::ListEnvironmentRevisionsResponse, Status> {
+    let name = request.environment;
+    check_environment_name(&name)?;
+    let revisions = state.store.environment_revisions(&name).await.map_err(internal)?;
+    if revisions.is_empty() {
+        return Err(unknown_environment(&name));
+    }
+    Ok(pb::ListEnvironmentRevisionsResponse { revisions: revisions.iter().map(revision_to_wire).collect() })
+}
+
+/// One revision: the latest, a number, or the one revision whose id starts with a prefix.
+pub async fn get(
+    state: &ControllerState,
+    request: pb::GetEnvironmentRevisionRequest,
+) -> Result<pb::EnvironmentRevision, Status> {
+    let name = request.environment;
+    check_environment_name(&name)?;
+    let selector = RevisionSelector::parse(&request.revision)?;
+    let latest = state
+        .store
+        .latest_environment_revision(&name)
+        .await
+        .map_err(internal)?
+        .ok_or_else(|| unknown_environment(&name))?;
+    let revision = match selector {
+        RevisionSelector::Latest => latest,
+        RevisionSelector::Number(number) if number == latest.number => latest,
+        RevisionSelector::Number(number) => {
+            state.store.environment_revision(&name, number).await.map_err(internal)?.ok_or_else(|| {
+                let (shown, newest) = (printable(&name), latest.number);
+                Status::not_found(format!(
+                    "environment {shown} has no revision {number}; its revisions are 1 to {newest} \
+                     (`comfyfleet env history {shown}` lists them)"
+                ))
+            })?
+        }
+        RevisionSelector::IdPrefix(prefix) => {
+            let limit = u32::try_from(CANDIDATES_SHOWN + 1).unwrap_or(u32::MAX);
+            let mut matches =
+                state.store.find_environment_revisions(&name, &prefix, limit).await.map_err(internal)?;
+            match matches.len() {
+                0 => {
+                    let shown = printable(&name);
+                    return Err(Status::not_found(format!(
+                        "no revision of environment {shown} has an id starting with `{prefix}` \
+                         (`comfyfleet env history {shown}` lists them)"
+                    )));
+                }
+                1 => matches.remove(0),
+                _ => return Err(ambiguous_prefix(&name, &prefix, &matches)),
+            }
+        }
+    };
+    Ok(revision_to_wire(&revision))
+}
+
+/// Which revision a `GetEnvironmentRevision` asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum RevisionSelector {
+    Latest,
+    Number(u32),
+    /// Lowercase hex, [`MIN_ID_PREFIX`] to 64 digits.
+    IdPrefix(String),
+}
+
+impl RevisionSelector {
+    fn parse(text: &str) -> Result<Self, Status> {
+        if text.is_empty() {
+            return Ok(Self::Latest);
+        }
+        if text.bytes().all(|b| b.is_ascii_digit()) {
+            return text.parse().map(Self::Number).map_err(|_| {
+                Status::invalid_argument(format!("revision {text} is larger than any revision number"))
+            });
+        }
+        let is_prefix =
+            (MIN_ID_PREFIX..=64).contains(&text.len()) && text.bytes().all(|b| b.is_ascii_hexdigit());
+        if is_prefix {
+            return Ok(Self::IdPrefix(text.to_ascii_lowercase()));
+        }
+        Err(Status::invalid_argument(format!(
+            "`{}` is not a revision: give its number (3), at least {MIN_ID_PREFIX} hex digits of its id, or \
+             nothing for the latest",
+            printable(text)
+        )))
+    }
+}
+
+fn ambiguous_prefix(name: &str, prefix: &str, matches: &[StoredRevision]) -> Status {
+    let mut candidates: Vec<String> = matches
+        .iter()
+        .take(CANDIDATES_SHOWN)
+        .map(|revision| format!("{} ({})", revision.number, revision.id.short()))
+        .collect();
+    if matches.len() > CANDIDATES_SHOWN {
+        candidates.push("…".to_owned());
+    }
+    Status::invalid_argument(format!(
+        "`{prefix}` matches several revisions of environment {}: {}; give more digits of the id, or the \
+         revision number",
+        printable(name),
+        candidates.join(", ")
+    ))
+}
+
+fn check_environment_name(name: &str) -> Result<(), Status> {
+    if name.is_empty() || name.len() > MAX_ENVIRONMENT_NAME {
+        return Err(Status::invalid_argument(
+            "give an environment name (1 to 64 bytes); `comfyfleet env list` shows them",
+        ));
+    }
+    Ok(())
+}
+
+fn unknown_environment(name: &str) -> Status {
+    Status::not_found(format!("no environment {}; `comfyfleet env list` shows them", printable(name)))
+}
+
+/// How messages name the spec: the file name the client sent, if it is a plausible one.
+fn spec_file_name(name: &str) -> &str {
+    if name.is_empty() || name.len() > MAX_FILE_NAME || name.chars().any(char::is_control) {
+        "spec"
+    } else {
+        name
+    }
+}
+
+fn spec_format(wire: i32, file_name: &str, text: &str) -> Result<SpecFormat, Status> {
+    match pb::SpecFormat::try_from(wire) {
+        Ok(pb::SpecFormat::Unspecified) => Ok(SpecFormat::detect(file_name, text)),
+        Ok(pb::SpecFormat::Toml) => Ok(SpecFormat::Toml),
+        Ok(pb::SpecFormat::Json) => Ok(SpecFormat::Json),
+        Err(_) => Err(Status::invalid_argument(format!(
+            "spec format {wire} is unknown to this controller; send the spec as TOML or JSON"
+        ))),
+    }
+}
+
+fn revision_to_wire(revision: &StoredRevision) -> pb::EnvironmentRevision {
+    pb::EnvironmentRevision {
+        environment: revision.environment.clone(),
+        number: revision.number,
+        id: revision.id.as_str().to_owned(),
+        spec_json: revision.spec_json.clone(),
+        created_at: Some(timestamp_to_wire(revision.created_at)),
+        created_by: revision.created_by.clone(),
+    }
+}
+
+fn summary_to_wire(summary: &EnvironmentSummary) -> pb::EnvironmentSummary {
+    pb::EnvironmentSummary {
+        name: summary.name.clone(),
+        revisions: summary.revisions,
+        latest: Some(revision_to_wire(&summary.latest)),
+    }
+}
+
+fn pin_to_wire(pin: &GitPin) -> pb::GitPin {
+    pb::GitPin {
+        source: pin.source.clone(),
+        git: pin.git.clone(),
+        r#ref: pin.reference.clone(),
+        commit: pin.commit.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests;
