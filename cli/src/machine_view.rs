@@ -3,7 +3,8 @@
 
 use std::collections::BTreeMap;
 
-use comfyfleet_config::{Gpu, MachineRecord};
+use comfyfleet_config::resolve::{GpuFacts, MachineFacts};
+use comfyfleet_config::{Gpu, MachineRecord, NvmlStatus};
 use serde::{Deserialize, Serialize};
 
 use crate::format;
@@ -146,6 +147,53 @@ impl MachineView {
             text.push_str(&format!(" [{errors} with errors]"));
         }
         text
+    }
+
+    /// What the resolver knows about this machine. The same conversion serves
+    /// `plan --facts FILE` and `plan` against the live fleet, so both answer alike.
+    pub fn facts(&self) -> Result<MachineFacts, String> {
+        let bad = |field: &str, value: &str| format!("machine {}: {field} `{value}` is unreadable", self.id);
+        let gpus = self
+            .gpus
+            .iter()
+            .map(|gpu| {
+                let compute_capability = match &gpu.compute_capability {
+                    Some(cc) => Some(cc.parse().map_err(|_| bad("compute_capability", cc))?),
+                    None => None,
+                };
+                Ok(GpuFacts {
+                    index: gpu.index,
+                    name: gpu.name.clone(),
+                    compute_capability,
+                    memory_total_bytes: gpu.memory_total_bytes,
+                })
+            })
+            .collect::<Result<Vec<_>, String>>()?;
+        let cuda_driver_version = match &self.cuda_driver_version {
+            Some(version) => Some(version.parse().map_err(|_| bad("cuda_driver_version", version))?),
+            None => None,
+        };
+        let nvml_problem = match self.nvml_status.as_deref() {
+            None | Some("ok") => None,
+            Some(status) => {
+                let json = serde_json::json!({ "status": status, "detail": self.nvml_detail.clone().unwrap_or_default() });
+                let status: NvmlStatus =
+                    serde_json::from_value(json).map_err(|_| bad("nvml_status", status))?;
+                Some(status.summary().to_owned())
+            }
+        };
+        Ok(MachineFacts {
+            id: self.id.clone(),
+            hostname: self.hostname.clone(),
+            labels: self.labels.clone(),
+            os: self.os.clone(),
+            arch: self.arch.clone(),
+            nvml_problem,
+            driver_version: self.driver_version.clone(),
+            cuda_driver_version,
+            gpus,
+            reported: self.nvml_status.is_some(),
+        })
     }
 
     pub fn labels_text(&self) -> String {

@@ -6,6 +6,7 @@ mod client;
 mod commands;
 mod format;
 mod machine_view;
+mod spec_file;
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -62,6 +63,56 @@ enum Command {
     },
     /// Which credential this config holds, and its role.
     Whoami,
+    /// What every machine would get from a spec: torch build, CUDA variant, wheels,
+    /// or why it cannot run it. Installs nothing.
+    Plan {
+        /// The spec file (TOML or JSON; `-` reads standard input).
+        #[arg(short, long = "file", value_name = "SPEC")]
+        file: PathBuf,
+        /// Plan offline against a saved `comfyfleet machines -o json` instead of the live fleet.
+        #[arg(long, value_name = "FILE")]
+        facts: Option<PathBuf>,
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: OutputFormat,
+    },
+    /// Validate a spec, pin its git refs to commits and store it as a revision.
+    Apply {
+        /// The spec file (TOML or JSON; `-` reads standard input).
+        #[arg(short, long = "file", value_name = "SPEC")]
+        file: PathBuf,
+    },
+    /// Stored environments and their revisions.
+    #[command(subcommand)]
+    Env(EnvCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum EnvCommand {
+    /// Every environment with its latest revision.
+    List {
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: OutputFormat,
+    },
+    /// One revision's pinned spec: NAME (latest), NAME@NUMBER or NAME@ID-PREFIX.
+    Show {
+        #[arg(value_name = "NAME[@REV]")]
+        reference: String,
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: OutputFormat,
+    },
+    /// Every revision of an environment, oldest first.
+    History {
+        name: String,
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: OutputFormat,
+    },
+    /// What changed between two revisions (NAME@REV NAME@REV, or NAME@REV REV).
+    Diff {
+        #[arg(value_name = "NAME@REV_A")]
+        from: String,
+        #[arg(value_name = "REV_B")]
+        to: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -138,6 +189,17 @@ fn parse_role(text: &str) -> Result<Role, String> {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<String> {
+    // Offline planning needs no controller and no credentials.
+    if let Command::Plan { file, facts: Some(facts), output } = &cli.command {
+        let spec = spec_file::load(file)?;
+        let machines = commands::plan::read_facts(facts)?;
+        return commands::plan::render(&commands::plan::plan(&spec.spec, &machines)?, *output);
+    }
+    // A spec with mistakes is reported before any connection is tried.
+    let spec = match &cli.command {
+        Command::Plan { file, .. } | Command::Apply { file } => Some(spec_file::load(file)?),
+        _ => None,
+    };
     let config_path = client::config_path(cli.config)?;
     let config = client::load_config(&config_path)?;
     let mut fleet = client::connect(&config).await?;
@@ -170,6 +232,25 @@ async fn run(cli: Cli) -> anyhow::Result<String> {
             commands::credentials::revoke(&mut fleet, id).await
         }
         Command::Audit { limit, output } => commands::audit::list(&mut fleet, limit, output).await,
+        Command::Plan { output, .. } => {
+            let spec = spec.ok_or_else(|| anyhow::anyhow!("no spec"))?;
+            let machines = commands::machines::fetch_all(&mut fleet, false).await?;
+            commands::plan::render(&commands::plan::plan(&spec.spec, &machines)?, output)
+        }
+        Command::Apply { .. } => {
+            let spec = spec.ok_or_else(|| anyhow::anyhow!("no spec"))?;
+            commands::environments::apply(&mut fleet, spec).await
+        }
+        Command::Env(EnvCommand::List { output }) => commands::environments::list(&mut fleet, output).await,
+        Command::Env(EnvCommand::Show { reference, output }) => {
+            commands::environments::show(&mut fleet, reference, output).await
+        }
+        Command::Env(EnvCommand::History { name, output }) => {
+            commands::environments::history(&mut fleet, name, output).await
+        }
+        Command::Env(EnvCommand::Diff { from, to }) => {
+            commands::environments::diff(&mut fleet, from, to).await
+        }
         Command::Whoami => {
             let me = fleet
                 .who_am_i(comfyfleet_proto::v1::WhoAmIRequest {})

@@ -214,3 +214,117 @@ fn a_v100_with_torch_2_11_and_only_cu128_is_refused_naming_sm_7_0() {
     assert!(refused.contains("GPUs 0–1 (Tesla V100-SXM2-32GB) are SM 7.0"), "{refused}");
     assert!(refused.contains("torch 2.11.0+cu128 has kernels for SM 7.5, 8.0"), "{refused}");
 }
+
+#[test]
+fn machines_without_usable_gpus_say_why() {
+    let everyone = example_with(|text| {
+        text.replace("selector = 'gpu.compute >= 6.0 && labels.pool != \"staging\"'", "")
+    });
+    assert_eq!(
+        describe(&resolve(&everyone, &profile("no-gpu"))),
+        "incompatible: no NVIDIA GPU (no NVIDIA library)"
+    );
+    // With the example's selector, a machine without GPUs is simply not targeted.
+    assert_eq!(describe(&resolve(&example(), &profile("no-gpu"))), "not-targeted");
+    let mut unreadable = profile("rtx4090-x1-570");
+    unreadable.gpus[0].compute_capability = None;
+    assert_eq!(
+        describe(&resolve(&everyone, &unreadable)),
+        "incompatible: GPU 0 (NVIDIA GeForce RTX 4090): compute capability unreadable"
+    );
+    let mut silent = profile("rtx4090-x1-570");
+    silent.reported = false;
+    assert_eq!(
+        describe(&resolve(&everyone, &silent)),
+        "incompatible: the machine has not reported its hardware yet"
+    );
+}
+
+#[test]
+fn a_fatal_optimisation_that_cannot_be_planned_fails_the_machine() {
+    let fatal = example_with(|text| text.replacen("fatal = false", "fatal = true", 1));
+    // The mixed box has no SageAttention wheel covering both SMs under any CUDA build.
+    let outcome = describe(&resolve(&fatal, &profile("mixed-4090-a6000-570")));
+    assert!(outcome.starts_with("incompatible"), "{outcome}");
+    assert!(outcome.contains("cu128: fatal optimization sageattention cannot be installed"), "{outcome}");
+    assert!(outcome.contains("SM 8.9") && outcome.contains("SM 8.6"), "{outcome}");
+    // A box with a wheel is unaffected.
+    assert!(
+        describe(&resolve(&fatal, &profile("rtx4090-x1-570")))
+            .starts_with("ok 2.8.0+cu128 [sageattention@sm89")
+    );
+}
+
+#[test]
+fn a_fatal_optimisation_moves_the_machine_to_the_next_cuda_build_that_has_it() {
+    // Only a cu126 wheel for SM 9.0: the H100 prefers cu128 but must take cu126 to get it.
+    let text = EXAMPLE.replace(
+        "[[optimization]]\nname = \"sageattention\"\nrequires = [\"nvidia\", \"linux\"]\nfatal = false",
+        "[[optimization]]\nname = \"sageattention\"\nrequires = [\"nvidia\", \"linux\"]\nfatal = true",
+    );
+    assert_ne!(text, EXAMPLE);
+    let only_cu126_for_sm90 = text
+        .replacen(
+            "  compute = \">=9.0,<10.0\"\n  python = \"cp312\"\n  cuda = \"cu128\"",
+            "  compute = \">=9.0,<10.0\"\n  python = \"cp311\"\n  cuda = \"cu128\"",
+            1,
+        )
+        .replace(
+            "sm90/sageattention-2.2.0+cu128torch2.8-cp312-cp312",
+            "sm90/sageattention-2.2.0+cu128torch2.8-cp311-cp311",
+        );
+    let spec =
+        Spec::parse("spec.toml", &only_cu126_for_sm90, SpecFormat::Toml).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        describe(&resolve(&spec, &profile("h100-x8-580"))),
+        "ok 2.8.0+cu126 [sageattention@sm90 triton>=3.4,<3.5]"
+    );
+}
+
+#[test]
+fn unmet_requirements_drop_the_optimisation_and_wheels_match_the_target_python() {
+    let mut arm = profile("h100-x8-580");
+    arm.arch = Some("aarch64".into());
+    let resolution = resolve(&example(), &arm);
+    let plan = resolution.plan().unwrap();
+    // The x86_64 wheels do not fit an aarch64 host.
+    let sage = plan.skipped.iter().find(|s| s.name == "sageattention").unwrap();
+    assert!(sage.reason.contains("no wheel for cp312, cu128, torch 2.8 and aarch64"), "{}", sage.reason);
+    let x86_only = example_with(|text| {
+        text.replace(
+            "name = \"triton\"\npackage = \"triton\"\nrequires = [\"nvidia\", \"linux\"]",
+            "name = \"triton\"\npackage = \"triton\"\nrequires = [\"nvidia\", \"linux\", \"x86_64\"]",
+        )
+    });
+    let resolution = resolve(&x86_only, &arm);
+    let skipped = &resolution.plan().unwrap().skipped;
+    assert!(skipped.iter().any(|s| s.name == "triton" && s.reason == "requires x86_64"), "{skipped:?}");
+
+    // The venv's Python decides the wheel, not the agent's: a cp311 spec gets no cp312 wheel.
+    let py311 = example_with(|text| text.replacen("python = \"3.12\"", "python = \"3.11\"", 1));
+    let resolution = resolve(&py311, &profile("rtx4090-x1-570"));
+    let plan = resolution.plan().unwrap();
+    assert_eq!(plan.python_tag, "cp311");
+    let sage = plan.skipped.iter().find(|s| s.name == "sageattention").unwrap();
+    assert!(sage.reason.starts_with("no wheel for cp311, cu128, torch 2.8"), "{}", sage.reason);
+}
+
+#[test]
+fn a_spec_can_teach_the_resolver_a_new_torch_release() {
+    let unknown = EXAMPLE.replace("version = \"2.8.0\"", "version = \"2.12.0\"");
+    let error = Spec::parse("spec.toml", &unknown, SpecFormat::Toml).unwrap_err().to_string();
+    assert!(error.contains("no build facts for torch 2.12"), "{error}");
+    let taught = unknown.replace("cuda = [\"cu128\", \"cu126\", \"cu130\"]", "cuda = [\"cu130\"]").replacen(
+        "[index]",
+        "[[torch.release]]\nseries = \"2.12\"\ncompanions = { torchvision = \"0.27\", torchaudio = \"2.12\" }\n  [[torch.release.build]]\n  cuda = \"cu130\"\n  driver_cuda = \"13.0\"\n  min_driver = \"580.65.06\"\n  arch = [\"8.0\", \"9.0\", \"10.0\", \"12.0\"]\n\n[index]",
+        1,
+    );
+    let spec = Spec::parse("spec.toml", &taught, SpecFormat::Toml).unwrap_or_else(|e| panic!("{e}"));
+    let h100 = resolve(&spec, &profile("h100-x8-580"));
+    let plan = h100.plan().unwrap();
+    assert_eq!(plan.torch, "2.12.0+cu130");
+    assert_eq!(plan.packages[1].version, "0.27.0+cu130");
+    // Its only build needs CUDA 13.0: a 570 driver cannot run it.
+    let refused = describe(&resolve(&spec, &profile("rtx4090-x1-570")));
+    assert!(refused.contains("driver 570.133.07 supports CUDA 12.8"), "{refused}");
+}

@@ -2,7 +2,9 @@
 
 pub mod audit;
 pub mod credentials;
+pub mod environments;
 pub mod machines;
+pub mod plan;
 pub mod tokens;
 
 use comfyfleet_proto::v1 as pb;

@@ -90,7 +90,8 @@ impl Spec {
                             err.message(),
                         ))
                 });
-                at(offset, None, tidy_message(err.message()))
+                let path = err.span().and_then(|span| path_at(&toml_index(text), span.start));
+                at(offset, path, tidy_message(err.message()))
             })?,
             SpecFormat::Json => serde_json::from_str(text).map_err(|err| {
                 let offset = offset_of_line_column(text, err.line(), err.column());
@@ -159,10 +160,24 @@ fn json_message(err: &serde_json::Error) -> String {
     }
 }
 
-/// serde says "unknown field"; a spec has keys.
+/// The key whose value starts at `offset`, to name it in a type error.
+fn path_at(index: &SpanIndex, offset: usize) -> Option<String> {
+    index
+        .iter()
+        .filter(|(path, at)| **at == offset && path.ends_with("#value"))
+        .map(|(path, _)| path.trim_end_matches("#value").to_owned())
+        .max_by_key(String::len)
+}
+
+/// serde says "unknown field" and "u32"; a spec has keys and whole numbers.
 fn tidy_message(message: &str) -> String {
-    let message =
-        message.trim().replace("unknown field", "unknown key").replace("missing field", "missing key");
+    let message = message
+        .trim()
+        .replace("unknown field", "unknown key")
+        .replace("missing field", "missing key")
+        .replace("expected u16", "expected a whole number from 1 to 65535")
+        .replace("expected u32", "expected a whole number")
+        .replace("expected u64", "expected a whole number");
     if message.starts_with("unknown key") {
         format!("{message}; remove it or fix its spelling")
     } else {
