@@ -4,6 +4,7 @@
 //! test fails, the logs of its processes are printed.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::print_stderr)]
 
+pub mod git;
 pub mod grpc;
 mod process;
 

@@ -22,6 +22,10 @@ fn the_demo_brings_up_four_agents_and_prints_the_machine_table() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "demo failed:\n{stdout}\n{stderr}");
     assert!(stdout.contains("4 machines (4 online), 11 GPUs"), "{stdout}");
+    assert!(
+        stdout.contains("render-prod: 4 machines: 3 ok, 0 incompatible, 1 not targeted; cu128 3"),
+        "{stdout}"
+    );
     for expected in
         ["8× H100 80GB HBM3 (9.0, 80 GiB)", "1× RTX 5090 (12.0, 32 GiB)", "none (driver not loaded)"]
     {
