@@ -6,8 +6,8 @@ use comfyfleet_config::spec::canonical::to_canonical_json;
 use comfyfleet_config::spec::names::printable;
 use comfyfleet_config::spec::source::MAX_SPEC_BYTES;
 use comfyfleet_config::spec::{Spec, SpecFormat};
-use comfyfleet_proto::timestamp_to_wire;
 use comfyfleet_proto::v1 as pb;
+use comfyfleet_proto::{spec_format_from_wire, timestamp_to_wire};
 use jiff::Timestamp;
 use tonic::Status;
 
@@ -208,14 +208,8 @@ fn spec_file_name(name: &str) -> &str {
 }
 
 fn spec_format(wire: i32, file_name: &str, text: &str) -> Result<SpecFormat, Status> {
-    match pb::SpecFormat::try_from(wire) {
-        Ok(pb::SpecFormat::Unspecified) => Ok(SpecFormat::detect(file_name, text)),
-        Ok(pb::SpecFormat::Toml) => Ok(SpecFormat::Toml),
-        Ok(pb::SpecFormat::Json) => Ok(SpecFormat::Json),
-        Err(_) => Err(Status::invalid_argument(format!(
-            "spec format {wire} is unknown to this controller; send the spec as TOML or JSON"
-        ))),
-    }
+    let format = spec_format_from_wire("format", wire)?;
+    Ok(format.unwrap_or_else(|| SpecFormat::detect(file_name, text)))
 }
 
 fn revision_to_wire(revision: &StoredRevision) -> pb::EnvironmentRevision {

@@ -8,6 +8,7 @@ use comfyfleet_config::inventory::{
     ComputeCapability, CudaVersion, Gpu, HostInfo, Inventory, InventoryError, NvidiaInfo, NvmlStatus,
 };
 use comfyfleet_config::labels::LabelError;
+use comfyfleet_config::spec::SpecFormat;
 use comfyfleet_config::{Labels, MachineId, MachineRecord, Role};
 use jiff::Timestamp;
 
@@ -174,6 +175,30 @@ pub fn role_from_wire(field: &'static str, value: i32) -> Result<Role, WireError
         Ok(pb::Role::Unspecified) | Err(_) => {
             Err(WireError::Invalid { field, reason: "choose a role: viewer, operator or admin".into() })
         }
+    }
+}
+
+impl From<SpecFormat> for pb::SpecFormat {
+    fn from(format: SpecFormat) -> Self {
+        match format {
+            SpecFormat::Toml => pb::SpecFormat::Toml,
+            SpecFormat::Json => pb::SpecFormat::Json,
+        }
+    }
+}
+
+/// The spec format a request names; `None` when unspecified (the receiver detects it).
+pub fn spec_format_from_wire(field: &'static str, value: i32) -> Result<Option<SpecFormat>, WireError> {
+    match pb::SpecFormat::try_from(value) {
+        Ok(pb::SpecFormat::Unspecified) => Ok(None),
+        Ok(pb::SpecFormat::Toml) => Ok(Some(SpecFormat::Toml)),
+        Ok(pb::SpecFormat::Json) => Ok(Some(SpecFormat::Json)),
+        Err(_) => Err(WireError::Invalid {
+            field,
+            reason: format!(
+                "spec format {value} is unknown to this controller; send the spec as TOML or JSON"
+            ),
+        }),
     }
 }
 

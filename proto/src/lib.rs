@@ -7,7 +7,8 @@ mod convert;
 pub mod transport;
 
 pub use convert::{
-    WireError, labels_from_wire, labels_to_wire, role_from_wire, timestamp_from_wire, timestamp_to_wire,
+    WireError, labels_from_wire, labels_to_wire, role_from_wire, spec_format_from_wire, timestamp_from_wire,
+    timestamp_to_wire,
 };
 
 /// The generated messages, clients and servers.

@@ -29,10 +29,7 @@ fn revision_spec(revision: &pb::EnvironmentRevision) -> anyhow::Result<Spec> {
 }
 
 pub async fn apply(client: &mut Fleet, file: SpecFile) -> anyhow::Result<String> {
-    let format = match file.format {
-        SpecFormat::Toml => pb::SpecFormat::Toml,
-        SpecFormat::Json => pb::SpecFormat::Json,
-    };
+    let format = pb::SpecFormat::from(file.format);
     let response = client
         .apply_environment(pb::ApplyEnvironmentRequest {
             spec: file.text,
@@ -44,13 +41,11 @@ pub async fn apply(client: &mut Fleet, file: SpecFile) -> anyhow::Result<String>
         .into_inner();
     let revision = response.revision.ok_or_else(|| anyhow::anyhow!("the controller sent no revision"))?;
     let mut text = if response.created {
-        format!("{} revision {} ({}) created\n", revision.environment, revision.number, short(&revision.id))
+        format!("{} revision {} created, id {}\n", revision.environment, revision.number, revision.id)
     } else {
         format!(
-            "{} unchanged: revision {} ({}) already has this content and these commits\n",
-            revision.environment,
-            revision.number,
-            short(&revision.id)
+            "{} unchanged: revision {} (id {}) already has this content and these commits\n",
+            revision.environment, revision.number, revision.id
         )
     };
     let rows: Vec<Vec<String>> = response

@@ -143,8 +143,7 @@ fn apply_pins_refs_into_immutable_revisions() {
     let spec_arg = spec.to_str().unwrap();
 
     let first = controller.cli(&["apply", "-f", spec_arg]).success();
-    assert!(first.starts_with("render-prod revision 1 ("), "{first}");
-    assert!(first.contains("created"), "{first}");
+    assert!(first.starts_with("render-prod revision 1 created, id "), "{first}");
     let tagged = sources.comfyui.rev_parse("v0.3.60");
     assert_ne!(tagged, sources.comfyui.head(), "the tag is behind the branch");
     assert!(first.contains(&tagged), "the annotated tag is pinned to its commit: {first}");
@@ -158,7 +157,8 @@ fn apply_pins_refs_into_immutable_revisions() {
 
     // The same spec again: the same revision, nothing new stored.
     let again = controller.cli(&["apply", "-f", spec_arg]).success();
-    assert!(again.starts_with(&format!("render-prod unchanged: revision 1 ({})", &id[..12])), "{again}");
+    assert!(again.starts_with(&format!("render-prod unchanged: revision 1 (id {id})")), "{again}");
+    assert!(first.starts_with(&format!("render-prod revision 1 created, id {id}\n")), "{first}");
     // Reformatting the file does not make a new revision either.
     let reformatted: String = local_spec(&sources)
         .lines()
@@ -175,7 +175,7 @@ fn apply_pins_refs_into_immutable_revisions() {
         one["spec"]["custom_node"][0]["commit"]
     );
     let second = controller.cli(&["apply", "-f", spec_arg]).success();
-    assert!(second.starts_with("render-prod revision 2 ("), "{second}");
+    assert!(second.starts_with("render-prod revision 2 created"), "{second}");
     let two = show(&controller, "render-prod");
     assert_eq!(two["spec"]["custom_node"][0]["commit"], moved.as_str());
     assert_eq!(two["spec"]["comfyui"]["commit"], tagged.as_str(), "the tag did not move");
