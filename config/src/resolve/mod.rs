@@ -6,6 +6,8 @@ pub mod catalog;
 mod facts;
 mod plan;
 
+use std::collections::HashMap;
+
 use crate::inventory::ComputeCapability;
 use crate::spec::names::normalize_package_name;
 use crate::spec::wheel::WheelName;
@@ -23,6 +25,8 @@ pub use plan::{
 pub struct Resolver<'a> {
     spec: &'a Spec,
     release: Result<TorchRelease, String>,
+    /// Every wheel URL's parsed file name, parsed once rather than per machine.
+    wheel_names: HashMap<&'a str, WheelName>,
 }
 
 impl<'a> Resolver<'a> {
@@ -34,7 +38,13 @@ impl<'a> Resolver<'a> {
                 .cloned()
                 .ok_or_else(|| format!("comfyfleet has no build facts for torch {series}"))
         });
-        Self { spec, release }
+        let wheel_names = spec
+            .optimizations
+            .iter()
+            .flat_map(|optimization| &optimization.wheels)
+            .filter_map(|wheel| WheelName::from_url(&wheel.url).ok().map(|name| (wheel.url.as_str(), name)))
+            .collect();
+        Self { spec, release, wheel_names }
     }
 
     pub fn resolve(&self, machine: &MachineFacts) -> Resolution {
@@ -211,7 +221,7 @@ impl<'a> Resolver<'a> {
             .wheels
             .iter()
             .filter(|wheel| wheel.python == python_tag && wheel.cuda == tag && wheel.torch == series)
-            .filter_map(|wheel| WheelName::from_url(&wheel.url).ok().map(|name| (wheel, name)))
+            .filter_map(|wheel| self.wheel_names.get(wheel.url.as_str()).map(|name| (wheel, name)))
             .filter(|(_, name)| machine.arch.as_deref().is_none_or(|arch| name.supports_arch(arch)))
             .collect();
         if tagged.is_empty() {

@@ -1,0 +1,84 @@
+//! How long planning a large fleet takes: parse + validate the example spec, then
+//! resolve 10,000 machines of mixed profiles (`cargo bench -p comfyfleet-config`).
+//! Figures are in the README ("Benchmarks").
+#![allow(clippy::unwrap_used, clippy::print_stdout)]
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use comfyfleet_config::inventory::{ComputeCapability, CudaVersion};
+use comfyfleet_config::resolve::{GpuFacts, MachineFacts, Resolution, Resolver};
+use comfyfleet_config::spec::{Spec, SpecFormat};
+
+const EXAMPLE: &str = include_str!("../examples/render-farm.toml");
+const MACHINES: usize = 10_000;
+
+/// A machine's shape: driver, driver CUDA version, GPUs (name, SM major, SM minor).
+type Shape = (&'static str, (u32, u32), &'static [(&'static str, u32, u32)]);
+
+fn machine(i: usize) -> MachineFacts {
+    // The fixture profiles' shapes.
+    let shapes: [Shape; 6] = [
+        ("580.95.05", (13, 0), &[("NVIDIA H100 80GB HBM3", 9, 0); 8]),
+        ("570.133.07", (12, 8), &[("NVIDIA GeForce RTX 4090", 8, 9), ("NVIDIA RTX A6000", 8, 6)]),
+        ("575.57.08", (12, 9), &[("NVIDIA GeForce RTX 5090", 12, 0)]),
+        ("570.124.06", (12, 8), &[("NVIDIA A100-SXM4-80GB", 8, 0); 4]),
+        ("535.230.02", (12, 2), &[("Tesla T4", 7, 5)]),
+        ("570.133.07", (12, 8), &[("NVIDIA GeForce GTX 1080 Ti", 6, 1)]),
+    ];
+    let (driver, (major, minor), gpus) = shapes[i % shapes.len()];
+    MachineFacts {
+        id: format!("{i:016x}"),
+        hostname: format!("render-{i:05}"),
+        labels: BTreeMap::from([(
+            "pool".to_owned(),
+            if i.is_multiple_of(10) { "staging" } else { "render-a" }.to_owned(),
+        )]),
+        os: Some("Debian GNU/Linux 13 (trixie)".to_owned()),
+        arch: Some("x86_64".to_owned()),
+        nvml_problem: None,
+        driver_version: Some(driver.to_owned()),
+        cuda_driver_version: Some(CudaVersion::new(major, minor)),
+        gpus: gpus
+            .iter()
+            .enumerate()
+            .map(|(index, (name, major, minor))| GpuFacts {
+                index: index as u32,
+                name: Some((*name).to_owned()),
+                compute_capability: Some(ComputeCapability::new(*major, *minor)),
+                memory_total_bytes: Some(24 << 30),
+            })
+            .collect(),
+        reported: true,
+    }
+}
+
+fn best_of<T>(runs: usize, mut work: impl FnMut() -> T) -> (Duration, T) {
+    let mut best = Duration::MAX;
+    let mut last = None;
+    for _ in 0..runs {
+        let started = Instant::now();
+        let value = work();
+        best = best.min(started.elapsed());
+        last = Some(value);
+    }
+    (best, last.unwrap())
+}
+
+fn main() {
+    let (parse, spec) = best_of(20, || Spec::parse("render-farm.toml", EXAMPLE, SpecFormat::Toml).unwrap());
+    let (digest, _) = best_of(20, || spec.digest());
+    let machines: Vec<MachineFacts> = (0..MACHINES).map(machine).collect();
+    let (resolve, outcomes) = best_of(5, || {
+        let resolver = Resolver::new(&spec);
+        machines.iter().map(|machine| resolver.resolve(machine)).collect::<Vec<_>>()
+    });
+    let ok = outcomes.iter().filter(|o| matches!(o, Resolution::Planned(_))).count();
+    println!("parse + validate the example spec: {:.2} ms", parse.as_secs_f64() * 1e3);
+    println!("canonical digest:                  {:.3} ms", digest.as_secs_f64() * 1e3);
+    println!(
+        "resolve {MACHINES} machines:            {:.1} ms ({:.1} µs per machine; {ok} planned)",
+        resolve.as_secs_f64() * 1e3,
+        resolve.as_secs_f64() * 1e6 / MACHINES as f64
+    );
+}
