@@ -97,6 +97,20 @@ fn plan_offline_over_saved_facts_gives_the_same_answer_as_the_live_fleet() {
         serde_json::json!({"machines": 8, "ok": 5, "incompatible": 1, "not_targeted": 2, "cuda": {"cu126": 1, "cu128": 4}})
     );
 
+    // A facts file that is not `machines -o json` says how to make one.
+    let bad = dir.path().join("bad.json");
+    std::fs::write(&bad, "{\"machines\": 3}").unwrap();
+    let refused = Command::new(&binaries().cli)
+        .args(["plan", "-f"])
+        .arg(&spec)
+        .arg("--facts")
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("is not the output of `comfyfleet machines -o json`"), "{stderr}");
+
     let table = plan_offline(&spec, &facts, "table");
     assert!(
         table.contains("render-prod: 8 machines: 5 ok, 1 incompatible, 2 not targeted; cu128 4, cu126 1"),
