@@ -328,3 +328,17 @@ fn a_spec_can_teach_the_resolver_a_new_torch_release() {
     let refused = describe(&resolve(&spec, &profile("rtx4090-x1-570")));
     assert!(refused.contains("driver 570.133.07 supports CUDA 12.8"), "{refused}");
 }
+
+#[test]
+fn a_build_can_come_from_its_own_index() {
+    let spec = example_with(|text| {
+        text.replace(
+            "index = \"https://download.pytorch.org/whl/{cuda}\"",
+            "index = \"https://download.pytorch.org/whl/{cuda}\"\nindexes = { cu126 = \"https://mirror.farm.example/torch-cu126/simple\" }",
+        )
+    });
+    let pascal = resolve(&spec, &profile("gtx1080ti-x1-570"));
+    assert_eq!(pascal.plan().unwrap().torch_index, "https://mirror.farm.example/torch-cu126/simple");
+    let ada = resolve(&spec, &profile("rtx4090-x1-570"));
+    assert_eq!(ada.plan().unwrap().torch_index, "https://download.pytorch.org/whl/cu128");
+}

@@ -297,3 +297,23 @@ fn json_specs_are_located_too() {
         errors[0]
     );
 }
+
+#[test]
+fn per_build_torch_indexes_must_be_allowed_builds_over_https() {
+    let text = edit(
+        "cuda = [\"cu128\", \"cu126\"]",
+        "cuda = [\"cu128\", \"cu126\"]\nindexes = { cu130 = \"https://m.example/cu130\", cu126 = \"http://m.example/cu126\" }",
+    );
+    let errors = errors(&text);
+    let messages: Vec<String> = errors.iter().map(ToString::to_string).collect();
+    assert_eq!(errors.len(), 2, "{messages:#?}");
+    assert!(
+        messages.iter().any(|m| m.starts_with("spec.toml:12:")
+            && m.contains("torch.indexes.cu130: cu130 is not in torch.cuda")),
+        "{messages:#?}"
+    );
+    assert!(
+        messages.iter().any(|m| m.contains("torch.indexes.cu126: `http://m.example/cu126` uses plain http")),
+        "{messages:#?}"
+    );
+}

@@ -168,7 +168,7 @@ impl<'a> Resolver<'a> {
             python_tag: spec.python.tag(),
             cuda_tag: tag,
             torch: format!("{torch_version}+{tag}"),
-            torch_index: spec.torch.index.replace("{cuda}", &tag.to_string()),
+            torch_index: spec.torch.index_for(tag),
             packages,
             optimizations,
             skipped,

@@ -73,9 +73,20 @@ pub struct TorchSpec {
     /// Index URL pattern; `{cuda}` is replaced by the chosen tag.
     #[serde(default = "default_torch_index")]
     pub index: String,
+    /// An index for one CUDA build that does not follow the pattern (a mirror that
+    /// lays builds out its own way): `{ cu130 = "https://mirror/torch-cu130/simple" }`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub indexes: BTreeMap<CudaTag, String>,
     /// Build facts for torch releases comfyfleet does not know yet (or corrections).
     #[serde(default, rename = "release", skip_serializing_if = "Vec::is_empty")]
     pub releases: Vec<TorchRelease>,
+}
+
+impl TorchSpec {
+    /// Where the `tag` build of torch and its companions come from.
+    pub fn index_for(&self, tag: CudaTag) -> String {
+        self.indexes.get(&tag).cloned().unwrap_or_else(|| self.index.replace("{cuda}", &tag.to_string()))
+    }
 }
 
 fn default_torch_index() -> String {

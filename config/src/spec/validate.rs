@@ -105,6 +105,13 @@ fn check_commit(problems: &mut Problems, path: &str, commit: Option<&str>) {
 fn check_torch(problems: &mut Problems, spec: &Spec) {
     let torch = &spec.torch;
     problems.check("torch.index", names::check_index_pattern(&torch.index, &spec.index.trusted_hosts));
+    for (tag, url) in &torch.indexes {
+        let path = format!("torch.indexes.{tag}");
+        if !torch.cuda.contains(tag) {
+            problems.add(&path, format!("{tag} is not in torch.cuda: allow it there, or remove this index"));
+        }
+        problems.check(path, names::check_download_url(url, &spec.index.trusted_hosts));
+    }
     for (i, release) in torch.releases.iter().enumerate() {
         for (j, build) in release.builds.iter().enumerate() {
             if build.arch.is_empty() && build.ptx.is_empty() {
