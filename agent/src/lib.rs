@@ -1,13 +1,25 @@
 //! comfyfleet's agent: enrolls once with a join token, keeps its identity on disk,
-//! reports this machine's GPUs (NVML) and host facts, and holds one long-lived
-//! mutual-TLS session to the controller.
+//! reports this machine's GPUs (NVML) and host facts, holds one long-lived
+//! mutual-TLS session to the controller, and converges the machine on the
+//! environment the controller assigns: built with uv next to the running one,
+//! verified on this machine's GPUs, switched to without losing a render.
 #![forbid(unsafe_code)]
 
+mod activation;
 mod backoff;
+pub mod command;
+mod converge;
+pub mod download;
 pub mod enroll;
+pub mod executor;
 pub mod identity;
+mod installed;
 pub mod inventory;
+pub mod journal;
+pub mod layout;
 pub mod link;
+pub mod report;
+pub mod service;
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -15,11 +27,20 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use comfyfleet_config::{JoinToken, Labels};
+use tokio::sync::{Notify, watch};
 
+use crate::command::ChildEnvironment;
+use crate::converge::Converger;
+use crate::download::Downloader;
 use crate::enroll::{EnrollError, Enrollment};
+use crate::executor::{Executor, Tools};
 use crate::identity::{IdentityDir, IdentityError};
 use crate::inventory::{InventoryCollector, NvmlProbe, kernel_hostname};
+use crate::journal::Journal;
+use crate::layout::Layout;
 use crate::link::{Link, LinkError};
+use crate::report::Reporter;
+use crate::service::ComfyuiService;
 
 #[derive(Debug, Clone)]
 pub struct AgentOptions {
@@ -32,6 +53,35 @@ pub struct AgentOptions {
     pub hostname_override: Option<String>,
     pub inventory_interval: Duration,
     pub max_backoff: Duration,
+    pub provisioning: ProvisioningOptions,
+}
+
+/// How the agent builds and runs environments.
+#[derive(Debug, Clone)]
+pub struct ProvisioningOptions {
+    /// Use this uv rather than one on PATH or the pinned one fetched from the index.
+    pub uv: Option<PathBuf>,
+    /// Environments kept besides the current one, for instant rollback.
+    pub keep_previous: usize,
+    /// Run ComfyUI on this port rather than the spec's (several agents on one host).
+    pub comfyui_port: Option<u16>,
+    /// `UV_PYTHON_DOWNLOADS` for creating venvs: `automatic`, `manual` or `never`.
+    pub python_downloads: String,
+    /// Environment variables passed to ComfyUI and the build commands, besides the
+    /// built-in allow-list.
+    pub pass_env: Vec<String>,
+}
+
+impl Default for ProvisioningOptions {
+    fn default() -> Self {
+        Self {
+            uv: None,
+            keep_previous: 2,
+            comfyui_port: None,
+            python_downloads: "automatic".to_owned(),
+            pass_env: Vec::new(),
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -50,6 +100,10 @@ pub enum AgentError {
     Enroll(#[from] EnrollError),
     #[error(transparent)]
     Link(#[from] LinkError),
+    #[error("cannot prepare {path}: {source}")]
+    Layout { path: PathBuf, source: std::io::Error },
+    #[error(transparent)]
+    Download(#[from] crate::download::DownloadError),
 }
 
 impl AgentError {
@@ -97,19 +151,100 @@ pub async fn run(options: AgentOptions, shutdown: impl Future<Output = ()>) -> R
         }
     };
 
-    let collector = InventoryCollector::new(
+    let layout = Layout::new(&options.data_dir);
+    layout.create().map_err(|source| AgentError::Layout { path: options.data_dir.clone(), source })?;
+    write_model_paths(&layout).map_err(|source| AgentError::Layout { path: layout.shared(), source })?;
+    let journal = Journal::new(&layout.journal());
+    let provisioning = options.provisioning;
+    let environment = ChildEnvironment::from_agent(&provisioning.pass_env);
+    let tools = Tools {
+        uv_override: provisioning.uv.clone(),
+        environment: environment.clone(),
+        downloader: Downloader::new(&layout.wheel_cache())?,
+        python_downloads: provisioning.python_downloads.clone(),
+    };
+    let collector = Arc::new(Mutex::new(InventoryCollector::new(
         Box::new(NvmlProbe::new(options.nvml_library.clone())),
         options.data_dir.clone(),
         options.hostname_override.clone(),
-    );
+    )));
+    let (reporter, reports) = Reporter::new();
+    let (desired, desired_receiver) = watch::channel(journal.desired());
+    let inventory_changed = Arc::new(Notify::new());
+    let http = reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .map_err(|error| crate::download::DownloadError::Client(error.to_string()))?;
+    let converger = Converger {
+        executor: Executor::new(layout.clone(), tools),
+        layout: layout.clone(),
+        journal: journal.clone(),
+        service: Arc::new(ComfyuiService::new(layout.clone(), environment)),
+        reporter,
+        http,
+        collector: collector.clone(),
+        inventory_changed: inventory_changed.clone(),
+        port_override: provisioning.comfyui_port,
+        keep_previous: provisioning.keep_previous,
+    };
+    let (stop, stopped) = watch::channel(false);
+    let wait_stop = |mut stopped: watch::Receiver<bool>| async move {
+        let _ = stopped.wait_for(|stop| *stop).await;
+    };
+    let converging = tokio::spawn(converger.run(desired_receiver, wait_stop(stopped.clone())));
     let link = Link {
         identity,
         labels: options.labels,
-        collector: Arc::new(Mutex::new(collector)),
+        collector,
         inventory_interval: options.inventory_interval,
         max_backoff: options.max_backoff,
+        journal,
+        desired,
+        reports,
+        inventory_changed,
     };
-    link.run(shutdown).await?;
+    let linked = tokio::select! {
+        result = link.run(wait_stop(stopped)) => result,
+        () = &mut shutdown => Ok(()),
+    };
+    // ComfyUI keeps running: an agent stopping is no reason to stop a render.
+    let _ = stop.send(true);
+    let _ = converging.await;
+    linked?;
     tracing::info!("agent stopped");
     Ok(())
+}
+
+/// `shared/extra_model_paths.yaml`: every revision's ComfyUI finds its models in
+/// `shared/models/`, so models survive every switch.
+fn write_model_paths(layout: &Layout) -> std::io::Result<()> {
+    const FOLDERS: &[&str] = &[
+        "checkpoints",
+        "clip",
+        "clip_vision",
+        "configs",
+        "controlnet",
+        "diffusion_models",
+        "embeddings",
+        "loras",
+        "text_encoders",
+        "unet",
+        "upscale_models",
+        "vae",
+    ];
+    let models = layout.shared().join("models");
+    let mut yaml = format!(
+        "# Written by comfyfleet-agent: models shared by every environment revision.\ncomfyfleet:\n    base_path: {}\n    is_default: true\n",
+        models.display()
+    );
+    for folder in FOLDERS {
+        std::fs::create_dir_all(models.join(folder))?;
+        yaml.push_str(&format!("    {folder}: {folder}/\n"));
+    }
+    comfyfleet_daemon::files::write_atomic(
+        &layout.shared().join("extra_model_paths.yaml"),
+        yaml.as_bytes(),
+        0o644,
+    )
 }

@@ -1,23 +1,28 @@
 //! The fleet link: one long-lived mutual-TLS session to the controller, reopened
 //! with jittered backoff whenever it drops. Inventory goes up at connect and whenever
-//! it changes; heartbeats keep the controller's view of "online" honest.
+//! it changes; heartbeats keep the controller's view of "online" honest. Assignments
+//! come down and are journaled before the converger sees them; convergence reports
+//! go up as they change (the latest state, a few times a second at most).
 
 use std::future::Future;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use comfyfleet_config::{Inventory, Labels};
+use comfyfleet_config::{AssignmentRecord, ConvergenceReport, Inventory, Labels};
 use comfyfleet_proto::v1 as pb;
-use comfyfleet_proto::{labels_to_wire, transport};
-use tokio::sync::mpsc;
+use comfyfleet_proto::{assignment_from_wire, labels_to_wire, transport};
+use tokio::sync::{Notify, mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Status;
 
 use crate::backoff::Backoff;
 use crate::identity::Identity;
 use crate::inventory::{InventoryCollector, changed_materially};
+use crate::journal::Journal;
 
 const WELCOME_TIMEOUT: Duration = Duration::from_secs(30);
+/// Reports that only show progress go up at most this often.
+const REPORT_INTERVAL: Duration = Duration::from_millis(200);
 
 #[derive(Debug, thiserror::Error)]
 pub enum LinkError {
@@ -42,6 +47,12 @@ pub struct Link {
     pub collector: Arc<Mutex<InventoryCollector>>,
     pub inventory_interval: Duration,
     pub max_backoff: Duration,
+    pub journal: Journal,
+    /// Where assignments go once journaled: the converger watches it.
+    pub desired: watch::Sender<Option<AssignmentRecord>>,
+    pub reports: watch::Receiver<ConvergenceReport>,
+    /// Poked by the converger when the installed environments changed.
+    pub inventory_changed: Arc<Notify>,
 }
 
 impl Link {
@@ -59,7 +70,8 @@ impl Link {
             let session = async {
                 let channel =
                     endpoint.connect().await.map_err(|e| SessionEnd::Lost(transport::error_chain(&e)))?;
-                self.session(channel, &mut backoff).await
+                let mut reports = self.reports.clone();
+                self.session(channel, &mut backoff, &mut reports).await
             };
             let end = tokio::select! {
                 end = session => match end { Ok(end) | Err(end) => end },
@@ -102,6 +114,7 @@ impl Link {
         &self,
         channel: tonic::transport::Channel,
         backoff: &mut Backoff,
+        reports: &mut watch::Receiver<ConvergenceReport>,
     ) -> Result<SessionEnd, SessionEnd> {
         let mut client = pb::agent_service_client::AgentServiceClient::new(channel)
             .max_decoding_message_size(comfyfleet_proto::MAX_AGENT_MESSAGE_BYTES);
@@ -135,6 +148,9 @@ impl Link {
             "connected to the controller"
         );
         backoff.reset();
+        let report = reports.borrow_and_update().clone();
+        sender.send(pb::agent_message::Body::Report(pb::ConvergenceReport::from(&report))).await?;
+        let mut next_report = tokio::time::Instant::now() + REPORT_INTERVAL;
 
         let mut heartbeat_tick = tokio::time::interval(heartbeat);
         heartbeat_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -145,16 +161,20 @@ impl Link {
         loop {
             tokio::select! {
                 _ = heartbeat_tick.tick() => sender.send(pb::agent_message::Body::Heartbeat(pb::Heartbeat {})).await?,
-                _ = inventory_tick.tick() => {
-                    let current = self.collect().await;
-                    if changed_materially(&last_sent, &current) {
-                        tracing::info!(gpus = current.nvidia.gpus.len(), "inventory changed; reporting it");
-                        sender.send(pb::agent_message::Body::Inventory(pb::Inventory::from(&current))).await?;
-                        last_sent = current;
+                _ = inventory_tick.tick() => self.send_inventory_if_changed(&mut sender, &mut last_sent).await?,
+                () = self.inventory_changed.notified() => self.send_inventory_if_changed(&mut sender, &mut last_sent).await?,
+                changed = reports.changed() => {
+                    if changed.is_err() {
+                        return Ok(SessionEnd::Shutdown);
                     }
+                    // Progress can change many times a second; the latest state is what counts.
+                    tokio::time::sleep_until(next_report).await;
+                    let report = reports.borrow_and_update().clone();
+                    sender.send(pb::agent_message::Body::Report(pb::ConvergenceReport::from(&report))).await?;
+                    next_report = tokio::time::Instant::now() + REPORT_INTERVAL;
                 }
                 message = inbound.message() => match message {
-                    Ok(Some(message)) => handle(message),
+                    Ok(Some(message)) => self.handle(message),
                     Ok(None) => return Err(SessionEnd::Lost("the controller closed the session".into())),
                     Err(status) => return Err(status_end(status)),
                 },
@@ -163,13 +183,55 @@ impl Link {
     }
 }
 
-fn handle(message: pb::ControllerMessage) {
-    match message.body {
-        Some(pb::controller_message::Body::Ack(ack)) => tracing::debug!(seq = ack.seq, "acknowledged"),
-        Some(pb::controller_message::Body::Welcome(_)) => {
-            tracing::debug!("unexpected second Welcome ignored")
+impl Link {
+    async fn send_inventory_if_changed(
+        &self,
+        sender: &mut Sender,
+        last_sent: &mut Inventory,
+    ) -> Result<(), SessionEnd> {
+        let current = self.collect().await;
+        if changed_materially(last_sent, &current) {
+            tracing::info!(gpus = current.nvidia.gpus.len(), "inventory changed; reporting it");
+            sender.send(pb::agent_message::Body::Inventory(pb::Inventory::from(&current))).await?;
+            *last_sent = current;
         }
-        None => tracing::debug!("empty message from the controller ignored"),
+        Ok(())
+    }
+
+    fn handle(&self, message: pb::ControllerMessage) {
+        match message.body {
+            Some(pb::controller_message::Body::Ack(ack)) => tracing::debug!(seq = ack.seq, "acknowledged"),
+            Some(pb::controller_message::Body::Desired(desired)) => self.desired_state(desired),
+            Some(pb::controller_message::Body::Welcome(_)) => {
+                tracing::debug!("unexpected second Welcome ignored")
+            }
+            None => tracing::debug!("empty message from the controller ignored"),
+        }
+    }
+
+    /// Journals a new assignment, then hands it to the converger. The same one again
+    /// (every reconnect sends it) changes nothing.
+    fn desired_state(&self, desired: pb::DesiredState) {
+        let Some(record) = assignment_from_wire(desired) else {
+            if self.desired.borrow().is_some() {
+                tracing::info!("the controller has no assignment for this machine; keeping what runs");
+            }
+            return;
+        };
+        if self.desired.borrow().as_ref() == Some(&record) {
+            return;
+        }
+        tracing::info!(
+            environment = %record.environment,
+            revision = record.revision_number,
+            generation = record.generation,
+            "new assignment"
+        );
+        if let Err(error) = self.journal.set_desired(&record) {
+            // Still act on it: the journal only spares asking again after a restart.
+            tracing::warn!(%error, "cannot journal the assignment");
+        }
+        self.desired.send_replace(Some(record));
     }
 }
 

@@ -42,6 +42,24 @@ struct Args {
     /// The longest wait between reconnection attempts.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     max_backoff: Duration,
+    /// Use this uv binary. Default: `uv` on PATH, else the uv wheel this agent pins,
+    /// fetched from the spec's package index and checked against its sha256.
+    #[arg(long, env = "COMFYFLEET_UV")]
+    uv: Option<PathBuf>,
+    /// Earlier environments kept on disk besides the current one, for instant rollback.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u8).range(0..=8))]
+    keep_revisions: u8,
+    /// Run ComfyUI on this port instead of the spec's `run.port` (several agents on
+    /// one host).
+    #[arg(long, env = "COMFYFLEET_COMFYUI_PORT", value_parser = clap::value_parser!(u16).range(1..))]
+    comfyui_port: Option<u16>,
+    /// Whether uv may download a Python this machine lacks: automatic, manual or never.
+    #[arg(long, default_value = "automatic", value_parser = ["automatic", "manual", "never"])]
+    python_downloads: String,
+    /// An environment variable passed on to ComfyUI and the build commands
+    /// (repeatable); only a built-in allow-list is passed otherwise.
+    #[arg(long = "pass-env", value_name = "NAME")]
+    pass_env: Vec<String>,
     /// Log format: text or json.
     #[arg(long, env = "COMFYFLEET_LOG_FORMAT", default_value = "text")]
     log_format: LogFormat,
@@ -78,6 +96,13 @@ async fn main() -> ExitCode {
         hostname_override: args.hostname_override,
         inventory_interval: args.inventory_interval,
         max_backoff: args.max_backoff,
+        provisioning: comfyfleet_agent::ProvisioningOptions {
+            uv: args.uv,
+            keep_previous: usize::from(args.keep_revisions),
+            comfyui_port: args.comfyui_port,
+            python_downloads: args.python_downloads,
+            pass_env: args.pass_env,
+        },
     };
     match comfyfleet_agent::run(options, comfyfleet_daemon::shutdown::signal()).await {
         Ok(()) => ExitCode::SUCCESS,

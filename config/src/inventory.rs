@@ -8,6 +8,8 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
+use crate::installed::InstalledEnvironments;
+
 /// More GPUs than this in one machine is a broken report, not a machine.
 pub const MAX_GPUS: usize = 64;
 /// Longest accepted text field (names, versions, kernel strings).
@@ -19,6 +21,9 @@ pub const MAX_GPU_ERRORS: usize = 16;
 pub struct Inventory {
     pub host: HostInfo,
     pub nvidia: NvidiaInfo,
+    /// What the agent has built (absent in reports from agents before provisioning).
+    #[serde(default, skip_serializing_if = "InstalledEnvironments::is_empty")]
+    pub environments: InstalledEnvironments,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -311,7 +316,7 @@ impl Inventory {
                 check_text(&field("errors"), error, true)?;
             }
         }
-        Ok(())
+        self.environments.validate()
     }
 }
 
@@ -363,6 +368,7 @@ mod tests {
                     errors: vec![],
                 }],
             },
+            environments: InstalledEnvironments::default(),
         }
     }
 

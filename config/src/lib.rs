@@ -4,8 +4,11 @@
 #![forbid(unsafe_code)]
 
 pub mod admin_config;
+pub mod assignment;
+pub mod convergence;
 pub mod credential;
 pub mod duration;
+pub mod installed;
 pub mod inventory;
 pub mod join_token;
 pub mod labels;
@@ -13,7 +16,10 @@ pub mod machine;
 mod secret_token;
 
 pub use admin_config::AdminConfig;
+pub use assignment::{Assignment, AssignmentReason, AssignmentRecord};
+pub use convergence::{ConvergenceReport, Phase, StepReport, StepState};
 pub use credential::{OperatorCredential, Role};
+pub use installed::{InstalledEnvironment, InstalledEnvironments};
 pub use inventory::{ComputeCapability, CudaVersion, Gpu, HostInfo, Inventory, NvidiaInfo, NvmlStatus};
 pub use join_token::JoinToken;
 pub use labels::Labels;

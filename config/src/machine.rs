@@ -6,6 +6,8 @@ use std::str::FromStr;
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
+use crate::assignment::MachineAssignment;
+use crate::convergence::ConvergenceReport;
 use crate::inventory::Inventory;
 use crate::labels::Labels;
 
@@ -75,6 +77,10 @@ pub struct MachineRecord {
     pub agent_version: String,
     pub remote_address: String,
     pub join_token_id: String,
+    /// What the controller wants the machine to run.
+    pub assignment: Option<MachineAssignment>,
+    /// The agent's latest report on it.
+    pub report: Option<ConvergenceReport>,
 }
 
 #[cfg(test)]

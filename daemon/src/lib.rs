@@ -1,7 +1,10 @@
 //! What comfyfleet's long-running programs (controller, agent) share: files written
-//! atomically with private modes, logging set up once, and one shutdown signal.
-#![forbid(unsafe_code)]
+//! atomically with private modes, logging set up once, one shutdown signal, child
+//! processes that die with their parent.
+// One audited `unsafe` block (children.rs: a pre-exec hook) is allowed; nothing else.
+#![deny(unsafe_code)]
 
+pub mod children;
 pub mod files;
 pub mod limits;
 pub mod logging;

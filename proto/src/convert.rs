@@ -4,6 +4,8 @@
 
 use std::collections::HashMap;
 
+use comfyfleet_config::assignment::MachineAssignment;
+use comfyfleet_config::convergence::ConvergenceReport;
 use comfyfleet_config::inventory::{
     ComputeCapability, CudaVersion, Gpu, HostInfo, Inventory, InventoryError, NvidiaInfo, NvmlStatus,
 };
@@ -103,6 +105,11 @@ impl TryFrom<pb::Inventory> for Inventory {
                 agent_version: host.agent_version,
             },
             nvidia: NvidiaInfo { status, driver_version: nvidia.driver_version, cuda_driver_version, gpus },
+            environments: wire
+                .environments
+                .map(crate::provisioning::environments_from_wire)
+                .transpose()?
+                .unwrap_or_default(),
         };
         inventory.validate()?;
         Ok(inventory)
@@ -153,6 +160,8 @@ impl From<&Inventory> for pb::Inventory {
                     })
                     .collect(),
             }),
+            environments: (!inventory.environments.is_empty())
+                .then(|| pb::InstalledEnvironments::from(&inventory.environments)),
         }
     }
 }
@@ -218,6 +227,8 @@ impl From<&MachineRecord> for pb::Machine {
             agent_version: machine.agent_version.clone(),
             remote_address: machine.remote_address.clone(),
             join_token_id: machine.join_token_id.clone(),
+            assignment: machine.assignment.as_ref().map(pb::MachineAssignment::from),
+            report: machine.report.as_ref().map(pb::ConvergenceReport::from),
         }
     }
 }
@@ -247,6 +258,8 @@ impl TryFrom<pb::Machine> for MachineRecord {
             agent_version: wire.agent_version,
             remote_address: wire.remote_address,
             join_token_id: wire.join_token_id,
+            assignment: wire.assignment.map(MachineAssignment::try_from).transpose()?,
+            report: wire.report.map(ConvergenceReport::try_from).transpose()?,
         })
     }
 }
@@ -272,6 +285,7 @@ mod tests {
                     errors: vec!["pci_info: Unknown".into()],
                 }],
             },
+            environments: Default::default(),
         }
     }
 

@@ -4,12 +4,14 @@
 #![forbid(unsafe_code)]
 
 mod convert;
+mod provisioning;
 pub mod transport;
 
 pub use convert::{
     WireError, labels_from_wire, labels_to_wire, role_from_wire, spec_format_from_wire, timestamp_from_wire,
     timestamp_to_wire,
 };
+pub use provisioning::assignment_from_wire;
 
 /// The generated messages, clients and servers.
 pub mod v1 {

@@ -1,6 +1,6 @@
-//! What this machine is: GPUs through NVML, host facts from the kernel. Collected at
-//! connect and then periodically; sent only when something an operator cares about
-//! changed.
+//! What this machine is: GPUs through NVML, host facts from the kernel, and the
+//! environments built on it. Collected at connect and then periodically; sent only
+//! when something an operator cares about changed.
 
 mod host;
 mod nvidia;
@@ -9,6 +9,9 @@ use std::path::PathBuf;
 
 use comfyfleet_config::{Inventory, NvidiaInfo, NvmlStatus};
 
+use crate::journal::Journal;
+use crate::layout::Layout;
+
 pub use host::{HostProbe, kernel_hostname};
 pub use nvidia::{GpuProbe, NvmlProbe};
 
@@ -16,21 +19,33 @@ pub use nvidia::{GpuProbe, NvmlProbe};
 pub struct InventoryCollector {
     gpus: Box<dyn GpuProbe>,
     host: HostProbe,
+    layout: Layout,
+    journal: Journal,
 }
 
 impl InventoryCollector {
     pub fn new(gpus: Box<dyn GpuProbe>, data_dir: PathBuf, hostname_override: Option<String>) -> Self {
-        Self { gpus, host: HostProbe::new(data_dir, hostname_override) }
+        let layout = Layout::new(&data_dir);
+        let journal = Journal::new(&layout.journal());
+        Self { gpus, host: HostProbe::new(data_dir, hostname_override), layout, journal }
     }
 
-    /// Blocking: NVML calls and /proc reads. Run it off the async threads.
+    /// Blocking: NVML calls and /proc and file reads. Run it off the async threads.
     pub fn collect(&mut self) -> Inventory {
-        Inventory { host: self.host.probe(), nvidia: self.gpus.probe() }
+        Inventory {
+            host: self.host.probe(),
+            nvidia: self.gpus.probe(),
+            environments: crate::installed::read(&self.layout, &self.journal),
+        }
     }
 
     /// The host facts alone, for when the GPU probe itself failed.
     pub fn collect_host_only(&mut self, gpu_error: String) -> Inventory {
-        Inventory { host: self.host.probe(), nvidia: NvidiaInfo::unavailable(NvmlStatus::Error(gpu_error)) }
+        Inventory {
+            host: self.host.probe(),
+            nvidia: NvidiaInfo::unavailable(NvmlStatus::Error(gpu_error)),
+            environments: crate::installed::read(&self.layout, &self.journal),
+        }
     }
 }
 
@@ -60,6 +75,7 @@ mod tests {
                 ..HostInfo::default()
             },
             nvidia: NvidiaInfo::unavailable(NvmlStatus::LibraryNotFound("none".into())),
+            environments: Default::default(),
         }
     }
 

@@ -39,11 +39,53 @@ pub struct TorchBuild {
     pub ptx: Vec<ComputeCapability>,
 }
 
+/// Whether code compiled for `arch` (cubins) and `ptx` runs on a GPU of this SM:
+/// a cubin runs on later minors of its major, PTX is JIT-compiled for any later GPU.
+pub fn arch_covers(arch: &[ComputeCapability], ptx: &[ComputeCapability], gpu: ComputeCapability) -> bool {
+    arch.iter().any(|sm| sm.major == gpu.major && sm.minor <= gpu.minor) || ptx.iter().any(|sm| *sm <= gpu)
+}
+
+/// What an installed torch says it carries: `torch.cuda.get_arch_list()`, e.g.
+/// `["sm_75", "sm_80", "sm_86", "sm_90", "sm_120", "compute_120"]`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ArchList {
+    pub arch: Vec<ComputeCapability>,
+    pub ptx: Vec<ComputeCapability>,
+}
+
+impl ArchList {
+    pub fn parse(entries: &[String]) -> Result<Self, String> {
+        let mut list = ArchList::default();
+        for entry in entries {
+            let (kind, digits) = entry
+                .strip_prefix("sm_")
+                .map(|digits| (false, digits))
+                .or_else(|| entry.strip_prefix("compute_").map(|digits| (true, digits)))
+                .ok_or_else(|| format!("`{entry}` is not an sm_XY or compute_XY architecture"))?;
+            // `sm_90a`: architecture-specific features of 9.0, still SM 9.0.
+            let digits = digits.trim_end_matches(|c: char| c.is_ascii_alphabetic());
+            if !(2..=3).contains(&digits.len()) || !digits.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(format!("`{entry}` is not an sm_XY or compute_XY architecture"));
+            }
+            let (major, minor) = digits.split_at(digits.len() - 1);
+            let capability = ComputeCapability::new(
+                major.parse().map_err(|_| format!("`{entry}` has no major version"))?,
+                minor.parse().map_err(|_| format!("`{entry}` has no minor version"))?,
+            );
+            if kind { list.ptx.push(capability) } else { list.arch.push(capability) }
+        }
+        Ok(list)
+    }
+
+    pub fn covers(&self, gpu: ComputeCapability) -> bool {
+        arch_covers(&self.arch, &self.ptx, gpu)
+    }
+}
+
 impl TorchBuild {
     /// Whether this build has code that runs on a GPU of this SM.
     pub fn covers(&self, gpu: ComputeCapability) -> bool {
-        self.arch.iter().any(|sm| sm.major == gpu.major && sm.minor <= gpu.minor)
-            || self.ptx.iter().any(|sm| *sm <= gpu)
+        arch_covers(&self.arch, &self.ptx, gpu)
     }
 
     /// "7.5, 8.0, 8.6, 9.0, 10.0, 12.0 (+PTX 12.0)".
@@ -149,6 +191,23 @@ mod tests {
         let cu128_211 = catalog.release(series("2.11")).unwrap().build(tag("cu128")).unwrap();
         assert!(!cu128_211.covers(cc("7.0")), "Volta dropped from cu128 in 2.11");
         assert_eq!(cu126.driver_cuda, CudaVersion::new(12, 6));
+    }
+
+    #[test]
+    fn arch_lists_read_as_torch_prints_them() {
+        let list = ArchList::parse(&[
+            "sm_80".into(),
+            "sm_86".into(),
+            "sm_90a".into(),
+            "sm_120".into(),
+            "compute_120".into(),
+        ])
+        .unwrap();
+        assert_eq!(list.arch, vec![cc("8.0"), cc("8.6"), cc("9.0"), cc("12.0")]);
+        assert_eq!(list.ptx, vec![cc("12.0")]);
+        assert!(list.covers(cc("8.9")) && list.covers(cc("12.1")) && !list.covers(cc("7.5")));
+        assert!(ArchList::parse(&["gfx90a".into()]).is_err());
+        assert!(ArchList::parse(&["sm_".into()]).is_err());
     }
 
     #[test]

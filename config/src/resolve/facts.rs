@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::inventory::{ComputeCapability, CudaVersion, NvmlStatus};
+use crate::inventory::{ComputeCapability, CudaVersion, Inventory, NvmlStatus};
 use crate::machine::MachineRecord;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -47,12 +47,28 @@ impl GpuFacts {
 
 impl From<&MachineRecord> for MachineFacts {
     fn from(machine: &MachineRecord) -> Self {
-        let inventory = machine.inventory.as_ref();
+        MachineFacts::new(
+            machine.id.to_string(),
+            machine.hostname.clone(),
+            machine.labels.as_map().clone(),
+            machine.inventory.as_ref(),
+        )
+    }
+}
+
+impl MachineFacts {
+    /// The facts in an inventory (`None`: the machine has not reported one yet).
+    pub fn new(
+        id: String,
+        hostname: String,
+        labels: BTreeMap<String, String>,
+        inventory: Option<&Inventory>,
+    ) -> Self {
         let nvidia = inventory.map(|inventory| &inventory.nvidia);
         MachineFacts {
-            id: machine.id.to_string(),
-            hostname: machine.hostname.clone(),
-            labels: machine.labels.as_map().clone(),
+            id,
+            hostname,
+            labels,
             os: inventory.map(|inventory| inventory.host.os.clone()),
             arch: inventory.map(|inventory| inventory.host.arch.clone()),
             nvml_problem: nvidia.and_then(|nvidia| match &nvidia.status {

@@ -59,7 +59,9 @@ impl<'a> Resolver<'a> {
         }
     }
 
-    fn plan(&self, machine: &MachineFacts) -> Result<MachinePlan, Incompatibility> {
+    /// The plan for a machine, whether or not the spec's selector targets it (an agent
+    /// checking its assignment, a rollback).
+    pub fn plan(&self, machine: &MachineFacts) -> Result<MachinePlan, Incompatibility> {
         let release = self.release.as_ref().map_err(|message| Incompatibility::new(message.clone()))?;
         let gpus = gpu_capabilities(machine)?;
         let Some(driver_cuda) = machine.cuda_driver_version else {

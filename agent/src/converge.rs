@@ -1,0 +1,343 @@
+//! The reconcile loop: the assignment the controller sent (journaled) against what
+//! the machine has, and only the difference acted on. An assignment that is already
+//! built and current costs a few file reads and no process; a new one is prepared
+//! next to the running environment (cancelled if another assignment replaces it),
+//! then activated. A failure is recorded and not retried until the controller
+//! raises the generation. Between assignments the loop keeps ComfyUI running from
+//! `current` and removes environments no longer kept.
+
+use std::future::Future;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use comfyfleet_config::convergence::{ConvergenceReport, Phase, StepReport};
+use comfyfleet_config::resolve::GpuFacts;
+use comfyfleet_config::{Assignment, AssignmentRecord, MachineFacts, Resolver};
+use jiff::Timestamp;
+use tokio::sync::{Notify, watch};
+
+use crate::activation::{self, Activator};
+use crate::executor::record::CompleteRecord;
+use crate::executor::{self, Executor};
+use crate::inventory::InventoryCollector;
+use crate::journal::{Failure, Journal};
+use crate::layout::Layout;
+use crate::report::Reporter;
+use crate::service::ComfyuiService;
+
+/// How often the loop checks that ComfyUI still runs when nothing else happens.
+const SUPERVISE_INTERVAL: Duration = Duration::from_secs(2);
+/// Shortest time between two restarts of a ComfyUI that keeps exiting.
+const RESTART_BACKOFF: Duration = Duration::from_secs(10);
+
+/// What stops work that is safe to stop (preparing, draining).
+enum Interrupt {
+    NewAssignment,
+    Shutdown,
+}
+
+struct Interrupts<S> {
+    desired: watch::Receiver<Option<AssignmentRecord>>,
+    shutdown: std::pin::Pin<S>,
+}
+
+impl<S: std::ops::DerefMut<Target: Future<Output = ()>>> Interrupts<S> {
+    async fn wait(&mut self) -> Interrupt {
+        tokio::select! {
+            changed = self.desired.changed() => match changed {
+                Ok(()) => Interrupt::NewAssignment,
+                Err(_) => Interrupt::Shutdown,
+            },
+            () = self.shutdown.as_mut() => Interrupt::Shutdown,
+        }
+    }
+
+    /// Runs `work` unless an interrupt comes first.
+    async fn guard<T>(&mut self, work: impl Future<Output = T>) -> Result<T, Interrupt> {
+        tokio::select! {
+            result = work => Ok(result),
+            interrupt = self.wait() => Err(interrupt),
+        }
+    }
+}
+
+pub struct Converger {
+    pub executor: Executor,
+    pub layout: Layout,
+    pub journal: Journal,
+    pub service: Arc<ComfyuiService>,
+    pub reporter: Reporter,
+    pub http: reqwest::Client,
+    pub collector: Arc<Mutex<InventoryCollector>>,
+    /// Poked when what the inventory reports (the installed environments) changed.
+    pub inventory_changed: Arc<Notify>,
+    pub port_override: Option<u16>,
+    /// Environments kept besides the current one, for instant rollback.
+    pub keep_previous: usize,
+}
+
+impl Converger {
+    fn activator(&self) -> Activator<'_> {
+        Activator {
+            layout: &self.layout,
+            service: &self.service,
+            journal: &self.journal,
+            reporter: &self.reporter,
+            http: &self.http,
+            port_override: self.port_override,
+        }
+    }
+
+    pub async fn run(
+        self,
+        desired: watch::Receiver<Option<AssignmentRecord>>,
+        shutdown: impl Future<Output = ()>,
+    ) {
+        tokio::pin!(shutdown);
+        let mut interrupts = Interrupts { desired, shutdown };
+        remove_trash(&self.layout).await;
+        let mut last_restart: Option<Instant> = None;
+        loop {
+            let record = interrupts.desired.borrow_and_update().clone();
+            match self.converge(record, &mut interrupts).await {
+                Ok(()) => {}
+                Err(Interrupt::NewAssignment) => {
+                    tracing::info!("a new assignment arrived; the one in progress is dropped");
+                    continue;
+                }
+                Err(Interrupt::Shutdown) => return,
+            }
+            loop {
+                tokio::select! {
+                    interrupt = interrupts.wait() => match interrupt {
+                        Interrupt::NewAssignment => break,
+                        Interrupt::Shutdown => return,
+                    },
+                    () = tokio::time::sleep(SUPERVISE_INTERVAL) => self.supervise(&mut last_restart),
+                }
+            }
+        }
+    }
+
+    /// Keeps ComfyUI running from `current` (a crash, a reboot, a first start).
+    fn supervise(&self, last_restart: &mut Option<Instant>) {
+        if self.service.running().is_some() || last_restart.is_some_and(|at| at.elapsed() < RESTART_BACKOFF) {
+            return;
+        }
+        let activator = self.activator();
+        let Some(record) = activator.current() else { return };
+        if let Some(status) = self.service.exited() {
+            tracing::warn!(%status, "ComfyUI exited; starting it again");
+        }
+        *last_restart = Some(Instant::now());
+        if let Err(error) = self.service.start(&activator.launch(&record)) {
+            tracing::error!(%error, "cannot start ComfyUI");
+        }
+    }
+
+    async fn converge<S: std::ops::DerefMut<Target: Future<Output = ()>>>(
+        &self,
+        record: Option<AssignmentRecord>,
+        interrupts: &mut Interrupts<S>,
+    ) -> Result<(), Interrupt> {
+        let Some(record) = record else {
+            self.reporter.replace(ConvergenceReport::idle(Timestamp::now()));
+            return Ok(());
+        };
+        let mut report = ConvergenceReport::idle(Timestamp::now());
+        report.generation = record.generation;
+        report.environment = record.environment.clone();
+        report.revision_number = record.revision_number;
+        report.revision_id = record.revision_id.parse().ok();
+        let assignment = match Assignment::from_record(&record) {
+            Ok(assignment) => assignment,
+            Err(error) => {
+                let message = format!("the controller sent an assignment this agent cannot use: {error}");
+                tracing::error!(%message);
+                report.phase = Phase::Failed;
+                report.error = message;
+                self.reporter.replace(report);
+                return Ok(());
+            }
+        };
+        if let Some(failure) = self.journal.failure()
+            && failure.generation == assignment.generation
+            && failure.revision_id == assignment.revision_id
+        {
+            // Failed before (perhaps before a restart): not retried until the
+            // controller assigns again.
+            report.phase = Phase::Failed;
+            report.error = failure.error;
+            self.reporter.replace(report);
+            return Ok(());
+        }
+        let facts = self.facts().await;
+        if let Err(mismatch) = check_plan(&assignment, &facts) {
+            self.fail(report, &assignment, mismatch);
+            return Ok(());
+        }
+        let env = self.layout.env(&assignment.revision_id);
+        let activator = self.activator();
+        let current = activator.current();
+        if let Some(built) = CompleteRecord::load(&env).filter(|built| built.matches(&assignment))
+            && (current.as_ref().is_some_and(|current| current.revision_id == built.revision_id)
+                || !assignment.activate)
+        {
+            // Nothing to do: the no-op path, a few file reads and no process.
+            report.phase = if assignment.activate { Phase::Active } else { Phase::Prepared };
+            report.steps = built.steps.clone();
+            report.optimizations = built.optimizations.clone();
+            self.reporter.replace(report);
+            return Ok(());
+        }
+
+        tracing::info!(assignment = %assignment.describe(), generation = assignment.generation, "converging");
+        report.phase = Phase::Preparing;
+        report.steps = executor::STEPS.iter().map(|name| StepReport::pending(name)).collect();
+        self.reporter.replace(report);
+        let gpus: Vec<GpuFacts> = facts.gpus.clone();
+        let built = match interrupts.guard(self.executor.prepare(&assignment, &gpus, &self.reporter)).await? {
+            Ok(built) => built,
+            Err(failure) => {
+                self.fail(self.reporter.current(), &assignment, failure.to_string());
+                return Ok(());
+            }
+        };
+        self.reporter.update(|report| report.optimizations = built.optimizations.clone());
+        self.inventory_changed.notify_one();
+        if !assignment.activate {
+            self.reporter.update(|report| report.phase = Phase::Prepared);
+            return Ok(());
+        }
+        if current.as_ref().is_some_and(|current| current.revision_id == built.revision_id) {
+            self.reporter.update(|report| report.phase = Phase::Active);
+            return Ok(());
+        }
+        self.reporter.update(|report| {
+            report.phase = Phase::Activating;
+            report.steps.extend(activation::STEPS.iter().map(|name| StepReport::pending(name)));
+        });
+        if let Err(failure) = interrupts.guard(activator.drain(&built)).await? {
+            self.fail(self.reporter.current(), &assignment, failure.to_string());
+            return Ok(());
+        }
+        // From here on nothing interrupts: the switch always ends consistent.
+        let switched = activator.switch_to(&built).await;
+        self.inventory_changed.notify_one();
+        match switched {
+            Ok(()) => {
+                tracing::info!(assignment = %assignment.describe(), "active");
+                self.reporter.update(|report| report.phase = Phase::Active);
+                self.collect_garbage(&assignment).await;
+                self.inventory_changed.notify_one();
+            }
+            Err(failure) => self.fail(self.reporter.current(), &assignment, failure.to_string()),
+        }
+        Ok(())
+    }
+
+    fn fail(&self, mut report: ConvergenceReport, assignment: &Assignment, error: String) {
+        tracing::error!(assignment = %assignment.describe(), %error, "assignment failed");
+        let failure = Failure {
+            generation: assignment.generation,
+            revision_id: assignment.revision_id.clone(),
+            error: error.clone(),
+            at: Timestamp::now(),
+        };
+        if let Err(error) = self.journal.set_failure(&failure) {
+            tracing::warn!(%error, "cannot record the failure");
+        }
+        report.phase = Phase::Failed;
+        report.error = error;
+        self.reporter.replace(report);
+    }
+
+    /// This machine's facts now, for checking a plan and verifying GPUs.
+    async fn facts(&self) -> MachineFacts {
+        let collector = self.collector.clone();
+        let inventory = tokio::task::spawn_blocking(move || {
+            collector.lock().unwrap_or_else(PoisonError::into_inner).collect()
+        })
+        .await
+        .ok();
+        MachineFacts::new(String::new(), String::new(), Default::default(), inventory.as_ref())
+    }
+
+    /// Removes environments beyond the current one, the assigned one and the
+    /// `keep_previous` most recently current others; and any incomplete leftovers.
+    async fn collect_garbage(&self, assignment: &Assignment) {
+        let keep = kept_environments(&self.journal, assignment, self.keep_previous);
+        let keep_dirs: Vec<_> = keep.iter().map(|revision| self.layout.env(revision).path).collect();
+        let Ok(entries) = std::fs::read_dir(self.layout.envs()) else { return };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with('.') || keep_dirs.contains(&path) {
+                continue;
+            }
+            let trash = self.layout.envs().join(format!(".trash-{name}"));
+            match std::fs::rename(&path, &trash) {
+                Ok(()) => tracing::info!(env = %name, "removing an environment no longer kept"),
+                Err(error) => tracing::warn!(env = %name, %error, "cannot remove an old environment"),
+            }
+        }
+        remove_trash(&self.layout).await;
+    }
+}
+
+/// The revisions whose environments stay on disk.
+fn kept_environments(
+    journal: &Journal,
+    assignment: &Assignment,
+    keep_previous: usize,
+) -> Vec<comfyfleet_config::SpecDigest> {
+    let mut keep = vec![assignment.revision_id.clone()];
+    for activation in journal.activations() {
+        if keep.len() > keep_previous {
+            break;
+        }
+        if !keep.contains(&activation.revision_id) {
+            keep.push(activation.revision_id);
+        }
+    }
+    keep
+}
+
+/// Deletes `envs/.trash-*` (renamed first, so a crash mid-delete leaves nothing that
+/// looks like an environment).
+async fn remove_trash(layout: &Layout) {
+    let envs = layout.envs();
+    let _ = tokio::task::spawn_blocking(move || {
+        let Ok(entries) = std::fs::read_dir(&envs) else { return };
+        for entry in entries.flatten() {
+            if entry.file_name().to_string_lossy().starts_with(".trash-")
+                && let Err(error) = std::fs::remove_dir_all(entry.path())
+            {
+                tracing::warn!(path = %entry.path().display(), %error, "cannot delete an old environment");
+            }
+        }
+    })
+    .await;
+}
+
+/// The agent resolves the spec again from its own facts: a plan that differs means
+/// the controller planned from stale facts (or is not to be trusted), and building
+/// it could install the wrong torch for these GPUs.
+fn check_plan(assignment: &Assignment, facts: &MachineFacts) -> Result<(), String> {
+    match Resolver::new(&assignment.spec).plan(facts) {
+        Ok(plan) if plan == assignment.plan => Ok(()),
+        Ok(plan) => Err(format!(
+            "the controller planned torch {} with {} optimisation(s), but this machine's own facts give torch {} \
+             with {}; its inventory changed since it was planned: start the rollout again",
+            assignment.plan.torch,
+            assignment.plan.optimizations.len(),
+            plan.torch,
+            plan.optimizations.len()
+        )),
+        Err(incompatible) => Err(format!(
+            "this machine cannot run {} by its own facts: {}",
+            assignment.describe(),
+            incompatible.summary()
+        )),
+    }
+}

@@ -1,0 +1,170 @@
+//! Downloads the agent makes itself (kernel wheels, the uv wheel, an index page),
+//! each checked against the sha256 the spec or the agent pins before anything uses
+//! it. Verified files are kept by digest under `cache/wheels/<sha256>/`, so a
+//! second environment, or a second attempt, downloads nothing.
+
+use std::path::{Path, PathBuf};
+use std::sync::Once;
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+use tokio::io::AsyncWriteExt;
+
+use crate::command::redact_credentials;
+
+/// Far larger than any wheel comfyfleet installs itself (torch goes through uv).
+const MAX_DOWNLOAD_BYTES: u64 = 8 << 30;
+/// Index pages are small; a huge one is a mistake or an attack.
+const MAX_PAGE_BYTES: usize = 32 << 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DownloadError {
+    #[error("cannot set up HTTP downloads: {0}")]
+    Client(String),
+    #[error("downloading {url} failed: {detail}; check that this machine can reach it")]
+    Request { url: String, detail: String },
+    #[error("downloading {url} failed: the server answered {status}")]
+    Status { url: String, status: u16 },
+    #[error("{url} is larger than {limit} bytes; refusing it")]
+    TooLarge { url: String, limit: u64 },
+    #[error(
+        "the file at {url} has sha256 {actual}, but {expected} is required: the file changed upstream or was \
+         tampered with on the way; nothing from it was installed. If the new file is the right one, put its \
+         sha256 in the spec"
+    )]
+    Sha256Mismatch { url: String, expected: String, actual: String },
+    #[error("cannot write {path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("`{0}` is not a file name comfyfleet writes (it must not contain `/` or start with `.`)")]
+    BadFileName(String),
+}
+
+/// A verified file on disk.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fetched {
+    pub path: PathBuf,
+    /// Bytes that crossed the network: 0 when the cache had it.
+    pub downloaded_bytes: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct Downloader {
+    client: reqwest::Client,
+    cache: PathBuf,
+}
+
+fn install_crypto_provider() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        // Another part of the process may have installed one already: that is fine.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    });
+}
+
+impl Downloader {
+    pub fn new(cache: &Path) -> Result<Self, DownloadError> {
+        install_crypto_provider();
+        let client = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(30))
+            .read_timeout(Duration::from_secs(120))
+            .user_agent(concat!("comfyfleet-agent/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|error| DownloadError::Client(error.to_string()))?;
+        Ok(Self { client, cache: cache.to_owned() })
+    }
+
+    async fn get(&self, url: &str) -> Result<reqwest::Response, DownloadError> {
+        let shown = redact_credentials(url);
+        let response =
+            self.client.get(url).send().await.map_err(|error| DownloadError::Request {
+                url: shown.clone(),
+                detail: error_chain(&error),
+            })?;
+        if !response.status().is_success() {
+            return Err(DownloadError::Status { url: shown, status: response.status().as_u16() });
+        }
+        Ok(response)
+    }
+
+    /// A page of text (a PEP 503 index page), and the URL it came from after redirects.
+    pub async fn page(&self, url: &str) -> Result<(String, String), DownloadError> {
+        let mut response = self.get(url).await?;
+        let final_url = response.url().to_string();
+        let shown = redact_credentials(url);
+        let mut body = Vec::new();
+        while let Some(chunk) = response
+            .chunk()
+            .await
+            .map_err(|error| DownloadError::Request { url: shown.clone(), detail: error_chain(&error) })?
+        {
+            body.extend_from_slice(&chunk);
+            if body.len() > MAX_PAGE_BYTES {
+                return Err(DownloadError::TooLarge { url: shown, limit: MAX_PAGE_BYTES as u64 });
+            }
+        }
+        Ok((String::from_utf8_lossy(&body).into_owned(), final_url))
+    }
+
+    /// The file at `url`, whose sha256 must be `sha256` (lowercase hex), stored as
+    /// `file_name` under its digest. `progress` hears the bytes received so far.
+    pub async fn verified(
+        &self,
+        url: &str,
+        sha256: &str,
+        file_name: &str,
+        progress: &mut (dyn FnMut(u64, Option<u64>) + Send),
+    ) -> Result<Fetched, DownloadError> {
+        if file_name.is_empty() || file_name.contains('/') || file_name.starts_with('.') {
+            return Err(DownloadError::BadFileName(file_name.to_owned()));
+        }
+        let dir = self.cache.join(sha256);
+        let path = dir.join(file_name);
+        if path.is_file() {
+            return Ok(Fetched { path, downloaded_bytes: 0 });
+        }
+        let io = |path: &Path| {
+            let path = path.to_owned();
+            move |source| DownloadError::Io { path, source }
+        };
+        std::fs::create_dir_all(&dir).map_err(io(&dir))?;
+        let partial = dir.join(format!(".{file_name}.partial"));
+        let shown = redact_credentials(url);
+        let mut response = self.get(url).await?;
+        let total = response.content_length();
+        if total.is_some_and(|total| total > MAX_DOWNLOAD_BYTES) {
+            return Err(DownloadError::TooLarge { url: shown, limit: MAX_DOWNLOAD_BYTES });
+        }
+        let mut file = tokio::fs::File::create(&partial).await.map_err(io(&partial))?;
+        let mut hasher = Sha256::new();
+        let mut received = 0u64;
+        while let Some(chunk) = response
+            .chunk()
+            .await
+            .map_err(|error| DownloadError::Request { url: shown.clone(), detail: error_chain(&error) })?
+        {
+            received += chunk.len() as u64;
+            if received > MAX_DOWNLOAD_BYTES {
+                let _ = tokio::fs::remove_file(&partial).await;
+                return Err(DownloadError::TooLarge { url: shown, limit: MAX_DOWNLOAD_BYTES });
+            }
+            hasher.update(&chunk);
+            file.write_all(&chunk).await.map_err(io(&partial))?;
+            progress(received, total);
+        }
+        file.sync_all().await.map_err(io(&partial))?;
+        drop(file);
+        let actual = hex::encode(hasher.finalize());
+        if actual != sha256 {
+            let _ = tokio::fs::remove_file(&partial).await;
+            return Err(DownloadError::Sha256Mismatch { url: shown, expected: sha256.to_owned(), actual });
+        }
+        tokio::fs::rename(&partial, &path).await.map_err(io(&path))?;
+        Ok(Fetched { path, downloaded_bytes: received })
+    }
+}
+
+/// An error with its causes (reqwest's own message often says only "error sending
+/// request"), with any credentials in URLs hidden.
+fn error_chain(error: &dyn std::error::Error) -> String {
+    redact_credentials(&comfyfleet_proto::transport::error_chain(error))
+}

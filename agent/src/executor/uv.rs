@@ -1,0 +1,246 @@
+//! The `uv` step: the uv binary every later step runs. `--uv PATH` if given, else
+//! `uv` on PATH, else the pinned uv wheel fetched from the spec's package index
+//! (`index.url`, so an air-gapped farm's mirror serves it too), checked against the
+//! sha256 built into this agent, and unpacked under `tools/`.
+//!
+//! Also the flags every `uv pip install` shares.
+
+use std::ffi::OsString;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use comfyfleet_config::spec::Spec;
+
+use super::{Build, StepOutcome, StepResult};
+use crate::command::Invocation;
+use crate::report::StepHandle;
+
+/// The uv this agent fetches when none is installed, with the sha256 of each wheel
+/// as PyPI publishes it.
+pub const PINNED_UV_VERSION: &str = "0.13.9";
+const PINNED_UV_WHEELS: &[(&str, &str, &str)] = &[
+    (
+        "x86_64",
+        "uv-0.13.9-py3-none-manylinux_2_17_x86_64.manylinux2014_x86_64.whl",
+        "d7f459fe4fd247d830351c75686d3996ace3c6f3f728eb0e85a30b7ada0cef19",
+    ),
+    (
+        "aarch64",
+        "uv-0.13.9-py3-none-manylinux_2_17_aarch64.manylinux2014_aarch64.musllinux_1_1_aarch64.whl",
+        "5435c5ce14a56431208ca0996416d310f1598e8c2c8ba707688985a16bb82dbe",
+    ),
+];
+/// The oldest uv whose flags the executor uses (`--default-index`, `--index`).
+const MINIMUM_UV: (u64, u64) = (0, 5);
+
+pub async fn find_or_fetch(build: &mut Build<'_>, step: &mut StepHandle) -> StepResult {
+    let (uv, how) = if let Some(path) = &build.tools.uv_override {
+        (path.clone(), "--uv".to_owned())
+    } else if let Some(path) = find_on_path("uv") {
+        (path, "on PATH".to_owned())
+    } else {
+        let fetched = pinned_binary(build.layout.tools().as_path());
+        if fetched.is_file() {
+            (fetched, format!("fetched earlier (pinned {PINNED_UV_VERSION})"))
+        } else {
+            step.progress(format!(
+                "no uv on PATH: fetching uv {PINNED_UV_VERSION} from {}",
+                build.assignment.spec.index.url
+            ));
+            fetch_pinned(build, step).await?;
+            (fetched, format!("fetched from the package index, sha256 verified (pinned {PINNED_UV_VERSION})"))
+        }
+    };
+    let version = build.run(step, Invocation::new(&uv).arg("--version")).await?;
+    let version = version.lines().last().unwrap_or_default().trim().to_owned();
+    check_version(&version, &uv)?;
+    let detail = format!("{version} ({how}: {})", uv.display());
+    build.uv = Some(uv);
+    Ok(StepOutcome::done(detail))
+}
+
+fn pinned_binary(tools: &Path) -> PathBuf {
+    tools.join(format!("uv-{PINNED_UV_VERSION}")).join("uv")
+}
+
+/// The first executable `name` in the agent's PATH.
+fn find_on_path(name: &str) -> Option<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path).map(|dir| dir.join(name)).find(|candidate| {
+        std::fs::metadata(candidate)
+            .is_ok_and(|meta| meta.is_file() && meta.permissions().mode() & 0o111 != 0)
+    })
+}
+
+/// `uv 0.13.9 (x86_64-unknown-linux-gnu)` must be at least [`MINIMUM_UV`].
+fn check_version(version: &str, uv: &Path) -> Result<(), String> {
+    let number = version.split_whitespace().nth(1).unwrap_or_default();
+    let mut parts = number.split('.').map(|part| part.parse::<u64>().ok());
+    let (Some(Some(major)), Some(Some(minor))) = (parts.next(), parts.next()) else {
+        return Err(format!("{} printed `{version}`, which is not a uv version", uv.display()));
+    };
+    if (major, minor) < MINIMUM_UV {
+        return Err(format!(
+            "{} is uv {number}, older than the {}.{} comfyfleet needs: upgrade it, or take it off the agent's \
+             PATH so the agent fetches uv {PINNED_UV_VERSION}",
+            uv.display(),
+            MINIMUM_UV.0,
+            MINIMUM_UV.1
+        ));
+    }
+    Ok(())
+}
+
+async fn fetch_pinned(build: &Build<'_>, step: &mut StepHandle) -> Result<(), String> {
+    let arch = std::env::consts::ARCH;
+    let (_, file_name, sha256) = PINNED_UV_WHEELS.iter().find(|(a, _, _)| *a == arch).ok_or_else(|| {
+        format!("comfyfleet pins no uv wheel for {arch}: install uv on this machine and start the agent with --uv PATH")
+    })?;
+    let index = build.assignment.spec.index.url.trim_end_matches('/');
+    let page_url = format!("{index}/uv/");
+    let (page, base) = build.tools.downloader.page(&page_url).await.map_err(|error| error.to_string())?;
+    let href = find_link(&page, file_name).ok_or_else(|| {
+        format!(
+            "the package index {page_url} does not list {file_name}: mirror uv {PINNED_UV_VERSION} there, or \
+             install uv on this machine"
+        )
+    })?;
+    let url = join_url(&base, &href);
+    let fetched = build
+        .tools
+        .downloader
+        .verified(&url, sha256, file_name, &mut |received, total| {
+            step.progress(match total {
+                Some(total) => format!("downloading {file_name}: {} of {} MiB", received >> 20, total >> 20),
+                None => format!("downloading {file_name}: {} MiB", received >> 20),
+            });
+        })
+        .await
+        .map_err(|error| error.to_string())?;
+    let target = pinned_binary(&build.layout.tools());
+    let wheel = fetched.path.clone();
+    tokio::task::spawn_blocking(move || extract_uv(&wheel, &target))
+        .await
+        .map_err(|error| format!("unpacking uv stopped: {error}"))?
+}
+
+/// The `href` of the anchor whose text or file name is `file_name` (PEP 503 page).
+fn find_link(page: &str, file_name: &str) -> Option<String> {
+    let encoded = file_name.replace('+', "%2B");
+    page.split("<a ").skip(1).find_map(|anchor| {
+        let href = anchor.split("href=\"").nth(1)?.split('"').next()?;
+        let path = href.split('#').next().unwrap_or(href);
+        let last = path.rsplit('/').next().unwrap_or(path);
+        (last == file_name || last == encoded).then(|| href.replace("&amp;", "&"))
+    })
+}
+
+/// Resolves `href` against the page it was found on.
+fn join_url(base: &str, href: &str) -> String {
+    let href = href.split('#').next().unwrap_or(href);
+    if href.contains("://") {
+        return href.to_owned();
+    }
+    let origin_end =
+        base.find("://").and_then(|i| base[i + 3..].find('/').map(|j| i + 3 + j)).unwrap_or(base.len());
+    if let Some(absolute) = href.strip_prefix('/') {
+        return format!("{}/{absolute}", &base[..origin_end]);
+    }
+    let directory = base.rfind('/').filter(|&i| i >= origin_end).map_or(base, |i| &base[..=i]);
+    let mut segments: Vec<&str> = directory[origin_end..].split('/').filter(|s| !s.is_empty()).collect();
+    for part in href.split('/') {
+        match part {
+            ".." => {
+                segments.pop();
+            }
+            "." | "" => {}
+            other => segments.push(other),
+        }
+    }
+    format!("{}/{}", &base[..origin_end], segments.join("/"))
+}
+
+/// Copies `uv-<version>.data/scripts/uv` out of the wheel, executable, atomically.
+fn extract_uv(wheel: &Path, target: &Path) -> Result<(), String> {
+    let file =
+        std::fs::File::open(wheel).map_err(|error| format!("cannot open {}: {error}", wheel.display()))?;
+    let mut archive =
+        zip::ZipArchive::new(file).map_err(|error| format!("{} is not a wheel: {error}", wheel.display()))?;
+    let inner = format!("uv-{PINNED_UV_VERSION}.data/scripts/uv");
+    let mut entry =
+        archive.by_name(&inner).map_err(|error| format!("{} has no {inner}: {error}", wheel.display()))?;
+    let mut bytes = Vec::new();
+    entry.read_to_end(&mut bytes).map_err(|error| format!("cannot unpack {inner}: {error}"))?;
+    let dir = target.parent().ok_or("the uv target has no directory")?;
+    std::fs::create_dir_all(dir).map_err(|error| format!("cannot create {}: {error}", dir.display()))?;
+    comfyfleet_daemon::files::write_atomic(target, &bytes, 0o755)
+        .map_err(|error| format!("cannot write {}: {error}", target.display()))
+}
+
+/// `uv pip install` into the environment's venv, with comfyfleet's fixed flags:
+/// no user or system uv configuration, uv's cache under the data dir (hardlinks
+/// into the venv), no progress bars.
+pub fn pip_install(build: &Build<'_>) -> Result<Invocation, String> {
+    let mut invocation = Invocation::new(build.uv()?)
+        .args(["pip", "install", "--no-config", "--link-mode", "hardlink", "--python"])
+        .arg(build.env.python())
+        .env("UV_CACHE_DIR", build.layout.uv_cache())
+        .env("UV_NO_PROGRESS", "1")
+        .env("UV_PYTHON_DOWNLOADS", "never")
+        .cwd(&build.env.path);
+    if build.repair {
+        // This step was interrupted: a package may be half-linked into the venv.
+        invocation = invocation.arg("--reinstall");
+    }
+    Ok(invocation)
+}
+
+/// The spec's indexes for everything but torch: its extra indexes first (uv
+/// searches `--index` entries before the default one), then `index.url`.
+pub fn package_indexes(spec: &Spec) -> Vec<OsString> {
+    let mut args: Vec<OsString> = Vec::new();
+    for extra in &spec.index.extra {
+        args.push("--index".into());
+        args.push(extra.into());
+    }
+    args.push("--default-index".into());
+    args.push((&spec.index.url).into());
+    args
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn links_on_index_pages_resolve_like_a_browser() {
+        let page = r#"<html><a href="../../files/uv-0.13.9-py3-none-any.whl#sha256=ab">x</a>
+            <a href="https://files.example/uv/uv-0.13.9-py3-none-manylinux_2_17_x86_64.whl">y</a></html>"#;
+        assert_eq!(
+            find_link(page, "uv-0.13.9-py3-none-any.whl").unwrap(),
+            "../../files/uv-0.13.9-py3-none-any.whl#sha256=ab"
+        );
+        assert_eq!(
+            join_url("http://127.0.0.1:8000/simple/uv/", "../../files/uv.whl#sha256=ab"),
+            "http://127.0.0.1:8000/files/uv.whl"
+        );
+        assert_eq!(
+            join_url("https://pypi.org/simple/uv/", "/packages/uv.whl"),
+            "https://pypi.org/packages/uv.whl"
+        );
+        assert_eq!(
+            join_url("https://pypi.org/simple/uv/", "https://f.example/uv.whl"),
+            "https://f.example/uv.whl"
+        );
+        assert!(find_link(page, "uv-0.1.0.whl").is_none());
+    }
+
+    #[test]
+    fn old_uvs_are_refused_with_what_to_do() {
+        assert!(check_version("uv 0.13.9 (x86_64-unknown-linux-gnu)", Path::new("uv")).is_ok());
+        let old = check_version("uv 0.4.30", Path::new("/usr/bin/uv")).unwrap_err();
+        assert!(old.contains("older than the 0.5") && old.contains("/usr/bin/uv"), "{old}");
+        assert!(check_version("garbage", Path::new("uv")).is_err());
+    }
+}

@@ -1,0 +1,183 @@
+//! The `verify` step: the environment's own Python says what it has (see
+//! `verify.py`), and the agent holds that against the plan and this machine's GPUs:
+//! torch is the planned version and CUDA build, `torch.cuda.get_arch_list()` covers
+//! the SM of every GPU, and each optimisation imports. A fatal optimisation that
+//! does not import fails the environment; an optional one is recorded as failed and
+//! its ComfyUI arguments are not passed.
+
+use std::time::Duration;
+
+use comfyfleet_config::convergence::OptimizationState;
+use comfyfleet_config::inventory::CudaVersion;
+use comfyfleet_config::resolve::catalog::ArchList;
+use serde::Deserialize;
+
+use super::optimizations::{distributions, load};
+use super::record::TorchFacts;
+use super::{Build, StepOutcome, StepResult};
+use crate::command::Invocation;
+use crate::report::StepHandle;
+
+const VERIFY_SCRIPT: &str = include_str!("verify.py");
+const VERIFY_TIMEOUT: Duration = Duration::from_secs(300);
+const MARKER: &str = "COMFYFLEET-VERIFY ";
+
+/// What verification established, for the completion record.
+#[derive(Debug, Clone)]
+pub struct Verification {
+    pub python: String,
+    pub torch: TorchFacts,
+}
+
+#[derive(Debug, Deserialize)]
+struct Output {
+    python: String,
+    torch: Option<TorchOutput>,
+    torch_error: Option<String>,
+    optimizations: std::collections::BTreeMap<String, ImportOutput>,
+}
+
+#[derive(Debug, Deserialize)]
+struct TorchOutput {
+    version: String,
+    cuda: Option<String>,
+    #[serde(default)]
+    cuda_available: bool,
+    #[serde(default)]
+    arch_list: Vec<String>,
+    cuda_error: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct ImportOutput {
+    ok: bool,
+    error: Option<String>,
+    version: Option<String>,
+    module_version: Option<String>,
+}
+
+pub async fn run(build: &mut Build<'_>, step: &mut StepHandle) -> StepResult {
+    if build.outcomes.is_empty() {
+        build.outcomes = load(build);
+    }
+    let plan = &build.assignment.plan;
+    let distributions = distributions(plan);
+    let to_import: Vec<serde_json::Value> = plan
+        .optimizations
+        .iter()
+        .filter(|planned| {
+            build.outcomes.iter().any(|outcome| outcome.name == planned.name && outcome.state != OptimizationState::Failed)
+        })
+        .map(|planned| {
+            serde_json::json!({
+                "name": planned.name,
+                "import": planned.import,
+                "distribution": distributions.get(&planned.name).cloned().unwrap_or_else(|| planned.name.clone()),
+            })
+        })
+        .collect();
+    let request = serde_json::json!({ "optimizations": to_import }).to_string();
+    let invocation = Invocation::new(build.env.python())
+        .args(["-I", "-c", VERIFY_SCRIPT])
+        .arg(request)
+        .cwd(&build.env.path)
+        .timeout(VERIFY_TIMEOUT);
+    let tail = build.run(step, invocation).await?;
+    let line = tail
+        .lines()
+        .rev()
+        .find_map(|line| line.strip_prefix(MARKER))
+        .ok_or("the environment's Python printed no verification result")?;
+    let output: Output = serde_json::from_str(line)
+        .map_err(|error| format!("the verification result is unreadable: {error}"))?;
+
+    let torch = output.torch.ok_or_else(|| {
+        format!(
+            "torch does not import in the environment: {}",
+            output.torch_error.as_deref().unwrap_or("unknown error")
+        )
+    })?;
+    if torch.version != plan.torch {
+        return Err(format!(
+            "torch in the environment is {}, not the planned {}: something replaced it",
+            torch.version, plan.torch
+        ));
+    }
+    let cuda = torch.cuda.as_deref().and_then(|text| text.parse::<CudaVersion>().ok());
+    if cuda != Some(plan.cuda_tag.cuda()) {
+        return Err(format!(
+            "torch {} reports CUDA {}, not the planned {}",
+            torch.version,
+            torch.cuda.as_deref().unwrap_or("none (a CPU build)"),
+            plan.cuda_tag
+        ));
+    }
+    let arch =
+        ArchList::parse(&torch.arch_list).map_err(|error| format!("torch.cuda.get_arch_list(): {error}"))?;
+    let uncovered: Vec<String> = build
+        .gpus
+        .iter()
+        .filter(|gpu| gpu.compute_capability.is_none_or(|cc| !arch.covers(cc)))
+        .map(|gpu| {
+            let sm = gpu.compute_capability.map_or("of unknown SM".to_owned(), |cc| format!("SM {cc}"));
+            format!("{} is {sm}", gpu.describe())
+        })
+        .collect();
+    if !uncovered.is_empty() {
+        let why = match (&torch.cuda_error, torch.cuda_available) {
+            (Some(error), _) => format!(" (CUDA failed: {error})"),
+            (None, false) => " (torch cannot use CUDA on this machine: check the driver)".to_owned(),
+            (None, true) => String::new(),
+        };
+        return Err(format!(
+            "{}; torch {} here has kernels for [{}]{why}",
+            uncovered.join(", "),
+            torch.version,
+            torch.arch_list.join(", ")
+        ));
+    }
+
+    let mut summary =
+        vec![format!("torch {} (CUDA {}) covers every GPU", torch.version, plan.cuda_tag.cuda())];
+    let mut fatal = Vec::new();
+    for outcome in &mut build.outcomes {
+        if outcome.state != OptimizationState::Pending {
+            continue;
+        }
+        match output.optimizations.get(&outcome.name) {
+            Some(import) if import.ok => {
+                outcome.state = OptimizationState::Verified;
+                outcome.version = import
+                    .version
+                    .clone()
+                    .or_else(|| import.module_version.clone().filter(|v| !v.is_empty()))
+                    .unwrap_or_else(|| outcome.version.clone());
+                outcome.detail = "imports".to_owned();
+                summary.push(format!("{} {} verified", outcome.name, outcome.version));
+            }
+            other => {
+                let error =
+                    other.and_then(|import| import.error.clone()).unwrap_or_else(|| "not checked".into());
+                outcome.state = OptimizationState::Failed;
+                outcome.detail = format!("does not import: {error}");
+                summary.push(format!("{} FAILED ({error})", outcome.name));
+                if outcome.fatal {
+                    fatal.push(format!("fatal optimization {} does not import: {error}", outcome.name));
+                }
+            }
+        }
+    }
+    for outcome in build.outcomes.iter().filter(|outcome| outcome.state == OptimizationState::Failed) {
+        if !summary.iter().any(|line| line.starts_with(&format!("{} ", outcome.name))) {
+            summary.push(format!("{} FAILED ({})", outcome.name, outcome.detail));
+        }
+    }
+    if !fatal.is_empty() {
+        return Err(fatal.join("; "));
+    }
+    build.verified = Some(Verification {
+        python: output.python,
+        torch: TorchFacts { version: torch.version, cuda: torch.cuda, arch_list: torch.arch_list },
+    });
+    Ok(StepOutcome::done(summary.join("; ")))
+}

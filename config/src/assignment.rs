@@ -1,0 +1,182 @@
+//! What the controller wants one machine to run: a pinned revision of an environment
+//! and the plan resolved for that machine. It travels (and is journaled by the
+//! agent) as an [`AssignmentRecord`], the spec and plan as JSON text, and becomes an
+//! [`Assignment`] only after every check a machine must make before acting on it.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::resolve::MachinePlan;
+use crate::spec::names::is_commit_id;
+use crate::spec::{Spec, SpecDigest, SpecFormat};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AssignmentReason {
+    Rollout,
+    Rollback,
+}
+
+impl AssignmentReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AssignmentReason::Rollout => "rollout",
+            AssignmentReason::Rollback => "rollback",
+        }
+    }
+}
+
+impl fmt::Display for AssignmentReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for AssignmentReason {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        match text {
+            "rollout" => Ok(AssignmentReason::Rollout),
+            "rollback" => Ok(AssignmentReason::Rollback),
+            other => Err(format!("`{other}` is not an assignment reason (rollout or rollback)")),
+        }
+    }
+}
+
+/// The assignment as text, as it crosses the wire and sits in the agent's journal.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AssignmentRecord {
+    pub generation: u64,
+    pub environment: String,
+    pub revision_number: u32,
+    pub revision_id: String,
+    pub spec_json: String,
+    pub plan_json: String,
+    pub activate: bool,
+    pub reason: String,
+}
+
+/// A checked assignment: the spec validates, is the revision it claims to be, has
+/// every git ref pinned, and the plan parses.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Assignment {
+    /// Raised by the controller at every change of this machine's assignment.
+    pub generation: u64,
+    pub environment: String,
+    pub revision_number: u32,
+    pub revision_id: SpecDigest,
+    pub spec: Spec,
+    pub plan: MachinePlan,
+    pub activate: bool,
+    pub reason: AssignmentReason,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AssignmentError {
+    #[error("the assigned spec does not validate: {0}")]
+    Spec(String),
+    #[error("the assigned spec's digest is {actual}, not the revision id {claimed} it was sent as")]
+    Digest { claimed: String, actual: String },
+    #[error("the assignment names environment {claimed:?} but its spec is {actual:?}")]
+    Environment { claimed: String, actual: String },
+    #[error("{0} is not pinned to a commit; only applied revisions can be assigned")]
+    Unpinned(String),
+    #[error("the assigned plan is unreadable: {0}")]
+    Plan(String),
+    #[error("`{field}`: {reason}")]
+    Field { field: &'static str, reason: String },
+}
+
+impl Assignment {
+    pub fn from_record(record: &AssignmentRecord) -> Result<Self, AssignmentError> {
+        let revision_id: SpecDigest = record
+            .revision_id
+            .parse()
+            .map_err(|reason| AssignmentError::Field { field: "revision_id", reason })?;
+        let reason: AssignmentReason =
+            record.reason.parse().map_err(|reason| AssignmentError::Field { field: "reason", reason })?;
+        let spec = Spec::parse("assigned spec", &record.spec_json, SpecFormat::Json)
+            .map_err(|errors| AssignmentError::Spec(errors.to_string()))?;
+        let actual = spec.digest();
+        if actual != revision_id {
+            return Err(AssignmentError::Digest {
+                claimed: revision_id.to_string(),
+                actual: actual.to_string(),
+            });
+        }
+        if spec.name != record.environment {
+            return Err(AssignmentError::Environment {
+                claimed: record.environment.clone(),
+                actual: spec.name.clone(),
+            });
+        }
+        if !spec.comfyui.commit.as_deref().is_some_and(is_commit_id) {
+            return Err(AssignmentError::Unpinned("comfyui".to_owned()));
+        }
+        for node in &spec.custom_nodes {
+            if !node.commit.as_deref().is_some_and(is_commit_id) {
+                return Err(AssignmentError::Unpinned(format!("custom node {}", node.directory_name())));
+            }
+        }
+        let plan: MachinePlan = serde_json::from_str(&record.plan_json)
+            .map_err(|error| AssignmentError::Plan(error.to_string()))?;
+        Ok(Assignment {
+            generation: record.generation,
+            environment: record.environment.clone(),
+            revision_number: record.revision_number,
+            revision_id,
+            spec,
+            plan,
+            activate: record.activate,
+            reason,
+        })
+    }
+
+    pub fn to_record(&self) -> AssignmentRecord {
+        AssignmentRecord {
+            generation: self.generation,
+            environment: self.environment.clone(),
+            revision_number: self.revision_number,
+            revision_id: self.revision_id.to_string(),
+            spec_json: crate::spec::canonical::to_canonical_json(&self.spec),
+            plan_json: serde_json::to_string(&self.plan).unwrap_or_default(),
+            activate: self.activate,
+            reason: self.reason.to_string(),
+        }
+    }
+
+    /// `render-prod@3 (1a2b3c4d5e6f)`: how people see it.
+    pub fn describe(&self) -> String {
+        format!("{}@{} ({})", self.environment, self.revision_number, self.revision_id.short())
+    }
+
+    /// ComfyUI's commit, pinned.
+    pub fn comfyui_commit(&self) -> &str {
+        self.spec.comfyui.commit.as_deref().unwrap_or_default()
+    }
+}
+
+/// An assignment as the controller keeps and shows it (without the spec and plan).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MachineAssignment {
+    pub generation: u64,
+    pub environment: String,
+    pub revision_number: u32,
+    pub revision_id: SpecDigest,
+    pub activate: bool,
+    pub reason: AssignmentReason,
+    pub assigned_at: jiff::Timestamp,
+    pub assigned_by: String,
+    /// The planned torch build, `2.8.0+cu128`.
+    pub torch: String,
+}
+
+impl MachineAssignment {
+    /// `render-prod@3 (1a2b3c4d5e6f)`.
+    pub fn describe(&self) -> String {
+        format!("{}@{} ({})", self.environment, self.revision_number, self.revision_id.short())
+    }
+}

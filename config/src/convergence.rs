@@ -1,0 +1,305 @@
+//! Where a machine stands with its desired environment: the agent's
+//! [`ConvergenceReport`], built as its executor runs and checked by the controller
+//! with [`ConvergenceReport::validate`] before it is stored.
+
+use std::fmt;
+
+use jiff::Timestamp;
+use serde::{Deserialize, Serialize};
+
+use crate::inventory::MAX_TEXT;
+use crate::spec::SpecDigest;
+
+/// The most steps one report may carry (there are 13 today).
+pub const MAX_STEPS: usize = 32;
+/// The most optimisations one report may carry.
+pub const MAX_OPTIMIZATIONS: usize = 64;
+/// The longest step detail or error accepted.
+pub const MAX_DETAIL: usize = 4096;
+/// The longest output tail accepted per step.
+pub const MAX_OUTPUT_TAIL: usize = 8192;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Phase {
+    /// Nothing assigned.
+    Idle,
+    Preparing,
+    /// Built and verified; waiting to be activated.
+    Prepared,
+    Activating,
+    Active,
+    Failed,
+}
+
+impl Phase {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Idle => "idle",
+            Phase::Preparing => "preparing",
+            Phase::Prepared => "prepared",
+            Phase::Activating => "activating",
+            Phase::Active => "active",
+            Phase::Failed => "failed",
+        }
+    }
+
+    /// Whether the agent has finished with its assignment, one way or the other.
+    pub fn is_settled(self) -> bool {
+        matches!(self, Phase::Idle | Phase::Prepared | Phase::Active | Phase::Failed)
+    }
+}
+
+impl fmt::Display for Phase {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum StepState {
+    Pending,
+    Running,
+    Done,
+    /// Nothing to do: its result was already there.
+    Skipped,
+    Failed,
+}
+
+impl StepState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StepState::Pending => "pending",
+            StepState::Running => "running",
+            StepState::Done => "done",
+            StepState::Skipped => "skipped",
+            StepState::Failed => "failed",
+        }
+    }
+}
+
+impl fmt::Display for StepState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One step of building or activating an environment.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StepReport {
+    pub name: String,
+    pub state: StepState,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<Timestamp>,
+    #[serde(default)]
+    pub duration_ms: u64,
+    /// Progress while running; the result or the error when finished.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub detail: String,
+    /// The last lines the step's commands printed.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub output_tail: String,
+}
+
+impl StepReport {
+    pub fn pending(name: &str) -> Self {
+        Self {
+            name: name.to_owned(),
+            state: StepState::Pending,
+            started_at: None,
+            duration_ms: 0,
+            detail: String::new(),
+            output_tail: String::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OptimizationState {
+    Pending,
+    /// Installed and imported by the environment's own Python.
+    Verified,
+    Failed,
+    /// Left out by the plan for this machine.
+    Skipped,
+}
+
+impl OptimizationState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OptimizationState::Pending => "pending",
+            OptimizationState::Verified => "verified",
+            OptimizationState::Failed => "failed",
+            OptimizationState::Skipped => "skipped",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OptimizationOutcome {
+    pub name: String,
+    /// The installed version once verified; the planned version or specifier before.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub version: String,
+    pub fatal: bool,
+    pub state: OptimizationState,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub detail: String,
+}
+
+/// The agent's account of its assignment: which generation and revision, how far it
+/// got, every step with its timing and output, every optimisation's outcome.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConvergenceReport {
+    pub generation: u64,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub environment: String,
+    #[serde(default)]
+    pub revision_number: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision_id: Option<SpecDigest>,
+    pub phase: Phase,
+    #[serde(default)]
+    pub steps: Vec<StepReport>,
+    #[serde(default)]
+    pub optimizations: Vec<OptimizationOutcome>,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub error: String,
+    pub updated_at: Timestamp,
+}
+
+/// Why a report was refused; `field` is a path such as `steps[2].detail`.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+#[error("report field `{field}` {reason}")]
+pub struct ReportError {
+    pub field: String,
+    pub reason: String,
+}
+
+impl ReportError {
+    fn new(field: impl Into<String>, reason: impl Into<String>) -> Self {
+        Self { field: field.into(), reason: reason.into() }
+    }
+}
+
+impl ConvergenceReport {
+    pub fn idle(now: Timestamp) -> Self {
+        Self {
+            generation: 0,
+            environment: String::new(),
+            revision_number: 0,
+            revision_id: None,
+            phase: Phase::Idle,
+            steps: Vec::new(),
+            optimizations: Vec::new(),
+            error: String::new(),
+            updated_at: now,
+        }
+    }
+
+    pub fn step(&self, name: &str) -> Option<&StepReport> {
+        self.steps.iter().find(|step| step.name == name)
+    }
+
+    /// Optimisations that were planned but did not verify.
+    pub fn failed_optimizations(&self) -> impl Iterator<Item = &OptimizationOutcome> {
+        self.optimizations.iter().filter(|outcome| outcome.state == OptimizationState::Failed)
+    }
+
+    /// Checks what a controller must not store blindly: sizes and text.
+    pub fn validate(&self) -> Result<(), ReportError> {
+        text("environment", &self.environment, MAX_TEXT)?;
+        text("error", &self.error, MAX_DETAIL)?;
+        if self.steps.len() > MAX_STEPS {
+            return Err(ReportError::new("steps", format!("has more than {MAX_STEPS} entries")));
+        }
+        for (position, step) in self.steps.iter().enumerate() {
+            let field = |name: &str| format!("steps[{position}].{name}");
+            name(&field("name"), &step.name)?;
+            text(&field("detail"), &step.detail, MAX_DETAIL)?;
+            if step.output_tail.len() > MAX_OUTPUT_TAIL {
+                return Err(ReportError::new(
+                    field("output_tail"),
+                    format!(
+                        "is {} bytes long; at most {MAX_OUTPUT_TAIL} are accepted",
+                        step.output_tail.len()
+                    ),
+                ));
+            }
+        }
+        if self.optimizations.len() > MAX_OPTIMIZATIONS {
+            return Err(ReportError::new(
+                "optimizations",
+                format!("has more than {MAX_OPTIMIZATIONS} entries"),
+            ));
+        }
+        for (position, outcome) in self.optimizations.iter().enumerate() {
+            let field = |name: &str| format!("optimizations[{position}].{name}");
+            name(&field("name"), &outcome.name)?;
+            text(&field("version"), &outcome.version, MAX_TEXT)?;
+            text(&field("detail"), &outcome.detail, MAX_DETAIL)?;
+        }
+        Ok(())
+    }
+}
+
+/// A step or package name: short, printable, no spaces.
+fn name(field: &str, value: &str) -> Result<(), ReportError> {
+    if value.is_empty() || value.len() > 64 || !value.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(ReportError::new(field, "must be 1 to 64 printable characters without spaces"));
+    }
+    Ok(())
+}
+
+/// Free text: bounded, and no control characters but newlines and tabs.
+fn text(field: &str, value: &str, limit: usize) -> Result<(), ReportError> {
+    if value.len() > limit {
+        return Err(ReportError::new(
+            field,
+            format!("is {} bytes long; at most {limit} are accepted", value.len()),
+        ));
+    }
+    if value.chars().any(|c| c.is_control() && c != '\n' && c != '\t') {
+        return Err(ReportError::new(field, "contains control characters"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report() -> ConvergenceReport {
+        let mut report = ConvergenceReport::idle(Timestamp::UNIX_EPOCH);
+        report.phase = Phase::Preparing;
+        report.steps.push(StepReport::pending("torch"));
+        report
+    }
+
+    #[test]
+    fn a_report_validates_and_round_trips() {
+        let report = report();
+        report.validate().unwrap();
+        let json = serde_json::to_string(&report).unwrap();
+        assert!(json.contains("\"phase\":\"preparing\""), "{json}");
+        assert_eq!(serde_json::from_str::<ConvergenceReport>(&json).unwrap(), report);
+    }
+
+    #[test]
+    fn oversized_or_hostile_fields_are_named() {
+        let mut long = report();
+        long.steps[0].output_tail = "x".repeat(MAX_OUTPUT_TAIL + 1);
+        assert_eq!(long.validate().unwrap_err().field, "steps[0].output_tail");
+        let mut control = report();
+        control.error = "bad\u{1b}[31m".into();
+        assert_eq!(control.validate().unwrap_err().field, "error");
+        let mut spaced = report();
+        spaced.steps[0].name = "two words".into();
+        assert_eq!(spaced.validate().unwrap_err().field, "steps[0].name");
+        let mut many = report();
+        many.steps = (0..=MAX_STEPS).map(|_| StepReport::pending("x")).collect();
+        assert_eq!(many.validate().unwrap_err().field, "steps");
+    }
+}
