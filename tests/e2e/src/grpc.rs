@@ -115,6 +115,7 @@ pub fn inventory(hostname: &str, gpus: u32) -> pb::Inventory {
                 })
                 .collect(),
         }),
+        environments: None,
     }
 }
 

@@ -7,6 +7,7 @@
 pub mod git;
 pub mod grpc;
 mod process;
+pub mod standin;
 
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};

@@ -1,0 +1,107 @@
+//! Stand-in git repositories, reached over `file://`: ComfyUI (ComfyUI's real
+//! requirements.txt and a stdlib-only `main.py` that speaks the HTTP API an agent
+//! uses) and two custom nodes whose requirements try to replace torch, as the
+//! real ones do.
+
+use std::path::Path;
+
+use super::catalog::COMFYUI_REQUIREMENTS;
+use crate::git::GitRepo;
+
+/// The stand-in ComfyUI's `main.py`.
+pub const COMFYUI_MAIN: &str = include_str!("comfyui_main.py");
+
+/// The tag of the first ComfyUI commit.
+pub const COMFYUI_TAG: &str = "v0.3.60";
+
+const BEFORE_LISTENING: &str = "    # standin: before listening\n";
+const REPORTED_VERSION: &str = "REPORTED_PYTORCH_VERSION = None  # standin: reported pytorch_version\n";
+
+/// The stand-in ComfyUI repository, on `main`.
+pub struct StandinComfyui {
+    pub repo: GitRepo,
+}
+
+impl StandinComfyui {
+    /// `git init` at `path` with `main.py` and `requirements.txt`, tagged `v0.3.60`.
+    pub fn create(path: &Path) -> Self {
+        let repo =
+            GitRepo::create(path, &[("main.py", COMFYUI_MAIN), ("requirements.txt", COMFYUI_REQUIREMENTS)]);
+        repo.tag(COMFYUI_TAG);
+        Self { repo }
+    }
+
+    pub fn url(&self) -> String {
+        self.repo.url()
+    }
+
+    /// Commits a `main.py` that exits with "broken build" before it listens: a
+    /// ComfyUI that never passes its health check. Returns the commit.
+    pub fn commit_crash_at_start(&self) -> String {
+        let main = COMFYUI_MAIN.replacen(BEFORE_LISTENING, "    raise SystemExit(\"broken build\")\n", 1);
+        assert_ne!(main, COMFYUI_MAIN, "main.py lost its marker");
+        self.repo.commit(&[("main.py", &main)], "Break the start")
+    }
+
+    /// Commits a `main.py` whose `/system_stats` reports `pytorch_version` instead
+    /// of the installed torch's: a health check that must fail. Returns the commit.
+    pub fn commit_reporting_pytorch_version(&self, pytorch_version: &str) -> String {
+        let line = format!("REPORTED_PYTORCH_VERSION = \"{pytorch_version}\"\n");
+        let main = COMFYUI_MAIN.replacen(REPORTED_VERSION, &line, 1);
+        assert_ne!(main, COMFYUI_MAIN, "main.py lost its marker");
+        self.repo.commit(&[("main.py", &main)], &format!("Report torch {pytorch_version}"))
+    }
+
+    /// Commits the working `main.py` again (after a broken variant). Returns the commit.
+    pub fn commit_working(&self) -> String {
+        self.repo.commit(&[("main.py", COMFYUI_MAIN)], "Fix the start")
+    }
+}
+
+/// ComfyUI and the two custom nodes, under one directory.
+pub struct StandinRepos {
+    pub comfyui: StandinComfyui,
+    /// `ComfyUI-KJNodes`: needs `einops`, and asks for `torch==2.3.0`.
+    pub kjnodes: GitRepo,
+    /// `ComfyUI-VideoHelperSuite`: needs `imageio-ffmpeg` and `numpy>=1.25.0`, and
+    /// asks for `torch-cpu`.
+    pub video_helper_suite: GitRepo,
+}
+
+impl StandinRepos {
+    /// `(url, ref)` of both custom nodes at `main`, for a spec.
+    pub fn custom_nodes(&self) -> Vec<(String, String)> {
+        [&self.kjnodes, &self.video_helper_suite].iter().map(|repo| (repo.url(), "main".to_owned())).collect()
+    }
+}
+
+/// Creates `dir/ComfyUI`, `dir/ComfyUI-KJNodes` and `dir/ComfyUI-VideoHelperSuite`.
+pub fn create_standin_repos(dir: &Path) -> StandinRepos {
+    let comfyui = StandinComfyui::create(&dir.join("ComfyUI"));
+    let kjnodes = GitRepo::create(
+        &dir.join("ComfyUI-KJNodes"),
+        &[
+            (
+                "__init__.py",
+                "# Stand-in ComfyUI-KJNodes: loads only where its requirements were installed.\n\
+                 import einops  # noqa: F401\n\nNODE_CLASS_MAPPINGS = {}\nNODE_DISPLAY_NAME_MAPPINGS = {}\n",
+            ),
+            // The real node's file once pinned torch; an agent must not let it.
+            ("requirements.txt", "einops\ntorch==2.3.0\n"),
+        ],
+    );
+    let video_helper_suite = GitRepo::create(
+        &dir.join("ComfyUI-VideoHelperSuite"),
+        &[
+            (
+                "__init__.py",
+                "# Stand-in ComfyUI-VideoHelperSuite: loads only where its requirements were installed.\n\
+                 import imageio_ffmpeg  # noqa: F401\n\n\
+                 class VHS_VideoCombine:\n    pass\n\n\
+                 NODE_CLASS_MAPPINGS = {\"VHS_VideoCombine\": VHS_VideoCombine}\n",
+            ),
+            ("requirements.txt", "torch-cpu\nnumpy>=1.25.0\nimageio-ffmpeg\n"),
+        ],
+    );
+    StandinRepos { comfyui, kjnodes, video_helper_suite }
+}
