@@ -30,6 +30,16 @@ pub fn ago(at: Option<Timestamp>, now: Timestamp) -> String {
     }
 }
 
+/// A step's duration: "0.3s", "12.0s", "2m05s", "1h02m".
+pub fn duration_ms(millis: u64) -> String {
+    let seconds = millis / 1000;
+    match seconds {
+        0..=59 => format!("{}.{}s", seconds, (millis % 1000) / 100),
+        60..=3599 => format!("{}m{:02}s", seconds / 60, seconds % 60),
+        _ => format!("{}h{:02}m", seconds / 3600, (seconds % 3600) / 60),
+    }
+}
+
 /// RFC 3339 to the second, in UTC.
 pub fn rfc3339(at: Timestamp) -> String {
     at.round(jiff::Unit::Second).map_or_else(|_| at.to_string(), |rounded| rounded.to_string())
@@ -86,6 +96,10 @@ mod tests {
         assert_eq!(ago(Some(Timestamp::from_second(9_996).unwrap()), now), "4s ago");
         assert_eq!(ago(Some(Timestamp::from_second(9_000).unwrap()), now), "16m ago");
         assert_eq!(ago(None, now), "never");
+        assert_eq!(duration_ms(340), "0.3s");
+        assert_eq!(duration_ms(12_049), "12.0s");
+        assert_eq!(duration_ms(125_000), "2m05s");
+        assert_eq!(duration_ms(3_720_000), "1h02m");
         let text = table(&["A", "BB"], &[vec!["xxx".into(), "y".into()]]);
         assert_eq!(text, "A    BB\nxxx  y\n");
     }

@@ -3,8 +3,9 @@
 
 use std::collections::BTreeMap;
 
+use comfyfleet_config::assignment::MachineAssignment;
 use comfyfleet_config::resolve::{GpuFacts, MachineFacts};
-use comfyfleet_config::{Gpu, MachineRecord, NvmlStatus};
+use comfyfleet_config::{ConvergenceReport, Gpu, InstalledEnvironments, MachineRecord, NvmlStatus};
 use serde::{Deserialize, Serialize};
 
 use crate::format;
@@ -35,6 +36,16 @@ pub struct MachineView {
     pub agent_version: String,
     pub remote_address: String,
     pub gpus: Vec<GpuView>,
+    /// What the controller wants the machine to run; null when nothing is assigned.
+    #[serde(default)]
+    pub assignment: Option<MachineAssignment>,
+    /// The agent's latest report on its assignment; null until it sent one.
+    #[serde(default)]
+    pub report: Option<ConvergenceReport>,
+    /// The environments built on the machine (`current` and those kept); null before
+    /// the first inventory.
+    #[serde(default)]
+    pub environments: Option<InstalledEnvironments>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -97,6 +108,9 @@ impl From<&MachineRecord> for MachineView {
             agent_version: machine.agent_version.clone(),
             remote_address: machine.remote_address.clone(),
             gpus: nvidia.map(|nvidia| nvidia.gpus.iter().map(GpuView::from).collect()).unwrap_or_default(),
+            assignment: machine.assignment.clone(),
+            report: machine.report.clone(),
+            environments: inventory.map(|inventory| inventory.environments.clone()),
         }
     }
 }
@@ -196,13 +210,70 @@ impl MachineView {
         })
     }
 
+    /// The report on the assignment's generation, once the agent has sent one.
+    pub fn current_report(&self) -> Option<&ConvergenceReport> {
+        let assignment = self.assignment.as_ref()?;
+        self.report.as_ref().filter(|report| report.generation >= assignment.generation)
+    }
+
+    /// `render-prod@2 active`; `pending` until the agent reports on the assignment;
+    /// `-` when nothing is assigned.
+    pub fn environment_status(&self) -> String {
+        let Some(assignment) = &self.assignment else { return "-".to_owned() };
+        let phase = self.current_report().map_or("pending", |report| report.phase.as_str());
+        format!("{}@{} {phase}", assignment.environment, assignment.revision_number)
+    }
+
     pub fn labels_text(&self) -> String {
         self.labels.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",")
     }
 }
 
 #[cfg(test)]
+impl MachineView {
+    /// An online machine with one RTX 4090 and nothing assigned, for tests.
+    pub fn example(id: &str, hostname: &str) -> Self {
+        MachineView {
+            id: id.into(),
+            hostname: hostname.into(),
+            online: true,
+            last_seen: None,
+            enrolled_at: "2026-01-01T00:00:00Z".into(),
+            revoked_at: None,
+            labels: BTreeMap::from([("pool".to_owned(), "render-a".to_owned())]),
+            driver_version: Some("570.133.07".into()),
+            cuda_driver_version: Some("12.8".into()),
+            nvml_status: Some("ok".into()),
+            nvml_detail: None,
+            os: Some("Debian GNU/Linux 13 (trixie)".into()),
+            kernel: Some("6.12.0".into()),
+            arch: Some("x86_64".into()),
+            cpu_model: None,
+            cpu_cores: Some(16),
+            memory_total_bytes: None,
+            data_dir_free_bytes: None,
+            agent_version: "0.1.0".into(),
+            remote_address: String::new(),
+            gpus: vec![GpuView {
+                index: 0,
+                name: Some("NVIDIA GeForce RTX 4090".into()),
+                uuid: None,
+                memory_total_bytes: Some(25_757_220_864),
+                compute_capability: Some("8.9".into()),
+                pci_bus_id: None,
+                errors: vec![],
+            }],
+            assignment: None,
+            report: None,
+            environments: Some(InstalledEnvironments::default()),
+        }
+    }
+}
+
+#[cfg(test)]
 mod tests {
+    use comfyfleet_config::{AssignmentReason, Phase};
+
     use super::*;
 
     fn gpu(index: u32, name: &str, cc: &str, memory: u64) -> GpuView {
@@ -240,7 +311,44 @@ mod tests {
             agent_version: String::new(),
             remote_address: String::new(),
             gpus,
+            assignment: None,
+            report: None,
+            environments: None,
         }
+    }
+
+    #[test]
+    fn the_environment_column_reads_the_report_on_the_assigned_generation() {
+        let mut machine = MachineView::example("m", "h");
+        assert_eq!(machine.environment_status(), "-");
+        machine.assignment = Some(MachineAssignment {
+            generation: 2,
+            environment: "render-prod".into(),
+            revision_number: 3,
+            revision_id: "a".repeat(64).parse().unwrap(),
+            activate: true,
+            reason: AssignmentReason::Rollout,
+            assigned_at: jiff::Timestamp::UNIX_EPOCH,
+            assigned_by: "op".into(),
+            torch: "2.8.0+cu128".into(),
+        });
+        let mut report = ConvergenceReport::idle(jiff::Timestamp::UNIX_EPOCH);
+        report.generation = 1;
+        report.phase = Phase::Active;
+        machine.report = Some(report.clone());
+        assert_eq!(machine.environment_status(), "render-prod@3 pending", "a report on the old generation");
+        report.generation = 2;
+        report.phase = Phase::Preparing;
+        machine.report = Some(report);
+        assert_eq!(machine.environment_status(), "render-prod@3 preparing");
+
+        // Facts files saved before provisioning still read.
+        let mut json = serde_json::to_value(MachineView::example("m", "h")).unwrap();
+        for key in ["assignment", "report", "environments"] {
+            json.as_object_mut().unwrap().remove(key);
+        }
+        let old: MachineView = serde_json::from_value(json).unwrap();
+        assert_eq!((old.assignment, old.report, old.environments), (None, None, None));
     }
 
     #[test]

@@ -84,6 +84,33 @@ enum Command {
     /// Stored environments and their revisions.
     #[command(subcommand)]
     Env(EnvCommand),
+    /// Send a revision to the machines it targets.
+    #[command(subcommand)]
+    Rollout(RolloutCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum RolloutCommand {
+    /// Assign ENV[@REV] to every machine its selector targets (or only those named):
+    /// each builds, verifies and switches to it. Assigning what a machine already runs
+    /// changes nothing on it; assigning it again after a failure retries.
+    Start {
+        /// The environment, and optionally its revision: a number or an id prefix (default: the latest).
+        #[arg(value_name = "ENV[@REV]")]
+        reference: String,
+        /// Only these machines (ids or unique prefixes, comma-separated or repeated).
+        #[arg(long, value_name = "ID,ID...", value_delimiter = ',')]
+        machines: Vec<String>,
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: OutputFormat,
+        /// Follow the assigned machines until each is active, prepared or failed
+        /// (exit status 1 if any failed or the timeout passed first).
+        #[arg(long)]
+        wait: bool,
+        /// How long --wait waits.
+        #[arg(long, default_value = "30m", value_parser = commands::convergence::parse_wait_limit)]
+        timeout: commands::convergence::WaitLimit,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -151,6 +178,17 @@ enum MachinesCommand {
     },
     /// Revoke a machine: its agent is cut off now and can never reconnect.
     Revoke { id: String },
+    /// Send a machine back to the environment it ran before (still on its disk, so
+    /// nothing is installed).
+    Rollback {
+        id: String,
+        /// Follow the machine until it is active again or failed.
+        #[arg(long)]
+        wait: bool,
+        /// How long --wait waits.
+        #[arg(long, default_value = "5m", value_parser = commands::convergence::parse_wait_limit)]
+        timeout: commands::convergence::WaitLimit,
+    },
     /// Set (KEY=VALUE) or remove (KEY-) operator labels.
     Label {
         id: String,
@@ -219,6 +257,9 @@ async fn run(cli: Cli) -> anyhow::Result<String> {
         Command::Machines { command: Some(MachinesCommand::Revoke { id }), .. } => {
             commands::machines::revoke(&mut fleet, id).await
         }
+        Command::Machines { command: Some(MachinesCommand::Rollback { id, wait, timeout }), .. } => {
+            commands::machines::rollback(&mut fleet, id, wait.then_some(timeout)).await
+        }
         Command::Machines { command: Some(MachinesCommand::Label { id, changes }), .. } => {
             commands::machines::label(&mut fleet, id, changes).await
         }
@@ -250,6 +291,9 @@ async fn run(cli: Cli) -> anyhow::Result<String> {
         }
         Command::Env(EnvCommand::Diff { from, to }) => {
             commands::environments::diff(&mut fleet, from, to).await
+        }
+        Command::Rollout(RolloutCommand::Start { reference, machines, output, wait, timeout }) => {
+            commands::rollout::start(&mut fleet, reference, machines, output, wait.then_some(timeout)).await
         }
         Command::Whoami => {
             let me = fleet

@@ -3,12 +3,14 @@
 //!
 //! Anything an agent sends is checked here before it reaches the store; a bad message
 //! ends that agent's session with a status that says what was wrong, and nothing else.
+//! What the controller sends besides Welcome and Acks (the desired state) comes from
+//! `desired_state`, beside the receive loop.
 
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use comfyfleet_config::{Inventory, JoinToken, MachineId};
+use comfyfleet_config::{ConvergenceReport, Inventory, JoinToken, MachineId, Phase};
 use comfyfleet_proto::v1 as pb;
 use comfyfleet_proto::{WireError, labels_from_wire};
 use jiff::Timestamp;
@@ -17,6 +19,7 @@ use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::desired_state;
 use crate::pki::{certificate_sha256, machine_id_of};
 use crate::presence::{KickReason, SessionGuard};
 use crate::secrets;
@@ -120,6 +123,7 @@ impl pb::agent_service_server::AgentService for AgentApi {
             remote,
             inbound: request.into_inner(),
             outbound,
+            last_phase: None,
         };
         tokio::spawn(session.run());
         Ok(Response::new(Box::pin(ReceiverStream::new(receiver))))
@@ -164,6 +168,8 @@ struct Session {
     remote: String,
     inbound: Streaming<pb::AgentMessage>,
     outbound: mpsc::Sender<Result<pb::ControllerMessage, Status>>,
+    /// The generation and phase of the last report, to log only changes.
+    last_phase: Option<(u64, Phase)>,
 }
 
 /// Why a session ended; the status, if any, goes to the agent.
@@ -184,7 +190,15 @@ impl Session {
             }
         };
         tracing::info!("agent connected");
+        let pusher = desired_state::spawn(
+            self.state.store.clone(),
+            self.machine_id.clone(),
+            guard.assignment_changed(),
+            self.outbound.clone(),
+        );
         let (end, guard) = self.serve(guard).await;
+        // Nothing more goes to an agent whose session is over.
+        drop(pusher);
         let last_seen = guard.last_seen();
         drop(guard);
         match end {
@@ -291,16 +305,34 @@ impl Session {
                     .await
                     .map_err(internal)?;
                 tracing::info!(gpus = inventory.nvidia.gpus.len(), "inventory updated");
-                let ack = pb::ControllerMessage {
-                    body: Some(pb::controller_message::Body::Ack(pb::Ack { seq: message.seq })),
-                };
-                self.outbound.send(Ok(ack)).await.map_err(|_| Status::cancelled("agent went away"))
+                self.ack(message.seq).await
+            }
+            Some(pb::agent_message::Body::Report(report)) => {
+                let report =
+                    ConvergenceReport::try_from(report).map_err(|error: WireError| Status::from(error))?;
+                self.state.store.record_report(&self.machine_id, &report, now).await.map_err(internal)?;
+                let phase = (report.generation, report.phase);
+                if self.last_phase != Some(phase) {
+                    self.last_phase = Some(phase);
+                    tracing::info!(
+                        generation = report.generation,
+                        phase = %report.phase,
+                        error = %report.error,
+                        "convergence report"
+                    );
+                }
+                self.ack(message.seq).await
             }
             Some(pb::agent_message::Body::Hello(_)) => {
                 Err(Status::invalid_argument("Hello may only be the first message of a session"))
             }
             None => Err(Status::invalid_argument("empty message: no body set")),
         }
+    }
+
+    async fn ack(&self, seq: u64) -> Result<(), Status> {
+        let ack = pb::ControllerMessage { body: Some(pb::controller_message::Body::Ack(pb::Ack { seq })) };
+        self.outbound.send(Ok(ack)).await.map_err(|_| Status::cancelled("agent went away"))
     }
 }
 

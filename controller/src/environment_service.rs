@@ -95,45 +95,77 @@ pub async fn get(
     state: &ControllerState,
     request: pb::GetEnvironmentRevisionRequest,
 ) -> Result<pb::EnvironmentRevision, Status> {
-    let name = request.environment;
-    check_environment_name(&name)?;
-    let selector = RevisionSelector::parse(&request.revision)?;
+    find_revision(state, &request.environment, &request.revision)
+        .await
+        .map(|revision| revision_to_wire(&revision))
+}
+
+/// The revision `revision` names in environment `name`: "" for the latest, a number,
+/// or a unique prefix of its id. Every call that names a revision resolves it here.
+pub async fn find_revision(
+    state: &ControllerState,
+    name: &str,
+    revision: &str,
+) -> Result<StoredRevision, Status> {
+    check_environment_name(name)?;
+    let selector = RevisionSelector::parse(revision)?;
     let latest = state
         .store
-        .latest_environment_revision(&name)
+        .latest_environment_revision(name)
         .await
         .map_err(internal)?
-        .ok_or_else(|| unknown_environment(&name))?;
+        .ok_or_else(|| unknown_environment(name))?;
     let revision = match selector {
         RevisionSelector::Latest => latest,
         RevisionSelector::Number(number) if number == latest.number => latest,
         RevisionSelector::Number(number) => {
-            state.store.environment_revision(&name, number).await.map_err(internal)?.ok_or_else(|| {
-                let (shown, newest) = (printable(&name), latest.number);
-                Status::not_found(format!(
-                    "environment {shown} has no revision {number}; its revisions are 1 to {newest} \
-                     (`comfyfleet env history {shown}` lists them)"
-                ))
-            })?
+            match state.store.environment_revision(name, number).await.map_err(internal)? {
+                Some(revision) => revision,
+                // An id prefix can be all decimal digits (`11295557`): a number that
+                // names no revision may still be the start of exactly one id.
+                None => match digits_as_id_prefix(state, name, revision).await? {
+                    Some(revision) => revision,
+                    None => {
+                        let (shown, newest) = (printable(name), latest.number);
+                        return Err(Status::not_found(format!(
+                            "environment {shown} has no revision {number}; its revisions are 1 to {newest} \
+                             (`comfyfleet env history {shown}` lists them)"
+                        )));
+                    }
+                },
+            }
         }
         RevisionSelector::IdPrefix(prefix) => {
             let limit = u32::try_from(CANDIDATES_SHOWN + 1).unwrap_or(u32::MAX);
             let mut matches =
-                state.store.find_environment_revisions(&name, &prefix, limit).await.map_err(internal)?;
+                state.store.find_environment_revisions(name, &prefix, limit).await.map_err(internal)?;
             match matches.len() {
                 0 => {
-                    let shown = printable(&name);
+                    let shown = printable(name);
                     return Err(Status::not_found(format!(
                         "no revision of environment {shown} has an id starting with `{prefix}` \
                          (`comfyfleet env history {shown}` lists them)"
                     )));
                 }
                 1 => matches.remove(0),
-                _ => return Err(ambiguous_prefix(&name, &prefix, &matches)),
+                _ => return Err(ambiguous_prefix(name, &prefix, &matches)),
             }
         }
     };
-    Ok(revision_to_wire(&revision))
+    Ok(revision)
+}
+
+/// The one revision whose id starts with `digits`, if they are long enough to be a prefix.
+async fn digits_as_id_prefix(
+    state: &ControllerState,
+    name: &str,
+    digits: &str,
+) -> Result<Option<StoredRevision>, Status> {
+    if digits.len() < MIN_ID_PREFIX || digits.len() > 64 {
+        return Ok(None);
+    }
+    let mut matches = state.store.find_environment_revisions(name, digits, 2).await.map_err(internal)?;
+    Ok(if matches.len() == 1 { matches.pop() } else { None })
 }
 
 /// Which revision a `GetEnvironmentRevision` asks for.
@@ -150,10 +182,11 @@ impl RevisionSelector {
         if text.is_empty() {
             return Ok(Self::Latest);
         }
-        if text.bytes().all(|b| b.is_ascii_digit()) {
-            return text.parse().map(Self::Number).map_err(|_| {
-                Status::invalid_argument(format!("revision {text} is larger than any revision number"))
-            });
+        if text.bytes().all(|b| b.is_ascii_digit())
+            && let Ok(number) = text.parse()
+        {
+            // Also tried as an id prefix when no revision has that number.
+            return Ok(Self::Number(number));
         }
         let is_prefix =
             (MIN_ID_PREFIX..=64).contains(&text.len()) && text.bytes().all(|b| b.is_ascii_hexdigit());
@@ -212,7 +245,7 @@ fn spec_format(wire: i32, file_name: &str, text: &str) -> Result<SpecFormat, Sta
     Ok(format.unwrap_or_else(|| SpecFormat::detect(file_name, text)))
 }
 
-fn revision_to_wire(revision: &StoredRevision) -> pb::EnvironmentRevision {
+pub fn revision_to_wire(revision: &StoredRevision) -> pb::EnvironmentRevision {
     pb::EnvironmentRevision {
         environment: revision.environment.clone(),
         number: revision.number,

@@ -1,7 +1,7 @@
 //! The operators' API: join tokens, machines, credentials, environments and the audit
 //! log. Every call is authenticated; every change is checked against the caller's
 //! role and written to the audit log. Environment calls are decided in
-//! `environment_service`.
+//! `environment_service`, rollouts and rollbacks in `rollout_service`.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,11 +14,10 @@ use jiff::{SignedDuration, Timestamp};
 use tonic::{Request, Response, Status};
 
 use crate::auth::{Caller, authenticate};
-use crate::environment_service;
-use crate::presence::KickReason;
-use crate::secrets;
+use crate::presence::{KickReason, Presence};
 use crate::state::ControllerState;
-use crate::store::{CredentialRecord, JoinTokenRecord, StoredMachine};
+use crate::store::{CredentialRecord, JoinTokenRecord, Store, StoredMachine};
+use crate::{environment_service, rollout_service, secrets};
 
 const DEFAULT_PAGE: u32 = 200;
 const MAX_PAGE: u32 = 1000;
@@ -40,50 +39,72 @@ impl FleetApi {
     }
 
     fn machine_record(&self, machine: StoredMachine) -> MachineRecord {
-        let labels = machine.effective_labels();
-        let live_seen = self.state.presence.last_seen(&machine.id);
-        let live = machine.revoked_at.is_none() && live_seen.is_some();
-        let last_seen = live_seen.or(machine.last_seen);
-        MachineRecord {
-            labels,
-            online: live,
-            last_seen,
-            id: machine.id,
-            hostname: machine.hostname,
-            enrolled_at: machine.enrolled_at,
-            revoked_at: machine.revoked_at,
-            operator_labels: machine.operator_labels,
-            inventory: machine.inventory,
-            inventory_updated_at: machine.inventory_updated_at,
-            agent_version: machine.agent_version,
-            remote_address: machine.remote_address,
-            join_token_id: machine.join_token_id,
-        }
+        machine_record(&self.state.presence, machine)
     }
 
-    /// The one machine whose id is `text` or starts with it.
     async fn resolve_machine(&self, text: &str) -> Result<StoredMachine, Status> {
-        if text.is_empty() || text.len() > MachineId::MAX_LEN {
-            return Err(Status::invalid_argument("give a machine id (or a unique prefix of one)"));
+        resolve_machine(self.state.store.as_ref(), text).await
+    }
+}
+
+/// A stored machine as operators see it: online while it has a live session here.
+pub(crate) fn machine_record(presence: &Presence, machine: StoredMachine) -> MachineRecord {
+    let labels = machine.effective_labels();
+    let live_seen = presence.last_seen(&machine.id);
+    let live = machine.revoked_at.is_none() && live_seen.is_some();
+    let last_seen = live_seen.or(machine.last_seen);
+    MachineRecord {
+        labels,
+        online: live,
+        last_seen,
+        id: machine.id,
+        hostname: machine.hostname,
+        enrolled_at: machine.enrolled_at,
+        revoked_at: machine.revoked_at,
+        operator_labels: machine.operator_labels,
+        inventory: machine.inventory,
+        inventory_updated_at: machine.inventory_updated_at,
+        agent_version: machine.agent_version,
+        remote_address: machine.remote_address,
+        join_token_id: machine.join_token_id,
+        assignment: machine.assignment,
+        report: machine.report,
+    }
+}
+
+/// The one machine whose id is `text` or starts with it.
+pub(crate) async fn resolve_machine(store: &dyn Store, text: &str) -> Result<StoredMachine, Status> {
+    if text.is_empty() || text.len() > MachineId::MAX_LEN {
+        return Err(Status::invalid_argument("give a machine id (or a unique prefix of one)"));
+    }
+    let mut matches = store.find_machines(text, 6).await.map_err(internal)?;
+    if let Some(exact) = matches.iter().position(|machine| machine.id.as_str() == text) {
+        return Ok(matches.swap_remove(exact));
+    }
+    match matches.len() {
+        0 => {
+            Err(Status::not_found(format!("no machine id starts with `{text}` (see `comfyfleet machines`)")))
         }
-        let mut matches = self.state.store.find_machines(text, 6).await.map_err(internal)?;
-        if let Some(exact) = matches.iter().position(|machine| machine.id.as_str() == text) {
-            return Ok(matches.swap_remove(exact));
-        }
-        match matches.len() {
-            0 => Err(Status::not_found(format!(
-                "no machine id starts with `{text}` (see `comfyfleet machines`)"
-            ))),
-            1 => Ok(matches.remove(0)),
-            _ => {
-                let ids: Vec<_> = matches.iter().map(|machine| machine.id.as_str()).collect();
-                Err(Status::invalid_argument(format!(
-                    "`{text}` matches several machines ({}); give more characters",
-                    ids.join(", ")
-                )))
-            }
+        1 => Ok(matches.remove(0)),
+        _ => {
+            let ids: Vec<_> = matches.iter().map(|machine| machine.id.as_str()).collect();
+            Err(Status::invalid_argument(format!(
+                "`{text}` matches several machines ({}); give more characters",
+                ids.join(", ")
+            )))
         }
     }
+}
+
+/// A listed machine's report without its steps' output: a page of 1,000 machines whose
+/// builds failed loudly would otherwise not fit in one message. `GetMachine` has it all.
+fn without_output_tails(mut record: MachineRecord) -> MachineRecord {
+    if let Some(report) = &mut record.report {
+        for step in &mut report.steps {
+            step.output_tail.clear();
+        }
+    }
+    record
 }
 
 pub(crate) fn internal(error: impl std::fmt::Display) -> Status {
@@ -270,8 +291,10 @@ impl pb::fleet_service_server::FleetService for FleetApi {
         } else {
             String::new()
         };
-        let machines =
-            page.into_iter().map(|machine| pb::Machine::from(&self.machine_record(machine))).collect();
+        let machines = page
+            .into_iter()
+            .map(|machine| pb::Machine::from(&without_output_tails(self.machine_record(machine))))
+            .collect();
         Ok(Response::new(pb::ListMachinesResponse { machines, next_page_token }))
     }
 
@@ -456,13 +479,58 @@ impl pb::fleet_service_server::FleetService for FleetApi {
         self.caller(&request, Role::Viewer).await?;
         environment_service::get(&self.state, request.into_inner()).await.map(Response::new)
     }
+
+    async fn start_rollout(
+        &self,
+        request: Request<pb::StartRolloutRequest>,
+    ) -> Result<Response<pb::StartRolloutResponse>, Status> {
+        let caller = self.caller(&request, Role::Operator).await?;
+        rollout_service::start(&self.state, &caller, request.into_inner()).await.map(Response::new)
+    }
+
+    async fn rollback_machine(
+        &self,
+        request: Request<pb::RollbackMachineRequest>,
+    ) -> Result<Response<pb::RollbackMachineResponse>, Status> {
+        let caller = self.caller(&request, Role::Operator).await?;
+        rollout_service::rollback(&self.state, &caller, request.into_inner()).await.map(Response::new)
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use comfyfleet_config::Labels;
+    use pb::fleet_service_server::FleetService;
 
     use super::*;
+
+    #[tokio::test]
+    async fn listed_reports_leave_out_step_output_which_get_machine_keeps() {
+        use comfyfleet_config::convergence::{Phase, StepReport, StepState};
+        use comfyfleet_config::{ConvergenceReport, MachineId};
+
+        use crate::test_fleet::TestFleet;
+
+        let fleet = TestFleet::new().await;
+        let machine: MachineId = fleet.add_machine("aa01", "h100-x8-580", &[]).await;
+        let mut report = ConvergenceReport::idle(Timestamp::now());
+        report.phase = Phase::Failed;
+        report.steps.push(StepReport {
+            state: StepState::Failed,
+            output_tail: "error: no matching distribution".into(),
+            ..StepReport::pending("torch")
+        });
+        fleet.state.store.record_report(&machine, &report, Timestamp::now()).await.unwrap();
+        let full = fleet.get_machine(&machine).await.report.unwrap();
+        assert_eq!(full.steps[0].output_tail, "error: no matching distribution");
+        let message = pb::ListMachinesRequest::default();
+        let listed = fleet.api.list_machines(TestFleet::request(&fleet.viewer, message)).await.unwrap();
+        let listed = listed.into_inner().machines.remove(0).report.unwrap();
+        assert_eq!(
+            (listed.phase(), listed.steps[0].output_tail.as_str()),
+            (pb::ConvergencePhase::Failed, "")
+        );
+    }
 
     #[test]
     fn credential_names_are_checked() {

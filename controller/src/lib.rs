@@ -1,21 +1,25 @@
 //! comfyfleet's controller: it enrolls agents with join tokens and its own CA, holds
 //! one mutual-TLS session per machine, stores what each machine is, keeps every
-//! environment's pinned revisions, and answers operators. `server::run` puts the
-//! pieces together.
+//! environment's pinned revisions, assigns them to machines (pushing each agent its
+//! desired state), and answers operators. `server::run` puts the pieces together.
 #![forbid(unsafe_code)]
 
 mod admin_file;
 mod agent_service;
 mod auth;
+mod desired_state;
 mod environment_service;
 mod fleet_service;
 mod git_pin;
 pub mod pki;
 mod presence;
+mod rollout_service;
 mod secrets;
 pub mod server;
 pub mod state;
 pub mod store;
+#[cfg(test)]
+mod test_fleet;
 mod tls;
 
 pub use server::{ControllerError, ControllerOptions, run};

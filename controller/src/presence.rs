@@ -4,6 +4,9 @@
 //! memory (it dies with the process, as the streams do); last-seen times are flushed
 //! to the store periodically and when a session ends, so a restarted controller still
 //! knows when it last heard from each machine.
+//!
+//! Each live session also has a doorbell, [`Presence::notify_assignment`]: whoever
+//! changes a machine's assignment rings it, and the session sends the new desired state.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
@@ -11,7 +14,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use comfyfleet_config::MachineId;
 use jiff::Timestamp;
-use tokio::sync::oneshot;
+use tokio::sync::{Notify, oneshot};
 
 /// Why the controller ends a session from its side.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -28,6 +31,7 @@ struct LiveSession {
     session_id: u64,
     last_seen_ms: Arc<AtomicI64>,
     kick: Option<oneshot::Sender<KickReason>>,
+    assignment_changed: Arc<Notify>,
 }
 
 #[derive(Default)]
@@ -52,16 +56,38 @@ impl Presence {
         let session_id = self.next_session_id.fetch_add(1, Ordering::Relaxed);
         let last_seen_ms = Arc::new(AtomicI64::new(now.as_millisecond()));
         let (kick, kicked) = oneshot::channel();
+        let assignment_changed = Arc::new(Notify::new());
         let previous = self.sessions().insert(
             machine.clone(),
-            LiveSession { session_id, last_seen_ms: last_seen_ms.clone(), kick: Some(kick) },
+            LiveSession {
+                session_id,
+                last_seen_ms: last_seen_ms.clone(),
+                kick: Some(kick),
+                assignment_changed: assignment_changed.clone(),
+            },
         );
         if let Some(mut previous) = previous
             && let Some(kick) = previous.kick.take()
         {
             let _ = kick.send(KickReason::Replaced);
         }
-        SessionGuard { presence: self.clone(), machine, session_id, last_seen_ms, kicked: Some(kicked) }
+        SessionGuard {
+            presence: self.clone(),
+            machine,
+            session_id,
+            last_seen_ms,
+            kicked: Some(kicked),
+            assignment_changed,
+        }
+    }
+
+    /// Tells `machine`'s live session that its assignment changed, so it sends the
+    /// new desired state now. Returns whether the machine is online; an offline one
+    /// gets the state when it next connects.
+    pub fn notify_assignment(&self, machine: &MachineId) -> bool {
+        let doorbell = self.sessions().get(machine).map(|session| session.assignment_changed.clone());
+        // A stored permit means a ring between two waits is never lost.
+        doorbell.inspect(|doorbell| doorbell.notify_one()).is_some()
     }
 
     /// When a live session last heard from `machine`; `None` when it is offline.
@@ -102,6 +128,7 @@ pub struct SessionGuard {
     session_id: u64,
     last_seen_ms: Arc<AtomicI64>,
     kicked: Option<oneshot::Receiver<KickReason>>,
+    assignment_changed: Arc<Notify>,
 }
 
 impl SessionGuard {
@@ -112,6 +139,11 @@ impl SessionGuard {
     pub fn last_seen(&self) -> Timestamp {
         Timestamp::from_millisecond(self.last_seen_ms.load(Ordering::Relaxed))
             .unwrap_or_else(|_| Timestamp::now())
+    }
+
+    /// Rung by [`Presence::notify_assignment`]; wait on it with `notified()`.
+    pub fn assignment_changed(&self) -> Arc<Notify> {
+        self.assignment_changed.clone()
     }
 
     /// Resolves when the controller ends this session; pending forever once taken.
@@ -178,5 +210,23 @@ mod tests {
         assert!(presence.kick(&id("m1"), KickReason::Revoked));
         assert_eq!(guard.kicked().await, KickReason::Revoked);
         assert!(!presence.kick(&id("m2"), KickReason::Revoked));
+    }
+
+    #[tokio::test]
+    async fn an_assignment_notice_reaches_the_live_session_even_between_waits() {
+        let presence = Presence::new();
+        assert!(!presence.notify_assignment(&id("m1")), "offline: nobody to tell");
+        let old = presence.register(id("m1"), Timestamp::now());
+        let old_doorbell = old.assignment_changed();
+        let new = presence.register(id("m1"), Timestamp::now());
+        // Rung before anyone waits: the permit is kept for the next wait.
+        assert!(presence.notify_assignment(&id("m1")));
+        let doorbell = new.assignment_changed();
+        let rung = tokio::time::timeout(std::time::Duration::from_secs(5), doorbell.notified());
+        assert!(rung.await.is_ok(), "the newest session hears it");
+        let ghost = tokio::time::timeout(std::time::Duration::from_millis(50), old_doorbell.notified()).await;
+        assert!(ghost.is_err(), "a replaced session is not rung");
+        drop(new);
+        assert!(!presence.notify_assignment(&id("m1")));
     }
 }

@@ -14,7 +14,7 @@ use crate::spec_file::SpecFile;
 
 const SHORT_ID: usize = 12;
 
-fn short(id: &str) -> &str {
+pub fn short(id: &str) -> &str {
     id.get(..SHORT_ID).unwrap_or(id)
 }
 
@@ -112,7 +112,7 @@ fn revision_json(revision: &pb::EnvironmentRevision) -> serde_json::Value {
 }
 
 /// `NAME`, `NAME@3` or `NAME@a1b2c3d4`.
-fn split_reference(reference: &str) -> (String, String) {
+pub fn split_reference(reference: &str) -> (String, String) {
     match reference.split_once('@') {
         Some((name, revision)) => (name.to_owned(), revision.to_owned()),
         None => (reference.to_owned(), String::new()),

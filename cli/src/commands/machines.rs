@@ -1,10 +1,14 @@
-//! `comfyfleet machines …`: what the fleet is made of.
+//! `comfyfleet machines …`: what the fleet is made of, and sending one machine back
+//! to the environment it ran before.
 
 use comfyfleet_config::MachineRecord;
 use comfyfleet_config::labels::{parse_pair, validate_key};
 use comfyfleet_proto::v1 as pb;
 use jiff::Timestamp;
 
+use super::convergence::{self, Awaited, Printer, WaitLimit};
+use super::environments::short;
+use super::machine_details::describe;
 use super::{status_error, to_json};
 use crate::OutputFormat;
 use crate::client::Fleet;
@@ -31,7 +35,7 @@ pub async fn fetch_all(client: &mut Fleet, include_revoked: bool) -> anyhow::Res
     }
 }
 
-fn view(machine: pb::Machine) -> anyhow::Result<MachineView> {
+pub fn view(machine: pb::Machine) -> anyhow::Result<MachineView> {
     let id = machine.id.clone();
     let record = MachineRecord::try_from(machine).map_err(|error| {
         anyhow::anyhow!("the controller sent an unreadable record for machine {id}: {error}")
@@ -60,13 +64,16 @@ fn table(views: &[MachineView], now: Timestamp) -> String {
                 machine.gpu_summary(),
                 machine.driver_version.clone().unwrap_or_else(|| "-".into()),
                 machine.cuda_driver_version.clone().unwrap_or_else(|| "-".into()),
+                machine.environment_status(),
                 machine.labels_text(),
                 if machine.online { "now".into() } else { format::ago(last_seen, now) },
             ]
         })
         .collect();
-    let mut text =
-        format::table(&["ID", "HOSTNAME", "STATUS", "GPUS", "DRIVER", "CUDA", "LABELS", "LAST SEEN"], &rows);
+    let mut text = format::table(
+        &["ID", "HOSTNAME", "STATUS", "GPUS", "DRIVER", "CUDA", "ENV", "LABELS", "LAST SEEN"],
+        &rows,
+    );
     let online = views.iter().filter(|m| m.online).count();
     let gpus: usize = views.iter().map(|m| m.gpus.len()).sum();
     text.push_str(&format!("\n{} machines ({online} online), {gpus} GPUs\n", views.len()));
@@ -87,6 +94,8 @@ fn csv(views: &[MachineView]) -> anyhow::Result<String> {
         "memory_total_bytes",
         "gpu_count",
         "gpus",
+        "environment",
+        "phase",
     ])?;
     for machine in views {
         writer.write_record([
@@ -101,6 +110,12 @@ fn csv(views: &[MachineView]) -> anyhow::Result<String> {
             machine.memory_total_bytes.map(|n| n.to_string()).unwrap_or_default(),
             machine.gpus.len().to_string(),
             machine.gpu_summary(),
+            machine
+                .assignment
+                .as_ref()
+                .map(|a| format!("{}@{}", a.environment, a.revision_number))
+                .unwrap_or_default(),
+            machine.current_report().map(|report| report.phase.to_string()).unwrap_or_default(),
         ])?;
     }
     Ok(String::from_utf8(writer.into_inner()?)?)
@@ -115,80 +130,6 @@ pub async fn show(client: &mut Fleet, id: String, output: OutputFormat) -> anyho
     }
 }
 
-fn describe(machine: &MachineView, now: Timestamp) -> String {
-    let or_dash = |value: Option<String>| value.filter(|v| !v.is_empty()).unwrap_or_else(|| "-".into());
-    let last_seen = machine.last_seen.as_deref().and_then(|at| at.parse::<Timestamp>().ok());
-    let mut lines = vec![
-        ("Machine", machine.id.clone()),
-        ("Hostname", machine.hostname.clone()),
-        ("Status", format!("{} (last seen {})", machine.status(), format::ago(last_seen, now))),
-        ("Enrolled", machine.enrolled_at.clone()),
-        ("Labels", or_dash(Some(machine.labels_text()))),
-        (
-            "Agent",
-            format!(
-                "{} from {}",
-                or_dash(Some(machine.agent_version.clone())),
-                or_dash(Some(machine.remote_address.clone()))
-            ),
-        ),
-        (
-            "OS",
-            format!(
-                "{} / {} / {}",
-                or_dash(machine.os.clone()),
-                or_dash(machine.kernel.clone()),
-                or_dash(machine.arch.clone())
-            ),
-        ),
-        ("CPU", format!("{} ({} cores)", or_dash(machine.cpu_model.clone()), machine.cpu_cores.unwrap_or(0))),
-        ("Memory", machine.memory_total_bytes.map_or("-".into(), format::bytes)),
-        ("Data dir free", machine.data_dir_free_bytes.map_or("-".into(), format::bytes)),
-        (
-            "NVIDIA",
-            match machine.nvml_status.as_deref() {
-                Some("ok") => format!(
-                    "driver {}, CUDA {}",
-                    or_dash(machine.driver_version.clone()),
-                    or_dash(machine.cuda_driver_version.clone())
-                ),
-                Some(status) => format!("{status}: {}", or_dash(machine.nvml_detail.clone())),
-                None => "not reported yet".into(),
-            },
-        ),
-    ];
-    if let Some(revoked) = &machine.revoked_at {
-        lines.insert(3, ("Revoked", revoked.clone()));
-    }
-    let width = lines.iter().map(|(key, _)| key.len()).max().unwrap_or(0) + 1;
-    let mut text: String =
-        lines.iter().map(|(key, value)| format!("{:<width$} {value}\n", format!("{key}:"))).collect();
-    text.push_str(&format!("GPUs: {}\n", machine.gpu_summary()));
-    if !machine.gpus.is_empty() {
-        let rows: Vec<Vec<String>> = machine
-            .gpus
-            .iter()
-            .map(|gpu| {
-                vec![
-                    gpu.index.to_string(),
-                    gpu.name.clone().unwrap_or_else(|| "?".into()),
-                    gpu.compute_capability.clone().unwrap_or_else(|| "?".into()),
-                    gpu.memory_total_bytes.map_or("?".into(), format::bytes),
-                    gpu.pci_bus_id.clone().unwrap_or_else(|| "?".into()),
-                    gpu.uuid.clone().unwrap_or_else(|| "?".into()),
-                    gpu.errors.join("; "),
-                ]
-            })
-            .collect();
-        let table =
-            format::table(&["INDEX", "NAME", "COMPUTE", "MEMORY", "PCI BUS", "UUID", "ERRORS"], &rows);
-        for line in table.lines() {
-            text.push_str(&format!("  {line}\n"));
-        }
-    }
-    text
-}
-
 pub async fn revoke(client: &mut Fleet, id: String) -> anyhow::Result<String> {
     let machine =
         client.revoke_machine(pb::RevokeMachineRequest { id }).await.map_err(status_error)?.into_inner();
@@ -196,6 +137,22 @@ pub async fn revoke(client: &mut Fleet, id: String) -> anyhow::Result<String> {
         "machine {} ({}) revoked: its agent is disconnected and cannot reconnect\n",
         machine.id, machine.hostname
     ))
+}
+
+/// Assigns the machine the environment it ran before; with `wait`, follows it there.
+pub async fn rollback(client: &mut Fleet, id: String, wait: Option<WaitLimit>) -> anyhow::Result<String> {
+    let response =
+        client.rollback_machine(pb::RollbackMachineRequest { id }).await.map_err(status_error)?.into_inner();
+    let machine = response.machine.ok_or_else(|| anyhow::anyhow!("the controller sent no machine"))?;
+    let revision = response.revision.ok_or_else(|| anyhow::anyhow!("the controller sent no revision"))?;
+    let label = format!("{}@{}", revision.environment, revision.number);
+    let said =
+        format!("{} {}: rolling back to {label} ({})\n", machine.id, machine.hostname, short(&revision.id));
+    let Some(limit) = wait else { return Ok(said) };
+    Printer::Stdout.line(&said);
+    let generation = machine.assignment.as_ref().map(|assignment| assignment.generation).unwrap_or_default();
+    let awaited = Awaited { id: machine.id, hostname: machine.hostname, generation };
+    convergence::wait(client, &label, &[awaited], &limit, Printer::Stdout).await
 }
 
 /// `KEY=VALUE` sets an operator label, `KEY-` removes one (as kubectl label does).
@@ -239,6 +196,8 @@ mod tests {
         let text = table(&views, Timestamp::now());
         assert!(text.contains("1× L40S (8.9, 45 GiB)"), "{text}");
         assert!(text.contains("1 machines (1 online), 1 GPUs"), "{text}");
+        assert!(text.lines().next().unwrap().contains("  CUDA  ENV  LABELS  "), "{text}");
+        assert!(text.lines().nth(1).unwrap().contains("  12.8  -    pool=a  "), "{text}");
         assert!(csv(&views).unwrap().lines().count() == 2);
         assert!(describe(&views[0], Timestamp::now()).contains("driver 570.133.07, CUDA 12.8"));
     }

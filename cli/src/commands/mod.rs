@@ -1,10 +1,13 @@
 //! One module per command group; each returns the text to print.
 
 pub mod audit;
+pub mod convergence;
 pub mod credentials;
 pub mod environments;
+mod machine_details;
 pub mod machines;
 pub mod plan;
+pub mod rollout;
 pub mod tokens;
 
 use comfyfleet_proto::v1 as pb;

@@ -257,12 +257,39 @@ async fn applying_needs_an_operator_and_reading_a_viewer() {
     assert_eq!(anonymous.unwrap_err().code(), Code::Unauthenticated);
 }
 
+#[tokio::test]
+async fn an_id_prefix_of_decimal_digits_is_found_when_no_revision_has_that_number() {
+    let fixture = Fixture::new().await;
+    for id in ["1129555700aa", "99999999999b"] {
+        let revision = NewRevision {
+            environment: "render".into(),
+            id: format!("{id}{}", "0".repeat(52)).parse().unwrap(),
+            spec_json: "{}".into(),
+            created_at: Timestamp::now(),
+            created_by: "test".into(),
+        };
+        fixture.state.store.put_environment_revision(&revision).await.unwrap();
+    }
+    assert_eq!(fixture.get("render", "2").await.unwrap().number, 2, "a number first");
+    assert_eq!(fixture.get("render", "11295557").await.unwrap().number, 1);
+    assert_eq!(fixture.get("render", "99999999999").await.unwrap().number, 2, "past u32 too");
+    let none = fixture.get("render", "3333").await.unwrap_err();
+    assert_eq!(none.code(), Code::NotFound);
+    assert!(none.message().starts_with("environment render has no revision 3333; "), "{}", none.message());
+    let short = fixture.get("render", "112").await.unwrap_err();
+    assert_eq!(short.code(), Code::NotFound, "too short to be a prefix");
+}
+
 #[test]
 fn selectors_parse() {
     assert_eq!(RevisionSelector::parse("").unwrap(), RevisionSelector::Latest);
     assert_eq!(RevisionSelector::parse("12").unwrap(), RevisionSelector::Number(12));
     assert_eq!(RevisionSelector::parse("ABCD").unwrap(), RevisionSelector::IdPrefix("abcd".into()));
-    assert!(RevisionSelector::parse("99999999999").is_err());
+    assert_eq!(
+        RevisionSelector::parse("99999999999").unwrap(),
+        RevisionSelector::IdPrefix("99999999999".into())
+    );
+    assert!(RevisionSelector::parse(&"9".repeat(65)).is_err());
     assert!(RevisionSelector::parse(&"a".repeat(65)).is_err());
     assert_eq!(spec_format(9, "x.toml", "").unwrap_err().code(), Code::InvalidArgument);
     assert_eq!(spec_format(0, "x", "{}").unwrap(), SpecFormat::Json);

@@ -4,8 +4,9 @@
 
 mod sqlite;
 
+use comfyfleet_config::assignment::{AssignmentRecord, MachineAssignment};
 use comfyfleet_config::spec::SpecDigest;
-use comfyfleet_config::{Inventory, Labels, MachineId, Role};
+use comfyfleet_config::{AssignmentReason, ConvergenceReport, Inventory, Labels, MachineId, Role};
 use jiff::Timestamp;
 
 pub use sqlite::SqliteStore;
@@ -66,6 +67,10 @@ pub struct StoredMachine {
     pub agent_version: String,
     pub last_seen: Option<Timestamp>,
     pub remote_address: String,
+    /// What the controller wants the machine to run (without the plan).
+    pub assignment: Option<MachineAssignment>,
+    /// The agent's latest report on it.
+    pub report: Option<ConvergenceReport>,
 }
 
 impl StoredMachine {
@@ -136,6 +141,70 @@ pub struct EnvironmentSummary {
     pub name: String,
     pub revisions: u32,
     pub latest: StoredRevision,
+}
+
+/// An assignment to store; the store gives it the machine's next generation.
+#[derive(Debug, Clone)]
+pub struct NewAssignment {
+    pub environment: String,
+    pub revision_number: u32,
+    pub revision_id: SpecDigest,
+    /// The `MachinePlan` resolved for this machine, as JSON.
+    pub plan_json: String,
+    /// The planned torch build, `2.8.0+cu128`.
+    pub torch: String,
+    pub activate: bool,
+    pub reason: AssignmentReason,
+    pub assigned_at: Timestamp,
+    pub assigned_by: String,
+}
+
+/// A machine's current assignment, as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredAssignment {
+    pub machine_id: MachineId,
+    /// 1 for a machine's first assignment, one more at every later one.
+    pub generation: u64,
+    pub environment: String,
+    pub revision_number: u32,
+    pub revision_id: SpecDigest,
+    pub plan_json: String,
+    pub torch: String,
+    pub activate: bool,
+    pub reason: AssignmentReason,
+    pub assigned_at: Timestamp,
+    pub assigned_by: String,
+}
+
+impl StoredAssignment {
+    /// How operators see it: everything but the plan.
+    pub fn summary(&self) -> MachineAssignment {
+        MachineAssignment {
+            generation: self.generation,
+            environment: self.environment.clone(),
+            revision_number: self.revision_number,
+            revision_id: self.revision_id.clone(),
+            activate: self.activate,
+            reason: self.reason,
+            assigned_at: self.assigned_at,
+            assigned_by: self.assigned_by.clone(),
+            torch: self.torch.clone(),
+        }
+    }
+
+    /// What the agent is sent: the assignment with its revision's canonical spec.
+    pub fn record(&self, spec_json: String) -> AssignmentRecord {
+        AssignmentRecord {
+            generation: self.generation,
+            environment: self.environment.clone(),
+            revision_number: self.revision_number,
+            revision_id: self.revision_id.to_string(),
+            spec_json,
+            plan_json: self.plan_json.clone(),
+            activate: self.activate,
+            reason: self.reason.to_string(),
+        }
+    }
 }
 
 /// Why a join token did not admit a machine. Said to the agent as it is: the token id
@@ -241,6 +310,25 @@ pub trait Store: Send + Sync + 'static {
         prefix: &str,
         limit: u32,
     ) -> StoreResult<Vec<StoredRevision>>;
+    /// The environment's revision with exactly this id.
+    async fn environment_revision_by_id(
+        &self,
+        environment: &str,
+        id: &SpecDigest,
+    ) -> StoreResult<Option<StoredRevision>>;
+
+    /// Replaces the machine's assignment, in one transaction with the generation
+    /// raised by one (1 for its first).
+    async fn assign(&self, machine: &MachineId, assignment: &NewAssignment) -> StoreResult<StoredAssignment>;
+    async fn assignment(&self, machine: &MachineId) -> StoreResult<Option<StoredAssignment>>;
+    /// Keeps `report` as the machine's latest, received at `at`.
+    async fn record_report(
+        &self,
+        machine: &MachineId,
+        report: &ConvergenceReport,
+        at: Timestamp,
+    ) -> StoreResult<()>;
+    async fn report(&self, machine: &MachineId) -> StoreResult<Option<ConvergenceReport>>;
 }
 
 #[cfg(test)]

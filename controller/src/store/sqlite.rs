@@ -2,12 +2,16 @@
 //! readers never wait for the writer, with versioned migrations applied at open.
 
 mod environments;
+mod provisioning;
+#[cfg(test)]
+mod tests;
 
 use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
 
-use comfyfleet_config::{Inventory, Labels, MachineId, Role};
+use comfyfleet_config::spec::SpecDigest;
+use comfyfleet_config::{ConvergenceReport, Inventory, Labels, MachineId, Role};
 use jiff::Timestamp;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
@@ -15,14 +19,16 @@ use sqlx::sqlite::{
 use sqlx::{Row, Sqlite, Transaction};
 
 use super::{
-    AuditRecord, CredentialRecord, EnrollRefusal, EnvironmentSummary, Hello, JoinTokenRecord, NewMachine,
-    NewRevision, Store, StoreError, StoreResult, StoredMachine, StoredRevision, check_join_token,
+    AuditRecord, CredentialRecord, EnrollRefusal, EnvironmentSummary, Hello, JoinTokenRecord, NewAssignment,
+    NewMachine, NewRevision, Store, StoreError, StoreResult, StoredAssignment, StoredMachine, StoredRevision,
+    check_join_token,
 };
 
 /// Every migration, in order. A migration is never edited once released: add one.
 const MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("../../migrations/0001_fleet.sql")),
     (2, include_str!("../../migrations/0002_environments.sql")),
+    (3, include_str!("../../migrations/0003_provisioning.sql")),
 ];
 
 pub struct SqliteStore {
@@ -152,6 +158,8 @@ fn machine_from_row(row: &SqliteRow) -> StoreResult<StoredMachine> {
         agent_version: get(row, "agent_version")?,
         last_seen: optional_timestamp("last_seen", get(row, "last_seen")?)?,
         remote_address: get(row, "remote_address")?,
+        assignment: provisioning::joined_assignment(row)?,
+        report: provisioning::joined_report(row)?,
     })
 }
 
@@ -184,16 +192,25 @@ fn credential_from_row(row: &SqliteRow) -> StoreResult<CredentialRecord> {
     })
 }
 
-const MACHINE_COLUMNS: &str = "id, hostname, enrolled_at, revoked_at, cert_sha256, join_token_id, token_labels, \
-     agent_labels, operator_labels, inventory, inventory_updated_at, agent_version, last_seen, remote_address";
+const MACHINE_COLUMNS: &str = "machines.id, hostname, enrolled_at, revoked_at, cert_sha256, join_token_id, \
+     token_labels, agent_labels, operator_labels, inventory, inventory_updated_at, agent_version, last_seen, \
+     remote_address";
+
+/// `SELECT … FROM machines` with each machine's assignment and latest report joined in.
+fn select_machines(condition: &str) -> String {
+    format!(
+        "SELECT {MACHINE_COLUMNS}, {} FROM machines {} {condition}",
+        provisioning::JOINED_ASSIGNMENT_COLUMNS,
+        provisioning::ASSIGNMENT_JOINS
+    )
+}
 
 async fn fetch_machine(tx: &mut Transaction<'_, Sqlite>, id: &str) -> StoreResult<Option<StoredMachine>> {
-    let row =
-        sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {MACHINE_COLUMNS} FROM machines WHERE id = ?")))
-            .bind(id)
-            .fetch_optional(&mut **tx)
-            .await
-            .map_err(database("reading a machine"))?;
+    let row = sqlx::query(sqlx::AssertSqlSafe(select_machines("WHERE machines.id = ?")))
+        .bind(id)
+        .fetch_optional(&mut **tx)
+        .await
+        .map_err(database("reading a machine"))?;
     row.as_ref().map(machine_from_row).transpose()
 }
 
@@ -295,8 +312,8 @@ impl Store for SqliteStore {
 
     async fn find_machines(&self, prefix: &str, limit: u32) -> StoreResult<Vec<StoredMachine>> {
         // Ids are [a-z0-9-], so a range scan is an exact prefix match without LIKE escaping.
-        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {MACHINE_COLUMNS} FROM machines WHERE id >= ? AND id < ? ORDER BY id LIMIT ?"
+        let rows = sqlx::query(sqlx::AssertSqlSafe(select_machines(
+            "WHERE machines.id >= ? AND machines.id < ? ORDER BY machines.id LIMIT ?",
         )))
         .bind(prefix)
         .bind(format!("{prefix}\u{7f}"))
@@ -313,8 +330,8 @@ impl Store for SqliteStore {
         limit: u32,
         include_revoked: bool,
     ) -> StoreResult<Vec<StoredMachine>> {
-        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {MACHINE_COLUMNS} FROM machines WHERE id > ? AND (? OR revoked_at IS NULL) ORDER BY id LIMIT ?"
+        let rows = sqlx::query(sqlx::AssertSqlSafe(select_machines(
+            "WHERE machines.id > ? AND (? OR revoked_at IS NULL) ORDER BY machines.id LIMIT ?",
         )))
         .bind(after.map_or("", MachineId::as_str))
         .bind(include_revoked)
@@ -529,87 +546,33 @@ impl Store for SqliteStore {
     ) -> StoreResult<Vec<StoredRevision>> {
         self.find_revisions(environment, prefix, limit).await
     }
-}
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    async fn store() -> (tempfile::TempDir, SqliteStore) {
-        let dir = tempfile::tempdir().unwrap();
-        let store = SqliteStore::open(&dir.path().join("controller.db")).await.unwrap();
-        (dir, store)
+    async fn environment_revision_by_id(
+        &self,
+        environment: &str,
+        id: &SpecDigest,
+    ) -> StoreResult<Option<StoredRevision>> {
+        self.revision_by_id(environment, id).await
     }
 
-    fn token(uses_allowed: Option<u32>) -> JoinTokenRecord {
-        let now = Timestamp::now();
-        JoinTokenRecord {
-            id: "0123456789ab".into(),
-            secret_sha256: [1; 32],
-            created_at: now,
-            expires_at: now + jiff::SignedDuration::from_hours(1),
-            uses_allowed,
-            uses: 0,
-            labels: Labels::parse_pairs(["pool=a"]).unwrap(),
-            description: "test".into(),
-            created_by: "admin".into(),
-        }
+    async fn assign(&self, machine: &MachineId, assignment: &NewAssignment) -> StoreResult<StoredAssignment> {
+        self.put_assignment(machine, assignment).await
     }
 
-    fn new_machine(id: &str) -> NewMachine {
-        NewMachine {
-            id: id.parse().unwrap(),
-            hostname: "host".into(),
-            cert_sha256: "ab".into(),
-            agent_labels: Labels::parse_pairs(["gpu=yes"]).unwrap(),
-            enrolled_at: Timestamp::now(),
-        }
+    async fn assignment(&self, machine: &MachineId) -> StoreResult<Option<StoredAssignment>> {
+        self.get_assignment(machine).await
     }
 
-    #[tokio::test]
-    async fn enrollment_counts_uses_and_refuses_past_them_storing_nothing() {
-        let (_dir, store) = store().await;
-        store.create_join_token(&token(Some(1))).await.unwrap();
-        let first =
-            store.enroll_machine("0123456789ab", &[1; 32], &new_machine("m1")).await.unwrap().unwrap();
-        assert_eq!(first.effective_labels().to_string(), "gpu=yes,pool=a");
-        let second = store.enroll_machine("0123456789ab", &[1; 32], &new_machine("m2")).await.unwrap();
-        assert!(matches!(second, Err(EnrollRefusal::UsedUp { .. })));
-        let wrong = store.enroll_machine("ffffffffffff", &[1; 32], &new_machine("m3")).await.unwrap();
-        assert!(matches!(wrong, Err(EnrollRefusal::UnknownToken { .. })));
-        let machines = store.list_machines(None, 100, true).await.unwrap();
-        assert_eq!(machines.len(), 1);
-        assert_eq!(store.list_join_tokens().await.unwrap()[0].uses, 1);
+    async fn record_report(
+        &self,
+        machine: &MachineId,
+        report: &ConvergenceReport,
+        at: Timestamp,
+    ) -> StoreResult<()> {
+        self.put_report(machine, report, at).await
     }
 
-    #[tokio::test]
-    async fn machines_page_by_id_and_match_prefixes() {
-        let (_dir, store) = store().await;
-        store.create_join_token(&token(None)).await.unwrap();
-        for id in ["aa1", "aa2", "ab1"] {
-            store.enroll_machine("0123456789ab", &[1; 32], &new_machine(id)).await.unwrap().unwrap();
-        }
-        let page = store.list_machines(None, 2, false).await.unwrap();
-        assert_eq!(page.iter().map(|m| m.id.as_str()).collect::<Vec<_>>(), ["aa1", "aa2"]);
-        let rest = store.list_machines(Some(&page[1].id), 2, false).await.unwrap();
-        assert_eq!(rest.iter().map(|m| m.id.as_str()).collect::<Vec<_>>(), ["ab1"]);
-        assert_eq!(store.find_machines("aa", 10).await.unwrap().len(), 2);
-        assert!(store.revoke_machine(&"aa1".parse().unwrap(), Timestamp::now()).await.unwrap());
-        assert!(!store.revoke_machine(&"aa1".parse().unwrap(), Timestamp::now()).await.unwrap());
-        assert_eq!(store.list_machines(None, 10, false).await.unwrap().len(), 2);
-    }
-
-    #[tokio::test]
-    async fn reopening_keeps_everything_and_does_not_migrate_twice() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("controller.db");
-        {
-            let store = SqliteStore::open(&path).await.unwrap();
-            store.create_join_token(&token(None)).await.unwrap();
-            store.append_audit(Timestamp::now(), "admin", "token.create", "0123456789ab", "").await.unwrap();
-        }
-        let store = SqliteStore::open(&path).await.unwrap();
-        assert_eq!(store.list_join_tokens().await.unwrap().len(), 1);
-        assert_eq!(store.list_audit(10).await.unwrap()[0].action, "token.create");
+    async fn report(&self, machine: &MachineId) -> StoreResult<Option<ConvergenceReport>> {
+        self.get_report(machine).await
     }
 }

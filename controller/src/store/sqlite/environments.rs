@@ -134,6 +134,22 @@ impl SqliteStore {
         row.as_ref().map(revision_from_row).transpose()
     }
 
+    pub(super) async fn revision_by_id(
+        &self,
+        environment: &str,
+        id: &SpecDigest,
+    ) -> StoreResult<Option<StoredRevision>> {
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {REVISION_COLUMNS} FROM environment_revisions WHERE environment = ? AND id = ?"
+        )))
+        .bind(environment)
+        .bind(id.as_str())
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(database("reading a revision by id"))?;
+        row.as_ref().map(revision_from_row).transpose()
+    }
+
     pub(super) async fn find_revisions(
         &self,
         environment: &str,

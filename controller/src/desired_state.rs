@@ -1,0 +1,173 @@
+//! Telling a connected agent what its machine should run. Every session runs one
+//! pusher beside its receive loop: it sends the stored assignment right after Welcome
+//! and again whenever the session's doorbell rings ([`Presence::notify_assignment`])
+//! with a generation this session has not sent yet. The store is read here, never in
+//! the loop that reads the agent's messages, so a slow store delays no heartbeat.
+//!
+//! [`Presence::notify_assignment`]: crate::presence::Presence::notify_assignment
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use comfyfleet_config::MachineId;
+use comfyfleet_proto::v1 as pb;
+use tokio::sync::{Notify, mpsc};
+use tokio::task::JoinHandle;
+use tonic::Status;
+use tracing::Instrument;
+
+use crate::store::{Store, StoreError, StoredAssignment};
+
+/// How long to wait before reading the store again after it failed.
+const RETRY_AFTER: Duration = Duration::from_secs(5);
+
+pub type Outbound = mpsc::Sender<Result<pb::ControllerMessage, Status>>;
+
+/// The pusher task of one session; it stops when this is dropped.
+pub struct DesiredStatePusher {
+    task: JoinHandle<()>,
+}
+
+impl Drop for DesiredStatePusher {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+enum LoadError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("the assigned revision {environment}@{number} ({id}) is not in the store")]
+    MissingRevision { environment: String, number: u32, id: String },
+}
+
+/// Starts pushing `machine`'s desired state into `outbound`, in the current span.
+pub fn spawn(
+    store: Arc<dyn Store>,
+    machine: MachineId,
+    doorbell: Arc<Notify>,
+    outbound: Outbound,
+) -> DesiredStatePusher {
+    let task = tokio::spawn(push(store, machine, doorbell, outbound).in_current_span());
+    DesiredStatePusher { task }
+}
+
+async fn push(store: Arc<dyn Store>, machine: MachineId, doorbell: Arc<Notify>, outbound: Outbound) {
+    let mut last_sent: Option<u64> = None;
+    loop {
+        match load(store.as_ref(), &machine, last_sent).await {
+            Ok(Some((assignment, desired))) => {
+                let message =
+                    pb::ControllerMessage { body: Some(pb::controller_message::Body::Desired(desired)) };
+                if outbound.send(Ok(message)).await.is_err() {
+                    return;
+                }
+                last_sent = Some(assignment.generation);
+                tracing::info!(
+                    generation = assignment.generation,
+                    environment = %assignment.environment,
+                    revision = assignment.revision_number,
+                    reason = %assignment.reason,
+                    "desired state sent"
+                );
+            }
+            Ok(None) => {}
+            Err(error) => {
+                // Nothing is lost by waiting: the assignment stays in the store.
+                tracing::warn!(%error, "cannot read the machine's desired state; trying again");
+                tokio::select! {
+                    () = tokio::time::sleep(RETRY_AFTER) => {}
+                    () = doorbell.notified() => {}
+                    () = outbound.closed() => return,
+                }
+                continue;
+            }
+        }
+        tokio::select! {
+            () = doorbell.notified() => {}
+            () = outbound.closed() => return,
+        }
+    }
+}
+
+/// The desired state to send, unless the machine has no assignment or this session
+/// already sent its generation.
+async fn load(
+    store: &dyn Store,
+    machine: &MachineId,
+    last_sent: Option<u64>,
+) -> Result<Option<(StoredAssignment, pb::DesiredState)>, LoadError> {
+    let Some(assignment) = store.assignment(machine).await? else {
+        return Ok(None);
+    };
+    if last_sent == Some(assignment.generation) {
+        return Ok(None);
+    }
+    let revision = store
+        .environment_revision_by_id(&assignment.environment, &assignment.revision_id)
+        .await?
+        .ok_or_else(|| LoadError::MissingRevision {
+            environment: assignment.environment.clone(),
+            number: assignment.revision_number,
+            id: assignment.revision_id.short().to_owned(),
+        })?;
+    let desired = pb::DesiredState::from(&assignment.record(revision.spec_json));
+    Ok(Some((assignment, desired)))
+}
+
+#[cfg(test)]
+mod tests {
+    use comfyfleet_config::{Assignment, AssignmentReason};
+    use comfyfleet_proto::assignment_from_wire;
+    use jiff::Timestamp;
+
+    use super::*;
+    use crate::test_fleet::{TestFleet, spec};
+
+    type Inbox = mpsc::Receiver<Result<pb::ControllerMessage, Status>>;
+
+    /// The next desired state the session would send, if one comes within a moment.
+    async fn next(inbox: &mut Inbox) -> Option<pb::DesiredState> {
+        let message = tokio::time::timeout(Duration::from_millis(300), inbox.recv()).await.ok()??;
+        match message.unwrap().body {
+            Some(pb::controller_message::Body::Desired(desired)) => Some(desired),
+            other => panic!("not a desired state: {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_session_gets_its_assignment_at_once_and_again_only_at_a_new_generation() {
+        let fleet = TestFleet::new().await;
+        let machine = fleet.add_machine("aa01", "h100-x8-580", &["pool=render-a"]).await;
+        let revision = fleet.apply(&spec("render", &"1".repeat(40))).await;
+        let session = fleet.state.presence.register(machine.clone(), Timestamp::now());
+        let (outbound, mut inbox) = mpsc::channel(4);
+        let pusher =
+            spawn(fleet.state.store.clone(), machine.clone(), session.assignment_changed(), outbound);
+        assert!(next(&mut inbox).await.is_none(), "nothing assigned, nothing sent");
+
+        let rollout = fleet.start_rollout("render", "", &[]).await.unwrap();
+        assert!(rollout.targets[0].online, "the machine has a live session");
+        let desired = next(&mut inbox).await.expect("the rollout reaches the session");
+        assert_eq!(desired.generation, 1);
+        let record = assignment_from_wire(desired).unwrap();
+        assert_eq!(record.spec_json, revision.spec_json, "the revision's canonical spec");
+        let checked = Assignment::from_record(&record).expect("what an agent accepts");
+        assert_eq!((checked.plan.torch.as_str(), checked.reason), ("2.8.0+cu128", AssignmentReason::Rollout));
+        assert!(checked.activate);
+
+        fleet.state.presence.notify_assignment(&machine);
+        assert!(next(&mut inbox).await.is_none(), "the same generation is not sent twice");
+        fleet.start_rollout("render", "", &[]).await.unwrap();
+        assert_eq!(next(&mut inbox).await.map(|desired| desired.generation), Some(2));
+
+        // A reconnecting agent gets the current generation in its new session.
+        drop(pusher);
+        drop(session);
+        let session = fleet.state.presence.register(machine.clone(), Timestamp::now());
+        let (outbound, mut inbox) = mpsc::channel(4);
+        let _pusher = spawn(fleet.state.store.clone(), machine, session.assignment_changed(), outbound);
+        assert_eq!(next(&mut inbox).await.map(|desired| desired.generation), Some(2));
+    }
+}

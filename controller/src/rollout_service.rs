@@ -1,0 +1,261 @@
+//! Assigning revisions to machines. `StartRollout` resolves a revision for every
+//! machine it targets and assigns it, with a new generation, to each one that has a
+//! plan, all at once (batches, canaries and failure budgets come with the rollout
+//! engine). `RollbackMachine` assigns a machine the environment it ran before its
+//! current one, which it still has on disk. Either way the machine's live session is
+//! told at once; an offline machine gets its assignment when it reconnects.
+//! `fleet_service` authenticates the caller and delegates here.
+
+use std::collections::HashSet;
+use std::fmt;
+
+use comfyfleet_config::resolve::{MachinePlan, Resolution, Resolver};
+use comfyfleet_config::spec::names::printable;
+use comfyfleet_config::spec::{Spec, SpecFormat};
+use comfyfleet_config::{AssignmentReason, MachineFacts, MachineId, MachineRecord};
+use comfyfleet_proto::v1 as pb;
+use jiff::Timestamp;
+use tonic::Status;
+
+use crate::auth::Caller;
+use crate::environment_service::{find_revision, revision_to_wire};
+use crate::fleet_service::{internal, machine_record, resolve_machine};
+use crate::state::ControllerState;
+use crate::store::{NewAssignment, StoredAssignment, StoredMachine, StoredRevision};
+
+/// Machines read from the store per page when a rollout targets the whole fleet.
+const PAGE: u32 = 500;
+/// More machine names than this in one call is a mistake, not a list.
+const MAX_NAMED: usize = 10_000;
+const NOT_TARGETED: &str = "left out by the target selector";
+
+/// How many machines got each outcome: `3 assigned, 1 incompatible, 2 not targeted`.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+struct Tally {
+    assigned: usize,
+    incompatible: usize,
+    not_targeted: usize,
+}
+
+impl fmt::Display for Tally {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} assigned, {} incompatible, {} not targeted",
+            self.assigned, self.incompatible, self.not_targeted
+        )
+    }
+}
+
+/// Plans `request`'s revision for every machine it targets (or the machines it names)
+/// and assigns it to each one that has a plan.
+#[tracing::instrument(skip_all, fields(environment = %request.environment, revision = %request.revision))]
+pub async fn start(
+    state: &ControllerState,
+    caller: &Caller,
+    request: pb::StartRolloutRequest,
+) -> Result<pb::StartRolloutResponse, Status> {
+    let revision = find_revision(state, &request.environment, &request.revision).await?;
+    let spec = revision_spec(&revision)?;
+    let resolver = Resolver::new(&spec);
+    // Every named machine is checked before anything is assigned.
+    let machines = if request.machines.is_empty() {
+        fleet(state).await?
+    } else {
+        named_machines(state, &request.machines).await?
+    };
+    let label = format!("{}@{}", revision.environment, revision.number);
+    let mut tally = Tally::default();
+    let mut targets = Vec::with_capacity(machines.len());
+    for machine in machines {
+        let record = machine_record(&state.presence, machine);
+        let mut target = pb::RolloutTarget {
+            machine_id: record.id.to_string(),
+            hostname: record.hostname.clone(),
+            outcome: pb::TargetOutcome::Unspecified.into(),
+            detail: String::new(),
+            online: record.online,
+            generation: 0,
+        };
+        match resolver.resolve(&MachineFacts::from(&record)) {
+            Resolution::Planned(plan) => {
+                let assigned =
+                    assign(state, caller, &record.id, &revision, &plan, AssignmentReason::Rollout).await;
+                let assigned = match assigned {
+                    Ok(assigned) => assigned,
+                    Err(status) => {
+                        // What was assigned stays assigned: say so in the audit log.
+                        let detail =
+                            format!("{tally} before failing at machine {}: {}", record.id, status.message());
+                        state.audit(&caller.actor(), "rollout.start", &label, &detail).await;
+                        return Err(status);
+                    }
+                };
+                tally.assigned += 1;
+                target.outcome = pb::TargetOutcome::Assigned.into();
+                target.detail = assigned.torch.clone();
+                target.generation = assigned.generation;
+                target.online = notify(state, &record);
+            }
+            Resolution::Incompatible(incompatibility) => {
+                tally.incompatible += 1;
+                target.outcome = pb::TargetOutcome::Incompatible.into();
+                target.detail = incompatibility.summary();
+            }
+            Resolution::NotTargeted => {
+                tally.not_targeted += 1;
+                target.outcome = pb::TargetOutcome::NotTargeted.into();
+                target.detail = NOT_TARGETED.to_owned();
+            }
+        }
+        targets.push(target);
+    }
+    state.audit(&caller.actor(), "rollout.start", &label, &tally.to_string()).await;
+    tracing::info!(revision = %label, id = %revision.id.short(), %tally, by = %caller.actor(), "rollout started");
+    Ok(pb::StartRolloutResponse { revision: Some(revision_to_wire(&revision)), targets })
+}
+
+/// Assigns a machine the environment it ran before its current one.
+#[tracing::instrument(skip_all, fields(machine = %request.id))]
+pub async fn rollback(
+    state: &ControllerState,
+    caller: &Caller,
+    request: pb::RollbackMachineRequest,
+) -> Result<pb::RollbackMachineResponse, Status> {
+    let machine = resolve_machine(state.store.as_ref(), &request.id).await?;
+    let id = machine.id.clone();
+    if machine.revoked_at.is_some() {
+        return Err(revoked(&id));
+    }
+    let previous = machine
+        .inventory
+        .as_ref()
+        .and_then(|inventory| inventory.environments.previous())
+        .cloned()
+        .ok_or_else(|| {
+            Status::failed_precondition(format!(
+                "machine {id} has no earlier environment on disk to return to; roll out the revision it \
+                 should run instead (`comfyfleet rollout start ENV@REV --machines {id}`)"
+            ))
+        })?;
+    let revision = state
+        .store
+        .environment_revision_by_id(&previous.environment, &previous.revision_id)
+        .await
+        .map_err(internal)?
+        .ok_or_else(|| {
+            let environment = printable(&previous.environment);
+            Status::failed_precondition(format!(
+                "machine {id}'s earlier environment {environment}@{} ({}) is not a revision this controller \
+                 knows; roll out one it knows instead (`comfyfleet env history {environment}` lists them)",
+                previous.revision_number,
+                previous.revision_id.short()
+            ))
+        })?;
+    let label = format!("{}@{} ({})", revision.environment, revision.number, revision.id.short());
+    let spec = revision_spec(&revision)?;
+    let record = machine_record(&state.presence, machine);
+    // The selector is not asked: a machine goes back to what it ran even if the
+    // environment's selector has changed since.
+    let plan = Resolver::new(&spec).plan(&MachineFacts::from(&record)).map_err(|incompatibility| {
+        Status::failed_precondition(format!(
+            "machine {id} cannot run {label} any more: {}",
+            incompatibility.summary()
+        ))
+    })?;
+    let assigned = assign(state, caller, &id, &revision, &plan, AssignmentReason::Rollback).await?;
+    let online = notify(state, &record);
+    let detail = format!("to {label}, generation {}", assigned.generation);
+    state.audit(&caller.actor(), "machine.rollback", id.as_str(), &detail).await;
+    tracing::info!(machine_id = %id, revision = %label, generation = assigned.generation, online, by = %caller.actor(), "rollback assigned");
+    let machine = state
+        .store
+        .get_machine(&id)
+        .await
+        .map_err(internal)?
+        .ok_or_else(|| Status::not_found(format!("machine {id} disappeared while being rolled back")))?;
+    Ok(pb::RollbackMachineResponse {
+        machine: Some(pb::Machine::from(&machine_record(&state.presence, machine))),
+        revision: Some(revision_to_wire(&revision)),
+    })
+}
+
+/// The spec a stored revision holds (canonical JSON, itself a valid spec).
+fn revision_spec(revision: &StoredRevision) -> Result<Spec, Status> {
+    let name = format!("{}@{}", revision.environment, revision.number);
+    Spec::parse(&name, &revision.spec_json, SpecFormat::Json)
+        .map_err(|errors| internal(format!("stored revision {name} no longer parses: {errors}")))
+}
+
+async fn assign(
+    state: &ControllerState,
+    caller: &Caller,
+    machine: &MachineId,
+    revision: &StoredRevision,
+    plan: &MachinePlan,
+    reason: AssignmentReason,
+) -> Result<StoredAssignment, Status> {
+    let plan_json = serde_json::to_string(plan).map_err(internal)?;
+    let assignment = NewAssignment {
+        environment: revision.environment.clone(),
+        revision_number: revision.number,
+        revision_id: revision.id.clone(),
+        plan_json,
+        torch: plan.torch.clone(),
+        activate: true,
+        reason,
+        assigned_at: Timestamp::now(),
+        assigned_by: caller.actor(),
+    };
+    state.store.assign(machine, &assignment).await.map_err(internal)
+}
+
+/// Rings the machine's live session; whether it is online to hear it.
+fn notify(state: &ControllerState, record: &MachineRecord) -> bool {
+    state.presence.notify_assignment(&record.id) && record.revoked_at.is_none()
+}
+
+fn revoked(id: &MachineId) -> Status {
+    Status::failed_precondition(format!(
+        "machine {id} is revoked; it can run nothing (see `comfyfleet machines --all`)"
+    ))
+}
+
+/// Every machine that is not revoked, in id order.
+async fn fleet(state: &ControllerState) -> Result<Vec<StoredMachine>, Status> {
+    let mut machines: Vec<StoredMachine> = Vec::new();
+    loop {
+        let after = machines.last().map(|machine| machine.id.clone());
+        let page = state.store.list_machines(after.as_ref(), PAGE, false).await.map_err(internal)?;
+        let full = page.len() == PAGE as usize;
+        machines.extend(page);
+        if !full {
+            return Ok(machines);
+        }
+    }
+}
+
+/// Exactly the machines named (ids or unique prefixes), each once, in the order given.
+async fn named_machines(state: &ControllerState, names: &[String]) -> Result<Vec<StoredMachine>, Status> {
+    if names.len() > MAX_NAMED {
+        return Err(Status::invalid_argument(format!(
+            "{} machines named; name at most {MAX_NAMED}, or none to target every machine the spec selects",
+            names.len()
+        )));
+    }
+    let mut seen = HashSet::new();
+    let mut machines = Vec::with_capacity(names.len());
+    for name in names {
+        let machine = resolve_machine(state.store.as_ref(), name.trim()).await?;
+        if machine.revoked_at.is_some() {
+            return Err(revoked(&machine.id));
+        }
+        if seen.insert(machine.id.clone()) {
+            machines.push(machine);
+        }
+    }
+    Ok(machines)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,332 @@
+//! Assignments and convergence reports in SQLite. A generation is handed out inside
+//! the write transaction that replaces the assignment, so two concurrent rollouts
+//! never give one machine the same generation twice.
+
+use std::str::FromStr;
+
+use comfyfleet_config::assignment::MachineAssignment;
+use comfyfleet_config::spec::SpecDigest;
+use comfyfleet_config::{AssignmentReason, ConvergenceReport, MachineId};
+use jiff::Timestamp;
+use sqlx::sqlite::SqliteRow;
+
+use super::{SqliteStore, corrupt, count, database, get, millis, timestamp};
+use crate::store::{NewAssignment, StoreError, StoreResult, StoredAssignment};
+
+/// An assignment's columns, named as the machine queries join them in. The plan is
+/// left out: only the agent needs it.
+pub(super) const JOINED_ASSIGNMENT_COLUMNS: &str = "a.generation AS assignment_generation, \
+     a.environment AS assignment_environment, a.revision_number AS assignment_revision_number, \
+     a.revision_id AS assignment_revision_id, a.torch AS assignment_torch, \
+     a.activate AS assignment_activate, a.reason AS assignment_reason, \
+     a.assigned_at AS assignment_assigned_at, a.assigned_by AS assignment_assigned_by, \
+     r.report_json AS report_json";
+
+/// What a machine query joins to carry the assignment and the latest report.
+pub(super) const ASSIGNMENT_JOINS: &str = "LEFT JOIN machine_assignments AS a ON a.machine_id = machines.id \
+     LEFT JOIN machine_reports AS r ON r.machine_id = machines.id";
+
+const ASSIGNMENT_COLUMNS: &str = "machine_id, generation, environment, revision_number, revision_id, plan_json, \
+     torch, activate, reason, assigned_at, assigned_by";
+
+fn generation(value: i64) -> StoreResult<u64> {
+    u64::try_from(value).map_err(|_| corrupt("assignment generation")(format!("{value} is negative")))
+}
+
+fn reason(text: &str) -> StoreResult<AssignmentReason> {
+    AssignmentReason::from_str(text).map_err(corrupt("assignment reason"))
+}
+
+fn revision_id(text: &str) -> StoreResult<SpecDigest> {
+    SpecDigest::from_str(text).map_err(corrupt("assignment revision id"))
+}
+
+fn report_from_json(json: &str) -> StoreResult<ConvergenceReport> {
+    serde_json::from_str(json).map_err(|e| corrupt("convergence report")(e.to_string()))
+}
+
+/// The assignment joined into a machine row, if the machine has one.
+pub(super) fn joined_assignment(row: &SqliteRow) -> StoreResult<Option<MachineAssignment>> {
+    let Some(value) = get::<Option<i64>>(row, "assignment_generation")? else {
+        return Ok(None);
+    };
+    Ok(Some(MachineAssignment {
+        generation: generation(value)?,
+        environment: get(row, "assignment_environment")?,
+        revision_number: count("assignment revision number", get(row, "assignment_revision_number")?)?,
+        revision_id: revision_id(&get::<String>(row, "assignment_revision_id")?)?,
+        activate: get(row, "assignment_activate")?,
+        reason: reason(&get::<String>(row, "assignment_reason")?)?,
+        assigned_at: timestamp("assigned_at", get(row, "assignment_assigned_at")?)?,
+        assigned_by: get(row, "assignment_assigned_by")?,
+        torch: get(row, "assignment_torch")?,
+    }))
+}
+
+/// The latest report joined into a machine row, if the agent sent one.
+pub(super) fn joined_report(row: &SqliteRow) -> StoreResult<Option<ConvergenceReport>> {
+    get::<Option<String>>(row, "report_json")?.as_deref().map(report_from_json).transpose()
+}
+
+fn assignment_from_row(row: &SqliteRow) -> StoreResult<StoredAssignment> {
+    let machine_id: String = get(row, "machine_id")?;
+    Ok(StoredAssignment {
+        machine_id: MachineId::from_str(&machine_id).map_err(|e| corrupt("machine id")(e.to_string()))?,
+        generation: generation(get(row, "generation")?)?,
+        environment: get(row, "environment")?,
+        revision_number: count("assignment revision number", get(row, "revision_number")?)?,
+        revision_id: revision_id(&get::<String>(row, "revision_id")?)?,
+        plan_json: get(row, "plan_json")?,
+        torch: get(row, "torch")?,
+        activate: get(row, "activate")?,
+        reason: reason(&get::<String>(row, "reason")?)?,
+        assigned_at: timestamp("assigned_at", get(row, "assigned_at")?)?,
+        assigned_by: get(row, "assigned_by")?,
+    })
+}
+
+impl SqliteStore {
+    pub(super) async fn put_assignment(
+        &self,
+        machine: &MachineId,
+        assignment: &NewAssignment,
+    ) -> StoreResult<StoredAssignment> {
+        let mut tx = self.write_transaction("starting an assignment").await?;
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "INSERT INTO machine_assignments ({ASSIGNMENT_COLUMNS}) VALUES (?, 1, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
+             ON CONFLICT (machine_id) DO UPDATE SET generation = machine_assignments.generation + 1, \
+             environment = excluded.environment, revision_number = excluded.revision_number, \
+             revision_id = excluded.revision_id, plan_json = excluded.plan_json, torch = excluded.torch, \
+             activate = excluded.activate, reason = excluded.reason, assigned_at = excluded.assigned_at, \
+             assigned_by = excluded.assigned_by \
+             RETURNING {ASSIGNMENT_COLUMNS}"
+        )))
+        .bind(machine.as_str())
+        .bind(&assignment.environment)
+        .bind(i64::from(assignment.revision_number))
+        .bind(assignment.revision_id.as_str())
+        .bind(&assignment.plan_json)
+        .bind(&assignment.torch)
+        .bind(assignment.activate)
+        .bind(assignment.reason.as_str())
+        .bind(millis(assignment.assigned_at))
+        .bind(&assignment.assigned_by)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(database("storing an assignment"))?;
+        let stored = assignment_from_row(&row)?;
+        tx.commit().await.map_err(database("committing an assignment"))?;
+        Ok(stored)
+    }
+
+    pub(super) async fn get_assignment(&self, machine: &MachineId) -> StoreResult<Option<StoredAssignment>> {
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {ASSIGNMENT_COLUMNS} FROM machine_assignments WHERE machine_id = ?"
+        )))
+        .bind(machine.as_str())
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(database("reading an assignment"))?;
+        row.as_ref().map(assignment_from_row).transpose()
+    }
+
+    pub(super) async fn put_report(
+        &self,
+        machine: &MachineId,
+        report: &ConvergenceReport,
+        at: Timestamp,
+    ) -> StoreResult<()> {
+        let json = serde_json::to_string(report).map_err(|e| StoreError::Corrupt {
+            what: "convergence report",
+            detail: format!("cannot serialise: {e}"),
+        })?;
+        sqlx::query(
+            "INSERT INTO machine_reports (machine_id, report_json, updated_at) VALUES (?, ?, ?) \
+             ON CONFLICT (machine_id) DO UPDATE SET report_json = excluded.report_json, \
+             updated_at = excluded.updated_at",
+        )
+        .bind(machine.as_str())
+        .bind(json)
+        .bind(millis(at))
+        .execute(&self.pool)
+        .await
+        .map_err(database("recording a convergence report"))?;
+        Ok(())
+    }
+
+    pub(super) async fn get_report(&self, machine: &MachineId) -> StoreResult<Option<ConvergenceReport>> {
+        let json: Option<String> =
+            sqlx::query_scalar("SELECT report_json FROM machine_reports WHERE machine_id = ?")
+                .bind(machine.as_str())
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(database("reading a convergence report"))?;
+        json.as_deref().map(report_from_json).transpose()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use comfyfleet_config::Labels;
+    use comfyfleet_config::convergence::{Phase, StepReport, StepState};
+
+    use super::*;
+    use crate::store::{JoinTokenRecord, NewMachine, NewRevision, Store};
+
+    async fn store_with_machines(ids: &[&str]) -> (tempfile::TempDir, SqliteStore) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("controller.db")).await.unwrap();
+        let now = Timestamp::now();
+        let token = JoinTokenRecord {
+            id: "0123456789ab".into(),
+            secret_sha256: [1; 32],
+            created_at: now,
+            expires_at: now + jiff::SignedDuration::from_hours(1),
+            uses_allowed: None,
+            uses: 0,
+            labels: Labels::new(),
+            description: String::new(),
+            created_by: "admin".into(),
+        };
+        store.create_join_token(&token).await.unwrap();
+        for id in ids {
+            let machine = NewMachine {
+                id: id.parse().unwrap(),
+                hostname: format!("host-{id}"),
+                cert_sha256: "ab".into(),
+                agent_labels: Labels::new(),
+                enrolled_at: now,
+            };
+            store.enroll_machine("0123456789ab", &[1; 32], &machine).await.unwrap().unwrap();
+        }
+        for digit in ['a', 'b'] {
+            let revision = NewRevision {
+                environment: "render".into(),
+                id: digit.to_string().repeat(64).parse().unwrap(),
+                spec_json: format!("{{\"v\":\"{digit}\"}}"),
+                created_at: now,
+                created_by: "op".into(),
+            };
+            store.put_environment_revision(&revision).await.unwrap();
+        }
+        (dir, store)
+    }
+
+    fn assignment(number: u32, reason: AssignmentReason) -> NewAssignment {
+        let digit = if number == 1 { 'a' } else { 'b' };
+        NewAssignment {
+            environment: "render".into(),
+            revision_number: number,
+            revision_id: digit.to_string().repeat(64).parse().unwrap(),
+            plan_json: format!("{{\"plan\":{number}}}"),
+            torch: "2.8.0+cu128".into(),
+            activate: true,
+            reason,
+            assigned_at: Timestamp::from_millisecond(1_700_000_000_123).unwrap(),
+            assigned_by: "op (0123456789ab)".into(),
+        }
+    }
+
+    fn id(text: &str) -> MachineId {
+        text.parse().unwrap()
+    }
+
+    #[tokio::test]
+    async fn generations_start_at_one_and_rise_per_machine() {
+        let (_dir, store) = store_with_machines(&["m1", "m2"]).await;
+        assert_eq!(store.assignment(&id("m1")).await.unwrap(), None);
+        let first = store.assign(&id("m1"), &assignment(1, AssignmentReason::Rollout)).await.unwrap();
+        assert_eq!(first.generation, 1);
+        assert_eq!(first.machine_id, id("m1"));
+        let again = store.assign(&id("m1"), &assignment(1, AssignmentReason::Rollout)).await.unwrap();
+        assert_eq!(again.generation, 2, "the same revision again is a new generation");
+        let back = store.assign(&id("m1"), &assignment(2, AssignmentReason::Rollback)).await.unwrap();
+        assert_eq!(back.generation, 3);
+        assert_eq!((back.revision_number, back.reason), (2, AssignmentReason::Rollback));
+        let other = store.assign(&id("m2"), &assignment(2, AssignmentReason::Rollout)).await.unwrap();
+        assert_eq!(other.generation, 1, "generations are per machine");
+        assert_eq!(store.assignment(&id("m1")).await.unwrap(), Some(back.clone()));
+        assert_eq!(back.plan_json, "{\"plan\":2}");
+        assert_eq!(back.assigned_at.as_millisecond(), 1_700_000_000_123);
+    }
+
+    #[tokio::test]
+    async fn concurrent_assignments_get_distinct_generations() {
+        let (_dir, store) = store_with_machines(&["m1"]).await;
+        let store = std::sync::Arc::new(store);
+        let mut tasks = tokio::task::JoinSet::new();
+        for _ in 0..6 {
+            let store = store.clone();
+            tasks.spawn(
+                async move { store.assign(&id("m1"), &assignment(1, AssignmentReason::Rollout)).await },
+            );
+        }
+        let mut generations = Vec::new();
+        while let Some(result) = tasks.join_next().await {
+            generations.push(result.unwrap().unwrap().generation);
+        }
+        generations.sort_unstable();
+        assert_eq!(generations, [1, 2, 3, 4, 5, 6]);
+    }
+
+    #[tokio::test]
+    async fn an_assignment_must_name_a_known_machine_and_revision() {
+        let (_dir, store) = store_with_machines(&["m1"]).await;
+        assert!(store.assign(&id("nobody"), &assignment(1, AssignmentReason::Rollout)).await.is_err());
+        let mut unknown = assignment(1, AssignmentReason::Rollout);
+        unknown.revision_number = 9;
+        assert!(store.assign(&id("m1"), &unknown).await.is_err());
+        assert_eq!(store.assignment(&id("m1")).await.unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn reports_round_trip_and_the_latest_wins() {
+        let (_dir, store) = store_with_machines(&["m1"]).await;
+        assert_eq!(store.report(&id("m1")).await.unwrap(), None);
+        let mut report = ConvergenceReport::idle(Timestamp::from_second(1_700_000_000).unwrap());
+        report.generation = 1;
+        report.environment = "render".into();
+        report.revision_number = 1;
+        report.revision_id = Some("a".repeat(64).parse().unwrap());
+        report.phase = Phase::Preparing;
+        report.steps.push(StepReport { state: StepState::Running, ..StepReport::pending("torch") });
+        store.record_report(&id("m1"), &report, Timestamp::now()).await.unwrap();
+        assert_eq!(store.report(&id("m1")).await.unwrap().as_ref(), Some(&report));
+        report.phase = Phase::Failed;
+        report.error = "sha256 mismatch".into();
+        store.record_report(&id("m1"), &report, Timestamp::now()).await.unwrap();
+        assert_eq!(store.report(&id("m1")).await.unwrap(), Some(report));
+    }
+
+    #[tokio::test]
+    async fn machines_carry_their_assignment_and_report() {
+        let (_dir, store) = store_with_machines(&["m1", "m2"]).await;
+        let stored = store.assign(&id("m1"), &assignment(2, AssignmentReason::Rollout)).await.unwrap();
+        let mut report = ConvergenceReport::idle(Timestamp::from_second(1_700_000_000).unwrap());
+        report.generation = 1;
+        report.phase = Phase::Active;
+        store.record_report(&id("m1"), &report, Timestamp::now()).await.unwrap();
+
+        let machine = store.get_machine(&id("m1")).await.unwrap().unwrap();
+        assert_eq!(machine.assignment, Some(stored.summary()));
+        assert_eq!(machine.report, Some(report.clone()));
+        let listed = store.list_machines(None, 10, false).await.unwrap();
+        assert_eq!(listed.len(), 2);
+        assert_eq!(listed[0].assignment, Some(stored.summary()));
+        assert_eq!((listed[1].assignment.as_ref(), listed[1].report.as_ref()), (None, None));
+        let found = store.find_machines("m", 10).await.unwrap();
+        assert_eq!(found[0].report, Some(report));
+        assert_eq!(stored.record("{}".into()).generation, 1);
+    }
+
+    #[tokio::test]
+    async fn revisions_are_found_by_exact_id() {
+        let (_dir, store) = store_with_machines(&[]).await;
+        let b: SpecDigest = "b".repeat(64).parse().unwrap();
+        let found = store.environment_revision_by_id("render", &b).await.unwrap().unwrap();
+        assert_eq!(found.number, 2);
+        assert_eq!(store.environment_revision_by_id("preview", &b).await.unwrap(), None);
+        let c: SpecDigest = "c".repeat(64).parse().unwrap();
+        assert_eq!(store.environment_revision_by_id("render", &c).await.unwrap(), None);
+    }
+}
