@@ -90,8 +90,11 @@ impl Activator<'_> {
 
     /// `switch`, `start` and `health`, after [`Activator::drain`]. Not to be
     /// cancelled half-way: it always leaves `current` and ComfyUI consistent.
-    pub async fn switch_to(&self, record: &CompleteRecord) -> Result<(), ActivationFailure> {
-        let previous = self.current();
+    pub async fn switch_to(
+        &self,
+        record: &CompleteRecord,
+        previous: Option<&CompleteRecord>,
+    ) -> Result<(), ActivationFailure> {
         self.step("switch", || {
             switch_current(self.layout, &self.layout.env(&record.revision_id).path)
                 .map(|()| format!("current → {}", record.describe()))
@@ -111,7 +114,7 @@ impl Activator<'_> {
                 }
                 Ok(())
             }
-            Err(failure) => Err(self.switch_back(previous.as_ref(), failure).await),
+            Err(failure) => Err(self.switch_back(previous, failure).await),
         }
     }
 

@@ -20,7 +20,7 @@ use crate::activation::{self, Activator};
 use crate::executor::record::CompleteRecord;
 use crate::executor::{self, Executor};
 use crate::inventory::InventoryCollector;
-use crate::journal::{Failure, Journal};
+use crate::journal::{ActivationMarker, Failure, Journal};
 use crate::layout::Layout;
 use crate::report::Reporter;
 use crate::service::ComfyuiService;
@@ -179,9 +179,14 @@ impl Converger {
         let env = self.layout.env(&assignment.revision_id);
         let activator = self.activator();
         let current = activator.current();
-        if let Some(built) = CompleteRecord::load(&env).filter(|built| built.matches(&assignment))
-            && (current.as_ref().is_some_and(|current| current.revision_id == built.revision_id)
-                || !assignment.activate)
+        let is_current =
+            current.as_ref().is_some_and(|current| current.revision_id == assignment.revision_id);
+        // An activation the agent died in: `current` may point at an environment whose
+        // health was never confirmed. It is finished (or undone) before anything else.
+        let interrupted = self.journal.activating();
+        let built = CompleteRecord::load(&env).filter(|built| built.matches(&assignment));
+        if let Some(built) = &built
+            && (!assignment.activate || (is_current && interrupted.is_none()))
         {
             // Nothing to do: the no-op path, a few file reads and no process.
             report.phase = if assignment.activate { Phase::Active } else { Phase::Prepared };
@@ -192,15 +197,26 @@ impl Converger {
         }
 
         tracing::info!(assignment = %assignment.describe(), generation = assignment.generation, "converging");
-        report.phase = Phase::Preparing;
-        report.steps = executor::STEPS.iter().map(|name| StepReport::pending(name)).collect();
-        self.reporter.replace(report);
-        let gpus: Vec<GpuFacts> = facts.gpus.clone();
-        let built = match interrupts.guard(self.executor.prepare(&assignment, &gpus, &self.reporter)).await? {
-            Ok(built) => built,
-            Err(failure) => {
-                self.fail(self.reporter.current(), &assignment, failure.to_string());
-                return Ok(());
+        let built = match built {
+            // Built already (a rollback, an interrupted activation): switch only.
+            Some(built) => {
+                report.steps = built.steps.clone();
+                report.optimizations = built.optimizations.clone();
+                self.reporter.replace(report);
+                built
+            }
+            None => {
+                report.phase = Phase::Preparing;
+                report.steps = executor::STEPS.iter().map(|name| StepReport::pending(name)).collect();
+                self.reporter.replace(report);
+                let gpus: Vec<GpuFacts> = facts.gpus.clone();
+                match interrupts.guard(self.executor.prepare(&assignment, &gpus, &self.reporter)).await? {
+                    Ok(built) => built,
+                    Err(failure) => {
+                        self.fail(self.reporter.current(), &assignment, failure.to_string());
+                        return Ok(());
+                    }
+                }
             }
         };
         self.reporter.update(|report| report.optimizations = built.optimizations.clone());
@@ -209,20 +225,34 @@ impl Converger {
             self.reporter.update(|report| report.phase = Phase::Prepared);
             return Ok(());
         }
-        if current.as_ref().is_some_and(|current| current.revision_id == built.revision_id) {
-            self.reporter.update(|report| report.phase = Phase::Active);
-            return Ok(());
-        }
+        // Where to go back to if this activation fails: what ran before it.
+        let previous = match &interrupted {
+            Some(marker) => {
+                marker.previous.as_ref().and_then(|revision| CompleteRecord::load(&self.layout.env(revision)))
+            }
+            None => current,
+        };
         self.reporter.update(|report| {
             report.phase = Phase::Activating;
+            report.steps.retain(|step| !activation::STEPS.contains(&step.name.as_str()));
             report.steps.extend(activation::STEPS.iter().map(|name| StepReport::pending(name)));
         });
         if let Err(failure) = interrupts.guard(activator.drain(&built)).await? {
             self.fail(self.reporter.current(), &assignment, failure.to_string());
             return Ok(());
         }
-        // From here on nothing interrupts: the switch always ends consistent.
-        let switched = activator.switch_to(&built).await;
+        // From here on nothing interrupts: the switch always ends consistent, and
+        // the marker lets a restarted agent finish it if this one dies.
+        let marker = ActivationMarker {
+            revision_id: built.revision_id.clone(),
+            previous: previous.as_ref().map(|previous| previous.revision_id.clone()),
+            at: Timestamp::now(),
+        };
+        if let Err(error) = self.journal.set_activating(&marker) {
+            tracing::warn!(%error, "cannot journal the activation");
+        }
+        let switched = activator.switch_to(&built, previous.as_ref()).await;
+        self.journal.clear_activating();
         self.inventory_changed.notify_one();
         match switched {
             Ok(()) => {

@@ -36,6 +36,16 @@ pub struct Activation {
     pub at: Timestamp,
 }
 
+/// Written before `current` is switched and removed once the new environment is
+/// healthy or the switch is undone: a restarted agent that finds it finishes the job.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ActivationMarker {
+    pub revision_id: SpecDigest,
+    /// What was current before (to switch back to); `None`: nothing was.
+    pub previous: Option<SpecDigest>,
+    pub at: Timestamp,
+}
+
 #[derive(Debug, Clone)]
 pub struct Journal {
     dir: PathBuf,
@@ -85,6 +95,23 @@ impl Journal {
 
     pub fn set_failure(&self, failure: &Failure) -> Result<(), JournalError> {
         self.write("failed.json", failure)
+    }
+
+    pub fn activating(&self) -> Option<ActivationMarker> {
+        self.read("activating.json")
+    }
+
+    pub fn set_activating(&self, marker: &ActivationMarker) -> Result<(), JournalError> {
+        self.write("activating.json", marker)
+    }
+
+    pub fn clear_activating(&self) {
+        let path = self.path("activating.json");
+        if let Err(error) = std::fs::remove_file(&path)
+            && error.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::warn!(path = %path.display(), %error, "cannot remove the activation marker");
+        }
     }
 
     /// Newest first.

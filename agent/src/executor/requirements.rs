@@ -45,7 +45,9 @@ pub async fn install(build: &Build<'_>, step: &mut StepHandle) -> StepResult {
         for dropped in &sanitized.dropped {
             notes.push(format!("{name}: ignored `{dropped}` (packages come from the spec's indexes)"));
         }
-        for held in &sanitized.held {
+        // A bare `torch` is what the plan installs anyway; anything else is worth saying.
+        let planned = |line: &str| build.assignment.plan.packages.iter().any(|package| package.name == line);
+        for held in sanitized.held.iter().filter(|line| !planned(line)) {
             notes.push(format!("{name}: `{held}` held at {}", build.assignment.plan.torch));
         }
         let copy = dir.join(format!("{name}.txt"));

@@ -7,6 +7,7 @@
 pub mod git;
 pub mod grpc;
 mod process;
+pub mod provision;
 pub mod standin;
 
 use std::net::TcpStream;
@@ -196,6 +197,8 @@ impl Controller {
 }
 
 /// A running agent with a profile from gpu-profiles.json and its own data dir.
+/// Dropping it kills the agent and the ComfyUI it runs (which, by design, would
+/// outlive the agent).
 pub struct Agent {
     pub name: String,
     pub data_dir: PathBuf,
@@ -203,6 +206,7 @@ pub struct Agent {
     pub process: Process,
     url: String,
     extra: Vec<String>,
+    env: Vec<(String, String)>,
 }
 
 impl Agent {
@@ -216,12 +220,44 @@ impl Agent {
         token: Option<&str>,
         extra: &[&str],
     ) -> Agent {
+        Self::start_with_env(root, name, profile, url, token, extra, &[])
+    }
+
+    /// As [`Agent::start`], with extra environment variables (kept for restarts).
+    pub fn start_with_env(
+        root: &Path,
+        name: &str,
+        profile: &Value,
+        url: &str,
+        token: Option<&str>,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Agent {
         let data_dir = root.join(name);
         let profile_path = root.join(format!("{name}.profile.json"));
         write_profile(&profile_path, profile);
         let extra: Vec<String> = extra.iter().map(|s| (*s).to_owned()).collect();
-        let process = spawn_agent(name, &data_dir, &profile_path, url, token, &extra, 0);
-        Agent { name: name.to_owned(), data_dir, profile_path, process, url: url.to_owned(), extra }
+        let env: Vec<(String, String)> =
+            env.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
+        let process = spawn_agent(name, &data_dir, &profile_path, url, token, &extra, &env, 0);
+        Agent { name: name.to_owned(), data_dir, profile_path, process, url: url.to_owned(), extra, env }
+    }
+
+    /// The ComfyUI process the agent runs, from its pid file, if alive.
+    pub fn comfyui_pid(&self) -> Option<i32> {
+        let text = std::fs::read_to_string(self.data_dir.join("run/comfyui.json")).ok()?;
+        let pid = serde_json::from_str::<Value>(&text).ok()?["pid"].as_i64()?;
+        let pid = i32::try_from(pid).ok()?;
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        let state = stat.rsplit(')').next()?.split_whitespace().next()?;
+        (state != "Z").then_some(pid)
+    }
+
+    /// kill -9 of the ComfyUI process group, if one runs.
+    pub fn kill_comfyui(&self) {
+        if let Some(pid) = self.comfyui_pid().and_then(rustix::process::Pid::from_raw) {
+            let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
+        }
     }
 
     /// Starts the agent again on its data dir, without a token.
@@ -235,6 +271,7 @@ impl Agent {
             &self.url,
             None,
             &self.extra,
+            &self.env,
             generation,
         );
     }
@@ -252,6 +289,14 @@ impl Agent {
     }
 }
 
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.process.kill();
+        self.kill_comfyui();
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
 fn spawn_agent(
     name: &str,
     data_dir: &Path,
@@ -259,6 +304,7 @@ fn spawn_agent(
     url: &str,
     token: Option<&str>,
     extra: &[String],
+    env: &[(String, String)],
     generation: u32,
 ) -> Process {
     let mut command = Command::new(&binaries().agent);
@@ -272,7 +318,8 @@ fn spawn_agent(
         .args(["--max-backoff", "2s"])
         .args(extra)
         .env("COMFYFLEET_FAKE_NVML_PROFILE", profile_path)
-        .env_remove("COMFYFLEET_JOIN_TOKEN");
+        .env_remove("COMFYFLEET_JOIN_TOKEN")
+        .envs(env.iter().map(|(k, v)| (k, v)));
     if let Some(token) = token {
         command.env("COMFYFLEET_JOIN_TOKEN", token);
     }

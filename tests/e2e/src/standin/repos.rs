@@ -52,6 +52,15 @@ impl StandinComfyui {
         self.repo.commit(&[("main.py", &main)], &format!("Report torch {pytorch_version}"))
     }
 
+    /// Commits a `main.py` that waits `seconds` before it listens: a slow start, for
+    /// catching an agent in its health check. Returns the commit.
+    pub fn commit_slow_start(&self, seconds: u32) -> String {
+        let wait = format!("    import time; time.sleep({seconds})  # standin: slow start\n");
+        let main = COMFYUI_MAIN.replacen(BEFORE_LISTENING, &wait, 1);
+        assert_ne!(main, COMFYUI_MAIN, "main.py lost its marker");
+        self.repo.commit(&[("main.py", &main)], &format!("Start {seconds} s late"))
+    }
+
     /// Commits the working `main.py` again (after a broken variant). Returns the commit.
     pub fn commit_working(&self) -> String {
         self.repo.commit(&[("main.py", COMFYUI_MAIN)], "Fix the start")

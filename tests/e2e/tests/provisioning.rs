@@ -1,0 +1,117 @@
+//! Provisioning end to end: real agents (GPUs from the fake NVML library) build
+//! environments with the real uv and python3 from the stand-in indexes, verify
+//! them, run ComfyUI from them, and report every step to the real controller.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test helpers fail loudly by design
+
+use comfyfleet_e2e::provision::{
+    Fleet, comfyui_get, comfyui_port, current_environment, current_target, run_in_env, step,
+};
+use serde_json::Value;
+
+/// The machines of the first test: one per CUDA build the spec allows.
+const MACHINES: [(&str, &str, &str, &str); 3] = [
+    // hostname, profile, the build plan picks (driver), the GPUs' SM
+    ("h100", "h100-x8-580", "2.8.0+cu130", "9.0"),
+    ("rtx4090", "rtx4090-x1-570", "2.8.0+cu128", "8.9"),
+    ("v100", "v100-x2-560", "2.8.0+cu126", "7.0"),
+];
+
+#[test]
+fn three_machines_converge_on_one_spec_each_with_its_own_build_and_kernels() {
+    let fleet = Fleet::start();
+    let agents: Vec<_> = MACHINES.iter().map(|(name, profile, _, _)| fleet.agent(name, profile)).collect();
+    let spec = fleet.spec(|options| options.cuda = ["cu130", "cu128", "cu126"].map(str::to_owned).to_vec());
+    fleet.apply(&spec);
+
+    // What `plan` predicts is what each machine gets.
+    let spec_path = fleet.dir.path().join("spec.toml");
+    let plan: Value = serde_json::from_str(
+        &fleet.cli(&["plan", "-f", spec_path.to_str().unwrap(), "-o", "json"]).success(),
+    )
+    .unwrap();
+    let started = fleet.cli(&["rollout", "start", "render-prod", "--wait", "--timeout", "5m"]).success();
+    assert!(started.contains("render-prod@1: 3 assigned, 0 incompatible, 0 not targeted"), "{started}");
+    assert!(started.contains("3 active, 0 prepared, 0 failed"), "{started}");
+
+    for ((hostname, _, torch, sm), agent) in MACHINES.iter().zip(&agents) {
+        let planned = plan["machines"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|machine| machine["hostname"] == *hostname)
+            .unwrap();
+        assert_eq!(planned["torch"], *torch, "{hostname}: {planned}");
+        let machine = fleet.show(&fleet.machine_id(hostname));
+        assert_eq!(machine["report"]["phase"], "active", "{hostname}: {}", machine["report"]);
+        let installed = current_environment(&machine);
+        assert_eq!(installed["torch_version"], *torch, "{hostname}: the venv's torch is the planned build");
+        assert_eq!(installed["drift"], Value::Null, "{hostname}: nothing drifted");
+
+        // The SageAttention wheel for this machine's SM, CUDA build and Python.
+        let env = current_target(agent).unwrap();
+        let built_for =
+            run_in_env(agent, &env, "import json, sageattention; print(json.dumps(sageattention.BUILT_FOR))");
+        let built_for: Value = serde_json::from_str(&built_for).unwrap();
+        assert_eq!(built_for["sm"], *sm, "{hostname}");
+        assert_eq!(built_for["cuda"], planned["cuda_tag"], "{hostname}");
+        let sage =
+            installed["optimizations"].as_array().unwrap().iter().find(|o| o["name"] == "sageattention");
+        assert_eq!(sage.unwrap()["verified"], true, "{hostname}: {installed}");
+        assert!(
+            machine["assignment"]["torch"] == *torch && step(&machine, "verify")["state"] == "done",
+            "{machine}"
+        );
+
+        // ComfyUI runs from the new environment with that torch, and with the
+        // argument tied to SageAttention because it verified.
+        let stats = comfyui_get(comfyui_port(agent), "/system_stats").expect("ComfyUI answers");
+        assert_eq!(stats["system"]["pytorch_version"], *torch, "{hostname}");
+        let argv = stats["system"]["argv"].as_array().unwrap();
+        assert!(argv.iter().any(|arg| arg == "--use-sage-attention"), "{argv:?}");
+
+        // A custom node asking for torch==2.3.0, another for torch-cpu: neither
+        // changed torch, and neither decoy was even downloaded.
+        let requirements = step(&machine, "requirements")["detail"].as_str().unwrap();
+        assert!(requirements.contains("ComfyUI-KJNodes: `torch==2.3.0` held at"), "{requirements}");
+        assert!(requirements.contains("ComfyUI-VideoHelperSuite: `torch-cpu` held at"), "{requirements}");
+        let distributions = run_in_env(
+            agent,
+            &env,
+            "import importlib.metadata as m; print(sorted(d.metadata['Name'] for d in m.distributions()))",
+        );
+        assert!(
+            !distributions.contains("torch-cpu") && !distributions.contains("torch_cpu"),
+            "{distributions}"
+        );
+        assert!(
+            distributions.contains("'einops'") && distributions.contains("'imageio-ffmpeg'"),
+            "{distributions}"
+        );
+    }
+    for decoy in &fleet.world.catalog.decoys {
+        assert_eq!(
+            fleet.world.server.requests_matching(&decoy.url_path),
+            0,
+            "{} was fetched",
+            decoy.url_path
+        );
+    }
+
+    // Sending the same revision again (a new generation) changes nothing: no uv, no
+    // Python, the same ComfyUI processes.
+    let uv_calls = fleet.uv_calls();
+    let imports = fleet.torch_imports();
+    let pids: Vec<_> = agents.iter().map(|agent| agent.comfyui_pid().unwrap()).collect();
+    assert!(uv_calls > 0 && imports > 0, "the logs see the builds: {uv_calls} uv calls, {imports} imports");
+    fleet.cli(&["rollout", "start", "render-prod", "--wait", "--timeout", "1m"]).success();
+    for (hostname, _, _, _) in MACHINES {
+        let machine = fleet.show(&fleet.machine_id(hostname));
+        assert_eq!(machine["report"]["generation"], 2, "{hostname}");
+        assert_eq!(machine["report"]["phase"], "active");
+    }
+    assert_eq!(fleet.uv_calls(), uv_calls, "re-sending the same revision started uv");
+    assert_eq!(fleet.torch_imports(), imports, "re-sending the same revision started Python");
+    let after: Vec<_> = agents.iter().map(|agent| agent.comfyui_pid().unwrap()).collect();
+    assert_eq!(after, pids, "ComfyUI was not restarted");
+}

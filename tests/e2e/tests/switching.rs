@@ -1,0 +1,139 @@
+//! Switching environments on a running machine: a tampered wheel changes nothing,
+//! an upgrade waits for the render in flight, a ComfyUI that fails its health check
+//! is switched back, and a rollback is a switch without an install.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test helpers fail loudly by design
+
+use std::time::{Duration, Instant};
+
+use comfyfleet_e2e::provision::{
+    Fleet, comfyui_get, comfyui_port, current_target, find_step, queue_render, step, step_is,
+};
+use comfyfleet_e2e::wait_until;
+use sha2::{Digest, Sha256};
+
+fn pytorch_version(port: u16) -> Option<String> {
+    comfyui_get(port, "/system_stats")?["system"]["pytorch_version"].as_str().map(str::to_owned)
+}
+
+fn cuda(builds: &[&str]) -> Vec<String> {
+    builds.iter().map(|build| (*build).to_owned()).collect()
+}
+
+#[test]
+fn a_wheel_whose_bytes_do_not_match_its_sha256_fails_the_build_and_touches_nothing() {
+    let fleet = Fleet::start();
+    let agent = fleet.agent("rtx4090", "rtx4090-x1-570");
+    let id = fleet.machine_id("rtx4090");
+    fleet.apply(&fleet.spec(|options| options.cuda = cuda(&["cu128"])));
+    fleet.cli(&["rollout", "start", "render-prod", "--wait", "--timeout", "3m"]).success();
+    let before = current_target(&agent).unwrap();
+    let pid = agent.comfyui_pid().unwrap();
+
+    // The cu126 build's SageAttention wheel for SM 8.9 arrives tampered with.
+    let wheel = fleet.world.catalog.sageattention_for("8.9", "cu126", "2.8").wheel.clone();
+    let tampered = b"not the wheel the spec pins".to_vec();
+    let actual = hex::encode(Sha256::digest(&tampered));
+    fleet.world.server.replace(&wheel.url_path, tampered);
+    fleet.apply(&fleet.spec(|options| options.cuda = cuda(&["cu126"])));
+    let failed = fleet.cli(&["rollout", "start", "render-prod", "--wait", "--timeout", "3m"]).failure();
+    assert!(failed.contains("failed"), "{failed}");
+
+    let machine = fleet.show(&id);
+    assert_eq!(machine["report"]["phase"], "failed", "{}", machine["report"]);
+    let optimizations = step(&machine, "optimizations");
+    assert_eq!(optimizations["state"], "failed");
+    let detail = optimizations["detail"].as_str().unwrap();
+    let url = format!("{}{}", fleet.base_url(), wheel.url_path);
+    assert!(detail.contains(&url), "names the URL: {detail}");
+    assert!(detail.contains(&wheel.wheel.sha256) && detail.contains(&actual), "names both hashes: {detail}");
+    assert!(machine["report"]["error"].as_str().unwrap().contains(&actual));
+
+    // `current` and the running ComfyUI are untouched.
+    assert_eq!(current_target(&agent).unwrap(), before);
+    assert_eq!(agent.comfyui_pid(), Some(pid));
+    assert_eq!(pytorch_version(comfyui_port(&agent)).as_deref(), Some("2.8.0+cu128"));
+    let failed_env =
+        agent.data_dir.join("envs").join(&machine["report"]["revision_id"].as_str().unwrap()[..16]);
+    assert!(!failed_env.join(".complete").exists(), "the failed environment is not complete");
+    // The failure is not retried in a loop: only a new rollout retries it.
+    let uv_calls = fleet.uv_calls();
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(fleet.uv_calls(), uv_calls);
+}
+
+#[test]
+fn an_upgrade_waits_for_the_render_a_bad_comfyui_is_switched_back_and_rollback_installs_nothing() {
+    let fleet = Fleet::start();
+    let agent = fleet.agent("rtx4090", "rtx4090-x1-570");
+    let id = fleet.machine_id("rtx4090");
+    fleet.apply(&fleet.spec(|options| options.cuda = cuda(&["cu128"])));
+    fleet.cli(&["rollout", "start", "render-prod", "--wait", "--timeout", "3m"]).success();
+    let port = comfyui_port(&agent);
+    let first = current_target(&agent).unwrap();
+
+    // A render is running when the torch build changes.
+    let gate = fleet.dir.path().join("render-may-finish");
+    let prompt = queue_render(port, &gate);
+    wait_until(Duration::from_secs(10), "the render to run", || {
+        let queue = comfyui_get(port, "/queue")?;
+        (queue["queue_running"].as_array()?.len() == 1).then_some(())
+    });
+    fleet.apply(&fleet.spec(|options| options.cuda = cuda(&["cu126"])));
+    fleet.cli(&["rollout", "start", "render-prod"]).success();
+    fleet.wait_for(&id, "the switch to wait for the render", |machine| {
+        machine["report"]["phase"] == "activating"
+            && step_is(machine, "drain", "running")
+            && find_step(machine, "drain")
+                .and_then(|s| s["detail"].as_str())
+                .is_some_and(|d| d.contains("1 running"))
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(current_target(&agent).unwrap(), first, "nothing switched while the render runs");
+    assert_eq!(pytorch_version(port).as_deref(), Some("2.8.0+cu128"));
+    std::fs::write(&gate, "done").unwrap();
+    let machine = fleet.wait_for_phase(&id, "active");
+    let second = current_target(&agent).unwrap();
+    assert_ne!(second, first);
+    assert_eq!(pytorch_version(port).as_deref(), Some("2.8.0+cu126"));
+    assert!(step(&machine, "drain")["detail"].as_str().unwrap().starts_with("queue empty after"));
+    let output = std::fs::read_dir(agent.data_dir.join("shared/output")).unwrap().count();
+    assert_eq!(output, 1, "the render finished and wrote its output ({prompt})");
+
+    // A ComfyUI that cannot start fails its health check and is switched back.
+    let broken = fleet.world.repos.comfyui.commit_crash_at_start();
+    fleet.apply(&fleet.spec(|options| {
+        options.cuda = cuda(&["cu126"]);
+        options.comfyui_ref = broken.clone();
+        options.health_timeout = "20s".to_owned();
+    }));
+    let failed = fleet.cli(&["rollout", "start", "render-prod", "--wait", "--timeout", "3m"]).failure();
+    assert!(failed.contains("failed"), "{failed}");
+    let machine = fleet.show(&id);
+    assert_eq!(machine["report"]["phase"], "failed");
+    let error = machine["report"]["error"].as_str().unwrap();
+    assert!(error.starts_with("health: ComfyUI exited"), "{error}");
+    assert!(error.contains("broken build"), "the reason from ComfyUI's log: {error}");
+    assert!(error.contains("switched back to render-prod@2"), "{error}");
+    assert_eq!(current_target(&agent).unwrap(), second, "current is back on the previous revision");
+    assert_eq!(pytorch_version(port).as_deref(), Some("2.8.0+cu126"), "the previous ComfyUI runs again");
+
+    // Rollback: back to revision 1, still on disk, without installing anything.
+    let uv_calls = fleet.uv_calls();
+    let started = Instant::now();
+    let rolled = fleet.cli(&["machines", "rollback", &id, "--wait", "--timeout", "1m"]).success();
+    let elapsed = started.elapsed();
+    assert!(rolled.contains("rolling back to render-prod@1"), "{rolled}");
+    let machine = fleet.show(&id);
+    assert_eq!(machine["report"]["phase"], "active");
+    assert_eq!(machine["assignment"]["reason"], "rollback");
+    assert_eq!(current_target(&agent).unwrap(), first);
+    assert_eq!(pytorch_version(port).as_deref(), Some("2.8.0+cu128"));
+    assert_eq!(fleet.uv_calls(), uv_calls, "a rollback installs nothing");
+    let switch_ms: u64 = ["drain", "switch", "start", "health"]
+        .iter()
+        .map(|name| step(&machine, name)["duration_ms"].as_u64().unwrap())
+        .sum();
+    eprintln!("rollback: {switch_ms} ms on the agent, {} ms from the CLI", elapsed.as_millis());
+    assert!(switch_ms < 2000, "the rollback took {switch_ms} ms on the agent");
+}
