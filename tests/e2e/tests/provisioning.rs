@@ -7,6 +7,7 @@
 use comfyfleet_e2e::provision::{
     Fleet, comfyui_get, comfyui_port, current_environment, current_target, run_in_env, step,
 };
+use comfyfleet_e2e::standin::find_uv;
 use serde_json::Value;
 
 /// The machines of the first test: one per CUDA build the spec allows.
@@ -114,4 +115,22 @@ fn three_machines_converge_on_one_spec_each_with_its_own_build_and_kernels() {
     assert_eq!(fleet.torch_imports(), imports, "re-sending the same revision started Python");
     let after: Vec<_> = agents.iter().map(|agent| agent.comfyui_pid().unwrap()).collect();
     assert_eq!(after, pids, "ComfyUI was not restarted");
+
+    // The inventory reads the environment itself: a package changed by hand shows
+    // up as drift from what verification recorded.
+    let (hostname, agent) = (MACHINES[0].0, &agents[0]);
+    let python = agent.data_dir.join(current_target(agent).unwrap()).join("venv/bin/python");
+    let by_hand = std::process::Command::new(find_uv())
+        .args(["pip", "install", "--quiet", "--python"])
+        .arg(&python)
+        .args(["--default-index", &format!("{}/simple", fleet.base_url()), "triton==3.5.0"])
+        .env("UV_CACHE_DIR", fleet.dir.path().join("by-hand-cache"))
+        .status()
+        .unwrap();
+    assert!(by_hand.success());
+    let machine = fleet.wait_for(&fleet.machine_id(hostname), "the drift to be reported", |machine| {
+        !current_environment(machine)["drift"].is_null()
+    });
+    let drift = &current_environment(&machine)["drift"];
+    assert_eq!(drift, &serde_json::json!(["triton is 3.5.0, verified 3.4.0"]), "{machine}");
 }

@@ -4,6 +4,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test helpers fail loudly by design
 
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use comfyfleet_e2e::provision::{
@@ -99,6 +100,19 @@ fn an_upgrade_waits_for_the_render_a_bad_comfyui_is_switched_back_and_rollback_i
     assert!(step(&machine, "drain")["detail"].as_str().unwrap().starts_with("queue empty after"));
     let output = std::fs::read_dir(agent.data_dir.join("shared/output")).unwrap().count();
     assert_eq!(output, 1, "the render finished and wrote its output ({prompt})");
+    // The second environment took what it shares with the first from uv's cache:
+    // hardlinks to the same files, and every shared wheel downloaded once.
+    let numpy = |env: &Path| {
+        let site =
+            agent.data_dir.join(env).join("venv/lib").read_dir().unwrap().next().unwrap().unwrap().path();
+        std::fs::metadata(site.join("site-packages/numpy/__init__.py")).unwrap()
+    };
+    use std::os::unix::fs::MetadataExt;
+    let (one, two) = (numpy(&first), numpy(&second));
+    assert_eq!((one.dev(), one.ino()), (two.dev(), two.ino()), "numpy is hardlinked from the cache");
+    assert!(one.nlink() >= 3, "the cache and both environments share the file");
+    let wheel = &fleet.world.catalog.index_wheel("numpy").url_path;
+    assert_eq!(fleet.world.server.count(wheel).requests, 1, "numpy's wheel was fetched once");
 
     // A ComfyUI that cannot start fails its health check and is switched back.
     let broken = fleet.world.repos.comfyui.commit_crash_at_start();
