@@ -1,14 +1,16 @@
-//! The README's first command, `scripts/demo`, brings up a fleet and prints its table.
+//! The README's first command, `scripts/demo`, brings up a fleet, prints its table,
+//! and rolls the example spec out over local stand-ins: every machine converges.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test helpers fail loudly by design
 
 use std::path::Path;
 use std::process::Command;
 
+use comfyfleet_e2e::provision::free_port;
 use comfyfleet_e2e::{binaries, test_dir};
 
 #[test]
-fn the_demo_brings_up_four_agents_and_prints_the_machine_table() {
+fn the_demo_brings_up_four_agents_and_converges_them_on_the_example_spec() {
     let dir = test_dir();
     let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
     let output = Command::new(repo.join("scripts/demo"))
@@ -16,6 +18,7 @@ fn the_demo_brings_up_four_agents_and_prints_the_machine_table() {
         .env("COMFYFLEET_DEMO_SKIP_BUILD", "1")
         .env("COMFYFLEET_BIN_DIR", binaries().controller.parent().unwrap())
         .env("COMFYFLEET_DEMO_DIR", dir.path().join("demo"))
+        .env("COMFYFLEET_DEMO_PORT", free_port().to_string())
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);
@@ -31,7 +34,16 @@ fn the_demo_brings_up_four_agents_and_prints_the_machine_table() {
     {
         assert!(stdout.contains(expected), "{expected} missing:\n{stdout}");
     }
-    // --once stops what it started.
+    // The example spec, localised, rolled out: the three targeted machines build
+    // and verify their environments and run ComfyUI from them.
+    assert!(stdout.contains("render-prod@1: 3 assigned, 0 incompatible, 1 not targeted"), "{stdout}");
+    assert!(stdout.contains("render-prod@1: 3 active, 0 prepared, 0 failed"), "{stdout}");
+    assert!(
+        stdout.contains("sageattention3 1.0.0+cu128torch2.8 verified"),
+        "the RTX 5090 got SageAttention 3:\n{stdout}"
+    );
+    assert_eq!(stdout.matches("render-prod@1 active").count(), 3, "{stdout}");
+    // --once stops what it started, ComfyUI included.
     let marker = dir.path().to_str().unwrap();
     let leftover: Vec<String> = std::fs::read_dir("/proc")
         .unwrap()
