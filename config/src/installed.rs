@@ -5,7 +5,7 @@
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
-use crate::inventory::{InventoryError, MAX_TEXT};
+use crate::inventory::{InventoryError, check_text};
 use crate::spec::SpecDigest;
 
 /// More kept environments than this is a broken report.
@@ -126,16 +126,7 @@ impl InstalledEnvironments {
 }
 
 fn check(field: &str, value: &str) -> Result<(), InventoryError> {
-    if value.len() > MAX_TEXT {
-        return Err(InventoryError::new(
-            field,
-            format!("is {} bytes long; at most {MAX_TEXT} are accepted", value.len()),
-        ));
-    }
-    if value.chars().any(char::is_control) {
-        return Err(InventoryError::new(field, "contains control characters"));
-    }
-    Ok(())
+    check_text(field, value, false)
 }
 
 #[cfg(test)]

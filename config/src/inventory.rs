@@ -320,7 +320,7 @@ impl Inventory {
     }
 }
 
-fn check_text(field: &str, value: &str, required: bool) -> Result<(), InventoryError> {
+pub(crate) fn check_text(field: &str, value: &str, required: bool) -> Result<(), InventoryError> {
     if required && value.is_empty() {
         return Err(InventoryError::new(field, "is empty"));
     }

@@ -72,7 +72,8 @@ impl WheelName {
     }
 }
 
-fn percent_decode(text: &str) -> String {
+/// `%2B` → `+`: URL path segments as file names.
+pub fn percent_decode(text: &str) -> String {
     let bytes = text.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;

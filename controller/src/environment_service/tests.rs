@@ -1,53 +1,31 @@
 //! The environment calls through the real `FleetService` handlers: authentication,
 //! SQLite, and git against local repositories.
 
-use std::sync::Arc;
-
-use comfyfleet_config::Role;
 use comfyfleet_proto::v1::fleet_service_server::FleetService;
 use tonic::{Code, Request};
 
 use super::*;
-use crate::fleet_service::{FleetApi, mint_credential};
 use crate::git_pin::test_repo::TestRepo;
-use crate::pki::CertificateAuthority;
-use crate::presence::Presence;
-use crate::state::Settings;
-use crate::store::SqliteStore;
+use crate::test_fleet::TestFleet;
 
-struct Fixture {
-    _dir: tempfile::TempDir,
-    state: Arc<ControllerState>,
-    api: FleetApi,
-    operator: String,
-    viewer: String,
+/// The shared unit-test fleet, with the environment calls these tests make.
+struct Fixture(TestFleet);
+
+impl std::ops::Deref for Fixture {
+    type Target = TestFleet;
+
+    fn deref(&self) -> &TestFleet {
+        &self.0
+    }
 }
 
 impl Fixture {
     async fn new() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let store = SqliteStore::open(&dir.path().join("controller.db")).await.unwrap();
-        let state = Arc::new(ControllerState {
-            store: Arc::new(store),
-            ca: CertificateAuthority::load_or_create(dir.path()).unwrap(),
-            presence: Presence::new(),
-            settings: Settings::default(),
-        });
-        let (operator, _) = mint_credential(&state, "op", Role::Operator, "test").await.unwrap();
-        let (viewer, _) = mint_credential(&state, "reader", Role::Viewer, "test").await.unwrap();
-        Self {
-            _dir: dir,
-            api: FleetApi::new(state.clone()),
-            state,
-            operator: operator.to_string(),
-            viewer: viewer.to_string(),
-        }
+        Self(TestFleet::new().await)
     }
 
     fn request<T>(credential: &str, message: T) -> Request<T> {
-        let mut request = Request::new(message);
-        request.metadata_mut().insert("authorization", format!("Bearer {credential}").parse().unwrap());
-        request
+        TestFleet::request(credential, message)
     }
 
     async fn apply(&self, file_name: &str, spec: &str) -> Result<pb::ApplyEnvironmentResponse, Status> {
