@@ -371,3 +371,69 @@ fn check_plan(assignment: &Assignment, facts: &MachineFacts) -> Result<(), Strin
         )),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use comfyfleet_config::inventory::{ComputeCapability, CudaVersion};
+    use comfyfleet_config::{AssignmentReason, Spec, SpecFormat};
+
+    use super::*;
+
+    fn h100() -> MachineFacts {
+        MachineFacts {
+            id: String::new(),
+            hostname: String::new(),
+            labels: Default::default(),
+            os: Some("linux".into()),
+            arch: Some("x86_64".into()),
+            nvml_problem: None,
+            driver_version: Some("580.95.05".into()),
+            cuda_driver_version: Some(CudaVersion::new(13, 0)),
+            gpus: vec![GpuFacts {
+                index: 0,
+                name: Some("NVIDIA H100 80GB HBM3".into()),
+                compute_capability: Some(ComputeCapability::new(9, 0)),
+                memory_total_bytes: Some(80 << 30),
+            }],
+            reported: true,
+        }
+    }
+
+    fn assignment_for(facts: &MachineFacts) -> Assignment {
+        let text = include_str!("../../config/examples/render-farm.toml")
+            .replace("ref = \"v0.3.60\"", &format!("ref = \"v0.3.60\"\ncommit = \"{}\"", "a".repeat(40)))
+            .replace("ref = \"main\"", &format!("ref = \"main\"\ncommit = \"{}\"", "b".repeat(40)));
+        let spec = Spec::parse("render-farm.toml", &text, SpecFormat::Toml).unwrap();
+        let plan = Resolver::new(&spec).plan(facts).unwrap();
+        Assignment {
+            generation: 1,
+            environment: spec.name.clone(),
+            revision_number: 1,
+            revision_id: spec.digest(),
+            spec,
+            plan,
+            activate: true,
+            reason: AssignmentReason::Rollout,
+        }
+    }
+
+    #[test]
+    fn the_plan_must_be_what_this_machine_resolves_itself() {
+        let facts = h100();
+        let assignment = assignment_for(&facts);
+        assert_eq!(check_plan(&assignment, &facts), Ok(()));
+
+        // The controller planned from facts this machine no longer has: an RTX 5090
+        // was put in, which the planned SageAttention 2 wheel has no kernels for.
+        let mut swapped = facts.clone();
+        swapped.gpus[0].compute_capability = Some(ComputeCapability::new(12, 0));
+        let refused = check_plan(&assignment, &swapped).unwrap_err();
+        assert!(refused.contains("inventory changed since it was planned"), "{refused}");
+
+        // A driver too old for every allowed build: this machine cannot run it at all.
+        let mut old_driver = facts;
+        old_driver.cuda_driver_version = Some(CudaVersion::new(12, 2));
+        let refused = check_plan(&assignment, &old_driver).unwrap_err();
+        assert!(refused.contains("cannot run render-prod@1") && refused.contains("CUDA 12.2"), "{refused}");
+    }
+}

@@ -180,3 +180,84 @@ impl MachineAssignment {
         format!("{}@{} ({})", self.environment, self.revision_number, self.revision_id.short())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::resolve::{MachineFacts, Resolver};
+
+    fn pinned_example() -> Spec {
+        let text = include_str!("../examples/render-farm.toml")
+            .replace("ref = \"v0.3.60\"", &format!("ref = \"v0.3.60\"\ncommit = \"{}\"", "a".repeat(40)))
+            .replace("ref = \"main\"", &format!("ref = \"main\"\ncommit = \"{}\"", "b".repeat(40)));
+        Spec::parse("render-farm.toml", &text, SpecFormat::Toml).unwrap()
+    }
+
+    fn record(spec: &Spec) -> AssignmentRecord {
+        let facts: MachineFacts = serde_json::from_value(serde_json::json!({
+            "id": "m", "hostname": "h", "labels": {}, "os": "linux", "arch": "x86_64",
+            "nvml_problem": null, "driver_version": "570.133.07", "cuda_driver_version": "12.8",
+            "gpus": [{"index": 0, "name": "NVIDIA GeForce RTX 4090", "compute_capability": "8.9", "memory_total_bytes": 1}],
+            "reported": true
+        }))
+        .unwrap();
+        let plan = Resolver::new(spec).plan(&facts).unwrap();
+        AssignmentRecord {
+            generation: 7,
+            environment: spec.name.clone(),
+            revision_number: 3,
+            revision_id: spec.digest().to_string(),
+            spec_json: crate::spec::canonical::to_canonical_json(spec),
+            plan_json: serde_json::to_string(&plan).unwrap(),
+            activate: true,
+            reason: "rollout".into(),
+        }
+    }
+
+    #[test]
+    fn a_good_record_round_trips() {
+        let spec = pinned_example();
+        let record = record(&spec);
+        let assignment = Assignment::from_record(&record).unwrap();
+        assert_eq!(assignment.generation, 7);
+        assert_eq!(assignment.describe(), format!("render-prod@3 ({})", spec.digest().short()));
+        assert_eq!(assignment.to_record(), record);
+    }
+
+    #[test]
+    fn an_assignment_must_be_the_revision_it_claims_pinned_and_readable() {
+        let spec = pinned_example();
+        let mut other = record(&spec);
+        other.revision_id = "c".repeat(64);
+        assert!(matches!(Assignment::from_record(&other), Err(AssignmentError::Digest { .. })));
+
+        let mut renamed = record(&spec);
+        renamed.environment = "staging".into();
+        assert!(matches!(Assignment::from_record(&renamed), Err(AssignmentError::Environment { .. })));
+
+        let mut unpinned_spec = spec.clone();
+        unpinned_spec.custom_nodes[0].commit = None;
+        let mut unpinned = record(&spec);
+        unpinned.spec_json = crate::spec::canonical::to_canonical_json(&unpinned_spec);
+        unpinned.revision_id = unpinned_spec.digest().to_string();
+        let error = Assignment::from_record(&unpinned).unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "custom node ComfyUI-KJNodes is not pinned to a commit; only applied revisions can be assigned"
+        );
+
+        let mut garbage = record(&spec);
+        garbage.plan_json = "{".into();
+        assert!(matches!(Assignment::from_record(&garbage), Err(AssignmentError::Plan(_))));
+        let mut hostile = record(&spec);
+        hostile.spec_json =
+            hostile.spec_json.replace("\"ref\":\"main\"", "\"ref\":\"--upload-pack=touch /tmp/x\"");
+        assert!(matches!(Assignment::from_record(&hostile), Err(AssignmentError::Spec(_))));
+        let mut reason = record(&spec);
+        reason.reason = "because".into();
+        assert!(matches!(
+            Assignment::from_record(&reason),
+            Err(AssignmentError::Field { field: "reason", .. })
+        ));
+    }
+}
