@@ -15,7 +15,7 @@ use serde::Deserialize;
 use super::optimizations::{distributions, load};
 use super::record::TorchFacts;
 use super::{Build, StepOutcome, StepResult};
-use crate::command::Invocation;
+use crate::command::{self, Invocation};
 use crate::report::StepHandle;
 
 const VERIFY_SCRIPT: &str = include_str!("verify.py");
@@ -82,13 +82,16 @@ pub async fn run(build: &mut Build<'_>, step: &mut StepHandle) -> StepResult {
         .arg(request)
         .cwd(&build.env.path)
         .timeout(VERIFY_TIMEOUT);
-    let tail = build.run(step, invocation).await?;
-    let line = tail
-        .lines()
-        .rev()
-        .find_map(|line| line.strip_prefix(MARKER))
-        .ok_or("the environment's Python printed no verification result")?;
-    let output: Output = serde_json::from_str(line)
+    // The result line is kept whole (report tails cut long lines).
+    let mut result = None;
+    command::run(&invocation, &build.tools.environment, &mut |line| match line.strip_prefix(MARKER) {
+        Some(json) => result = Some(json.to_owned()),
+        None => step.line(line),
+    })
+    .await
+    .map_err(|error| error.summary())?;
+    let line = result.ok_or("the environment's Python printed no verification result")?;
+    let output: Output = serde_json::from_str(&line)
         .map_err(|error| format!("the verification result is unreadable: {error}"))?;
 
     let torch = output.torch.ok_or_else(|| {
