@@ -23,7 +23,8 @@
 //! reports the new generation active: `--wait` polls every 500 ms, which would
 //! swamp the sub-second figures.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::print_stdout, clippy::print_stderr)] // a benchmark's main: fails loudly, prints its figures
+// A benchmark's main: it fails loudly and prints its figures.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::print_stdout, clippy::print_stderr)]
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -40,6 +41,8 @@ const POLL: Duration = Duration::from_millis(50);
 const BUILD_STEPS: [&str; 9] =
     ["uv", "comfyui", "custom-nodes", "venv", "torch", "requirements", "optimizations", "verify", "complete"];
 const ACTIVATION_STEPS: [&str; 4] = ["drain", "switch", "start", "health"];
+/// Where the torch build's wheels are served (torchsde, also on the index, is not one).
+const TORCH_WHEELS: [&str; 3] = ["/files/torch-", "/files/torchvision-", "/files/torchaudio-"];
 const MIB: f64 = 1024.0 * 1024.0;
 
 struct Settings {
@@ -81,6 +84,7 @@ impl Settings {
 #[derive(Debug, Clone, Copy, Default)]
 struct Traffic {
     requests: u64,
+    /// torch, torchvision and torchaudio.
     torch_wheels: u64,
     other_wheels: u64,
     /// PEP 658 `.metadata` files beside the wheels.
@@ -96,7 +100,7 @@ impl Traffic {
             traffic.requests += count.requests;
             let kind = if path.ends_with(".metadata") {
                 &mut traffic.metadata
-            } else if path.starts_with("/files/torch-") {
+            } else if TORCH_WHEELS.iter().any(|prefix| path.starts_with(prefix)) {
                 &mut traffic.torch_wheels
             } else if path.starts_with("/files/") || path.starts_with("/wheels/") {
                 &mut traffic.other_wheels
@@ -180,7 +184,15 @@ fn measure(fleet: &Fleet, id: &str, ran: Ran, command: impl FnOnce()) -> (Sample
         Ran::Everything => &[&BUILD_STEPS[..], &ACTIVATION_STEPS[..]].concat(),
         Ran::Activation => &ACTIVATION_STEPS,
         Ran::Nothing => {
-            assert_eq!(machine["report"]["steps"], steps_before, "a no-op changed the report's steps");
+            // The no-op report carries the build's steps from its record: each one
+            // that ever started was there before, with the same start.
+            let before = steps_before.as_array().unwrap();
+            for step in report_steps {
+                let same = |earlier: &Value| {
+                    earlier["name"] == step["name"] && earlier["started_at"] == step["started_at"]
+                };
+                assert!(step["started_at"].is_null() || before.iter().any(same), "a no-op ran {step}");
+            }
             &[]
         }
     };
@@ -297,9 +309,11 @@ fn run_sequence(fleet: &Fleet, run: usize, scenarios: &mut [Scenario; 5]) {
     }
     eprintln!("run {run}: rollback ×{REPEATS} …");
     for _ in 0..REPEATS {
-        let (sample, _) = measure(fleet, &id, Ran::Activation, || {
-            fleet.cli(&["machines", "rollback", &id]).success();
+        let mut said = String::new();
+        let (sample, machine) = measure(fleet, &id, Ran::Activation, || {
+            said = fleet.cli(&["machines", "rollback", &id]).success();
         });
+        eprintln!("  {} ({}): {:.2} s", said.trim(), torch_of(&machine), sample.wall.as_secs_f64());
         scenarios[4].samples.push(sample);
     }
     drop(agent);
@@ -369,7 +383,9 @@ fn print_tables(scenarios: &[Scenario; 5], runs: usize) {
     }
 
     println!("\nWhat the index served (median sample):\n");
-    println!("| scenario | requests | torch wheels | other wheels | .metadata | index pages |");
+    println!(
+        "| scenario | requests | torch, torchvision, torchaudio | other wheels | .metadata | index pages |"
+    );
     println!("|---|---:|---:|---:|---:|---:|");
     for scenario in scenarios {
         let traffic = scenario.median().traffic;
@@ -402,8 +418,25 @@ fn print_tables(scenarios: &[Scenario; 5], runs: usize) {
     }
 }
 
+/// `cargo bench` runs this from target/release, and the harness starts the binaries
+/// beside it: say how to build them rather than fail on the first one missing.
+fn check_release_binaries() {
+    let exe = std::env::current_exe().unwrap();
+    let profile_dir = exe.parent().and_then(std::path::Path::parent).unwrap();
+    for name in ["comfyfleet-controller", "comfyfleet-agent", "comfyfleet", "libcomfyfleet_fake_nvml.so"] {
+        let path = profile_dir.join(name);
+        assert!(
+            path.exists(),
+            "{} is missing: build the binaries in the profile the bench runs in first, \
+             `cargo build --release --workspace` for `cargo bench`",
+            path.display()
+        );
+    }
+}
+
 fn main() {
     let settings = Settings::parse();
+    check_release_binaries();
     let python = system_python();
     let mut options = CatalogOptions::new(&python.tag);
     options.torch_padding_bytes = settings.torch_mib * 1024 * 1024;
