@@ -22,10 +22,6 @@ impl Reporter {
         (Reporter { sender: Arc::new(sender) }, receiver)
     }
 
-    pub fn subscribe(&self) -> watch::Receiver<ConvergenceReport> {
-        self.sender.subscribe()
-    }
-
     pub fn current(&self) -> ConvergenceReport {
         self.sender.borrow().clone()
     }
@@ -84,10 +80,6 @@ pub struct StepHandle {
 }
 
 impl StepHandle {
-    pub fn name(&self) -> &'static str {
-        self.name
-    }
-
     pub fn progress(&self, detail: impl Into<String>) {
         let detail = detail.into();
         self.reporter.update_step(self.name, |step| step.detail = detail);
@@ -98,16 +90,6 @@ impl StepHandle {
         self.tail.push(line);
         let tail = self.tail.text();
         self.reporter.update_step(self.name, |step| step.output_tail = tail);
-    }
-
-    /// Keeps `tail` as the step's output (a command that already finished).
-    pub fn set_tail(&mut self, tail: &str) {
-        self.tail = OutputTail::default();
-        for line in tail.lines() {
-            self.tail.push(line);
-        }
-        let text = self.tail.text();
-        self.reporter.update_step(self.name, |step| step.output_tail = text);
     }
 
     pub fn finish(self, state: StepState, detail: impl Into<String>) -> StepReport {

@@ -43,11 +43,6 @@ impl Phase {
             Phase::Failed => "failed",
         }
     }
-
-    /// Whether the agent has finished with its assignment, one way or the other.
-    pub fn is_settled(self) -> bool {
-        matches!(self, Phase::Idle | Phase::Prepared | Phase::Active | Phase::Failed)
-    }
 }
 
 impl fmt::Display for Phase {
@@ -201,11 +196,6 @@ impl ConvergenceReport {
 
     pub fn step(&self, name: &str) -> Option<&StepReport> {
         self.steps.iter().find(|step| step.name == name)
-    }
-
-    /// Optimisations that were planned but did not verify.
-    pub fn failed_optimizations(&self) -> impl Iterator<Item = &OptimizationOutcome> {
-        self.optimizations.iter().filter(|outcome| outcome.state == OptimizationState::Failed)
     }
 
     /// Checks what a controller must not store blindly: sizes and text.

@@ -63,10 +63,6 @@ impl InstalledEnvironments {
         self.current.is_none() && self.installed.is_empty()
     }
 
-    pub fn current_environment(&self) -> Option<&InstalledEnvironment> {
-        self.installed.iter().find(|environment| environment.current)
-    }
-
     /// The environment that was current before the current one: the newest other
     /// one that was ever activated.
     pub fn previous(&self) -> Option<&InstalledEnvironment> {

@@ -38,4 +38,33 @@ mod tests {
         die_with_parent(&mut command);
         assert!(command.status().await.unwrap().success());
     }
+
+    /// The state letter of /proc/PID/stat, `None` once the process is gone.
+    fn state(pid: u32) -> Option<char> {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        stat.rsplit(')').next()?.trim_start().chars().next()
+    }
+
+    #[test]
+    fn the_child_is_killed_when_the_thread_that_spawned_it_ends() {
+        // A thread with its own runtime stands for the agent: it spawns a long
+        // sleep and ends without waiting for it (no kill_on_drop).
+        let pid = std::thread::spawn(|| {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            runtime.block_on(async {
+                let mut command = tokio::process::Command::new("sleep");
+                command.arg("30");
+                die_with_parent(&mut command);
+                let child = command.spawn().unwrap();
+                child.id().unwrap()
+            })
+        })
+        .join()
+        .unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while matches!(state(pid), Some(state) if state != 'Z') {
+            assert!(std::time::Instant::now() < deadline, "the child outlived its parent thread");
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    }
 }

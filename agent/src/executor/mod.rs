@@ -141,14 +141,6 @@ impl Executor {
         Self { layout, tools }
     }
 
-    pub fn layout(&self) -> &Layout {
-        &self.layout
-    }
-
-    pub fn tools(&self) -> &Tools {
-        &self.tools
-    }
-
     /// Builds and verifies the environment `assignment` asks for, or finds it built.
     pub async fn prepare(
         &self,

@@ -109,6 +109,12 @@ async fn install_one(
                     DownloadError::Sha256Mismatch { .. } => Failure::Integrity(error.to_string()),
                     other => Failure::Install(other.to_string()),
                 })?;
+            tracing::info!(
+                optimization = %optimization.name,
+                downloaded_bytes = fetched.downloaded_bytes,
+                "kernel wheel verified{}",
+                if fetched.downloaded_bytes == 0 { " (from the agent's cache)" } else { "" }
+            );
             fetched.path.into_os_string()
         }
         OptimizationSource::Index { requirement, .. } => requirement.into(),
