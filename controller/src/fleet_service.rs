@@ -17,7 +17,7 @@ use crate::auth::{Caller, authenticate};
 use crate::presence::{KickReason, Presence};
 use crate::state::ControllerState;
 use crate::store::{CredentialRecord, JoinTokenRecord, Store, StoredMachine};
-use crate::{environment_service, rollout_service, secrets};
+use crate::{environment_service, rollout_service, rollouts, secrets};
 
 const DEFAULT_PAGE: u32 = 200;
 const MAX_PAGE: u32 = 1000;
@@ -494,6 +494,56 @@ impl pb::fleet_service_server::FleetService for FleetApi {
     ) -> Result<Response<pb::RollbackMachineResponse>, Status> {
         let caller = self.caller(&request, Role::Operator).await?;
         rollout_service::rollback(&self.state, &caller, request.into_inner()).await.map(Response::new)
+    }
+
+    async fn get_rollout(&self, request: Request<pb::GetRolloutRequest>) -> Result<Response<pb::Rollout>, Status> {
+        self.caller(&request, Role::Viewer).await?;
+        rollouts::api::get(&self.state, request.into_inner()).await.map(Response::new)
+    }
+
+    async fn list_rollouts(
+        &self,
+        request: Request<pb::ListRolloutsRequest>,
+    ) -> Result<Response<pb::ListRolloutsResponse>, Status> {
+        self.caller(&request, Role::Viewer).await?;
+        rollouts::api::list(&self.state, request.into_inner()).await.map(Response::new)
+    }
+
+    async fn list_rollout_events(
+        &self,
+        request: Request<pb::ListRolloutEventsRequest>,
+    ) -> Result<Response<pb::ListRolloutEventsResponse>, Status> {
+        self.caller(&request, Role::Viewer).await?;
+        rollouts::api::events(&self.state, request.into_inner()).await.map(Response::new)
+    }
+
+    async fn pause_rollout(&self, request: Request<pb::RolloutActionRequest>) -> Result<Response<pb::Rollout>, Status> {
+        let caller = self.caller(&request, Role::Operator).await?;
+        rollouts::api::act(&self.state, &caller, rollouts::Command::Pause, request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn resume_rollout(&self, request: Request<pb::RolloutActionRequest>) -> Result<Response<pb::Rollout>, Status> {
+        let caller = self.caller(&request, Role::Operator).await?;
+        rollouts::api::act(&self.state, &caller, rollouts::Command::Resume, request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn abort_rollout(&self, request: Request<pb::RolloutActionRequest>) -> Result<Response<pb::Rollout>, Status> {
+        let caller = self.caller(&request, Role::Operator).await?;
+        rollouts::api::act(&self.state, &caller, rollouts::Command::Abort, request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn undo_rollout(
+        &self,
+        request: Request<pb::UndoRolloutRequest>,
+    ) -> Result<Response<pb::StartRolloutResponse>, Status> {
+        let caller = self.caller(&request, Role::Operator).await?;
+        rollouts::api::undo(&self.state, &caller, request.into_inner()).await.map(Response::new)
     }
 }
 

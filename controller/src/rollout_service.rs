@@ -112,7 +112,7 @@ pub async fn start(
     }
     state.audit(&caller.actor(), "rollout.start", &label, &tally.to_string()).await;
     tracing::info!(revision = %label, id = %revision.id.short(), %tally, by = %caller.actor(), "rollout started");
-    Ok(pb::StartRolloutResponse { revision: Some(revision_to_wire(&revision)), targets })
+    Ok(pb::StartRolloutResponse { revision: Some(revision_to_wire(&revision)), targets, rollout: None })
 }
 
 /// Assigns a machine the environment it ran before its current one.

@@ -51,6 +51,8 @@ impl From<&pb::RolloutTarget> for TargetView {
             pb::TargetOutcome::Assigned => "assigned",
             pb::TargetOutcome::Incompatible => "incompatible",
             pb::TargetOutcome::NotTargeted => "not-targeted",
+            pb::TargetOutcome::Busy => "busy",
+            pb::TargetOutcome::Current => "current",
             pb::TargetOutcome::Unspecified => "unknown",
         };
         let assigned = outcome == "assigned";
@@ -143,7 +145,7 @@ pub async fn start(
     let machines: Vec<String> =
         machines.iter().map(|id| id.trim().to_owned()).filter(|id| !id.is_empty()).collect();
     let response = client
-        .start_rollout(pb::StartRolloutRequest { environment, revision, machines })
+        .start_rollout(pb::StartRolloutRequest { environment, revision, machines, policy: None })
         .await
         .map_err(status_error)?
         .into_inner();
