@@ -245,6 +245,7 @@ impl Session {
         };
         self.state.store.record_hello(&self.machine_id, &record).await.map_err(internal)?;
         let guard = self.state.presence.register(self.machine_id.clone(), now);
+        self.state.rollouts.connected(&self.machine_id);
         // A revocation between authentication and registration found no session to
         // end; look once more now that this one can be ended.
         let machine = self.state.store.get_machine(&self.machine_id).await.map_err(internal)?;
@@ -311,6 +312,7 @@ impl Session {
                 let report =
                     ConvergenceReport::try_from(report).map_err(|error: WireError| Status::from(error))?;
                 self.state.store.record_report(&self.machine_id, &report, now).await.map_err(internal)?;
+                self.state.rollouts.reported(&self.machine_id, &report, now);
                 let phase = (report.generation, report.phase);
                 if self.last_phase != Some(phase) {
                     self.last_phase = Some(phase);

@@ -155,7 +155,7 @@ mod tests {
         assert_eq!(record.spec_json, revision.spec_json, "the revision's canonical spec");
         let checked = Assignment::from_record(&record).expect("what an agent accepts");
         assert_eq!((checked.plan.torch.as_str(), checked.reason), ("2.8.0+cu128", AssignmentReason::Rollout));
-        assert!(checked.activate);
+        assert!(!checked.activate, "a rollout has the machine prepare first");
 
         fleet.state.presence.notify_assignment(&machine);
         assert!(next(&mut inbox).await.is_none(), "the same generation is not sent twice");

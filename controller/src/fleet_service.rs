@@ -485,7 +485,7 @@ impl pb::fleet_service_server::FleetService for FleetApi {
         request: Request<pb::StartRolloutRequest>,
     ) -> Result<Response<pb::StartRolloutResponse>, Status> {
         let caller = self.caller(&request, Role::Operator).await?;
-        rollout_service::start(&self.state, &caller, request.into_inner()).await.map(Response::new)
+        rollouts::api::start(&self.state, &caller, request.into_inner()).await.map(Response::new)
     }
 
     async fn rollback_machine(
@@ -496,7 +496,10 @@ impl pb::fleet_service_server::FleetService for FleetApi {
         rollout_service::rollback(&self.state, &caller, request.into_inner()).await.map(Response::new)
     }
 
-    async fn get_rollout(&self, request: Request<pb::GetRolloutRequest>) -> Result<Response<pb::Rollout>, Status> {
+    async fn get_rollout(
+        &self,
+        request: Request<pb::GetRolloutRequest>,
+    ) -> Result<Response<pb::Rollout>, Status> {
         self.caller(&request, Role::Viewer).await?;
         rollouts::api::get(&self.state, request.into_inner()).await.map(Response::new)
     }
@@ -517,21 +520,30 @@ impl pb::fleet_service_server::FleetService for FleetApi {
         rollouts::api::events(&self.state, request.into_inner()).await.map(Response::new)
     }
 
-    async fn pause_rollout(&self, request: Request<pb::RolloutActionRequest>) -> Result<Response<pb::Rollout>, Status> {
+    async fn pause_rollout(
+        &self,
+        request: Request<pb::RolloutActionRequest>,
+    ) -> Result<Response<pb::Rollout>, Status> {
         let caller = self.caller(&request, Role::Operator).await?;
         rollouts::api::act(&self.state, &caller, rollouts::Command::Pause, request.into_inner())
             .await
             .map(Response::new)
     }
 
-    async fn resume_rollout(&self, request: Request<pb::RolloutActionRequest>) -> Result<Response<pb::Rollout>, Status> {
+    async fn resume_rollout(
+        &self,
+        request: Request<pb::RolloutActionRequest>,
+    ) -> Result<Response<pb::Rollout>, Status> {
         let caller = self.caller(&request, Role::Operator).await?;
         rollouts::api::act(&self.state, &caller, rollouts::Command::Resume, request.into_inner())
             .await
             .map(Response::new)
     }
 
-    async fn abort_rollout(&self, request: Request<pb::RolloutActionRequest>) -> Result<Response<pb::Rollout>, Status> {
+    async fn abort_rollout(
+        &self,
+        request: Request<pb::RolloutActionRequest>,
+    ) -> Result<Response<pb::Rollout>, Status> {
         let caller = self.caller(&request, Role::Operator).await?;
         rollouts::api::act(&self.state, &caller, rollouts::Command::Abort, request.into_inner())
             .await

@@ -14,7 +14,7 @@ mod git_pin;
 pub mod pki;
 mod presence;
 mod rollout_service;
-mod rollouts;
+pub mod rollouts;
 mod secrets;
 pub mod server;
 pub mod state;

@@ -1,15 +1,12 @@
-//! Assigning revisions to machines. `StartRollout` resolves a revision for every
-//! machine it targets and assigns it, with a new generation, to each one that has a
-//! plan, all at once (batches, canaries and failure budgets come with the rollout
-//! engine). `RollbackMachine` assigns a machine the environment it ran before its
-//! current one, which it still has on disk. Either way the machine's live session is
-//! told at once; an offline machine gets its assignment when it reconnects.
+//! Assigning one machine outside a rollout: `RollbackMachine` assigns a machine the
+//! environment it ran before its current one, which it still has on disk. The
+//! machine's live session is told at once; an offline machine gets its assignment
+//! when it reconnects. Also the fleet listings the rollout engine starts from.
 //! `fleet_service` authenticates the caller and delegates here.
 
 use std::collections::HashSet;
-use std::fmt;
 
-use comfyfleet_config::resolve::{MachinePlan, Resolution, Resolver};
+use comfyfleet_config::resolve::{MachinePlan, Resolver};
 use comfyfleet_config::spec::names::printable;
 use comfyfleet_config::spec::{Spec, SpecFormat};
 use comfyfleet_config::{AssignmentReason, MachineFacts, MachineId, MachineRecord};
@@ -18,7 +15,7 @@ use jiff::Timestamp;
 use tonic::Status;
 
 use crate::auth::Caller;
-use crate::environment_service::{find_revision, revision_to_wire};
+use crate::environment_service::revision_to_wire;
 use crate::fleet_service::{internal, machine_record, resolve_machine};
 use crate::state::ControllerState;
 use crate::store::{NewAssignment, StoredAssignment, StoredMachine, StoredRevision};
@@ -27,93 +24,6 @@ use crate::store::{NewAssignment, StoredAssignment, StoredMachine, StoredRevisio
 const PAGE: u32 = 500;
 /// More machine names than this in one call is a mistake, not a list.
 const MAX_NAMED: usize = 10_000;
-const NOT_TARGETED: &str = "left out by the target selector";
-
-/// How many machines got each outcome: `3 assigned, 1 incompatible, 2 not targeted`.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-struct Tally {
-    assigned: usize,
-    incompatible: usize,
-    not_targeted: usize,
-}
-
-impl fmt::Display for Tally {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{} assigned, {} incompatible, {} not targeted",
-            self.assigned, self.incompatible, self.not_targeted
-        )
-    }
-}
-
-/// Plans `request`'s revision for every machine it targets (or the machines it names)
-/// and assigns it to each one that has a plan.
-#[tracing::instrument(skip_all, fields(environment = %request.environment, revision = %request.revision))]
-pub async fn start(
-    state: &ControllerState,
-    caller: &Caller,
-    request: pb::StartRolloutRequest,
-) -> Result<pb::StartRolloutResponse, Status> {
-    let revision = find_revision(state, &request.environment, &request.revision).await?;
-    let spec = revision_spec(&revision)?;
-    let resolver = Resolver::new(&spec);
-    // Every named machine is checked before anything is assigned.
-    let machines = if request.machines.is_empty() {
-        fleet(state).await?
-    } else {
-        named_machines(state, &request.machines).await?
-    };
-    let label = format!("{}@{}", revision.environment, revision.number);
-    let mut tally = Tally::default();
-    let mut targets = Vec::with_capacity(machines.len());
-    for machine in machines {
-        let record = machine_record(&state.presence, machine);
-        let mut target = pb::RolloutTarget {
-            machine_id: record.id.to_string(),
-            hostname: record.hostname.clone(),
-            outcome: pb::TargetOutcome::Unspecified.into(),
-            detail: String::new(),
-            online: record.online,
-            generation: 0,
-        };
-        match resolver.resolve(&MachineFacts::from(&record)) {
-            Resolution::Planned(plan) => {
-                let assigned =
-                    assign(state, caller, &record.id, &revision, &plan, AssignmentReason::Rollout).await;
-                let assigned = match assigned {
-                    Ok(assigned) => assigned,
-                    Err(status) => {
-                        // What was assigned stays assigned: say so in the audit log.
-                        let detail =
-                            format!("{tally} before failing at machine {}: {}", record.id, status.message());
-                        state.audit(&caller.actor(), "rollout.start", &label, &detail).await;
-                        return Err(status);
-                    }
-                };
-                tally.assigned += 1;
-                target.outcome = pb::TargetOutcome::Assigned.into();
-                target.detail = assigned.torch.clone();
-                target.generation = assigned.generation;
-                target.online = notify(state, &record);
-            }
-            Resolution::Incompatible(incompatibility) => {
-                tally.incompatible += 1;
-                target.outcome = pb::TargetOutcome::Incompatible.into();
-                target.detail = incompatibility.summary();
-            }
-            Resolution::NotTargeted => {
-                tally.not_targeted += 1;
-                target.outcome = pb::TargetOutcome::NotTargeted.into();
-                target.detail = NOT_TARGETED.to_owned();
-            }
-        }
-        targets.push(target);
-    }
-    state.audit(&caller.actor(), "rollout.start", &label, &tally.to_string()).await;
-    tracing::info!(revision = %label, id = %revision.id.short(), %tally, by = %caller.actor(), "rollout started");
-    Ok(pb::StartRolloutResponse { revision: Some(revision_to_wire(&revision)), targets, rollout: None })
-}
 
 /// Assigns a machine the environment it ran before its current one.
 #[tracing::instrument(skip_all, fields(machine = %request.id))]
@@ -181,7 +91,7 @@ pub async fn rollback(
 }
 
 /// The spec a stored revision holds (canonical JSON, itself a valid spec).
-fn revision_spec(revision: &StoredRevision) -> Result<Spec, Status> {
+pub(crate) fn revision_spec(revision: &StoredRevision) -> Result<Spec, Status> {
     let name = format!("{}@{}", revision.environment, revision.number);
     Spec::parse(&name, &revision.spec_json, SpecFormat::Json)
         .map_err(|errors| internal(format!("stored revision {name} no longer parses: {errors}")))
@@ -222,7 +132,7 @@ fn revoked(id: &MachineId) -> Status {
 }
 
 /// Every machine that is not revoked, in id order.
-async fn fleet(state: &ControllerState) -> Result<Vec<StoredMachine>, Status> {
+pub(crate) async fn fleet(state: &ControllerState) -> Result<Vec<StoredMachine>, Status> {
     let mut machines: Vec<StoredMachine> = Vec::new();
     loop {
         let after = machines.last().map(|machine| machine.id.clone());
@@ -236,7 +146,10 @@ async fn fleet(state: &ControllerState) -> Result<Vec<StoredMachine>, Status> {
 }
 
 /// Exactly the machines named (ids or unique prefixes), each once, in the order given.
-async fn named_machines(state: &ControllerState, names: &[String]) -> Result<Vec<StoredMachine>, Status> {
+pub(crate) async fn named_machines(
+    state: &ControllerState,
+    names: &[String],
+) -> Result<Vec<StoredMachine>, Status> {
     if names.len() > MAX_NAMED {
         return Err(Status::invalid_argument(format!(
             "{} machines named; name at most {MAX_NAMED}, or none to target every machine the spec selects",

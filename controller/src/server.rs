@@ -18,6 +18,7 @@ use crate::agent_service::AgentApi;
 use crate::fleet_service::FleetApi;
 use crate::pki::CertificateAuthority;
 use crate::presence::{KickReason, Presence};
+use crate::rollouts::Rollouts;
 use crate::state::{ControllerState, Settings};
 use crate::store::{SqliteStore, Store};
 use crate::tls;
@@ -83,12 +84,15 @@ pub async fn run(
     identity.save(data_dir)?;
     let tls_config = tls::server_config(&ca, identity)?;
 
+    let (rollouts, inbox) = Rollouts::new();
     let state = Arc::new(ControllerState {
         store,
         ca,
         presence: Presence::new(),
         settings: options.settings.clone(),
+        rollouts,
     });
+    let _engine = crate::rollouts::spawn(state.clone(), inbox);
     let admin_path = admin_file::ensure(data_dir, &url, &state).await?;
 
     let (health, health_service) = tonic_health::server::health_reporter();

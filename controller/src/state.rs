@@ -7,6 +7,7 @@ use jiff::Timestamp;
 
 use crate::pki::CertificateAuthority;
 use crate::presence::Presence;
+use crate::rollouts::Rollouts;
 use crate::store::Store;
 
 #[derive(Debug, Clone)]
@@ -32,6 +33,7 @@ pub struct ControllerState {
     pub ca: CertificateAuthority,
     pub presence: Arc<Presence>,
     pub settings: Settings,
+    pub rollouts: Rollouts,
 }
 
 impl ControllerState {

@@ -31,12 +31,15 @@ impl TestFleet {
     pub async fn new() -> Self {
         let dir = tempfile::tempdir().unwrap();
         let store = SqliteStore::open(&dir.path().join("controller.db")).await.unwrap();
+        let (rollouts, inbox) = crate::rollouts::Rollouts::new();
         let state = Arc::new(ControllerState {
             store: Arc::new(store),
             ca: CertificateAuthority::load_or_create(dir.path()).unwrap(),
             presence: Presence::new(),
             settings: Settings::default(),
+            rollouts,
         });
+        crate::rollouts::spawn(state.clone(), inbox);
         let (operator, _) = mint_credential(&state, "op", Role::Operator, "test").await.unwrap();
         let (viewer, _) = mint_credential(&state, "reader", Role::Viewer, "test").await.unwrap();
         let now = Timestamp::now();
@@ -108,6 +111,7 @@ impl TestFleet {
             environment: environment.to_owned(),
             revision: revision.to_owned(),
             machines: machines.iter().map(|m| (*m).to_owned()).collect(),
+            policy: None,
         };
         self.api.start_rollout(Self::request(&self.operator, message)).await.map(tonic::Response::into_inner)
     }

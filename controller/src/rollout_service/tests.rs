@@ -38,7 +38,7 @@ fn id(text: &str) -> MachineId {
 }
 
 #[tokio::test]
-async fn a_rollout_assigns_every_targeted_machine_that_has_a_plan() {
+async fn a_rollout_takes_every_targeted_machine_that_has_a_plan() {
     let fleet = fleet().await;
     let revision = fleet.apply(&spec("render", &commit('1'))).await;
     let response = fleet.start_rollout("render", "", &[]).await.unwrap();
@@ -46,7 +46,7 @@ async fn a_rollout_assigns_every_targeted_machine_that_has_a_plan() {
     assert_eq!(
         outcomes(&response),
         [
-            ("aa01".to_owned(), pb::TargetOutcome::Assigned, 1),
+            ("aa01".to_owned(), pb::TargetOutcome::Assigned, 0),
             ("aa02".to_owned(), pb::TargetOutcome::Incompatible, 0),
             ("bb01".to_owned(), pb::TargetOutcome::NotTargeted, 0),
         ],
@@ -58,41 +58,42 @@ async fn a_rollout_assigns_every_targeted_machine_that_has_a_plan() {
     assert!(t4.detail.contains("driver 535.230.02 supports CUDA 12.2"), "{}", t4.detail);
     assert_eq!(rtx4090.detail, "left out by the target selector");
 
-    let stored = fleet.state.store.assignment(&id("aa01")).await.unwrap().unwrap();
-    assert_eq!((stored.environment.as_str(), stored.revision_number), ("render", 1));
-    assert_eq!(stored.revision_id.as_str(), revision.id);
-    assert_eq!((stored.reason, stored.activate), (AssignmentReason::Rollout, true));
-    assert!(stored.assigned_by.starts_with("op ("), "{}", stored.assigned_by);
-    let plan: MachinePlan = serde_json::from_str(&stored.plan_json).unwrap();
-    assert_eq!((plan.torch.as_str(), stored.torch.as_str()), ("2.8.0+cu128", "2.8.0+cu128"));
-    assert_eq!(fleet.state.store.assignment(&id("aa02")).await.unwrap(), None);
-    assert_eq!(fleet.state.store.assignment(&id("cc01")).await.unwrap(), None);
-
-    let shown = fleet.get_machine(&id("aa01")).await.assignment.unwrap();
-    assert_eq!((shown.generation, shown.revision_number, shown.reason.as_str()), (1, 1, "rollout"));
-    assert_eq!(shown.torch, "2.8.0+cu128");
+    let rollout = response.rollout.unwrap();
+    assert_eq!(
+        (rollout.id, rollout.state(), rollout.kind.as_str()),
+        (1, pb::RolloutState::Running, "rollout")
+    );
+    let counts = rollout.counts.unwrap();
+    assert_eq!((counts.machines, counts.pending, counts.offline), (1, 1, 1));
+    let rows = fleet.state.store.rollout_machines(1).await.unwrap();
+    let plan: MachinePlan = serde_json::from_str(&rows[0].row.plan_json).unwrap();
+    assert_eq!((plan.torch.as_str(), rows[0].row.torch.as_str()), ("2.8.0+cu128", "2.8.0+cu128"));
+    // Offline: nothing is assigned until the machine is back.
+    assert_eq!(fleet.state.store.assignment(&id("aa01")).await.unwrap(), None);
 
     let audit = fleet.state.store.list_audit(1).await.unwrap();
     assert_eq!(
-        (audit[0].action.as_str(), audit[0].target.as_str(), audit[0].detail.as_str()),
-        ("rollout.start", "render@1", "1 assigned, 1 incompatible, 1 not targeted")
+        (audit[0].action.as_str(), audit[0].target.as_str()),
+        ("rollout.start", "render@1 (rollout 1)")
+    );
+    assert!(
+        audit[0].detail.starts_with("1 machines, canary 1, max unavailable 1 (10%)"),
+        "{}",
+        audit[0].detail
     );
 }
 
 #[tokio::test]
-async fn every_rollout_is_a_new_generation_even_of_the_same_revision() {
+async fn a_new_rollout_of_the_environment_supersedes_the_open_one() {
     let fleet = fleet().await;
     fleet.apply(&spec("render", &commit('1'))).await;
     fleet.apply(&spec("render", &commit('2'))).await;
-    let first = fleet.start_rollout("render", "1", &[]).await.unwrap();
-    assert_eq!(first.targets[0].generation, 1);
-    let retried = fleet.start_rollout("render", "1", &[]).await.unwrap();
-    assert_eq!(retried.targets[0].generation, 2, "a retry of the same revision");
-    let upgraded = fleet.start_rollout("render", "", &[]).await.unwrap();
-    assert_eq!(upgraded.revision.unwrap().number, 2);
-    assert_eq!(upgraded.targets[0].generation, 3);
-    let stored = fleet.state.store.assignment(&id("aa01")).await.unwrap().unwrap();
-    assert_eq!((stored.generation, stored.revision_number), (3, 2));
+    let first = fleet.start_rollout("render", "1", &[]).await.unwrap().rollout.unwrap();
+    let second = fleet.start_rollout("render", "", &[]).await.unwrap().rollout.unwrap();
+    assert_eq!((second.id, second.revision_number), (first.id + 1, 2));
+    let first = fleet.state.store.rollout(first.id).await.unwrap().unwrap();
+    assert_eq!(first.state, crate::rollouts::model::RolloutState::Aborted);
+    assert!(first.reason.ends_with(": superseded by a new rollout"), "{}", first.reason);
 
     let unknown = fleet.start_rollout("render", "9", &[]).await.unwrap_err();
     assert_eq!(unknown.code(), Code::NotFound);
@@ -122,7 +123,7 @@ async fn named_machines_are_exactly_the_targets_and_a_bad_name_assigns_nothing()
         outcomes(&response),
         [
             ("bb01".to_owned(), pb::TargetOutcome::NotTargeted, 0),
-            ("aa01".to_owned(), pb::TargetOutcome::Assigned, 1),
+            ("aa01".to_owned(), pb::TargetOutcome::Assigned, 0),
         ],
         "in the order named, each once; the selector still applies"
     );
@@ -196,14 +197,18 @@ async fn a_rollback_assigns_the_environment_the_machine_ran_before() {
     let revision = response.revision.unwrap();
     assert_eq!((revision.number, revision.id.as_str()), (1, first.id.as_str()));
     let assignment = response.machine.unwrap().assignment.unwrap();
-    assert_eq!((assignment.generation, assignment.revision_number), (2, 1));
+    assert_eq!(
+        (assignment.generation, assignment.revision_number),
+        (1, 1),
+        "offline, the rollout assigned nothing"
+    );
     assert_eq!((assignment.reason.as_str(), assignment.activate), ("rollback", true));
     let stored = fleet.state.store.assignment(&id("aa01")).await.unwrap().unwrap();
     let plan: MachinePlan = serde_json::from_str(&stored.plan_json).unwrap();
     assert_eq!(plan.torch, "2.8.0+cu128");
     let audit = fleet.state.store.list_audit(1).await.unwrap();
     assert_eq!((audit[0].action.as_str(), audit[0].target.as_str()), ("machine.rollback", "aa01"));
-    assert_eq!(audit[0].detail, format!("to render@1 ({}), generation 2", &first.id[..12]));
+    assert_eq!(audit[0].detail, format!("to render@1 ({}), generation 1", &first.id[..12]));
 }
 
 #[tokio::test]
@@ -245,10 +250,4 @@ async fn a_rollback_to_a_revision_the_controller_never_stored_is_refused() {
     );
     let revoked = fleet.rollback("cc01").await.unwrap_err();
     assert_eq!(revoked.code(), Code::FailedPrecondition);
-}
-
-#[test]
-fn tallies_read_as_the_cli_prints_them() {
-    let tally = Tally { assigned: 3, incompatible: 1, not_targeted: 2 };
-    assert_eq!(tally.to_string(), "3 assigned, 1 incompatible, 2 not targeted");
 }

@@ -11,6 +11,8 @@ use jiff::Timestamp;
 
 pub use sqlite::SqliteStore;
 
+use crate::rollouts::model::{NewRollout, RolloutRecord, RolloutStep, StoredEvent, StoredMachineRow};
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("database error while {doing}: {source}")]
@@ -329,6 +331,29 @@ pub trait Store: Send + Sync + 'static {
         at: Timestamp,
     ) -> StoreResult<()>;
     async fn report(&self, machine: &MachineId) -> StoreResult<Option<ConvergenceReport>>;
+    /// Every machine's latest report with when it arrived.
+    async fn all_reports(&self) -> StoreResult<Vec<(MachineId, ConvergenceReport, Timestamp)>>;
+
+    /// Creates a running rollout with its machine rows and first events, in one
+    /// transaction.
+    async fn create_rollout(&self, rollout: &NewRollout) -> StoreResult<RolloutRecord>;
+    /// In one transaction: every row write (with its assignment, whose new generation
+    /// becomes the row's), the events and the rollout's change. Returns the
+    /// assignments made, in the order of the rows that made them.
+    async fn apply_rollout_step(
+        &self,
+        rollout: u64,
+        step: &RolloutStep,
+    ) -> StoreResult<Vec<StoredAssignment>>;
+    async fn rollout(&self, id: u64) -> StoreResult<Option<RolloutRecord>>;
+    /// Newest first; `None` for every environment.
+    async fn list_rollouts(&self, environment: Option<&str>, limit: u32) -> StoreResult<Vec<RolloutRecord>>;
+    /// Running and paused rollouts, oldest first.
+    async fn open_rollouts(&self) -> StoreResult<Vec<RolloutRecord>>;
+    /// In rollout order (canaries first).
+    async fn rollout_machines(&self, rollout: u64) -> StoreResult<Vec<StoredMachineRow>>;
+    /// Oldest first, ids greater than `after`.
+    async fn rollout_events(&self, rollout: u64, after: u64, limit: u32) -> StoreResult<Vec<StoredEvent>>;
 }
 
 #[cfg(test)]

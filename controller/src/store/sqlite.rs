@@ -3,6 +3,7 @@
 
 mod environments;
 mod provisioning;
+mod rollouts;
 #[cfg(test)]
 mod tests;
 
@@ -10,6 +11,7 @@ use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
 
+use crate::rollouts::model::{NewRollout, RolloutRecord, RolloutStep, StoredEvent, StoredMachineRow};
 use comfyfleet_config::spec::SpecDigest;
 use comfyfleet_config::{ConvergenceReport, Inventory, Labels, MachineId, Role};
 use jiff::Timestamp;
@@ -29,6 +31,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("../../migrations/0001_fleet.sql")),
     (2, include_str!("../../migrations/0002_environments.sql")),
     (3, include_str!("../../migrations/0003_provisioning.sql")),
+    (4, include_str!("../../migrations/0004_rollouts.sql")),
 ];
 
 pub struct SqliteStore {
@@ -574,5 +577,49 @@ impl Store for SqliteStore {
 
     async fn report(&self, machine: &MachineId) -> StoreResult<Option<ConvergenceReport>> {
         self.get_report(machine).await
+    }
+
+    async fn all_reports(&self) -> StoreResult<Vec<(MachineId, ConvergenceReport, Timestamp)>> {
+        self.all_reports().await
+    }
+
+    async fn create_rollout(&self, rollout: &NewRollout) -> StoreResult<RolloutRecord> {
+        self.insert_rollout(rollout).await
+    }
+
+    async fn apply_rollout_step(
+        &self,
+        rollout: u64,
+        step: &RolloutStep,
+    ) -> StoreResult<Vec<StoredAssignment>> {
+        self.apply_step(rollout, step).await
+    }
+
+    async fn rollout(&self, id: u64) -> StoreResult<Option<RolloutRecord>> {
+        let id = i64::try_from(id).unwrap_or(i64::MAX).to_string();
+        Ok(self.select_rollouts("id = CAST(? AS INTEGER)", &[id], 1).await?.pop())
+    }
+
+    async fn list_rollouts(&self, environment: Option<&str>, limit: u32) -> StoreResult<Vec<RolloutRecord>> {
+        match environment {
+            Some(environment) => {
+                self.select_rollouts("environment = ?", &[environment.to_owned()], limit).await
+            }
+            None => self.select_rollouts("1", &[], limit).await,
+        }
+    }
+
+    async fn open_rollouts(&self) -> StoreResult<Vec<RolloutRecord>> {
+        let mut open = self.select_rollouts("state IN ('running', 'paused')", &[], u32::MAX).await?;
+        open.reverse();
+        Ok(open)
+    }
+
+    async fn rollout_machines(&self, rollout: u64) -> StoreResult<Vec<StoredMachineRow>> {
+        self.select_rollout_machines(rollout).await
+    }
+
+    async fn rollout_events(&self, rollout: u64, after: u64, limit: u32) -> StoreResult<Vec<StoredEvent>> {
+        self.select_rollout_events(rollout, after, limit).await
     }
 }

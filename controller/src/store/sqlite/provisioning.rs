@@ -85,6 +85,37 @@ fn assignment_from_row(row: &SqliteRow) -> StoreResult<StoredAssignment> {
     })
 }
 
+/// Replaces the machine's assignment inside `tx`, raising its generation by one.
+pub(super) async fn insert_assignment(
+    tx: &mut sqlx::SqliteConnection,
+    machine: &MachineId,
+    assignment: &NewAssignment,
+) -> StoreResult<StoredAssignment> {
+    let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "INSERT INTO machine_assignments ({ASSIGNMENT_COLUMNS}) VALUES (?, 1, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
+         ON CONFLICT (machine_id) DO UPDATE SET generation = machine_assignments.generation + 1, \
+         environment = excluded.environment, revision_number = excluded.revision_number, \
+         revision_id = excluded.revision_id, plan_json = excluded.plan_json, torch = excluded.torch, \
+         activate = excluded.activate, reason = excluded.reason, assigned_at = excluded.assigned_at, \
+         assigned_by = excluded.assigned_by \
+         RETURNING {ASSIGNMENT_COLUMNS}"
+    )))
+    .bind(machine.as_str())
+    .bind(&assignment.environment)
+    .bind(i64::from(assignment.revision_number))
+    .bind(assignment.revision_id.as_str())
+    .bind(&assignment.plan_json)
+    .bind(&assignment.torch)
+    .bind(assignment.activate)
+    .bind(assignment.reason.as_str())
+    .bind(millis(assignment.assigned_at))
+    .bind(&assignment.assigned_by)
+    .fetch_one(&mut *tx)
+    .await
+    .map_err(database("storing an assignment"))?;
+    assignment_from_row(&row)
+}
+
 impl SqliteStore {
     pub(super) async fn put_assignment(
         &self,
@@ -92,31 +123,26 @@ impl SqliteStore {
         assignment: &NewAssignment,
     ) -> StoreResult<StoredAssignment> {
         let mut tx = self.write_transaction("starting an assignment").await?;
-        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "INSERT INTO machine_assignments ({ASSIGNMENT_COLUMNS}) VALUES (?, 1, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
-             ON CONFLICT (machine_id) DO UPDATE SET generation = machine_assignments.generation + 1, \
-             environment = excluded.environment, revision_number = excluded.revision_number, \
-             revision_id = excluded.revision_id, plan_json = excluded.plan_json, torch = excluded.torch, \
-             activate = excluded.activate, reason = excluded.reason, assigned_at = excluded.assigned_at, \
-             assigned_by = excluded.assigned_by \
-             RETURNING {ASSIGNMENT_COLUMNS}"
-        )))
-        .bind(machine.as_str())
-        .bind(&assignment.environment)
-        .bind(i64::from(assignment.revision_number))
-        .bind(assignment.revision_id.as_str())
-        .bind(&assignment.plan_json)
-        .bind(&assignment.torch)
-        .bind(assignment.activate)
-        .bind(assignment.reason.as_str())
-        .bind(millis(assignment.assigned_at))
-        .bind(&assignment.assigned_by)
-        .fetch_one(&mut *tx)
-        .await
-        .map_err(database("storing an assignment"))?;
-        let stored = assignment_from_row(&row)?;
+        let stored = insert_assignment(&mut tx, machine, assignment).await?;
         tx.commit().await.map_err(database("committing an assignment"))?;
         Ok(stored)
+    }
+
+    pub(super) async fn all_reports(&self) -> StoreResult<Vec<(MachineId, ConvergenceReport, Timestamp)>> {
+        let rows = sqlx::query("SELECT machine_id, report_json, updated_at FROM machine_reports")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(database("reading convergence reports"))?;
+        rows.iter()
+            .map(|row| {
+                let id: String = get(row, "machine_id")?;
+                Ok((
+                    MachineId::from_str(&id).map_err(|e| corrupt("machine id")(e.to_string()))?,
+                    report_from_json(&get::<String>(row, "report_json")?)?,
+                    timestamp("report updated_at", get(row, "updated_at")?)?,
+                ))
+            })
+            .collect()
     }
 
     pub(super) async fn get_assignment(&self, machine: &MachineId) -> StoreResult<Option<StoredAssignment>> {

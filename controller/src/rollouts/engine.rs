@@ -1,0 +1,615 @@
+//! The task that drives every open rollout. Its memory is a cache of the store:
+//! each change is written (one transaction per step) before agents hear of it, and
+//! at start it is rebuilt from the rows and the agents' stored reports.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use comfyfleet_config::assignment::AssignmentReason;
+use comfyfleet_config::convergence::Phase;
+use comfyfleet_config::resolve::{Resolution, Resolver};
+use comfyfleet_config::spec::{Spec, SpecFormat};
+use comfyfleet_config::{MachineFacts, MachineId};
+use jiff::Timestamp;
+use tokio::sync::mpsc::error::TryRecvError;
+use tonic::Status;
+
+use super::create::current_revision;
+use super::model::{
+    AssignKind, MachineRow, MachineStatus, NewEvent, RevisionRef, RolloutChange, RolloutRecord, RolloutState,
+    RolloutStep, RowWrite,
+};
+use super::plan::{self, Context};
+use super::{Command, Created, Inbox, Message};
+use crate::fleet_service::{internal, machine_record};
+use crate::state::ControllerState;
+use crate::store::{NewAssignment, StoreResult, StoredRevision};
+
+/// How often every open rollout is looked at even when nothing was reported:
+/// progress deadlines, soaks, machines coming back.
+const TICK: Duration = Duration::from_millis(500);
+/// Messages taken in one batch before the rollouts they touch are stepped.
+const BATCH: usize = 20_000;
+
+struct Run {
+    record: RolloutRecord,
+    spec: Arc<Spec>,
+    rows: Vec<MachineRow>,
+    index: HashMap<MachineId, usize>,
+    /// Rows changed by reports and not yet written, with the status each left.
+    dirty: BTreeMap<usize, MachineStatus>,
+    progress: HashMap<MachineId, Timestamp>,
+}
+
+impl Run {
+    fn machine_index(&self, machine: &MachineId) -> Option<usize> {
+        self.index.get(machine).copied()
+    }
+}
+
+struct Engine {
+    state: Arc<ControllerState>,
+    runs: BTreeMap<u64, Run>,
+    owners: HashMap<MachineId, u64>,
+    specs: HashMap<RevisionRef, Arc<(StoredRevision, Spec)>>,
+}
+
+/// Starts the engine: loads every open rollout, then serves `inbox` until every
+/// sender is gone.
+pub fn spawn(state: Arc<ControllerState>, inbox: Inbox) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut engine =
+            Engine { state, runs: BTreeMap::new(), owners: HashMap::new(), specs: HashMap::new() };
+        if let Err(error) = engine.load().await {
+            tracing::error!(%error, "cannot load the open rollouts; they continue once the store answers");
+        }
+        engine.serve(inbox).await;
+    })
+}
+
+fn parse_spec(revision: &StoredRevision) -> Result<Spec, Status> {
+    let name = format!("{}@{}", revision.environment, revision.number);
+    Spec::parse(&name, &revision.spec_json, SpecFormat::Json)
+        .map_err(|errors| internal(format!("stored revision {name} no longer parses: {errors}")))
+}
+
+impl Engine {
+    async fn load(&mut self) -> StoreResult<()> {
+        let open = self.state.store.open_rollouts().await?;
+        if open.is_empty() {
+            return Ok(());
+        }
+        let reports = self.state.store.all_reports().await?;
+        for record in open {
+            let id = record.id;
+            if let Err(error) = self.adopt(record).await {
+                tracing::error!(rollout = id, %error, "cannot load rollout");
+            }
+        }
+        // Reports that arrived before the crash but whose effect was not written.
+        for (machine, report, at) in reports {
+            self.report(&machine, report.generation, report.phase, &report.error, at);
+        }
+        let ids: Vec<u64> = self.runs.keys().copied().collect();
+        for id in ids {
+            self.step(id).await;
+        }
+        tracing::info!(rollouts = self.runs.len(), "open rollouts loaded");
+        Ok(())
+    }
+
+    /// Takes an open rollout into memory.
+    async fn adopt(&mut self, record: RolloutRecord) -> Result<(), Status> {
+        let target = record.target();
+        let spec = self.spec(&target).await?;
+        let rows: Vec<MachineRow> = self
+            .state
+            .store
+            .rollout_machines(record.id)
+            .await
+            .map_err(internal)?
+            .into_iter()
+            .map(|r| r.row)
+            .collect();
+        let index = rows.iter().enumerate().map(|(i, row)| (row.machine_id.clone(), i)).collect();
+        for row in &rows {
+            self.owners.insert(row.machine_id.clone(), record.id);
+        }
+        let spec = Arc::new(spec.1.clone());
+        self.runs.insert(
+            record.id,
+            Run { record, spec, rows, index, dirty: BTreeMap::new(), progress: HashMap::new() },
+        );
+        Ok(())
+    }
+
+    async fn spec(&mut self, revision: &RevisionRef) -> Result<Arc<(StoredRevision, Spec)>, Status> {
+        if let Some(found) = self.specs.get(revision) {
+            return Ok(found.clone());
+        }
+        let stored = self
+            .state
+            .store
+            .environment_revision(&revision.environment, revision.number)
+            .await
+            .map_err(internal)?
+            .ok_or_else(|| internal(format!("revision {revision} is not in the store")))?;
+        let spec = parse_spec(&stored)?;
+        let found = Arc::new((stored, spec));
+        self.specs.insert(revision.clone(), found.clone());
+        Ok(found)
+    }
+
+    async fn serve(&mut self, mut inbox: Inbox) {
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let mut touched = BTreeSet::new();
+            tokio::select! {
+                message = inbox.0.recv() => {
+                    let Some(message) = message else { return };
+                    self.handle(message, &mut touched).await;
+                    for _ in 0..BATCH {
+                        match inbox.0.try_recv() {
+                            Ok(message) => self.handle(message, &mut touched).await,
+                            Err(TryRecvError::Empty) => break,
+                            Err(TryRecvError::Disconnected) => return,
+                        }
+                    }
+                }
+                _ = tick.tick() => touched.extend(self.runs.keys().copied()),
+            }
+            for id in touched {
+                self.step(id).await;
+            }
+        }
+    }
+
+    async fn handle(&mut self, message: Message, touched: &mut BTreeSet<u64>) {
+        match message {
+            Message::Report { machine, generation, phase, error, at } => {
+                if let Some(id) = self.report(&machine, generation, phase, &error, at) {
+                    touched.insert(id);
+                }
+            }
+            Message::Connected(machine) => match self.owners.get(&machine) {
+                Some(id) => {
+                    touched.insert(*id);
+                }
+                None => {
+                    if let Some(id) = self.join(&machine).await {
+                        touched.insert(id);
+                    }
+                }
+            },
+            Message::Create { rollout, reply } => {
+                let result = self.create(*rollout).await;
+                if let Ok(created) = &result {
+                    touched.insert(created.record.id);
+                }
+                let _ = reply.send(result);
+            }
+            Message::Command { id, command, actor, reason, reply } => {
+                let result = self.command(id, command, &actor, &reason).await;
+                touched.insert(id);
+                let _ = reply.send(result);
+            }
+        }
+    }
+
+    /// Applies a report to its machine's row in memory; the next step writes it.
+    fn report(
+        &mut self,
+        machine: &MachineId,
+        generation: u64,
+        phase: Phase,
+        error: &str,
+        at: Timestamp,
+    ) -> Option<u64> {
+        let id = *self.owners.get(machine)?;
+        let run = self.runs.get_mut(&id)?;
+        let index = run.machine_index(machine)?;
+        let row = &mut run.rows[index];
+        if generation > row.generation && row.generation != 0 && !row.status.is_done() {
+            // Someone assigned the machine something else: it has left the rollout.
+            let from = row.status;
+            row.status = MachineStatus::Skipped;
+            row.detail = format!("assigned outside the rollout (generation {generation})");
+            row.since = at;
+            run.dirty.entry(index).or_insert(from);
+            return Some(id);
+        }
+        if generation != row.generation {
+            return None;
+        }
+        run.progress.insert(machine.clone(), at);
+        let (status, detail) = plan::on_report(row, generation, phase, error)?;
+        let from = row.status;
+        row.status = status;
+        row.detail = detail;
+        row.since = at.max(row.since);
+        run.dirty.entry(index).or_insert(from);
+        Some(id)
+    }
+
+    /// Decides and writes one step of rollout `id`.
+    async fn step(&mut self, id: u64) {
+        let now = Timestamp::now();
+        let Some(run) = self.runs.get(&id) else { return };
+        let decision = {
+            let presence = &self.state.presence;
+            let online = |machine: &MachineId| presence.last_seen(machine).is_some();
+            let context = Context { now, online: &online, progress: &run.progress };
+            plan::decide(&run.record, &run.rows, &context)
+        };
+
+        let mut step = RolloutStep::default();
+        let mut changed: BTreeMap<usize, (MachineRow, MachineStatus)> =
+            run.dirty.iter().map(|(&index, &from)| (index, (run.rows[index].clone(), from))).collect();
+        let mut assignments: BTreeMap<usize, NewAssignment> = BTreeMap::new();
+        let record = run.record.clone();
+        let transitions = decision.transitions.clone();
+        for transition in transitions {
+            let Some(run) = self.runs.get(&id) else { return };
+            let (mut row, from) = changed
+                .remove(&transition.index)
+                .unwrap_or_else(|| (run.rows[transition.index].clone(), run.rows[transition.index].status));
+            let previous = row.status;
+            row.status = transition.status;
+            row.detail = transition.detail.clone();
+            row.stalled = transition.stalled;
+            if previous != row.status {
+                row.since = now;
+            }
+            match transition.assign {
+                Some(AssignKind::Prepare) => {
+                    assignments.insert(transition.index, self.assignment(&record, &row, false));
+                }
+                Some(AssignKind::Activate) => {
+                    row.activations += 1;
+                    assignments.insert(transition.index, self.assignment(&record, &row, true));
+                }
+                Some(AssignKind::Rollback) => {
+                    row.rollback_tried = true;
+                    match self.rollback(&record, &row).await {
+                        Ok(assignment) => {
+                            assignments.insert(transition.index, assignment);
+                        }
+                        Err(reason) => {
+                            row.status = MachineStatus::Failed;
+                            row.detail = format!("{}; cannot roll back: {reason}", row.detail);
+                        }
+                    }
+                }
+                None => {}
+            }
+            changed.insert(transition.index, (row, from));
+        }
+        for (index, (row, from)) in &changed {
+            if row.status != *from || row.stalled {
+                step.events.push(NewEvent::machine(now, row, *from));
+            }
+            step.rows.push(RowWrite { row: row.clone(), assignment: assignments.remove(index) });
+        }
+        step.events.extend(decision.events);
+        step.change = decision.change;
+        if step.is_empty() {
+            return;
+        }
+        let written = match self.state.store.apply_rollout_step(id, &step).await {
+            Ok(written) => written,
+            Err(error) => {
+                tracing::error!(rollout = id, %error, "cannot write a rollout step; retrying");
+                return;
+            }
+        };
+        let Some(run) = self.runs.get_mut(&id) else { return };
+        let mut generations: HashMap<MachineId, u64> =
+            written.iter().map(|assigned| (assigned.machine_id.clone(), assigned.generation)).collect();
+        for write in step.rows {
+            let mut row = write.row;
+            if let Some(generation) = generations.remove(&row.machine_id) {
+                row.generation = generation;
+                run.progress.remove(&row.machine_id);
+            }
+            if let Some(index) = run.machine_index(&row.machine_id) {
+                run.rows[index] = row;
+            }
+        }
+        run.dirty.clear();
+        if let Some(change) = &step.change {
+            change.apply(&mut run.record);
+            if change.state != record.state {
+                tracing::info!(rollout = id, state = change.state.as_str(), reason = %change.reason, "rollout state");
+            }
+        }
+        for assigned in &written {
+            self.state.presence.notify_assignment(&assigned.machine_id);
+        }
+        if !run.record.state.is_open() {
+            self.close(id);
+        }
+    }
+
+    fn close(&mut self, id: u64) {
+        if let Some(run) = self.runs.remove(&id) {
+            for row in &run.rows {
+                if self.owners.get(&row.machine_id) == Some(&id) {
+                    self.owners.remove(&row.machine_id);
+                }
+            }
+        }
+    }
+
+    fn assignment(&self, record: &RolloutRecord, row: &MachineRow, activate: bool) -> NewAssignment {
+        NewAssignment {
+            environment: record.environment.clone(),
+            revision_number: record.revision_number,
+            revision_id: record.revision_id.clone(),
+            plan_json: row.plan_json.clone(),
+            torch: row.torch.clone(),
+            activate,
+            reason: AssignmentReason::Rollout,
+            assigned_at: Timestamp::now(),
+            assigned_by: format!("rollout {} ({})", record.id, record.created_by),
+        }
+    }
+
+    /// An assignment of what the machine ran before, planned for it now.
+    async fn rollback(&mut self, record: &RolloutRecord, row: &MachineRow) -> Result<NewAssignment, String> {
+        let from = row.from.clone().ok_or("it ran nothing before this rollout")?;
+        let found = self.spec(&from).await.map_err(|status| status.message().to_owned())?;
+        let (revision, spec) = (&found.0, &found.1);
+        let machine = self
+            .state
+            .store
+            .get_machine(&row.machine_id)
+            .await
+            .map_err(|error| error.to_string())?
+            .ok_or("the machine is gone")?;
+        let facts = MachineFacts::from(&machine_record(&self.state.presence, machine));
+        let plan = Resolver::new(spec).plan(&facts).map_err(|incompatibility| incompatibility.summary())?;
+        let plan_json = serde_json::to_string(&plan).map_err(|error| error.to_string())?;
+        Ok(NewAssignment {
+            environment: revision.environment.clone(),
+            revision_number: revision.number,
+            revision_id: revision.id.clone(),
+            plan_json,
+            torch: plan.torch.clone(),
+            activate: true,
+            reason: AssignmentReason::Rollback,
+            assigned_at: Timestamp::now(),
+            assigned_by: format!("rollout {} ({})", record.id, record.created_by),
+        })
+    }
+
+    async fn create(&mut self, mut rollout: super::model::NewRollout) -> Result<Created, Status> {
+        let superseded: Vec<u64> = self
+            .runs
+            .values()
+            .filter(|run| run.record.environment == rollout.environment)
+            .map(|run| run.record.id)
+            .collect();
+        for id in superseded {
+            self.command(id, Command::Abort, &rollout.created_by, "superseded by a new rollout").await?;
+        }
+        let mut busy = Vec::new();
+        rollout.rows.retain(|row| match self.owners.get(&row.machine_id) {
+            Some(other) => {
+                busy.push((
+                    row.machine_id.clone(),
+                    format!("in running rollout {other} of another environment"),
+                ));
+                false
+            }
+            None => true,
+        });
+        let record = self.state.store.create_rollout(&rollout).await.map_err(internal)?;
+        tracing::info!(rollout = record.id, revision = %record.label(), machines = rollout.rows.len(), by = %record.created_by, "rollout started");
+        self.adopt(record.clone()).await?;
+        Ok(Created { record, busy })
+    }
+
+    async fn command(&mut self, id: u64, command: Command, actor: &str, reason: &str) -> Result<(), Status> {
+        let Some(run) = self.runs.get(&id) else {
+            let record = self.state.store.rollout(id).await.map_err(internal)?;
+            return Err(match record {
+                Some(record) => Status::failed_precondition(format!(
+                    "rollout {id} has {}; only a running or paused rollout can be told to {}",
+                    record.state.as_str(),
+                    command.as_str()
+                )),
+                None => Status::not_found(format!(
+                    "there is no rollout {id} (`comfyfleet rollout list` shows them)"
+                )),
+            });
+        };
+        let now = Timestamp::now();
+        let mut change = RolloutChange::of(&run.record);
+        let mut step = RolloutStep::default();
+        let said = if reason.is_empty() { String::new() } else { format!(": {reason}") };
+        match command {
+            Command::Pause => {
+                if run.record.state == RolloutState::Paused {
+                    return Ok(());
+                }
+                change.state = RolloutState::Paused;
+                change.reason = format!("paused by {actor}{said}");
+                change.budget_exceeded = false;
+                step.events.push(NewEvent::rollout(now, "paused", change.reason.clone()));
+            }
+            Command::Resume => {
+                if run.record.state == RolloutState::Running {
+                    return Ok(());
+                }
+                change.state = RolloutState::Running;
+                change.reason = String::new();
+                change.budget_exceeded = false;
+                let mut retried = 0;
+                for row in &run.rows {
+                    let retry = row.status.is_failure() && row.status != MachineStatus::RollingBack;
+                    if !retry && !row.stalled {
+                        continue;
+                    }
+                    let mut row = row.clone();
+                    let from = row.status;
+                    row.stalled = false;
+                    if retry {
+                        retried += 1;
+                        row.status = MachineStatus::Pending;
+                        row.attempts += 1;
+                        row.rollback_tried = false;
+                        row.detail = format!("attempt {}", row.attempts);
+                        row.since = now;
+                        step.events.push(NewEvent::machine(now, &row, from));
+                    }
+                    step.rows.push(RowWrite { row, assignment: None });
+                }
+                step.events.push(NewEvent::rollout(
+                    now,
+                    "resumed",
+                    format!("by {actor}; {retried} failed machines retried"),
+                ));
+            }
+            Command::Abort => {
+                change.state = RolloutState::Aborted;
+                change.reason = format!("aborted by {actor}{said}");
+                change.finished_at = Some(now);
+                let record = run.record.clone();
+                let rows = run.rows.clone();
+                for row in rows {
+                    if row.status.is_done() {
+                        continue;
+                    }
+                    let mut row = row;
+                    let from = row.status;
+                    let mut assignment = None;
+                    row.status = MachineStatus::Skipped;
+                    row.since = now;
+                    row.detail = match from {
+                        MachineStatus::Preparing | MachineStatus::Prepared => {
+                            match self.rollback(&record, &row).await {
+                                Ok(back) => {
+                                    assignment = Some(back);
+                                    "aborted before it switched; it keeps what it ran".to_owned()
+                                }
+                                Err(_) => "aborted before it switched".to_owned(),
+                            }
+                        }
+                        MachineStatus::Activating | MachineStatus::RollingBack => {
+                            "was switching when the rollout was aborted".to_owned()
+                        }
+                        _ => "aborted".to_owned(),
+                    };
+                    step.events.push(NewEvent::machine(now, &row, from));
+                    step.rows.push(RowWrite { row, assignment });
+                }
+                step.events.push(NewEvent::rollout(now, "aborted", change.reason.clone()));
+            }
+        }
+        step.change = Some(change.clone());
+        let written = self.state.store.apply_rollout_step(id, &step).await.map_err(internal)?;
+        tracing::info!(rollout = id, command = command.as_str(), by = actor, "rollout command");
+        let Some(run) = self.runs.get_mut(&id) else { return Ok(()) };
+        let generations: HashMap<&MachineId, u64> =
+            written.iter().map(|assigned| (&assigned.machine_id, assigned.generation)).collect();
+        for write in step.rows {
+            let mut row = write.row;
+            if let Some(generation) = generations.get(&row.machine_id) {
+                row.generation = *generation;
+            }
+            if let Some(index) = run.machine_index(&row.machine_id) {
+                run.rows[index] = row;
+            }
+        }
+        change.apply(&mut run.record);
+        for assigned in &written {
+            self.state.presence.notify_assignment(&assigned.machine_id);
+        }
+        if !change.state.is_open() {
+            self.close(id);
+        }
+        Ok(())
+    }
+
+    /// A machine no open rollout holds came online: if a running rollout's selector
+    /// takes it, it joins that rollout.
+    async fn join(&mut self, machine: &MachineId) -> Option<u64> {
+        if self
+            .runs
+            .values()
+            .all(|run| run.record.named_machines || run.record.state != RolloutState::Running)
+        {
+            return None;
+        }
+        let stored = match self.state.store.get_machine(machine).await {
+            Ok(Some(stored)) => stored,
+            Ok(None) => return None,
+            Err(error) => {
+                tracing::warn!(%error, machine_id = %machine, "cannot read a machine to see whether it joins a rollout");
+                return None;
+            }
+        };
+        if stored.revoked_at.is_some() {
+            return None;
+        }
+        let assigned_environment =
+            stored.assignment.as_ref().map(|assignment| assignment.environment.clone());
+        let record = machine_record(&self.state.presence, stored);
+        let current = current_revision(&record);
+        let facts = MachineFacts::from(&record);
+        let now = Timestamp::now();
+        for run in self.runs.values_mut() {
+            if run.record.named_machines || run.record.state != RolloutState::Running {
+                continue;
+            }
+            if assigned_environment.as_ref().is_some_and(|environment| *environment != run.record.environment)
+            {
+                continue;
+            }
+            let Resolution::Planned(plan) = Resolver::new(&run.spec).resolve(&facts) else { continue };
+            let ordinal = u32::try_from(run.rows.len()).unwrap_or(u32::MAX);
+            let canary = run.record.policy.canary;
+            let mut row = MachineRow {
+                machine_id: machine.clone(),
+                ordinal,
+                phase: plan::phase_of(ordinal, canary, run.record.batch_size).max(1),
+                status: MachineStatus::Pending,
+                generation: 0,
+                plan_json: serde_json::to_string(&plan).unwrap_or_default(),
+                torch: plan.torch.clone(),
+                from: current.clone(),
+                detail: "joined after the rollout started".to_owned(),
+                since: now,
+                activations: 0,
+                attempts: 1,
+                rollback_tried: false,
+                stalled: false,
+                joined: true,
+            };
+            if current.as_ref().is_some_and(|from| *from == run.record.target()) {
+                row.status = MachineStatus::Active;
+                row.detail = "joined; already runs this revision".to_owned();
+            }
+            let mut event = NewEvent::machine(now, &row, MachineStatus::Pending);
+            event.kind = "joined".to_owned();
+            let step = RolloutStep {
+                rows: vec![RowWrite { row: row.clone(), assignment: None }],
+                events: vec![event],
+                change: None,
+            };
+            let id = run.record.id;
+            if let Err(error) = self.state.store.apply_rollout_step(id, &step).await {
+                tracing::error!(rollout = id, %error, "cannot add a joining machine");
+                return None;
+            }
+            tracing::info!(rollout = id, machine_id = %machine, "machine joined the rollout");
+            run.index.insert(machine.clone(), run.rows.len());
+            run.rows.push(row);
+            self.owners.insert(machine.clone(), id);
+            return Some(id);
+        }
+        None
+    }
+}

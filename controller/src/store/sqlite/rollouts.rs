@@ -1,0 +1,288 @@
+//! Rollouts, their machine rows and events in SQLite. An engine step — row changes,
+//! the assignments they make and their events — is one transaction: after a crash
+//! the store holds either all of a decision or none of it.
+
+use std::str::FromStr;
+
+use comfyfleet_config::MachineId;
+use comfyfleet_config::spec::{RolloutPolicy, SpecDigest};
+use sqlx::sqlite::SqliteRow;
+
+use super::provisioning::insert_assignment;
+use super::{SqliteStore, corrupt, count, database, get, millis, optional_timestamp, timestamp};
+use crate::rollouts::model::{
+    MachineRow, NewEvent, NewRollout, RevisionRef, RolloutChange, RolloutKind, RolloutRecord, RolloutState,
+    RolloutStep, StoredEvent, StoredMachineRow,
+};
+use crate::store::{StoreError, StoreResult, StoredAssignment};
+
+const ROLLOUT_COLUMNS: &str = "id, environment, revision_number, revision_id, kind, policy_json, state, reason, \
+     budget_exceeded, named_machines, batch_size, undo_of, stalled, created_at, created_by, finished_at";
+
+const ROW_COLUMNS: &str = "m.machine_id, m.ordinal, m.phase, m.status, m.generation, m.plan_json, m.torch, \
+     m.from_environment, m.from_revision_number, m.detail, m.since, m.activations, m.attempts, \
+     m.rollback_tried, m.stalled, m.joined, machines.hostname";
+
+fn id_from(what: &'static str, value: i64) -> StoreResult<u64> {
+    u64::try_from(value).map_err(|_| corrupt(what)(format!("{value} is negative")))
+}
+
+fn rollout_from_row(row: &SqliteRow) -> StoreResult<RolloutRecord> {
+    let policy: RolloutPolicy = serde_json::from_str(&get::<String>(row, "policy_json")?)
+        .map_err(|e| corrupt("rollout policy")(e.to_string()))?;
+    Ok(RolloutRecord {
+        id: id_from("rollout id", get(row, "id")?)?,
+        environment: get(row, "environment")?,
+        revision_number: count("rollout revision number", get(row, "revision_number")?)?,
+        revision_id: SpecDigest::from_str(&get::<String>(row, "revision_id")?)
+            .map_err(corrupt("rollout revision id"))?,
+        kind: RolloutKind::from_str(&get::<String>(row, "kind")?).map_err(corrupt("rollout kind"))?,
+        policy,
+        state: RolloutState::from_str(&get::<String>(row, "state")?).map_err(corrupt("rollout state"))?,
+        reason: get(row, "reason")?,
+        budget_exceeded: get(row, "budget_exceeded")?,
+        named_machines: get(row, "named_machines")?,
+        batch_size: count("rollout batch size", get(row, "batch_size")?)?,
+        undo_of: get::<Option<i64>>(row, "undo_of")?.map(|n| count("rollout undo_of", n)).transpose()?,
+        stalled: get(row, "stalled")?,
+        created_at: timestamp("rollout created_at", get(row, "created_at")?)?,
+        created_by: get(row, "created_by")?,
+        finished_at: optional_timestamp("rollout finished_at", get(row, "finished_at")?)?,
+    })
+}
+
+fn machine_row_from(row: &SqliteRow) -> StoreResult<StoredMachineRow> {
+    let machine_id: String = get(row, "machine_id")?;
+    let from_environment: Option<String> = get(row, "from_environment")?;
+    let from_number: Option<i64> = get(row, "from_revision_number")?;
+    let from = match (from_environment, from_number) {
+        (Some(environment), Some(number)) => {
+            Some(RevisionRef { environment, number: count("rollout from revision", number)? })
+        }
+        _ => None,
+    };
+    Ok(StoredMachineRow {
+        row: MachineRow {
+            machine_id: MachineId::from_str(&machine_id).map_err(|e| corrupt("machine id")(e.to_string()))?,
+            ordinal: count("rollout ordinal", get(row, "ordinal")?)?,
+            phase: count("rollout phase", get(row, "phase")?)?,
+            status: get::<String>(row, "status")?.parse().map_err(corrupt("rollout machine status"))?,
+            generation: id_from("rollout generation", get(row, "generation")?)?,
+            plan_json: get(row, "plan_json")?,
+            torch: get(row, "torch")?,
+            from,
+            detail: get(row, "detail")?,
+            since: timestamp("rollout machine since", get(row, "since")?)?,
+            activations: count("rollout activations", get(row, "activations")?)?,
+            attempts: count("rollout attempts", get(row, "attempts")?)?,
+            rollback_tried: get(row, "rollback_tried")?,
+            stalled: get(row, "stalled")?,
+            joined: get(row, "joined")?,
+        },
+        hostname: get(row, "hostname")?,
+    })
+}
+
+fn event_from(row: &SqliteRow) -> StoreResult<StoredEvent> {
+    let machine_id: String = get(row, "machine_id")?;
+    Ok(StoredEvent {
+        id: id_from("rollout event id", get(row, "id")?)?,
+        rollout_id: id_from("rollout id", get(row, "rollout_id")?)?,
+        event: NewEvent {
+            at: timestamp("rollout event at", get(row, "at")?)?,
+            machine_id: if machine_id.is_empty() {
+                None
+            } else {
+                Some(MachineId::from_str(&machine_id).map_err(|e| corrupt("machine id")(e.to_string()))?)
+            },
+            kind: get(row, "kind")?,
+            from: get(row, "from_status")?,
+            detail: get(row, "detail")?,
+            phase: count("rollout event phase", get(row, "phase")?)?,
+        },
+    })
+}
+
+async fn write_row(tx: &mut sqlx::SqliteConnection, rollout: u64, row: &MachineRow) -> StoreResult<()> {
+    sqlx::query(
+        "INSERT INTO rollout_machines (rollout_id, machine_id, ordinal, phase, status, generation, plan_json, \
+         torch, from_environment, from_revision_number, detail, since, activations, attempts, rollback_tried, \
+         stalled, joined) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
+         ON CONFLICT (rollout_id, machine_id) DO UPDATE SET ordinal = excluded.ordinal, \
+         phase = excluded.phase, status = excluded.status, generation = excluded.generation, \
+         plan_json = excluded.plan_json, torch = excluded.torch, detail = excluded.detail, \
+         since = excluded.since, activations = excluded.activations, attempts = excluded.attempts, \
+         rollback_tried = excluded.rollback_tried, stalled = excluded.stalled, joined = excluded.joined",
+    )
+    .bind(i64::try_from(rollout).unwrap_or(i64::MAX))
+    .bind(row.machine_id.as_str())
+    .bind(i64::from(row.ordinal))
+    .bind(i64::from(row.phase))
+    .bind(row.status.as_str())
+    .bind(i64::try_from(row.generation).unwrap_or(i64::MAX))
+    .bind(&row.plan_json)
+    .bind(&row.torch)
+    .bind(row.from.as_ref().map(|from| from.environment.clone()))
+    .bind(row.from.as_ref().map(|from| i64::from(from.number)))
+    .bind(&row.detail)
+    .bind(millis(row.since))
+    .bind(i64::from(row.activations))
+    .bind(i64::from(row.attempts))
+    .bind(row.rollback_tried)
+    .bind(row.stalled)
+    .bind(row.joined)
+    .execute(&mut *tx)
+    .await
+    .map_err(database("storing a rollout machine"))?;
+    Ok(())
+}
+
+async fn write_event(tx: &mut sqlx::SqliteConnection, rollout: u64, event: &NewEvent) -> StoreResult<()> {
+    sqlx::query(
+        "INSERT INTO rollout_events (rollout_id, at, machine_id, kind, from_status, detail, phase) \
+         VALUES (?, ?, ?, ?, ?, ?, ?)",
+    )
+    .bind(i64::try_from(rollout).unwrap_or(i64::MAX))
+    .bind(millis(event.at))
+    .bind(event.machine_id.as_ref().map(MachineId::as_str).unwrap_or_default())
+    .bind(&event.kind)
+    .bind(&event.from)
+    .bind(&event.detail)
+    .bind(i64::from(event.phase))
+    .execute(&mut *tx)
+    .await
+    .map_err(database("storing a rollout event"))?;
+    Ok(())
+}
+
+async fn write_change(
+    tx: &mut sqlx::SqliteConnection,
+    rollout: u64,
+    change: &RolloutChange,
+) -> StoreResult<()> {
+    sqlx::query(
+        "UPDATE rollouts SET state = ?, reason = ?, budget_exceeded = ?, stalled = ?, finished_at = ? WHERE id = ?",
+    )
+    .bind(change.state.as_str())
+    .bind(&change.reason)
+    .bind(change.budget_exceeded)
+    .bind(change.stalled)
+    .bind(change.finished_at.map(millis))
+    .bind(i64::try_from(rollout).unwrap_or(i64::MAX))
+    .execute(&mut *tx)
+    .await
+    .map_err(database("updating a rollout"))?;
+    Ok(())
+}
+
+fn policy_json(policy: &RolloutPolicy) -> StoreResult<String> {
+    serde_json::to_string(policy)
+        .map_err(|e| StoreError::Corrupt { what: "rollout policy", detail: format!("cannot serialise: {e}") })
+}
+
+impl SqliteStore {
+    pub(super) async fn insert_rollout(&self, rollout: &NewRollout) -> StoreResult<RolloutRecord> {
+        let mut tx = self.write_transaction("starting a rollout").await?;
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "INSERT INTO rollouts (environment, revision_number, revision_id, kind, policy_json, state, \
+             named_machines, batch_size, undo_of, created_at, created_by) \
+             VALUES (?, ?, ?, ?, ?, 'running', ?, ?, ?, ?, ?) RETURNING {ROLLOUT_COLUMNS}"
+        )))
+        .bind(&rollout.environment)
+        .bind(i64::from(rollout.revision_number))
+        .bind(rollout.revision_id.as_str())
+        .bind(rollout.kind.as_str())
+        .bind(policy_json(&rollout.policy)?)
+        .bind(rollout.named_machines)
+        .bind(i64::from(rollout.batch_size))
+        .bind(rollout.undo_of.map(i64::from))
+        .bind(millis(rollout.created_at))
+        .bind(&rollout.created_by)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(database("storing a rollout"))?;
+        let record = rollout_from_row(&row)?;
+        for machine in &rollout.rows {
+            write_row(&mut tx, record.id, machine).await?;
+        }
+        for event in &rollout.events {
+            write_event(&mut tx, record.id, event).await?;
+        }
+        tx.commit().await.map_err(database("committing a rollout"))?;
+        Ok(record)
+    }
+
+    pub(super) async fn apply_step(
+        &self,
+        rollout: u64,
+        step: &RolloutStep,
+    ) -> StoreResult<Vec<StoredAssignment>> {
+        let mut tx = self.write_transaction("starting a rollout step").await?;
+        let mut assigned = Vec::new();
+        for write in &step.rows {
+            let mut row = write.row.clone();
+            if let Some(assignment) = &write.assignment {
+                let stored = insert_assignment(&mut tx, &row.machine_id, assignment).await?;
+                row.generation = stored.generation;
+                assigned.push(stored);
+            }
+            write_row(&mut tx, rollout, &row).await?;
+        }
+        for event in &step.events {
+            write_event(&mut tx, rollout, event).await?;
+        }
+        if let Some(change) = &step.change {
+            write_change(&mut tx, rollout, change).await?;
+        }
+        tx.commit().await.map_err(database("committing a rollout step"))?;
+        Ok(assigned)
+    }
+
+    pub(super) async fn select_rollouts(
+        &self,
+        condition: &str,
+        binds: &[String],
+        limit: u32,
+    ) -> StoreResult<Vec<RolloutRecord>> {
+        let sql =
+            format!("SELECT {ROLLOUT_COLUMNS} FROM rollouts WHERE {condition} ORDER BY id DESC LIMIT ?");
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for bind in binds {
+            query = query.bind(bind);
+        }
+        let rows =
+            query.bind(i64::from(limit)).fetch_all(&self.pool).await.map_err(database("reading rollouts"))?;
+        rows.iter().map(rollout_from_row).collect()
+    }
+
+    pub(super) async fn select_rollout_machines(&self, rollout: u64) -> StoreResult<Vec<StoredMachineRow>> {
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {ROW_COLUMNS} FROM rollout_machines AS m JOIN machines ON machines.id = m.machine_id \
+             WHERE m.rollout_id = ? ORDER BY m.ordinal"
+        )))
+        .bind(i64::try_from(rollout).unwrap_or(i64::MAX))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(database("reading a rollout's machines"))?;
+        rows.iter().map(machine_row_from).collect()
+    }
+
+    pub(super) async fn select_rollout_events(
+        &self,
+        rollout: u64,
+        after: u64,
+        limit: u32,
+    ) -> StoreResult<Vec<StoredEvent>> {
+        let rows = sqlx::query(
+            "SELECT id, rollout_id, at, machine_id, kind, from_status, detail, phase FROM rollout_events \
+             WHERE rollout_id = ? AND id > ? ORDER BY id LIMIT ?",
+        )
+        .bind(i64::try_from(rollout).unwrap_or(i64::MAX))
+        .bind(i64::try_from(after).unwrap_or(i64::MAX))
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(database("reading rollout events"))?;
+        rows.iter().map(event_from).collect()
+    }
+}
