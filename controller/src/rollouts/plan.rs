@@ -255,6 +255,8 @@ fn plan_work(
     let unavailable = statuses.iter().filter(|status| status.is_unavailable()).count();
     let mut slots = (limits.max_unavailable as usize).saturating_sub(unavailable);
     if let Some(open) = open_phase(record, rows, now) {
+        let mut started: std::collections::HashSet<u32> =
+            rows.iter().filter(|row| row.activations > 0).map(|row| row.phase).collect();
         for (index, row) in rows.iter().enumerate() {
             if slots == 0 {
                 break;
@@ -262,12 +264,7 @@ fn plan_work(
             if statuses[index] != MachineStatus::Prepared || row.phase > open || !online(row) {
                 continue;
             }
-            let first_of_phase = !rows.iter().any(|other| other.phase == row.phase && other.activations > 0)
-                && !decision
-                    .transitions
-                    .iter()
-                    .any(|t| t.assign == Some(AssignKind::Activate) && rows[t.index].phase == row.phase);
-            if first_of_phase {
+            if started.insert(row.phase) {
                 let name = if row.phase == 0 { "canary".to_owned() } else { format!("batch {}", row.phase) };
                 let mut event = NewEvent::rollout(now, "phase", format!("{name} started"));
                 event.phase = row.phase;

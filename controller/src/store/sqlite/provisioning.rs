@@ -355,4 +355,86 @@ mod tests {
         let c: SpecDigest = "c".repeat(64).parse().unwrap();
         assert_eq!(store.environment_revision_by_id("render", &c).await.unwrap(), None);
     }
+
+    #[tokio::test]
+    async fn a_rollout_step_is_its_rows_assignments_and_events_together() {
+        use crate::rollouts::model::*;
+        let (_dir, store) = store_with_machines(&["m1", "m2"]).await;
+        let now = Timestamp::from_millisecond(1_800_000_000_000).unwrap();
+        let row = |machine: &str, ordinal: u32| MachineRow {
+            machine_id: id(machine),
+            ordinal,
+            phase: ordinal,
+            status: MachineStatus::Pending,
+            generation: 0,
+            plan_json: "{}".into(),
+            torch: "2.8.0+cu128".into(),
+            from: Some(RevisionRef { environment: "render".into(), number: 1 }),
+            detail: String::new(),
+            since: now,
+            activations: 0,
+            attempts: 1,
+            rollback_tried: false,
+            stalled: false,
+            joined: false,
+        };
+        let new = NewRollout {
+            environment: "render".into(),
+            revision_number: 2,
+            revision_id: "b".repeat(64).parse().unwrap(),
+            kind: RolloutKind::Rollout,
+            policy: Default::default(),
+            named_machines: false,
+            batch_size: 1,
+            undo_of: None,
+            created_at: now,
+            created_by: "op".into(),
+            rows: vec![row("m1", 0), row("m2", 1)],
+            events: vec![NewEvent::rollout(now, "started", "2 machines")],
+        };
+        let record = store.create_rollout(&new).await.unwrap();
+        assert_eq!((record.id, record.state, record.batch_size), (1, RolloutState::Running, 1));
+        assert_eq!(store.open_rollouts().await.unwrap(), [record.clone()]);
+
+        let mut preparing = row("m1", 0);
+        preparing.status = MachineStatus::Preparing;
+        let mut prepare = assignment(2, AssignmentReason::Rollout);
+        prepare.activate = false;
+        let step = RolloutStep {
+            rows: vec![RowWrite { row: preparing.clone(), assignment: Some(prepare) }],
+            events: vec![NewEvent::machine(now, &preparing, MachineStatus::Pending)],
+            change: None,
+        };
+        let assigned = store.apply_rollout_step(record.id, &step).await.unwrap();
+        assert_eq!((assigned.len(), assigned[0].generation, assigned[0].activate), (1, 1, false));
+        let rows = store.rollout_machines(record.id).await.unwrap();
+        assert_eq!((rows[0].row.status, rows[0].row.generation), (MachineStatus::Preparing, 1));
+        assert_eq!((rows[0].hostname.as_str(), rows[1].row.status), ("host-m1", MachineStatus::Pending));
+        assert_eq!(rows[0].row.from, preparing.from);
+
+        let mut change = RolloutChange::of(&record);
+        change.state = RolloutState::Succeeded;
+        change.finished_at = Some(now);
+        let done = RolloutStep { change: Some(change), ..Default::default() };
+        store.apply_rollout_step(record.id, &done).await.unwrap();
+        assert!(store.open_rollouts().await.unwrap().is_empty());
+        let listed = store.list_rollouts(Some("render"), 10).await.unwrap();
+        assert_eq!((listed[0].state, listed[0].finished_at), (RolloutState::Succeeded, Some(now)));
+        assert!(store.list_rollouts(Some("preview"), 10).await.unwrap().is_empty());
+        let events = store.rollout_events(record.id, 0, 10).await.unwrap();
+        let kinds: Vec<&str> = events.iter().map(|event| event.event.kind.as_str()).collect();
+        assert_eq!(kinds, ["started", "preparing"]);
+        assert_eq!(events[1].event.from, "pending");
+        assert_eq!(store.rollout_events(record.id, events[0].id, 10).await.unwrap().len(), 1);
+
+        // A step whose assignment cannot be stored writes none of it.
+        let mut bad = assignment(2, AssignmentReason::Rollout);
+        bad.revision_number = 9;
+        let mut failed = row("m2", 1);
+        failed.status = MachineStatus::Preparing;
+        let step =
+            RolloutStep { rows: vec![RowWrite { row: failed, assignment: Some(bad) }], ..Default::default() };
+        assert!(store.apply_rollout_step(record.id, &step).await.is_err());
+        assert_eq!(store.rollout_machines(record.id).await.unwrap()[1].row.status, MachineStatus::Pending);
+    }
 }
