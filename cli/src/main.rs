@@ -84,16 +84,28 @@ enum Command {
     /// Stored environments and their revisions.
     #[command(subcommand)]
     Env(EnvCommand),
-    /// Send a revision to the machines it targets.
-    #[command(subcommand)]
+    /// Roll a revision out over the machines it targets, and follow, pause, resume,
+    /// abort or undo rollouts.
+    #[command(subcommand, after_help = ROLLOUT_HELP)]
     Rollout(RolloutCommand),
 }
 
+const ROLLOUT_HELP: &str = "\
+ROLLOUT is a rollout's id (`12`, from `comfyfleet rollout list`) or an environment's name (its
+newest rollout); where it may be left out, the newest rollout of all is meant.
+
+Exit status: 0 on success; 1 on an error, and for `watch` and `start|undo --wait` when the rollout
+was aborted, paused itself over the failure budget, or outlasted --timeout; 2 on a usage error.";
+
 #[derive(Debug, Subcommand)]
 enum RolloutCommand {
-    /// Assign ENV[@REV] to every machine its selector targets (or only those named):
-    /// each builds, verifies and switches to it. Assigning what a machine already runs
-    /// changes nothing on it; assigning it again after a failure retries.
+    /// Roll ENV[@REV] out over every machine its selector targets (or only those named):
+    /// machines prepare it a few at a time, then switch canaries first and in batches,
+    /// as the spec's [rollout] policy (or the flags below) allows. Machines already on
+    /// the revision change nothing. Prints which machines it took and the rollout's id.
+    #[command(
+        after_help = "Follow it with `comfyfleet rollout watch ID`, steer it with `rollout pause|resume|abort ID`."
+    )]
     Start {
         /// The environment, and optionally its revision: a number or an id prefix (default: the latest).
         #[arg(value_name = "ENV[@REV]")]
@@ -103,13 +115,118 @@ enum RolloutCommand {
         machines: Vec<String>,
         #[arg(short, long, value_enum, default_value = "table")]
         output: OutputFormat,
-        /// Follow the assigned machines until each is active, prepared or failed
-        /// (exit status 1 if any failed or the timeout passed first).
+        /// Then follow the rollout as `rollout watch` does, until it ends (exit status 0
+        /// if it succeeded; 1 if it was aborted, paused itself over the failure budget,
+        /// or the timeout passed first).
         #[arg(long)]
         wait: bool,
         /// How long --wait waits.
         #[arg(long, default_value = "30m", value_parser = commands::convergence::parse_wait_limit)]
         timeout: commands::convergence::WaitLimit,
+        #[command(flatten)]
+        policy: commands::rollout_policy::PolicyFlags,
+    },
+    /// Where a rollout stands: its state and policy, its phases, and its machines
+    /// (every machine up to 50; in a bigger rollout only those failed, rolling back,
+    /// stalled or offline, unless --machines).
+    Status {
+        /// A rollout id or an environment (default: the newest rollout of all).
+        #[arg(value_name = "ROLLOUT")]
+        rollout: Option<String>,
+        /// List every machine, however many.
+        #[arg(long)]
+        machines: bool,
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: OutputFormat,
+    },
+    /// Follow a rollout until it ends: a line per machine and rollout event, and a
+    /// progress bar per phase (redrawn in place on a terminal). Exit status 0 when it
+    /// succeeded; 1 when it was aborted, paused itself over the failure budget, or the
+    /// timeout passed. A pause by an operator is waited out.
+    Watch {
+        /// A rollout id or an environment (default: the newest rollout of all).
+        #[arg(value_name = "ROLLOUT")]
+        rollout: Option<String>,
+        /// Give up after this long (default: wait until the rollout ends).
+        #[arg(long, value_name = "DUR", value_parser = commands::convergence::parse_wait_limit)]
+        timeout: Option<commands::convergence::WaitLimit>,
+        /// How often to ask the controller.
+        #[arg(long, value_name = "DUR", default_value = "500ms", value_parser = commands::rollout_watch::parse_interval)]
+        interval: Duration,
+    },
+    /// Start no new work on a rollout (machines preparing or switching finish).
+    Pause {
+        /// A rollout id or an environment (its newest rollout).
+        #[arg(value_name = "ROLLOUT")]
+        rollout: String,
+        /// Why, kept with the rollout's events.
+        #[arg(long, value_name = "TEXT")]
+        reason: Option<String>,
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: OutputFormat,
+    },
+    /// Go on with a paused rollout; machines that failed are tried again.
+    Resume {
+        /// A rollout id or an environment (its newest rollout).
+        #[arg(value_name = "ROLLOUT")]
+        rollout: String,
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: OutputFormat,
+    },
+    /// End a rollout: nothing more starts, machines that had not switched go back to
+    /// the revision they run, machines that switched stay.
+    Abort {
+        /// A rollout id or an environment (its newest rollout).
+        #[arg(value_name = "ROLLOUT")]
+        rollout: String,
+        /// Why, kept with the rollout's events.
+        #[arg(long, value_name = "TEXT")]
+        reason: Option<String>,
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: OutputFormat,
+    },
+    /// Roll ENV back to an earlier revision (by default the one its newest rollout
+    /// started from) as a new rollout, batched like any other. A rollout of ENV still
+    /// running is aborted first.
+    Undo {
+        /// The environment to roll back.
+        #[arg(value_name = "ENV")]
+        environment: String,
+        /// The revision to go back to: a number or an id prefix.
+        #[arg(long, value_name = "REV")]
+        to_revision: Option<String>,
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: OutputFormat,
+        /// Then follow the rollout until it ends, as `rollout start --wait` does.
+        #[arg(long)]
+        wait: bool,
+        /// How long --wait waits.
+        #[arg(long, default_value = "30m", value_parser = commands::convergence::parse_wait_limit)]
+        timeout: commands::convergence::WaitLimit,
+        #[command(flatten)]
+        policy: commands::rollout_policy::PolicyFlags,
+    },
+    /// Rollouts, newest first.
+    List {
+        /// Only this environment's.
+        #[arg(value_name = "ENV")]
+        environment: Option<String>,
+        /// At most this many (0: the controller's default, 50).
+        #[arg(long, default_value = "50")]
+        limit: u32,
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: OutputFormat,
+    },
+    /// A rollout's stored events, oldest first.
+    Events {
+        /// A rollout id or an environment (default: the newest rollout of all).
+        #[arg(value_name = "ROLLOUT")]
+        rollout: Option<String>,
+        /// Only events after this event id.
+        #[arg(long, value_name = "ID", default_value = "0")]
+        after: u64,
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: OutputFormat,
     },
 }
 
@@ -292,9 +409,7 @@ async fn run(cli: Cli) -> anyhow::Result<String> {
         Command::Env(EnvCommand::Diff { from, to }) => {
             commands::environments::diff(&mut fleet, from, to).await
         }
-        Command::Rollout(RolloutCommand::Start { reference, machines, output, wait, timeout }) => {
-            commands::rollout::start(&mut fleet, reference, machines, output, wait.then_some(timeout)).await
-        }
+        Command::Rollout(command) => rollout(&mut fleet, command).await,
         Command::Whoami => {
             let me = fleet
                 .who_am_i(comfyfleet_proto::v1::WhoAmIRequest {})
@@ -309,6 +424,44 @@ async fn run(cli: Cli) -> anyhow::Result<String> {
                 config.server,
                 me.controller_version
             ))
+        }
+    }
+}
+
+async fn rollout(fleet: &mut client::Fleet, command: RolloutCommand) -> anyhow::Result<String> {
+    use commands::rollout::{StartArgs, UndoArgs};
+    use commands::rollout_status::{self, Action};
+    match command {
+        RolloutCommand::Start { reference, machines, output, wait, timeout, policy } => {
+            let args = StartArgs { machines, policy, output, wait: wait.then_some(timeout) };
+            commands::rollout::start(fleet, reference, args).await
+        }
+        RolloutCommand::Undo { environment, to_revision, output, wait, timeout, policy } => {
+            let args = UndoArgs { to_revision, policy, output, wait: wait.then_some(timeout) };
+            commands::rollout::undo(fleet, environment, args).await
+        }
+        RolloutCommand::Status { rollout, machines, output } => {
+            rollout_status::status(fleet, rollout.unwrap_or_default(), machines, output).await
+        }
+        RolloutCommand::Watch { rollout, timeout, interval } => {
+            let printer = commands::convergence::Printer::Stdout;
+            let options = commands::rollout_watch::WatchOptions { limit: timeout, interval, printer };
+            commands::rollout_watch::watch(fleet, &rollout.unwrap_or_default(), &options).await
+        }
+        RolloutCommand::Pause { rollout, reason, output } => {
+            rollout_status::act(fleet, Action::Pause, rollout, reason.unwrap_or_default(), output).await
+        }
+        RolloutCommand::Resume { rollout, output } => {
+            rollout_status::act(fleet, Action::Resume, rollout, String::new(), output).await
+        }
+        RolloutCommand::Abort { rollout, reason, output } => {
+            rollout_status::act(fleet, Action::Abort, rollout, reason.unwrap_or_default(), output).await
+        }
+        RolloutCommand::List { environment, limit, output } => {
+            rollout_status::list(fleet, environment.unwrap_or_default(), limit, output).await
+        }
+        RolloutCommand::Events { rollout, after, output } => {
+            rollout_status::events(fleet, rollout.unwrap_or_default(), after, output).await
         }
     }
 }

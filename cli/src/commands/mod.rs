@@ -8,6 +8,11 @@ mod machine_details;
 pub mod machines;
 pub mod plan;
 pub mod rollout;
+pub mod rollout_policy;
+mod rollout_render;
+pub mod rollout_status;
+mod rollout_view;
+pub mod rollout_watch;
 pub mod tokens;
 
 use comfyfleet_proto::v1 as pb;

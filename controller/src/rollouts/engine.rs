@@ -8,14 +8,13 @@ use std::time::Duration;
 
 use comfyfleet_config::assignment::AssignmentReason;
 use comfyfleet_config::convergence::Phase;
-use comfyfleet_config::resolve::{Resolution, Resolver};
+use comfyfleet_config::resolve::Resolver;
 use comfyfleet_config::spec::{Spec, SpecFormat};
 use comfyfleet_config::{MachineFacts, MachineId};
 use jiff::Timestamp;
 use tokio::sync::mpsc::error::TryRecvError;
 use tonic::Status;
 
-use super::create::current_revision;
 use super::model::{
     AssignKind, MachineRow, MachineStatus, NewEvent, RevisionRef, RolloutChange, RolloutRecord, RolloutState,
     RolloutStep, RowWrite,
@@ -31,12 +30,14 @@ use crate::store::{NewAssignment, StoreResult, StoredRevision};
 const TICK: Duration = Duration::from_millis(500);
 /// Messages taken in one batch before the rollouts they touch are stepped.
 const BATCH: usize = 20_000;
+/// How many recent rollouts are read at start to find each environment's newest.
+const SETTLED_LOOKBACK: u32 = 10_000;
 
-struct Run {
-    record: RolloutRecord,
-    spec: Arc<Spec>,
-    rows: Vec<MachineRow>,
-    index: HashMap<MachineId, usize>,
+pub(super) struct Run {
+    pub(super) record: RolloutRecord,
+    pub(super) spec: Arc<Spec>,
+    pub(super) rows: Vec<MachineRow>,
+    pub(super) index: HashMap<MachineId, usize>,
     /// Rows changed by reports and not yet written, with the status each left.
     dirty: BTreeMap<usize, MachineStatus>,
     progress: HashMap<MachineId, Timestamp>,
@@ -48,19 +49,27 @@ impl Run {
     }
 }
 
-struct Engine {
-    state: Arc<ControllerState>,
-    runs: BTreeMap<u64, Run>,
-    owners: HashMap<MachineId, u64>,
+pub(super) struct Engine {
+    pub(super) state: Arc<ControllerState>,
+    pub(super) runs: BTreeMap<u64, Run>,
+    pub(super) owners: HashMap<MachineId, u64>,
     specs: HashMap<RevisionRef, Arc<(StoredRevision, Spec)>>,
+    /// Per environment, its newest rollout if that one succeeded: machines that
+    /// appear later and have nothing assigned get its revision.
+    pub(super) settled: HashMap<String, RolloutRecord>,
 }
 
 /// Starts the engine: loads every open rollout, then serves `inbox` until every
 /// sender is gone.
 pub fn spawn(state: Arc<ControllerState>, inbox: Inbox) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
-        let mut engine =
-            Engine { state, runs: BTreeMap::new(), owners: HashMap::new(), specs: HashMap::new() };
+        let mut engine = Engine {
+            state,
+            runs: BTreeMap::new(),
+            owners: HashMap::new(),
+            specs: HashMap::new(),
+            settled: HashMap::new(),
+        };
         if let Err(error) = engine.load().await {
             tracing::error!(%error, "cannot load the open rollouts; they continue once the store answers");
         }
@@ -76,6 +85,12 @@ fn parse_spec(revision: &StoredRevision) -> Result<Spec, Status> {
 
 impl Engine {
     async fn load(&mut self) -> StoreResult<()> {
+        let mut seen = std::collections::HashSet::new();
+        for record in self.state.store.list_rollouts(None, SETTLED_LOOKBACK).await? {
+            if seen.insert(record.environment.clone()) {
+                self.settle(record);
+            }
+        }
         let open = self.state.store.open_rollouts().await?;
         if open.is_empty() {
             return Ok(());
@@ -124,7 +139,10 @@ impl Engine {
         Ok(())
     }
 
-    async fn spec(&mut self, revision: &RevisionRef) -> Result<Arc<(StoredRevision, Spec)>, Status> {
+    pub(super) async fn spec(
+        &mut self,
+        revision: &RevisionRef,
+    ) -> Result<Arc<(StoredRevision, Spec)>, Status> {
         if let Some(found) = self.specs.get(revision) {
             return Ok(found.clone());
         }
@@ -339,10 +357,25 @@ impl Engine {
                     self.owners.remove(&row.machine_id);
                 }
             }
+            self.settle(run.record);
         }
     }
 
-    fn assignment(&self, record: &RolloutRecord, row: &MachineRow, activate: bool) -> NewAssignment {
+    /// Remembers `record` as its environment's newest finished rollout.
+    fn settle(&mut self, record: RolloutRecord) {
+        if record.state == RolloutState::Succeeded && !record.named_machines {
+            self.settled.insert(record.environment.clone(), record);
+        } else {
+            self.settled.remove(&record.environment);
+        }
+    }
+
+    pub(super) fn assignment(
+        &self,
+        record: &RolloutRecord,
+        row: &MachineRow,
+        activate: bool,
+    ) -> NewAssignment {
         NewAssignment {
             environment: record.environment.clone(),
             revision_number: record.revision_number,
@@ -408,6 +441,7 @@ impl Engine {
         let record = self.state.store.create_rollout(&rollout).await.map_err(internal)?;
         tracing::info!(rollout = record.id, revision = %record.label(), machines = rollout.rows.len(), by = %record.created_by, "rollout started");
         self.adopt(record.clone()).await?;
+        self.settled.remove(&record.environment);
         Ok(Created { record, busy })
     }
 
@@ -531,85 +565,5 @@ impl Engine {
             self.close(id);
         }
         Ok(())
-    }
-
-    /// A machine no open rollout holds came online: if a running rollout's selector
-    /// takes it, it joins that rollout.
-    async fn join(&mut self, machine: &MachineId) -> Option<u64> {
-        if self
-            .runs
-            .values()
-            .all(|run| run.record.named_machines || run.record.state != RolloutState::Running)
-        {
-            return None;
-        }
-        let stored = match self.state.store.get_machine(machine).await {
-            Ok(Some(stored)) => stored,
-            Ok(None) => return None,
-            Err(error) => {
-                tracing::warn!(%error, machine_id = %machine, "cannot read a machine to see whether it joins a rollout");
-                return None;
-            }
-        };
-        if stored.revoked_at.is_some() {
-            return None;
-        }
-        let assigned_environment =
-            stored.assignment.as_ref().map(|assignment| assignment.environment.clone());
-        let record = machine_record(&self.state.presence, stored);
-        let current = current_revision(&record);
-        let facts = MachineFacts::from(&record);
-        let now = Timestamp::now();
-        for run in self.runs.values_mut() {
-            if run.record.named_machines || run.record.state != RolloutState::Running {
-                continue;
-            }
-            if assigned_environment.as_ref().is_some_and(|environment| *environment != run.record.environment)
-            {
-                continue;
-            }
-            let Resolution::Planned(plan) = Resolver::new(&run.spec).resolve(&facts) else { continue };
-            let ordinal = u32::try_from(run.rows.len()).unwrap_or(u32::MAX);
-            let canary = run.record.policy.canary;
-            let mut row = MachineRow {
-                machine_id: machine.clone(),
-                ordinal,
-                phase: plan::phase_of(ordinal, canary, run.record.batch_size).max(1),
-                status: MachineStatus::Pending,
-                generation: 0,
-                plan_json: serde_json::to_string(&plan).unwrap_or_default(),
-                torch: plan.torch.clone(),
-                from: current.clone(),
-                detail: "joined after the rollout started".to_owned(),
-                since: now,
-                activations: 0,
-                attempts: 1,
-                rollback_tried: false,
-                stalled: false,
-                joined: true,
-            };
-            if current.as_ref().is_some_and(|from| *from == run.record.target()) {
-                row.status = MachineStatus::Active;
-                row.detail = "joined; already runs this revision".to_owned();
-            }
-            let mut event = NewEvent::machine(now, &row, MachineStatus::Pending);
-            event.kind = "joined".to_owned();
-            let step = RolloutStep {
-                rows: vec![RowWrite { row: row.clone(), assignment: None }],
-                events: vec![event],
-                change: None,
-            };
-            let id = run.record.id;
-            if let Err(error) = self.state.store.apply_rollout_step(id, &step).await {
-                tracing::error!(rollout = id, %error, "cannot add a joining machine");
-                return None;
-            }
-            tracing::info!(rollout = id, machine_id = %machine, "machine joined the rollout");
-            run.index.insert(machine.clone(), run.rows.len());
-            run.rows.push(row);
-            self.owners.insert(machine.clone(), id);
-            return Some(id);
-        }
-        None
     }
 }

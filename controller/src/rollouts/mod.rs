@@ -14,6 +14,7 @@
 pub mod api;
 mod create;
 mod engine;
+mod join;
 pub mod model;
 pub mod plan;
 

@@ -394,7 +394,7 @@ mod tests {
         };
         let record = store.create_rollout(&new).await.unwrap();
         assert_eq!((record.id, record.state, record.batch_size), (1, RolloutState::Running, 1));
-        assert_eq!(store.open_rollouts().await.unwrap(), [record.clone()]);
+        assert_eq!(store.open_rollouts().await.unwrap(), std::slice::from_ref(&record));
 
         let mut preparing = row("m1", 0);
         preparing.status = MachineStatus::Preparing;
