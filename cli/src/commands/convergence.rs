@@ -212,6 +212,21 @@ fn unsettled_after<'a>(machines: &'a [Awaited], last: &HashMap<&str, Progress>) 
         .collect()
 }
 
+/// Where each machine ended, one line each: `<id>  <hostname>  active  2.8.0+cu128
+/// sageattention 2.2.0 verified, …` — which optimisations really work where.
+pub async fn outcome_lines(client: &mut Fleet, machines: &[Awaited]) -> Result<String, tonic::Status> {
+    let refs: Vec<&Awaited> = machines.iter().collect();
+    let found = fetch(client, &refs).await?;
+    let mut text = String::new();
+    for machine in machines {
+        let Some(wire) = found.get(&machine.id) else { continue };
+        let Ok(view) = view(wire.clone()) else { continue };
+        text.push_str(&progress(&view, machine.generation).line(machine));
+        text.push('\n');
+    }
+    Ok(text)
+}
+
 /// Which machines have not settled, and where each stands.
 fn timed_out(
     label: &str,

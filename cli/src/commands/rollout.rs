@@ -247,7 +247,12 @@ async fn report(
     let done = match &started.rollout {
         Some(rollout) => {
             let options = WatchOptions { limit: Some(limit), interval: WAIT_INTERVAL, printer };
-            rollout_watch::watch(client, &rollout.id.to_string(), &options).await?
+            let done = rollout_watch::watch(client, &rollout.id.to_string(), &options).await?;
+            // Where each machine ended, with its torch build and optimisations.
+            match convergence::outcome_lines(client, &started.awaited()).await {
+                Ok(lines) => format!("{lines}{done}"),
+                Err(_) => done,
+            }
         }
         // A controller without the rollout engine: follow the machines' own reports.
         None => convergence::wait(client, &started.label(), &started.awaited(), &limit, printer).await?,

@@ -77,7 +77,7 @@ async fn a_rollout_takes_every_targeted_machine_that_has_a_plan() {
         ("rollout.start", "render@1 (rollout 1)")
     );
     assert!(
-        audit[0].detail.starts_with("1 machines, canary 1, max unavailable 1 (10%)"),
+        audit[0].detail.starts_with("1 machine, canary 1, max unavailable 1 (10%)"),
         "{}",
         audit[0].detail
     );

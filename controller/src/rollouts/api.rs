@@ -180,7 +180,8 @@ async fn launch_rollout(
     let canary = launch.policy.canary.min(u32::try_from(machines).unwrap_or(u32::MAX));
     let rows = order_rows(rows, canary, limits.max_unavailable);
     let summary = format!(
-        "{machines} machines, canary {canary}, max unavailable {} ({}), prepare {} at once, failure budget {} ({})",
+        "{machines} machine{}, canary {canary}, max unavailable {} ({}), prepare {} at once, failure budget {} ({})",
+        if machines == 1 { "" } else { "s" },
         limits.max_unavailable,
         launch.policy.max_unavailable,
         limits.max_parallel_prepare,

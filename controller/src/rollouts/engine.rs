@@ -104,7 +104,8 @@ impl Engine {
         }
         // Reports that arrived before the crash but whose effect was not written.
         for (machine, report, at) in reports {
-            self.report(&machine, report.generation, report.phase, &report.error, at);
+            let note = super::optimization_note(&report);
+            self.report(&machine, report.generation, report.phase, &report.error, &note, at);
         }
         let ids: Vec<u64> = self.runs.keys().copied().collect();
         for id in ids {
@@ -186,8 +187,8 @@ impl Engine {
 
     async fn handle(&mut self, message: Message, touched: &mut BTreeSet<u64>) {
         match message {
-            Message::Report { machine, generation, phase, error, at } => {
-                if let Some(id) = self.report(&machine, generation, phase, &error, at) {
+            Message::Report { machine, generation, phase, error, note, at } => {
+                if let Some(id) = self.report(&machine, generation, phase, &error, &note, at) {
                     touched.insert(id);
                 }
             }
@@ -223,6 +224,7 @@ impl Engine {
         generation: u64,
         phase: Phase,
         error: &str,
+        note: &str,
         at: Timestamp,
     ) -> Option<u64> {
         let id = *self.owners.get(machine)?;
@@ -242,7 +244,7 @@ impl Engine {
             return None;
         }
         run.progress.insert(machine.clone(), at);
-        let (status, detail) = plan::on_report(row, generation, phase, error)?;
+        let (status, detail) = plan::on_report(row, generation, phase, error, note)?;
         let from = row.status;
         row.status = status;
         row.detail = detail;
@@ -273,6 +275,11 @@ impl Engine {
             let (mut row, from) = changed
                 .remove(&transition.index)
                 .unwrap_or_else(|| (run.rows[transition.index].clone(), run.rows[transition.index].status));
+            if row.status != from {
+                // The report's change first, then the decision taken on it.
+                step.events.push(NewEvent::machine(now, &row, from));
+            }
+            let from = row.status;
             let previous = row.status;
             row.status = transition.status;
             row.detail = transition.detail.clone();

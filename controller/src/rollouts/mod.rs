@@ -59,6 +59,7 @@ enum Message {
         generation: u64,
         phase: Phase,
         error: String,
+        note: String,
         at: Timestamp,
     },
     Connected(MachineId),
@@ -103,6 +104,7 @@ impl Rollouts {
             generation: report.generation,
             phase: report.phase,
             error: report.error.clone(),
+            note: optimization_note(report),
             at,
         });
     }
@@ -122,6 +124,22 @@ impl Rollouts {
         let (reply, answer) = oneshot::channel();
         self.sender.send(Message::Command { id, command, actor, reason, reply }).map_err(|_| stopped())?;
         answer.await.map_err(|_| stopped())?
+    }
+}
+
+/// The optimisations that did not verify, for the machine's row: `brokenattn failed`.
+fn optimization_note(report: &comfyfleet_config::ConvergenceReport) -> String {
+    use comfyfleet_config::convergence::OptimizationState;
+    let failed: Vec<&str> = report
+        .optimizations
+        .iter()
+        .filter(|outcome| outcome.state == OptimizationState::Failed)
+        .map(|outcome| outcome.name.as_str())
+        .collect();
+    if failed.is_empty() {
+        String::new()
+    } else {
+        format!("optimizations not verified: {}", failed.join(", "))
     }
 }
 

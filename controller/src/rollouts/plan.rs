@@ -149,7 +149,12 @@ pub fn decide(record: &RolloutRecord, rows: &[MachineRow], context: &Context<'_>
     // Failed machines go back to what they ran (once).
     if policy.auto_rollback {
         for (index, row) in rows.iter().enumerate() {
-            if statuses[index] == MachineStatus::Failed && !row.rollback_tried && row.from.is_some() {
+            // A machine that failed to prepare never left what it runs: nothing to undo.
+            if statuses[index] == MachineStatus::Failed
+                && !row.rollback_tried
+                && row.from.is_some()
+                && row.activations > 0
+            {
                 let from = row.from.as_ref().map(ToString::to_string).unwrap_or_default();
                 let stall = decision.transitions.iter().find(|t| t.index == index);
                 let error = stall.map_or(row.detail.as_str(), |t| t.detail.as_str());
@@ -316,18 +321,19 @@ pub fn on_report(
     generation: u64,
     phase: Phase,
     error: &str,
+    note: &str,
 ) -> Option<(MachineStatus, String)> {
     if generation != row.generation || row.generation == 0 {
         return None;
     }
     let failed = |what: &str| Some((MachineStatus::Failed, format!("{what}{error}")));
     match (row.status, phase) {
-        (MachineStatus::Preparing, Phase::Prepared) => Some((MachineStatus::Prepared, String::new())),
+        (MachineStatus::Preparing, Phase::Prepared) => Some((MachineStatus::Prepared, note.to_owned())),
         (MachineStatus::Preparing, Phase::Active) => {
             Some((MachineStatus::Active, "already runs this revision".to_owned()))
         }
         (MachineStatus::Preparing | MachineStatus::Activating, Phase::Failed) => failed(""),
-        (MachineStatus::Activating, Phase::Active) => Some((MachineStatus::Active, String::new())),
+        (MachineStatus::Activating, Phase::Active) => Some((MachineStatus::Active, note.to_owned())),
         (MachineStatus::RollingBack, Phase::Active) => {
             Some((MachineStatus::RolledBack, row.detail.replacen(RETURNING, BACK_ON, 1)))
         }

@@ -123,12 +123,25 @@ fn an_upgrade_waits_for_the_render_a_bad_comfyui_is_switched_back_and_rollback_i
     }));
     let failed = fleet.cli(&["rollout", "start", "render-prod", "--wait", "--timeout", "3m"]).failure();
     assert!(failed.contains("failed"), "{failed}");
-    let machine = fleet.show(&id);
-    assert_eq!(machine["report"]["phase"], "failed");
-    let error = machine["report"]["error"].as_str().unwrap();
+    // The agent switched back itself; the rollout's auto-rollback then assigned the
+    // previous revision again, so what the controller wants is what runs.
+    let status = wait_until(Duration::from_secs(60), "the failed machine to be rolled back", || {
+        let text = fleet.cli(&["rollout", "status", "render-prod", "-o", "json"]).success();
+        let status: serde_json::Value = serde_json::from_str(&text).unwrap();
+        (status["machines"][0]["status"] == "rolled_back").then_some(status)
+    });
+    assert_eq!(status["state"], "paused", "{status}");
+    assert_eq!(status["budget_exceeded"], true, "{status}");
+    let row = &status["machines"][0];
+    assert_eq!(row["status"], "rolled_back", "{status}");
+    let error = row["detail"].as_str().unwrap();
     assert!(error.starts_with("health: ComfyUI exited"), "{error}");
     assert!(error.contains("broken build"), "the reason from ComfyUI's log: {error}");
     assert!(error.contains("switched back to render-prod@2"), "{error}");
+    assert!(error.ends_with("(back on render-prod@2)"), "{error}");
+    let machine = fleet.wait_for_phase(&id, "active");
+    assert_eq!(machine["assignment"]["reason"], "rollback");
+    assert_eq!(machine["assignment"]["revision_number"], 2);
     assert_eq!(current_target(&agent).unwrap(), second, "current is back on the previous revision");
     assert_eq!(pytorch_version(port).as_deref(), Some("2.8.0+cu126"), "the previous ComfyUI runs again");
 

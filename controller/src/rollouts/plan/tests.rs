@@ -128,6 +128,7 @@ fn a_failure_beyond_the_budget_pauses_and_failed_machines_roll_back() {
     for row in &mut rows {
         row.status = MachineStatus::Activating;
         row.generation = 2;
+        row.activations = 1;
     }
     rows[3].status = MachineStatus::Failed;
     rows[3].detail = "health check failed".into();
@@ -181,7 +182,7 @@ fn a_machine_without_progress_past_the_deadline_fails() {
     assert!(decide_at(&record, &rows, at(59), &[]).transitions.is_empty());
     let decision = decide_at(&record, &rows, at(61), &[]);
     let transition = &decision.transitions[0];
-    assert_eq!(transition.status, MachineStatus::RollingBack, "stalled counts as failed, then rolls back");
+    assert_eq!(transition.status, MachineStatus::Failed, "stalled counts as failed; it never switched");
     assert!(transition.stalled);
     assert!(
         transition.detail.starts_with("stalled: no progress for 1m while preparing"),
@@ -270,14 +271,14 @@ fn reports_move_rows_only_for_their_generation() {
     let mut row = rows(&record, 1).remove(0);
     row.status = MachineStatus::Preparing;
     row.generation = 4;
-    assert_eq!(on_report(&row, 3, Phase::Prepared, ""), None, "an older generation");
-    assert_eq!(on_report(&row, 4, Phase::Preparing, ""), None);
-    assert_eq!(on_report(&row, 4, Phase::Prepared, ""), Some((MachineStatus::Prepared, String::new())));
-    assert_eq!(on_report(&row, 4, Phase::Failed, "boom"), Some((MachineStatus::Failed, "boom".into())));
+    assert_eq!(on_report(&row, 3, Phase::Prepared, "", ""), None, "an older generation");
+    assert_eq!(on_report(&row, 4, Phase::Preparing, "", ""), None);
+    assert_eq!(on_report(&row, 4, Phase::Prepared, "", ""), Some((MachineStatus::Prepared, String::new())));
+    assert_eq!(on_report(&row, 4, Phase::Failed, "boom", ""), Some((MachineStatus::Failed, "boom".into())));
     row.status = MachineStatus::RollingBack;
     row.detail = "boom (returning to render@1)".into();
     assert_eq!(
-        on_report(&row, 4, Phase::Active, ""),
+        on_report(&row, 4, Phase::Active, "", ""),
         Some((MachineStatus::RolledBack, "boom (back on render@1)".into()))
     );
 }
