@@ -203,6 +203,7 @@ pub async fn run(options: AgentOptions, shutdown: impl Future<Output = ()>) -> R
         desired,
         reports,
         inventory_changed,
+        connected: watch::channel(false).0,
     };
     let linked = tokio::select! {
         result = link.run(wait_stop(stopped)) => result,

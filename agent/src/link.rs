@@ -53,6 +53,9 @@ pub struct Link {
     pub reports: watch::Receiver<ConvergenceReport>,
     /// Poked by the converger when the installed environments changed.
     pub inventory_changed: Arc<Notify>,
+    /// `true` while a session is up, from the controller's Welcome until the session
+    /// ends: what a readiness check (or a fleet simulator) watches.
+    pub connected: watch::Sender<bool>,
 }
 
 impl Link {
@@ -77,6 +80,7 @@ impl Link {
                 end = session => match end { Ok(end) | Err(end) => end },
                 () = &mut shutdown => SessionEnd::Shutdown,
             };
+            self.connected.send_if_modified(|connected| std::mem::replace(connected, false));
             match end {
                 SessionEnd::Shutdown => return Ok(()),
                 SessionEnd::Refused(reason) => return Err(LinkError::Refused(reason)),
@@ -148,6 +152,7 @@ impl Link {
             "connected to the controller"
         );
         backoff.reset();
+        self.connected.send_replace(true);
         let report = reports.borrow_and_update().clone();
         sender.send(pb::agent_message::Body::Report(pb::ConvergenceReport::from(&report))).await?;
         let mut next_report = tokio::time::Instant::now() + REPORT_INTERVAL;

@@ -1,13 +1,16 @@
 //! The end-to-end harness: starts the real `comfyfleet-controller`, `comfyfleet-agent`
 //! and `comfyfleet` binaries on loopback, each in its own temporary data dir, with GPUs
 //! from the fake NVML library. Every process is killed when its handle drops; when a
-//! test fails, the logs of its processes are printed.
+//! test fails, the logs of its processes are printed. [`sim`] runs a simulated fleet
+//! of thousands of agents in one process (`comfyfleet-fleetsim`, from [`fleetsim`]).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::print_stderr)]
 
+pub mod fleetsim;
 pub mod git;
 pub mod grpc;
 mod process;
 pub mod provision;
+pub mod sim;
 pub mod standin;
 
 use std::net::TcpStream;
