@@ -265,20 +265,25 @@ impl Engine {
         };
 
         let mut step = RolloutStep::default();
-        let mut changed: BTreeMap<usize, (MachineRow, MachineStatus)> =
-            run.dirty.iter().map(|(&index, &from)| (index, (run.rows[index].clone(), from))).collect();
+        // What reports changed comes first in the events, then the decisions taken on
+        // it: replaying the events never shows a machine switching before the one it
+        // waited for has finished.
+        let mut changed: BTreeMap<usize, (MachineRow, MachineStatus)> = BTreeMap::new();
+        for (&index, &from) in &run.dirty {
+            let row = run.rows[index].clone();
+            if row.status != from || row.stalled {
+                step.events.push(NewEvent::machine(now, &row, from));
+            }
+            changed.insert(index, (row.clone(), row.status));
+        }
         let mut assignments: BTreeMap<usize, NewAssignment> = BTreeMap::new();
         let record = run.record.clone();
         let transitions = decision.transitions.clone();
         for transition in transitions {
             let Some(run) = self.runs.get(&id) else { return };
-            let (mut row, from) = changed
+            let (mut row, _) = changed
                 .remove(&transition.index)
                 .unwrap_or_else(|| (run.rows[transition.index].clone(), run.rows[transition.index].status));
-            if row.status != from {
-                // The report's change first, then the decision taken on it.
-                step.events.push(NewEvent::machine(now, &row, from));
-            }
             let from = row.status;
             let previous = row.status;
             row.status = transition.status;
@@ -312,7 +317,8 @@ impl Engine {
             changed.insert(transition.index, (row, from));
         }
         for (index, (row, from)) in &changed {
-            if row.status != *from || row.stalled {
+            let decided = decision.transitions.iter().any(|transition| transition.index == *index);
+            if decided && (row.status != *from || row.stalled) {
                 step.events.push(NewEvent::machine(now, row, *from));
             }
             step.rows.push(RowWrite { row: row.clone(), assignment: assignments.remove(index) });

@@ -10,6 +10,7 @@ pub mod git;
 pub mod grpc;
 mod process;
 pub mod provision;
+pub mod rollouts;
 pub mod sim;
 pub mod standin;
 
