@@ -48,7 +48,7 @@ fn two_hundred_machines_never_more_than_ten_percent_unavailable() {
     let controller = Controller::start(&dir.path().join("controller"));
     let mut options = options(200);
     options.activate = Duration::from_millis(300);
-    let mut sim = SimFleet::start(dir.path(), &controller, &options);
+    let sim = SimFleet::start(dir.path(), &controller, &options);
     // The policy comes from the spec.
     apply(
         &controller,
@@ -79,7 +79,7 @@ fn two_hundred_machines_never_more_than_ten_percent_unavailable() {
     let kinds: std::collections::HashSet<String> =
         canary_ids.iter().map(|id| fleet_reports(&controller)[*id]["gpus"][0]["name"].to_string()).collect();
     assert_eq!(kinds.len(), 2, "the canaries are of different GPU kinds");
-    let position = |wanted: &dyn Fn(&Value) -> bool| stored.iter().position(|event| wanted(event)).unwrap();
+    let position = |wanted: &dyn Fn(&Value) -> bool| stored.iter().position(wanted).unwrap();
     let canaries_active = stored
         .iter()
         .enumerate()
