@@ -192,6 +192,7 @@ impl Session {
         tracing::info!("agent connected");
         let pusher = desired_state::spawn(
             self.state.store.clone(),
+            self.state.specs.clone(),
             self.machine_id.clone(),
             guard.assignment_changed(),
             self.outbound.clone(),
@@ -311,17 +312,12 @@ impl Session {
             Some(pb::agent_message::Body::Report(report)) => {
                 let report =
                     ConvergenceReport::try_from(report).map_err(|error: WireError| Status::from(error))?;
-                self.state.store.record_report(&self.machine_id, &report, now).await.map_err(internal)?;
-                self.state.rollouts.reported(&self.machine_id, &report, now);
-                let phase = (report.generation, report.phase);
-                if self.last_phase != Some(phase) {
-                    self.last_phase = Some(phase);
-                    tracing::info!(
-                        generation = report.generation,
-                        phase = %report.phase,
-                        error = %report.error,
-                        "convergence report"
-                    );
+                let phase = (report.generation, report.phase, report.error.clone());
+                self.state.reports.record(&self.machine_id, report, now).await.map_err(internal)?;
+                let (generation, phase, error) = phase;
+                if self.last_phase != Some((generation, phase)) {
+                    self.last_phase = Some((generation, phase));
+                    tracing::info!(generation, phase = %phase, error = %error, "convergence report");
                 }
                 self.ack(message.seq).await
             }

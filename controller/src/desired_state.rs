@@ -6,17 +6,44 @@
 //!
 //! [`Presence::notify_assignment`]: crate::presence::Presence::notify_assignment
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use comfyfleet_config::MachineId;
+use comfyfleet_config::spec::SpecDigest;
 use comfyfleet_proto::v1 as pb;
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tonic::Status;
 use tracing::Instrument;
 
+use crate::presence::Doorbell;
 use crate::store::{Store, StoreError, StoredAssignment};
+
+/// Revisions' canonical specs by id, shared by every session: a revision never
+/// changes, and a rollout sends the same one to thousands of machines at once.
+#[derive(Default)]
+pub struct SpecCache {
+    specs: Mutex<HashMap<SpecDigest, Arc<String>>>,
+}
+
+/// Revisions kept; past this the cache starts over (rollouts use one or two).
+const CACHED_SPECS: usize = 64;
+
+impl SpecCache {
+    fn get(&self, id: &SpecDigest) -> Option<Arc<String>> {
+        self.specs.lock().unwrap_or_else(PoisonError::into_inner).get(id).cloned()
+    }
+
+    fn put(&self, id: SpecDigest, spec: Arc<String>) {
+        let mut specs = self.specs.lock().unwrap_or_else(PoisonError::into_inner);
+        if specs.len() >= CACHED_SPECS {
+            specs.clear();
+        }
+        specs.insert(id, spec);
+    }
+}
 
 /// How long to wait before reading the store again after it failed.
 const RETRY_AFTER: Duration = Duration::from_secs(5);
@@ -45,18 +72,26 @@ enum LoadError {
 /// Starts pushing `machine`'s desired state into `outbound`, in the current span.
 pub fn spawn(
     store: Arc<dyn Store>,
+    specs: Arc<SpecCache>,
     machine: MachineId,
-    doorbell: Arc<Notify>,
+    doorbell: Arc<Doorbell>,
     outbound: Outbound,
 ) -> DesiredStatePusher {
-    let task = tokio::spawn(push(store, machine, doorbell, outbound).in_current_span());
+    let task = tokio::spawn(push(store, specs, machine, doorbell, outbound).in_current_span());
     DesiredStatePusher { task }
 }
 
-async fn push(store: Arc<dyn Store>, machine: MachineId, doorbell: Arc<Notify>, outbound: Outbound) {
+async fn push(
+    store: Arc<dyn Store>,
+    specs: Arc<SpecCache>,
+    machine: MachineId,
+    doorbell: Arc<Doorbell>,
+    outbound: Outbound,
+) {
     let mut last_sent: Option<u64> = None;
     loop {
-        match load(store.as_ref(), &machine, last_sent).await {
+        let handed = doorbell.take();
+        match load(store.as_ref(), &specs, &machine, handed, last_sent).await {
             Ok(Some((assignment, desired))) => {
                 let message =
                     pb::ControllerMessage { body: Some(pb::controller_message::Body::Desired(desired)) };
@@ -78,41 +113,59 @@ async fn push(store: Arc<dyn Store>, machine: MachineId, doorbell: Arc<Notify>, 
                 tracing::warn!(%error, "cannot read the machine's desired state; trying again");
                 tokio::select! {
                     () = tokio::time::sleep(RETRY_AFTER) => {}
-                    () = doorbell.notified() => {}
+                    () = doorbell.rung() => {}
                     () = outbound.closed() => return,
                 }
                 continue;
             }
         }
         tokio::select! {
-            () = doorbell.notified() => {}
+            () = doorbell.rung() => {}
             () = outbound.closed() => return,
         }
     }
 }
 
 /// The desired state to send, unless the machine has no assignment or this session
-/// already sent its generation.
+/// already sent its generation. An assignment handed over with the ring is the one
+/// just stored, unless a newer one replaced it since: then the store is read.
 async fn load(
     store: &dyn Store,
+    specs: &SpecCache,
     machine: &MachineId,
+    handed: Option<StoredAssignment>,
     last_sent: Option<u64>,
 ) -> Result<Option<(StoredAssignment, pb::DesiredState)>, LoadError> {
-    let Some(assignment) = store.assignment(machine).await? else {
-        return Ok(None);
+    let handed = handed.filter(|assignment| last_sent.is_none_or(|sent| assignment.generation > sent));
+    let assignment = match handed {
+        Some(assignment) => assignment,
+        None => {
+            let Some(assignment) = store.assignment(machine).await? else {
+                return Ok(None);
+            };
+            assignment
+        }
     };
-    if last_sent == Some(assignment.generation) {
+    if last_sent.is_some_and(|sent| assignment.generation <= sent) {
         return Ok(None);
     }
-    let revision = store
-        .environment_revision_by_id(&assignment.environment, &assignment.revision_id)
-        .await?
-        .ok_or_else(|| LoadError::MissingRevision {
-            environment: assignment.environment.clone(),
-            number: assignment.revision_number,
-            id: assignment.revision_id.short().to_owned(),
-        })?;
-    let desired = pb::DesiredState::from(&assignment.record(revision.spec_json));
+    let spec_json = match specs.get(&assignment.revision_id) {
+        Some(spec) => spec,
+        None => {
+            let revision = store
+                .environment_revision_by_id(&assignment.environment, &assignment.revision_id)
+                .await?
+                .ok_or_else(|| LoadError::MissingRevision {
+                    environment: assignment.environment.clone(),
+                    number: assignment.revision_number,
+                    id: assignment.revision_id.short().to_owned(),
+                })?;
+            let spec = Arc::new(revision.spec_json);
+            specs.put(assignment.revision_id.clone(), spec.clone());
+            spec
+        }
+    };
+    let desired = pb::DesiredState::from(&assignment.record(spec_json.as_ref().clone()));
     Ok(Some((assignment, desired)))
 }
 
@@ -143,8 +196,13 @@ mod tests {
         let revision = fleet.apply(&spec("render", &"1".repeat(40))).await;
         let session = fleet.state.presence.register(machine.clone(), Timestamp::now());
         let (outbound, mut inbox) = mpsc::channel(4);
-        let pusher =
-            spawn(fleet.state.store.clone(), machine.clone(), session.assignment_changed(), outbound);
+        let pusher = spawn(
+            fleet.state.store.clone(),
+            Default::default(),
+            machine.clone(),
+            session.assignment_changed(),
+            outbound,
+        );
         assert!(next(&mut inbox).await.is_none(), "nothing assigned, nothing sent");
 
         let rollout = fleet.start_rollout("render", "", &[]).await.unwrap();
@@ -167,7 +225,13 @@ mod tests {
         drop(session);
         let session = fleet.state.presence.register(machine.clone(), Timestamp::now());
         let (outbound, mut inbox) = mpsc::channel(4);
-        let _pusher = spawn(fleet.state.store.clone(), machine, session.assignment_changed(), outbound);
+        let _pusher = spawn(
+            fleet.state.store.clone(),
+            Default::default(),
+            machine,
+            session.assignment_changed(),
+            outbound,
+        );
         assert_eq!(next(&mut inbox).await.map(|desired| desired.generation), Some(2));
     }
 }

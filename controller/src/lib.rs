@@ -13,6 +13,7 @@ mod fleet_service;
 mod git_pin;
 pub mod pki;
 mod presence;
+mod report_writer;
 mod rollout_service;
 pub mod rollouts;
 mod secrets;

@@ -12,6 +12,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
+use crate::store::StoredAssignment;
 use comfyfleet_config::MachineId;
 use jiff::Timestamp;
 use tokio::sync::{Notify, oneshot};
@@ -31,7 +32,7 @@ struct LiveSession {
     session_id: u64,
     last_seen_ms: Arc<AtomicI64>,
     kick: Option<oneshot::Sender<KickReason>>,
-    assignment_changed: Arc<Notify>,
+    assignment_changed: Arc<Doorbell>,
 }
 
 #[derive(Default)]
@@ -56,7 +57,7 @@ impl Presence {
         let session_id = self.next_session_id.fetch_add(1, Ordering::Relaxed);
         let last_seen_ms = Arc::new(AtomicI64::new(now.as_millisecond()));
         let (kick, kicked) = oneshot::channel();
-        let assignment_changed = Arc::new(Notify::new());
+        let assignment_changed = Arc::new(Doorbell::default());
         let previous = self.sessions().insert(
             machine.clone(),
             LiveSession {
@@ -87,7 +88,15 @@ impl Presence {
     pub fn notify_assignment(&self, machine: &MachineId) -> bool {
         let doorbell = self.sessions().get(machine).map(|session| session.assignment_changed.clone());
         // A stored permit means a ring between two waits is never lost.
-        doorbell.inspect(|doorbell| doorbell.notify_one()).is_some()
+        doorbell.inspect(|doorbell| doorbell.ring()).is_some()
+    }
+
+    /// Like [`Presence::notify_assignment`], handing the session the assignment just
+    /// stored so it need not read it back.
+    pub fn hand_assignment(&self, assignment: &StoredAssignment) -> bool {
+        let doorbell =
+            self.sessions().get(&assignment.machine_id).map(|session| session.assignment_changed.clone());
+        doorbell.inspect(|doorbell| doorbell.hand(assignment.clone())).is_some()
     }
 
     /// When a live session last heard from `machine`; `None` when it is offline.
@@ -121,6 +130,40 @@ impl Presence {
     }
 }
 
+/// A session's doorbell: rung when the machine's assignment changed, maybe with
+/// the assignment itself (the newest one handed over wins).
+#[derive(Default)]
+pub struct Doorbell {
+    notify: Notify,
+    handed: Mutex<Option<StoredAssignment>>,
+}
+
+impl Doorbell {
+    pub fn ring(&self) {
+        self.notify.notify_one();
+    }
+
+    pub fn hand(&self, assignment: StoredAssignment) {
+        {
+            let mut handed = self.handed.lock().unwrap_or_else(PoisonError::into_inner);
+            if handed.as_ref().is_none_or(|held| held.generation < assignment.generation) {
+                *handed = Some(assignment);
+            }
+        }
+        self.ring();
+    }
+
+    /// Waits for the next ring (one that came while nobody waited counts).
+    pub async fn rung(&self) {
+        self.notify.notified().await;
+    }
+
+    /// The assignment handed over since the last take, if any.
+    pub fn take(&self) -> Option<StoredAssignment> {
+        self.handed.lock().unwrap_or_else(PoisonError::into_inner).take()
+    }
+}
+
 /// Held by a session task; the machine is online until it drops.
 pub struct SessionGuard {
     presence: Arc<Presence>,
@@ -128,7 +171,7 @@ pub struct SessionGuard {
     session_id: u64,
     last_seen_ms: Arc<AtomicI64>,
     kicked: Option<oneshot::Receiver<KickReason>>,
-    assignment_changed: Arc<Notify>,
+    assignment_changed: Arc<Doorbell>,
 }
 
 impl SessionGuard {
@@ -141,8 +184,8 @@ impl SessionGuard {
             .unwrap_or_else(|_| Timestamp::now())
     }
 
-    /// Rung by [`Presence::notify_assignment`]; wait on it with `notified()`.
-    pub fn assignment_changed(&self) -> Arc<Notify> {
+    /// Rung by [`Presence::notify_assignment`]; wait on it with `rung()`.
+    pub fn assignment_changed(&self) -> Arc<Doorbell> {
         self.assignment_changed.clone()
     }
 
@@ -222,9 +265,9 @@ mod tests {
         // Rung before anyone waits: the permit is kept for the next wait.
         assert!(presence.notify_assignment(&id("m1")));
         let doorbell = new.assignment_changed();
-        let rung = tokio::time::timeout(std::time::Duration::from_secs(5), doorbell.notified());
+        let rung = tokio::time::timeout(std::time::Duration::from_secs(5), doorbell.rung());
         assert!(rung.await.is_ok(), "the newest session hears it");
-        let ghost = tokio::time::timeout(std::time::Duration::from_millis(50), old_doorbell.notified()).await;
+        let ghost = tokio::time::timeout(std::time::Duration::from_millis(50), old_doorbell.rung()).await;
         assert!(ghost.is_err(), "a replaced session is not rung");
         drop(new);
         assert!(!presence.notify_assignment(&id("m1")));

@@ -18,6 +18,7 @@ use crate::agent_service::AgentApi;
 use crate::fleet_service::FleetApi;
 use crate::pki::CertificateAuthority;
 use crate::presence::{KickReason, Presence};
+use crate::report_writer::ReportWriter;
 use crate::rollouts::Rollouts;
 use crate::state::{ControllerState, Settings};
 use crate::store::{SqliteStore, Store};
@@ -85,12 +86,15 @@ pub async fn run(
     let tls_config = tls::server_config(&ca, identity)?;
 
     let (rollouts, inbox) = Rollouts::new();
+    let reports = ReportWriter::spawn(store.clone(), rollouts.clone());
     let state = Arc::new(ControllerState {
         store,
         ca,
         presence: Presence::new(),
         settings: options.settings.clone(),
+        reports,
         rollouts,
+        specs: Default::default(),
     });
     let _engine = crate::rollouts::spawn(state.clone(), inbox);
     let admin_path = admin_file::ensure(data_dir, &url, &state).await?;

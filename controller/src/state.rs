@@ -5,8 +5,10 @@ use std::time::Duration;
 
 use jiff::Timestamp;
 
+use crate::desired_state::SpecCache;
 use crate::pki::CertificateAuthority;
 use crate::presence::Presence;
+use crate::report_writer::ReportWriter;
 use crate::rollouts::Rollouts;
 use crate::store::Store;
 
@@ -34,6 +36,10 @@ pub struct ControllerState {
     pub presence: Arc<Presence>,
     pub settings: Settings,
     pub rollouts: Rollouts,
+    /// Where sessions store their agents' reports.
+    pub reports: ReportWriter,
+    /// Revision specs for the desired-state pushers.
+    pub specs: Arc<SpecCache>,
 }
 
 impl ControllerState {

@@ -32,12 +32,16 @@ impl TestFleet {
         let dir = tempfile::tempdir().unwrap();
         let store = SqliteStore::open(&dir.path().join("controller.db")).await.unwrap();
         let (rollouts, inbox) = crate::rollouts::Rollouts::new();
+        let store: Arc<dyn crate::store::Store> = Arc::new(store);
+        let reports = crate::report_writer::ReportWriter::spawn(store.clone(), rollouts.clone());
         let state = Arc::new(ControllerState {
-            store: Arc::new(store),
+            store,
             ca: CertificateAuthority::load_or_create(dir.path()).unwrap(),
             presence: Presence::new(),
             settings: Settings::default(),
+            reports,
             rollouts,
+            specs: Default::default(),
         });
         crate::rollouts::spawn(state.clone(), inbox);
         let (operator, _) = mint_credential(&state, "op", Role::Operator, "test").await.unwrap();

@@ -356,7 +356,7 @@ impl Engine {
             }
         }
         for assigned in &written {
-            self.state.presence.notify_assignment(&assigned.machine_id);
+            self.state.presence.hand_assignment(assigned);
         }
         if !run.record.state.is_open() {
             self.close(id);

@@ -331,6 +331,8 @@ pub trait Store: Send + Sync + 'static {
         at: Timestamp,
     ) -> StoreResult<()>;
     async fn report(&self, machine: &MachineId) -> StoreResult<Option<ConvergenceReport>>;
+    /// Keeps each of `reports` as its machine's latest, in one transaction.
+    async fn record_reports(&self, reports: &[(MachineId, ConvergenceReport, Timestamp)]) -> StoreResult<()>;
     /// Every machine's latest report with when it arrived.
     async fn all_reports(&self) -> StoreResult<Vec<(MachineId, ConvergenceReport, Timestamp)>>;
 

@@ -579,6 +579,10 @@ impl Store for SqliteStore {
         self.get_report(machine).await
     }
 
+    async fn record_reports(&self, reports: &[(MachineId, ConvergenceReport, Timestamp)]) -> StoreResult<()> {
+        self.put_reports(reports).await
+    }
+
     async fn all_reports(&self) -> StoreResult<Vec<(MachineId, ConvergenceReport, Timestamp)>> {
         self.all_reports().await
     }

@@ -138,13 +138,10 @@ impl Controller {
         let admin = data_dir.join("admin.toml");
         let before = std::fs::read_to_string(&admin).ok();
         let mut command = Command::new(&binaries().controller);
-        command
-            .arg("--data-dir")
-            .arg(data_dir)
-            .arg("--listen")
-            .arg(format!("127.0.0.1:{port}"))
-            .args(["--heartbeat-interval", "1s"])
-            .args(extra);
+        command.arg("--data-dir").arg(data_dir).arg("--listen").arg(format!("127.0.0.1:{port}")).args(extra);
+        if !extra.contains(&"--heartbeat-interval") {
+            command.args(["--heartbeat-interval", "1s"]);
+        }
         let log = data_dir.with_extension("log");
         let mut process = Process::spawn("controller", command, &log);
         let url = wait_until(Duration::from_secs(20), "the controller to write admin.toml", || {

@@ -30,6 +30,10 @@ impl Process {
         Process { name: name.to_owned(), child, log: log.to_owned(), generation, exited: None }
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn generation(&self) -> u32 {
         self.generation
     }

@@ -180,6 +180,32 @@ impl SqliteStore {
         Ok(())
     }
 
+    pub(super) async fn put_reports(
+        &self,
+        reports: &[(MachineId, ConvergenceReport, Timestamp)],
+    ) -> StoreResult<()> {
+        let mut tx = self.write_transaction("starting to record reports").await?;
+        for (machine, report, at) in reports {
+            let json = serde_json::to_string(report).map_err(|e| StoreError::Corrupt {
+                what: "convergence report",
+                detail: format!("cannot serialise: {e}"),
+            })?;
+            sqlx::query(
+                "INSERT INTO machine_reports (machine_id, report_json, updated_at) VALUES (?, ?, ?) \
+                 ON CONFLICT (machine_id) DO UPDATE SET report_json = excluded.report_json, \
+                 updated_at = excluded.updated_at",
+            )
+            .bind(machine.as_str())
+            .bind(json)
+            .bind(millis(*at))
+            .execute(&mut *tx)
+            .await
+            .map_err(database("recording a convergence report"))?;
+        }
+        tx.commit().await.map_err(database("committing reports"))?;
+        Ok(())
+    }
+
     pub(super) async fn get_report(&self, machine: &MachineId) -> StoreResult<Option<ConvergenceReport>> {
         let json: Option<String> =
             sqlx::query_scalar("SELECT report_json FROM machine_reports WHERE machine_id = ?")

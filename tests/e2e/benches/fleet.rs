@@ -1,0 +1,209 @@
+//! One controller and a simulated fleet on this machine: how long the agents take
+//! to enroll and connect (and to reconnect), the controller's memory with all of
+//! them connected, how fast a new revision reaches every agent (p50/p99), and a
+//! rollout's wall time against the ideal `prepare + ceil(N / batch) × activation`.
+//! The real controller and CLI; the agents are `comfyfleet-fleetsim`'s, each a real
+//! mTLS session with its own identity. A benchmark, not a test: it prints figures
+//! for the README.
+//!
+//! ```text
+//! cargo build --release --workspace
+//! cargo bench -p comfyfleet-e2e --bench fleet                      # 10,000 machines
+//! cargo bench -p comfyfleet-e2e --bench fleet -- --machines 2000 --prepare 2s --activate 1s
+//! ```
+//!
+//! The data dirs go to /dev/shm when it exists: 10,000 agents fsync their journals
+//! on every assignment, which a laptop disk would turn into the measurement.
+
+// A benchmark's main: it fails loudly and prints its figures.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::print_stdout, clippy::print_stderr)]
+
+use std::path::Path;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use comfyfleet_e2e::rollouts::{PROFILES, apply, spec};
+use comfyfleet_e2e::sim::{SimFleet, SimOptions};
+use comfyfleet_e2e::{Controller, wait_until};
+use serde_json::Value;
+
+struct Settings {
+    machines: usize,
+    prepare: Duration,
+    activate: Duration,
+    max_unavailable: String,
+}
+
+impl Settings {
+    fn parse() -> Settings {
+        let mut settings = Settings {
+            machines: 10_000,
+            prepare: Duration::from_secs(2),
+            activate: Duration::from_secs(1),
+            max_unavailable: "10%".to_owned(),
+        };
+        let mut args = std::env::args().skip(1).filter(|arg| arg != "--bench");
+        while let Some(flag) = args.next() {
+            let mut value = || args.next().unwrap_or_else(|| panic!("{flag} needs a value"));
+            match flag.as_str() {
+                "--machines" => settings.machines = value().parse().expect("--machines N"),
+                "--prepare" => settings.prepare = humantime::parse_duration(&value()).expect("--prepare 2s"),
+                "--activate" => {
+                    settings.activate = humantime::parse_duration(&value()).expect("--activate 1s")
+                }
+                "--max-unavailable" => settings.max_unavailable = value(),
+                other => panic!(
+                    "unknown flag {other}: --machines N, --prepare D, --activate D, --max-unavailable A"
+                ),
+            }
+        }
+        settings
+    }
+}
+
+fn now_ms() -> i64 {
+    i64::try_from(SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis()).unwrap()
+}
+
+/// `VmRSS` and `VmHWM` (peak) of a process, in MiB.
+fn memory(pid: u32) -> (f64, f64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find(|line| line.starts_with(name))
+            .and_then(|line| line.split_whitespace().nth(1))
+            .and_then(|kib| kib.parse::<f64>().ok())
+            .map_or(0.0, |kib| kib / 1024.0)
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+fn percentile(sorted: &[i64], p: f64) -> i64 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    let rank = ((p / 100.0) * (sorted.len() as f64 - 1.0)).round() as usize;
+    sorted[rank.min(sorted.len() - 1)]
+}
+
+fn sim_options(settings: &Settings) -> SimOptions {
+    let mut options = SimOptions::new(settings.machines);
+    options.prepare = settings.prepare;
+    options.activate = settings.activate;
+    options.jitter = 0.1;
+    options.profiles = PROFILES.iter().map(|name| (*name).to_owned()).collect();
+    options.labels = vec!["pool=sim".to_owned()];
+    options.extra = vec!["--enroll-parallel".to_owned(), "128".to_owned()];
+    options
+}
+
+fn main() {
+    let settings = Settings::parse();
+    let n = settings.machines;
+    let base = if Path::new("/dev/shm").is_dir() { Path::new("/dev/shm") } else { Path::new("/tmp") };
+    let dir = tempfile::Builder::new().prefix("comfyfleet-fleet-bench").tempdir_in(base).unwrap();
+    let controller =
+        Controller::start_with(&dir.path().join("controller"), 0, &["--heartbeat-interval", "5s"]);
+    let pid = controller.process.pid();
+    let (idle_rss, _) = memory(pid);
+
+    // Enroll and connect every agent.
+    let options = sim_options(&settings);
+    let started = Instant::now();
+    let mut sim = SimFleet::start(dir.path(), &controller, &options);
+    let enrolled = started.elapsed();
+    std::thread::sleep(Duration::from_secs(3));
+    let (connected_rss, _) = memory(pid);
+    let listed = controller.machines().iter().filter(|machine| machine["online"] == true).count();
+    assert_eq!(listed, n, "every machine online");
+
+    // Reconnect: the same identities, no enrollment.
+    assert!(sim.stop(Duration::from_secs(60)).success());
+    wait_until(Duration::from_secs(60), "every machine offline", || {
+        controller.machines().iter().all(|machine| machine["online"] == false).then_some(())
+    });
+    let started = Instant::now();
+    let sim = SimFleet::start_with(dir.path(), &controller.url, None, &options);
+    let reconnected = started.elapsed();
+    std::thread::sleep(Duration::from_secs(3));
+
+    // A rollout: every machine prepares at once, activates max_unavailable at a time.
+    apply(&controller, dir.path(), &spec('1', "canary = 0"));
+    let before = sim.events().len();
+    let t0 = now_ms();
+    let clock = Instant::now();
+    let out = controller
+        .cli(&[
+            "rollout",
+            "start",
+            "render",
+            "--max-parallel-prepare",
+            "100%",
+            "--max-unavailable",
+            &settings.max_unavailable,
+            "-o",
+            "json",
+        ])
+        .success();
+    let start_call = clock.elapsed();
+    let started: Value = serde_json::from_str(&out).unwrap();
+    let id = started["rollout"]["id"].as_u64().unwrap();
+    let batch = started["rollout"]["limits"]["max_unavailable"].as_u64().unwrap();
+    let mut peak_during = 0.0f64;
+    let done = wait_until(Duration::from_secs(3600), "the rollout to succeed", || {
+        peak_during = peak_during.max(memory(pid).0);
+        std::thread::sleep(Duration::from_millis(200));
+        let out = controller.cli(&["rollout", "status", &id.to_string(), "-o", "json"]);
+        let status: Value = serde_json::from_str(&out.stdout).ok()?;
+        (status["state"] == "succeeded").then_some(status)
+    });
+    let wall = clock.elapsed();
+    assert_eq!(done["counts"]["active"].as_u64(), Some(n as u64), "{}", done["counts"]);
+    let (_, peak) = memory(pid);
+
+    // When each agent received the new revision (its first assignment).
+    let events = sim.events();
+    let mut reach: Vec<i64> = events[before..]
+        .iter()
+        .filter(|event| event["event"] == "assigned" && event["generation"] == 1)
+        .map(|event| event["at_ms"].as_i64().unwrap() - t0)
+        .collect();
+    reach.sort_unstable();
+    assert_eq!(reach.len(), n, "every agent got the revision once");
+    let first = reach[0];
+    let spread: Vec<i64> = reach.iter().map(|at| at - first).collect();
+
+    let batches = (n as u64).div_ceil(batch);
+    let ideal = settings.prepare + settings.activate * u32::try_from(batches).unwrap();
+    let secs = |d: Duration| format!("{:.1} s", d.as_secs_f64());
+    println!(
+        "fleet bench: {n} simulated machines, prepare {:?}, activate {:?}, max_unavailable {} ({batch})",
+        settings.prepare, settings.activate, settings.max_unavailable
+    );
+    println!("| figure | value |");
+    println!("|---|---|");
+    println!("| enroll + connect all {n} agents | {} |", secs(enrolled));
+    println!("| reconnect all {n} (identities kept) | {} |", secs(reconnected));
+    println!(
+        "| controller RSS idle / {n} connected / peak in rollout | {idle_rss:.0} / {connected_rss:.0} / {:.0} MiB |",
+        peak.max(peak_during)
+    );
+    println!("| `rollout start` call (plans {n} machines) | {} |", secs(start_call));
+    println!(
+        "| new revision reaches agents, from the command: p50 / p99 / max | {} / {} / {} ms |",
+        percentile(&reach, 50.0),
+        percentile(&reach, 99.0),
+        reach[n - 1]
+    );
+    println!(
+        "| … from the first agent reached: p50 / p99 | {} / {} ms |",
+        percentile(&spread, 50.0),
+        percentile(&spread, 99.0)
+    );
+    println!(
+        "| rollout wall time / ideal prepare + {batches} × activation | {} / {} |",
+        secs(wall),
+        secs(ideal)
+    );
+    drop(sim);
+}
