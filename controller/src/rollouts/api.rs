@@ -143,6 +143,7 @@ async fn launch_rollout(
     launch: Launch<'_>,
 ) -> Result<pb::StartRolloutResponse, Status> {
     let now = Timestamp::now();
+    let planning = std::time::Instant::now();
     let resolver = Resolver::new(&launch.spec);
     let mut targets = Vec::with_capacity(launch.machines.len());
     let mut rows = Vec::new();
@@ -206,7 +207,15 @@ async fn launch_rollout(
             format!("{} of {}: {summary}", launch.kind.as_str(), record.label()),
         )],
     };
+    let planned = planning.elapsed();
     let created = state.rollouts.create(new).await?;
+    tracing::info!(
+        rollout = created.record.id,
+        machines,
+        plan_ms = planned.as_millis(),
+        create_ms = (planning.elapsed() - planned).as_millis(),
+        "rollout planned and stored"
+    );
     for (machine, detail) in &created.busy {
         if let Some(target) = targets.iter_mut().find(|target| target.machine_id == machine.as_str()) {
             target.outcome = pb::TargetOutcome::Busy.into();

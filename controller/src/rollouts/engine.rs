@@ -28,6 +28,8 @@ use crate::store::{NewAssignment, StoreResult, StoredRevision};
 /// How often every open rollout is looked at even when nothing was reported:
 /// progress deadlines, soaks, machines coming back.
 const TICK: Duration = Duration::from_millis(500);
+/// A step taking longer than this to write is logged with its size.
+const SLOW_STEP: Duration = Duration::from_millis(100);
 /// Messages taken in one batch before the rollouts they touch are stepped.
 const BATCH: usize = 20_000;
 /// How many recent rollouts are read at start to find each environment's newest.
@@ -328,6 +330,8 @@ impl Engine {
         if step.is_empty() {
             return;
         }
+        let writing = std::time::Instant::now();
+        let (rows, events) = (step.rows.len(), step.events.len());
         let written = match self.state.store.apply_rollout_step(id, &step).await {
             Ok(written) => written,
             Err(error) => {
@@ -357,6 +361,17 @@ impl Engine {
         }
         for assigned in &written {
             self.state.presence.hand_assignment(assigned);
+        }
+        let took = writing.elapsed();
+        if took > SLOW_STEP {
+            tracing::info!(
+                rollout = id,
+                rows,
+                assigned = written.len(),
+                events,
+                ms = took.as_millis(),
+                "slow rollout step"
+            );
         }
         if !run.record.state.is_open() {
             self.close(id);

@@ -206,4 +206,9 @@ fn main() {
         secs(ideal)
     );
     drop(sim);
+    for line in controller.process.log().lines() {
+        if line.contains("slow rollout step") || line.contains("rollout planned") || line.contains("slow") {
+            eprintln!("controller: {line}");
+        }
+    }
 }

@@ -116,6 +116,49 @@ pub(super) async fn insert_assignment(
     assignment_from_row(&row)
 }
 
+/// Reports per statement (one machine appears once in a batch).
+const REPORTS_PER_STATEMENT: usize = 1_000;
+/// Assignments per statement: 11 bound values each, far under SQLite's limit.
+const ASSIGNMENTS_PER_STATEMENT: usize = 500;
+
+/// Replaces many machines' assignments inside `tx`, each generation raised by one,
+/// a few statements for thousands of machines. Returned in no particular order.
+pub(super) async fn insert_assignments(
+    tx: &mut sqlx::SqliteConnection,
+    assignments: &[(&MachineId, &NewAssignment)],
+) -> StoreResult<Vec<StoredAssignment>> {
+    let mut stored = Vec::with_capacity(assignments.len());
+    for chunk in assignments.chunks(ASSIGNMENTS_PER_STATEMENT) {
+        let mut query: sqlx::QueryBuilder<sqlx::Sqlite> =
+            sqlx::QueryBuilder::new(format!("INSERT INTO machine_assignments ({ASSIGNMENT_COLUMNS}) "));
+        query.push_values(chunk, |mut row, (machine, assignment)| {
+            row.push_bind(machine.as_str().to_owned())
+                .push_bind(1i64)
+                .push_bind(assignment.environment.clone())
+                .push_bind(i64::from(assignment.revision_number))
+                .push_bind(assignment.revision_id.as_str().to_owned())
+                .push_bind(assignment.plan_json.clone())
+                .push_bind(assignment.torch.clone())
+                .push_bind(assignment.activate)
+                .push_bind(assignment.reason.as_str())
+                .push_bind(millis(assignment.assigned_at))
+                .push_bind(assignment.assigned_by.clone());
+        });
+        query.push(format!(
+            " ON CONFLICT (machine_id) DO UPDATE SET generation = machine_assignments.generation + 1, \
+             environment = excluded.environment, revision_number = excluded.revision_number, \
+             revision_id = excluded.revision_id, plan_json = excluded.plan_json, torch = excluded.torch, \
+             activate = excluded.activate, reason = excluded.reason, assigned_at = excluded.assigned_at, \
+             assigned_by = excluded.assigned_by RETURNING {ASSIGNMENT_COLUMNS}"
+        ));
+        let rows = query.build().fetch_all(&mut *tx).await.map_err(database("storing assignments"))?;
+        for row in &rows {
+            stored.push(assignment_from_row(row)?);
+        }
+    }
+    Ok(stored)
+}
+
 impl SqliteStore {
     pub(super) async fn put_assignment(
         &self,
@@ -184,23 +227,26 @@ impl SqliteStore {
         &self,
         reports: &[(MachineId, ConvergenceReport, Timestamp)],
     ) -> StoreResult<()> {
-        let mut tx = self.write_transaction("starting to record reports").await?;
+        let mut rows = Vec::with_capacity(reports.len());
         for (machine, report, at) in reports {
             let json = serde_json::to_string(report).map_err(|e| StoreError::Corrupt {
                 what: "convergence report",
                 detail: format!("cannot serialise: {e}"),
             })?;
-            sqlx::query(
-                "INSERT INTO machine_reports (machine_id, report_json, updated_at) VALUES (?, ?, ?) \
-                 ON CONFLICT (machine_id) DO UPDATE SET report_json = excluded.report_json, \
+            rows.push((machine.as_str().to_owned(), json, millis(*at)));
+        }
+        let mut tx = self.write_transaction("starting to record reports").await?;
+        for chunk in rows.chunks(REPORTS_PER_STATEMENT) {
+            let mut query: sqlx::QueryBuilder<sqlx::Sqlite> =
+                sqlx::QueryBuilder::new("INSERT INTO machine_reports (machine_id, report_json, updated_at) ");
+            query.push_values(chunk, |mut row, (machine, json, at)| {
+                row.push_bind(machine.clone()).push_bind(json.clone()).push_bind(*at);
+            });
+            query.push(
+                " ON CONFLICT (machine_id) DO UPDATE SET report_json = excluded.report_json, \
                  updated_at = excluded.updated_at",
-            )
-            .bind(machine.as_str())
-            .bind(json)
-            .bind(millis(*at))
-            .execute(&mut *tx)
-            .await
-            .map_err(database("recording a convergence report"))?;
+            );
+            query.build().execute(&mut *tx).await.map_err(database("recording convergence reports"))?;
         }
         tx.commit().await.map_err(database("committing reports"))?;
         Ok(())

@@ -2,13 +2,14 @@
 //! the assignments they make and their events — is one transaction: after a crash
 //! the store holds either all of a decision or none of it.
 
+use std::collections::HashMap;
 use std::str::FromStr;
 
 use comfyfleet_config::MachineId;
 use comfyfleet_config::spec::{RolloutPolicy, SpecDigest};
 use sqlx::sqlite::SqliteRow;
 
-use super::provisioning::insert_assignment;
+use super::provisioning::insert_assignments;
 use super::{SqliteStore, corrupt, count, database, get, millis, optional_timestamp, timestamp};
 use crate::rollouts::model::{
     MachineRow, NewEvent, NewRollout, RevisionRef, RolloutChange, RolloutKind, RolloutRecord, RolloutState,
@@ -103,55 +104,69 @@ fn event_from(row: &SqliteRow) -> StoreResult<StoredEvent> {
     })
 }
 
-async fn write_row(tx: &mut sqlx::SqliteConnection, rollout: u64, row: &MachineRow) -> StoreResult<()> {
-    sqlx::query(
-        "INSERT INTO rollout_machines (rollout_id, machine_id, ordinal, phase, status, generation, plan_json, \
-         torch, from_environment, from_revision_number, detail, since, activations, attempts, rollback_tried, \
-         stalled, joined) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
-         ON CONFLICT (rollout_id, machine_id) DO UPDATE SET ordinal = excluded.ordinal, \
-         phase = excluded.phase, status = excluded.status, generation = excluded.generation, \
-         plan_json = excluded.plan_json, torch = excluded.torch, detail = excluded.detail, \
-         since = excluded.since, activations = excluded.activations, attempts = excluded.attempts, \
-         rollback_tried = excluded.rollback_tried, stalled = excluded.stalled, joined = excluded.joined",
-    )
-    .bind(i64::try_from(rollout).unwrap_or(i64::MAX))
-    .bind(row.machine_id.as_str())
-    .bind(i64::from(row.ordinal))
-    .bind(i64::from(row.phase))
-    .bind(row.status.as_str())
-    .bind(i64::try_from(row.generation).unwrap_or(i64::MAX))
-    .bind(&row.plan_json)
-    .bind(&row.torch)
-    .bind(row.from.as_ref().map(|from| from.environment.clone()))
-    .bind(row.from.as_ref().map(|from| i64::from(from.number)))
-    .bind(&row.detail)
-    .bind(millis(row.since))
-    .bind(i64::from(row.activations))
-    .bind(i64::from(row.attempts))
-    .bind(row.rollback_tried)
-    .bind(row.stalled)
-    .bind(row.joined)
-    .execute(&mut *tx)
-    .await
-    .map_err(database("storing a rollout machine"))?;
+/// Rows per statement: 17 bound values each.
+const ROWS_PER_STATEMENT: usize = 500;
+/// Events per statement: 7 bound values each.
+const EVENTS_PER_STATEMENT: usize = 1_000;
+
+async fn write_rows(tx: &mut sqlx::SqliteConnection, rollout: u64, rows: &[&MachineRow]) -> StoreResult<()> {
+    let rollout = i64::try_from(rollout).unwrap_or(i64::MAX);
+    for chunk in rows.chunks(ROWS_PER_STATEMENT) {
+        let mut query: sqlx::QueryBuilder<sqlx::Sqlite> = sqlx::QueryBuilder::new(
+            "INSERT INTO rollout_machines (rollout_id, machine_id, ordinal, phase, status, generation, plan_json, \
+             torch, from_environment, from_revision_number, detail, since, activations, attempts, rollback_tried, \
+             stalled, joined) ",
+        );
+        query.push_values(chunk, |mut values, row| {
+            values
+                .push_bind(rollout)
+                .push_bind(row.machine_id.as_str().to_owned())
+                .push_bind(i64::from(row.ordinal))
+                .push_bind(i64::from(row.phase))
+                .push_bind(row.status.as_str())
+                .push_bind(i64::try_from(row.generation).unwrap_or(i64::MAX))
+                .push_bind(row.plan_json.clone())
+                .push_bind(row.torch.clone())
+                .push_bind(row.from.as_ref().map(|from| from.environment.clone()))
+                .push_bind(row.from.as_ref().map(|from| i64::from(from.number)))
+                .push_bind(row.detail.clone())
+                .push_bind(millis(row.since))
+                .push_bind(i64::from(row.activations))
+                .push_bind(i64::from(row.attempts))
+                .push_bind(row.rollback_tried)
+                .push_bind(row.stalled)
+                .push_bind(row.joined);
+        });
+        query.push(
+            " ON CONFLICT (rollout_id, machine_id) DO UPDATE SET ordinal = excluded.ordinal, \
+             phase = excluded.phase, status = excluded.status, generation = excluded.generation, \
+             plan_json = excluded.plan_json, torch = excluded.torch, detail = excluded.detail, \
+             since = excluded.since, activations = excluded.activations, attempts = excluded.attempts, \
+             rollback_tried = excluded.rollback_tried, stalled = excluded.stalled, joined = excluded.joined",
+        );
+        query.build().execute(&mut *tx).await.map_err(database("storing rollout machines"))?;
+    }
     Ok(())
 }
 
-async fn write_event(tx: &mut sqlx::SqliteConnection, rollout: u64, event: &NewEvent) -> StoreResult<()> {
-    sqlx::query(
-        "INSERT INTO rollout_events (rollout_id, at, machine_id, kind, from_status, detail, phase) \
-         VALUES (?, ?, ?, ?, ?, ?, ?)",
-    )
-    .bind(i64::try_from(rollout).unwrap_or(i64::MAX))
-    .bind(millis(event.at))
-    .bind(event.machine_id.as_ref().map(MachineId::as_str).unwrap_or_default())
-    .bind(&event.kind)
-    .bind(&event.from)
-    .bind(&event.detail)
-    .bind(i64::from(event.phase))
-    .execute(&mut *tx)
-    .await
-    .map_err(database("storing a rollout event"))?;
+async fn write_events(tx: &mut sqlx::SqliteConnection, rollout: u64, events: &[NewEvent]) -> StoreResult<()> {
+    let rollout = i64::try_from(rollout).unwrap_or(i64::MAX);
+    for chunk in events.chunks(EVENTS_PER_STATEMENT) {
+        let mut query: sqlx::QueryBuilder<sqlx::Sqlite> = sqlx::QueryBuilder::new(
+            "INSERT INTO rollout_events (rollout_id, at, machine_id, kind, from_status, detail, phase) ",
+        );
+        query.push_values(chunk, |mut values, event| {
+            values
+                .push_bind(rollout)
+                .push_bind(millis(event.at))
+                .push_bind(event.machine_id.as_ref().map(|id| id.as_str().to_owned()).unwrap_or_default())
+                .push_bind(event.kind.clone())
+                .push_bind(event.from.clone())
+                .push_bind(event.detail.clone())
+                .push_bind(i64::from(event.phase));
+        });
+        query.build().execute(&mut *tx).await.map_err(database("storing rollout events"))?;
+    }
     Ok(())
 }
 
@@ -202,12 +217,9 @@ impl SqliteStore {
         .await
         .map_err(database("storing a rollout"))?;
         let record = rollout_from_row(&row)?;
-        for machine in &rollout.rows {
-            write_row(&mut tx, record.id, machine).await?;
-        }
-        for event in &rollout.events {
-            write_event(&mut tx, record.id, event).await?;
-        }
+        let rows: Vec<&MachineRow> = rollout.rows.iter().collect();
+        write_rows(&mut tx, record.id, &rows).await?;
+        write_events(&mut tx, record.id, &rollout.events).await?;
         tx.commit().await.map_err(database("committing a rollout"))?;
         Ok(record)
     }
@@ -218,19 +230,34 @@ impl SqliteStore {
         step: &RolloutStep,
     ) -> StoreResult<Vec<StoredAssignment>> {
         let mut tx = self.write_transaction("starting a rollout step").await?;
-        let mut assigned = Vec::new();
-        for write in &step.rows {
-            let mut row = write.row.clone();
-            if let Some(assignment) = &write.assignment {
-                let stored = insert_assignment(&mut tx, &row.machine_id, assignment).await?;
-                row.generation = stored.generation;
-                assigned.push(stored);
-            }
-            write_row(&mut tx, rollout, &row).await?;
-        }
-        for event in &step.events {
-            write_event(&mut tx, rollout, event).await?;
-        }
+        let wanted: Vec<(&MachineId, &crate::store::NewAssignment)> = step
+            .rows
+            .iter()
+            .filter_map(|write| {
+                write.assignment.as_ref().map(|assignment| (&write.row.machine_id, assignment))
+            })
+            .collect();
+        let mut assigned = insert_assignments(&mut tx, &wanted).await?;
+        let generations: HashMap<&MachineId, u64> =
+            assigned.iter().map(|stored| (&stored.machine_id, stored.generation)).collect();
+        let rows: Vec<MachineRow> = step
+            .rows
+            .iter()
+            .map(|write| {
+                let mut row = write.row.clone();
+                if let Some(generation) = generations.get(&row.machine_id) {
+                    row.generation = *generation;
+                }
+                row
+            })
+            .collect();
+        let rows: Vec<&MachineRow> = rows.iter().collect();
+        write_rows(&mut tx, rollout, &rows).await?;
+        write_events(&mut tx, rollout, &step.events).await?;
+        // In the order of the rows that made them.
+        let order: HashMap<&MachineId, usize> =
+            wanted.iter().enumerate().map(|(index, (machine, _))| (*machine, index)).collect();
+        assigned.sort_by_key(|stored| order.get(&stored.machine_id).copied().unwrap_or(usize::MAX));
         if let Some(change) = &step.change {
             write_change(&mut tx, rollout, change).await?;
         }
