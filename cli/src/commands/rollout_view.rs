@@ -128,9 +128,13 @@ pub struct EventView {
     pub phase: u32,
 }
 
-/// Times to the second: sub-second digits would only make the views noisier.
+/// Times to the second (truncated, as a clock shows them): sub-second digits would
+/// only make the views noisier.
 fn seconds(at: Option<&prost_types::Timestamp>) -> Option<Timestamp> {
-    time(at).map(|at| at.round(jiff::Unit::Second).unwrap_or(at))
+    time(at).map(|at| {
+        at.round(jiff::TimestampRound::new().smallest(jiff::Unit::Second).mode(jiff::RoundMode::Trunc))
+            .unwrap_or(at)
+    })
 }
 
 fn non_empty(text: &str) -> Option<String> {

@@ -280,6 +280,10 @@ impl Engine {
         }
         let mut assignments: BTreeMap<usize, NewAssignment> = BTreeMap::new();
         let record = run.record.clone();
+        // A phase starting reads before its first machine switching.
+        let (phases, rollout_events): (Vec<NewEvent>, Vec<NewEvent>) =
+            decision.events.into_iter().partition(|event| event.kind == "phase");
+        step.events.extend(phases);
         let transitions = decision.transitions.clone();
         for transition in transitions {
             let Some(run) = self.runs.get(&id) else { return };
@@ -325,7 +329,7 @@ impl Engine {
             }
             step.rows.push(RowWrite { row: row.clone(), assignment: assignments.remove(index) });
         }
-        step.events.extend(decision.events);
+        step.events.extend(rollout_events);
         step.change = decision.change;
         if step.is_empty() {
             return;
