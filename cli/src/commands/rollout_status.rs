@@ -317,7 +317,7 @@ mod tests {
 Rollout:     7 (rollout)
 Environment: render-prod@3 (1a2b3c4d5e6f)
 State:       running (activating batch 1)
-Created:     2025-05-01T09:50:01Z by alice
+Created:     2025-05-01T09:50:00Z by alice
 Policy:      canary 2, max unavailable 2 (10%), failure budget 3, max parallel prepare 5 (25%), soak 10m, \
 auto rollback yes, progress deadline 30m, stalled is failure no
 Unavailable: 2 now, at most 2
@@ -391,11 +391,11 @@ bb08     gpu-bb08  batch 1  preparing (stalled)  no      5m ago  uv
         );
         assert_eq!(
             lines[1],
-            "7   render-prod  3         rollout  running          22        6       2       14m ago  alice"
+            "7   render-prod  3         rollout  running          22        6       2       15m ago  alice"
         );
         assert_eq!(
             lines[2],
-            "6   render-prod  3         rollout  paused (budget)  22        6       2       14m ago  alice"
+            "6   render-prod  3         rollout  paused (budget)  22        6       2       15m ago  alice"
         );
     }
 

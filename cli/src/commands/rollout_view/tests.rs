@@ -101,12 +101,12 @@ pub fn wire_rollout() -> pb::Rollout {
 }
 
 #[test]
-fn the_view_names_states_and_keeps_times_to_the_second() {
+fn the_view_names_states_and_truncates_times_to_the_second() {
     let view = RolloutView::from(&wire_rollout());
     assert_eq!(view.title(), "rollout 7 of render-prod@3");
     assert_eq!(view.state, "running");
     assert_eq!(view.unavailable, 2);
-    assert_eq!(view.created_at, Some(Timestamp::from_second(1_746_093_001).unwrap()));
+    assert_eq!(view.created_at, Some(Timestamp::from_second(1_746_093_000).unwrap()));
     assert_eq!(view.machines[1].phase_name, "batch 1");
     assert_eq!(view.machines[1].from.as_deref(), Some("render-prod@2"));
     assert_eq!(view.machines[2].from, None);
@@ -149,7 +149,7 @@ fn the_json_view_has_stable_field_names() {
     ];
     expected.sort_unstable();
     assert_eq!(keys, expected);
-    assert_eq!(json["created_at"], "2025-05-01T09:50:01Z");
+    assert_eq!(json["created_at"], "2025-05-01T09:50:00Z");
     assert_eq!(json["finished_at"], serde_json::Value::Null);
     assert_eq!(json["policy"]["max_unavailable"], "10%");
     assert_eq!(
