@@ -11,7 +11,6 @@ use comfyfleet_config::spec::names::printable;
 use comfyfleet_config::spec::{Spec, SpecFormat};
 use comfyfleet_config::{AssignmentReason, MachineFacts, MachineId, MachineRecord};
 use comfyfleet_proto::v1 as pb;
-use jiff::Timestamp;
 use tonic::Status;
 
 use crate::auth::Caller;
@@ -105,18 +104,8 @@ async fn assign(
     plan: &MachinePlan,
     reason: AssignmentReason,
 ) -> Result<StoredAssignment, Status> {
-    let plan_json = serde_json::to_string(plan).map_err(internal)?;
-    let assignment = NewAssignment {
-        environment: revision.environment.clone(),
-        revision_number: revision.number,
-        revision_id: revision.id.clone(),
-        plan_json,
-        torch: plan.torch.clone(),
-        activate: true,
-        reason,
-        assigned_at: Timestamp::now(),
-        assigned_by: caller.actor(),
-    };
+    let assignment =
+        NewAssignment::planned(revision, plan, true, reason, caller.actor()).map_err(internal)?;
     state.store.assign(machine, &assignment).await.map_err(internal)
 }
 

@@ -4,6 +4,7 @@
 use comfyfleet_config::installed::{InstalledEnvironment, InstalledEnvironments};
 use comfyfleet_config::resolve::MachinePlan;
 use comfyfleet_proto::v1::fleet_service_server::FleetService;
+use jiff::Timestamp;
 use tonic::Code;
 
 use super::*;

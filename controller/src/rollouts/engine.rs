@@ -16,11 +16,11 @@ use tokio::sync::mpsc::error::TryRecvError;
 use tonic::Status;
 
 use super::model::{
-    AssignKind, MachineRow, MachineStatus, NewEvent, RevisionRef, RolloutChange, RolloutRecord, RolloutState,
-    RolloutStep, RowWrite,
+    AssignKind, MachineRow, MachineStatus, NewEvent, RevisionRef, RolloutRecord, RolloutState, RolloutStep,
+    RowWrite,
 };
 use super::plan::{self, Context};
-use super::{Command, Created, Inbox, Message};
+use super::{Inbox, Message};
 use crate::fleet_service::{internal, machine_record};
 use crate::state::ControllerState;
 use crate::store::{NewAssignment, StoreResult, StoredRevision};
@@ -46,7 +46,7 @@ pub(super) struct Run {
 }
 
 impl Run {
-    fn machine_index(&self, machine: &MachineId) -> Option<usize> {
+    pub(super) fn machine_index(&self, machine: &MachineId) -> Option<usize> {
         self.index.get(machine).copied()
     }
 }
@@ -118,7 +118,7 @@ impl Engine {
     }
 
     /// Takes an open rollout into memory.
-    async fn adopt(&mut self, record: RolloutRecord) -> Result<(), Status> {
+    pub(super) async fn adopt(&mut self, record: RolloutRecord) -> Result<(), Status> {
         let target = record.target();
         let spec = self.spec(&target).await?;
         let rows: Vec<MachineRow> = self
@@ -382,7 +382,7 @@ impl Engine {
         }
     }
 
-    fn close(&mut self, id: u64) {
+    pub(super) fn close(&mut self, id: u64) {
         if let Some(run) = self.runs.remove(&id) {
             for row in &run.rows {
                 if self.owners.get(&row.machine_id) == Some(&id) {
@@ -422,7 +422,11 @@ impl Engine {
     }
 
     /// An assignment of what the machine ran before, planned for it now.
-    async fn rollback(&mut self, record: &RolloutRecord, row: &MachineRow) -> Result<NewAssignment, String> {
+    pub(super) async fn rollback(
+        &mut self,
+        record: &RolloutRecord,
+        row: &MachineRow,
+    ) -> Result<NewAssignment, String> {
         let from = row.from.clone().ok_or("it ran nothing before this rollout")?;
         let found = self.spec(&from).await.map_err(|status| status.message().to_owned())?;
         let (revision, spec) = (&found.0, &found.1);
@@ -435,167 +439,8 @@ impl Engine {
             .ok_or("the machine is gone")?;
         let facts = MachineFacts::from(&machine_record(&self.state.presence, machine));
         let plan = Resolver::new(spec).plan(&facts).map_err(|incompatibility| incompatibility.summary())?;
-        let plan_json = serde_json::to_string(&plan).map_err(|error| error.to_string())?;
-        Ok(NewAssignment {
-            environment: revision.environment.clone(),
-            revision_number: revision.number,
-            revision_id: revision.id.clone(),
-            plan_json,
-            torch: plan.torch.clone(),
-            activate: true,
-            reason: AssignmentReason::Rollback,
-            assigned_at: Timestamp::now(),
-            assigned_by: format!("rollout {} ({})", record.id, record.created_by),
-        })
-    }
-
-    async fn create(&mut self, mut rollout: super::model::NewRollout) -> Result<Created, Status> {
-        let superseded: Vec<u64> = self
-            .runs
-            .values()
-            .filter(|run| run.record.environment == rollout.environment)
-            .map(|run| run.record.id)
-            .collect();
-        for id in superseded {
-            self.command(id, Command::Abort, &rollout.created_by, "superseded by a new rollout").await?;
-        }
-        let mut busy = Vec::new();
-        rollout.rows.retain(|row| match self.owners.get(&row.machine_id) {
-            Some(other) => {
-                busy.push((
-                    row.machine_id.clone(),
-                    format!("in running rollout {other} of another environment"),
-                ));
-                false
-            }
-            None => true,
-        });
-        let record = self.state.store.create_rollout(&rollout).await.map_err(internal)?;
-        tracing::info!(rollout = record.id, revision = %record.label(), machines = rollout.rows.len(), by = %record.created_by, "rollout started");
-        self.adopt(record.clone()).await?;
-        self.settled.remove(&record.environment);
-        Ok(Created { record, busy })
-    }
-
-    async fn command(&mut self, id: u64, command: Command, actor: &str, reason: &str) -> Result<(), Status> {
-        let Some(run) = self.runs.get(&id) else {
-            let record = self.state.store.rollout(id).await.map_err(internal)?;
-            return Err(match record {
-                Some(record) => Status::failed_precondition(format!(
-                    "rollout {id} has {}; only a running or paused rollout can be told to {}",
-                    record.state.as_str(),
-                    command.as_str()
-                )),
-                None => Status::not_found(format!(
-                    "there is no rollout {id} (`comfyfleet rollout list` shows them)"
-                )),
-            });
-        };
-        let now = Timestamp::now();
-        let mut change = RolloutChange::of(&run.record);
-        let mut step = RolloutStep::default();
-        let said = if reason.is_empty() { String::new() } else { format!(": {reason}") };
-        match command {
-            Command::Pause => {
-                if run.record.state == RolloutState::Paused {
-                    return Ok(());
-                }
-                change.state = RolloutState::Paused;
-                change.reason = format!("paused by {actor}{said}");
-                change.budget_exceeded = false;
-                step.events.push(NewEvent::rollout(now, "paused", change.reason.clone()));
-            }
-            Command::Resume => {
-                if run.record.state == RolloutState::Running {
-                    return Ok(());
-                }
-                change.state = RolloutState::Running;
-                change.reason = String::new();
-                change.budget_exceeded = false;
-                let mut retried = 0;
-                for row in &run.rows {
-                    let retry = row.status.is_failure() && row.status != MachineStatus::RollingBack;
-                    if !retry && !row.stalled {
-                        continue;
-                    }
-                    let mut row = row.clone();
-                    let from = row.status;
-                    row.stalled = false;
-                    if retry {
-                        retried += 1;
-                        row.status = MachineStatus::Pending;
-                        row.attempts += 1;
-                        row.rollback_tried = false;
-                        row.detail = format!("attempt {}", row.attempts);
-                        row.since = now;
-                        step.events.push(NewEvent::machine(now, &row, from));
-                    }
-                    step.rows.push(RowWrite { row, assignment: None });
-                }
-                step.events.push(NewEvent::rollout(
-                    now,
-                    "resumed",
-                    format!("by {actor}; {retried} failed machines retried"),
-                ));
-            }
-            Command::Abort => {
-                change.state = RolloutState::Aborted;
-                change.reason = format!("aborted by {actor}{said}");
-                change.finished_at = Some(now);
-                let record = run.record.clone();
-                let rows = run.rows.clone();
-                for row in rows {
-                    if row.status.is_done() {
-                        continue;
-                    }
-                    let mut row = row;
-                    let from = row.status;
-                    let mut assignment = None;
-                    row.status = MachineStatus::Skipped;
-                    row.since = now;
-                    row.detail = match from {
-                        MachineStatus::Preparing | MachineStatus::Prepared => {
-                            match self.rollback(&record, &row).await {
-                                Ok(back) => {
-                                    assignment = Some(back);
-                                    "aborted before it switched; it keeps what it ran".to_owned()
-                                }
-                                Err(_) => "aborted before it switched".to_owned(),
-                            }
-                        }
-                        MachineStatus::Activating | MachineStatus::RollingBack => {
-                            "was switching when the rollout was aborted".to_owned()
-                        }
-                        _ => "aborted".to_owned(),
-                    };
-                    step.events.push(NewEvent::machine(now, &row, from));
-                    step.rows.push(RowWrite { row, assignment });
-                }
-                step.events.push(NewEvent::rollout(now, "aborted", change.reason.clone()));
-            }
-        }
-        step.change = Some(change.clone());
-        let written = self.state.store.apply_rollout_step(id, &step).await.map_err(internal)?;
-        tracing::info!(rollout = id, command = command.as_str(), by = actor, "rollout command");
-        let Some(run) = self.runs.get_mut(&id) else { return Ok(()) };
-        let generations: HashMap<&MachineId, u64> =
-            written.iter().map(|assigned| (&assigned.machine_id, assigned.generation)).collect();
-        for write in step.rows {
-            let mut row = write.row;
-            if let Some(generation) = generations.get(&row.machine_id) {
-                row.generation = *generation;
-            }
-            if let Some(index) = run.machine_index(&row.machine_id) {
-                run.rows[index] = row;
-            }
-        }
-        change.apply(&mut run.record);
-        for assigned in &written {
-            self.state.presence.notify_assignment(&assigned.machine_id);
-        }
-        if !change.state.is_open() {
-            self.close(id);
-        }
-        Ok(())
+        let by = format!("rollout {} ({})", record.id, record.created_by);
+        NewAssignment::planned(revision, &plan, true, AssignmentReason::Rollback, by)
+            .map_err(|error| error.to_string())
     }
 }

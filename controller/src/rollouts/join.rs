@@ -111,17 +111,10 @@ impl Engine {
         for rollout in settled {
             let Ok(found) = self.spec(&rollout.target()).await else { continue };
             let Resolution::Planned(plan) = Resolver::new(&found.1).resolve(&facts) else { continue };
-            let Ok(plan_json) = serde_json::to_string(&plan) else { continue };
-            let assignment = NewAssignment {
-                environment: rollout.environment.clone(),
-                revision_number: rollout.revision_number,
-                revision_id: rollout.revision_id.clone(),
-                plan_json,
-                torch: plan.torch.clone(),
-                activate: true,
-                reason: AssignmentReason::Rollout,
-                assigned_at: Timestamp::now(),
-                assigned_by: format!("rollout {} ({})", rollout.id, rollout.created_by),
+            let by = format!("rollout {} ({})", rollout.id, rollout.created_by);
+            let Ok(assignment) = NewAssignment::planned(&found.0, &plan, true, AssignmentReason::Rollout, by)
+            else {
+                continue;
             };
             let assigned = match self.state.store.assign(&record.id, &assignment).await {
                 Ok(assigned) => assigned,

@@ -12,6 +12,7 @@
 //! stored reports and decides the same way: nothing is done twice, nothing lost.
 
 pub mod api;
+mod commands;
 mod create;
 mod engine;
 mod join;

@@ -161,6 +161,29 @@ pub struct NewAssignment {
     pub assigned_by: String,
 }
 
+impl NewAssignment {
+    /// `plan` of `revision`, assigned now by `by`.
+    pub fn planned(
+        revision: &StoredRevision,
+        plan: &comfyfleet_config::resolve::MachinePlan,
+        activate: bool,
+        reason: AssignmentReason,
+        by: String,
+    ) -> Result<Self, serde_json::Error> {
+        Ok(NewAssignment {
+            environment: revision.environment.clone(),
+            revision_number: revision.number,
+            revision_id: revision.id.clone(),
+            plan_json: serde_json::to_string(plan)?,
+            torch: plan.torch.clone(),
+            activate,
+            reason,
+            assigned_at: Timestamp::now(),
+            assigned_by: by,
+        })
+    }
+}
+
 /// A machine's current assignment, as stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredAssignment {
