@@ -286,3 +286,86 @@ fn undo_returns_the_fleet_to_the_previous_revision_through_the_same_batching() {
     assert!(back.values().all(|count| *count == 2), "each switched to 1 twice: first, then by the undo");
     assert!(fleet_reports(&controller).values().all(|machine| machine["report"]["revision_number"] == 1));
 }
+
+#[test]
+fn an_operator_pauses_resumes_and_aborts_a_rollout() {
+    let dir = test_dir();
+    let controller = Controller::start(&dir.path().join("controller"));
+    let mut options = options(40);
+    options.activate = Duration::from_millis(500);
+    let sim = SimFleet::start(dir.path(), &controller, &options);
+    apply(&controller, dir.path(), &spec('1', "canary = 0\nmax_unavailable = 2"));
+    let id = start(&controller, &["render"]);
+    let rollout = id.to_string();
+    let started_switching =
+        |sim: &SimFleet| sim.events().iter().filter(|e| e["event"] == "activation_started").count();
+
+    wait_until(Duration::from_secs(60), "a few machines to switch", || {
+        (status(&controller, id)["counts"]["active"].as_u64()? >= 4).then_some(())
+    });
+    let paused = controller.cli(&["rollout", "pause", &rollout, "--reason", "maintenance window"]).success();
+    assert!(paused.contains("paused"), "{paused}");
+    let settled = wait_until(Duration::from_secs(30), "in-flight switches to finish", || {
+        let now = status(&controller, id);
+        (now["counts"]["activating"] == 0).then_some(now)
+    });
+    assert_eq!(settled["state"], "paused");
+    assert_eq!(settled["budget_exceeded"], false);
+    assert!(settled["reason"].as_str().unwrap().ends_with(": maintenance window"), "{}", settled["reason"]);
+    let switched = started_switching(&sim);
+    std::thread::sleep(Duration::from_millis(1_500));
+    assert_eq!(started_switching(&sim), switched, "nothing switches while paused");
+    // An operator's pause keeps a watch waiting (here until its timeout).
+    let watched = controller.cli(&["rollout", "watch", &rollout, "--timeout", "2s"]);
+    assert_eq!(watched.status.code(), Some(1));
+    assert!(
+        watched.stderr.contains("still paused") && watched.stderr.contains("after 2s"),
+        "{}",
+        watched.stderr
+    );
+
+    controller.cli(&["rollout", "resume", &rollout]).success();
+    let before = settled["counts"]["active"].as_u64().unwrap();
+    wait_until(Duration::from_secs(60), "the rollout to go on", || {
+        (status(&controller, id)["counts"]["active"].as_u64()? >= before + 4).then_some(())
+    });
+    let aborted = controller.cli(&["rollout", "abort", &rollout, "--reason", "enough"]).success();
+    assert!(aborted.contains("aborted"), "{aborted}");
+    std::thread::sleep(Duration::from_millis(1_500));
+    let switched = started_switching(&sim);
+    std::thread::sleep(Duration::from_millis(1_500));
+    assert_eq!(started_switching(&sim), switched, "nothing switches after the abort");
+    let done = status(&controller, id);
+    assert_eq!(done["state"], "aborted");
+    let skipped = machines_with(&done, "skipped");
+    assert!(!skipped.is_empty() && skipped.len() < 40, "{}", done["counts"]);
+    assert!(skipped.iter().all(|m| m["detail"].as_str().unwrap().contains("abort")), "{skipped:?}");
+    let watched = controller.cli(&["rollout", "watch", &rollout]);
+    assert_eq!(watched.status.code(), Some(1), "an aborted rollout is a failed watch");
+    assert!(controller.cli(&["rollout", "resume", &rollout]).failure().contains("has aborted"));
+    let events = events(&controller, id);
+    for kind in ["paused", "resumed", "aborted"] {
+        assert!(events.iter().any(|event| event["kind"] == kind), "no {kind} event");
+    }
+}
+
+#[test]
+fn a_machine_that_makes_no_progress_is_stalled_and_counts_as_failed() {
+    let dir = test_dir();
+    let controller = Controller::start(&dir.path().join("controller"));
+    let mut options = options(3);
+    options.prepare = Duration::from_secs(60);
+    let _sim = SimFleet::start(dir.path(), &controller, &options);
+    apply(&controller, dir.path(), &spec('1', "canary = 0"));
+    let id = start(&controller, &["render", "--progress-deadline", "1s", "--max-parallel-prepare", "100%"]);
+    let paused = wait_for_state(&controller, id, "paused", Duration::from_secs(30));
+    assert_eq!(paused["budget_exceeded"], true);
+    let failed = machines_with(&paused, "failed");
+    assert!(!failed.is_empty(), "{}", paused["counts"]);
+    for machine in &failed {
+        assert_eq!(machine["stalled"], true, "{machine}");
+        let detail = machine["detail"].as_str().unwrap();
+        assert!(detail.starts_with("stalled: no progress for 1s while preparing"), "{detail}");
+    }
+    assert!(paused["counts"]["stalled"].as_u64().unwrap() >= 1);
+}
