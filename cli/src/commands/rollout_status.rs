@@ -22,8 +22,11 @@ pub async fn status(
     all_machines: bool,
     output: OutputFormat,
 ) -> anyhow::Result<String> {
-    let wire =
-        client.get_rollout(pb::GetRolloutRequest { rollout }).await.map_err(status_error)?.into_inner();
+    let wire = client
+        .get_rollout(pb::GetRolloutRequest { rollout, without_machines: false })
+        .await
+        .map_err(status_error)?
+        .into_inner();
     let view = RolloutView::from(&wire);
     match output {
         OutputFormat::Json => to_json(&view),

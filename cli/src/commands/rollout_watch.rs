@@ -124,14 +124,17 @@ struct Poll {
 
 /// Where the watch reads a rollout from: the controller, or a script in tests.
 trait RolloutSource {
-    async fn poll(&mut self, target: &str, after: u64) -> Result<Poll, tonic::Status>;
+    /// `machines`: also read the machines (for their hostnames), which a rollout of
+    /// thousands makes worth skipping when nothing new appeared.
+    async fn poll(&mut self, target: &str, after: u64, machines: bool) -> Result<Poll, tonic::Status>;
 }
 
 impl RolloutSource for Fleet {
     /// The rollout, then every event after `after`: read in that order, the events
     /// include whatever led to the state read.
-    async fn poll(&mut self, target: &str, after: u64) -> Result<Poll, tonic::Status> {
-        let rollout = bounded(self.get_rollout(pb::GetRolloutRequest { rollout: target.to_owned() })).await?;
+    async fn poll(&mut self, target: &str, after: u64, machines: bool) -> Result<Poll, tonic::Status> {
+        let request = pb::GetRolloutRequest { rollout: target.to_owned(), without_machines: !machines };
+        let rollout = bounded(self.get_rollout(request)).await?;
         let rollout = RolloutView::from(&rollout);
         let id = rollout.id.to_string();
         let mut events = Vec::new();
@@ -203,10 +206,13 @@ async fn follow(
     let mut after = 0;
     let mut last: Option<RolloutView> = None;
     let mut hostnames: HashMap<String, String> = HashMap::new();
+    // Set when an event names a machine the last machine list did not have.
+    let mut need_hostnames = false;
     let mut unreachable = false;
     loop {
         let mut lines = Vec::new();
-        match source.poll(&target, after).await {
+        let machines = last.is_none() || need_hostnames;
+        match source.poll(&target, after, machines).await {
             Ok(Poll { rollout, events }) => {
                 if unreachable {
                     lines.push("controller reachable again".to_owned());
@@ -227,6 +233,10 @@ async fn follow(
                         .iter()
                         .map(|machine| (machine.machine.clone(), machine.hostname.clone())),
                 );
+                need_hostnames = events
+                    .iter()
+                    .filter_map(|event| event.machine.as_ref())
+                    .any(|machine| !hostnames.contains_key(machine));
                 lines.extend(events.iter().map(|event| event_line(event, &hostnames, board.zone())));
                 after = events.last().map_or(after, |event| event.id.max(after));
                 let was_paused = last.as_ref().is_some_and(|last| last.state == "paused");

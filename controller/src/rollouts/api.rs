@@ -269,7 +269,7 @@ async fn read(state: &ControllerState, id: u64, with_machines: bool) -> Result<p
 
 pub async fn get(state: &ControllerState, request: pb::GetRolloutRequest) -> Result<pb::Rollout, Status> {
     let record = find(state, &request.rollout).await?;
-    read(state, record.id, true).await
+    read(state, record.id, !request.without_machines).await
 }
 
 pub async fn list(

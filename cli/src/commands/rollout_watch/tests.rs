@@ -77,7 +77,7 @@ struct Script {
 }
 
 impl RolloutSource for Script {
-    async fn poll(&mut self, target: &str, after: u64) -> Result<Poll, tonic::Status> {
+    async fn poll(&mut self, target: &str, after: u64, _machines: bool) -> Result<Poll, tonic::Status> {
         self.asked.push((target.to_owned(), after));
         match self.answers.pop_front() {
             Some(answer) => answer,
