@@ -252,3 +252,60 @@ async fn a_rollback_to_a_revision_the_controller_never_stored_is_refused() {
     let revoked = fleet.rollback("cc01").await.unwrap_err();
     assert_eq!(revoked.code(), Code::FailedPrecondition);
 }
+
+#[tokio::test]
+async fn a_bad_policy_override_is_refused_naming_the_field() {
+    let fleet = fleet().await;
+    fleet.apply(&spec("render", &commit('1'))).await;
+    let start = |policy: pb::RolloutPolicy| {
+        let message = pb::StartRolloutRequest {
+            environment: "render".into(),
+            policy: Some(policy),
+            ..Default::default()
+        };
+        fleet.api.start_rollout(TestFleet::request(&fleet.operator, message))
+    };
+    let zero =
+        start(pb::RolloutPolicy { max_unavailable: "0".into(), ..Default::default() }).await.unwrap_err();
+    assert_eq!(zero.code(), Code::InvalidArgument);
+    assert!(
+        zero.message().starts_with("policy.max_unavailable: 0 would never let a machine through"),
+        "{}",
+        zero.message()
+    );
+    let garbage =
+        start(pb::RolloutPolicy { failure_budget: "lots".into(), ..Default::default() }).await.unwrap_err();
+    assert!(
+        garbage.message().starts_with("policy.failure_budget: `lots` is not a count or a percentage"),
+        "{}",
+        garbage.message()
+    );
+    let never =
+        start(pb::RolloutPolicy { progress_deadline: "0s".into(), ..Default::default() }).await.unwrap_err();
+    assert!(
+        never.message().starts_with("policy.progress_deadline: must be more than 0s"),
+        "{}",
+        never.message()
+    );
+    let soak = start(pb::RolloutPolicy { soak: "soon".into(), ..Default::default() }).await.unwrap_err();
+    assert!(soak.message().starts_with("policy.soak: "), "{}", soak.message());
+    assert!(fleet.state.store.list_rollouts(None, 10).await.unwrap().is_empty(), "nothing was started");
+
+    // A good override is what the rollout runs with, the rest from the spec.
+    let response = start(pb::RolloutPolicy {
+        canary: Some(0),
+        max_unavailable: "25%".into(),
+        soak: "0s".into(),
+        auto_rollback: Some(false),
+        ..Default::default()
+    })
+    .await
+    .unwrap()
+    .into_inner();
+    let policy = response.rollout.unwrap().policy.unwrap();
+    assert_eq!(
+        (policy.canary, policy.max_unavailable.as_str(), policy.soak.as_str()),
+        (Some(0), "25%", "0s")
+    );
+    assert_eq!((policy.auto_rollback, policy.failure_budget.as_str()), (Some(false), "0"));
+}
