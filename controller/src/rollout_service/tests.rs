@@ -309,3 +309,46 @@ async fn a_bad_policy_override_is_refused_naming_the_field() {
     );
     assert_eq!((policy.auto_rollback, policy.failure_budget.as_str()), (Some(false), "0"));
 }
+
+#[tokio::test]
+async fn rollout_names_that_match_nothing_say_what_to_do() {
+    let fleet = fleet().await;
+    fleet.apply(&spec("render", &commit('1'))).await;
+    let get = |rollout: &str| {
+        let message = pb::GetRolloutRequest { rollout: rollout.into(), without_machines: false };
+        fleet.api.get_rollout(TestFleet::request(&fleet.viewer, message))
+    };
+    let none = get("").await.unwrap_err();
+    assert_eq!(none.code(), Code::NotFound);
+    assert!(none.message().contains("start one with `comfyfleet rollout start ENV`"), "{}", none.message());
+    let undo = pb::UndoRolloutRequest { environment: "render".into(), ..Default::default() };
+    let refused = fleet.api.undo_rollout(TestFleet::request(&fleet.operator, undo)).await.unwrap_err();
+    assert_eq!(refused.code(), Code::FailedPrecondition);
+    assert!(refused.message().contains("has had no rollout to undo"), "{}", refused.message());
+
+    let started = fleet.start_rollout("render", "", &[]).await.unwrap().rollout.unwrap();
+    assert_eq!(get("render").await.unwrap().into_inner().id, started.id);
+    assert_eq!(get(&started.id.to_string()).await.unwrap().into_inner().machines.len(), 1);
+    let missing = get("99").await.unwrap_err();
+    assert_eq!(
+        (missing.code(), missing.message()),
+        (Code::NotFound, "there is no rollout 99 (`comfyfleet rollout list` shows them)")
+    );
+    let unnamed = pb::RolloutActionRequest { rollout: String::new(), reason: String::new() };
+    let refused = fleet.api.pause_rollout(TestFleet::request(&fleet.operator, unnamed)).await.unwrap_err();
+    assert_eq!(refused.code(), Code::InvalidArgument);
+    let viewer = pb::RolloutActionRequest { rollout: started.id.to_string(), reason: String::new() };
+    let refused = fleet.api.abort_rollout(TestFleet::request(&fleet.viewer, viewer)).await.unwrap_err();
+    assert_eq!(refused.code(), Code::PermissionDenied, "a viewer cannot abort");
+    let abort = pb::RolloutActionRequest { rollout: started.id.to_string(), reason: "test".into() };
+    let aborted = fleet
+        .api
+        .abort_rollout(TestFleet::request(&fleet.operator, abort.clone()))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(aborted.state(), pb::RolloutState::Aborted);
+    let again = fleet.api.resume_rollout(TestFleet::request(&fleet.operator, abort)).await.unwrap_err();
+    assert_eq!(again.code(), Code::FailedPrecondition);
+    assert!(again.message().starts_with("rollout 1 has aborted"), "{}", again.message());
+}
