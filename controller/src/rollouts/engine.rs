@@ -2,7 +2,7 @@
 //! each change is written (one transaction per step) before agents hear of it, and
 //! at start it is rebuilt from the rows and the agents' stored reports.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -322,9 +322,10 @@ impl Engine {
             }
             changed.insert(transition.index, (row, from));
         }
+        let decided: HashSet<usize> =
+            decision.transitions.iter().map(|transition| transition.index).collect();
         for (index, (row, from)) in &changed {
-            let decided = decision.transitions.iter().any(|transition| transition.index == *index);
-            if decided && (row.status != *from || row.stalled) {
+            if decided.contains(index) && (row.status != *from || row.stalled) {
                 step.events.push(NewEvent::machine(now, row, *from));
             }
             step.rows.push(RowWrite { row: row.clone(), assignment: assignments.remove(index) });

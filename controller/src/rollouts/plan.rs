@@ -80,22 +80,39 @@ fn last_progress(row: &MachineRow, context: &Context<'_>) -> Timestamp {
 }
 
 /// Until when the rollout waits out a soak before the phase after `rows`' last
-/// finished one, if it does now.
+/// finished one, if it does now. One pass over the rows, whatever the number of
+/// phases.
 pub fn soak_until(record: &RolloutRecord, rows: &[MachineRow], now: Timestamp) -> Option<Timestamp> {
     let soak = record.policy.soak.map(|soak| soak.0).filter(|soak| !soak.is_zero())?;
-    let phases = rows.iter().map(|row| row.phase).max()?;
-    for phase in 0..phases {
-        let members: Vec<&MachineRow> = rows.iter().filter(|row| row.phase == phase).collect();
-        if members.is_empty() {
-            continue;
-        }
-        if !members.iter().all(|row| row.status.is_done()) {
+    let soak = SignedDuration::try_from(soak).ok()?;
+    struct PhaseState {
+        done: bool,
+        finished: Timestamp,
+        started: bool,
+    }
+    let mut phases: std::collections::BTreeMap<u32, PhaseState> = std::collections::BTreeMap::new();
+    for row in rows {
+        let phase =
+            phases.entry(row.phase).or_insert(PhaseState { done: true, finished: row.since, started: false });
+        phase.done &= row.status.is_done();
+        phase.finished = phase.finished.max(row.since);
+        phase.started |= row.activations > 0;
+    }
+    let phases: Vec<PhaseState> = phases.into_values().collect();
+    // Whether any phase after each one has started switching.
+    let mut later_started = vec![false; phases.len()];
+    let mut any = false;
+    for (index, phase) in phases.iter().enumerate().rev() {
+        later_started[index] = any;
+        any |= phase.started;
+    }
+    // The last phase has nothing after it to hold.
+    for (index, phase) in phases.iter().enumerate().take(phases.len().saturating_sub(1)) {
+        if !phase.done {
             return None;
         }
-        let finished = members.iter().map(|row| row.since).max()?;
-        let until = finished + SignedDuration::try_from(soak).ok()?;
-        let next_started = rows.iter().any(|row| row.phase > phase && row.activations > 0);
-        if until > now && !next_started {
+        let until = phase.finished + soak;
+        if until > now && !later_started[index] {
             return Some(until);
         }
     }

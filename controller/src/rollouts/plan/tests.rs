@@ -227,8 +227,12 @@ fn all_done_is_success() {
 /// for whole rollouts: the window is never exceeded and nobody switches twice.
 #[test]
 fn whole_rollouts_never_exceed_the_window_and_activate_each_machine_once() {
-    for (machines, canary, percent, seed) in [(200usize, 2u32, 10u32, 1u64), (57, 1, 25, 2), (10, 3, 5, 3)] {
-        let record = record(policy(canary, Amount::Percent(percent), Amount::Count(0)), machines);
+    for (machines, canary, percent, seed, soak) in
+        [(200usize, 2u32, 10u32, 1u64, 0u64), (57, 1, 25, 2, 0), (10, 3, 5, 3, 0), (90, 2, 5, 4, 3)]
+    {
+        let mut policy = policy(canary, Amount::Percent(percent), Amount::Count(0));
+        policy.soak = (soak > 0).then(|| HumanDuration(Duration::from_secs(soak)));
+        let record = record(policy, machines);
         let limit = Limits::of(&record, machines).max_unavailable as usize;
         let mut rows = rows(&record, machines);
         let mut due: HashMap<usize, u64> = HashMap::new();
@@ -260,6 +264,16 @@ fn whole_rollouts_never_exceed_the_window_and_activate_each_machine_once() {
             }
             let unavailable = rows.iter().filter(|row| row.status.is_unavailable()).count();
             assert!(unavailable <= limit, "{unavailable} unavailable, limit {limit}");
+            if soak > 0 {
+                // With a soak, a phase switches only once every earlier one is done.
+                for row in rows.iter().filter(|row| row.status.is_unavailable()) {
+                    assert!(
+                        rows.iter()
+                            .filter(|other| other.phase < row.phase)
+                            .all(|other| other.status.is_done())
+                    );
+                }
+            }
         }
         assert!(rows.iter().all(|row| row.status == MachineStatus::Active && row.activations == 1));
     }
