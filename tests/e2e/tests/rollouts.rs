@@ -285,6 +285,15 @@ fn undo_returns_the_fleet_to_the_previous_revision_through_the_same_batching() {
     let back = activations_of(&sim.events(), 1);
     assert!(back.values().all(|count| *count == 2), "each switched to 1 twice: first, then by the undo");
     assert!(fleet_reports(&controller).values().all(|machine| machine["report"]["revision_number"] == 1));
+
+    // `--to-revision` names where to go: forward again to revision 2.
+    let forward = controller
+        .cli(&["rollout", "undo", "render", "--to-revision", "2", "--wait", "--timeout", "2m"])
+        .success();
+    assert!(forward.contains("succeeded"), "{forward}");
+    assert!(fleet_reports(&controller).values().all(|machine| machine["report"]["revision_number"] == 2));
+    let again = controller.cli(&["rollout", "undo", "render", "--to-revision", "2"]).failure();
+    assert!(again.contains("is what rollout"), "undoing to what was just rolled out is refused: {again}");
 }
 
 #[test]
