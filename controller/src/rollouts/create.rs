@@ -148,24 +148,39 @@ pub fn entry(
         .is_some_and(|from| from.environment == revision.environment && from.number == revision.number);
     target.outcome = if current { pb::TargetOutcome::Current } else { pb::TargetOutcome::Assigned }.into();
     target.detail = plan.torch.clone();
-    let row = MachineRow {
-        machine_id: record.id.clone(),
+    let mut row = new_row(record.id.clone(), &plan, from, now);
+    if current {
+        row.status = MachineStatus::Active;
+        row.detail = "already runs this revision".to_owned();
+    }
+    Entry::Row(Box::new(row), target)
+}
+
+/// A pending row for `machine` with `plan`, coming from `from`; its place in the
+/// order (ordinal, phase) is set by whoever places it.
+pub fn new_row(
+    machine: comfyfleet_config::MachineId,
+    plan: &comfyfleet_config::resolve::MachinePlan,
+    from: Option<RevisionRef>,
+    now: Timestamp,
+) -> MachineRow {
+    MachineRow {
+        machine_id: machine,
         ordinal: 0,
         phase: 0,
-        status: if current { MachineStatus::Active } else { MachineStatus::Pending },
+        status: MachineStatus::Pending,
         generation: 0,
-        plan_json: serde_json::to_string(&plan).unwrap_or_default(),
+        plan_json: serde_json::to_string(plan).unwrap_or_default(),
         torch: plan.torch.clone(),
         from,
-        detail: if current { "already runs this revision".to_owned() } else { String::new() },
+        detail: String::new(),
         since: now,
         activations: 0,
         attempts: 1,
         rollback_tried: false,
         stalled: false,
         joined: false,
-    };
-    Entry::Row(Box::new(row), target)
+    }
 }
 
 /// Puts rows in rollout order and gives each its ordinal and phase: machines to

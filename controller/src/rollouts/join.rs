@@ -10,9 +10,9 @@ use comfyfleet_config::resolve::{Resolution, Resolver};
 use comfyfleet_config::{MachineFacts, MachineId, MachineRecord};
 use jiff::Timestamp;
 
-use super::create::current_revision;
+use super::create::{current_revision, new_row};
 use super::engine::Engine;
-use super::model::{MachineRow, MachineStatus, NewEvent, RolloutState, RolloutStep, RowWrite};
+use super::model::{MachineStatus, NewEvent, RolloutState, RolloutStep, RowWrite};
 use super::plan;
 use crate::fleet_service::machine_record;
 use crate::store::NewAssignment;
@@ -60,23 +60,11 @@ impl Engine {
             }
             let Resolution::Planned(plan) = Resolver::new(&run.spec).resolve(&facts) else { continue };
             let ordinal = u32::try_from(run.rows.len()).unwrap_or(u32::MAX);
-            let mut row = MachineRow {
-                machine_id: record.id.clone(),
-                ordinal,
-                phase: plan::phase_of(ordinal, run.record.policy.canary, run.record.batch_size).max(1),
-                status: MachineStatus::Pending,
-                generation: 0,
-                plan_json: serde_json::to_string(&plan).unwrap_or_default(),
-                torch: plan.torch.clone(),
-                from: current.clone(),
-                detail: "joined after the rollout started".to_owned(),
-                since: now,
-                activations: 0,
-                attempts: 1,
-                rollback_tried: false,
-                stalled: false,
-                joined: true,
-            };
+            let mut row = new_row(record.id.clone(), &plan, current.clone(), now);
+            row.ordinal = ordinal;
+            row.phase = plan::phase_of(ordinal, run.record.policy.canary, run.record.batch_size).max(1);
+            row.detail = "joined after the rollout started".to_owned();
+            row.joined = true;
             if current.as_ref().is_some_and(|from| *from == run.record.target()) {
                 row.status = MachineStatus::Active;
                 row.detail = "joined; already runs this revision".to_owned();
