@@ -32,7 +32,17 @@ pub struct Fleet {
 
 /// A port nobody listens on now (for ComfyUI; the agent binds it later).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    free_ports(1)[0]
+}
+
+/// `n` distinct ports nobody listens on now, each chosen by the kernel (bind to port
+/// 0). Never `port + 1`: the kernel hands out even ephemeral ports to outgoing
+/// connections and odd ones to `bind(0)`, so the neighbour of a free port is the
+/// likeliest port to be taken by the time ComfyUI binds it.
+pub fn free_ports(n: usize) -> Vec<u16> {
+    // All held at once, so the kernel cannot hand the same one out twice.
+    let listeners: Vec<TcpListener> = (0..n).map(|_| TcpListener::bind("127.0.0.1:0").unwrap()).collect();
+    listeners.iter().map(|listener| listener.local_addr().unwrap().port()).collect()
 }
 
 impl Fleet {

@@ -6,19 +6,22 @@
 use std::path::Path;
 use std::process::Command;
 
-use comfyfleet_e2e::provision::free_port;
+use comfyfleet_e2e::provision::free_ports;
 use comfyfleet_e2e::{binaries, test_dir};
 
 #[test]
 fn the_demo_brings_up_four_agents_and_converges_them_on_the_example_spec() {
     let dir = test_dir();
     let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    // One kernel-chosen port per machine: consecutive ports from an ephemeral one
+    // collided with the agents' own outgoing connections.
+    let ports: Vec<String> = free_ports(4).iter().map(u16::to_string).collect();
     let output = Command::new(repo.join("scripts/demo"))
         .arg("--once")
         .env("COMFYFLEET_DEMO_SKIP_BUILD", "1")
         .env("COMFYFLEET_BIN_DIR", binaries().controller.parent().unwrap())
         .env("COMFYFLEET_DEMO_DIR", dir.path().join("demo"))
-        .env("COMFYFLEET_DEMO_PORT", free_port().to_string())
+        .env("COMFYFLEET_DEMO_PORTS", ports.join(" "))
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);
