@@ -46,9 +46,13 @@ fn formatting_comments_key_order_and_format_do_not_change_the_digest() {
 fn a_change_of_content_changes_the_digest() {
     let spec = toml(EXAMPLE);
     let changes = [
-        ("version = \"2.8.0\"", "version = \"2.8.1\""),
-        ("cuda = [\"cu128\", \"cu126\", \"cu130\"]", "cuda = [\"cu126\", \"cu128\", \"cu130\"]"),
-        ("ref = \"v0.3.60\"", "ref = \"v0.3.61\""),
+        ("version = \"2.11.0\"", "version = \"2.11.1\""),
+        ("cuda = [\"cu130\", \"cu128\", \"cu126\"]", "cuda = [\"cu126\", \"cu128\", \"cu130\"]"),
+        ("compute = [\"8.0\", \"8.6\",", "compute = [\"8.0\", \"8.7\","),
+        ("# driver_compat = \"minor\"", "driver_compat = \"minor\""),
+        ("manager = \"off\"", "manager = \"on\""),
+        ("required = false", "required = true\ninstall_script = true"),
+        ("ref = \"v0.3.64\"", "ref = \"v0.3.65\""),
         ("canary = 2", "canary = 3"),
     ];
     for (from, to) in changes {

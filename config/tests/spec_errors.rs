@@ -9,7 +9,7 @@ python = "3.12"
 
 [comfyui]
 git = "https://github.com/comfyanonymous/ComfyUI.git"
-ref = "v0.3.60"
+ref = "v0.3.64"
 
 [torch]
 version = "2.8.0"
@@ -18,6 +18,7 @@ cuda = ["cu128", "cu126"]
 
 [[optimization]]
 name = "sageattention"
+smoke = { call = "sageattention.sageattn" }
   [[optimization.wheel]]
   compute = ">=8.9,<9.0"
   python = "cp312"
@@ -79,7 +80,7 @@ fn unknown_keys_are_refused_where_they_are() {
         &["unknown key `versoin`", "expected one of", "`version`"],
     );
     assert_error(&edit("[comfyui]", "colour = \"blue\"\n[comfyui]"), "4:1", &["unknown key `colour`"]);
-    assert_error(&edit("  sha256 =", "  md5 = \"x\"\n  sha256 ="), "21:3", &["unknown key `md5`"]);
+    assert_error(&edit("  sha256 =", "  md5 = \"x\"\n  sha256 ="), "22:3", &["unknown key `md5`"]);
 }
 
 #[test]
@@ -106,17 +107,17 @@ fn bad_versions_and_specifiers_are_refused() {
     );
     assert_error(
         &edit("\">=3.4,<3.5\"", "\">=3.4,<\""),
-        "26:31",
+        "27:31",
         &["not a PEP 440 version specifier", "\">=3.4,<3.5\""],
     );
-    assert_error(&edit("torch = \"2.8\"", "torch = \"2.8.1.x\""), "19:11", &["not a torch series"]);
+    assert_error(&edit("torch = \"2.8\"", "torch = \"2.8.1.x\""), "20:11", &["not a torch series"]);
 }
 
 #[test]
 fn empty_and_overlapping_wheel_ranges_are_refused() {
     assert_error(
         &edit("\">=8.9,<9.0\"", "\">=9.0,<8.9\""),
-        "16:13",
+        "17:13",
         &["contains no compute capability", "\">=8.9,<9.0\""],
     );
     let second = "\n  [[optimization.wheel]]\n  compute = \">=8.6,<9.0\"\n  python = \"cp312\"\n  cuda = \"cu128\"\n  torch = \"2.8\"\n  url = \"https://wheels.example/sm86/sageattention-2.2.0-cp312-cp312-linux_x86_64.whl\"\n  sha256 = \"ba95d15994cfd41f2fef95ee5ae5ffc25ea92c70db284702a65a47554e9b898e\"\n";
@@ -126,12 +127,8 @@ fn empty_and_overlapping_wheel_ranges_are_refused() {
     );
     assert_error(
         &overlapping,
-        "24:3",
-        &[
-            "optimization[0].wheel[1].compute",
-            ">=8.6,<9.0 overlaps wheel[0] (>=8.9,<9.0)",
-            "narrow the ranges",
-        ],
+        "25:3",
+        &["optimization[0].wheel[1].compute", ">=8.6,<9.0 overlaps wheel[0] (>=8.9,<9.0)", "narrow the sets"],
     );
     // The same range for another CUDA tag is not an overlap.
     let other_cuda = overlapping.replacen(
@@ -146,10 +143,10 @@ fn empty_and_overlapping_wheel_ranges_are_refused() {
 fn wheels_need_a_sha256_and_https() {
     let no_sha =
         edit("  sha256 = \"f34c50a231a45bfa8194ac24c8e451ecfe1a5bd4af9b2fb42323f3a66bd12e7c\"\n", "");
-    assert_error(&no_sha, "15:3", &["optimization[0].wheel[0]", "has no sha256", "sha256sum FILE"]);
-    assert_error(&edit("f34c50a231a45bfa", "zz"), "21:12", &["not a sha256", "64 hex digits"]);
+    assert_error(&no_sha, "16:3", &["optimization[0].wheel[0]", "has no sha256", "sha256sum FILE"]);
+    assert_error(&edit("f34c50a231a45bfa", "zz"), "22:12", &["not a sha256", "64 hex digits"]);
     let http = edit("url = \"https://wheels.example", "url = \"http://wheels.example");
-    assert_error(&http, "20:3", &["optimization[0].wheel[0].url", "plain http", "trusted_hosts"]);
+    assert_error(&http, "21:3", &["optimization[0].wheel[0].url", "plain http", "trusted_hosts"]);
     // Listing the mirror as trusted allows it.
     let trusted = format!(
         "{http}\n[index]\nurl = \"http://wheels.example/simple\"\ntrusted_hosts = [\"wheels.example\"]\n"
@@ -157,17 +154,20 @@ fn wheels_need_a_sha256_and_https() {
     Spec::parse("spec.toml", &trusted, SpecFormat::Toml).unwrap();
     assert_error(
         &format!("{BASE}\n[index]\nurl = \"http://pypi.org/simple\"\n"),
-        "33:1",
+        "34:1",
         &["index.url", "plain http"],
     );
-    let wrong_python = edit("python = \"cp312\"", "python = \"cp311\"");
+    let wrong_python = edit("python = \"cp312\"", "python = \"cp39-abi3\"");
     assert_error(
         &wrong_python,
-        "17:3",
-        &["says cp311 but sageattention-2.2.0-cp312-cp312-linux_x86_64.whl is built for cp312"],
+        "18:3",
+        &["says cp39-abi3 but sageattention-2.2.0-cp312-cp312-linux_x86_64.whl is built for cp312-cp312"],
     );
+    let other_python =
+        edit("python = \"cp312\"", "python = \"cp311\"").replace("cp312-cp312-linux", "cp311-cp311-linux");
+    assert_error(&other_python, "18:3", &["cp311 cannot be installed into the spec's Python 3.12 venv"]);
     let not_a_wheel = edit("linux_x86_64.whl\"", "tar.gz\"");
-    assert_error(&not_a_wheel, "20:3", &["is not a .whl file"]);
+    assert_error(&not_a_wheel, "21:3", &["is not a .whl file"]);
 }
 
 #[test]
@@ -178,16 +178,16 @@ fn names_and_refs_that_inject_or_escape_are_refused() {
         &["name: `../../etc` is not a safe name", "\"render-prod\""],
     );
     assert_error(
-        &edit("ref = \"v0.3.60\"", "ref = \"--upload-pack=touch /tmp/x\""),
+        &edit("ref = \"v0.3.64\"", "ref = \"--upload-pack=touch /tmp/x\""),
         "6:1",
         &["comfyui.ref", "starts with `-`", "branch, tag or full commit"],
     );
     assert_error(
-        &edit("ref = \"v0.3.60\"", "ref = \"main; reboot\""),
+        &edit("ref = \"v0.3.64\"", "ref = \"main; reboot\""),
         "6:1",
         &["space, control or shell character"],
     );
-    assert_error(&edit("ref = \"v0.3.60\"", "ref = \"../../HEAD\""), "6:1", &["contains `..`"]);
+    assert_error(&edit("ref = \"v0.3.64\"", "ref = \"../../HEAD\""), "6:1", &["contains `..`"]);
     assert_error(
         &edit(
             "git = \"https://github.com/comfyanonymous/ComfyUI.git\"",
@@ -201,22 +201,22 @@ fn names_and_refs_that_inject_or_escape_are_refused() {
             "git = \"https://github.com/kijai/ComfyUI-KJNodes.git\"",
             "git = \"https://github.com/kijai/..git\"",
         ),
-        "29:1",
+        "30:1",
         &["custom_node[0].git", "directory name", "set name = "],
     );
     assert_error(
         &edit("ref = \"main\"", "ref = \"main\"\nname = \"../evil\""),
-        "31:1",
+        "32:1",
         &["custom_node[0].name", "not a safe name"],
     );
     assert_error(
         &edit("package = \"triton\"", "package = \"triton; curl x|sh\""),
-        "25:1",
+        "26:1",
         &["optimization[1].package", "not a Python package name"],
     );
     assert_error(
         &edit("name = \"triton\"", "name = \"triton\"\nimport = \"os; import x\""),
-        "25:1",
+        "26:1",
         &["optimization[1].import", "not a Python module name"],
     );
 }
@@ -227,7 +227,7 @@ fn every_problem_is_reported_at_once_in_file_order() {
     let errors = errors(&text);
     let positions: Vec<(usize, String)> =
         errors.iter().map(|e| (e.line, e.path.clone().unwrap_or_default())).collect();
-    assert_eq!(positions, [(1, "name".to_owned()), (30, "custom_node[0].ref".to_owned())]);
+    assert_eq!(positions, [(1, "name".to_owned()), (31, "custom_node[0].ref".to_owned())]);
 }
 
 #[test]
@@ -259,17 +259,17 @@ fn cross_field_rules_name_what_to_write() {
         errors[1]
     );
     let rollout = format!("{BASE}\n[rollout]\nmax_unavailable = 0\n");
-    assert_error(&rollout, "33:1", &["rollout.max_unavailable", "never let a machine through"]);
-    assert_error(&format!("{BASE}\n[rollout]\nfailure_budget = \"150%\"\n"), "33:18", &["more than 100%"]);
-    assert_error(&format!("{BASE}\n[rollout]\nsoak = \"soon\"\n"), "33:8", &["not a duration"]);
+    assert_error(&rollout, "34:1", &["rollout.max_unavailable", "never let a machine through"]);
+    assert_error(&format!("{BASE}\n[rollout]\nfailure_budget = \"150%\"\n"), "34:18", &["more than 100%"]);
+    assert_error(&format!("{BASE}\n[rollout]\nsoak = \"soon\"\n"), "34:8", &["not a duration"]);
 }
 
 #[test]
 fn selector_errors_point_into_the_selector() {
     let text = format!("{BASE}\n[target]\nselector = 'gpu.compute >= 8.0 && labels.pool = \"a\"'\n");
-    assert_error(&text, "33:47", &["write =="]);
+    assert_error(&text, "34:47", &["write =="]);
     let text = format!("{BASE}\n[target]\nselector = 'gpu.colour == 1'\n");
-    assert_error(&text, "33:13", &["gpu.colour"]);
+    assert_error(&text, "34:13", &["gpu.colour"]);
 }
 
 #[test]
@@ -277,16 +277,16 @@ fn json_specs_are_located_too() {
     let json = r#"{
   "name": "render-prod",
   "python": "3.12",
-  "comfyui": {"git": "https://github.com/comfyanonymous/ComfyUI.git", "ref": "v0.3.60"},
+  "comfyui": {"git": "https://github.com/comfyanonymous/ComfyUI.git", "ref": "v0.3.64"},
   "torch": {"version": "2.8.0", "cuda": ["cu128"]},
   "optimization": [
-    {"name": "sage", "wheel": [{"compute": "8.9", "python": "cp312", "cuda": "cu128", "torch": "2.8",
+    {"name": "sage", "smoke": {"call": "sageattention.sageattn"}, "wheel": [{"compute": "8.9", "python": "cp312", "cuda": "cu128", "torch": "2.8",
       "url": "https://w.example/sageattention-2.2.0-cp312-cp312-linux_x86_64.whl"}]}
   ]
 }"#;
     let errors = Spec::parse("spec.json", json, SpecFormat::Json).unwrap_err().0;
     assert_eq!(errors.len(), 1, "{errors:#?}");
-    assert_eq!((errors[0].line, errors[0].column), (7, 32), "{}", errors[0]);
+    assert_eq!((errors[0].line, errors[0].column), (7, 77), "{}", errors[0]);
     assert!(errors[0].message.contains("has no sha256"));
     let unknown = json.replace("\"python\": \"3.12\"", "\"pyhton\": \"3.12\"");
     let errors = Spec::parse("spec.json", &unknown, SpecFormat::Json).unwrap_err().0;

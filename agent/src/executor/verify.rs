@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use comfyfleet_config::convergence::OptimizationState;
 use comfyfleet_config::inventory::CudaVersion;
-use comfyfleet_config::resolve::catalog::ArchList;
+use comfyfleet_config::resolve::catalog::ArchSet;
 use serde::Deserialize;
 
 use super::optimizations::{distributions, load};
@@ -115,8 +115,8 @@ pub async fn run(build: &mut Build<'_>, step: &mut StepHandle) -> StepResult {
             plan.cuda_tag
         ));
     }
-    let arch =
-        ArchList::parse(&torch.arch_list).map_err(|error| format!("torch.cuda.get_arch_list(): {error}"))?;
+    let arch = ArchSet::parse_arch_list(&torch.arch_list)
+        .map_err(|error| format!("torch.cuda.get_arch_list(): {error}"))?;
     let uncovered: Vec<String> = build
         .gpus
         .iter()

@@ -1,24 +1,34 @@
-//! Facts about torch builds: which CUDA builds a torch series has, what driver each
-//! needs and which GPU architectures it carries. Built into comfyfleet from
-//! `config/data/torch-releases.toml`; a spec extends or corrects them with
-//! `[[torch.release]]` tables of the same shape.
+//! Facts about torch builds: which CUDA builds a torch series has, for which
+//! platforms and Pythons, what driver each needs and which GPU architectures it
+//! carries. Built into comfyfleet from `config/data/torch-releases.toml`; a spec
+//! extends or corrects them with `[[torch.release]]` tables of the same shape.
 
 use std::collections::BTreeMap;
+use std::fmt;
+use std::str::FromStr;
 use std::sync::LazyLock;
 
 use serde::{Deserialize, Serialize};
 
+use super::driver::DriverVersion;
 use crate::inventory::{ComputeCapability, CudaVersion};
-use crate::spec::{CudaTag, TorchSeries};
+use crate::spec::{CudaTag, PythonVersion, ReleaseVersion, TorchSeries};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TorchRelease {
     pub series: TorchSeries,
-    /// Companion package → its series released with this torch (`torchvision` → `0.23`);
-    /// the patch number follows torch's.
+    /// The oldest CPython the release ships wheels for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub python_min: Option<PythonVersion>,
+    /// The newest CPython the release ships wheels for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub python_max: Option<PythonVersion>,
+    /// Companion package → the release installed with this torch: a series
+    /// (`torchvision = "0.23"`, whose patch follows torch's) or an exact version
+    /// (`torchaudio = "2.11.0"`, for a package that stopped following torch).
     #[serde(default)]
-    pub companions: BTreeMap<String, TorchSeries>,
+    pub companions: BTreeMap<String, CompanionVersion>,
     #[serde(default, rename = "build")]
     pub builds: Vec<TorchBuild>,
 }
@@ -27,14 +37,30 @@ pub struct TorchRelease {
 #[serde(deny_unknown_fields)]
 pub struct TorchBuild {
     pub cuda: CudaTag,
-    /// The CUDA version the driver must support (NVML's `cuda_driver_version`).
+    /// The CUDA version the build was made with: a driver supporting it runs it
+    /// (NVML's `cuda_driver_version`).
     pub driver_cuda: CudaVersion,
     /// The matching Linux driver, for messages.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub min_driver: Option<String>,
-    /// SMs with compiled kernels.
+    /// SMs with compiled kernels in the Linux x86_64 wheels.
     pub arch: Vec<ComputeCapability>,
-    /// SMs shipped as PTX, JIT-compiled for later GPUs.
+    /// SMs shipped as PTX in the Linux x86_64 wheels, JIT-compiled for later GPUs.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ptx: Vec<ComputeCapability>,
+    /// The Linux aarch64 wheels' architectures; absent: there is no aarch64 wheel.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aarch64: Option<ArchSet>,
+    /// Companions of the release that have no wheel for this build.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub without: Vec<String>,
+}
+
+/// The architectures of one platform's wheels.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ArchSet {
+    pub arch: Vec<ComputeCapability>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ptx: Vec<ComputeCapability>,
 }
@@ -42,20 +68,39 @@ pub struct TorchBuild {
 /// Whether code compiled for `arch` (cubins) and `ptx` runs on a GPU of this SM:
 /// a cubin runs on later minors of its major, PTX is JIT-compiled for any later GPU.
 pub fn arch_covers(arch: &[ComputeCapability], ptx: &[ComputeCapability], gpu: ComputeCapability) -> bool {
-    arch.iter().any(|sm| sm.major == gpu.major && sm.minor <= gpu.minor) || ptx.iter().any(|sm| *sm <= gpu)
+    cubin_covers(arch, gpu) || ptx.iter().any(|sm| *sm <= gpu)
 }
 
-/// What an installed torch says it carries: `torch.cuda.get_arch_list()`, e.g.
-/// `["sm_75", "sm_80", "sm_86", "sm_90", "sm_120", "compute_120"]`.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ArchList {
-    pub arch: Vec<ComputeCapability>,
-    pub ptx: Vec<ComputeCapability>,
+/// Whether a cubin of `arch` runs on a GPU of this SM, without JIT.
+pub fn cubin_covers(arch: &[ComputeCapability], gpu: ComputeCapability) -> bool {
+    arch.iter().any(|sm| sm.major == gpu.major && sm.minor <= gpu.minor)
 }
 
-impl ArchList {
-    pub fn parse(entries: &[String]) -> Result<Self, String> {
-        let mut list = ArchList::default();
+impl ArchSet {
+    pub fn covers(&self, gpu: ComputeCapability) -> bool {
+        arch_covers(&self.arch, &self.ptx, gpu)
+    }
+
+    /// Covered by compiled kernels alone: what CUDA minor-version compatibility
+    /// needs, since a driver older than the build cannot JIT its newer PTX.
+    pub fn covers_with_cubins(&self, gpu: ComputeCapability) -> bool {
+        cubin_covers(&self.arch, gpu)
+    }
+
+    /// "7.5, 8.0, 8.6, 9.0, 10.0, 12.0 (+PTX 12.0)".
+    pub fn describe(&self) -> String {
+        let mut text = self.arch.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ");
+        if !self.ptx.is_empty() {
+            let ptx = self.ptx.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ");
+            text.push_str(&format!(" (+PTX {ptx})"));
+        }
+        text
+    }
+
+    /// What an installed torch says it carries: `torch.cuda.get_arch_list()`, e.g.
+    /// `["sm_75", "sm_80", "sm_86", "sm_90", "sm_120", "compute_120"]`.
+    pub fn parse_arch_list(entries: &[String]) -> Result<Self, String> {
+        let mut list = ArchSet::default();
         for entry in entries {
             let (kind, digits) = entry
                 .strip_prefix("sm_")
@@ -77,25 +122,35 @@ impl ArchList {
         Ok(list)
     }
 
-    pub fn covers(&self, gpu: ComputeCapability) -> bool {
-        arch_covers(&self.arch, &self.ptx, gpu)
+    /// `torch.cuda.get_arch_list()` as this set would print it.
+    pub fn to_arch_list(&self) -> Vec<String> {
+        let name = |cc: &ComputeCapability| format!("{}{}", cc.major, cc.minor);
+        self.arch
+            .iter()
+            .map(|cc| format!("sm_{}", name(cc)))
+            .chain(self.ptx.iter().map(|cc| format!("compute_{}", name(cc))))
+            .collect()
     }
 }
 
 impl TorchBuild {
-    /// Whether this build has code that runs on a GPU of this SM.
-    pub fn covers(&self, gpu: ComputeCapability) -> bool {
-        arch_covers(&self.arch, &self.ptx, gpu)
+    /// The architectures of this build's wheels for a Linux machine with this
+    /// `uname -m`, or `None` when PyTorch publishes none for it.
+    pub fn for_platform(&self, platform: &str) -> Option<ArchSet> {
+        match platform {
+            "x86_64" => Some(ArchSet { arch: self.arch.clone(), ptx: self.ptx.clone() }),
+            "aarch64" => self.aarch64.clone(),
+            _ => None,
+        }
     }
 
-    /// "7.5, 8.0, 8.6, 9.0, 10.0, 12.0 (+PTX 12.0)".
-    pub fn describe_arch(&self) -> String {
-        let mut text = self.arch.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ");
-        if !self.ptx.is_empty() {
-            let ptx = self.ptx.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ");
-            text.push_str(&format!(" (+PTX {ptx})"));
+    /// The platforms this build has wheels for.
+    pub fn platforms(&self) -> Vec<&'static str> {
+        let mut platforms = vec!["x86_64"];
+        if self.aarch64.is_some() {
+            platforms.push("aarch64");
         }
-        text
+        platforms
     }
 
     /// "CUDA 12.8 (driver ≥ 570.26)".
@@ -107,15 +162,84 @@ impl TorchBuild {
     }
 }
 
+/// The version of a companion package released with a torch series.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum CompanionVersion {
+    /// `0.23`: the companion's patch release follows torch's (`2.8.1` → `0.23.1`).
+    Series(TorchSeries),
+    /// `2.11.0`: always this release, whatever torch's patch.
+    Exact(ReleaseVersion),
+}
+
+impl CompanionVersion {
+    /// The companion's version for a torch release of patch level `torch_patch`.
+    pub fn version_for(&self, torch_patch: u64) -> String {
+        match self {
+            CompanionVersion::Series(series) => format!("{series}.{torch_patch}"),
+            CompanionVersion::Exact(version) => version.to_string(),
+        }
+    }
+}
+
+impl FromStr for CompanionVersion {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        if text.matches('.').count() == 1 {
+            text.parse().map(CompanionVersion::Series)
+        } else {
+            text.parse().map(CompanionVersion::Exact).map_err(|_| {
+                format!(
+                    "`{text}` is not a companion release: write its series (\"0.23\", whose patch follows \
+                     torch's) or an exact release (\"2.11.0\")"
+                )
+            })
+        }
+    }
+}
+
+impl fmt::Display for CompanionVersion {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CompanionVersion::Series(series) => series.fmt(f),
+            CompanionVersion::Exact(version) => version.fmt(f),
+        }
+    }
+}
+
+impl Serialize for CompanionVersion {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for CompanionVersion {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// NVIDIA's CUDA minor-version compatibility floor for one CUDA major.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CudaMajorFloor {
+    major: u32,
+    min_driver: DriverVersion,
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct CatalogFile {
+    cuda_major: Vec<CudaMajorFloor>,
     release: Vec<TorchRelease>,
 }
 
-static BUILTIN: LazyLock<Result<Vec<TorchRelease>, String>> = LazyLock::new(|| {
-    toml::from_str::<CatalogFile>(include_str!("../../data/torch-releases.toml"))
-        .map(|file| file.release)
+/// The built-in table's text (tests read its comments: every build cites a source).
+pub const BUILTIN_TABLE: &str = include_str!("../../data/torch-releases.toml");
+
+static BUILTIN: LazyLock<Result<CatalogFile, String>> = LazyLock::new(|| {
+    toml::from_str::<CatalogFile>(BUILTIN_TABLE)
         .map_err(|err| format!("comfyfleet's built-in torch table is unreadable: {err}"))
 });
 
@@ -124,6 +248,8 @@ static BUILTIN: LazyLock<Result<Vec<TorchRelease>, String>> = LazyLock::new(|| {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TorchCatalog {
     releases: BTreeMap<TorchSeries, TorchRelease>,
+    /// CUDA major → the oldest driver that runs any runtime of that major.
+    minor_compat_floors: BTreeMap<u32, DriverVersion>,
 }
 
 impl TorchCatalog {
@@ -131,19 +257,23 @@ impl TorchCatalog {
         Self::with_extensions(&[])
     }
 
-    /// A spec entry for a known series adds companions and replaces builds of the same
-    /// CUDA tag; an entry for a new series is taken whole.
+    /// A spec entry for a known series adds companions, replaces builds of the same
+    /// CUDA tag and the Python range it gives; an entry for a new series is taken whole.
     pub fn with_extensions(extensions: &[TorchRelease]) -> Result<Self, String> {
         let builtin = BUILTIN.as_ref().map_err(Clone::clone)?;
         let mut releases: BTreeMap<TorchSeries, TorchRelease> =
-            builtin.iter().map(|release| (release.series, release.clone())).collect();
+            builtin.release.iter().map(|release| (release.series, release.clone())).collect();
         for extension in extensions {
             let release = releases.entry(extension.series).or_insert_with(|| TorchRelease {
                 series: extension.series,
+                python_min: None,
+                python_max: None,
                 companions: BTreeMap::new(),
                 builds: Vec::new(),
             });
-            release.companions.extend(extension.companions.iter().map(|(k, v)| (k.clone(), *v)));
+            release.python_min = extension.python_min.or(release.python_min);
+            release.python_max = extension.python_max.or(release.python_max);
+            release.companions.extend(extension.companions.iter().map(|(k, v)| (k.clone(), v.clone())));
             for build in &extension.builds {
                 match release.builds.iter_mut().find(|existing| existing.cuda == build.cuda) {
                     Some(existing) => *existing = build.clone(),
@@ -151,7 +281,9 @@ impl TorchCatalog {
                 }
             }
         }
-        Ok(Self { releases })
+        let minor_compat_floors =
+            builtin.cuda_major.iter().map(|floor| (floor.major, floor.min_driver.clone())).collect();
+        Ok(Self { releases, minor_compat_floors })
     }
 
     pub fn release(&self, series: TorchSeries) -> Option<&TorchRelease> {
@@ -161,71 +293,60 @@ impl TorchCatalog {
     pub fn known_series(&self) -> Vec<TorchSeries> {
         self.releases.keys().copied().collect()
     }
+
+    /// The oldest driver that runs CUDA runtimes of `major` under NVIDIA's
+    /// minor-version compatibility.
+    pub fn minor_compat_floor(&self, major: u32) -> Option<&DriverVersion> {
+        self.minor_compat_floors.get(&major)
+    }
 }
 
 impl TorchRelease {
     pub fn build(&self, cuda: CudaTag) -> Option<&TorchBuild> {
         self.builds.iter().find(|build| build.cuda == cuda)
     }
+
+    /// Why this release has no wheel for `python`, if it has none.
+    pub fn python_problem(&self, python: PythonVersion) -> Option<String> {
+        let below = self.python_min.is_some_and(|min| python < min);
+        let above = self.python_max.is_some_and(|max| python > max);
+        (below || above).then(|| {
+            let range = match (self.python_min, self.python_max) {
+                (Some(min), Some(max)) => format!("{min}–{max}"),
+                (Some(min), None) => format!("{min} and later"),
+                (None, Some(max)) => format!("up to {max}"),
+                (None, None) => String::new(),
+            };
+            format!("torch {} has wheels for Python {range}, not {python}", self.series)
+        })
+    }
+
+    /// "2.8.0+cu128" style pins of the companions for `cuda`, or the companion the
+    /// build lacks.
+    pub fn companion_versions(
+        &self,
+        companions: &[String],
+        torch_patch: u64,
+        build: &TorchBuild,
+    ) -> Result<Vec<(String, String)>, String> {
+        companions
+            .iter()
+            .map(|name| {
+                let Some(version) = self.companions.get(name) else {
+                    return Err(format!("no {name} release is known for torch {}", self.series));
+                };
+                if build.without.iter().any(|missing| missing == name) {
+                    return Err(format!(
+                        "{name} {version} has no {} build (leave it out of torch.with, or allow another CUDA \
+                         build)",
+                        build.cuda
+                    ));
+                }
+                Ok((name.clone(), format!("{}+{}", version.version_for(torch_patch), build.cuda)))
+            })
+            .collect()
+    }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn cc(text: &str) -> ComputeCapability {
-        text.parse().unwrap()
-    }
-
-    #[test]
-    fn builtin_table_reads_and_knows_the_documented_facts() {
-        let catalog = TorchCatalog::builtin().unwrap();
-        let series = |text: &str| text.parse::<TorchSeries>().unwrap();
-        let tag = |text: &str| text.parse::<CudaTag>().unwrap();
-        let cu126 = catalog.release(series("2.8")).unwrap().build(tag("cu126")).unwrap();
-        assert!(cu126.covers(cc("6.1")), "Pascal runs sm_60 cubins");
-        assert!(cu126.covers(cc("8.9")), "Ada runs sm_86 cubins");
-        assert!(!cu126.covers(cc("12.0")), "Blackwell has no cu126 kernels");
-        let cu130 = catalog.release(series("2.10")).unwrap().build(tag("cu130")).unwrap();
-        assert!(cu130.covers(cc("12.1")) && !cu130.covers(cc("7.0")));
-        let cu128_211 = catalog.release(series("2.11")).unwrap().build(tag("cu128")).unwrap();
-        assert!(!cu128_211.covers(cc("7.0")), "Volta dropped from cu128 in 2.11");
-        assert_eq!(cu126.driver_cuda, CudaVersion::new(12, 6));
-    }
-
-    #[test]
-    fn arch_lists_read_as_torch_prints_them() {
-        let list = ArchList::parse(&[
-            "sm_80".into(),
-            "sm_86".into(),
-            "sm_90a".into(),
-            "sm_120".into(),
-            "compute_120".into(),
-        ])
-        .unwrap();
-        assert_eq!(list.arch, vec![cc("8.0"), cc("8.6"), cc("9.0"), cc("12.0")]);
-        assert_eq!(list.ptx, vec![cc("12.0")]);
-        assert!(list.covers(cc("8.9")) && list.covers(cc("12.1")) && !list.covers(cc("7.5")));
-        assert!(ArchList::parse(&["gfx90a".into()]).is_err());
-        assert!(ArchList::parse(&["sm_".into()]).is_err());
-    }
-
-    #[test]
-    fn spec_extensions_add_series_and_replace_builds() {
-        let extension: TorchRelease = toml::from_str(
-            r#"
-            series = "2.8"
-            [[build]]
-            cuda = "cu126"
-            driver_cuda = "12.6"
-            arch = ["8.0"]
-            "#,
-        )
-        .unwrap();
-        let catalog = TorchCatalog::with_extensions(&[extension]).unwrap();
-        let release = catalog.release("2.8".parse().unwrap()).unwrap();
-        assert_eq!(release.build("cu126".parse().unwrap()).unwrap().arch, vec![cc("8.0")]);
-        assert!(release.build("cu128".parse().unwrap()).is_some(), "other builds kept");
-        assert_eq!(release.companions["torchvision"].to_string(), "0.23");
-    }
-}
+mod tests;

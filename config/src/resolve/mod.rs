@@ -3,16 +3,19 @@
 //! CLI (`plan`, offline or live) and tests all get the same answer from the same facts.
 
 pub mod catalog;
+pub mod driver;
 mod facts;
+mod optimizations;
 mod plan;
 
 use std::collections::HashMap;
 
-use crate::inventory::ComputeCapability;
+use crate::inventory::{ComputeCapability, CudaVersion};
 use crate::spec::names::normalize_package_name;
 use crate::spec::wheel::WheelName;
-use crate::spec::{CudaTag, Optimization, Requirement, Spec, TorchSeries};
-use catalog::{TorchBuild, TorchCatalog, TorchRelease};
+use crate::spec::{DriverCompat, Spec, TorchSeries};
+use catalog::{ArchSet, TorchBuild, TorchCatalog, TorchRelease};
+use driver::DriverVersion;
 
 pub use facts::{GpuFacts, MachineFacts};
 pub use plan::{
@@ -20,23 +23,42 @@ pub use plan::{
     SkippedOptimization,
 };
 
+/// The platform a machine that has not said (`uname -m`) is taken to be.
+pub const DEFAULT_PLATFORM: &str = "x86_64";
+
 /// A spec prepared for resolving many machines.
 #[derive(Debug, Clone)]
 pub struct Resolver<'a> {
     spec: &'a Spec,
     release: Result<TorchRelease, String>,
+    catalog: Option<TorchCatalog>,
     /// Every wheel URL's parsed file name, parsed once rather than per machine.
     wheel_names: HashMap<&'a str, WheelName>,
+}
+
+/// How a build's CUDA version relates to the machine's driver.
+enum DriverFit {
+    Runs(DriverCompat),
+    /// Too old; the text says why, and whether minor-version compatibility would help.
+    TooOld {
+        need: String,
+        minor_would_run: bool,
+    },
 }
 
 impl<'a> Resolver<'a> {
     pub fn new(spec: &'a Spec) -> Self {
         let series = TorchSeries::of(&spec.torch.version.0);
-        let release = TorchCatalog::with_extensions(&spec.torch.releases).and_then(|catalog| {
-            catalog
-                .release(series)
-                .cloned()
-                .ok_or_else(|| format!("comfyfleet has no build facts for torch {series}"))
+        let catalog = TorchCatalog::with_extensions(&spec.torch.releases);
+        let release = catalog.clone().and_then(|catalog| {
+            let release =
+                catalog.release(series).cloned().ok_or_else(|| unknown_release(series, &catalog))?;
+            match release.python_problem(spec.python) {
+                Some(problem) => {
+                    Err(format!("{problem}: choose a Python in that range or another torch.version"))
+                }
+                None => Ok(release),
+            }
         });
         let wheel_names = spec
             .optimizations
@@ -44,7 +66,7 @@ impl<'a> Resolver<'a> {
             .flat_map(|optimization| &optimization.wheels)
             .filter_map(|wheel| WheelName::from_url(&wheel.url).ok().map(|name| (wheel.url.as_str(), name)))
             .collect();
-        Self { spec, release, wheel_names }
+        Self { spec, release, catalog: catalog.ok(), wheel_names }
     }
 
     pub fn resolve(&self, machine: &MachineFacts) -> Resolution {
@@ -71,46 +93,134 @@ impl<'a> Resolver<'a> {
             )));
         };
         let driver = machine.driver_version.as_deref().unwrap_or("(unknown version)");
+        let platform = machine.arch.as_deref().unwrap_or(DEFAULT_PLATFORM);
         let mut reasons = Vec::new();
         let mut driver_too_old = Vec::new();
+        let mut minor_would_run = Vec::new();
         for tag in &self.spec.torch.cuda {
             let torch = format!("{}+{tag}", self.spec.torch.version);
             let Some(build) = release.build(*tag) else {
                 reasons.push(format!("{tag}: torch {} has no {tag} build", self.spec.torch.version));
                 continue;
             };
-            if driver_cuda < build.driver_cuda {
-                driver_too_old.push(format!("{tag} needs {}", build.describe_driver_need()));
+            let Some(arch) = build.for_platform(platform) else {
                 reasons.push(format!(
-                    "{tag}: torch {torch} needs {}; driver {driver} supports CUDA {driver_cuda}",
-                    build.describe_driver_need()
+                    "{tag}: torch {torch} has no wheel for {platform} (only {})",
+                    build.platforms().join(", ")
                 ));
                 continue;
-            }
+            };
+            let compat = match self.driver_fit(build, &arch, driver_cuda, machine, &gpus) {
+                DriverFit::Runs(compat) => compat,
+                DriverFit::TooOld { need, minor_would_run: would_run } => {
+                    let mut reason = format!(
+                        "{tag}: torch {torch} needs {need}; driver {driver} supports CUDA {driver_cuda}"
+                    );
+                    if would_run {
+                        minor_would_run.push(tag.to_string());
+                        reason.push_str(&format!("; {}", minor_hint(&[tag.to_string()])));
+                    }
+                    driver_too_old.push(format!("{tag} needs {need}"));
+                    reasons.push(reason);
+                    continue;
+                }
+            };
             let uncovered: Vec<(&GpuFacts, ComputeCapability)> =
-                gpus.iter().copied().filter(|(_, cc)| !build.covers(*cc)).collect();
+                gpus.iter().copied().filter(|(_, cc)| !arch.covers(*cc)).collect();
             if !uncovered.is_empty() {
                 reasons.push(format!(
-                    "{tag}: {}; torch {torch} has kernels for SM {}",
+                    "{tag}: {}; torch {torch} has kernels for SM {}{}",
                     describe_gpus(&uncovered),
-                    build.describe_arch()
+                    arch.describe(),
+                    if platform == DEFAULT_PLATFORM { String::new() } else { format!(" on {platform}") }
                 ));
                 continue;
             }
-            match self.plan_with_build(machine, &gpus, release, build) {
+            match self.plan_with_build(machine, &gpus, release, build, compat) {
                 Ok(plan) => return Ok(plan),
                 Err(reason) => reasons.push(format!("{tag}: {reason}")),
             }
         }
         if driver_too_old.len() == reasons.len() && !reasons.is_empty() {
             // Only the driver stands in the way: say so once.
-            return Err(Incompatibility::new(format!(
+            let mut message = format!(
                 "driver {driver} supports CUDA {driver_cuda}, older than every allowed build needs ({}); \
                  upgrade the driver or allow an older CUDA build",
                 driver_too_old.join(", ")
-            )));
+            );
+            if !minor_would_run.is_empty() {
+                message.push_str(&format!("; it {}", minor_hint(&minor_would_run)));
+            }
+            return Err(Incompatibility::new(message));
         }
         Err(Incompatibility { reasons })
+    }
+
+    /// Whether the machine's driver runs `build`: exactly (it supports the build's
+    /// CUDA version), or under NVIDIA's minor-version compatibility when the spec
+    /// allows it (same CUDA major, driver at or above the major's floor, every GPU
+    /// covered by cubins: a driver older than the build cannot JIT its PTX).
+    fn driver_fit(
+        &self,
+        build: &TorchBuild,
+        arch: &ArchSet,
+        driver_cuda: CudaVersion,
+        machine: &MachineFacts,
+        gpus: &[(&GpuFacts, ComputeCapability)],
+    ) -> DriverFit {
+        if driver_cuda >= build.driver_cuda {
+            return DriverFit::Runs(DriverCompat::Exact);
+        }
+        let minor = self.minor_compat(build, arch, driver_cuda, machine, gpus);
+        match (self.spec.torch.driver_compat, minor) {
+            (DriverCompat::Minor, Ok(())) => DriverFit::Runs(DriverCompat::Minor),
+            (DriverCompat::Exact, minor) => {
+                DriverFit::TooOld { need: build.describe_driver_need(), minor_would_run: minor.is_ok() }
+            }
+            (DriverCompat::Minor, Err(why)) => DriverFit::TooOld {
+                need: format!(
+                    "{}, and CUDA minor-version compatibility does not apply: {why}",
+                    build.describe_driver_need()
+                ),
+                minor_would_run: false,
+            },
+        }
+    }
+
+    fn minor_compat(
+        &self,
+        build: &TorchBuild,
+        arch: &ArchSet,
+        driver_cuda: CudaVersion,
+        machine: &MachineFacts,
+        gpus: &[(&GpuFacts, ComputeCapability)],
+    ) -> Result<(), String> {
+        let major = build.driver_cuda.major;
+        if driver_cuda.major != major {
+            return Err(format!("the driver's CUDA {driver_cuda} is not CUDA {major}.x"));
+        }
+        let floor =
+            self.catalog.as_ref().and_then(|catalog| catalog.minor_compat_floor(major)).ok_or_else(|| {
+                format!("comfyfleet knows no minor-version compatibility floor for CUDA {major}")
+            })?;
+        let driver: DriverVersion = machine
+            .driver_version
+            .as_deref()
+            .and_then(|text| text.parse().ok())
+            .ok_or("the driver version is unknown")?;
+        if driver < *floor {
+            return Err(format!("CUDA {major}.x needs driver ≥ {floor} for it"));
+        }
+        let not_cubins: Vec<(&GpuFacts, ComputeCapability)> =
+            gpus.iter().copied().filter(|(_, cc)| !arch.covers_with_cubins(*cc)).collect();
+        if !not_cubins.is_empty() {
+            return Err(format!(
+                "{}, which the build reaches only through PTX (or not at all), and a driver older than the build \
+                 cannot JIT-compile its PTX",
+                describe_gpus(&not_cubins)
+            ));
+        }
+        Ok(())
     }
 
     fn plan_with_build(
@@ -119,6 +229,7 @@ impl<'a> Resolver<'a> {
         gpus: &[(&GpuFacts, ComputeCapability)],
         release: &TorchRelease,
         build: &TorchBuild,
+        driver_compat: DriverCompat,
     ) -> Result<MachinePlan, String> {
         let spec = self.spec;
         let tag = build.cuda;
@@ -126,33 +237,10 @@ impl<'a> Resolver<'a> {
         let patch = torch_version.release().get(2).copied().unwrap_or(0);
         let mut packages =
             vec![PinnedPackage { name: "torch".to_owned(), version: format!("{torch_version}+{tag}") }];
-        for companion in &spec.torch.companions {
-            let Some(series) = release.companions.get(companion) else {
-                return Err(format!("no {companion} release is known for torch {}", release.series));
-            };
-            packages
-                .push(PinnedPackage { name: companion.clone(), version: format!("{series}.{patch}+{tag}") });
+        for (name, version) in release.companion_versions(&spec.torch.companions, patch, build)? {
+            packages.push(PinnedPackage { name, version });
         }
-
-        let mut optimizations = Vec::new();
-        let mut skipped = Vec::new();
-        for optimization in &spec.optimizations {
-            if let Some(unmet) = unmet_requirement(optimization, machine) {
-                skipped.push(SkippedOptimization { name: optimization.name.clone(), reason: unmet });
-                continue;
-            }
-            match self.plan_optimization(optimization, machine, gpus, tag) {
-                Ok(planned) => optimizations.push(planned),
-                Err(reason) if optimization.fatal => {
-                    return Err(format!(
-                        "fatal optimization {} cannot be installed: {reason}",
-                        optimization.name
-                    ));
-                }
-                Err(reason) => skipped.push(SkippedOptimization { name: optimization.name.clone(), reason }),
-            }
-        }
-
+        let (optimizations, skipped) = self.plan_optimizations(machine, gpus, tag)?;
         let planned = |name: &str| {
             optimizations.iter().any(|o: &PlannedOptimization| {
                 normalize_package_name(&o.name) == normalize_package_name(name)
@@ -176,78 +264,29 @@ impl<'a> Resolver<'a> {
             skipped,
             comfyui_args: spec.run.args.clone(),
             comfyui_args_when_verified,
+            driver_compat,
         })
     }
+}
 
-    fn plan_optimization(
-        &self,
-        optimization: &Optimization,
-        machine: &MachineFacts,
-        gpus: &[(&GpuFacts, ComputeCapability)],
-        tag: CudaTag,
-    ) -> Result<PlannedOptimization, String> {
-        let spec = self.spec;
-        let series = TorchSeries::of(&spec.torch.version.0);
-        let planned = |version: String, source: OptimizationSource| PlannedOptimization {
-            name: optimization.name.clone(),
-            version,
-            fatal: optimization.fatal,
-            import: optimization.import_name(),
-            source,
-        };
-        if let Some(package) = &optimization.package {
-            let mut specifiers: Vec<String> = optimization.version.iter().map(ToString::to_string).collect();
-            if !optimization.torch_constraints.is_empty() {
-                let Some(constraint) = optimization.torch_constraints.get(&series) else {
-                    let known: Vec<String> =
-                        optimization.torch_constraints.keys().map(ToString::to_string).collect();
-                    return Err(format!(
-                        "torch_constraints has no entry for torch {series} (only {})",
-                        known.join(", ")
-                    ));
-                };
-                specifiers.push(constraint.to_string());
-            }
-            let version = specifiers.join(",");
-            return Ok(planned(
-                version.clone(),
-                OptimizationSource::Index {
-                    url: spec.index.url.clone(),
-                    requirement: format!("{package}{version}"),
-                },
-            ));
-        }
+/// "would run cu128 under CUDA minor-version compatibility: set torch.driver_compat = "minor"".
+fn minor_hint(tags: &[String]) -> String {
+    format!(
+        "would run {} under CUDA minor-version compatibility: set torch.driver_compat = \"minor\"",
+        tags.join(" or ")
+    )
+}
 
-        let python_tag = spec.python.tag();
-        let tagged: Vec<_> = optimization
-            .wheels
-            .iter()
-            .filter(|wheel| wheel.python == python_tag && wheel.cuda == tag && wheel.torch == series)
-            .filter_map(|wheel| self.wheel_names.get(wheel.url.as_str()).map(|name| (wheel, name)))
-            .filter(|(_, name)| machine.arch.as_deref().is_none_or(|arch| name.supports_arch(arch)))
-            .collect();
-        if tagged.is_empty() {
-            return Err(format!(
-                "no wheel for {python_tag}, {tag}, torch {series}{}",
-                machine.arch.as_deref().map(|arch| format!(" and {arch}")).unwrap_or_default()
-            ));
-        }
-        let covering =
-            tagged.iter().find(|(wheel, _)| gpus.iter().all(|(_, cc)| wheel.compute.contains(*cc)));
-        let Some((wheel, name)) = covering else {
-            let ranges: Vec<String> = tagged.iter().map(|(wheel, _)| wheel.compute.to_string()).collect();
-            return Err(format!(
-                "no wheel for {python_tag}, {tag}, torch {series} covers {}; the wheels cover {}",
-                describe_gpus(gpus),
-                ranges.join(", ")
-            ));
-        };
-        let sha256 = wheel.sha256.as_ref().map(ToString::to_string).unwrap_or_default();
-        Ok(planned(
-            name.version.to_string(),
-            OptimizationSource::Wheel { url: wheel.url.clone(), sha256, filename: name.filename.clone() },
-        ))
-    }
+/// What a plan against a torch release comfyfleet has no facts for says.
+fn unknown_release(series: TorchSeries, catalog: &TorchCatalog) -> String {
+    let known: Vec<String> = catalog.known_series().iter().map(ToString::to_string).collect();
+    format!(
+        "comfyfleet has no build facts for torch {series} (it knows {}): add them to the spec with a \
+         [[torch.release]] table (series = \"{series}\", python_min, python_max, companions and a [[torch.release.build]] \
+         per CUDA build with cuda, driver_cuda and arch, as `torch.cuda.get_arch_list()` prints them), or upgrade \
+         comfyfleet",
+        known.join(", ")
+    )
 }
 
 /// Resolves one machine (for many, build a [`Resolver`] once).
@@ -273,19 +312,6 @@ fn gpu_capabilities(machine: &MachineFacts) -> Result<Vec<(&GpuFacts, ComputeCap
         }
     }
     if unreadable.is_empty() { Ok(gpus) } else { Err(Incompatibility { reasons: unreadable }) }
-}
-
-fn unmet_requirement(optimization: &Optimization, machine: &MachineFacts) -> Option<String> {
-    optimization.requires.iter().find_map(|requirement| {
-        let arch = machine.arch.as_deref().unwrap_or("");
-        let met = match requirement {
-            Requirement::Nvidia => !machine.gpus.is_empty(),
-            Requirement::Linux => machine.reported,
-            Requirement::X86_64 => arch == "x86_64",
-            Requirement::Aarch64 => arch == "aarch64",
-        };
-        (!met).then(|| format!("requires {requirement}"))
-    })
 }
 
 /// "GPU 0 (NVIDIA GeForce RTX 4090) is SM 8.9 and GPU 1 (NVIDIA RTX A6000) is SM 8.6";

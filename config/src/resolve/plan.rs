@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::spec::{CudaTag, PythonVersion};
+use crate::spec::{CudaTag, DriverCompat, PythonVersion, SmokeCall};
 
 /// Everything machine-specific an agent needs to build the environment.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -29,6 +29,10 @@ pub struct MachinePlan {
     /// ComfyUI arguments passed only when that optimisation verified on the machine.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub comfyui_args_when_verified: BTreeMap<String, Vec<String>>,
+    /// `minor` when the machine's driver is older than the build's CUDA version and
+    /// the build runs only through NVIDIA's minor-version compatibility.
+    #[serde(default, skip_serializing_if = "DriverCompat::is_exact")]
+    pub driver_compat: DriverCompat,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -46,6 +50,9 @@ pub struct PlannedOptimization {
     /// The module the verify step imports.
     pub import: String,
     pub source: OptimizationSource,
+    /// The call the verify step makes on every GPU.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub smoke: Option<SmokeCall>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -4,7 +4,8 @@
 //! format; the README's "Environment specs" section documents it.
 
 pub mod canonical;
-pub mod compute_range;
+pub mod compute_set;
+pub mod kernel;
 pub mod names;
 pub mod selector;
 pub mod source;
@@ -17,12 +18,13 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 pub use canonical::SpecDigest;
-pub use compute_range::ComputeRange;
+pub use compute_set::ComputeSet;
+pub use kernel::{SmokeCall, SmokeInputs, TorchMatch, WheelPython};
 pub use selector::Selector;
 pub use source::{SpecError, SpecErrors, SpecFormat};
 pub use values::{
-    Amount, CudaTag, HumanDuration, PythonVersion, ReleaseVersion, Requirement, Sha256Hex, Specifiers,
-    TorchSeries,
+    Amount, CudaTag, DriverCompat, HumanDuration, ManagerMode, PythonVersion, ReleaseVersion, Requirement,
+    Sha256Hex, Specifiers, TorchSeries,
 };
 
 use crate::resolve::catalog::TorchRelease;
@@ -80,6 +82,11 @@ pub struct TorchSpec {
     /// Build facts for torch releases comfyfleet does not know yet (or corrections).
     #[serde(default, rename = "release", skip_serializing_if = "Vec::is_empty")]
     pub releases: Vec<TorchRelease>,
+    /// Which drivers may run a CUDA build: `exact` (the driver supports the build's
+    /// CUDA version) or `minor` (NVIDIA's minor-version compatibility: any driver of
+    /// the build's CUDA major at or above that major's floor, cubins only).
+    #[serde(default, skip_serializing_if = "DriverCompat::is_exact")]
+    pub driver_compat: DriverCompat,
 }
 
 impl TorchSpec {
@@ -140,6 +147,10 @@ pub struct Optimization {
     /// Prebuilt wheels, chosen per machine.
     #[serde(default, rename = "wheel", skip_serializing_if = "Vec::is_empty")]
     pub wheels: Vec<KernelWheel>,
+    /// The call the verify step makes on every GPU to prove the kernels run
+    /// (required for prebuilt wheels: importing a module proves nothing about kernels).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub smoke: Option<SmokeCall>,
 }
 
 impl Optimization {
@@ -153,12 +164,13 @@ impl Optimization {
 #[serde(deny_unknown_fields)]
 pub struct KernelWheel {
     /// GPUs the wheel has kernels for; every GPU of a machine must be in it.
-    pub compute: ComputeRange,
-    /// CPython tag of the target venv (`cp312`).
-    pub python: String,
+    pub compute: ComputeSet,
+    /// The CPython it serves: `cp312`, or `cp39-abi3` (a stable-ABI wheel: 3.9 and later).
+    pub python: WheelPython,
     pub cuda: CudaTag,
-    /// The torch series the wheel was built against (`2.8`).
-    pub torch: TorchSeries,
+    /// The torch series it was built against (`2.8`), or a range (`>=2.9`) for a
+    /// wheel on torch's stable ABI.
+    pub torch: TorchMatch,
     pub url: String,
     pub sha256: Option<Sha256Hex>,
 }
@@ -174,6 +186,22 @@ pub struct CustomNode {
     pub reference: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub commit: Option<String>,
+    /// Whether the environment is broken when the node does not import. `false`:
+    /// ComfyUI runs without it and the report carries a warning.
+    #[serde(default = "default_true", skip_serializing_if = "is_true")]
+    pub required: bool,
+    /// Run the node's `install.py` once in the new venv (with the build environment,
+    /// a deadline, its output in the report). Nothing runs that the spec does not name.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub install_script: bool,
+}
+
+fn is_true(value: &bool) -> bool {
+    *value
+}
+
+fn is_false(value: &bool) -> bool {
+    !*value
 }
 
 impl CustomNode {
@@ -203,6 +231,10 @@ pub struct RunSpec {
     /// How long a freshly started ComfyUI has to answer `/system_stats`.
     #[serde(default = "default_health_timeout")]
     pub health_timeout: HumanDuration,
+    /// ComfyUI-Manager: `off` (never), `read-only` (browse, install nothing) or `on`
+    /// (installs allowed, and shown as drift).
+    #[serde(default, skip_serializing_if = "ManagerMode::is_off")]
+    pub manager: ManagerMode,
 }
 
 fn default_port() -> u16 {
@@ -225,6 +257,7 @@ impl Default for RunSpec {
             when_verified: BTreeMap::new(),
             drain_timeout: default_drain_timeout(),
             health_timeout: default_health_timeout(),
+            manager: ManagerMode::default(),
         }
     }
 }

@@ -52,7 +52,7 @@ pub(crate) fn check(spec: &Spec) -> Vec<Problem> {
             problems
                 .add(format!("{path}.name"), format!("`{}` is listed twice: keep one", optimization.name));
         }
-        check_optimization(&mut problems, &path, optimization, trusted);
+        check_optimization(&mut problems, &path, optimization, spec);
     }
 
     let mut node_dirs = BTreeMap::new();
@@ -82,6 +82,7 @@ pub(crate) fn check(spec: &Spec) -> Vec<Problem> {
         }
     }
 
+    check_manager(&mut problems, spec);
     check_run(&mut problems, spec, &optimization_names);
     check_rollout(&mut problems, spec);
     problems.0
@@ -138,6 +139,15 @@ fn check_torch(problems: &mut Problems, spec: &Spec) {
             ),
         );
     };
+    if let Some(problem) = release.python_problem(spec.python) {
+        problems.add(
+            "python",
+            format!(
+                "{problem}: choose a Python in that range, or another torch.version (or correct the range with a \
+                 [[torch.release]] python_min/python_max)"
+            ),
+        );
+    }
     if torch.cuda.is_empty() {
         problems.add(
             "torch.cuda",
@@ -200,7 +210,7 @@ fn check_index(problems: &mut Problems, spec: &Spec) {
     }
 }
 
-fn check_optimization(problems: &mut Problems, path: &str, optimization: &Optimization, trusted: &[String]) {
+fn check_optimization(problems: &mut Problems, path: &str, optimization: &Optimization, spec: &Spec) {
     problems.check(format!("{path}.name"), names::check_name(&optimization.name));
     if let Some(import) = &optimization.import {
         let ok = !import.is_empty()
@@ -214,6 +224,9 @@ fn check_optimization(problems: &mut Problems, path: &str, optimization: &Optimi
                 format!("`{}` is not a Python module name: write e.g. \"sageattention\"", printable(import)),
             );
         }
+    }
+    if let Some(smoke) = &optimization.smoke {
+        problems.check(format!("{path}.smoke.call"), smoke.check());
     }
     let mut requires = BTreeSet::new();
     for (i, requirement) in optimization.requires.iter().enumerate() {
@@ -245,13 +258,28 @@ fn check_optimization(problems: &mut Problems, path: &str, optimization: &Optimi
                      name",
                 );
             }
-            check_wheels(problems, path, &optimization.wheels, trusted);
+            if optimization.smoke.is_none() {
+                problems.add(
+                    path,
+                    format!(
+                        "`{}` installs prebuilt kernels but names no smoke call, and importing a module proves nothing \
+                         about its kernels: add smoke = {{ call = \"sageattention.sageattn\" }} (called with q, k, v \
+                         on every GPU) or smoke = {{ call = \"package.selftest\", inputs = \"device\" }}",
+                        optimization.name
+                    ),
+                );
+            }
+            check_wheels(problems, path, &optimization.wheels, spec);
         }
     }
 }
 
-fn check_wheels(problems: &mut Problems, path: &str, wheels: &[KernelWheel], trusted: &[String]) {
+fn check_wheels(problems: &mut Problems, path: &str, wheels: &[KernelWheel], spec: &Spec) {
+    let trusted = &spec.index.trusted_hosts;
+    let series = TorchSeries::of(&spec.torch.version.0);
     let mut distribution: Option<(usize, String)> = None;
+    // Wheels a machine of this spec could be given, with their platforms.
+    let mut candidates: Vec<(usize, &KernelWheel, Vec<String>)> = Vec::new();
     for (i, wheel) in wheels.iter().enumerate() {
         let wheel_path = format!("{path}.wheel[{i}]");
         if wheel.sha256.is_none() {
@@ -265,71 +293,120 @@ fn check_wheels(problems: &mut Problems, path: &str, wheels: &[KernelWheel], tru
             problems.add(format!("{wheel_path}.url"), message);
             continue;
         }
-        let valid_tag = wheel.python.strip_prefix("cp").is_some_and(|digits| {
-            (2..=3).contains(&digits.len())
-                && digits.starts_with('3')
-                && digits.bytes().all(|b| b.is_ascii_digit())
-        });
-        if !valid_tag {
+        if !wheel.python.serves(spec.python) {
             problems.add(
                 format!("{wheel_path}.python"),
-                format!("`{}` is not a CPython tag: write e.g. \"cp312\"", printable(&wheel.python)),
+                format!(
+                    "{} cannot be installed into the spec's Python {} venv: list a wheel for {}{}, or remove this one",
+                    wheel.python,
+                    spec.python,
+                    spec.python.tag(),
+                    if wheel.python.abi3 { "" } else { " (or a stable-ABI cp3X-abi3 wheel)" }
+                ),
             );
         }
-        match WheelName::from_url(&wheel.url) {
-            Err(message) => problems.add(format!("{wheel_path}.url"), message),
-            Ok(name) => {
-                if valid_tag && !name.supports_python(&wheel.python) {
-                    problems.add(
-                        format!("{wheel_path}.python"),
-                        format!(
-                            "says {} but {} is built for {}: make them agree",
-                            wheel.python,
-                            name.filename,
-                            name.python_tags.join(".")
-                        ),
-                    );
-                }
-                if !name.platform_tags.iter().any(|tag| tag == "any" || tag.contains("linux")) {
-                    problems.add(
-                        format!("{wheel_path}.url"),
-                        format!(
-                            "{} is built for {}; comfyfleet agents run on Linux: list a linux wheel",
-                            name.filename,
-                            name.platform_tags.join(".")
-                        ),
-                    );
-                }
-                let normalized = names::normalize_package_name(&name.distribution);
-                match &distribution {
-                    None => distribution = Some((i, normalized)),
-                    Some((first, expected)) if *expected != normalized => problems.add(
-                        format!("{wheel_path}.url"),
-                        format!(
-                            "is a `{}` wheel but wheel[{first}] is `{expected}`: one optimization installs one \
-                             package; split them into two [[optimization]]s",
-                            name.distribution
-                        ),
-                    ),
-                    Some(_) => {}
-                }
+        let name = match WheelName::from_url(&wheel.url) {
+            Err(message) => {
+                problems.add(format!("{wheel_path}.url"), message);
+                continue;
             }
+            Ok(name) => name,
+        };
+        let interpreter = wheel.python.interpreter_tag();
+        let agrees = if wheel.python.abi3 {
+            name.python_tags.contains(&interpreter) && name.abi_tags.iter().any(|abi| abi == "abi3")
+        } else {
+            name.supports_python(&interpreter)
+        };
+        if !agrees {
+            problems.add(
+                format!("{wheel_path}.python"),
+                format!(
+                    "says {} but {} is built for {}-{}: make them agree",
+                    wheel.python,
+                    name.filename,
+                    name.python_tags.join("."),
+                    name.abi_tags.join(".")
+                ),
+            );
         }
-        for (j, earlier) in wheels.iter().enumerate().take(i) {
-            let same_tags =
-                earlier.python == wheel.python && earlier.cuda == wheel.cuda && earlier.torch == wheel.torch;
-            if same_tags && earlier.compute.overlaps(&wheel.compute) {
+        if !name.platform_tags.iter().any(|tag| tag == "any" || tag.contains("linux")) {
+            problems.add(
+                format!("{wheel_path}.url"),
+                format!(
+                    "{} is built for {}; comfyfleet agents run on Linux: list a linux wheel",
+                    name.filename,
+                    name.platform_tags.join(".")
+                ),
+            );
+        }
+        let normalized = names::normalize_package_name(&name.distribution);
+        match &distribution {
+            None => distribution = Some((i, normalized)),
+            Some((first, expected)) if *expected != normalized => problems.add(
+                format!("{wheel_path}.url"),
+                format!(
+                    "is a `{}` wheel but wheel[{first}] is `{expected}`: one optimization installs one package; split \
+                     them into two [[optimization]]s",
+                    name.distribution
+                ),
+            ),
+            Some(_) => {}
+        }
+        if wheel.python.serves(spec.python) && wheel.torch.contains(series) {
+            let platforms = ["x86_64", "aarch64"]
+                .iter()
+                .filter(|platform| name.supports_arch(platform))
+                .map(|platform| (*platform).to_owned())
+                .collect();
+            candidates.push((i, wheel, platforms));
+        }
+    }
+    // A machine must never match two wheels: among the wheels this spec's Python and
+    // torch can use, those of one CUDA build and platform must not share an SM.
+    for (at, (i, wheel, platforms)) in candidates.iter().enumerate() {
+        for (j, earlier, earlier_platforms) in &candidates[..at] {
+            let shared_platform = platforms.iter().any(|platform| earlier_platforms.contains(platform));
+            if earlier.cuda == wheel.cuda && shared_platform && earlier.compute.overlaps(&wheel.compute) {
                 problems.add(
-                    format!("{wheel_path}.compute"),
+                    format!("{path}.wheel[{i}].compute"),
                     format!(
-                        "{} overlaps wheel[{j}] ({}) for the same {}, {} and torch {}: a GPU must match one wheel; \
-                         narrow the ranges, e.g. \">=8.6,<8.9\" and \">=8.9,<9.0\"",
-                        wheel.compute, earlier.compute, wheel.python, wheel.cuda, wheel.torch
+                        "{} overlaps wheel[{j}] ({}) for the same {} and torch {series} on Python {}: a GPU must match \
+                         one wheel; narrow the sets, e.g. \">=8.6,<8.9\" and \">=8.9,<9.0\", or list each SM once",
+                        wheel.compute, earlier.compute, wheel.cuda, spec.python
                     ),
                 );
             }
         }
     }
+}
+
+/// ComfyUI-Manager is chosen with run.manager, never by sneaking it in as a node or
+/// an argument: a fleet must not drift because someone clicked "install".
+fn check_manager(problems: &mut Problems, spec: &Spec) {
+    for (i, node) in spec.custom_nodes.iter().enumerate() {
+        if is_manager_node(&node.directory_name()) && spec.run.manager.is_off() {
+            problems.add(
+                format!("custom_node[{i}]"),
+                "is ComfyUI-Manager, but run.manager is \"off\": set run.manager = \"read-only\" (browse, install \
+                 nothing) or \"on\" (installs shown as drift), or remove the node",
+            );
+        }
+    }
+    for (i, arg) in spec.run.args.iter().enumerate() {
+        if ["--enable-manager", "--disable-manager-ui", "--enable-manager-legacy-ui"].contains(&arg.as_str())
+        {
+            problems.add(
+                format!("run.args[{i}]"),
+                format!("`{arg}` is set by run.manager = \"off\" | \"read-only\" | \"on\": remove it from run.args"),
+            );
+        }
+    }
+}
+
+/// Whether a custom node directory is ComfyUI-Manager.
+pub(crate) fn is_manager_node(directory: &str) -> bool {
+    directory.eq_ignore_ascii_case("comfyui-manager")
 }
 
 fn check_run(problems: &mut Problems, spec: &Spec, optimization_names: &BTreeSet<String>) {

@@ -329,6 +329,53 @@ impl fmt::Display for HumanDuration {
 }
 string_serde!(HumanDuration);
 
+/// Which drivers may run a torch CUDA build.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DriverCompat {
+    /// The driver supports the build's CUDA version (NVML's CUDA driver version).
+    #[default]
+    Exact,
+    /// NVIDIA's minor-version compatibility: a driver of the build's CUDA major at or
+    /// above that major's floor (12.x: 525.60.13, 13.x: 580), GPUs covered by cubins.
+    Minor,
+}
+
+impl DriverCompat {
+    pub fn is_exact(&self) -> bool {
+        *self == DriverCompat::Exact
+    }
+}
+
+/// ComfyUI-Manager on the fleet.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ManagerMode {
+    /// Not run: no `--enable-manager`, and the ComfyUI-Manager node is refused.
+    #[default]
+    Off,
+    /// Runs with installs refused (its `security_level = strong`).
+    ReadOnly,
+    /// Runs and may install; what it installs is reported as drift.
+    On,
+}
+
+impl ManagerMode {
+    pub fn is_off(&self) -> bool {
+        *self == ManagerMode::Off
+    }
+}
+
+impl fmt::Display for ManagerMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ManagerMode::Off => "off",
+            ManagerMode::ReadOnly => "read-only",
+            ManagerMode::On => "on",
+        })
+    }
+}
+
 /// What a machine must be for an optimisation to be attempted on it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

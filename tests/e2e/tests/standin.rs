@@ -264,7 +264,7 @@ fn the_stand_in_comfyui_serves_comfyuis_api_and_stops_when_its_directory_goes() 
     venv.install_torch(&world.server.base_url());
     succeed(&mut venv.pip_install(&world.server.base_url(), &["einops", "imageio-ffmpeg"]));
 
-    let comfyui = checkout_comfyui(&world, &dir.path().join("ComfyUI"), "v0.3.60");
+    let comfyui = checkout_comfyui(&world, &dir.path().join("ComfyUI"), "v0.3.64");
     let (output, user, import_log) =
         (dir.path().join("output"), dir.path().join("user"), dir.path().join("imports.log"));
     let port = free_port();
@@ -365,7 +365,7 @@ fn broken_comfyui_commits_fail_at_start_or_report_another_torch() {
     let lying = world.repos.comfyui.commit_reporting_pytorch_version("2.7.1+cu126");
     let working = world.repos.comfyui.commit_working();
     assert_eq!(
-        world.repos.comfyui.repo.rev_parse("v0.3.60"),
+        world.repos.comfyui.repo.rev_parse("v0.3.64"),
         world.repos.comfyui.repo.rev_parse(&format!("{crashing}~1"))
     );
 

@@ -26,7 +26,7 @@ import traceback  # noqa: E402
 import uuid  # noqa: E402
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer  # noqa: E402
 
-COMFYUI_VERSION = "0.3.60"
+COMFYUI_VERSION = "0.3.64"
 HERE = os.path.dirname(os.path.abspath(__file__))
 # Variants of this file (tests' broken builds) replace the marked lines.
 REPORTED_PYTORCH_VERSION = None  # standin: reported pytorch_version

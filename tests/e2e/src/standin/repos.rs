@@ -12,7 +12,7 @@ use crate::git::GitRepo;
 pub const COMFYUI_MAIN: &str = include_str!("comfyui_main.py");
 
 /// The tag of the first ComfyUI commit.
-pub const COMFYUI_TAG: &str = "v0.3.60";
+pub const COMFYUI_TAG: &str = "v0.3.64";
 
 const BEFORE_LISTENING: &str = "    # standin: before listening\n";
 const REPORTED_VERSION: &str = "REPORTED_PYTORCH_VERSION = None  # standin: reported pytorch_version\n";
@@ -23,7 +23,7 @@ pub struct StandinComfyui {
 }
 
 impl StandinComfyui {
-    /// `git init` at `path` with `main.py` and `requirements.txt`, tagged `v0.3.60`.
+    /// `git init` at `path` with `main.py` and `requirements.txt`, tagged `v0.3.64`.
     pub fn create(path: &Path) -> Self {
         let repo =
             GitRepo::create(path, &[("main.py", COMFYUI_MAIN), ("requirements.txt", COMFYUI_REQUIREMENTS)]);

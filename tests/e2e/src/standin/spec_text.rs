@@ -143,7 +143,7 @@ mod tests {
     fn the_rendered_spec_is_a_valid_spec_naming_every_kernel_wheel() {
         let dir = tempfile::tempdir().unwrap();
         let catalog = Catalog::standard(dir.path(), "cp311");
-        let mut options = TestSpecOptions::new("file:///tmp/standin/ComfyUI", "v0.3.60");
+        let mut options = TestSpecOptions::new("file:///tmp/standin/ComfyUI", "v0.3.64");
         options.custom_nodes = vec![
             ("file:///tmp/standin/ComfyUI-KJNodes".to_owned(), "main".to_owned()),
             ("file:///tmp/standin/ComfyUI-VideoHelperSuite".to_owned(), "main".to_owned()),
