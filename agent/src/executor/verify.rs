@@ -1,14 +1,17 @@
 //! The `verify` step: the environment's own Python says what it has (see
 //! `verify.py`), and the agent holds that against the plan and this machine's GPUs:
 //! torch is the planned version and CUDA build, `torch.cuda.get_arch_list()` covers
-//! the SM of every GPU, and each optimisation imports. A fatal optimisation that
-//! does not import fails the environment; an optional one is recorded as failed and
-//! its ComfyUI arguments are not passed.
+//! the SM of every GPU, each optimisation imports, and each optimisation with a
+//! smoke call runs it on every GPU (importing a module proves nothing about its
+//! kernels: a wheel without code for one GPU fails there, not at the first render).
+//! A fatal optimisation that fails fails the environment; an optional one is
+//! recorded as failed, naming the GPU, and its ComfyUI arguments are not passed.
 
 use std::time::Duration;
 
 use comfyfleet_config::convergence::OptimizationState;
 use comfyfleet_config::inventory::CudaVersion;
+use comfyfleet_config::resolve::GpuFacts;
 use comfyfleet_config::resolve::catalog::ArchSet;
 use serde::Deserialize;
 
@@ -54,6 +57,16 @@ struct ImportOutput {
     error: Option<String>,
     version: Option<String>,
     module_version: Option<String>,
+    #[serde(default)]
+    smoke: Vec<SmokeOutput>,
+}
+
+/// One smoke call on one GPU (its CUDA ordinal, which `CUDA_DEVICE_ORDER=PCI_BUS_ID`
+/// makes NVML's index).
+#[derive(Debug, Deserialize)]
+struct SmokeOutput {
+    gpu: u32,
+    error: Option<String>,
 }
 
 pub async fn run(build: &mut Build<'_>, step: &mut StepHandle) -> StepResult {
@@ -73,14 +86,17 @@ pub async fn run(build: &mut Build<'_>, step: &mut StepHandle) -> StepResult {
                 "name": planned.name,
                 "import": planned.import,
                 "distribution": distributions.get(&planned.name).cloned().unwrap_or_else(|| planned.name.clone()),
+                "smoke": planned.smoke,
             })
         })
         .collect();
-    let request = serde_json::json!({ "optimizations": to_import }).to_string();
+    let request = serde_json::json!({ "optimizations": to_import, "gpus": build.gpus.len() }).to_string();
     let invocation = Invocation::new(build.env.python())
         .args(["-I", "-c", VERIFY_SCRIPT])
         .arg(request)
         .cwd(&build.env.path)
+        // CUDA orders devices fastest first; NVML (and so the inventory) by PCI bus.
+        .env("CUDA_DEVICE_ORDER", "PCI_BUS_ID")
         .timeout(VERIFY_TIMEOUT);
     // The result line is kept whole (report tails cut long lines).
     let mut result = None;
@@ -143,29 +159,42 @@ pub async fn run(build: &mut Build<'_>, step: &mut StepHandle) -> StepResult {
     let mut summary =
         vec![format!("torch {} (CUDA {}) covers every GPU", torch.version, plan.cuda_tag.cuda())];
     let mut fatal = Vec::new();
+    let gpus = build.gpus;
     for outcome in &mut build.outcomes {
         if outcome.state != OptimizationState::Pending {
             continue;
         }
-        match output.optimizations.get(&outcome.name) {
-            Some(import) if import.ok => {
+        let smoke = plan
+            .optimizations
+            .iter()
+            .find(|planned| planned.name == outcome.name)
+            .and_then(|planned| planned.smoke.as_ref());
+        let checked = match output.optimizations.get(&outcome.name) {
+            Some(import) if import.ok => smoke_failures(gpus, import, smoke.map(|call| call.call.as_str())),
+            other => Err(format!(
+                "does not import: {}",
+                other.and_then(|import| import.error.clone()).unwrap_or_else(|| "not checked".into())
+            )),
+        };
+        let import = output.optimizations.get(&outcome.name);
+        match checked {
+            Ok(ran) => {
                 outcome.state = OptimizationState::Verified;
                 outcome.version = import
-                    .version
-                    .clone()
-                    .or_else(|| import.module_version.clone().filter(|v| !v.is_empty()))
+                    .and_then(|import| import.version.clone())
+                    .or_else(|| {
+                        import.and_then(|import| import.module_version.clone()).filter(|v| !v.is_empty())
+                    })
                     .unwrap_or_else(|| outcome.version.clone());
-                outcome.detail = "imports".to_owned();
+                outcome.detail = ran;
                 summary.push(format!("{} {} verified", outcome.name, outcome.version));
             }
-            other => {
-                let error =
-                    other.and_then(|import| import.error.clone()).unwrap_or_else(|| "not checked".into());
+            Err(why) => {
                 outcome.state = OptimizationState::Failed;
-                outcome.detail = format!("does not import: {error}");
-                summary.push(format!("{} FAILED ({error})", outcome.name));
+                outcome.detail.clone_from(&why);
+                summary.push(format!("{} FAILED ({why})", outcome.name));
                 if outcome.fatal {
-                    fatal.push(format!("fatal optimization {} does not import: {error}", outcome.name));
+                    fatal.push(format!("fatal optimization {} {why}", outcome.name));
                 }
             }
         }
@@ -183,4 +212,35 @@ pub async fn run(build: &mut Build<'_>, step: &mut StepHandle) -> StepResult {
         torch: TorchFacts { version: torch.version, cuda: torch.cuda, arch_list: torch.arch_list },
     });
     Ok(StepOutcome::done(summary.join("; ")))
+}
+
+/// "imports; sageattention.sageattn ran on GPUs 0–7", or which GPUs it failed on.
+fn smoke_failures(gpus: &[GpuFacts], import: &ImportOutput, call: Option<&str>) -> Result<String, String> {
+    let Some(call) = call else { return Ok("imports (no smoke call)".to_owned()) };
+    let gpu = |index: u32| {
+        gpus.iter().find(|gpu| gpu.index == index).map_or_else(
+            || format!("GPU {index}"),
+            |gpu| {
+                let sm = gpu.compute_capability.map(|cc| format!(", SM {cc}")).unwrap_or_default();
+                format!("GPU {index} ({}{sm})", gpu.name.as_deref().unwrap_or("unknown"))
+            },
+        )
+    };
+    let failures: Vec<String> = import
+        .smoke
+        .iter()
+        .filter_map(|run| run.error.as_ref().map(|error| format!("{}: {error}", gpu(run.gpu))))
+        .collect();
+    if !failures.is_empty() {
+        return Err(format!("{call} fails on {}", failures.join("; ")));
+    }
+    if import.smoke.len() < gpus.len() {
+        return Err(format!("{call} ran on {} of {} GPUs", import.smoke.len(), gpus.len()));
+    }
+    let ran = match import.smoke.as_slice() {
+        [] => "no GPU".to_owned(),
+        [one] => format!("GPU {}", one.gpu),
+        [first, .., last] => format!("GPUs {}–{}", first.gpu, last.gpu),
+    };
+    Ok(format!("imports; {call} ran on {ran}"))
 }

@@ -294,7 +294,7 @@ fn run_sequence(fleet: &Fleet, run: usize, scenarios: &mut [Scenario; 5]) {
     assert_ne!(cu128.id, cu128_again.id, "the health timeout is part of the revision");
 
     let steps: [(&Revision, &str); 3] =
-        [(&cu128, "2.8.0+cu128"), (&cu126, "2.8.0+cu126"), (&cu128_again, "2.8.0+cu128")];
+        [(&cu128, "2.9.0+cu128"), (&cu126, "2.9.0+cu126"), (&cu128_again, "2.9.0+cu128")];
     for (scenario, (revision, torch)) in scenarios.iter_mut().zip(steps) {
         eprintln!("run {run}: {} (render-prod@{}) …", scenario.name, revision.number);
         let (sample, machine) = measure(fleet, &id, Ran::Everything, || rollout(fleet, &id, revision));
@@ -466,7 +466,7 @@ fn main() {
         python.version
     );
     println!(
-        "- torch padding: {} MiB per torch wheel (torch 2.8.0 cu126/cu128/cu130, 2.9.0 cu128/cu130); \
+        "- torch padding: {} MiB per torch wheel (torch 2.8.0 cu126/cu128, 2.9.0 and 2.11.0 cu126/cu128/cu130); \
          the stand-in index is served over loopback HTTP",
         settings.torch_mib
     );

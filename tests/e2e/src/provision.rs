@@ -10,7 +10,9 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::standin::{CatalogOptions, IMPORT_LOG_VARIABLE, StandinWorld, TestSpecOptions, find_uv};
+use crate::standin::{
+    CatalogOptions, GPU_PROFILE_VARIABLE, IMPORT_LOG_VARIABLE, StandinWorld, TestSpecOptions, find_uv,
+};
 use crate::{Agent, CliOutput, Controller, profile, test_dir, wait_until};
 
 /// How long a test waits for a machine to converge: a build takes a few seconds
@@ -117,6 +119,9 @@ impl Fleet {
             "never",
             "--pass-env",
             IMPORT_LOG_VARIABLE,
+            // The stand-in torch sees the GPUs the fake NVML library reports.
+            "--pass-env",
+            GPU_PROFILE_VARIABLE,
             "--inventory-interval",
             "1s",
         ];

@@ -76,16 +76,17 @@ fn plan_offline_over_saved_facts_gives_the_same_answer_as_the_live_fleet() {
     assert_eq!(live, offline, "plan --facts must answer exactly as the live fleet does");
 
     let ada = outcome(&live, "rtx4090-x1-570");
-    assert_eq!((ada["status"].as_str(), ada["torch"].as_str()), (Some("ok"), Some("2.8.0+cu128")));
+    assert_eq!((ada["status"].as_str(), ada["torch"].as_str()), (Some("ok"), Some("2.11.0+cu128")));
     assert_eq!(ada["cuda_tag"], "cu128");
     assert_eq!(ada["python"], "3.12");
     let sage = &ada["optimizations"][0];
     assert_eq!(sage["name"], "sageattention");
-    assert!(sage["url"].as_str().unwrap().contains("/sm89/"), "{sage}");
+    assert!(sage["url"].as_str().unwrap().contains("cu128torch2.9.0andhigher"), "{sage}");
     assert_eq!(sage["sha256"].as_str().unwrap().len(), 64);
-    assert_eq!(ada["optimizations"][1]["requirement"], "triton>=3.4,<3.5");
+    assert_eq!(ada["optimizations"][1]["requirement"], "triton>=3.6,<3.7");
     assert_eq!(outcome(&live, "gtx1080ti-x1-570")["cuda_tag"], "cu126");
-    assert_eq!(outcome(&live, "rtx5090-x1-575")["optimizations"][0]["name"], "sageattention3");
+    assert_eq!(outcome(&live, "h100-x8-580")["cuda_tag"], "cu130");
+    assert_eq!(outcome(&live, "rtx5090-x1-575")["optimizations"][1]["name"], "sageattention3");
     let t4 = outcome(&live, "t4-x1-535");
     assert_eq!(t4["status"], "incompatible");
     assert!(t4["reason"].as_str().unwrap().contains("driver 535.230.02 supports CUDA 12.2"), "{t4}");
@@ -94,7 +95,7 @@ fn plan_offline_over_saved_facts_gives_the_same_answer_as_the_live_fleet() {
     assert_eq!(outcome(&live, "staging-a100")["status"], "not-targeted");
     assert_eq!(
         live["summary"],
-        serde_json::json!({"machines": 8, "ok": 5, "incompatible": 1, "not_targeted": 2, "cuda": {"cu126": 1, "cu128": 4}})
+        serde_json::json!({"machines": 8, "ok": 5, "incompatible": 1, "not_targeted": 2, "cuda": {"cu126": 1, "cu128": 3, "cu130": 1}})
     );
 
     // A facts file that is not `machines -o json` says how to make one.
@@ -200,7 +201,7 @@ fn apply_pins_refs_into_immutable_revisions() {
     assert_eq!(show(&controller, &format!("render-prod@{}", &id[..8]))["number"], 1);
     let history = controller.cli(&["env", "history", "render-prod"]).success();
     assert_eq!(history.lines().count(), 3, "{history}");
-    assert!(history.contains("torch 2.8.0 (cu128,cu126,cu130)"), "{history}");
+    assert!(history.contains("torch 2.11.0 (cu130,cu128,cu126)"), "{history}");
     let list = controller.cli(&["env", "list"]).success();
     assert!(
         list.contains("render-prod") && list.contains(&format!("2 ({}", &two["id"].as_str().unwrap()[..12])),
@@ -239,12 +240,14 @@ fn apply_refuses_what_it_cannot_pin_or_parse_and_stores_nothing() {
     let error = controller.cli(&["apply", "-f", spec.to_str().unwrap()]).failure();
     assert!(error.contains("file:///nonexistent/repo.git"), "{error}");
     // A malformed spec is refused with its position before anything is sent.
-    std::fs::write(&spec, local_spec(&sources).replace("canary = 2", "canary = \"two\"")).unwrap();
+    let malformed = local_spec(&sources).replace("canary = 2", "canary = \"two\"");
+    let line = malformed.lines().position(|line| line.starts_with("canary = ")).unwrap() + 1;
+    std::fs::write(&spec, malformed).unwrap();
     let error = controller.cli(&["apply", "-f", spec.to_str().unwrap()]).failure();
     assert!(
-        error.contains(
-            "spec.toml:151:10: rollout.canary: invalid type: string \"two\", expected a whole number"
-        ),
+        error.contains(&format!(
+            "spec.toml:{line}:10: rollout.canary: invalid type: string \"two\", expected a whole number"
+        )),
         "{error}"
     );
     let error = controller.cli(&["env", "history", "render-prod"]).failure();

@@ -20,11 +20,12 @@ fn broken_kernel_block(fleet: &Fleet, fatal: bool) -> String {
 [[optimization]]
 name = "brokenattn"
 fatal = {fatal}
+smoke = {{ call = "brokenattn.attention" }}
   [[optimization.wheel]]
   compute = ">=8.9,<9.0"
   python = "{tag}"
   cuda = "cu128"
-  torch = "2.8"
+  torch = "2.9"
   url = "{}/wheels/brokenattn/{}"
   sha256 = "{}"
 "#,
@@ -72,5 +73,5 @@ fn an_optional_optimisation_that_does_not_import_is_reported_and_a_fatal_one_fai
     let error = machine["report"]["error"].as_str().unwrap();
     assert!(error.contains("verify: fatal optimization brokenattn does not import"), "{error}");
     assert_eq!(current_target(&agent).unwrap(), first);
-    assert_eq!(comfyui_get(port, "/system_stats").unwrap()["system"]["pytorch_version"], "2.8.0+cu128");
+    assert_eq!(comfyui_get(port, "/system_stats").unwrap()["system"]["pytorch_version"], "2.9.0+cu128");
 }

@@ -63,7 +63,7 @@ fn four_real_machines_roll_out_upgrade_in_batches_and_undo() {
     let stored = events(&fleet.controller, id);
     assert_eq!(max_unavailable(&stored), 1, "one machine at a time");
     let builds: Vec<String> = agents.iter().map(pytorch).collect();
-    assert_eq!(builds, ["2.8.0+cu130", "2.8.0+cu128", "2.8.0+cu126", "2.8.0+cu128"]);
+    assert_eq!(builds, ["2.9.0+cu130", "2.9.0+cu128", "2.9.0+cu126", "2.9.0+cu128"]);
 
     // Revision 2 drops cu130: every machine gets a new environment (the H100 a new
     // torch build), prepared all at once, switched at most two at a time.
@@ -94,7 +94,7 @@ fn four_real_machines_roll_out_upgrade_in_batches_and_undo() {
     let last_batch = stored.iter().position(|event| event["kind"] == "phase" && event["phase"] == 2).unwrap();
     let prepared_before = stored[..last_batch].iter().filter(|event| event["kind"] == "prepared").count();
     assert_eq!((prepared, prepared_before), (4, 4), "preparing runs ahead of activation");
-    assert_eq!(pytorch(&agents[0]), "2.8.0+cu128", "the H100 moved to cu128");
+    assert_eq!(pytorch(&agents[0]), "2.9.0+cu128", "the H100 moved to cu128");
     for (hostname, _) in MACHINES {
         let machine = fleet.show(&fleet.machine_id(hostname));
         assert_eq!(machine["report"]["revision_number"], 2, "{hostname}");

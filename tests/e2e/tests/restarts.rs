@@ -85,7 +85,7 @@ fn killing_the_agent_at_every_step_never_breaks_the_machine() {
     assert!(uv.contains("fetched"), "{uv}");
     assert!(agent.data_dir.join("tools/uv-0.13.9/uv").is_file());
     let port = comfyui_port(&agent);
-    assert_eq!(comfyui_get(port, "/system_stats").unwrap()["system"]["pytorch_version"], "2.8.0+cu128");
+    assert_eq!(comfyui_get(port, "/system_stats").unwrap()["system"]["pytorch_version"], "2.9.0+cu128");
     let first = current_target(&agent).unwrap();
 
     // Killed while draining for an upgrade: the render and ComfyUI live on, and

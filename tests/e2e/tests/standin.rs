@@ -13,7 +13,8 @@ use std::time::{Duration, Instant};
 
 use comfyfleet_config::{Spec, SpecFormat};
 use comfyfleet_e2e::standin::{
-    CatalogOptions, IMPORT_LOG_VARIABLE, IndexServer, Manifest, StandinWorld, find_uv, system_python,
+    CatalogOptions, GPU_PROFILE_VARIABLE, IMPORT_LOG_VARIABLE, IndexServer, Manifest, StandinWorld, find_uv,
+    system_python,
 };
 use comfyfleet_e2e::{Process, test_dir, wait_until};
 use serde_json::Value;
@@ -66,7 +67,16 @@ impl Venv {
 
     /// What the venv's Python prints for `script`, parsed as JSON.
     fn python_json(&self, script: &str) -> Value {
-        let output = Command::new(&self.python).args(["-c", script]).output().unwrap();
+        self.python_json_with(script, &[])
+    }
+
+    fn python_json_with(&self, script: &str, env: &[(&str, &Path)]) -> Value {
+        let mut command = Command::new(&self.python);
+        command.args(["-c", script]);
+        for (name, value) in env {
+            command.env(name, value);
+        }
+        let output = command.output().unwrap();
         let stdout = String::from_utf8_lossy(&output.stdout);
         assert!(output.status.success(), "python failed: {}", String::from_utf8_lossy(&output.stderr));
         serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {stdout}"))
@@ -232,6 +242,41 @@ fn uv_installs_torch_comfyui_requirements_and_a_kernel_wheel_from_the_stand_ins(
     assert!(!distributions.iter().any(|name| name == "torch-cpu"), "{distributions:?}");
     assert_eq!(distributions.iter().filter(|name| *name == "torch").count(), 1);
 
+    // torch.cuda sees the GPUs of the fake NVML profile, and kernels run only where
+    // they were built for: the SM 8.9 wheel on the 4090, not on the A6000 (SM 8.6).
+    let profile = dir.path().join("gpus.json");
+    std::fs::write(&profile, serde_json::to_vec(&comfyfleet_e2e::profile("mixed-4090-a6000-570")).unwrap())
+        .unwrap();
+    let smoke = venv.python_json_with(
+        "import json, torch, sageattention\n\
+         def run(i):\n\
+         \x20   try:\n\
+         \x20       q = torch.randn(1, 2, 128, 64, dtype=torch.float16, device=torch.device('cuda', i))\n\
+         \x20       return tuple(sageattention.sageattn(q, q, q).shape) == tuple(q.shape)\n\
+         \x20   except RuntimeError as error:\n\
+         \x20       return str(error)\n\
+         print(json.dumps({'count': torch.cuda.device_count(), 'names': [torch.cuda.get_device_name(i) for i in range(2)], \
+         'runs': [run(0), run(1)]}))",
+        &[(GPU_PROFILE_VARIABLE, &profile)],
+    );
+    assert_eq!(smoke["count"], 2);
+    assert_eq!(smoke["names"], serde_json::json!(["NVIDIA GeForce RTX 4090", "NVIDIA RTX A6000"]));
+    assert_eq!(smoke["runs"][0], true, "{smoke}");
+    assert!(smoke["runs"][1].as_str().unwrap().contains("no kernel image is available"), "{smoke}");
+    // A torch without code for a GPU cannot put a tensor on it, as real torch cannot.
+    let pascal = dir.path().join("pascal.json");
+    std::fs::write(&pascal, serde_json::to_vec(&comfyfleet_e2e::profile("gtx1080ti-x1-570")).unwrap())
+        .unwrap();
+    let placed = venv.python_json_with(
+        "import json, torch\n\
+         try:\n\
+         \x20   torch.randn(2, device='cuda:0'); print(json.dumps('placed'))\n\
+         except RuntimeError as error:\n\
+         \x20   print(json.dumps(str(error)))",
+        &[(GPU_PROFILE_VARIABLE, &pascal)],
+    );
+    assert!(placed.as_str().unwrap().contains("no kernel image"), "torch 2.8 cu128 has no sm_6x: {placed}");
+
     // A corrupted download: a valid wheel of the same name with other content (the
     // SM 8.9 build where the SM 8.6 one belongs); uv, given the digest, refuses it.
     let sm86 = catalog.sageattention_for("8.6", "cu128", "2.8");
@@ -265,8 +310,16 @@ fn the_stand_in_comfyui_serves_comfyuis_api_and_stops_when_its_directory_goes() 
     succeed(&mut venv.pip_install(&world.server.base_url(), &["einops", "imageio-ffmpeg"]));
 
     let comfyui = checkout_comfyui(&world, &dir.path().join("ComfyUI"), "v0.3.64");
+    // A node that fails to import: ComfyUI logs it and runs on without it.
+    let broken = comfyui.join("custom_nodes/broken-node");
+    std::fs::create_dir_all(&broken).unwrap();
+    std::fs::write(broken.join("__init__.py"), "import no_such_module_here\nNODE_CLASS_MAPPINGS = {}\n")
+        .unwrap();
     let (output, user, import_log) =
         (dir.path().join("output"), dir.path().join("user"), dir.path().join("imports.log"));
+    // ComfyUI keeps its database inside the checkout unless told otherwise.
+    let database = dir.path().join("database/comfyui.db");
+    let database_url = format!("sqlite:///{}", database.display());
     let port = free_port();
     let started = Instant::now();
     let mut process = start_comfyui(
@@ -281,6 +334,8 @@ fn the_stand_in_comfyui_serves_comfyuis_api_and_stops_when_its_directory_goes() 
             user.to_str().unwrap(),
             "--preview-method",
             "auto",
+            "--database-url",
+            &database_url,
         ],
     );
     wait_listening(&mut process, port);
@@ -288,15 +343,40 @@ fn the_stand_in_comfyui_serves_comfyuis_api_and_stops_when_its_directory_goes() 
 
     let stats = http_json(port, "GET", "/system_stats", "");
     assert_eq!(stats["system"]["pytorch_version"], "2.8.0+cu128");
-    assert_eq!(stats["system"]["comfyui_version"], "0.3.60");
+    assert_eq!(stats["system"]["comfyui_version"], "0.3.64");
     assert_eq!(stats["devices"][0]["type"], "cuda");
     assert!(stats["system"]["argv"].as_array().unwrap().iter().any(|arg| arg == "--preview-method"));
     let imports = std::fs::read_to_string(&import_log).unwrap();
     assert_eq!(imports.lines().count(), 1, "ComfyUI imported torch once: {imports}");
     assert!(imports.contains("main.py --port"), "{imports}");
     let nodes = http_json(port, "GET", "/object_info", "");
-    assert!(!process.log().contains("IMPORT FAILED"), "{}", process.log());
-    assert!(nodes.get("VHS_VideoCombine").is_some(), "VideoHelperSuite loaded: {nodes}\n{}", process.log());
+    let vhs = &nodes["VHS_VideoCombine"];
+    assert_eq!(
+        vhs["python_module"],
+        "custom_nodes.ComfyUI-VideoHelperSuite",
+        "loaded: {nodes}\n{}",
+        process.log()
+    );
+    assert!(vhs["input"].is_object() && vhs["output"].is_array() && vhs["output_node"].is_boolean(), "{vhs}");
+    // ComfyUI's own lines for a node that does not import, before the routes answered.
+    let log = process.log();
+    let failed_at =
+        log.find(&format!("Cannot import {} module for custom nodes: No module named", broken.display()));
+    let listed = log.find(&format!(" seconds (IMPORT FAILED): {}", broken.display()));
+    let serving = log.find("To see the GUI go to");
+    assert!(failed_at < listed && listed < serving && failed_at.is_some(), "{log}");
+    assert!(
+        log.contains("Traceback (most recent call last):") && log.contains("ModuleNotFoundError"),
+        "{log}"
+    );
+    assert!(log.contains("Import times for custom nodes:"), "{log}");
+    // The database, where it was asked to be, migrated to the checkout's head.
+    let revision = succeed(Command::new(&venv.python).arg("-c").arg(format!(
+        "import sqlite3; print(sqlite3.connect('{}').execute('select version_num from alembic_version').fetchone()[0])",
+        database.display()
+    )));
+    assert_eq!(revision.trim(), comfyfleet_e2e::standin::repos::FIRST_MIGRATION);
+    assert!(log.contains(&format!("Database upgraded from None to {}", revision.trim())), "{log}");
 
     assert_eq!(
         http_json(port, "GET", "/queue", ""),

@@ -32,7 +32,7 @@ fn a_wheel_whose_bytes_do_not_match_its_sha256_fails_the_build_and_touches_nothi
     let pid = agent.comfyui_pid().unwrap();
 
     // The cu126 build's SageAttention wheel for SM 8.9 arrives tampered with.
-    let wheel = fleet.world.catalog.sageattention_for("8.9", "cu126", "2.8").wheel.clone();
+    let wheel = fleet.world.catalog.sageattention_for("8.9", "cu126", "2.9").wheel.clone();
     let tampered = b"not the wheel the spec pins".to_vec();
     let actual = hex::encode(Sha256::digest(&tampered));
     fleet.world.server.replace(&wheel.url_path, tampered);
@@ -53,7 +53,7 @@ fn a_wheel_whose_bytes_do_not_match_its_sha256_fails_the_build_and_touches_nothi
     // `current` and the running ComfyUI are untouched.
     assert_eq!(current_target(&agent).unwrap(), before);
     assert_eq!(agent.comfyui_pid(), Some(pid));
-    assert_eq!(pytorch_version(comfyui_port(&agent)).as_deref(), Some("2.8.0+cu128"));
+    assert_eq!(pytorch_version(comfyui_port(&agent)).as_deref(), Some("2.9.0+cu128"));
     let failed_env =
         agent.data_dir.join("envs").join(&machine["report"]["revision_id"].as_str().unwrap()[..16]);
     assert!(!failed_env.join(".complete").exists(), "the failed environment is not complete");
@@ -91,12 +91,12 @@ fn an_upgrade_waits_for_the_render_a_bad_comfyui_is_switched_back_and_rollback_i
     });
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(current_target(&agent).unwrap(), first, "nothing switched while the render runs");
-    assert_eq!(pytorch_version(port).as_deref(), Some("2.8.0+cu128"));
+    assert_eq!(pytorch_version(port).as_deref(), Some("2.9.0+cu128"));
     std::fs::write(&gate, "done").unwrap();
     let machine = fleet.wait_for_phase(&id, "active");
     let second = current_target(&agent).unwrap();
     assert_ne!(second, first);
-    assert_eq!(pytorch_version(port).as_deref(), Some("2.8.0+cu126"));
+    assert_eq!(pytorch_version(port).as_deref(), Some("2.9.0+cu126"));
     assert!(step(&machine, "drain")["detail"].as_str().unwrap().starts_with("queue empty after"));
     let output = std::fs::read_dir(agent.data_dir.join("shared/output")).unwrap().count();
     assert_eq!(output, 1, "the render finished and wrote its output ({prompt})");
@@ -143,7 +143,7 @@ fn an_upgrade_waits_for_the_render_a_bad_comfyui_is_switched_back_and_rollback_i
     assert_eq!(machine["assignment"]["reason"], "rollback");
     assert_eq!(machine["assignment"]["revision_number"], 2);
     assert_eq!(current_target(&agent).unwrap(), second, "current is back on the previous revision");
-    assert_eq!(pytorch_version(port).as_deref(), Some("2.8.0+cu126"), "the previous ComfyUI runs again");
+    assert_eq!(pytorch_version(port).as_deref(), Some("2.9.0+cu126"), "the previous ComfyUI runs again");
 
     // Rollback: back to revision 1, still on disk, without installing anything.
     let uv_calls = fleet.uv_calls();
@@ -155,7 +155,7 @@ fn an_upgrade_waits_for_the_render_a_bad_comfyui_is_switched_back_and_rollback_i
     assert_eq!(machine["report"]["phase"], "active");
     assert_eq!(machine["assignment"]["reason"], "rollback");
     assert_eq!(current_target(&agent).unwrap(), first);
-    assert_eq!(pytorch_version(port).as_deref(), Some("2.8.0+cu128"));
+    assert_eq!(pytorch_version(port).as_deref(), Some("2.9.0+cu128"));
     assert_eq!(fleet.uv_calls(), uv_calls, "a rollback installs nothing");
     let switch_ms: u64 = ["drain", "switch", "start", "health"]
         .iter()

@@ -1,14 +1,18 @@
 //! The standard stand-in catalogue: every package a ComfyUI environment of the
 //! test specs installs, in the places the real ones live.
 //!
-//! - `whl/<cuda>/`: torch 2.8.0 (cu126, cu128, cu130) and 2.9.0 (cu128, cu130) with
-//!   torchvision and torchaudio, their architecture lists taken from
-//!   config/data/torch-releases.toml so the stand-ins agree with the resolver.
+//! - `whl/<cuda>/`: torch 2.8.0 (cu126, cu128), 2.9.0 and 2.11.0 (cu126, cu128,
+//!   cu130) with torchvision and torchaudio, their architecture lists taken from
+//!   comfyfleet's torch facts (config/data/torch-releases.toml) so the stand-ins
+//!   agree with the resolver.
 //! - `simple/`: a stand-in for each line of tests/fixtures/comfyui-requirements.txt,
 //!   the custom nodes' extra requirements, triton 3.3–3.5, and two CPU torch decoys
 //!   (`torch 2.3.0`, `torch-cpu 2.3.0`) that a correct install never picks.
-//! - `wheels/`: SageAttention 2 per-SM builds and SageAttention 3 for Blackwell, for
-//!   every CUDA build and torch series, reached by URL as a spec lists them.
+//! - `wheels/`: SageAttention 2 per-SM builds for torch 2.8 and 2.9, SageAttention 2
+//!   "fat" stable-ABI builds shaped like upstream's (SM 8.0/8.6/8.9/9.0/12.0 in one
+//!   `cp39-abi3` wheel for torch 2.9 and later), and SageAttention 3 per Blackwell
+//!   SM, reached by URL as a spec lists them. Each has a `sageattn` (or
+//!   `sageattn3_blackwell`) that runs only on the SMs it has kernels for.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -18,21 +22,31 @@ use serde::{Deserialize, Serialize};
 use super::index::{IndexLayout, IndexedWheel};
 use super::packages::{self, KernelTarget};
 use super::requirements::parse_requirements;
+use comfyfleet_config::resolve::catalog::TorchCatalog;
+use comfyfleet_config::spec::ComputeSet;
 
 /// ComfyUI's real requirements.txt, the list the stand-in ComfyUI repository carries.
 pub const COMFYUI_REQUIREMENTS: &str = include_str!("../../../fixtures/comfyui-requirements.txt");
 
-const TORCH_RELEASES: &str = include_str!("../../../../config/data/torch-releases.toml");
-
-/// The torch releases built: release, torchvision, torchaudio and CUDA builds. 2.9
-/// has no cu126 build here although PyTorch has one, so a test can see a build the
+/// The torch releases built: release, torchvision, torchaudio and CUDA builds. 2.8
+/// has no cu129 build here although PyTorch has one, so a test can see a build the
 /// resolver allows fail to install.
-const TORCH_RELEASES_BUILT: [(&str, &str, &str, &[&str]); 2] = [
-    ("2.8.0", "0.23.0", "2.8.0", &["cu126", "cu128", "cu130"]),
-    ("2.9.0", "0.24.0", "2.9.0", &["cu128", "cu130"]),
+const TORCH_RELEASES_BUILT: [(&str, &str, &str, &[&str]); 3] = [
+    ("2.8.0", "0.23.0", "2.8.0", &["cu126", "cu128"]),
+    ("2.9.0", "0.24.0", "2.9.0", &["cu126", "cu128", "cu130"]),
+    ("2.11.0", "0.26.0", "2.11.0", &["cu126", "cu128", "cu130"]),
 ];
-/// The CUDA builds kernel wheels are compiled against, for both torch series.
-const KERNEL_CUDA_BUILDS: [&str; 3] = ["cu126", "cu128", "cu130"];
+/// Torch series and CUDA builds the per-SM SageAttention 2 wheels are compiled for.
+const PER_SM_BUILDS: [(&str, &[&str]); 2] =
+    [("2.8", &["cu126", "cu128"]), ("2.9", &["cu126", "cu128", "cu130"])];
+/// The stable-ABI SageAttention 2 wheels: every torch from 2.9, these CUDA builds.
+const FAT_CUDA_BUILDS: [&str; 2] = ["cu128", "cu130"];
+/// The SMs upstream's SageAttention 2.2 wheels have kernels for (not 10.x).
+pub const FAT_SMS: [&str; 5] = ["8.0", "8.6", "8.9", "9.0", "12.0"];
+/// SageAttention 3's Blackwell SMs (each wheel runs on exactly one), per torch series.
+const SAGEATTENTION3_SMS: [&str; 2] = ["10.0", "12.0"];
+const SAGEATTENTION3_BUILDS: [(&str, &[&str]); 2] =
+    [("2.9", &["cu128", "cu130"]), ("2.11", &["cu128", "cu130"])];
 
 /// SageAttention 2's per-SM builds: directory, compute range, the SM it names.
 const SAGEATTENTION_RANGES: [(&str, &str, &str); 5] = [
@@ -42,11 +56,10 @@ const SAGEATTENTION_RANGES: [(&str, &str, &str); 5] = [
     ("sm89", ">=8.9,<9.0", "8.9"),
     ("sm90", ">=9.0,<10.0", "9.0"),
 ];
-const SAGEATTENTION3_RANGE: &str = ">=10.0,<13.0";
 
 /// Packages custom nodes ask for that ComfyUI's own file does not have.
 const CUSTOM_NODE_EXTRAS: [(&str, &str); 1] = [("imageio-ffmpeg", "0.6.0")];
-const TRITON_VERSIONS: [&str; 3] = ["3.3.0", "3.4.0", "3.5.0"];
+const TRITON_VERSIONS: [&str; 4] = ["3.3.0", "3.4.0", "3.5.0", "3.6.0"];
 
 #[derive(Debug, Clone)]
 pub struct CatalogOptions {
@@ -92,9 +105,13 @@ pub struct KernelWheel {
     pub import: String,
     /// `>=8.9,<9.0`.
     pub compute: String,
+    /// What a spec's `python` says: `cp311`, or `cp39-abi3` for a stable-ABI wheel.
     pub python_tag: String,
     pub cuda: String,
+    /// What a spec's `torch` says: `2.8`, or `>=2.9` for a stable-ABI wheel.
     pub torch_series: String,
+    /// The smoke call a spec names for it: `sageattention.sageattn`.
+    pub smoke: String,
     pub wheel: IndexedWheel,
 }
 
@@ -184,6 +201,16 @@ impl Catalog {
         self.kernel_wheel("sageattention", range, cuda, torch_series).unwrap()
     }
 
+    /// The stable-ABI SageAttention 2 wheel for `cuda` (SM 8.0/8.6/8.9/9.0/12.0, torch >= 2.9).
+    pub fn fat_sageattention(&self, cuda: &str) -> &KernelWheel {
+        self.kernel_wheels
+            .iter()
+            .find(|wheel| {
+                wheel.optimization == "sageattention" && wheel.torch_series == ">=2.9" && wheel.cuda == cuda
+            })
+            .unwrap_or_else(|| panic!("no stable-ABI SageAttention wheel for {cuda}"))
+    }
+
     /// A package on the default index by name.
     pub fn index_wheel(&self, name: &str) -> &IndexedWheel {
         self.index_wheels
@@ -204,12 +231,17 @@ impl Catalog {
 }
 
 fn build_torch(layout: &mut IndexLayout, python_tag: &str, padding: u64) -> Vec<TorchBuild> {
-    let facts = TorchFacts::parse();
+    let facts = TorchCatalog::builtin().unwrap();
     let mut builds = Vec::new();
     for (release, vision, audio, cuda_builds) in TORCH_RELEASES_BUILT {
         let series = release.rsplit_once('.').map(|(series, _)| series).unwrap();
         for &cuda in cuda_builds {
-            let (cuda_version, arch_list) = facts.build(series, cuda);
+            let build = facts
+                .release(series.parse().unwrap())
+                .and_then(|facts| facts.build(cuda.parse().unwrap()))
+                .unwrap_or_else(|| panic!("comfyfleet's torch facts have no {cuda} build of torch {series}"));
+            let cuda_version = build.driver_cuda.to_string();
+            let arch_list = build.for_platform("x86_64").unwrap().to_arch_list();
             let version = format!("{release}+{cuda}");
             let torch = packages::torch(&version, &cuda_version, &arch_list, python_tag).padding(padding);
             let companion = |name: &str, companion_release: &str| {
@@ -252,76 +284,117 @@ fn build_default_index(layout: &mut IndexLayout) -> Vec<IndexedWheel> {
 
 fn build_kernels(layout: &mut IndexLayout, python_tag: &str) -> Vec<KernelWheel> {
     let mut kernels = Vec::new();
-    for (release, _, _, _) in TORCH_RELEASES_BUILT {
-        let torch_series = release.rsplit_once('.').map(|(series, _)| series).unwrap();
-        for cuda in KERNEL_CUDA_BUILDS {
+    let mut add = |layout: &mut IndexLayout, directory: String, spec: KernelSpec<'_>| {
+        let set = ComputeSet::parse(spec.compute)
+            .or_else(|_| ComputeSet::parse_list(&list_items(spec.compute)))
+            .unwrap();
+        let target = KernelTarget {
+            sm: spec.sm,
+            compute: spec.compute,
+            kernels: set.ordinal_intervals(),
+            cuda: spec.cuda,
+            torch_series: spec.torch_series,
+            torch_label: spec.torch_label,
+            tags: spec.tags,
+        };
+        let (optimization, module, function) = spec.package;
+        let distribution = if optimization == "sageattention" { "sageattention" } else { "sageattn3" };
+        let wheel = packages::kernel(distribution, module, function, spec.release, target);
+        kernels.push(KernelWheel {
+            optimization: optimization.to_owned(),
+            import: module.to_owned(),
+            compute: spec.compute.to_owned(),
+            python_tag: spec.python.to_owned(),
+            cuda: spec.cuda.to_owned(),
+            torch_series: spec.torch_match.to_owned(),
+            smoke: format!("{module}.{function}"),
+            wheel: layout.add_free_standing(&directory, &wheel),
+        });
+    };
+    for (torch_series, cuda_builds) in PER_SM_BUILDS {
+        let label = format!("torch{torch_series}");
+        for &cuda in cuda_builds {
             for (directory, compute, sm) in SAGEATTENTION_RANGES {
-                let target = KernelTarget { sm, compute, cuda, torch_series, python_tag };
-                let wheel = packages::kernel("sageattention", "sageattention", "2.2.0", target);
-                kernels.push(KernelWheel {
-                    optimization: "sageattention".to_owned(),
-                    import: "sageattention".to_owned(),
-                    compute: compute.to_owned(),
-                    python_tag: python_tag.to_owned(),
-                    cuda: cuda.to_owned(),
-                    torch_series: torch_series.to_owned(),
-                    wheel: layout.add_free_standing(&format!("sageattention/{directory}"), &wheel),
-                });
+                let spec = KernelSpec {
+                    package: SAGEATTENTION,
+                    release: "2.2.0",
+                    sm,
+                    compute,
+                    cuda,
+                    torch_series,
+                    torch_match: torch_series,
+                    torch_label: &label,
+                    tags: (python_tag, python_tag),
+                    python: python_tag,
+                };
+                add(layout, format!("sageattention/{directory}"), spec);
             }
-            // SageAttention 3's FP4 kernels need CUDA 12.8 or later.
-            if cuda == "cu126" {
-                continue;
+        }
+    }
+    let fat = format!("[{}]", FAT_SMS.map(|sm| format!("\"{sm}\"")).join(", "));
+    for cuda in FAT_CUDA_BUILDS {
+        let spec = KernelSpec {
+            package: SAGEATTENTION,
+            release: "2.2.0",
+            sm: FAT_SMS[0],
+            compute: &fat,
+            cuda,
+            torch_series: "2.9",
+            torch_match: ">=2.9",
+            torch_label: "torch2.9.0andhigher.post4",
+            tags: ("cp39", "abi3"),
+            python: "cp39-abi3",
+        };
+        add(layout, "sageattention/fat".to_owned(), spec);
+    }
+    for (torch_series, cuda_builds) in SAGEATTENTION3_BUILDS {
+        let label = format!("torch{torch_series}");
+        for &cuda in cuda_builds {
+            for sm in SAGEATTENTION3_SMS {
+                let spec = KernelSpec {
+                    package: SAGEATTENTION3,
+                    release: "1.0.0",
+                    sm,
+                    compute: sm,
+                    cuda,
+                    torch_series,
+                    torch_match: torch_series,
+                    torch_label: &label,
+                    tags: (python_tag, python_tag),
+                    python: python_tag,
+                };
+                add(layout, format!("sageattention3/sm{}", sm.replace('.', "")), spec);
             }
-            let target =
-                KernelTarget { sm: "10.0", compute: SAGEATTENTION3_RANGE, cuda, torch_series, python_tag };
-            let wheel = packages::kernel("sageattn3", "sageattn3", "1.0.0", target);
-            kernels.push(KernelWheel {
-                optimization: "sageattention3".to_owned(),
-                import: "sageattn3".to_owned(),
-                compute: SAGEATTENTION3_RANGE.to_owned(),
-                python_tag: python_tag.to_owned(),
-                cuda: cuda.to_owned(),
-                torch_series: torch_series.to_owned(),
-                wheel: layout.add_free_standing("sageattention3", &wheel),
-            });
         }
     }
     kernels
 }
 
-/// The build facts of config/data/torch-releases.toml.
-struct TorchFacts(toml::Table);
+/// (optimisation, module, smoke function) of SageAttention 2 and 3.
+const SAGEATTENTION: (&str, &str, &str) = ("sageattention", "sageattention", "sageattn");
+const SAGEATTENTION3: (&str, &str, &str) = ("sageattention3", "sageattn3", "sageattn3_blackwell");
 
-impl TorchFacts {
-    fn parse() -> Self {
-        Self(toml::from_str(TORCH_RELEASES).unwrap())
-    }
+/// One kernel wheel to build.
+struct KernelSpec<'a> {
+    package: (&'a str, &'a str, &'a str),
+    release: &'a str,
+    sm: &'a str,
+    compute: &'a str,
+    cuda: &'a str,
+    torch_series: &'a str,
+    torch_match: &'a str,
+    torch_label: &'a str,
+    tags: (&'a str, &'a str),
+    python: &'a str,
+}
 
-    /// `torch.version.cuda` and `get_arch_list()` of one build: `arch` 8.6 is the
-    /// cubin `sm_86`, `ptx` 12.0 the PTX `compute_120`, as real torch names them.
-    fn build(&self, series: &str, cuda: &str) -> (String, Vec<String>) {
-        let releases = self.0["release"].as_array().unwrap();
-        let release = releases
-            .iter()
-            .find(|release| release["series"].as_str() == Some(series))
-            .unwrap_or_else(|| panic!("torch-releases.toml has no series {series}"));
-        let build = release["build"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|build| build["cuda"].as_str() == Some(cuda))
-            .unwrap_or_else(|| panic!("torch-releases.toml has no {cuda} build of torch {series}"));
-        let architectures = |key: &str, prefix: &str| -> Vec<String> {
-            build.get(key).and_then(toml::Value::as_array).map_or_else(Vec::new, |list| {
-                list.iter()
-                    .map(|arch| format!("{prefix}{}", arch.as_str().unwrap().replace('.', "")))
-                    .collect()
-            })
-        };
-        let mut arch_list = architectures("arch", "sm_");
-        arch_list.extend(architectures("ptx", "compute_"));
-        (build["driver_cuda"].as_str().unwrap().to_owned(), arch_list)
-    }
+/// `["8.0", "8.6"]` → the items.
+fn list_items(text: &str) -> Vec<String> {
+    text.trim_matches(['[', ']'])
+        .split(',')
+        .map(|item| item.trim().trim_matches('"').to_owned())
+        .filter(|item| !item.is_empty())
+        .collect()
 }
 
 #[cfg(test)]
@@ -337,12 +410,17 @@ mod tests {
         // Generous for a debug build on a loaded CI machine; typically ~0.1 s.
         assert!(elapsed < std::time::Duration::from_secs(3), "building the catalogue took {elapsed:?}");
 
-        let cu130 = catalog.torch_build("2.8.0+cu130");
+        let cu130 = catalog.torch_build("2.9.0+cu130");
         assert_eq!(cu130.cuda_version, "13.0");
         assert_eq!(cu130.arch_list, ["sm_75", "sm_80", "sm_86", "sm_90", "sm_100", "sm_120", "compute_120"]);
+        assert_eq!(
+            catalog.torch_build("2.11.0+cu130").arch_list.last().unwrap(),
+            "sm_120",
+            "2.11 cu130 has no PTX"
+        );
         assert_eq!(catalog.torch_build("2.9.0+cu128").torchvision.version, "0.24.0+cu128");
-        assert_eq!(catalog.torch_builds.len(), 5);
-        assert_eq!(catalog.kernel_wheels.len(), 2 * 3 * 5 + 2 * 2);
+        assert_eq!(catalog.torch_builds.len(), 8);
+        assert_eq!(catalog.kernel_wheels.len(), (2 + 3) * 5 + 2 + 2 * 2 * 2);
         let sm89 = catalog.sageattention_for("8.9", "cu128", "2.8");
         assert_eq!(
             sm89.wheel.url_path,
@@ -351,6 +429,12 @@ mod tests {
         let sm86 = catalog.sageattention_for("8.6", "cu128", "2.8");
         assert_eq!(sm86.wheel.wheel.file_name, sm89.wheel.wheel.file_name);
         assert_ne!(sm86.wheel.wheel.sha256, sm89.wheel.wheel.sha256, "per-SM builds differ in content");
+        let fat = catalog.fat_sageattention("cu130");
+        assert_eq!(
+            fat.wheel.wheel.file_name,
+            "sageattention-2.2.0+cu130torch2.9.0andhigher.post4-cp39-abi3-linux_x86_64.whl"
+        );
+        assert_eq!((fat.python_tag.as_str(), fat.smoke.as_str()), ("cp39-abi3", "sageattention.sageattn"));
 
         for requirement in parse_requirements(COMFYUI_REQUIREMENTS) {
             let project = super::super::index::normalized_project(&requirement.name);

@@ -7,6 +7,7 @@
 use toml::{Table, Value};
 
 use super::world::Manifest;
+use comfyfleet_config::spec::ComputeSet;
 use comfyfleet_config::spec::names::repository_name;
 use comfyfleet_config::spec::wheel::WheelName;
 
@@ -54,21 +55,21 @@ pub fn localize_spec(text: &str, manifest: &Manifest) -> Result<String, String> 
     Ok(format!("# Localised for comfyfleet's stand-ins (served at {base}) by comfyfleet-standin.\n\n{body}"))
 }
 
-/// Points a `[[optimization.wheel]]` at the stand-in with the same package,
-/// compute range, CUDA build and torch series.
+/// Points a `[[optimization.wheel]]` at the stand-in with the same package, compute
+/// set, CUDA build and torch match.
 fn localize_wheel(wheel: &mut Table, manifest: &Manifest) -> Result<(), String> {
     let text =
         |key: &str| wheel.get(key).and_then(Value::as_str).map(str::to_owned).ok_or(format!("no {key}"));
-    let (url, compute, cuda, torch) = (text("url")?, text("compute")?, text("cuda")?, text("torch")?);
+    let (url, cuda, torch) = (text("url")?, text("cuda")?, text("torch")?);
+    let compute = compute_set(wheel.get("compute").ok_or("no compute")?)?;
     let distribution = WheelName::from_url(&url)?.distribution;
-    let compact = |value: &str| value.chars().filter(|c| !c.is_whitespace()).collect::<String>();
     let local = manifest
         .catalog
         .kernel_wheels
         .iter()
         .find(|kernel| {
             kernel.wheel.name == distribution
-                && compact(&kernel.compute) == compact(&compute)
+                && compute_set(&compute_value(&kernel.compute)).is_ok_and(|set| set == compute)
                 && kernel.cuda == cuda
                 && kernel.torch_series == torch
         })
@@ -77,6 +78,28 @@ fn localize_wheel(wheel: &mut Table, manifest: &Manifest) -> Result<(), String> 
     wheel.insert("url".to_owned(), Value::from(format!("{}{}", manifest.base_url, local.wheel.url_path)));
     wheel.insert("sha256".to_owned(), Value::from(local.wheel.wheel.sha256.as_str()));
     Ok(())
+}
+
+/// A spec's `compute`, a string or a list, as a set.
+fn compute_set(value: &Value) -> Result<ComputeSet, String> {
+    match value {
+        Value::String(text) => ComputeSet::parse(text),
+        Value::Array(items) => ComputeSet::parse_list(
+            &items.iter().filter_map(Value::as_str).map(str::to_owned).collect::<Vec<_>>(),
+        ),
+        other => Err(format!("compute is {other}")),
+    }
+}
+
+/// A stand-in's compute text (`>=8.9,<9.0` or `["8.0", "8.6"]`) as a TOML value.
+fn compute_value(text: &str) -> Value {
+    toml::from_str::<Table>(&format!(
+        "compute = {}",
+        if text.starts_with('[') { text.to_owned() } else { format!("\"{text}\"") }
+    ))
+    .ok()
+    .and_then(|mut table| table.remove("compute"))
+    .unwrap_or_else(|| Value::from(text))
 }
 
 fn table<'a>(spec: &'a mut Table, key: &str) -> Result<&'a mut Table, String> {
@@ -127,8 +150,8 @@ mod tests {
         assert_eq!(spec.optimizations.len(), original.optimizations.len());
         assert_eq!(spec.run, original.run);
         assert_eq!(spec.custom_nodes[1].git, "file:///standin/ComfyUI-VideoHelperSuite");
-        let sm89 = manifest.catalog.sageattention_for("8.9", "cu126", "2.8");
-        assert!(text.contains(&sm89.wheel.wheel.sha256), "{text}");
+        let fat = manifest.catalog.fat_sageattention("cu128");
+        assert!(text.contains(&fat.wheel.wheel.sha256), "{text}");
         assert!(
             !text.contains("render-farm.example") && !text.contains("cp312") && !text.contains("pypi.org")
         );

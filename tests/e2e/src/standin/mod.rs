@@ -33,10 +33,10 @@ use std::sync::OnceLock;
 
 pub use catalog::{Catalog, CatalogOptions, KernelWheel, TorchBuild};
 pub use index::{IndexLayout, IndexedWheel};
-pub use packages::{DEVICE_COUNT_VARIABLE, IMPORT_LOG_VARIABLE};
+pub use packages::{DEVICE_COUNT_VARIABLE, GPU_PROFILE_VARIABLE, IMPORT_LOG_VARIABLE};
 pub use repos::{StandinComfyui, StandinRepos, create_standin_repos};
 pub use server::{IndexServer, PathCount};
-pub use spec_text::TestSpecOptions;
+pub use spec_text::{SageAttentionWheels, TestNode, TestSpecOptions};
 pub use wheel::{BuiltWheel, WheelBuilder};
 pub use world::{Manifest, ManifestRepo, StandinWorld};
 

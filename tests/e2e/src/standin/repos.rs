@@ -1,7 +1,8 @@
 //! Stand-in git repositories, reached over `file://`: ComfyUI (ComfyUI's real
-//! requirements.txt and a stdlib-only `main.py` that speaks the HTTP API an agent
-//! uses) and two custom nodes whose requirements try to replace torch, as the
-//! real ones do.
+//! requirements.txt and stdlib-only Python laid out as ComfyUI 0.3.64 is: `main.py`,
+//! `comfy/cli_args.py`, `app/database/db.py` with migrations in
+//! `alembic_db/versions`, `folder_paths.py`) and two custom nodes whose
+//! requirements try to replace torch, as the real ones do.
 
 use std::path::Path;
 
@@ -9,7 +10,25 @@ use super::catalog::COMFYUI_REQUIREMENTS;
 use crate::git::GitRepo;
 
 /// The stand-in ComfyUI's `main.py`.
-pub const COMFYUI_MAIN: &str = include_str!("comfyui_main.py");
+pub const COMFYUI_MAIN: &str = include_str!("comfyui/main.py");
+
+/// Every file of the stand-in ComfyUI but `main.py` and `requirements.txt`.
+const COMFYUI_FILES: [(&str, &str); 7] = [
+    ("comfy/__init__.py", ""),
+    ("comfy/cli_args.py", include_str!("comfyui/comfy/cli_args.py")),
+    ("app/__init__.py", ""),
+    ("app/database/__init__.py", ""),
+    ("app/database/db.py", include_str!("comfyui/app/database/db.py")),
+    ("folder_paths.py", include_str!("comfyui/folder_paths.py")),
+    (
+        "alembic_db/versions/e9c714da8d57_init.py",
+        include_str!("comfyui/alembic_db/versions/e9c714da8d57_init.py"),
+    ),
+];
+
+/// The stand-in's first migration and the one [`StandinComfyui::commit_database_migration`] adds.
+pub const FIRST_MIGRATION: &str = "e9c714da8d57";
+pub const SECOND_MIGRATION: &str = "4a1f0c2b9d3e";
 
 /// The tag of the first ComfyUI commit.
 pub const COMFYUI_TAG: &str = "v0.3.64";
@@ -23,12 +42,27 @@ pub struct StandinComfyui {
 }
 
 impl StandinComfyui {
-    /// `git init` at `path` with `main.py` and `requirements.txt`, tagged `v0.3.64`.
+    /// `git init` at `path` with ComfyUI's files, tagged `v0.3.64`.
     pub fn create(path: &Path) -> Self {
-        let repo =
-            GitRepo::create(path, &[("main.py", COMFYUI_MAIN), ("requirements.txt", COMFYUI_REQUIREMENTS)]);
+        let mut files = vec![("main.py", COMFYUI_MAIN), ("requirements.txt", COMFYUI_REQUIREMENTS)];
+        files.extend(COMFYUI_FILES);
+        let repo = GitRepo::create(path, &files);
         repo.tag(COMFYUI_TAG);
         Self { repo }
+    }
+
+    /// Commits a second database migration (a column added to `model`): a ComfyUI that
+    /// moves its database to a schema the first cannot open. Returns the commit.
+    pub fn commit_database_migration(&self) -> String {
+        let migration = format!(
+            "\"\"\"add model hash (comfyfleet stand-in migration)\"\"\"\nrevision = \"{SECOND_MIGRATION}\"\n\
+             down_revision = \"{FIRST_MIGRATION}\"\n\n\ndef upgrade(connection):\n    \
+             connection.execute(\"ALTER TABLE model ADD COLUMN hash TEXT\")\n"
+        );
+        self.repo.commit(
+            &[(&format!("alembic_db/versions/{SECOND_MIGRATION}_add_model_hash.py"), &migration)],
+            "Add a model hash column",
+        )
     }
 
     pub fn url(&self) -> String {
@@ -78,9 +112,12 @@ pub struct StandinRepos {
 }
 
 impl StandinRepos {
-    /// `(url, ref)` of both custom nodes at `main`, for a spec.
-    pub fn custom_nodes(&self) -> Vec<(String, String)> {
-        [&self.kjnodes, &self.video_helper_suite].iter().map(|repo| (repo.url(), "main".to_owned())).collect()
+    /// Both custom nodes at `main`, for a spec.
+    pub fn custom_nodes(&self) -> Vec<super::TestNode> {
+        [&self.kjnodes, &self.video_helper_suite]
+            .iter()
+            .map(|repo| super::TestNode::new(&repo.url(), "main"))
+            .collect()
     }
 }
 

@@ -1,13 +1,16 @@
-"""Stand-in ComfyUI server (comfyfleet tests): the parts of ComfyUI's command line
-and HTTP API an agent uses, with the Python standard library only.
+"""Stand-in ComfyUI server (comfyfleet tests): the parts of ComfyUI's command line,
+start-up and HTTP API an agent uses, with the Python standard library only.
 
-It imports the venv's torch at start like ComfyUI, loads custom_nodes/*/__init__.py
-(a failing node is logged and skipped), and serves GET /system_stats, GET /queue,
-POST /prompt, GET /history and GET /object_info in ComfyUI's shapes. A prompt
-"renders" (one at a time) until the file named by its "wait_for_file" key exists,
-or for "seconds" seconds. It writes nothing outside --output-directory and
---user-directory, and exits when the directory holding this file disappears, so a
-test that deletes its temporary directory leaves no process behind.
+It starts in ComfyUI 0.3.64's order: options (comfy/cli_args.py), torch, every custom
+node under custom_nodes/ (a node that fails to import is logged with ComfyUI's own
+lines, "Cannot import ... module for custom nodes" and "(IMPORT FAILED)", and the
+server runs on without it), the database at --database-url (app/database/db.py),
+and only then the routes: GET /system_stats, /queue, /object_info, /history and
+POST /prompt in ComfyUI's shapes. A prompt "renders" (one at a time) until the file
+named by its "wait_for_file" key exists, or for "seconds" seconds. It writes nothing
+outside --output-directory, --user-directory and the database, and exits when the
+directory holding this file disappears, so a test that deletes its temporary
+directory leaves no process behind.
 """
 
 import sys
@@ -16,9 +19,9 @@ import sys
 # checkout: the stand-in writes only where ComfyUI is told to.
 sys.dont_write_bytecode = True
 
-import argparse  # noqa: E402
 import importlib.util  # noqa: E402
 import json  # noqa: E402
+import logging  # noqa: E402
 import os  # noqa: E402
 import threading  # noqa: E402
 import time  # noqa: E402
@@ -26,23 +29,12 @@ import traceback  # noqa: E402
 import uuid  # noqa: E402
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer  # noqa: E402
 
+from comfy.cli_args import args  # noqa: E402
+
 COMFYUI_VERSION = "0.3.64"
 HERE = os.path.dirname(os.path.abspath(__file__))
 # Variants of this file (tests' broken builds) replace the marked lines.
 REPORTED_PYTORCH_VERSION = None  # standin: reported pytorch_version
-
-
-def parse_arguments():
-    parser = argparse.ArgumentParser(description="stand-in ComfyUI")
-    parser.add_argument("--listen", type=str, default="127.0.0.1", nargs="?", const="0.0.0.0")
-    parser.add_argument("--port", type=int, default=8188)
-    parser.add_argument("--output-directory", type=str, default=None)
-    parser.add_argument("--input-directory", type=str, default=None)
-    parser.add_argument("--user-directory", type=str, default=None)
-    parser.add_argument("--extra-model-paths-config", type=str, default=None, action="append", nargs="+")
-    parser.add_argument("--use-sage-attention", action="store_true")
-    arguments, unknown = parser.parse_known_args()
-    return arguments, unknown
 
 
 def watch_own_directory():
@@ -53,36 +45,68 @@ def watch_own_directory():
         time.sleep(0.25)
 
 
-def load_custom_nodes():
-    loaded, failed, node_classes = [], [], {}
+def load_custom_node(module_path, node_classes):
+    """nodes.load_custom_node: True when the node registered its classes."""
+    module_name = os.path.basename(module_path)
+    if os.path.isfile(module_path):
+        module_name = os.path.splitext(module_name)[0]
+        init = module_path
+        search = None
+    else:
+        init = os.path.join(module_path, "__init__.py")
+        search = [module_path]
+    try:
+        spec = importlib.util.spec_from_file_location(module_path.replace(".", "_x_"), init,
+                                                      submodule_search_locations=search)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module
+        spec.loader.exec_module(module)
+        mappings = getattr(module, "NODE_CLASS_MAPPINGS", None)
+        if mappings is None:
+            logging.warning(f"Skip {module_path} module for custom nodes due to the lack of NODE_CLASS_MAPPINGS or NODES_LIST (need one).")
+            return False
+        for name, node_class in mappings.items():
+            node_classes[name] = (node_class, f"custom_nodes.{module_name}")
+        return True
+    except Exception as e:
+        logging.warning(traceback.format_exc())
+        logging.warning(f"Cannot import {module_path} module for custom nodes: {e}")
+        return False
+
+
+def init_external_custom_nodes():
+    """nodes.init_external_custom_nodes, with its log lines."""
+    node_classes = {}
     nodes_dir = os.path.join(HERE, "custom_nodes")
-    names = sorted(os.listdir(nodes_dir)) if os.path.isdir(nodes_dir) else []
-    for name in names:
-        init = os.path.join(nodes_dir, name, "__init__.py")
-        if not os.path.isfile(init):
+    import_times = []
+    for possible_module in os.listdir(nodes_dir) if os.path.isdir(nodes_dir) else []:
+        if possible_module == "__pycache__":
+            continue
+        module_path = os.path.join(nodes_dir, possible_module)
+        if os.path.isfile(module_path) and os.path.splitext(module_path)[1] != ".py":
+            continue
+        if module_path.endswith(".disabled"):
             continue
         started = time.perf_counter()
-        try:
-            spec = importlib.util.spec_from_file_location(
-                name, init, submodule_search_locations=[os.path.join(nodes_dir, name)]
-            )
-            module = importlib.util.module_from_spec(spec)
-            sys.modules[name] = module
-            spec.loader.exec_module(module)
-            for node, cls in getattr(module, "NODE_CLASS_MAPPINGS", {}).items():
-                node_classes[node] = name
-            loaded.append((name, time.perf_counter() - started))
-        except Exception:
-            traceback.print_exc()
-            print(f"Cannot import {os.path.join(nodes_dir, name)} module for custom nodes", flush=True)
-            failed.append(name)
-    if loaded or failed:
-        print("\nImport times for custom nodes:", flush=True)
-        for name, seconds in loaded:
-            print(f"   {seconds:6.1f} seconds: {os.path.join(nodes_dir, name)}", flush=True)
-        for name in failed:
-            print(f"   0.0 seconds (IMPORT FAILED): {os.path.join(nodes_dir, name)}", flush=True)
-    return loaded, failed, node_classes
+        success = load_custom_node(module_path, node_classes)
+        import_times.append((time.perf_counter() - started, module_path, success))
+    if import_times:
+        logging.info("\nImport times for custom nodes:")
+        for seconds, module_path, success in sorted(import_times):
+            message = "" if success else " (IMPORT FAILED)"
+            logging.info("{:6.1f} seconds{}: {}".format(seconds, message, module_path))
+        logging.info("")
+    return node_classes
+
+
+def setup_database():
+    """main.setup_database: a database that cannot be brought up is logged, not fatal."""
+    try:
+        from app.database.db import init_db
+
+        init_db()
+    except Exception as e:
+        logging.error(f"Failed to initialize database. Please ensure you have installed the latest requirements. If the error persists, please report this as in future the database will be required: {e}")
 
 
 class PromptQueue:
@@ -139,29 +163,53 @@ class PromptQueue:
 def system_stats(torch_module):
     pytorch_version = REPORTED_PYTORCH_VERSION or torch_module.version.__version__
     page = os.sysconf("SC_PAGE_SIZE")
+    available = torch_module.cuda.is_available()
+    name = torch_module.cuda.get_device_name(0) if available else "cpu"
     return {
         "system": {
-            "os": sys.platform,
+            "os": os.name,
             "ram_total": page * os.sysconf("SC_PHYS_PAGES"),
             "ram_free": page * os.sysconf("SC_AVPHYS_PAGES"),
             "comfyui_version": COMFYUI_VERSION,
+            "required_frontend_version": "1.27.10",
+            "installed_templates_version": "0.1.95",
+            "required_templates_version": "0.1.95",
             "python_version": sys.version,
             "pytorch_version": pytorch_version,
             "embedded_python": False,
             "argv": sys.argv,
         },
+        # ComfyUI reports the one device it renders on.
         "devices": [
             {
-                "name": f"cuda:{index} {torch_module.cuda.get_device_name(index)} : cudaMallocAsync",
-                "type": "cuda",
-                "index": index,
+                "name": f"cuda:0 {name} : cudaMallocAsync" if available else "cpu",
+                "type": "cuda" if available else "cpu",
+                "index": 0 if available else None,
                 "vram_total": 0,
                 "vram_free": 0,
                 "torch_vram_total": 0,
                 "torch_vram_free": 0,
             }
-            for index in range(torch_module.cuda.device_count())
         ],
+    }
+
+
+def node_info(name, node_class, module):
+    """server.node_info for a V1 node."""
+    inputs = node_class.INPUT_TYPES() if hasattr(node_class, "INPUT_TYPES") else {"required": {}}
+    outputs = list(getattr(node_class, "RETURN_TYPES", ()))
+    return {
+        "input": inputs,
+        "input_order": {key: list(value.keys()) for key, value in inputs.items()},
+        "output": outputs,
+        "output_is_list": [False] * len(outputs),
+        "output_name": outputs,
+        "name": name,
+        "display_name": name,
+        "description": "",
+        "python_module": module,
+        "category": getattr(node_class, "CATEGORY", "sd"),
+        "output_node": bool(getattr(node_class, "OUTPUT_NODE", False)),
     }
 
 
@@ -195,8 +243,8 @@ def make_handler(torch_module, queue, node_classes):
                     found = queue.history.get(prompt_id)
                 self.send_json({prompt_id: found} if found else {})
             elif path == "/object_info":
-                self.send_json({node: {"name": node, "python_module": f"custom_nodes.{module}"}
-                                for node, module in node_classes.items()})
+                self.send_json({name: node_info(name, node_class, module)
+                                for name, (node_class, module) in node_classes.items()})
             else:
                 self.send_json({"error": "not found"}, 404)
 
@@ -223,31 +271,32 @@ def make_handler(torch_module, queue, node_classes):
 
 
 def main():
-    arguments, unknown = parse_arguments()
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     threading.Thread(target=watch_own_directory, name="watchdog", daemon=True).start()
-    print(f"ComfyUI version: {COMFYUI_VERSION} (comfyfleet stand-in)", flush=True)
-    if unknown:
-        print(f"ignoring unknown arguments: {unknown}", flush=True)
+    logging.info("Python version: {}".format(sys.version))
+    logging.info(f"ComfyUI version: {COMFYUI_VERSION} (comfyfleet stand-in)")
 
     import torch
 
-    print(f"pytorch version: {torch.version.__version__}", flush=True)
-    if arguments.use_sage_attention:
+    logging.info(f"pytorch version: {torch.version.__version__}")
+    if args.use_sage_attention:
         import sageattention  # noqa: F401  (ComfyUI fails without it when asked to use it)
 
-        print("Using sage attention", flush=True)
-    loaded, failed, node_classes = load_custom_nodes()
+        logging.info("Using sage attention")
+    # ComfyUI's order: custom nodes, then the database, then the routes.
+    node_classes = init_external_custom_nodes() if not args.disable_all_custom_nodes else {}
+    setup_database()
 
-    output_directory = arguments.output_directory or os.path.join(HERE, "output")
+    output_directory = args.output_directory or os.path.join(HERE, "output")
     queue = PromptQueue(output_directory)
     threading.Thread(target=queue.work, name="prompt-worker", daemon=True).start()
 
-    host = arguments.listen.split(",")[0]
+    host = args.listen.split(",")[0]
     # standin: before listening
-    server = ThreadingHTTPServer((host, arguments.port), make_handler(torch, queue, node_classes))
+    server = ThreadingHTTPServer((host, args.port), make_handler(torch, queue, node_classes))
     server.daemon_threads = True
     shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
-    print(f"Starting server\n\nTo see the GUI go to: http://{shown}:{server.server_address[1]}", flush=True)
+    logging.info(f"Starting server\n\nTo see the GUI go to: http://{shown}:{server.server_address[1]}")
     try:
         server.serve_forever(poll_interval=0.1)
     except KeyboardInterrupt:
