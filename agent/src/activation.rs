@@ -1,8 +1,11 @@
 //! Switching the machine to a complete environment without losing a render: `drain`
 //! (wait until ComfyUI's `GET /queue` shows nothing running or queued), `switch`
-//! (`current` replaced atomically), `start` (ComfyUI restarted from it) and `health`
-//! (`GET /system_stats` answers with the planned `pytorch_version`). A failed
-//! health check switches back to the environment that was running and restarts it.
+//! (`current` replaced atomically), `start` (ComfyUI restarted from it, on a
+//! database it can open and with ComfyUI-Manager set as the spec says) and `health`
+//! (`GET /system_stats` answers with the planned `pytorch_version`, and every
+//! required custom node imported: ComfyUI answers only after loading them, and
+//! logs the ones that fail). A failed health check switches back to the
+//! environment that was running and restarts it.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -10,9 +13,12 @@ use std::time::{Duration, Instant};
 use comfyfleet_config::convergence::StepState;
 use serde::Deserialize;
 
+use crate::comfyui::failed_nodes;
+use crate::database;
 use crate::executor::record::CompleteRecord;
 use crate::journal::Journal;
 use crate::layout::{EnvDir, Layout};
+use crate::manager;
 use crate::report::Reporter;
 use crate::service::{ComfyuiService, Launch};
 
@@ -77,6 +83,11 @@ impl Activator<'_> {
             "--extra-model-paths-config".to_owned(),
             path("extra_model_paths.yaml"),
         ];
+        if record.comfyui.database_url {
+            // Not inside the checkout, where each revision would start on an empty one.
+            args.extend(["--database-url".to_owned(), database::url(self.layout)]);
+        }
+        args.extend(manager::arguments(record));
         args.extend(record.comfyui_args.iter().cloned());
         Launch { revision_id: record.revision_id.clone(), env_dir: env.path, port, args }
     }
@@ -100,9 +111,12 @@ impl Activator<'_> {
                 .map(|()| format!("current → {}", record.describe()))
         })?;
         let launch = self.launch(record);
-        let started = self.restart(&launch).await;
+        let started = self.restart(&launch, record, previous).await;
         let healthy = match started {
-            Ok(()) => self.health(record, &launch, Duration::from_millis(record.health_timeout_ms)).await,
+            Ok(()) => {
+                self.health(record, &launch, Duration::from_millis(record.health_timeout_ms), Nodes::Required)
+                    .await
+            }
             Err(failure) => Err(failure),
         };
         match healthy {
@@ -114,7 +128,7 @@ impl Activator<'_> {
                 }
                 Ok(())
             }
-            Err(failure) => Err(self.switch_back(previous, failure).await),
+            Err(failure) => Err(self.switch_back(record, previous, failure).await),
         }
     }
 
@@ -179,27 +193,55 @@ impl Activator<'_> {
         }
     }
 
-    async fn restart(&self, launch: &Launch) -> Result<(), ActivationFailure> {
+    async fn restart(
+        &self,
+        launch: &Launch,
+        record: &CompleteRecord,
+        running: Option<&CompleteRecord>,
+    ) -> Result<(), ActivationFailure> {
         let handle = self.reporter.begin("start");
         self.service.stop(STOP_GRACE).await;
-        match self.service.start(launch) {
-            Ok(pid) => {
-                handle.finish(StepState::Done, format!("ComfyUI pid {pid} on port {}", launch.port));
+        let prepared = self.prepare_start(record, running);
+        let started = prepared.and_then(|note| {
+            self.service.start(launch).map(|pid| (pid, note)).map_err(|error| error.to_string())
+        });
+        match started {
+            Ok((pid, note)) => {
+                let mut detail = format!("ComfyUI pid {pid} on port {}", launch.port);
+                if let Some(note) = note {
+                    detail.push_str(&format!("; {note}"));
+                }
+                handle.finish(StepState::Done, detail);
                 Ok(())
             }
-            Err(error) => {
-                handle.finish(StepState::Failed, error.to_string());
-                Err(ActivationFailure { step: "start", message: error.to_string() })
+            Err(message) => {
+                handle.finish(StepState::Failed, message.clone());
+                Err(ActivationFailure { step: "start", message })
             }
         }
     }
 
-    /// Waits until ComfyUI answers `/system_stats` with the planned torch.
+    /// What must be in place before `record`'s ComfyUI starts (none runs now): a
+    /// database it can open, and ComfyUI-Manager's settings. Returns what is worth
+    /// reporting.
+    fn prepare_start(
+        &self,
+        record: &CompleteRecord,
+        running: Option<&CompleteRecord>,
+    ) -> Result<Option<String>, String> {
+        manager::configure(&self.layout.shared().join("user"), record)?;
+        database::prepare_for(self.layout, record, running)
+    }
+
+    /// Waits until ComfyUI answers `/system_stats` with the planned torch, then holds
+    /// its custom nodes against the spec: ComfyUI answers only once it has tried to
+    /// load them all, and logs the ones that failed.
     async fn health(
         &self,
         record: &CompleteRecord,
         launch: &Launch,
         timeout: Duration,
+        nodes: Nodes,
     ) -> Result<(), ActivationFailure> {
         let handle = self.reporter.begin("health");
         let url = format!("http://127.0.0.1:{}/system_stats", launch.port);
@@ -218,14 +260,19 @@ impl Activator<'_> {
             }
             match self.get::<SystemStats>(&url).await {
                 Ok(stats) if stats.system.pytorch_version == record.plan.torch => {
-                    handle.finish(
-                        StepState::Done,
-                        format!(
-                            "/system_stats reports pytorch {} after {}",
-                            record.plan.torch,
-                            seconds(started.elapsed())
-                        ),
+                    let mut detail = format!(
+                        "/system_stats reports pytorch {} after {}",
+                        record.plan.torch,
+                        seconds(started.elapsed())
                     );
+                    let (broken, warnings) = self.custom_node_failures(record);
+                    if !broken.is_empty() && nodes == Nodes::Required {
+                        return Err(fail(handle, broken.join("; ")));
+                    }
+                    for warning in broken.iter().chain(&warnings) {
+                        detail.push_str(&format!("; warning: {warning}"));
+                    }
+                    handle.finish(StepState::Done, detail);
                     return Ok(());
                 }
                 Ok(stats) => {
@@ -255,6 +302,7 @@ impl Activator<'_> {
     /// they were. Returns the failure to report, saying where the machine is now.
     async fn switch_back(
         &self,
+        failed: &CompleteRecord,
         previous: Option<&CompleteRecord>,
         failure: ActivationFailure,
     ) -> ActivationFailure {
@@ -272,13 +320,18 @@ impl Activator<'_> {
         let restored = switch_current(self.layout, &self.layout.env(&previous.revision_id).path)
             .map_err(|error| format!("cannot switch back: {error}"));
         let launch = self.launch(previous);
-        let restarted = match restored {
-            Ok(()) => self.service.start(&launch).map(|_| ()).map_err(|error| error.to_string()),
-            Err(error) => Err(error),
-        };
+        let restarted = restored.and_then(|()| {
+            let note = self.prepare_start(previous, Some(failed))?;
+            self.service.start(&launch).map(|_| note).map_err(|error| error.to_string())
+        });
         let outcome = match restarted {
-            Ok(()) => match self.health(previous, &launch, RESTORE_HEALTH_TIMEOUT).await {
-                Ok(()) => format!("switched back to {}, which is running again", previous.describe()),
+            Ok(note) => match self.health(previous, &launch, RESTORE_HEALTH_TIMEOUT, Nodes::Report).await {
+                Ok(()) => match note {
+                    Some(note) => {
+                        format!("switched back to {}, which is running again; {note}", previous.describe())
+                    }
+                    None => format!("switched back to {}, which is running again", previous.describe()),
+                },
                 Err(again) => format!(
                     "switched back to {}, but it is not healthy either: {}",
                     previous.describe(),
@@ -303,6 +356,39 @@ impl Activator<'_> {
         let body =
             response.bytes().await.map_err(|error| comfyfleet_proto::transport::error_chain(&error))?;
         serde_json::from_slice(&body).map_err(|error| format!("unreadable answer: {error}"))
+    }
+}
+
+/// Whether a custom node that fails to import fails the health check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Nodes {
+    /// A new environment: a required node that failed fails the switch.
+    Required,
+    /// The environment being switched back to: it runs whatever it has.
+    Report,
+}
+
+impl Activator<'_> {
+    /// The custom nodes ComfyUI could not load at this start, from its log: those the
+    /// spec requires (each named with the end of its traceback), then warnings about
+    /// the ones it marks `required = false`.
+    fn custom_node_failures(&self, record: &CompleteRecord) -> (Vec<String>, Vec<String>) {
+        let log = self.service.this_start_log();
+        let mut broken = Vec::new();
+        let mut warnings = Vec::new();
+        for node in failed_nodes(&log) {
+            let lines: Vec<&str> = node.why.lines().map(str::trim).collect();
+            let why = lines[lines.len().saturating_sub(3)..].join(" | ");
+            if record.optional_nodes.iter().any(|optional| optional == &node.name) {
+                warnings.push(format!(
+                    "custom node {} failed to import (required = false, ComfyUI runs without it): {why}",
+                    node.name
+                ));
+            } else {
+                broken.push(format!("custom node {} failed to import: {why}", node.name));
+            }
+        }
+        (broken, warnings)
     }
 }
 

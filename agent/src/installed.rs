@@ -2,15 +2,21 @@
 //! environments themselves rather than from what the agent meant to install: the
 //! venv's Python from `pyvenv.cfg`, package versions from their `.dist-info`
 //! directories, commits from `.git/HEAD`. Anything that differs from what
-//! verification recorded is reported as drift (a package changed by hand). Only
-//! files are read — no Python, no git — so it is cheap at every inventory interval.
+//! verification recorded is reported as drift: a package changed, added or removed
+//! by hand (or by ComfyUI-Manager), a custom node added or removed, a checkout moved.
+//! Only files are read — no Python, no git — so it is cheap at every inventory
+//! interval.
 
 use comfyfleet_config::convergence::OptimizationState;
 use comfyfleet_config::installed::{
     InstalledEnvironment, InstalledEnvironments, InstalledNode, InstalledPackage,
 };
 
-use crate::executor::record::{CompleteRecord, head_commit, installed_distributions, venv_python_version};
+use std::collections::BTreeMap;
+
+use crate::executor::record::{
+    CompleteRecord, custom_node_entries, head_commit, installed_distributions, venv_python_version,
+};
 use crate::journal::Journal;
 use crate::layout::{EnvDir, Layout};
 
@@ -69,6 +75,7 @@ fn describe(env: &EnvDir, record: &CompleteRecord, current: bool, journal: &Jour
             InstalledPackage { name: outcome.name.clone(), version, verified, detail: outcome.detail.clone() }
         })
         .collect();
+    package_drift(record, &distributions, &mut drift);
     let comfyui_commit = head_commit(&env.comfyui()).unwrap_or_default();
     if comfyui_commit != record.comfyui_commit {
         drift.push(format!(
@@ -93,6 +100,15 @@ fn describe(env: &EnvDir, record: &CompleteRecord, current: bool, journal: &Jour
             InstalledNode { name: node.name.clone(), commit }
         })
         .collect();
+    if let Some(verified) = &record.custom_node_entries {
+        let now = custom_node_entries(&env.comfyui());
+        for added in now.iter().filter(|entry| !verified.contains(entry)) {
+            drift.push(format!("custom node {added} was added (the spec does not have it)"));
+        }
+        for removed in verified.iter().filter(|entry| !now.contains(entry)) {
+            drift.push(format!("custom node {removed} was removed"));
+        }
+    }
     InstalledEnvironment {
         revision_id: record.revision_id.clone(),
         environment: record.environment.clone(),
@@ -106,6 +122,37 @@ fn describe(env: &EnvDir, record: &CompleteRecord, current: bool, journal: &Jour
         custom_nodes,
         drift,
     }
+}
+
+/// How many package changes are named one by one.
+const NAMED_PACKAGE_CHANGES: usize = 12;
+
+/// Packages added, removed or changed since verification, torch and the
+/// optimisations aside (they are reported by name above).
+fn package_drift(record: &CompleteRecord, now: &BTreeMap<String, String>, drift: &mut Vec<String>) {
+    let Some(verified) = &record.packages else { return };
+    let reported = |name: &String| name == "torch" || record.distributions.values().any(|d| d == name);
+    let mut changes: Vec<String> = now
+        .iter()
+        .filter(|(name, _)| !reported(name))
+        .filter_map(|(name, version)| match verified.get(name) {
+            None => Some(format!("package {name} {version} was added")),
+            Some(was) if was != version => Some(format!("package {name} is {version}, verified {was}")),
+            Some(_) => None,
+        })
+        .collect();
+    changes.extend(
+        verified
+            .iter()
+            .filter(|(name, _)| !reported(name) && !now.contains_key(*name))
+            .map(|(name, was)| format!("package {name} {was} was removed")),
+    );
+    let more = changes.len().saturating_sub(NAMED_PACKAGE_CHANGES);
+    changes.truncate(NAMED_PACKAGE_CHANGES);
+    if more > 0 {
+        changes.push(format!("and {more} more package changes"));
+    }
+    drift.extend(changes);
 }
 
 fn short(commit: &str) -> &str {

@@ -7,8 +7,10 @@
 
 mod activation;
 mod backoff;
+pub mod comfyui;
 pub mod command;
 mod converge;
+mod database;
 pub mod download;
 pub mod enroll;
 pub mod executor;
@@ -18,6 +20,7 @@ pub mod inventory;
 pub mod journal;
 pub mod layout;
 pub mod link;
+mod manager;
 pub mod report;
 pub mod service;
 

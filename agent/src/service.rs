@@ -19,6 +19,9 @@ use serde::{Deserialize, Serialize};
 use crate::command::ChildEnvironment;
 use crate::layout::Layout;
 
+/// The line the agent writes into ComfyUI's log before each start.
+const START_MARKER: &str = "=== comfyfleet: starting ComfyUI";
+
 /// ComfyUI's log is started afresh beyond this size (the old one kept as `.1`).
 const MAX_LOG_BYTES: u64 = 64 << 20;
 
@@ -164,6 +167,15 @@ impl ComfyuiService {
         all[all.len().saturating_sub(lines)..].join("\n")
     }
 
+    /// What ComfyUI printed since the agent last started it.
+    pub fn this_start_log(&self) -> String {
+        let text = std::fs::read_to_string(self.log_file()).unwrap_or_default();
+        match text.rfind(START_MARKER) {
+            Some(at) => text[at..].to_owned(),
+            None => text,
+        }
+    }
+
     fn open_log(&self, launch: &Launch) -> Result<std::fs::File, ServiceError> {
         let path = self.log_file();
         if std::fs::metadata(&path).is_ok_and(|meta| meta.len() > MAX_LOG_BYTES) {
@@ -176,7 +188,7 @@ impl ComfyuiService {
             .map_err(|source| ServiceError::Write { path: path.clone(), source })?;
         let _ = writeln!(
             file,
-            "=== comfyfleet: starting ComfyUI from revision {} on port {} at {} ===",
+            "{START_MARKER} from revision {} on port {} at {} ===",
             launch.revision_id.short(),
             launch.port,
             Timestamp::now()

@@ -5,6 +5,7 @@
 //! step thoroughly). Nothing here touches `current` or the running ComfyUI.
 
 mod git;
+mod install_scripts;
 mod optimizations;
 pub mod record;
 mod requirements;
@@ -20,16 +21,28 @@ use comfyfleet_config::convergence::{OptimizationOutcome, StepReport, StepState}
 use comfyfleet_config::resolve::GpuFacts;
 use serde::{Deserialize, Serialize};
 
+use crate::comfyui::ComfyuiFacts;
 use crate::command::{self, ChildEnvironment, Invocation};
 use crate::download::Downloader;
 use crate::layout::{EnvDir, Layout};
+use crate::manager;
 use crate::report::{Reporter, StepHandle};
 use record::CompleteRecord;
 pub use uv::PINNED_UV_VERSION;
 
 /// The preparation steps, in order.
-pub const STEPS: [&str; 9] =
-    ["uv", "comfyui", "custom-nodes", "venv", "torch", "requirements", "optimizations", "verify", "complete"];
+pub const STEPS: [&str; 10] = [
+    "uv",
+    "comfyui",
+    "custom-nodes",
+    "venv",
+    "torch",
+    "requirements",
+    "install-scripts",
+    "optimizations",
+    "verify",
+    "complete",
+];
 
 /// Steps that run every time: finding uv is how later steps get its path, and
 /// verification must see the environment as it is now.
@@ -193,6 +206,7 @@ impl Executor {
                 "venv" => venv::create(&build, &mut handle).await,
                 "torch" => torch::install(&build, &mut handle).await,
                 "requirements" => requirements::install(&build, &mut handle).await,
+                "install-scripts" => install_scripts::run(&build, &mut handle).await,
                 "optimizations" => optimizations::install(&mut build, &mut handle).await,
                 "verify" => verify::run(&mut build, &mut handle).await,
                 _ => complete(&build, &progress).map(|(outcome, complete)| {
@@ -227,6 +241,8 @@ fn complete(build: &Build<'_>, progress: &Progress) -> Result<(StepOutcome, Comp
     let verification = build.verified.as_ref().ok_or("verification did not run")?;
     let spec = &assignment.spec;
     let plan = &assignment.plan;
+    let comfyui = ComfyuiFacts::read(&build.env.comfyui());
+    manager::check_supported(spec, &comfyui)?;
     let mut comfyui_args = plan.comfyui_args.clone();
     for (name, args) in &plan.comfyui_args_when_verified {
         if build.outcomes.iter().any(|outcome| {
@@ -262,6 +278,16 @@ fn complete(build: &Build<'_>, progress: &Progress) -> Result<(StepOutcome, Comp
         drain_timeout_ms: duration_ms(spec.run.drain_timeout.0),
         health_timeout_ms: duration_ms(spec.run.health_timeout.0),
         completed_at: jiff::Timestamp::now(),
+        comfyui: comfyui.clone(),
+        optional_nodes: spec
+            .custom_nodes
+            .iter()
+            .filter(|node| !node.required)
+            .map(|node| node.directory_name())
+            .collect(),
+        manager: spec.run.manager,
+        packages: Some(record::installed_distributions(&build.env.venv())),
+        custom_node_entries: Some(record::custom_node_entries(&build.env.comfyui())),
     };
     record
         .save(&build.env)

@@ -8,12 +8,13 @@ use std::path::Path;
 
 use comfyfleet_config::convergence::{OptimizationOutcome, OptimizationState, StepReport};
 use comfyfleet_config::installed::InstalledNode;
-use comfyfleet_config::spec::SpecDigest;
 use comfyfleet_config::spec::names::normalize_package_name;
+use comfyfleet_config::spec::{ManagerMode, SpecDigest};
 use comfyfleet_config::{Assignment, MachinePlan};
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
+use crate::comfyui::ComfyuiFacts;
 use crate::layout::EnvDir;
 
 /// What the environment's own Python said about torch.
@@ -44,6 +45,21 @@ pub struct CompleteRecord {
     pub drain_timeout_ms: u64,
     pub health_timeout_ms: u64,
     pub completed_at: Timestamp,
+    /// What the checked-out ComfyUI supports (its options, its database migrations).
+    #[serde(default)]
+    pub comfyui: ComfyuiFacts,
+    /// Custom nodes whose failure to import is a warning, not a failed switch.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub optional_nodes: Vec<String>,
+    #[serde(default)]
+    pub manager: ManagerMode,
+    /// Every distribution in the venv when it was verified (normalised name → version):
+    /// what the inventory holds the venv against (`None` in records of older agents).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub packages: Option<BTreeMap<String, String>>,
+    /// The entries of `ComfyUI/custom_nodes/` when it was verified.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub custom_node_entries: Option<Vec<String>>,
 }
 
 impl CompleteRecord {
@@ -108,6 +124,19 @@ pub fn installed_distributions(venv: &Path) -> BTreeMap<String, String> {
         }
     }
     found
+}
+
+/// The entries of a checkout's `custom_nodes/` directory (node directories and
+/// single-file nodes), sorted; `__pycache__` left out.
+pub fn custom_node_entries(comfyui: &Path) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir(comfyui.join("custom_nodes")) else { return Vec::new() };
+    let mut names: Vec<String> = entries
+        .flatten()
+        .filter_map(|entry| entry.file_name().into_string().ok())
+        .filter(|name| name != "__pycache__")
+        .collect();
+    names.sort();
+    names
 }
 
 /// `version_info` (uv) or `version` (venv) from `venv/pyvenv.cfg`.

@@ -209,6 +209,11 @@ impl CustomNode {
         self.name.clone().unwrap_or_else(|| names::repository_name(&self.git).to_owned())
     }
 
+    /// Whether this node is ComfyUI-Manager (which `run.manager` governs).
+    pub fn is_manager(&self) -> bool {
+        self.directory_name().eq_ignore_ascii_case("comfyui-manager")
+    }
+
     pub fn source(&self) -> GitSource {
         GitSource { git: self.git.clone(), reference: self.reference.clone(), commit: self.commit.clone() }
     }

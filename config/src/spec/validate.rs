@@ -385,7 +385,7 @@ fn check_wheels(problems: &mut Problems, path: &str, wheels: &[KernelWheel], spe
 /// an argument: a fleet must not drift because someone clicked "install".
 fn check_manager(problems: &mut Problems, spec: &Spec) {
     for (i, node) in spec.custom_nodes.iter().enumerate() {
-        if is_manager_node(&node.directory_name()) && spec.run.manager.is_off() {
+        if node.is_manager() && spec.run.manager.is_off() {
             problems.add(
                 format!("custom_node[{i}]"),
                 "is ComfyUI-Manager, but run.manager is \"off\": set run.manager = \"read-only\" (browse, install \
@@ -402,11 +402,6 @@ fn check_manager(problems: &mut Problems, spec: &Spec) {
             );
         }
     }
-}
-
-/// Whether a custom node directory is ComfyUI-Manager.
-pub(crate) fn is_manager_node(directory: &str) -> bool {
-    directory.eq_ignore_ascii_case("comfyui-manager")
 }
 
 fn check_run(problems: &mut Problems, spec: &Spec, optimization_names: &BTreeSet<String>) {

@@ -5,7 +5,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test helpers fail loudly by design
 
 use comfyfleet_e2e::provision::{Fleet, comfyui_get, comfyui_port, current_target, step};
-use comfyfleet_e2e::standin::{WheelBuilder, system_python};
+use comfyfleet_e2e::standin::{SageAttentionWheels, WheelBuilder, fat_sageattention_with, system_python};
 
 /// A kernel wheel for SM 8.9 whose module fails to import, as a wheel built for
 /// another SM or torch does ("SM89 kernel is not available", "undefined symbol").
@@ -74,4 +74,74 @@ fn an_optional_optimisation_that_does_not_import_is_reported_and_a_fatal_one_fai
     assert!(error.contains("verify: fatal optimization brokenattn does not import"), "{error}");
     assert_eq!(current_target(&agent).unwrap(), first);
     assert_eq!(comfyui_get(port, "/system_stats").unwrap()["system"]["pytorch_version"], "2.9.0+cu128");
+}
+
+/// A SageAttention wheel the spec says has kernels for SM 8.0/8.6/8.9/9.0/12.0, built
+/// without the 8.6 ones (a mislabelled or partial build).
+fn partial_sageattention(fleet: &Fleet) -> String {
+    let partial = fat_sageattention_with(
+        &fleet.world.catalog.root,
+        "sageattention/partial",
+        &["8.0", "8.9", "9.0", "12.0"],
+        "cu128",
+    );
+    format!(
+        "\n  [[optimization.wheel]]\n  compute = [\"8.0\", \"8.6\", \"8.9\", \"9.0\", \"12.0\"]\n  python = \"cp39-abi3\"\n  \
+         cuda = \"cu128\"\n  torch = \">=2.9\"\n  url = \"{}{}\"\n  sha256 = \"{}\"\n",
+        fleet.base_url(),
+        partial.url_path,
+        partial.wheel.sha256
+    )
+}
+
+#[test]
+fn a_wheel_without_kernels_for_one_gpu_fails_verification_on_that_gpu() {
+    let fleet = Fleet::start();
+    // An RTX 4090 (SM 8.9) and an RTX A6000 (SM 8.6) in one box.
+    let agent = fleet.agent("mixed", "mixed-4090-a6000-570");
+    let id = fleet.machine_id("mixed");
+    let wheels = partial_sageattention(&fleet);
+    let spec = |fatal: bool| {
+        fleet.spec(|options| {
+            options.cuda = vec!["cu128".to_owned()];
+            options.sageattention = SageAttentionWheels::Custom(wheels.clone());
+            options.sageattention_fatal = fatal;
+        })
+    };
+
+    // Optional: the smoke call fails on GPU 1 only; the machine runs without
+    // --use-sage-attention and says why.
+    fleet.apply(&spec(false));
+    fleet.cli(&["rollout", "start", "render-prod", "--wait", "--timeout", "3m"]).success();
+    let machine = fleet.show(&id);
+    assert_eq!(machine["report"]["phase"], "active");
+    let outcomes = machine["report"]["optimizations"].as_array().unwrap();
+    let sage = outcomes.iter().find(|outcome| outcome["name"] == "sageattention").unwrap();
+    assert_eq!(sage["state"], "failed", "{sage}");
+    let detail = sage["detail"].as_str().unwrap();
+    assert!(
+        detail.starts_with(
+            "sageattention.sageattn fails on GPU 1 (NVIDIA RTX A6000, SM 8.6): RuntimeError: CUDA error: \
+             no kernel image is available"
+        ),
+        "{detail}"
+    );
+    assert!(!detail.contains("GPU 0"), "the 4090 has its kernels: {detail}");
+    let argv = comfyui_get(comfyui_port(&agent), "/system_stats").unwrap()["system"]["argv"].clone();
+    assert!(!argv.as_array().unwrap().iter().any(|arg| arg == "--use-sage-attention"), "{argv}");
+    let shown = fleet.cli(&["machines", "show", &id]).success();
+    assert!(shown.contains("fails on GPU 1 (NVIDIA RTX A6000, SM 8.6)"), "{shown}");
+    let first = current_target(&agent).unwrap();
+
+    // Fatal: the environment fails verification and nothing is switched.
+    fleet.apply(&spec(true));
+    fleet.cli(&["rollout", "start", "render-prod", "--wait", "--timeout", "3m"]).failure();
+    let machine = fleet.show(&id);
+    assert_eq!(machine["report"]["phase"], "failed");
+    let error = machine["report"]["error"].as_str().unwrap();
+    assert!(
+        error.contains("verify: fatal optimization sageattention sageattention.sageattn fails on GPU 1 (NVIDIA RTX A6000, SM 8.6)"),
+        "{error}"
+    );
+    assert_eq!(current_target(&agent).unwrap(), first, "nothing was switched");
 }

@@ -370,6 +370,26 @@ fn build_kernels(layout: &mut IndexLayout, python_tag: &str) -> Vec<KernelWheel>
     kernels
 }
 
+/// A stable-ABI SageAttention 2 wheel for `cuda` (named as upstream's, torch 2.9 and
+/// later) that has kernels for `sms` only, served at `wheels/<directory>/` of the
+/// catalogue at `root`: what a mislabelled or partial build looks like.
+pub fn fat_sageattention_with(root: &Path, directory: &str, sms: &[&str], cuda: &str) -> IndexedWheel {
+    let compute = format!("[{}]", sms.iter().map(|sm| format!("\"{sm}\"")).collect::<Vec<_>>().join(", "));
+    let set = ComputeSet::parse_list(&list_items(&compute)).unwrap();
+    let target = KernelTarget {
+        sm: sms[0],
+        compute: &compute,
+        kernels: set.ordinal_intervals(),
+        cuda,
+        torch_series: "2.9",
+        torch_label: "torch2.9.0andhigher.post4",
+        tags: ("cp39", "abi3"),
+    };
+    let (_, module, function) = SAGEATTENTION;
+    let wheel = packages::kernel("sageattention", module, function, "2.2.0", target);
+    IndexLayout::create(root).add_free_standing(directory, &wheel)
+}
+
 /// (optimisation, module, smoke function) of SageAttention 2 and 3.
 const SAGEATTENTION: (&str, &str, &str) = ("sageattention", "sageattention", "sageattn");
 const SAGEATTENTION3: (&str, &str, &str) = ("sageattention3", "sageattn3", "sageattn3_blackwell");

@@ -31,7 +31,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::sync::OnceLock;
 
-pub use catalog::{Catalog, CatalogOptions, KernelWheel, TorchBuild};
+pub use catalog::{Catalog, CatalogOptions, KernelWheel, TorchBuild, fat_sageattention_with};
 pub use index::{IndexLayout, IndexedWheel};
 pub use packages::{DEVICE_COUNT_VARIABLE, GPU_PROFILE_VARIABLE, IMPORT_LOG_VARIABLE};
 pub use repos::{StandinComfyui, StandinRepos, create_standin_repos};
