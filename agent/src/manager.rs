@@ -53,6 +53,10 @@ pub fn configure(user_directory: &Path, record: &CompleteRecord) -> Result<(), S
         let text = std::fs::read_to_string(&path).unwrap_or_default();
         let updated = with_setting(&text, "default", "security_level", level);
         if updated != text {
+            if let Some(parent) = path.parent() {
+                std::fs::create_dir_all(parent)
+                    .map_err(|error| format!("cannot create {}: {error}", parent.display()))?;
+            }
             comfyfleet_daemon::files::write_atomic(&path, updated.as_bytes(), 0o644)
                 .map_err(|error| format!("cannot write ComfyUI-Manager's {}: {error}", path.display()))?;
         }
