@@ -331,6 +331,7 @@ mod tests {
             assigned_at: jiff::Timestamp::UNIX_EPOCH,
             assigned_by: "op".into(),
             torch: "2.8.0+cu128".into(),
+            driver_compat: Default::default(),
         });
         let mut report = ConvergenceReport::idle(jiff::Timestamp::UNIX_EPOCH);
         report.generation = 1;

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::resolve::MachinePlan;
 use crate::spec::names::is_commit_id;
-use crate::spec::{Spec, SpecDigest, SpecFormat};
+use crate::spec::{DriverCompat, Spec, SpecDigest, SpecFormat};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -172,6 +172,10 @@ pub struct MachineAssignment {
     pub assigned_by: String,
     /// The planned torch build, `2.8.0+cu128`.
     pub torch: String,
+    /// `minor` when that build runs on the machine's driver only through NVIDIA's
+    /// CUDA minor-version compatibility.
+    #[serde(default, skip_serializing_if = "DriverCompat::is_exact")]
+    pub driver_compat: DriverCompat,
 }
 
 impl MachineAssignment {

@@ -8,7 +8,7 @@ use comfyfleet_config::convergence::{
 use comfyfleet_config::installed::{
     InstalledEnvironment, InstalledEnvironments, InstalledNode, InstalledPackage,
 };
-use comfyfleet_config::spec::SpecDigest;
+use comfyfleet_config::spec::{DriverCompat, SpecDigest};
 
 use crate::convert::{WireError, timestamp_from_wire, timestamp_to_wire};
 use crate::v1 as pb;
@@ -66,6 +66,11 @@ impl From<&MachineAssignment> for pb::MachineAssignment {
             assigned_at: Some(timestamp_to_wire(assignment.assigned_at)),
             assigned_by: assignment.assigned_by.clone(),
             torch: assignment.torch.clone(),
+            driver_compat: if assignment.driver_compat.is_exact() {
+                String::new()
+            } else {
+                "minor".to_owned()
+            },
         }
     }
 }
@@ -90,6 +95,16 @@ impl TryFrom<pb::MachineAssignment> for MachineAssignment {
             )?,
             assigned_by: wire.assigned_by,
             torch: wire.torch,
+            driver_compat: match wire.driver_compat.as_str() {
+                "" | "exact" => DriverCompat::Exact,
+                "minor" => DriverCompat::Minor,
+                other => {
+                    return Err(WireError::Invalid {
+                        field: "assignment.driver_compat",
+                        reason: format!("`{other}` is not a driver compatibility (exact or minor)"),
+                    });
+                }
+            },
         })
     }
 }

@@ -4,6 +4,7 @@
 
 use comfyfleet_config::assignment::MachineAssignment;
 use comfyfleet_config::convergence::StepState;
+use comfyfleet_config::spec::DriverCompat;
 use comfyfleet_config::{ConvergenceReport, InstalledEnvironment, InstalledEnvironments};
 use jiff::Timestamp;
 
@@ -132,9 +133,21 @@ fn assignment(assignment: Option<&MachineAssignment>) -> String {
                 "assigned",
                 format!("{} by {}", format::rfc3339(assignment.assigned_at), assignment.assigned_by),
             ),
-            ("torch", format!("{} (planned)", or_dash(Some(assignment.torch.clone())))),
+            ("torch", planned_torch(assignment)),
         ],
     )
+}
+
+/// `2.11.0+cu128 (planned)`, saying when the build runs on this machine's older
+/// driver only through CUDA minor-version compatibility.
+fn planned_torch(assignment: &MachineAssignment) -> String {
+    let torch = or_dash(Some(assignment.torch.clone()));
+    match assignment.driver_compat {
+        DriverCompat::Exact => format!("{torch} (planned)"),
+        DriverCompat::Minor => {
+            format!("{torch} (planned; runs on this driver through CUDA minor-version compatibility)")
+        }
+    }
 }
 
 fn report(machine: &MachineView, now: Timestamp) -> String {

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use comfyfleet_config::resolve::{MachinePlan, OptimizationSource, Resolution, Resolver};
-use comfyfleet_config::spec::Spec;
+use comfyfleet_config::spec::{DriverCompat, Spec};
 use serde::Serialize;
 
 use super::to_json;
@@ -44,6 +44,10 @@ pub struct MachineOutcome {
 pub struct PlanView {
     pub torch: String,
     pub cuda_tag: String,
+    /// `minor` when the build runs on this machine's older driver only through
+    /// NVIDIA's CUDA minor-version compatibility.
+    #[serde(skip_serializing_if = "DriverCompat::is_exact")]
+    pub driver_compat: DriverCompat,
     pub python: String,
     pub python_tag: String,
     pub torch_index: String,
@@ -92,6 +96,7 @@ impl From<&MachinePlan> for PlanView {
         PlanView {
             torch: plan.torch.clone(),
             cuda_tag: plan.cuda_tag.to_string(),
+            driver_compat: plan.driver_compat,
             python: plan.python.to_string(),
             python_tag: plan.python_tag.clone(),
             torch_index: plan.torch_index.clone(),
@@ -203,7 +208,7 @@ fn table(report: &PlanReport) -> String {
                     let mut parts: Vec<String> =
                         plan.optimizations.iter().map(|o| format!("{} {}", o.name, o.version)).collect();
                     parts.extend(plan.skipped.iter().map(|s| format!("no {}", s.name)));
-                    (plan.torch.clone(), parts.join(", "))
+                    (torch_column(plan), parts.join(", "))
                 }
                 (None, Some(reason)) => ("-".to_owned(), reason.clone()),
                 (None, None) => ("-".to_owned(), "left out by the target selector".to_owned()),
@@ -216,6 +221,15 @@ fn table(report: &PlanReport) -> String {
     text.push('\n');
     text.push_str(&summary_line(&report.environment, &report.summary));
     text
+}
+
+/// `2.11.0+cu128`, or `2.11.0+cu128 (minor compat)` for a plan that relies on
+/// NVIDIA's CUDA minor-version compatibility.
+fn torch_column(plan: &PlanView) -> String {
+    match plan.driver_compat {
+        DriverCompat::Exact => plan.torch.clone(),
+        DriverCompat::Minor => format!("{} (minor compat)", plan.torch),
+    }
 }
 
 /// "render-prod: 7 machines: 5 ok, 1 incompatible, 1 not targeted; cu128 4, cu126 1".

@@ -5,7 +5,7 @@
 mod sqlite;
 
 use comfyfleet_config::assignment::{AssignmentRecord, MachineAssignment};
-use comfyfleet_config::spec::SpecDigest;
+use comfyfleet_config::spec::{DriverCompat, SpecDigest};
 use comfyfleet_config::{AssignmentReason, ConvergenceReport, Inventory, Labels, MachineId, Role};
 use jiff::Timestamp;
 
@@ -201,6 +201,16 @@ pub struct StoredAssignment {
     pub assigned_by: String,
 }
 
+/// The `driver_compat` of a stored plan (exact when the plan does not say).
+pub fn plan_driver_compat(plan_json: &str) -> DriverCompat {
+    #[derive(serde::Deserialize)]
+    struct Compat {
+        #[serde(default)]
+        driver_compat: DriverCompat,
+    }
+    serde_json::from_str::<Compat>(plan_json).map(|compat| compat.driver_compat).unwrap_or_default()
+}
+
 impl StoredAssignment {
     /// How operators see it: everything but the plan.
     pub fn summary(&self) -> MachineAssignment {
@@ -214,6 +224,7 @@ impl StoredAssignment {
             assigned_at: self.assigned_at,
             assigned_by: self.assigned_by.clone(),
             torch: self.torch.clone(),
+            driver_compat: plan_driver_compat(&self.plan_json),
         }
     }
 

@@ -134,3 +134,42 @@ fn three_machines_converge_on_one_spec_each_with_its_own_build_and_kernels() {
     let drift = &current_environment(&machine)["drift"];
     assert_eq!(drift, &serde_json::json!(["triton is 3.4.0, verified 3.5.0"]), "{machine}");
 }
+
+#[test]
+fn a_550_driver_runs_a_cu128_build_under_minor_compatibility_and_says_so() {
+    let fleet = Fleet::start();
+    let _agent = fleet.agent("l40s", "l40s-x2-550");
+    let id = fleet.machine_id("l40s");
+    let spec_path = fleet.dir.path().join("spec.toml");
+    let plan = || fleet.cli(&["plan", "-f", spec_path.to_str().unwrap()]).success();
+
+    // Under the default rule the 550 driver (CUDA 12.4) is refused, with the hint.
+    fleet.apply(&fleet.spec(|options| options.cuda = vec!["cu128".to_owned()]));
+    let refused = plan();
+    assert!(refused.contains("incompatible"), "{refused}");
+    assert!(
+        refused.contains(
+            "would run cu128 under CUDA minor-version compatibility: set torch.driver_compat = \"minor\""
+        ),
+        "{refused}"
+    );
+
+    // Under `minor` it gets cu128, marked as such in plan, machines show and the JSON.
+    fleet.apply(&fleet.spec(|options| {
+        options.cuda = vec!["cu128".to_owned()];
+        options.torch_extra = "driver_compat = \"minor\"\n".to_owned();
+    }));
+    let planned = plan();
+    assert!(planned.contains("2.9.0+cu128 (minor compat)"), "{planned}");
+    fleet.cli(&["rollout", "start", "render-prod", "--wait", "--timeout", "3m"]).success();
+    let shown = fleet.cli(&["machines", "show", &id]).success();
+    assert!(
+        shown.contains(
+            "torch:       2.9.0+cu128 (planned; runs on this driver through CUDA minor-version compatibility)"
+        ),
+        "{shown}"
+    );
+    let machine = fleet.show(&id);
+    assert_eq!(machine["assignment"]["driver_compat"], "minor", "{machine}");
+    assert_eq!(machine["report"]["phase"], "active");
+}

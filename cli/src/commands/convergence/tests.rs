@@ -23,6 +23,7 @@ fn machine(reported: Option<u64>, phase: Phase) -> MachineView {
         assigned_at: Timestamp::UNIX_EPOCH,
         assigned_by: "op (0123456789ab)".into(),
         torch: "2.8.0+cu128".into(),
+        driver_compat: Default::default(),
     });
     machine.report = reported.map(|generation| {
         let mut report = ConvergenceReport::idle(Timestamp::UNIX_EPOCH);

@@ -44,6 +44,7 @@ fn machine() -> MachineView {
         assigned_at: Timestamp::from_second(1_767_225_600).unwrap(),
         assigned_by: "op (0123456789ab)".into(),
         torch: "2.8.0+cu128".into(),
+        driver_compat: Default::default(),
     });
     let mut report = ConvergenceReport::idle(Timestamp::from_second(1_767_225_660).unwrap());
     report.generation = 3;
@@ -138,4 +139,20 @@ fn show_says_what_is_missing() {
     assert!(text.ends_with("Environments: none built\n"), "{text}");
     machine.environments = None;
     assert!(describe(&machine, Timestamp::now()).ends_with("Environments: not reported yet\n"));
+}
+
+#[test]
+fn a_plan_relying_on_minor_compatibility_says_so() {
+    let now = Timestamp::from_second(1_767_225_670).unwrap();
+    let mut machine = machine();
+    if let Some(assignment) = machine.assignment.as_mut() {
+        assignment.driver_compat = comfyfleet_config::spec::DriverCompat::Minor;
+    }
+    let text = describe(&machine, now);
+    assert!(
+        text.contains(
+            "  torch:       2.8.0+cu128 (planned; runs on this driver through CUDA minor-version compatibility)\n"
+        ),
+        "{text}"
+    );
 }

@@ -5,7 +5,7 @@
 use std::str::FromStr;
 
 use comfyfleet_config::assignment::MachineAssignment;
-use comfyfleet_config::spec::SpecDigest;
+use comfyfleet_config::spec::{DriverCompat, SpecDigest};
 use comfyfleet_config::{AssignmentReason, ConvergenceReport, MachineId};
 use jiff::Timestamp;
 use sqlx::sqlite::SqliteRow;
@@ -14,10 +14,11 @@ use super::{SqliteStore, corrupt, count, database, get, millis, timestamp};
 use crate::store::{NewAssignment, StoreError, StoreResult, StoredAssignment};
 
 /// An assignment's columns, named as the machine queries join them in. The plan is
-/// left out: only the agent needs it.
+/// left out (only the agent needs it), but for whether it relies on minor compatibility.
 pub(super) const JOINED_ASSIGNMENT_COLUMNS: &str = "a.generation AS assignment_generation, \
      a.environment AS assignment_environment, a.revision_number AS assignment_revision_number, \
      a.revision_id AS assignment_revision_id, a.torch AS assignment_torch, \
+     json_extract(a.plan_json, '$.driver_compat') AS assignment_driver_compat, \
      a.activate AS assignment_activate, a.reason AS assignment_reason, \
      a.assigned_at AS assignment_assigned_at, a.assigned_by AS assignment_assigned_by, \
      r.report_json AS report_json";
@@ -60,6 +61,10 @@ pub(super) fn joined_assignment(row: &SqliteRow) -> StoreResult<Option<MachineAs
         assigned_at: timestamp("assigned_at", get(row, "assignment_assigned_at")?)?,
         assigned_by: get(row, "assignment_assigned_by")?,
         torch: get(row, "assignment_torch")?,
+        driver_compat: match get::<Option<String>>(row, "assignment_driver_compat")?.as_deref() {
+            Some("minor") => DriverCompat::Minor,
+            _ => DriverCompat::Exact,
+        },
     }))
 }
 

@@ -18,6 +18,8 @@ pub struct TestSpecOptions {
     pub torch_version: String,
     /// Allowed CUDA builds, most preferred first.
     pub cuda: Vec<String>,
+    /// More `[torch]` keys, e.g. `driver_compat = "minor"`.
+    pub torch_extra: String,
     /// Which SageAttention 2 wheels the spec lists.
     pub sageattention: SageAttentionWheels,
     /// Whether SageAttention 2 failing fails the machine.
@@ -66,6 +68,7 @@ impl TestSpecOptions {
             comfyui_ref: comfyui_ref.to_owned(),
             torch_version: "2.9.0".to_owned(),
             cuda: ["cu128", "cu126", "cu130"].map(str::to_owned).to_vec(),
+            torch_extra: String::new(),
             sageattention: SageAttentionWheels::PerSm,
             sageattention_fatal: false,
             custom_nodes: Vec::new(),
@@ -162,7 +165,7 @@ version = "{torch}"
 with = ["torchvision", "torchaudio"]
 cuda = {cuda}
 index = "{base_url}/whl/{{cuda}}"
-
+{torch_extra}
 [index]
 url = "{base_url}/simple"
 trusted_hosts = ["127.0.0.1"]
@@ -174,6 +177,7 @@ trusted_hosts = ["127.0.0.1"]
             comfyui_ref = options.comfyui_ref,
             torch = options.torch_version,
             cuda = quoted(&options.cuda),
+            torch_extra = options.torch_extra,
         );
         text.push_str(&self.optimization_toml(base_url, options));
         text.push_str(
