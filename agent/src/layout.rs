@@ -27,11 +27,18 @@ const ENV_DIR_ID_DIGITS: usize = 16;
 #[derive(Debug, Clone)]
 pub struct Layout {
     root: PathBuf,
+    /// `--uv-cache-dir`: uv's cache elsewhere than `cache/uv`.
+    uv_cache: Option<PathBuf>,
 }
 
 impl Layout {
     pub fn new(data_dir: &Path) -> Self {
-        Self { root: data_dir.to_owned() }
+        Self { root: data_dir.to_owned(), uv_cache: None }
+    }
+
+    /// The layout with uv's cache at `dir` (`None`: under the data dir).
+    pub fn with_uv_cache(self, dir: Option<PathBuf>) -> Self {
+        Self { uv_cache: dir, ..self }
     }
 
     pub fn root(&self) -> &Path {
@@ -43,7 +50,7 @@ impl Layout {
     }
 
     pub fn uv_cache(&self) -> PathBuf {
-        self.root.join("cache/uv")
+        self.uv_cache.clone().unwrap_or_else(|| self.root.join("cache/uv"))
     }
 
     pub fn wheel_cache(&self) -> PathBuf {

@@ -73,6 +73,8 @@ pub struct ProvisioningOptions {
     /// Environment variables passed to ComfyUI and the build commands, besides the
     /// built-in allow-list.
     pub pass_env: Vec<String>,
+    /// uv's cache, instead of `<data-dir>/cache/uv`.
+    pub uv_cache_dir: Option<PathBuf>,
 }
 
 impl Default for ProvisioningOptions {
@@ -83,6 +85,7 @@ impl Default for ProvisioningOptions {
             comfyui_port: None,
             python_downloads: "automatic".to_owned(),
             pass_env: Vec::new(),
+            uv_cache_dir: None,
         }
     }
 }
@@ -154,7 +157,7 @@ pub async fn run(options: AgentOptions, shutdown: impl Future<Output = ()>) -> R
         }
     };
 
-    let layout = Layout::new(&options.data_dir);
+    let layout = Layout::new(&options.data_dir).with_uv_cache(options.provisioning.uv_cache_dir.clone());
     layout.create().map_err(|source| AgentError::Layout { path: options.data_dir.clone(), source })?;
     write_model_paths(&layout).map_err(|source| AgentError::Layout { path: layout.shared(), source })?;
     let journal = Journal::new(&layout.journal());

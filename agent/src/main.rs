@@ -46,6 +46,10 @@ struct Args {
     /// fetched from the spec's package index and checked against its sha256.
     #[arg(long, env = "COMFYFLEET_UV")]
     uv: Option<PathBuf>,
+    /// uv's cache directory (default: `<data-dir>/cache/uv`). Keep it on the data
+    /// dir's filesystem: environments hardlink their packages from it.
+    #[arg(long, env = "COMFYFLEET_UV_CACHE_DIR")]
+    uv_cache_dir: Option<PathBuf>,
     /// Earlier environments kept on disk besides the current one, for instant rollback.
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u8).range(0..=8))]
     keep_revisions: u8,
@@ -102,6 +106,7 @@ async fn main() -> ExitCode {
             comfyui_port: args.comfyui_port,
             python_downloads: args.python_downloads,
             pass_env: args.pass_env,
+            uv_cache_dir: args.uv_cache_dir,
         },
     };
     match comfyfleet_agent::run(options, comfyfleet_daemon::shutdown::signal()).await {
