@@ -343,6 +343,28 @@ impl Activator<'_> {
         ActivationFailure { step: failure.step, message: format!("{}; {outcome}", failure.message) }
     }
 
+    /// The custom nodes ComfyUI could not load at this start, from its log: those the
+    /// spec requires (each named with the end of its traceback), then warnings about
+    /// the ones it marks `required = false`.
+    fn custom_node_failures(&self, record: &CompleteRecord) -> (Vec<String>, Vec<String>) {
+        let log = self.service.this_start_log();
+        let mut broken = Vec::new();
+        let mut warnings = Vec::new();
+        for node in failed_nodes(&log) {
+            let lines: Vec<&str> = node.why.lines().map(str::trim).collect();
+            let why = lines[lines.len().saturating_sub(3)..].join(" | ");
+            if record.optional_nodes.iter().any(|optional| optional == &node.name) {
+                warnings.push(format!(
+                    "custom node {} failed to import (required = false, ComfyUI runs without it): {why}",
+                    node.name
+                ));
+            } else {
+                broken.push(format!("custom node {} failed to import: {why}", node.name));
+            }
+        }
+        (broken, warnings)
+    }
+
     async fn get<T: for<'de> Deserialize<'de>>(&self, url: &str) -> Result<T, String> {
         let response = self
             .http
@@ -366,30 +388,6 @@ enum Nodes {
     Required,
     /// The environment being switched back to: it runs whatever it has.
     Report,
-}
-
-impl Activator<'_> {
-    /// The custom nodes ComfyUI could not load at this start, from its log: those the
-    /// spec requires (each named with the end of its traceback), then warnings about
-    /// the ones it marks `required = false`.
-    fn custom_node_failures(&self, record: &CompleteRecord) -> (Vec<String>, Vec<String>) {
-        let log = self.service.this_start_log();
-        let mut broken = Vec::new();
-        let mut warnings = Vec::new();
-        for node in failed_nodes(&log) {
-            let lines: Vec<&str> = node.why.lines().map(str::trim).collect();
-            let why = lines[lines.len().saturating_sub(3)..].join(" | ");
-            if record.optional_nodes.iter().any(|optional| optional == &node.name) {
-                warnings.push(format!(
-                    "custom node {} failed to import (required = false, ComfyUI runs without it): {why}",
-                    node.name
-                ));
-            } else {
-                broken.push(format!("custom node {} failed to import: {why}", node.name));
-            }
-        }
-        (broken, warnings)
-    }
 }
 
 /// Points `current` at `env` atomically: a new symlink renamed over the old one.

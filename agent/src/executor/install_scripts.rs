@@ -9,6 +9,7 @@
 
 use std::time::Duration;
 
+use super::torch::pins;
 use super::{Build, StepOutcome, StepResult};
 use crate::command::Invocation;
 use crate::report::StepHandle;
@@ -59,14 +60,7 @@ pub async fn run(build: &Build<'_>, step: &mut StepHandle) -> StepResult {
 async fn run_script(build: &Build<'_>, step: &mut StepHandle, name: &str) -> Result<(), String> {
     let venv = build.env.venv();
     let held = build.env.meta().join("install-script-constraints.txt");
-    let pins: Vec<String> = build
-        .assignment
-        .plan
-        .packages
-        .iter()
-        .map(|package| format!("{}=={}", package.name, package.version))
-        .collect();
-    std::fs::write(&held, pins.join("\n") + "\n")
+    std::fs::write(&held, pins(build).join("\n") + "\n")
         .map_err(|error| format!("cannot write {}: {error}", held.display()))?;
     let path = std::env::var_os("PATH").unwrap_or_default();
     let mut search = vec![venv.join("bin")];

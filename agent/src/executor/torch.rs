@@ -13,8 +13,7 @@ const TORCH_IMPOSTORS: &[&str] = &["torch-cpu", "pytorch", "torch-nightly", "tor
 
 pub async fn install(build: &Build<'_>, step: &mut StepHandle) -> StepResult {
     let plan = &build.assignment.plan;
-    let pins: Vec<String> =
-        plan.packages.iter().map(|package| format!("{}=={}", package.name, package.version)).collect();
+    let pins = pins(build);
     let installed = installed_distributions(&build.env.venv());
     let present = plan.packages.iter().all(|package| installed.get(&package.name) == Some(&package.version));
     if present && !build.repair {
@@ -49,17 +48,22 @@ pub async fn install(build: &Build<'_>, step: &mut StepHandle) -> StepResult {
 /// torch instead (impostors are overridden by a marker that is never true, which
 /// drops them from the resolution).
 pub fn overrides(build: &Build<'_>) -> String {
-    let mut lines: Vec<String> = build
+    let mut lines = pins(build);
+    for impostor in TORCH_IMPOSTORS {
+        lines.push(format!("{impostor} ; sys_platform == 'comfyfleet-never'"));
+    }
+    lines.join("\n") + "\n"
+}
+
+/// `torch==2.11.0+cu128` and its companions' pins: what every later install holds.
+pub fn pins(build: &Build<'_>) -> Vec<String> {
+    build
         .assignment
         .plan
         .packages
         .iter()
         .map(|package| format!("{}=={}", package.name, package.version))
-        .collect();
-    for impostor in TORCH_IMPOSTORS {
-        lines.push(format!("{impostor} ; sys_platform == 'comfyfleet-never'"));
-    }
-    lines.join("\n") + "\n"
+        .collect()
 }
 
 /// Whether a requirement names a package the overrides hold.

@@ -9,7 +9,7 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
-use super::values::{PythonVersion, Specifiers, TorchSeries};
+use super::values::{PythonVersion, Specifiers, TorchSeries, string_serde};
 
 /// The CPython a wheel serves: `cp312` (exactly 3.12) or `cp39-abi3` (3.9 and later,
 /// through the stable ABI).
@@ -105,22 +105,6 @@ impl fmt::Display for TorchMatch {
     }
 }
 
-macro_rules! string_serde {
-    ($type:ty) => {
-        impl Serialize for $type {
-            fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-                serializer.collect_str(self)
-            }
-        }
-
-        impl<'de> Deserialize<'de> for $type {
-            fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-                let text = String::deserialize(deserializer)?;
-                text.parse().map_err(serde::de::Error::custom)
-            }
-        }
-    };
-}
 string_serde!(WheelPython);
 string_serde!(TorchMatch);
 

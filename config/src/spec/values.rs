@@ -328,6 +328,7 @@ impl fmt::Display for HumanDuration {
     }
 }
 string_serde!(HumanDuration);
+pub(crate) use string_serde;
 
 /// Which drivers may run a torch CUDA build.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]

@@ -48,7 +48,11 @@ fn the_demo_brings_up_four_agents_and_converges_them_on_the_example_spec() {
     );
     // One stable-ABI SageAttention wheel covers every GPU of every targeted box, the
     // mixed RTX 4090 + RTX A6000 one included, and its kernels ran on each.
-    assert_eq!(stdout.matches("sageattention 2.2.0+cu128torch2.9.0andhigher.post4 verified").count(), 2, "{stdout}");
+    assert_eq!(
+        stdout.matches("sageattention 2.2.0+cu128torch2.9.0andhigher.post4 verified").count(),
+        2,
+        "{stdout}"
+    );
     assert!(stdout.contains("sageattention 2.2.0+cu130torch2.9.0andhigher.post4 verified"), "{stdout}");
     assert_eq!(stdout.matches("render-prod@1 active").count(), 3, "{stdout}");
     // --once stops what it started, ComfyUI included.
