@@ -43,19 +43,6 @@ impl ComputeSet {
         })
     }
 
-    /// The exact SMs in the set, when it is a finite list of them (the SMs a fat
-    /// wheel was built for); `None` for an open range.
-    pub fn exact_sms(&self) -> Option<Vec<ComputeCapability>> {
-        let mut sms = Vec::new();
-        for (low, high) in &self.intervals {
-            if high - low > MINORS {
-                return None;
-            }
-            sms.extend((*low..*high).map(from_ordinal));
-        }
-        Some(sms)
-    }
-
     /// `[low, high)` intervals as `(major*100 + minor)` ordinals, for code that checks
     /// membership elsewhere (the stand-in kernels).
     pub fn ordinal_intervals(&self) -> &[(u32, u32)] {
@@ -221,8 +208,6 @@ mod tests {
             assert!(!fat.contains(cc(sm)), "{sm}");
         }
         assert_eq!(fat.to_string(), "[8.0, 8.6, 8.9, 9.0, 12.0]");
-        assert_eq!(fat.exact_sms().unwrap().len(), 5);
-        assert!(ComputeSet::parse(">=10.0").unwrap().exact_sms().is_none());
         let mixed = list(&[">=8.0,<8.6", "12.0"]);
         assert!(mixed.contains(cc("8.5")) && mixed.contains(cc("12.0")) && !mixed.contains(cc("8.6")));
     }
