@@ -169,14 +169,14 @@ pub async fn run(build: &mut Build<'_>, step: &mut StepHandle) -> StepResult {
             .iter()
             .find(|planned| planned.name == outcome.name)
             .and_then(|planned| planned.smoke.as_ref());
-        let checked = match output.optimizations.get(&outcome.name) {
+        let import = output.optimizations.get(&outcome.name);
+        let checked = match import {
             Some(import) if import.ok => smoke_failures(gpus, import, smoke.map(|call| call.call.as_str())),
             other => Err(format!(
                 "does not import: {}",
                 other.and_then(|import| import.error.clone()).unwrap_or_else(|| "not checked".into())
             )),
         };
-        let import = output.optimizations.get(&outcome.name);
         match checked {
             Ok(ran) => {
                 outcome.state = OptimizationState::Verified;
