@@ -112,6 +112,21 @@ fn plan_offline_over_saved_facts_gives_the_same_answer_as_the_live_fleet() {
     let stderr = String::from_utf8_lossy(&refused.stderr);
     assert!(stderr.contains("is not the output of `comfyfleet machines -o json`"), "{stderr}");
 
+    // A torch release comfyfleet has no facts for: `plan` says so, and how to add them.
+    let unknown = dir.path().join("unknown-torch.toml");
+    std::fs::write(&unknown, EXAMPLE.replace("version = \"2.11.0\"", "version = \"2.99.0\"")).unwrap();
+    let refused = Command::new(&binaries().cli)
+        .args(["plan", "-f"])
+        .arg(&unknown)
+        .arg("--facts")
+        .arg(&facts)
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("comfyfleet has no build facts for torch 2.99"), "{stderr}");
+    assert!(stderr.contains("add a [[torch.release]] with series = \"2.99\" and its builds"), "{stderr}");
+
     let table = plan_offline(&spec, &facts, "table");
     assert!(
         table.contains(
