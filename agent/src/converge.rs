@@ -414,6 +414,7 @@ mod tests {
             plan,
             activate: true,
             reason: AssignmentReason::Rollout,
+            lock: None,
         }
     }
 

@@ -23,8 +23,8 @@ pub enum DownloadError {
     Client(String),
     #[error("downloading {url} failed: {detail}; check that this machine can reach it")]
     Request { url: String, detail: String },
-    #[error("downloading {url} failed: the server answered {status}")]
-    Status { url: String, status: u16 },
+    #[error("downloading {url} failed: the server answered {status}{}", if message.is_empty() { String::new() } else { format!(": {message}") })]
+    Status { url: String, status: u16, message: String },
     #[error("{url} is larger than {limit} bytes; refusing it")]
     TooLarge { url: String, limit: u64 },
     #[error(
@@ -73,15 +73,94 @@ impl Downloader {
         Ok(Self { client, cache: cache.to_owned() })
     }
 
+    /// Downloads through the controller's package cache: its CA is the only root
+    /// trusted, and the agent presents its machine certificate.
+    pub fn for_controller(
+        cache: &Path,
+        ca_pem: &str,
+        certificate_pem: &str,
+        key_pem: &str,
+    ) -> Result<Self, DownloadError> {
+        install_crypto_provider();
+        let client_error = |error: reqwest::Error| DownloadError::Client(error_chain(&error));
+        let ca = reqwest::Certificate::from_pem(ca_pem.as_bytes()).map_err(client_error)?;
+        let identity = reqwest::Identity::from_pem(format!("{certificate_pem}\n{key_pem}").as_bytes())
+            .map_err(client_error)?;
+        let client = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(30))
+            // A waiting agent hears nothing until the controller's first upstream bytes.
+            .read_timeout(Duration::from_secs(300))
+            .tls_certs_only([ca])
+            .identity(identity)
+            .no_proxy()
+            .user_agent(concat!("comfyfleet-agent/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(client_error)?;
+        Ok(Self { client, cache: cache.to_owned() })
+    }
+
+    /// The verified file with this sha256, if an earlier download kept one.
+    pub fn cached(&self, sha256: &str, file_name: &str) -> Option<PathBuf> {
+        let path = self.cache.join(sha256).join(file_name);
+        path.is_file().then_some(path)
+    }
+
+    /// Downloads `url` to `dest` as it is (a git bundle: git checks what it holds).
+    pub async fn to_file(&self, url: &str, dest: &Path) -> Result<u64, DownloadError> {
+        let shown = redact_credentials(url);
+        let io = |path: &Path| {
+            let path = path.to_owned();
+            move |source| DownloadError::Io { path, source }
+        };
+        let mut response = self.get(url).await?;
+        let partial = dest.with_extension("partial");
+        let mut file = tokio::fs::File::create(&partial).await.map_err(io(&partial))?;
+        let mut received = 0u64;
+        while let Some(chunk) = response
+            .chunk()
+            .await
+            .map_err(|error| DownloadError::Request { url: shown.clone(), detail: error_chain(&error) })?
+        {
+            received += chunk.len() as u64;
+            if received > MAX_DOWNLOAD_BYTES {
+                let _ = tokio::fs::remove_file(&partial).await;
+                return Err(DownloadError::TooLarge { url: shown, limit: MAX_DOWNLOAD_BYTES });
+            }
+            file.write_all(&chunk).await.map_err(io(&partial))?;
+        }
+        file.sync_all().await.map_err(io(&partial))?;
+        drop(file);
+        tokio::fs::rename(&partial, dest).await.map_err(io(dest))?;
+        Ok(received)
+    }
+
     async fn get(&self, url: &str) -> Result<reqwest::Response, DownloadError> {
         let shown = redact_credentials(url);
-        let response =
+        let mut response =
             self.client.get(url).send().await.map_err(|error| DownloadError::Request {
                 url: shown.clone(),
                 detail: error_chain(&error),
             })?;
         if !response.status().is_success() {
-            return Err(DownloadError::Status { url: shown, status: response.status().as_u16() });
+            let status = response.status().as_u16();
+            // The controller's cache says why in a line of text (naming the upstream URL).
+            let plain = response
+                .headers()
+                .get(reqwest::header::CONTENT_TYPE)
+                .and_then(|value| value.to_str().ok())
+                .is_some_and(|value| value.starts_with("text/plain"));
+            let mut message = String::new();
+            if plain {
+                let mut body = Vec::new();
+                while let Ok(Some(chunk)) = response.chunk().await {
+                    body.extend_from_slice(&chunk);
+                    if body.len() > 16 << 10 {
+                        break;
+                    }
+                }
+                message = String::from_utf8_lossy(&body).trim().to_owned();
+            }
+            return Err(DownloadError::Status { url: shown, status, message });
         }
         Ok(response)
     }

@@ -36,6 +36,7 @@ use crate::command::ChildEnvironment;
 use crate::converge::Converger;
 use crate::download::Downloader;
 use crate::enroll::{EnrollError, Enrollment};
+use crate::executor::PackageCacheClient;
 use crate::executor::{Executor, Tools};
 use crate::identity::{IdentityDir, IdentityError};
 use crate::inventory::{InventoryCollector, NvmlProbe, kernel_hostname};
@@ -75,6 +76,9 @@ pub struct ProvisioningOptions {
     pub pass_env: Vec<String>,
     /// uv's cache, instead of `<data-dir>/cache/uv`.
     pub uv_cache_dir: Option<PathBuf>,
+    /// Fetch locked files, kernel wheels and git commits through the controller's
+    /// package cache (the default), or straight from upstream.
+    pub package_cache: bool,
 }
 
 impl Default for ProvisioningOptions {
@@ -86,6 +90,7 @@ impl Default for ProvisioningOptions {
             python_downloads: "automatic".to_owned(),
             pass_env: Vec::new(),
             uv_cache_dir: None,
+            package_cache: true,
         }
     }
 }
@@ -167,6 +172,19 @@ pub async fn run(options: AgentOptions, shutdown: impl Future<Output = ()>) -> R
         uv_override: provisioning.uv.clone(),
         environment: environment.clone(),
         downloader: Downloader::new(&layout.wheel_cache())?,
+        package_cache: if provisioning.package_cache {
+            Some(PackageCacheClient {
+                base: format!("{}/cache/v1", identity.controller_url.trim_end_matches('/')),
+                downloader: Downloader::for_controller(
+                    &layout.wheel_cache(),
+                    &identity.ca_pem,
+                    &identity.certificate_pem,
+                    &identity.key_pem,
+                )?,
+            })
+        } else {
+            None
+        },
         python_downloads: provisioning.python_downloads.clone(),
     };
     let collector = Arc::new(Mutex::new(InventoryCollector::new(

@@ -50,6 +50,10 @@ struct Args {
     /// dir's filesystem: environments hardlink their packages from it.
     #[arg(long, env = "COMFYFLEET_UV_CACHE_DIR")]
     uv_cache_dir: Option<PathBuf>,
+    /// Fetch packages, kernel wheels and git commits from upstream directly instead
+    /// of through the controller's package cache.
+    #[arg(long, env = "COMFYFLEET_NO_PACKAGE_CACHE")]
+    no_package_cache: bool,
     /// Earlier environments kept on disk besides the current one, for instant rollback.
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u8).range(0..=8))]
     keep_revisions: u8,
@@ -107,6 +111,7 @@ async fn main() -> ExitCode {
             python_downloads: args.python_downloads,
             pass_env: args.pass_env,
             uv_cache_dir: args.uv_cache_dir,
+            package_cache: !args.no_package_cache,
         },
     };
     match comfyfleet_agent::run(options, comfyfleet_daemon::shutdown::signal()).await {

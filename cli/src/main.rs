@@ -80,6 +80,10 @@ enum Command {
         /// The spec file (TOML or JSON; `-` reads standard input).
         #[arg(short, long = "file", value_name = "SPEC")]
         file: PathBuf,
+        /// Also lock this build class, which no targeted machine has yet
+        /// (repeatable), e.g. cp312-cu130-linux_x86_64.
+        #[arg(long = "class", value_name = "CLASS")]
+        classes: Vec<String>,
     },
     /// Stored environments and their revisions.
     #[command(subcommand)]
@@ -88,6 +92,31 @@ enum Command {
     /// abort or undo rollouts.
     #[command(subcommand, after_help = ROLLOUT_HELP)]
     Rollout(RolloutCommand),
+    /// The controller's package cache: what it holds, pruning it, filling it ahead
+    /// of a rollout (for air-gapped farms).
+    #[command(subcommand)]
+    Cache(CacheCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum CacheCommand {
+    /// Size, files, hit rate, and bytes fetched from upstream versus served.
+    Status {
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: OutputFormat,
+    },
+    /// Remove the files no kept revision (each environment's newest, every assigned
+    /// one) needs; with --all, every file.
+    Prune {
+        #[arg(long)]
+        all: bool,
+    },
+    /// Fetch everything every build class of a revision needs: after it, a rollout
+    /// of that revision builds with every upstream unreachable.
+    Fill {
+        #[arg(value_name = "NAME[@REV]")]
+        reference: String,
+    },
 }
 
 const ROLLOUT_HELP: &str = "\
@@ -241,8 +270,22 @@ enum EnvCommand {
     Show {
         #[arg(value_name = "NAME[@REV]")]
         reference: String,
+        /// Show the revision's locks instead: every package, version, URL, sha256.
+        #[arg(long)]
+        lock: bool,
+        /// With --lock: only this build class's lock.
+        #[arg(long = "class", value_name = "CLASS", requires = "lock")]
+        class: Option<String>,
         #[arg(short, long, value_enum, default_value = "table")]
         output: OutputFormat,
+    },
+    /// Lock more build classes of a revision (a GPU generation that joined); the
+    /// result is a new revision.
+    Lock {
+        #[arg(value_name = "NAME[@REV]")]
+        reference: String,
+        #[arg(long = "class", value_name = "CLASS", required = true)]
+        classes: Vec<String>,
     },
     /// Every revision of an environment, oldest first.
     History {
@@ -352,7 +395,7 @@ async fn run(cli: Cli) -> anyhow::Result<String> {
     }
     // A spec with mistakes is reported before any connection is tried.
     let spec = match &cli.command {
-        Command::Plan { file, .. } | Command::Apply { file } => Some(spec_file::load(file)?),
+        Command::Plan { file, .. } | Command::Apply { file, .. } => Some(spec_file::load(file)?),
         _ => None,
     };
     let config_path = client::config_path(cli.config)?;
@@ -395,12 +438,23 @@ async fn run(cli: Cli) -> anyhow::Result<String> {
             let machines = commands::machines::fetch_all(&mut fleet, false).await?;
             commands::plan::render(&commands::plan::plan(&spec.spec, &machines)?, output)
         }
-        Command::Apply { .. } => {
+        Command::Apply { classes, .. } => {
             let spec = spec.ok_or_else(|| anyhow::anyhow!("no spec"))?;
-            commands::environments::apply(&mut fleet, spec).await
+            commands::environments::apply(&mut fleet, spec, classes).await
+        }
+        Command::Env(EnvCommand::Lock { reference, classes }) => {
+            commands::environments::lock(&mut fleet, reference, classes).await
+        }
+        Command::Cache(CacheCommand::Status { output }) => commands::cache::status(&mut fleet, output).await,
+        Command::Cache(CacheCommand::Prune { all }) => commands::cache::prune(&mut fleet, all).await,
+        Command::Cache(CacheCommand::Fill { reference }) => {
+            commands::cache::fill(&mut fleet, reference).await
         }
         Command::Env(EnvCommand::List { output }) => commands::environments::list(&mut fleet, output).await,
-        Command::Env(EnvCommand::Show { reference, output }) => {
+        Command::Env(EnvCommand::Show { reference, lock: true, class, output }) => {
+            commands::environments::show_lock(&mut fleet, reference, class, output).await
+        }
+        Command::Env(EnvCommand::Show { reference, output, .. }) => {
             commands::environments::show(&mut fleet, reference, output).await
         }
         Command::Env(EnvCommand::History { name, output }) => {

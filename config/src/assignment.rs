@@ -6,6 +6,7 @@
 use std::fmt;
 use std::str::FromStr;
 
+use crate::lock::Lock;
 use serde::{Deserialize, Serialize};
 
 use crate::resolve::MachinePlan;
@@ -57,6 +58,9 @@ pub struct AssignmentRecord {
     pub plan_json: String,
     pub activate: bool,
     pub reason: String,
+    /// The lock of the plan's build class (canonical JSON); empty when the revision
+    /// has no locks.
+    pub lock_json: String,
 }
 
 /// A checked assignment: the spec validates, is the revision it claims to be, has
@@ -72,6 +76,8 @@ pub struct Assignment {
     pub plan: MachinePlan,
     pub activate: bool,
     pub reason: AssignmentReason,
+    /// Everything this machine installs, when the revision is locked.
+    pub lock: Option<Lock>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -86,6 +92,8 @@ pub enum AssignmentError {
     Unpinned(String),
     #[error("the assigned plan is unreadable: {0}")]
     Plan(String),
+    #[error("the assigned lock: {0}")]
+    Lock(String),
     #[error("`{field}`: {reason}")]
     Field { field: &'static str, reason: String },
 }
@@ -123,6 +131,7 @@ impl Assignment {
         }
         let plan: MachinePlan = serde_json::from_str(&record.plan_json)
             .map_err(|error| AssignmentError::Plan(error.to_string()))?;
+        let lock = Self::check_lock(&spec, &plan, &record.lock_json)?;
         Ok(Assignment {
             generation: record.generation,
             environment: record.environment.clone(),
@@ -132,7 +141,40 @@ impl Assignment {
             plan,
             activate: record.activate,
             reason,
+            lock,
         })
+    }
+
+    /// A locked revision comes with the lock of the plan's class, whose digest the
+    /// spec (and so the revision id) names; an unlocked one with none.
+    fn check_lock(spec: &Spec, plan: &MachinePlan, lock_json: &str) -> Result<Option<Lock>, AssignmentError> {
+        if spec.lock.digests.is_empty() {
+            if !lock_json.is_empty() {
+                return Err(AssignmentError::Lock("sent with a revision that has no locks".into()));
+            }
+            return Ok(None);
+        }
+        let class = plan.class();
+        let Some(expected) = spec.lock.digests.get(&class) else {
+            return Err(AssignmentError::Lock(format!("the revision has no lock for build class {class}")));
+        };
+        if lock_json.is_empty() {
+            return Err(AssignmentError::Lock(format!("missing; the revision locks build class {class}")));
+        }
+        let lock = Lock::from_json(lock_json).map_err(AssignmentError::Lock)?;
+        if lock.class != class {
+            return Err(AssignmentError::Lock(format!(
+                "is for build class {}, not the plan's {class}",
+                lock.class
+            )));
+        }
+        let actual = lock.digest();
+        if &actual != expected {
+            return Err(AssignmentError::Lock(format!(
+                "has digest {actual}, but the revision names {expected} for {class}"
+            )));
+        }
+        Ok(Some(lock))
     }
 
     pub fn to_record(&self) -> AssignmentRecord {
@@ -145,6 +187,7 @@ impl Assignment {
             plan_json: serde_json::to_string(&self.plan).unwrap_or_default(),
             activate: self.activate,
             reason: self.reason.to_string(),
+            lock_json: self.lock.as_ref().map(Lock::to_canonical_json).unwrap_or_default(),
         }
     }
 
@@ -215,6 +258,7 @@ mod tests {
             plan_json: serde_json::to_string(&plan).unwrap(),
             activate: true,
             reason: "rollout".into(),
+            lock_json: String::new(),
         }
     }
 

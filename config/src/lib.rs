@@ -12,7 +12,9 @@ pub mod installed;
 pub mod inventory;
 pub mod join_token;
 pub mod labels;
+pub mod lock;
 pub mod machine;
+pub mod requirements;
 mod secret_token;
 
 pub use admin_config::AdminConfig;

@@ -133,32 +133,43 @@ impl pb::agent_service_server::AgentService for AgentApi {
 impl AgentApi {
     /// The machine named by the client certificate, if that machine may connect.
     async fn authenticate_machine<T>(&self, request: &Request<T>) -> Result<MachineId, Status> {
-        let certificates = request.peer_certs().ok_or_else(|| {
-            Status::unauthenticated(
-                "the agent API needs the client certificate that enrollment issues; \
-                 start the agent with --join-token to enroll",
-            )
-        })?;
-        let leaf =
-            certificates.first().ok_or_else(|| Status::unauthenticated("empty client certificate chain"))?;
-        let machine_id = machine_id_of(leaf).map_err(Status::unauthenticated)?;
-        let machine =
-            self.state.store.get_machine(&machine_id).await.map_err(internal)?.ok_or_else(|| {
-                Status::permission_denied(format!("machine {machine_id} is not enrolled here"))
-            })?;
-        if let Some(at) = machine.revoked_at {
-            return Err(Status::permission_denied(format!(
-                "machine {machine_id} was revoked at {at}; to bring it back, remove the agent's identity \
-                 directory and enroll again with a new join token"
-            )));
-        }
-        if machine.cert_sha256 != certificate_sha256(leaf) {
-            return Err(Status::permission_denied(format!(
-                "this certificate is not machine {machine_id}'s current one"
-            )));
-        }
-        Ok(machine_id)
+        authenticate_certificate(&self.state, request.peer_certs().as_deref().map(Vec::as_slice)).await
     }
+}
+
+/// The machine a client certificate names, if that machine is enrolled, not revoked,
+/// and this is its current certificate: the agent API and the package cache.
+pub(crate) async fn authenticate_certificate(
+    state: &ControllerState,
+    certificates: Option<&[rustls::pki_types::CertificateDer<'static>]>,
+) -> Result<MachineId, Status> {
+    let certificates = certificates.ok_or_else(|| {
+        Status::unauthenticated(
+            "the agent API needs the client certificate that enrollment issues; \
+             start the agent with --join-token to enroll",
+        )
+    })?;
+    let leaf =
+        certificates.first().ok_or_else(|| Status::unauthenticated("empty client certificate chain"))?;
+    let machine_id = machine_id_of(leaf).map_err(Status::unauthenticated)?;
+    let machine = state
+        .store
+        .get_machine(&machine_id)
+        .await
+        .map_err(internal)?
+        .ok_or_else(|| Status::permission_denied(format!("machine {machine_id} is not enrolled here")))?;
+    if let Some(at) = machine.revoked_at {
+        return Err(Status::permission_denied(format!(
+            "machine {machine_id} was revoked at {at}; to bring it back, remove the agent's identity \
+             directory and enroll again with a new join token"
+        )));
+    }
+    if machine.cert_sha256 != certificate_sha256(leaf) {
+        return Err(Status::permission_denied(format!(
+            "this certificate is not machine {machine_id}'s current one"
+        )));
+    }
+    Ok(machine_id)
 }
 
 /// One agent's stream, from Hello to its end.

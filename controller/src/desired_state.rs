@@ -165,8 +165,28 @@ async fn load(
             spec
         }
     };
-    let desired = pb::DesiredState::from(&assignment.record(spec_json.as_ref().clone()));
+    let lock_json = lock_for(store, spec_json.as_ref(), &assignment.plan_json).await?;
+    let desired = pb::DesiredState::from(&assignment.record(spec_json.as_ref().clone(), lock_json));
     Ok(Some((assignment, desired)))
+}
+
+/// The lock of the plan's build class, when the revision is locked. A revision that
+/// has none for the class is sent without one: the agent refuses it, saying why.
+async fn lock_for(store: &dyn Store, spec_json: &str, plan_json: &str) -> Result<String, LoadError> {
+    #[derive(serde::Deserialize)]
+    struct Locks {
+        #[serde(default)]
+        lock: comfyfleet_config::spec::LockSpec,
+    }
+    let Ok(locks) = serde_json::from_str::<Locks>(spec_json) else { return Ok(String::new()) };
+    if locks.lock.digests.is_empty() {
+        return Ok(String::new());
+    }
+    let Ok(plan) = serde_json::from_str::<comfyfleet_config::MachinePlan>(plan_json) else {
+        return Ok(String::new());
+    };
+    let Some(digest) = locks.lock.digests.get(&plan.class()) else { return Ok(String::new()) };
+    Ok(store.lock(digest).await?.map(|lock| lock.lock_json).unwrap_or_default())
 }
 
 #[cfg(test)]

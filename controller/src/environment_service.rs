@@ -14,6 +14,7 @@ use tonic::Status;
 use crate::auth::Caller;
 use crate::fleet_service::internal;
 use crate::git_pin::{self, GitPin};
+use crate::locking;
 use crate::state::ControllerState;
 use crate::store::{EnvironmentSummary, NewRevision, StoredRevision};
 
@@ -45,12 +46,20 @@ pub async fn apply(
     let pins = git_pin::pin_spec(&mut spec)
         .await
         .map_err(|errors| Status::failed_precondition(errors.to_string()))?;
+    let requested = parse_classes(&request.classes)?;
+    let locked = if state.settings.lock_on_apply {
+        lock_applied(state, &mut spec, requested).await?
+    } else {
+        crate::locking::Locked { locks: Vec::new() }
+    };
     let revision = NewRevision {
         environment: spec.name.clone(),
         id: spec.digest(),
         spec_json: to_canonical_json(&spec),
         created_at: Timestamp::now(),
         created_by: caller.actor(),
+        locks: locked.stored(),
+        files: locked.files(&spec),
     };
     let (stored, created) = state.store.put_environment_revision(&revision).await.map_err(internal)?;
     let target = format!("{}@{}", stored.environment, stored.number);
@@ -64,11 +73,131 @@ pub async fn apply(
         by = %caller.actor(),
         "environment applied"
     );
+    let mut wire = revision_to_wire(&stored);
+    wire.locks = locks_to_wire(state, &stored).await?;
     Ok(pb::ApplyEnvironmentResponse {
-        revision: Some(revision_to_wire(&stored)),
+        revision: Some(wire),
         created,
         pins: pins.iter().map(pin_to_wire).collect(),
     })
+}
+
+/// Locks the classes the targeted fleet needs, the spec's `lock.classes` and the
+/// requested ones (every allowed CUDA build on x86_64 when that is none), and names
+/// the locks in the spec.
+async fn lock_applied(
+    state: &ControllerState,
+    spec: &mut Spec,
+    requested: Vec<String>,
+) -> Result<locking::Locked, Status> {
+    let machines: Vec<_> = crate::rollout_service::fleet(state)
+        .await?
+        .into_iter()
+        .map(|machine| crate::fleet_service::machine_record(&state.presence, machine))
+        .collect();
+    let mut classes = locking::fleet_classes(spec, &machines);
+    classes.extend(spec.lock.classes.iter().cloned());
+    classes.extend(requested);
+    if classes.is_empty() {
+        classes = locking::default_classes(spec);
+    }
+    spec.lock.digests.clear();
+    let locked =
+        state.locker.lock(spec, &classes).await.map_err(|problems| {
+            Status::failed_precondition(format!("cannot lock {}:\n{problems}", spec.name))
+        })?;
+    spec.lock.digests = locked.locks.iter().map(|lock| (lock.class.clone(), lock.digest())).collect();
+    Ok(locked)
+}
+
+/// `env lock NAME@REV --class C`: the revision with more build classes locked, as a
+/// new revision (its other locks and its commits unchanged).
+pub async fn lock(
+    state: &ControllerState,
+    caller: &Caller,
+    request: pb::LockEnvironmentRequest,
+) -> Result<pb::ApplyEnvironmentResponse, Status> {
+    let classes = parse_classes(&request.classes)?;
+    if classes.is_empty() {
+        return Err(Status::invalid_argument(
+            "name at least one build class to lock, e.g. --class cp312-cu128-linux_x86_64",
+        ));
+    }
+    let base = find_revision(state, &request.environment, &request.revision).await?;
+    let mut spec = Spec::parse("stored spec", &base.spec_json, SpecFormat::Json)
+        .map_err(|errors| Status::internal(format!("a stored revision does not parse: {errors}")))?;
+    let new: std::collections::BTreeSet<String> =
+        classes.into_iter().filter(|class| !spec.lock.digests.contains_key(class)).collect();
+    let locked =
+        state.locker.lock(&spec, &new).await.map_err(|problems| {
+            Status::failed_precondition(format!("cannot lock {}:\n{problems}", spec.name))
+        })?;
+    let mut locks = Vec::new();
+    for (class, digest) in &spec.lock.digests {
+        let stored =
+            state.store.lock(digest).await.map_err(internal)?.ok_or_else(|| {
+                Status::internal(format!("the store has lost the lock of {class} ({digest})"))
+            })?;
+        locks.push(stored);
+    }
+    locks.extend(locked.stored());
+    for lock in &locked.locks {
+        spec.lock.digests.insert(lock.class.clone(), lock.digest());
+    }
+    let revision = NewRevision {
+        environment: spec.name.clone(),
+        id: spec.digest(),
+        spec_json: to_canonical_json(&spec),
+        created_at: Timestamp::now(),
+        created_by: caller.actor(),
+        locks,
+        files: locked.files(&spec),
+    };
+    let (stored, created) = state.store.put_environment_revision(&revision).await.map_err(internal)?;
+    let target = format!("{}@{}", stored.environment, stored.number);
+    let classes: Vec<&str> = locked.locks.iter().map(|lock| lock.class.as_str()).collect();
+    state
+        .audit(
+            &caller.actor(),
+            "environment.lock",
+            &target,
+            &format!("from @{} locked {}", base.number, classes.join(", ")),
+        )
+        .await;
+    let mut wire = revision_to_wire(&stored);
+    wire.locks = locks_to_wire(state, &stored).await?;
+    Ok(pb::ApplyEnvironmentResponse { revision: Some(wire), created, pins: Vec::new() })
+}
+
+fn parse_classes(classes: &[String]) -> Result<Vec<String>, Status> {
+    classes
+        .iter()
+        .map(|class| {
+            comfyfleet_config::lock::BuildClass::parse(class)
+                .map(|class| class.to_string())
+                .map_err(|error| Status::invalid_argument(format!("--class: {error}")))
+        })
+        .collect()
+}
+
+/// The locks a revision's spec names, read from the store.
+pub async fn locks_to_wire(
+    state: &ControllerState,
+    revision: &StoredRevision,
+) -> Result<Vec<pb::RevisionLock>, Status> {
+    let Ok(spec) = Spec::parse("stored spec", &revision.spec_json, SpecFormat::Json) else {
+        return Ok(Vec::new());
+    };
+    let mut locks = Vec::new();
+    for (class, digest) in &spec.lock.digests {
+        let Some(stored) = state.store.lock(digest).await.map_err(internal)? else { continue };
+        locks.push(pb::RevisionLock {
+            class: class.clone(),
+            digest: digest.clone(),
+            lock_json: stored.lock_json,
+        });
+    }
+    Ok(locks)
 }
 
 pub async fn list(state: &ControllerState) -> Result<pb::ListEnvironmentsResponse, Status> {
@@ -95,9 +224,10 @@ pub async fn get(
     state: &ControllerState,
     request: pb::GetEnvironmentRevisionRequest,
 ) -> Result<pb::EnvironmentRevision, Status> {
-    find_revision(state, &request.environment, &request.revision)
-        .await
-        .map(|revision| revision_to_wire(&revision))
+    let revision = find_revision(state, &request.environment, &request.revision).await?;
+    let mut wire = revision_to_wire(&revision);
+    wire.locks = locks_to_wire(state, &revision).await?;
+    Ok(wire)
 }
 
 /// The revision `revision` names in environment `name`: "" for the latest, a number,
@@ -253,6 +383,7 @@ pub fn revision_to_wire(revision: &StoredRevision) -> pb::EnvironmentRevision {
         spec_json: revision.spec_json.clone(),
         created_at: Some(timestamp_to_wire(revision.created_at)),
         created_by: revision.created_by.clone(),
+        locks: Vec::new(),
     }
 }
 

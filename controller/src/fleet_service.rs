@@ -17,7 +17,7 @@ use crate::auth::{Caller, authenticate};
 use crate::presence::{KickReason, Presence};
 use crate::state::ControllerState;
 use crate::store::{CredentialRecord, JoinTokenRecord, Store, StoredMachine};
-use crate::{environment_service, rollout_service, rollouts, secrets};
+use crate::{cache_service, environment_service, rollout_service, rollouts, secrets};
 
 const DEFAULT_PAGE: u32 = 200;
 const MAX_PAGE: u32 = 1000;
@@ -175,6 +175,41 @@ pub async fn mint_credential(
 
 #[tonic::async_trait]
 impl pb::fleet_service_server::FleetService for FleetApi {
+    type FillCacheStream = tokio_stream::wrappers::ReceiverStream<Result<pb::FillCacheProgress, Status>>;
+
+    async fn lock_environment(
+        &self,
+        request: Request<pb::LockEnvironmentRequest>,
+    ) -> Result<Response<pb::ApplyEnvironmentResponse>, Status> {
+        let caller = self.caller(&request, Role::Operator).await?;
+        environment_service::lock(&self.state, &caller, request.into_inner()).await.map(Response::new)
+    }
+
+    async fn get_cache_status(
+        &self,
+        request: Request<pb::CacheStatusRequest>,
+    ) -> Result<Response<pb::CacheStatus>, Status> {
+        self.caller(&request, Role::Viewer).await?;
+        Ok(Response::new(cache_service::status_to_wire(self.state.packages.status().await)))
+    }
+
+    async fn prune_cache(
+        &self,
+        request: Request<pb::PruneCacheRequest>,
+    ) -> Result<Response<pb::PruneCacheResponse>, Status> {
+        let caller = self.caller(&request, Role::Operator).await?;
+        cache_service::prune(&self.state, &caller, request.into_inner()).await.map(Response::new)
+    }
+
+    async fn fill_cache(
+        &self,
+        request: Request<pb::FillCacheRequest>,
+    ) -> Result<Response<Self::FillCacheStream>, Status> {
+        let caller = self.caller(&request, Role::Operator).await?;
+        let receiver = cache_service::fill(self.state.clone(), &caller, request.into_inner()).await?;
+        Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(receiver)))
+    }
+
     async fn who_am_i(
         &self,
         request: Request<pb::WhoAmIRequest>,

@@ -7,10 +7,15 @@
 mod admin_file;
 mod agent_service;
 mod auth;
+mod cache_http;
+mod cache_service;
 mod desired_state;
 mod environment_service;
 mod fleet_service;
+mod git_mirror;
 mod git_pin;
+mod locking;
+pub mod package_cache;
 pub mod pki;
 mod presence;
 mod report_writer;

@@ -27,6 +27,13 @@ struct Args {
     /// How often agents send a heartbeat; silence for three intervals ends a session.
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     heartbeat_interval: Duration,
+    /// The uv binary apply resolves locks with (default: `uv` on PATH).
+    #[arg(long, env = "COMFYFLEET_UV", value_name = "PATH")]
+    uv: Option<PathBuf>,
+    /// Disk limit of the package cache (e.g. 200GiB): files no kept revision needs
+    /// are evicted, least recently used first. Default: no limit.
+    #[arg(long, env = "COMFYFLEET_CACHE_MAX_SIZE", value_parser = parse_size, value_name = "SIZE")]
+    cache_max_size: Option<u64>,
     /// Log format: text or json.
     #[arg(long, env = "COMFYFLEET_LOG_FORMAT", default_value = "text")]
     log_format: LogFormat,
@@ -37,6 +44,34 @@ struct Args {
 
 fn parse_duration(text: &str) -> Result<Duration, String> {
     comfyfleet_config::duration::parse_positive(text).map_err(|e| e.to_string())
+}
+
+/// `500000000`, `500M`, `200GiB`, `1.5T`: binary units (K = KiB = 1024 bytes).
+fn parse_size(text: &str) -> Result<u64, String> {
+    let trimmed = text.trim();
+    let split = trimmed.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(trimmed.len());
+    let (number, unit) = trimmed.split_at(split);
+    let shift = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 0,
+        "k" | "kb" | "kib" => 10,
+        "m" | "mb" | "mib" => 20,
+        "g" | "gb" | "gib" => 30,
+        "t" | "tb" | "tib" => 40,
+        _ => {
+            return Err(format!(
+                "`{text}` is not a size: write bytes or a number with K, M, G or T (e.g. 200GiB)"
+            ));
+        }
+    };
+    let value: f64 = number.parse().map_err(|_| {
+        format!("`{text}` is not a size: write bytes or a number with K, M, G or T (e.g. 200GiB)")
+    })?;
+    let bytes = value * f64::from(1u32 << (shift % 32)) * if shift >= 32 { 4_294_967_296.0 } else { 1.0 };
+    if !(1.0..1.8e19).contains(&bytes) {
+        return Err(format!("`{text}` is not a usable cache size"));
+    }
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+    Ok(bytes as u64)
 }
 
 fn parse_https_url(text: &str) -> Result<String, String> {
@@ -58,8 +93,29 @@ async fn main() -> anyhow::Result<()> {
         listen: args.listen,
         advertise_url: args.advertise_url,
         tls_sans: args.tls_sans,
-        settings: Settings { heartbeat_interval: args.heartbeat_interval, ..Settings::default() },
+        settings: Settings {
+            heartbeat_interval: args.heartbeat_interval,
+            uv: args.uv,
+            cache_max_size: args.cache_max_size,
+            ..Settings::default()
+        },
     };
     comfyfleet_controller::run(options, comfyfleet_daemon::shutdown::signal(), |_| {}).await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_size;
+
+    #[test]
+    fn sizes_take_binary_units() {
+        assert_eq!(parse_size("1024").unwrap(), 1024);
+        assert_eq!(parse_size("500M").unwrap(), 500 << 20);
+        assert_eq!(parse_size("200GiB").unwrap(), 200 << 30);
+        assert_eq!(parse_size("2T").unwrap(), 2 << 40);
+        assert_eq!(parse_size("1.5G").unwrap(), 3 << 29);
+        assert!(parse_size("lots").unwrap_err().contains("e.g. 200GiB"));
+        assert!(parse_size("0").is_err());
+    }
 }

@@ -59,6 +59,8 @@ pub enum ControllerError {
     AdminFile(#[from] admin_file::AdminFileError),
     #[error("cannot build the reflection service: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
+    #[error("cannot set up the package cache: {0}")]
+    Cache(String),
     #[error("the gRPC server failed: {0}")]
     Serve(#[from] tonic::transport::Error),
 }
@@ -85,6 +87,21 @@ pub async fn run(
     identity.save(data_dir)?;
     let tls_config = tls::server_config(&ca, identity)?;
 
+    let cache_dir = data_dir.join("cache");
+    let packages = Arc::new(
+        crate::package_cache::PackageCache::new(
+            cache_dir.join("packages"),
+            options.settings.cache_max_size,
+            store.clone(),
+        )
+        .map_err(ControllerError::Cache)?,
+    );
+    let mirror = crate::git_mirror::GitMirror::new(cache_dir.join("git"));
+    let locker = crate::locking::Locker {
+        uv: options.settings.uv.clone(),
+        work: cache_dir.join("locking"),
+        mirror: mirror.clone(),
+    };
     let (rollouts, inbox) = Rollouts::new();
     let reports = ReportWriter::spawn(store.clone(), rollouts.clone());
     let state = Arc::new(ControllerState {
@@ -95,6 +112,9 @@ pub async fn run(
         reports,
         rollouts,
         specs: Default::default(),
+        packages,
+        mirror,
+        locker,
     });
     let _engine = crate::rollouts::spawn(state.clone(), inbox);
     let admin_path = admin_file::ensure(data_dir, &url, &state).await?;
@@ -118,15 +138,18 @@ pub async fn run(
 
     let flusher = tokio::spawn(flush_last_seen(state.clone()));
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tonic::transport::Server::builder()
-        .http2_keepalive_interval(Some(Duration::from_secs(20)))
-        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
-        .tcp_keepalive(Some(Duration::from_secs(60)))
+    let routes = tonic::service::Routes::from(crate::cache_http::router(state.clone()))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(agent_api)
-        .add_service(fleet_api)
+        .add_service(fleet_api);
+    let server = tonic::transport::Server::builder()
+        .accept_http1(true)
+        .http2_keepalive_interval(Some(Duration::from_secs(20)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        .tcp_keepalive(Some(Duration::from_secs(60)))
+        .add_routes(routes)
         .serve_with_incoming_shutdown(tls::incoming(listener, tls_config), async {
             let _ = stopped.await;
         });

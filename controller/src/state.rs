@@ -18,6 +18,13 @@ pub struct Settings {
     pub heartbeat_interval: Duration,
     pub default_token_ttl: Duration,
     pub max_token_ttl: Duration,
+    /// `--uv`: the uv apply locks with (else `uv` on PATH).
+    pub uv: Option<std::path::PathBuf>,
+    /// `--cache-max-size`: the package cache's disk limit, in bytes.
+    pub cache_max_size: Option<u64>,
+    /// Whether apply locks every build class (always, in the controller binary; the
+    /// unit tests of revision storage and rollouts run without uv or an index).
+    pub lock_on_apply: bool,
 }
 
 impl Default for Settings {
@@ -26,6 +33,9 @@ impl Default for Settings {
             heartbeat_interval: Duration::from_secs(5),
             default_token_ttl: Duration::from_secs(24 * 3600),
             max_token_ttl: Duration::from_secs(365 * 24 * 3600),
+            uv: None,
+            cache_max_size: None,
+            lock_on_apply: true,
         }
     }
 }
@@ -40,6 +50,12 @@ pub struct ControllerState {
     pub reports: ReportWriter,
     /// Revision specs for the desired-state pushers.
     pub specs: Arc<SpecCache>,
+    /// The pull-through package cache agents build from.
+    pub packages: Arc<crate::package_cache::PackageCache>,
+    /// The controller's copies of the specs' git repositories.
+    pub mirror: crate::git_mirror::GitMirror,
+    /// What apply locks build classes with.
+    pub locker: crate::locking::Locker,
 }
 
 impl ControllerState {

@@ -34,14 +34,29 @@ impl TestFleet {
         let (rollouts, inbox) = crate::rollouts::Rollouts::new();
         let store: Arc<dyn crate::store::Store> = Arc::new(store);
         let reports = crate::report_writer::ReportWriter::spawn(store.clone(), rollouts.clone());
+        let store_for_cache = store.clone();
         let state = Arc::new(ControllerState {
             store,
             ca: CertificateAuthority::load_or_create(dir.path()).unwrap(),
             presence: Presence::new(),
-            settings: Settings::default(),
+            settings: Settings { lock_on_apply: false, ..Settings::default() },
             reports,
             rollouts,
             specs: Default::default(),
+            packages: Arc::new(
+                crate::package_cache::PackageCache::new(
+                    dir.path().join("cache/packages"),
+                    None,
+                    store_for_cache,
+                )
+                .unwrap(),
+            ),
+            mirror: crate::git_mirror::GitMirror::new(dir.path().join("cache/git")),
+            locker: crate::locking::Locker {
+                uv: None,
+                work: dir.path().join("cache/locking"),
+                mirror: crate::git_mirror::GitMirror::new(dir.path().join("cache/git")),
+            },
         });
         crate::rollouts::spawn(state.clone(), inbox);
         let (operator, _) = mint_credential(&state, "op", Role::Operator, "test").await.unwrap();
@@ -95,6 +110,7 @@ impl TestFleet {
             spec: spec.to_owned(),
             format: pb::SpecFormat::Toml.into(),
             file_name: "spec.toml".into(),
+            classes: Vec::new(),
         };
         let response = self.api.apply_environment(Self::request(&self.operator, message)).await.unwrap();
         response.into_inner().revision.unwrap()

@@ -44,7 +44,8 @@ pub fn server_config(
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_client_cert_verifier(verifier)
         .with_single_cert(identity.chain, identity.key)?;
-    config.alpn_protocols = vec![b"h2".to_vec()];
+    // HTTP/1.1 too: the package cache's clients (agents' downloads) may speak it.
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(Arc::new(config))
 }
 
@@ -98,4 +99,12 @@ fn log_handshake_failure(peer: SocketAddr, error: &std::io::Error) {
         // not a warning storm.
         _ => tracing::info!(%peer, %error, "TLS handshake failed"),
     }
+}
+
+/// The process-wide rustls provider for clients that take the default (reqwest).
+pub fn install_crypto_provider() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    });
 }

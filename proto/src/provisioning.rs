@@ -33,6 +33,7 @@ impl From<&AssignmentRecord> for pb::DesiredState {
                 plan_json: record.plan_json.clone(),
                 activate: record.activate,
                 reason: record.reason.clone(),
+                lock_json: record.lock_json.clone(),
             }),
         }
     }
@@ -51,6 +52,7 @@ pub fn assignment_from_wire(desired: pb::DesiredState) -> Option<AssignmentRecor
         plan_json: assignment.plan_json,
         activate: assignment.activate,
         reason: assignment.reason,
+        lock_json: assignment.lock_json,
     })
 }
 

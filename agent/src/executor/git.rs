@@ -103,6 +103,28 @@ async fn checkout(
     if !cache.join("HEAD").is_file() {
         build.run(step, git(build).args(["init", "--quiet", "--bare"]).arg(&cache)).await?;
     }
+    if !has_commit(build, step, &cache, commit).await
+        && let Some(package_cache) = &build.tools.package_cache
+    {
+        // A machine needs nothing but the controller: the commit comes as a bundle.
+        let bundle_url = package_cache.bundle_url(url, commit);
+        step.progress(format!("fetching {} of {url} from the controller's package cache", short(commit)));
+        let bundle = cache.with_extension(format!("{commit}.bundle"));
+        package_cache.downloader.to_file(&bundle_url, &bundle).await.map_err(|error| error.to_string())?;
+        let fetched = build
+            .run(
+                step,
+                git(build)
+                    .arg("--git-dir")
+                    .arg(&cache)
+                    .args(["fetch", "--quiet", "--no-tags"])
+                    .arg(&bundle)
+                    .arg(format!("+refs/comfyfleet/{commit}:refs/comfyfleet/{commit}")),
+            )
+            .await;
+        let _ = std::fs::remove_file(&bundle);
+        fetched.map_err(|error| format!("the controller's bundle of {url} at {commit}: {error}"))?;
+    }
     if !has_commit(build, step, &cache, commit).await {
         step.progress(format!("fetching {} from {url}", short(commit)));
         let by_commit = git(build)

@@ -6,6 +6,7 @@
 
 mod git;
 mod install_scripts;
+mod locked;
 mod optimizations;
 pub mod record;
 mod requirements;
@@ -55,8 +56,30 @@ pub struct Tools {
     pub uv_override: Option<PathBuf>,
     pub environment: ChildEnvironment,
     pub downloader: Downloader,
+    /// The controller's package cache: locked files, kernel wheels and git commits
+    /// come from there when set.
+    pub package_cache: Option<PackageCacheClient>,
     /// `UV_PYTHON_DOWNLOADS` for `uv venv`: whether uv may fetch a missing Python.
     pub python_downloads: String,
+}
+
+/// The controller's package cache, as this agent reaches it.
+#[derive(Debug, Clone)]
+pub struct PackageCacheClient {
+    /// `https://controller:7443/cache/v1`.
+    pub base: String,
+    /// Presents the machine's certificate; trusts only the controller's CA.
+    pub downloader: Downloader,
+}
+
+impl PackageCacheClient {
+    pub fn file_url(&self, sha256: &str, file_name: &str) -> String {
+        format!("{}/files/{sha256}/{}", self.base, file_name.replace('%', "%25").replace('+', "%2B"))
+    }
+
+    pub fn bundle_url(&self, git: &str, commit: &str) -> String {
+        format!("{}/git/{}/{commit}.bundle", self.base, comfyfleet_config::lock::repository_key(git))
+    }
 }
 
 #[derive(Debug, Clone)]

@@ -95,13 +95,16 @@ async fn install_one(
     overrides_file: &std::path::Path,
     constraints_file: &std::path::Path,
 ) -> Result<(), Failure> {
+    let locked = build.assignment.lock.as_ref();
     let requirement = match &optimization.source {
         OptimizationSource::Wheel { url, sha256, filename } => {
             let name = optimization.name.clone();
-            let fetched = build
-                .tools
-                .downloader
-                .verified(url, sha256, filename, &mut |received, _| {
+            let (downloader, url) = match &build.tools.package_cache {
+                Some(cache) => (&cache.downloader, cache.file_url(sha256, filename)),
+                None => (&build.tools.downloader, url.clone()),
+            };
+            let fetched = downloader
+                .verified(&url, sha256, filename, &mut |received, _| {
                     step.progress(format!("downloading {name}: {} KiB", received >> 10));
                 })
                 .await
@@ -117,8 +120,31 @@ async fn install_one(
             );
             fetched.path.into_os_string()
         }
-        OptimizationSource::Index { requirement, .. } => requirement.into(),
+        OptimizationSource::Index { requirement, .. } => {
+            if let Some(lock) = locked {
+                // Locked with the rest and installed by the requirements step.
+                let name =
+                    normalize_package_name(comfyfleet_config::requirements::requirement_name(requirement));
+                return match lock.package(&name) {
+                    Some(_) => Ok(()),
+                    None => Err(Failure::Install(match lock.unresolved.get(&name) {
+                        Some(reason) => {
+                            format!("{requirement} did not resolve when the revision was locked: {reason}")
+                        }
+                        None => format!("the lock of {} has no {name}", lock.class),
+                    })),
+                };
+            }
+            requirement.into()
+        }
     };
+    if locked.is_some() {
+        // A kernel wheel of a locked revision goes in alone: its file is exact and
+        // nothing is resolved on the machine.
+        let invocation =
+            pip_install(build).map_err(Failure::Install)?.args(["--no-deps", "--no-index"]).arg(requirement);
+        return build.run(step, invocation).await.map(|_| ()).map_err(Failure::Install);
+    }
     let invocation = pip_install(build)
         .map_err(Failure::Install)?
         .arg("--overrides")

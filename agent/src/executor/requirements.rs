@@ -9,25 +9,32 @@
 
 use std::path::{Path, PathBuf};
 
-use comfyfleet_config::resolve::OptimizationSource;
-use comfyfleet_config::spec::names::normalize_package_name;
+use comfyfleet_config::requirements::sanitize;
 
 use super::torch::{is_held, overrides};
 use super::uv::{package_indexes, pip_install};
 use super::{Build, StepOutcome, StepResult};
 use crate::report::StepHandle;
 
-/// A requirement file's lines as comfyfleet passes them on.
-#[derive(Debug, Default, PartialEq, Eq)]
-struct Sanitized {
-    text: String,
-    /// Option lines left out.
-    dropped: Vec<String>,
-    /// Requirements on packages torch's overrides hold (`torch==2.3.0`).
-    held: Vec<String>,
-}
-
 pub async fn install(build: &Build<'_>, step: &mut StepHandle) -> StepResult {
+    if let Some(lock) = &build.assignment.lock {
+        // Exactly the lock: the files the torch step verified, nothing resolved here.
+        let (files, _) = super::locked::fetch(build, step, lock).await?;
+        let all: Vec<&super::locked::Fetched> = files.iter().collect();
+        step.progress(format!("installing the {} packages of the lock of {}", all.len(), lock.class));
+        let tail = super::locked::install(build, step, &all, "requirements").await?;
+        let summary = tail
+            .lines()
+            .rev()
+            .find(|line| line.starts_with("Installed") || line.starts_with("Audited"))
+            .unwrap_or("installed");
+        let mut detail = format!("{} locked packages of {} ({summary})", all.len(), lock.class);
+        for note in &lock.notes {
+            detail.push_str("; ");
+            detail.push_str(note);
+        }
+        return Ok(StepOutcome::done(detail));
+    }
     let mut sources: Vec<(String, PathBuf)> =
         vec![("ComfyUI".to_owned(), build.env.comfyui().join("requirements.txt"))];
     for node in &build.assignment.spec.custom_nodes {
@@ -87,92 +94,11 @@ pub async fn install(build: &Build<'_>, step: &mut StepHandle) -> StepResult {
     Ok(StepOutcome::done(detail))
 }
 
-/// The planned index optimisations (`triton>=3.4,<3.5`), so a requirement that
-/// pulls one in gets the version built against the planned torch.
+/// The planned index optimisations as uv constraints.
 pub fn constraints(build: &Build<'_>) -> String {
-    let lines: Vec<String> = build
-        .assignment
-        .plan
-        .optimizations
-        .iter()
-        .filter_map(|optimization| match &optimization.source {
-            OptimizationSource::Index { requirement, .. } => Some(requirement.clone()),
-            OptimizationSource::Wheel { .. } => None,
-        })
-        .collect();
-    lines.join("\n") + "\n"
+    comfyfleet_config::requirements::index_optimizations(&build.assignment.plan).join("\n") + "\n"
 }
 
 fn write(path: &Path, text: &str) -> Result<(), String> {
     std::fs::write(path, text).map_err(|error| format!("cannot write {}: {error}", path.display()))
-}
-
-/// Keeps requirement lines, drops option lines, notes requirements on held packages.
-fn sanitize(text: &str, held: impl Fn(&str) -> bool) -> Sanitized {
-    let mut out = Sanitized::default();
-    let joined = text.replace("\\\n", " ");
-    for raw in joined.lines() {
-        let line = strip_comment(raw).trim();
-        if line.is_empty() {
-            continue;
-        }
-        if line.starts_with('-') {
-            out.dropped.push(line.to_owned());
-            continue;
-        }
-        if held(&normalize_package_name(requirement_name(line))) {
-            out.held.push(line.to_owned());
-        }
-        out.text.push_str(line);
-        out.text.push('\n');
-    }
-    out
-}
-
-/// A `#` starts a comment at the line's start or after whitespace (pip's rule; a
-/// `#` inside a URL fragment stays).
-fn strip_comment(line: &str) -> &str {
-    let bytes = line.as_bytes();
-    for (i, byte) in bytes.iter().enumerate() {
-        if *byte == b'#' && (i == 0 || bytes[i - 1].is_ascii_whitespace()) {
-            return &line[..i];
-        }
-    }
-    line
-}
-
-/// `torch>=2.0 ; sys_platform == "linux"` → `torch`.
-fn requirement_name(line: &str) -> &str {
-    let end = line
-        .find(|c: char| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')))
-        .unwrap_or(line.len());
-    &line[..end]
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn options_are_dropped_and_held_packages_noted() {
-        let text = "# a node\n--extra-index-url https://evil.example/simple\n-r other.txt\ntorch==2.3.0\n\
-                    numpy>=1.25 # needed\nopencv-python; sys_platform == 'linux'\n  \nfoo @ https://x.example/f.whl#sha256=ab\n\
-                    Torch-CPU\nlong \\\n  >=1.0\n";
-        let held = |name: &str| ["torch", "torch-cpu"].contains(&name);
-        let out = sanitize(text, held);
-        assert_eq!(out.dropped, vec!["--extra-index-url https://evil.example/simple", "-r other.txt"]);
-        assert_eq!(out.held, vec!["torch==2.3.0", "Torch-CPU"]);
-        assert_eq!(
-            out.text,
-            "torch==2.3.0\nnumpy>=1.25\nopencv-python; sys_platform == 'linux'\nfoo @ https://x.example/f.whl#sha256=ab\nTorch-CPU\nlong    >=1.0\n"
-        );
-    }
-
-    #[test]
-    fn requirement_names_stop_at_the_first_operator() {
-        assert_eq!(requirement_name("torch>=2.0"), "torch");
-        assert_eq!(requirement_name("comfyui-frontend-package==1.45.15"), "comfyui-frontend-package");
-        assert_eq!(requirement_name("pydantic~=2.0"), "pydantic");
-        assert_eq!(requirement_name("foo[extra]>=1"), "foo");
-    }
 }

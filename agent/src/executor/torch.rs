@@ -7,10 +7,6 @@ use super::uv::{package_indexes, pip_install};
 use super::{Build, StepOutcome, StepResult};
 use crate::report::StepHandle;
 
-/// Packages that would replace torch's files if installed, whatever a requirement
-/// file asks for: never installed into an environment.
-const TORCH_IMPOSTORS: &[&str] = &["torch-cpu", "pytorch", "torch-nightly", "torch-gpu"];
-
 pub async fn install(build: &Build<'_>, step: &mut StepHandle) -> StepResult {
     let plan = &build.assignment.plan;
     let pins = pins(build);
@@ -18,6 +14,31 @@ pub async fn install(build: &Build<'_>, step: &mut StepHandle) -> StepResult {
     let present = plan.packages.iter().all(|package| installed.get(&package.name) == Some(&package.version));
     if present && !build.repair {
         return Ok(StepOutcome::skipped(format!("{} already installed", pins.join(", "))));
+    }
+    if let Some(lock) = &build.assignment.lock {
+        // Every locked file is fetched here (torch is most of the bytes); the
+        // requirements step installs the rest from the same verified files.
+        let (files, downloaded) = super::locked::fetch(build, step, lock).await?;
+        let torch: Vec<&super::locked::Fetched> =
+            files.iter().filter(|file| plan.packages.iter().any(|p| p.name == file.package.name)).collect();
+        if torch.len() != plan.packages.len() {
+            return Err(format!(
+                "the lock of {} does not hold {}: apply the spec again to lock it",
+                lock.class,
+                pins.join(", ")
+            ));
+        }
+        step.progress(format!("installing {} from the lock of {}", pins.join(", "), lock.class));
+        let tail = super::locked::install(build, step, &torch, "torch").await?;
+        check_installed(build)?;
+        let summary = tail.lines().rev().find(|line| line.starts_with("Installed")).unwrap_or("installed");
+        return Ok(StepOutcome::done(format!(
+            "{} from the lock of {} ({summary}; {} MiB downloaded for {} locked files)",
+            pins.join(", "),
+            lock.class,
+            downloaded >> 20,
+            files.len()
+        )));
     }
     step.progress(format!("installing {} from {}", pins.join(", "), plan.torch_index));
     // The torch index comes first: uv takes a package from the first index that has
@@ -29,6 +50,14 @@ pub async fn install(build: &Build<'_>, step: &mut StepHandle) -> StepResult {
         .args(package_indexes(&build.assignment.spec))
         .args(&pins);
     let tail = build.run(step, invocation).await?;
+    check_installed(build)?;
+    let summary = tail.lines().rev().find(|line| line.starts_with("Installed")).unwrap_or("installed");
+    Ok(StepOutcome::done(format!("{} ({summary})", pins.join(", "))))
+}
+
+/// torch and its companions are at exactly the planned versions.
+fn check_installed(build: &Build<'_>) -> Result<(), String> {
+    let plan = &build.assignment.plan;
     let installed = installed_distributions(&build.env.venv());
     for package in &plan.packages {
         let found = installed.get(&package.name).map_or("nothing", String::as_str);
@@ -39,35 +68,20 @@ pub async fn install(build: &Build<'_>, step: &mut StepHandle) -> StepResult {
             ));
         }
     }
-    let summary = tail.lines().rev().find(|line| line.starts_with("Installed")).unwrap_or("installed");
-    Ok(StepOutcome::done(format!("{} ({summary})", pins.join(", "))))
+    Ok(())
 }
 
-/// uv overrides that hold torch at the planned build for every later install: a
-/// custom node asking for `torch`, `torch==2.3.0` or `torch-cpu` gets the planned
-/// torch instead (impostors are overridden by a marker that is never true, which
-/// drops them from the resolution).
+/// uv overrides that hold torch at the planned build for every later install.
 pub fn overrides(build: &Build<'_>) -> String {
-    let mut lines = pins(build);
-    for impostor in TORCH_IMPOSTORS {
-        lines.push(format!("{impostor} ; sys_platform == 'comfyfleet-never'"));
-    }
-    lines.join("\n") + "\n"
+    comfyfleet_config::requirements::overrides(&build.assignment.plan)
 }
 
 /// `torch==2.11.0+cu128` and its companions' pins: what every later install holds.
 pub fn pins(build: &Build<'_>) -> Vec<String> {
-    build
-        .assignment
-        .plan
-        .packages
-        .iter()
-        .map(|package| format!("{}=={}", package.name, package.version))
-        .collect()
+    comfyfleet_config::requirements::pins(&build.assignment.plan)
 }
 
 /// Whether a requirement names a package the overrides hold.
 pub fn is_held(name: &str, build: &Build<'_>) -> bool {
-    TORCH_IMPOSTORS.contains(&name)
-        || build.assignment.plan.packages.iter().any(|package| package.name == name)
+    comfyfleet_config::requirements::is_held(name, &build.assignment.plan)
 }

@@ -1,6 +1,7 @@
 //! `comfyfleet apply` and `comfyfleet env …`: storing specs as immutable, pinned
 //! revisions and reading them back.
 
+use comfyfleet_config::lock::Lock;
 use comfyfleet_config::spec::canonical::to_toml;
 use comfyfleet_config::spec::{Spec, SpecFormat};
 use comfyfleet_proto::v1 as pb;
@@ -28,17 +29,34 @@ fn revision_spec(revision: &pb::EnvironmentRevision) -> anyhow::Result<Spec> {
     .map_err(|e| anyhow::anyhow!("the controller sent an unreadable revision: {e}"))
 }
 
-pub async fn apply(client: &mut Fleet, file: SpecFile) -> anyhow::Result<String> {
+pub async fn apply(client: &mut Fleet, file: SpecFile, classes: Vec<String>) -> anyhow::Result<String> {
     let format = pb::SpecFormat::from(file.format);
     let response = client
         .apply_environment(pb::ApplyEnvironmentRequest {
             spec: file.text,
             format: format as i32,
             file_name: file.name,
+            classes,
         })
         .await
         .map_err(status_error)?
         .into_inner();
+    applied(client, response).await
+}
+
+/// `env lock NAME@REV --class C`: a new revision with those classes locked too.
+pub async fn lock(client: &mut Fleet, reference: String, classes: Vec<String>) -> anyhow::Result<String> {
+    let (environment, revision) = split_reference(&reference);
+    let response = client
+        .lock_environment(pb::LockEnvironmentRequest { environment, revision, classes })
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    applied(client, response).await
+}
+
+/// What apply and `env lock` print: the revision, its pins and locks, and its plan.
+async fn applied(client: &mut Fleet, response: pb::ApplyEnvironmentResponse) -> anyhow::Result<String> {
     let revision = response.revision.ok_or_else(|| anyhow::anyhow!("the controller sent no revision"))?;
     let mut text = if response.created {
         format!("{} revision {} created, id {}\n", revision.environment, revision.number, revision.id)
@@ -53,8 +71,18 @@ pub async fn apply(client: &mut Fleet, file: SpecFile) -> anyhow::Result<String>
         .iter()
         .map(|pin| vec![pin.source.clone(), pin.r#ref.clone(), pin.commit.clone()])
         .collect();
-    for line in format::table(&["SOURCE", "REF", "COMMIT"], &rows).lines() {
-        text.push_str(&format!("  {line}\n"));
+    if !rows.is_empty() {
+        for line in format::table(&["SOURCE", "REF", "COMMIT"], &rows).lines() {
+            text.push_str(&format!("  {line}\n"));
+        }
+    }
+    for lock in &revision.locks {
+        let parsed = Lock::from_json(&lock.lock_json).map_err(|e| anyhow::anyhow!("unreadable lock: {e}"))?;
+        text.push_str(&format!("  locked {}: {} packages\n", lock.class, parsed.packages.len()));
+        for (name, reason) in &parsed.unresolved {
+            let first = reason.lines().last().unwrap_or_default().trim();
+            text.push_str(&format!("    {name} left out (does not resolve with the rest): {first}\n"));
+        }
     }
     let spec = revision_spec(&revision)?;
     let machines = machines::fetch_all(client, false).await?;
@@ -183,6 +211,98 @@ pub async fn history(
     Ok(format::table(&["REVISION", "ID", "CREATED", "BY", "TORCH", "COMFYUI"], &rows))
 }
 
+/// `env show NAME@REV --lock [--class C]`: every locked package.
+pub async fn show_lock(
+    client: &mut Fleet,
+    reference: String,
+    class: Option<String>,
+    output: OutputFormat,
+) -> anyhow::Result<String> {
+    let revision = get(client, &reference).await?;
+    let mut locks = Vec::new();
+    for lock in &revision.locks {
+        if class.as_ref().is_some_and(|class| *class != lock.class) {
+            continue;
+        }
+        locks.push(Lock::from_json(&lock.lock_json).map_err(|e| anyhow::anyhow!("unreadable lock: {e}"))?);
+    }
+    let label = format!("{}@{}", revision.environment, revision.number);
+    if locks.is_empty() {
+        let classes: Vec<&str> = revision.locks.iter().map(|lock| lock.class.as_str()).collect();
+        anyhow::bail!(
+            "{label} has {}",
+            match (&class, classes.is_empty()) {
+                (_, true) => "no locks (it was applied before comfyfleet locked revisions)".to_owned(),
+                (Some(class), false) =>
+                    format!("no lock for {class}; its classes are {}", classes.join(", ")),
+                (None, false) => "no locks".to_owned(),
+            }
+        );
+    }
+    if output == OutputFormat::Json {
+        let items: Vec<serde_json::Value> = locks
+            .iter()
+            .map(|lock| serde_json::from_str(&lock.to_canonical_json()).unwrap_or(serde_json::Value::Null))
+            .collect();
+        return to_json(&items);
+    }
+    let mut text = String::new();
+    for lock in &locks {
+        text.push_str(&format!("# {label} {} ({} packages)\n", lock.class, lock.packages.len()));
+        let rows: Vec<Vec<String>> = lock
+            .packages
+            .iter()
+            .map(|p| vec![p.name.clone(), p.version.clone(), p.sha256.clone(), p.url.clone()])
+            .collect();
+        text.push_str(&format::table(&["PACKAGE", "VERSION", "SHA256", "URL"], &rows));
+        for (name, reason) in &lock.unresolved {
+            text.push_str(&format!("# {name} is not locked: {}\n", reason.replace('\n', " ")));
+        }
+    }
+    Ok(text)
+}
+
+/// The packages that changed between two revisions' locks, class by class.
+fn lock_changes(a: &pb::EnvironmentRevision, b: &pb::EnvironmentRevision) -> anyhow::Result<String> {
+    let parse =
+        |revision: &pb::EnvironmentRevision| -> anyhow::Result<std::collections::BTreeMap<String, Lock>> {
+            revision
+                .locks
+                .iter()
+                .map(|lock| {
+                    Lock::from_json(&lock.lock_json)
+                        .map(|parsed| (lock.class.clone(), parsed))
+                        .map_err(|e| anyhow::anyhow!("unreadable lock: {e}"))
+                })
+                .collect()
+        };
+    let (old, new) = (parse(a)?, parse(b)?);
+    let mut text = String::new();
+    let mut classes: Vec<&String> = old.keys().chain(new.keys()).collect();
+    classes.sort();
+    classes.dedup();
+    for class in classes {
+        match (old.get(class), new.get(class)) {
+            (Some(old), Some(new)) => {
+                let changes = old.diff(new);
+                if changes.is_empty() {
+                    continue;
+                }
+                text.push_str(&format!("packages of {class}:\n"));
+                for change in changes {
+                    text.push_str(&format!("  {change}\n"));
+                }
+            }
+            (None, Some(new)) => {
+                text.push_str(&format!("{class}: locked ({} packages)\n", new.packages.len()))
+            }
+            (Some(_), None) => text.push_str(&format!("{class}: no longer locked\n")),
+            (None, None) => {}
+        }
+    }
+    Ok(text)
+}
+
 /// A unified diff of two revisions' specs, rendered as TOML.
 pub async fn diff(client: &mut Fleet, from: String, to: String) -> anyhow::Result<String> {
     let (from_name, _) = split_reference(&from);
@@ -195,7 +315,19 @@ pub async fn diff(client: &mut Fleet, from: String, to: String) -> anyhow::Resul
     if a.id == b.id {
         return Ok(format!("{a_label} and {b_label} are the same revision\n"));
     }
-    let (a_text, b_text) = (to_toml(&revision_spec(&a)?), to_toml(&revision_spec(&b)?));
+    // The lock digests differ whenever any package does: the package list says it better.
+    let without_digests = |revision: &pb::EnvironmentRevision| -> anyhow::Result<String> {
+        let mut spec = revision_spec(revision)?;
+        spec.lock.digests.clear();
+        Ok(to_toml(&spec))
+    };
+    let (a_text, b_text) = (without_digests(&a)?, without_digests(&b)?);
     let diff = similar::TextDiff::from_lines(&a_text, &b_text);
-    Ok(diff.unified_diff().context_radius(3).header(&a_label, &b_label).to_string())
+    let mut text = if a_text == b_text {
+        format!("--- {a_label}\n+++ {b_label}\n(the specs differ only in their locks)\n")
+    } else {
+        diff.unified_diff().context_radius(3).header(&a_label, &b_label).to_string()
+    };
+    text.push_str(&lock_changes(&a, &b)?);
+    Ok(text)
 }

@@ -1,6 +1,7 @@
 //! One module per command group; each returns the text to print.
 
 pub mod audit;
+pub mod cache;
 pub mod convergence;
 pub mod credentials;
 pub mod environments;

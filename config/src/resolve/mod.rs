@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use crate::inventory::{ComputeCapability, CudaVersion};
 use crate::spec::names::normalize_package_name;
 use crate::spec::wheel::WheelName;
-use crate::spec::{DriverCompat, Spec, TorchSeries};
+use crate::spec::{CudaTag, DriverCompat, Spec, TorchSeries};
 use catalog::{ArchSet, TorchBuild, TorchCatalog, TorchRelease};
 use driver::DriverVersion;
 
@@ -82,8 +82,27 @@ impl<'a> Resolver<'a> {
     }
 
     /// The plan for a machine, whether or not the spec's selector targets it (an agent
-    /// checking its assignment, a rollback).
+    /// checking its assignment, a rollback). A revision with locks plans only machines
+    /// whose build class has one: a machine never resolves packages itself.
     pub fn plan(&self, machine: &MachineFacts) -> Result<MachinePlan, Incompatibility> {
+        let plan = self.plan_unlocked(machine)?;
+        let locks = &self.spec.lock.digests;
+        if !locks.is_empty() && !locks.contains_key(&plan.class()) {
+            return Err(Incompatibility::new(format!(
+                "build class {} ({}) has no lock in this revision (it has {}): apply the spec again, or run \
+                 `comfyfleet env lock {}@REV --class {}`",
+                plan.class(),
+                plan.torch,
+                locks.keys().cloned().collect::<Vec<_>>().join(", "),
+                self.spec.name,
+                plan.class()
+            )));
+        }
+        Ok(plan)
+    }
+
+    /// The plan for a machine before locks are asked about: what apply locks.
+    pub fn plan_unlocked(&self, machine: &MachineFacts) -> Result<MachinePlan, Incompatibility> {
         let release = self.release.as_ref().map_err(|message| Incompatibility::new(message.clone()))?;
         let gpus = gpu_capabilities(machine)?;
         let Some(driver_cuda) = machine.cuda_driver_version else {
@@ -265,6 +284,7 @@ impl<'a> Resolver<'a> {
             comfyui_args: spec.run.args.clone(),
             comfyui_args_when_verified,
             driver_compat,
+            platform: machine.arch.clone().unwrap_or_else(|| DEFAULT_PLATFORM.to_owned()),
         })
     }
 }
@@ -344,4 +364,68 @@ fn describe_gpus(gpus: &[(&GpuFacts, ComputeCapability)]) -> String {
         })
         .collect();
     parts.join(" and ")
+}
+
+/// What `uv pip compile` needs to lock one build class of a spec.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LockInputs {
+    /// `torch==2.9.0+cu128` and the companions: overrides.
+    pub pins: Vec<String>,
+    /// Where torch and its companions come from.
+    pub torch_index: String,
+    /// Index optimisations (`triton>=3.4,<3.5`) and whether each is fatal: locked
+    /// with the rest, so every machine of the class installs the same build.
+    pub index_optimizations: Vec<(String, bool)>,
+}
+
+impl Resolver<'_> {
+    /// The torch build and index optimisations a machine of `class` would install,
+    /// whatever its GPUs: what the class's lock holds.
+    pub fn lock_inputs(&self, class: &crate::lock::BuildClass) -> Result<LockInputs, String> {
+        let spec = self.spec;
+        let release = self.release.as_ref().map_err(Clone::clone)?;
+        if class.python_tag != spec.python.tag() {
+            return Err(format!(
+                "build class {class} is for {}, but the spec's Python is {} ({})",
+                class.python_tag,
+                spec.python,
+                spec.python.tag()
+            ));
+        }
+        let tag: CudaTag =
+            class.cuda.parse().map_err(|error: String| format!("build class {class}: {error}"))?;
+        if !spec.torch.cuda.contains(&tag) {
+            return Err(format!("build class {class}: the spec's torch.cuda does not allow {tag}"));
+        }
+        let build = release
+            .build(tag)
+            .ok_or_else(|| format!("build class {class}: torch {} has no {tag} build", spec.torch.version))?;
+        if build.for_platform(&class.platform).is_none() {
+            return Err(format!(
+                "build class {class}: torch {}+{tag} has no wheel for {}",
+                spec.torch.version, class.platform
+            ));
+        }
+        let torch_version = &spec.torch.version.0;
+        let patch = torch_version.release().get(2).copied().unwrap_or(0);
+        let mut pins = vec![format!("torch=={torch_version}+{tag}")];
+        for (name, version) in release.companion_versions(&spec.torch.companions, patch, build)? {
+            pins.push(format!("{name}=={version}"));
+        }
+        let series = TorchSeries::of(torch_version);
+        let index_optimizations = spec
+            .optimizations
+            .iter()
+            .filter_map(|optimization| {
+                let package = optimization.package.as_ref()?;
+                let mut specifiers: Vec<String> =
+                    optimization.version.iter().map(ToString::to_string).collect();
+                if !optimization.torch_constraints.is_empty() {
+                    specifiers.push(optimization.torch_constraints.get(&series)?.to_string());
+                }
+                Some((format!("{package}{}", specifiers.join(",")), optimization.fatal))
+            })
+            .collect();
+        Ok(LockInputs { pins, torch_index: spec.torch.index_for(tag), index_optimizations })
+    }
 }

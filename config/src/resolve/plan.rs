@@ -33,6 +33,20 @@ pub struct MachinePlan {
     /// the build runs only through NVIDIA's minor-version compatibility.
     #[serde(default, skip_serializing_if = "DriverCompat::is_exact")]
     pub driver_compat: DriverCompat,
+    /// The machine's `uname -m`.
+    #[serde(default = "default_platform")]
+    pub platform: String,
+}
+
+fn default_platform() -> String {
+    super::DEFAULT_PLATFORM.to_owned()
+}
+
+impl MachinePlan {
+    /// The build class whose lock this plan installs: `cp312-cu128-linux_x86_64`.
+    pub fn class(&self) -> String {
+        crate::lock::class_of(self, &self.platform)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

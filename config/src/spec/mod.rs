@@ -50,6 +50,26 @@ pub struct Spec {
     pub target: TargetSpec,
     #[serde(default)]
     pub rollout: RolloutPolicy,
+    #[serde(default, skip_serializing_if = "LockSpec::is_empty")]
+    pub lock: LockSpec,
+}
+
+/// The build classes locked with every revision (`classes`, besides those the
+/// targeted fleet needs), and the locks apply made (`digests`: class → the lock's
+/// digest; apply always rewrites it, like a git source's `commit`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LockSpec {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub classes: Vec<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub digests: BTreeMap<String, String>,
+}
+
+impl LockSpec {
+    pub fn is_empty(&self) -> bool {
+        self.classes.is_empty() && self.digests.is_empty()
+    }
 }
 
 /// A git repository at a ref; `commit` is filled in when the spec is applied.

@@ -34,6 +34,7 @@ pub(crate) fn check(spec: &Spec) -> Vec<Problem> {
     let mut problems = Problems::default();
     let trusted = &spec.index.trusted_hosts;
     problems.check("name", names::check_name(&spec.name));
+    check_lock(&mut problems, spec);
     if spec.description.as_ref().is_some_and(|d| d.len() > 4096) {
         problems.add("description", "is longer than 4096 bytes");
     }
@@ -449,6 +450,21 @@ fn check_rollout(problems: &mut Problems, spec: &Spec) {
             problems.add(
                 format!("rollout.{key}"),
                 format!("{amount} would never let a machine through: write at least 1 (or a percentage, e.g. \"10%\")"),
+            );
+        }
+    }
+}
+
+fn check_lock(problems: &mut Problems, spec: &Spec) {
+    for (i, class) in spec.lock.classes.iter().enumerate() {
+        problems.check(format!("lock.classes[{i}]"), crate::lock::BuildClass::parse(class).map(|_| ()));
+    }
+    for (class, digest) in &spec.lock.digests {
+        problems.check(format!("lock.digests.{class}"), crate::lock::BuildClass::parse(class).map(|_| ()));
+        if digest.len() != 64 || !digest.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+            problems.add(
+                format!("lock.digests.{class}"),
+                "is not a lock digest (64 lowercase hex digits); leave `lock.digests` out: apply writes it",
             );
         }
     }

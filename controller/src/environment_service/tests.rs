@@ -33,6 +33,7 @@ impl Fixture {
             spec: spec.to_owned(),
             format: pb::SpecFormat::Unspecified.into(),
             file_name: file_name.to_owned(),
+            classes: Vec::new(),
         };
         self.api
             .apply_environment(Self::request(&self.operator, message))
@@ -227,6 +228,7 @@ async fn applying_needs_an_operator_and_reading_a_viewer() {
         spec: spec_toml("render", "https://example.com/c.git", &"1".repeat(40)),
         format: pb::SpecFormat::Toml.into(),
         file_name: String::new(),
+        classes: Vec::new(),
     };
     let refused =
         fixture.api.apply_environment(Fixture::request(&fixture.viewer, message)).await.unwrap_err();
@@ -245,6 +247,8 @@ async fn an_id_prefix_of_decimal_digits_is_found_when_no_revision_has_that_numbe
             spec_json: "{}".into(),
             created_at: Timestamp::now(),
             created_by: "test".into(),
+            locks: Vec::new(),
+            files: Vec::new(),
         };
         fixture.state.store.put_environment_revision(&revision).await.unwrap();
     }

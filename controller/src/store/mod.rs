@@ -124,6 +124,27 @@ pub struct NewRevision {
     pub spec_json: String,
     pub created_at: Timestamp,
     pub created_by: String,
+    /// The revision's locks, stored with it.
+    pub locks: Vec<StoredLock>,
+    /// Every file the revision may install, for the package cache.
+    pub files: Vec<PackageFile>,
+}
+
+/// A lock by its digest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredLock {
+    pub digest: String,
+    pub class: String,
+    pub lock_json: String,
+}
+
+/// Where one file (by sha256) comes from upstream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PackageFile {
+    pub sha256: String,
+    pub url: String,
+    pub file_name: String,
+    pub size: Option<u64>,
 }
 
 /// One immutable revision of an environment.
@@ -228,8 +249,9 @@ impl StoredAssignment {
         }
     }
 
-    /// What the agent is sent: the assignment with its revision's canonical spec.
-    pub fn record(&self, spec_json: String) -> AssignmentRecord {
+    /// What the agent is sent: the assignment with its revision's canonical spec and
+    /// the lock of its build class.
+    pub fn record(&self, spec_json: String, lock_json: String) -> AssignmentRecord {
         AssignmentRecord {
             generation: self.generation,
             environment: self.environment.clone(),
@@ -239,6 +261,7 @@ impl StoredAssignment {
             plan_json: self.plan_json.clone(),
             activate: self.activate,
             reason: self.reason.to_string(),
+            lock_json,
         }
     }
 }
@@ -352,6 +375,14 @@ pub trait Store: Send + Sync + 'static {
         environment: &str,
         id: &SpecDigest,
     ) -> StoreResult<Option<StoredRevision>>;
+
+    /// The lock with this digest.
+    async fn lock(&self, digest: &str) -> StoreResult<Option<StoredLock>>;
+    /// Where the file with this sha256 comes from, if a stored revision names it.
+    async fn package_file(&self, sha256: &str) -> StoreResult<Option<PackageFile>>;
+    /// The canonical specs of the revisions the package cache keeps files for: each
+    /// environment's newest, and every one assigned to a machine.
+    async fn kept_revision_specs(&self) -> StoreResult<Vec<String>>;
 
     /// Replaces the machine's assignment, in one transaction with the generation
     /// raised by one (1 for its first).

@@ -22,8 +22,8 @@ use sqlx::{Row, Sqlite, Transaction};
 
 use super::{
     AuditRecord, CredentialRecord, EnrollRefusal, EnvironmentSummary, Hello, JoinTokenRecord, NewAssignment,
-    NewMachine, NewRevision, Store, StoreError, StoreResult, StoredAssignment, StoredMachine, StoredRevision,
-    check_join_token,
+    NewMachine, NewRevision, PackageFile, Store, StoreError, StoreResult, StoredAssignment, StoredLock,
+    StoredMachine, StoredRevision, check_join_token,
 };
 
 /// Every migration, in order. A migration is never edited once released: add one.
@@ -32,6 +32,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (2, include_str!("../../migrations/0002_environments.sql")),
     (3, include_str!("../../migrations/0003_provisioning.sql")),
     (4, include_str!("../../migrations/0004_rollouts.sql")),
+    (5, include_str!("../../migrations/0005_locks.sql")),
 ];
 
 pub struct SqliteStore {
@@ -519,6 +520,18 @@ impl Store for SqliteStore {
 
     async fn put_environment_revision(&self, revision: &NewRevision) -> StoreResult<(StoredRevision, bool)> {
         self.put_revision(revision).await
+    }
+
+    async fn lock(&self, digest: &str) -> StoreResult<Option<StoredLock>> {
+        self.lock_by_digest(digest).await
+    }
+
+    async fn package_file(&self, sha256: &str) -> StoreResult<Option<PackageFile>> {
+        self.file_by_sha256(sha256).await
+    }
+
+    async fn kept_revision_specs(&self) -> StoreResult<Vec<String>> {
+        self.kept_specs().await
     }
 
     async fn list_environments(&self) -> StoreResult<Vec<EnvironmentSummary>> {

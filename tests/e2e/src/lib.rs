@@ -142,6 +142,10 @@ impl Controller {
         if !extra.contains(&"--heartbeat-interval") {
             command.args(["--heartbeat-interval", "1s"]);
         }
+        // apply locks with uv: the tests' uv, where there is one.
+        if let Some(uv) = standin::try_find_uv() {
+            command.env("COMFYFLEET_UV", uv);
+        }
         let log = data_dir.with_extension("log");
         let mut process = Process::spawn("controller", command, &log);
         let url = wait_until(Duration::from_secs(20), "the controller to write admin.toml", || {

@@ -301,6 +301,7 @@ async fn the_controller_validates_specs_itself() {
         spec: bad,
         format: pb::SpecFormat::Toml as i32,
         file_name: "hand-made.toml".into(),
+        classes: Vec::new(),
     });
     let bearer = format!("Bearer {}", admin["credential"].as_str().unwrap());
     request.metadata_mut().insert("authorization", bearer.parse().unwrap());

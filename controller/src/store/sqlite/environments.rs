@@ -7,7 +7,7 @@ use comfyfleet_config::spec::SpecDigest;
 use sqlx::sqlite::SqliteRow;
 
 use super::{SqliteStore, corrupt, count, database, get, millis, timestamp};
-use crate::store::{EnvironmentSummary, NewRevision, StoreResult, StoredRevision};
+use crate::store::{EnvironmentSummary, NewRevision, PackageFile, StoreResult, StoredLock, StoredRevision};
 
 const REVISION_COLUMNS: &str = "environment, number, id, spec_json, created_at, created_by";
 
@@ -59,6 +59,29 @@ impl SqliteStore {
         .execute(&mut *tx)
         .await
         .map_err(database("storing a revision"))?;
+        for lock in &revision.locks {
+            sqlx::query("INSERT OR IGNORE INTO locks (digest, class, lock_json) VALUES (?, ?, ?)")
+                .bind(&lock.digest)
+                .bind(&lock.class)
+                .bind(&lock.lock_json)
+                .execute(&mut *tx)
+                .await
+                .map_err(database("storing a lock"))?;
+        }
+        for file in &revision.files {
+            sqlx::query(
+                "INSERT INTO package_files (sha256, url, file_name, size) VALUES (?, ?, ?, ?) \
+                 ON CONFLICT (sha256) DO UPDATE SET url = excluded.url, file_name = excluded.file_name, \
+                 size = COALESCE(excluded.size, package_files.size)",
+            )
+            .bind(&file.sha256)
+            .bind(&file.url)
+            .bind(&file.file_name)
+            .bind(file.size.and_then(|size| i64::try_from(size).ok()))
+            .execute(&mut *tx)
+            .await
+            .map_err(database("storing a package file"))?;
+        }
         tx.commit().await.map_err(database("committing a revision"))?;
         let stored = StoredRevision {
             environment: revision.environment.clone(),
@@ -70,6 +93,52 @@ impl SqliteStore {
             created_by: revision.created_by.clone(),
         };
         Ok((stored, true))
+    }
+
+    pub(super) async fn lock_by_digest(&self, digest: &str) -> StoreResult<Option<StoredLock>> {
+        let row = sqlx::query("SELECT digest, class, lock_json FROM locks WHERE digest = ?")
+            .bind(digest)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(database("reading a lock"))?;
+        row.map(|row| {
+            Ok(StoredLock {
+                digest: get(&row, "digest")?,
+                class: get(&row, "class")?,
+                lock_json: get(&row, "lock_json")?,
+            })
+        })
+        .transpose()
+    }
+
+    pub(super) async fn file_by_sha256(&self, sha256: &str) -> StoreResult<Option<PackageFile>> {
+        let row = sqlx::query("SELECT sha256, url, file_name, size FROM package_files WHERE sha256 = ?")
+            .bind(sha256)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(database("reading a package file"))?;
+        row.map(|row| {
+            let size: Option<i64> = get(&row, "size")?;
+            Ok(PackageFile {
+                sha256: get(&row, "sha256")?,
+                url: get(&row, "url")?,
+                file_name: get(&row, "file_name")?,
+                size: size.and_then(|size| u64::try_from(size).ok()),
+            })
+        })
+        .transpose()
+    }
+
+    pub(super) async fn kept_specs(&self) -> StoreResult<Vec<String>> {
+        let rows = sqlx::query(
+            "SELECT spec_json FROM environment_revisions r \
+             WHERE number = (SELECT MAX(number) FROM environment_revisions l WHERE l.environment = r.environment) \
+             OR id IN (SELECT revision_id FROM machine_assignments)",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(database("reading the kept revisions"))?;
+        rows.iter().map(|row| get(row, "spec_json")).collect()
     }
 
     pub(super) async fn summaries(&self) -> StoreResult<Vec<EnvironmentSummary>> {
@@ -193,6 +262,8 @@ mod tests {
             spec_json: format!("{{\"name\":\"{environment}\",\"v\":\"{id_digit}\"}}"),
             created_at: Timestamp::now(),
             created_by: "op (0123456789ab)".into(),
+            locks: Vec::new(),
+            files: Vec::new(),
         }
     }
 

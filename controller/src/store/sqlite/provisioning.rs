@@ -309,6 +309,8 @@ mod tests {
                 spec_json: format!("{{\"v\":\"{digit}\"}}"),
                 created_at: now,
                 created_by: "op".into(),
+                locks: Vec::new(),
+                files: Vec::new(),
             };
             store.put_environment_revision(&revision).await.unwrap();
         }
@@ -419,7 +421,7 @@ mod tests {
         assert_eq!((listed[1].assignment.as_ref(), listed[1].report.as_ref()), (None, None));
         let found = store.find_machines("m", 10).await.unwrap();
         assert_eq!(found[0].report, Some(report));
-        assert_eq!(stored.record("{}".into()).generation, 1);
+        assert_eq!(stored.record("{}".into(), String::new()).generation, 1);
     }
 
     #[tokio::test]

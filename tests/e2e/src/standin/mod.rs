@@ -71,22 +71,27 @@ pub fn system_python() -> &'static SystemPython {
     })
 }
 
-/// The `uv` the tests drive: `COMFYFLEET_TEST_UV`, else `uv` on PATH.
-pub fn find_uv() -> PathBuf {
+/// The `uv` the tests drive: `COMFYFLEET_TEST_UV`, else `uv` on PATH; `None`
+/// where there is none.
+pub fn try_find_uv() -> Option<PathBuf> {
     if let Some(path) = std::env::var_os("COMFYFLEET_TEST_UV").filter(|path| !path.is_empty()) {
-        let path = PathBuf::from(path);
-        assert!(path.is_file(), "COMFYFLEET_TEST_UV={} is not a file", path.display());
-        return path;
+        return Some(PathBuf::from(path));
     }
-    let on_path = std::env::var_os("PATH")
+    std::env::var_os("PATH")
         .iter()
         .flat_map(std::env::split_paths)
         .map(|dir| dir.join("uv"))
-        .find(|candidate| candidate.is_file());
-    on_path.unwrap_or_else(|| {
+        .find(|candidate| candidate.is_file())
+}
+
+/// [`try_find_uv`], which must find one.
+pub fn find_uv() -> PathBuf {
+    let uv = try_find_uv().unwrap_or_else(|| {
         panic!(
             "no uv found: run scripts/test, which installs the pinned uv, or set COMFYFLEET_TEST_UV \
              to a uv binary, or put uv on PATH"
         )
-    })
+    });
+    assert!(uv.is_file(), "COMFYFLEET_TEST_UV={} is not a file", uv.display());
+    uv
 }

@@ -22,6 +22,7 @@ fn record(generation: u64, revision: char, number: u32, activate: bool) -> Assig
         plan_json: String::new(),
         activate,
         reason: "rollout".into(),
+        lock_json: String::new(),
     }
 }
 

@@ -1,0 +1,191 @@
+//! The controller's copies of the spec's git repositories: one bare repository per
+//! URL under `cache/git/`, holding every pinned commit. Apply reads requirement files
+//! from them (to lock), and the package cache serves agents each pinned commit as a
+//! git bundle, so a machine needs nothing but the controller. git runs without a
+//! shell, without prompts and against a deadline.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio::process::Command;
+
+const FETCH_TIMEOUT: Duration = Duration::from_secs(600);
+const LOCAL_TIMEOUT: Duration = Duration::from_secs(120);
+/// A requirement file larger than this is not one.
+const MAX_FILE_BYTES: usize = 1 << 20;
+
+/// The repositories and the bundles made from them.
+#[derive(Debug, Clone)]
+pub struct GitMirror {
+    root: PathBuf,
+    /// One bundle is made at a time per controller: making one is CPU- and disk-bound.
+    bundling: std::sync::Arc<tokio::sync::Mutex<()>>,
+}
+
+pub use comfyfleet_config::lock::repository_key;
+
+impl GitMirror {
+    pub fn new(root: PathBuf) -> Self {
+        Self { root, bundling: Default::default() }
+    }
+
+    fn repository(&self, key: &str) -> PathBuf {
+        self.root.join(format!("{key}.git"))
+    }
+
+    /// Makes sure the copy of `url` holds `commit`, fetching it if not.
+    pub async fn ensure(&self, url: &str, commit: &str) -> Result<PathBuf, String> {
+        let repository = self.repository(&repository_key(url));
+        if !repository.join("HEAD").is_file() {
+            std::fs::create_dir_all(&self.root)
+                .map_err(|error| format!("cannot create {}: {error}", self.root.display()))?;
+            git(&self.root, &["init", "--quiet", "--bare", &path_text(&repository)], LOCAL_TIMEOUT).await?;
+        }
+        if has_commit(&repository, commit).await {
+            return Ok(repository);
+        }
+        let dir = path_text(&repository);
+        let by_commit = git(
+            &self.root,
+            &[
+                "--git-dir",
+                &dir,
+                "fetch",
+                "--quiet",
+                "--no-tags",
+                url,
+                &format!("+{commit}:refs/comfyfleet/{commit}"),
+            ],
+            FETCH_TIMEOUT,
+        )
+        .await;
+        if by_commit.is_err() || !has_commit(&repository, commit).await {
+            git(
+                &self.root,
+                &[
+                    "--git-dir",
+                    &dir,
+                    "fetch",
+                    "--quiet",
+                    "--no-tags",
+                    url,
+                    "+refs/heads/*:refs/heads/*",
+                    "+refs/tags/*:refs/tags/*",
+                ],
+                FETCH_TIMEOUT,
+            )
+            .await
+            .map_err(|error| format!("cannot fetch {url}: {error}"))?;
+        }
+        if !has_commit(&repository, commit).await {
+            return Err(format!("{url} has no commit {commit}; apply the spec again to pin one that exists"));
+        }
+        git(
+            &self.root,
+            &["--git-dir", &dir, "update-ref", &format!("refs/comfyfleet/{commit}"), commit],
+            LOCAL_TIMEOUT,
+        )
+        .await?;
+        Ok(repository)
+    }
+
+    /// `path` at `commit` in the copy of `url`, or `None` when the commit has no such file.
+    pub async fn read_file(&self, url: &str, commit: &str, path: &str) -> Result<Option<String>, String> {
+        let repository = self.ensure(url, commit).await?;
+        let dir = path_text(&repository);
+        match git(
+            &self.root,
+            &["--git-dir", &dir, "cat-file", "-e", &format!("{commit}:{path}")],
+            LOCAL_TIMEOUT,
+        )
+        .await
+        {
+            Ok(_) => {}
+            Err(_) => return Ok(None),
+        }
+        let bytes = git(
+            &self.root,
+            &["--git-dir", &dir, "cat-file", "blob", &format!("{commit}:{path}")],
+            LOCAL_TIMEOUT,
+        )
+        .await?;
+        if bytes.len() > MAX_FILE_BYTES {
+            return Err(format!(
+                "{path} at {commit} in {url} is {} bytes; that is not a requirement file",
+                bytes.len()
+            ));
+        }
+        Ok(Some(String::from_utf8_lossy(&bytes).into_owned()))
+    }
+
+    /// A bundle of `commit` (with its history) from the copy named `key`: made once,
+    /// kept beside the repository. `None` when no copy holds the commit.
+    pub async fn bundle(&self, key: &str, commit: &str) -> Result<Option<PathBuf>, String> {
+        let repository = self.repository(key);
+        if !repository.join("HEAD").is_file() || !has_commit(&repository, commit).await {
+            return Ok(None);
+        }
+        let bundles = self.root.join("bundles");
+        let bundle = bundles.join(format!("{commit}.bundle"));
+        let _one = self.bundling.lock().await;
+        if bundle.is_file() {
+            return Ok(Some(bundle));
+        }
+        std::fs::create_dir_all(&bundles)
+            .map_err(|error| format!("cannot create {}: {error}", bundles.display()))?;
+        let dir = path_text(&repository);
+        let reference = format!("refs/comfyfleet/{commit}");
+        git(&self.root, &["--git-dir", &dir, "update-ref", &reference, commit], LOCAL_TIMEOUT).await?;
+        let partial = bundles.join(format!("{commit}.bundle.partial"));
+        git(
+            &self.root,
+            &["--git-dir", &dir, "bundle", "create", "--quiet", &path_text(&partial), &reference],
+            FETCH_TIMEOUT,
+        )
+        .await?;
+        std::fs::rename(&partial, &bundle)
+            .map_err(|error| format!("cannot keep {}: {error}", bundle.display()))?;
+        Ok(Some(bundle))
+    }
+}
+
+fn path_text(path: &Path) -> String {
+    path.to_string_lossy().into_owned()
+}
+
+async fn has_commit(repository: &Path, commit: &str) -> bool {
+    let dir = path_text(repository);
+    git(repository, &["--git-dir", &dir, "cat-file", "-e", &format!("{commit}^{{commit}}")], LOCAL_TIMEOUT)
+        .await
+        .is_ok()
+}
+
+/// Runs git; its stdout, or the end of its stderr as the error.
+async fn git(cwd: &Path, args: &[&str], timeout: Duration) -> Result<Vec<u8>, String> {
+    let mut command = Command::new("git");
+    command
+        .args(["-c", "protocol.ext.allow=never", "-c", "protocol.fd.allow=never"])
+        .args(args)
+        .current_dir(cwd)
+        .env("GIT_TERMINAL_PROMPT", "0")
+        .env("GIT_ASKPASS", "")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    let child = command
+        .spawn()
+        .map_err(|error| format!("cannot run git: {error}; install git on the controller's machine"))?;
+    let output = tokio::time::timeout(timeout, child.wait_with_output())
+        .await
+        .map_err(|_| format!("`git {}` did not finish within {} s", args.join(" "), timeout.as_secs()))?
+        .map_err(|error| format!("git failed: {error}"))?;
+    if output.status.success() {
+        return Ok(output.stdout);
+    }
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let tail: Vec<&str> = stderr.lines().filter(|line| !line.trim().is_empty()).collect();
+    let tail = tail[tail.len().saturating_sub(4)..].join("; ");
+    Err(if tail.is_empty() { format!("git exited with {}", output.status) } else { tail })
+}

@@ -1,0 +1,561 @@
+//! The controller's pull-through package cache. Agents fetch every file a build
+//! installs from here, by sha256, over the mutual-TLS identity they already hold:
+//! the files of their class's lock and the spec's kernel wheels. A file is fetched
+//! from upstream at most once per controller (concurrent first requests share one
+//! download), checked against the sha256 its revision names before it is kept, and
+//! kept by digest under `cache/files/`.
+//!
+//! Waiting agents are streamed the download as it arrives, except its last
+//! [`HOLDBACK`] bytes, which are sent only once the whole file has verified: an
+//! agent can never receive a complete file whose bytes do not match (it sees a
+//! truncated body, and checks the sha256 itself anyway).
+//!
+//! An interrupted upstream download resumes where it stopped (HTTP range), within
+//! the download and across controller restarts (`.partial` files). With
+//! `--cache-max-size`, files no kept revision needs are evicted, least recently used
+//! (by mtime, touched at every hit) first.
+
+use std::collections::{HashMap, HashSet};
+use std::io::SeekFrom;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use bytes::Bytes;
+use sha2::{Digest, Sha256};
+use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
+use tokio::sync::watch;
+
+use crate::store::{PackageFile, Store};
+
+/// Bytes of an unverified download that are held back from waiting agents.
+pub const HOLDBACK: u64 = 1 << 20;
+/// Attempts at one upstream download (each resumes the last).
+const ATTEMPTS: u32 = 4;
+const READ_CHUNK: usize = 256 << 10;
+/// Larger than any file a build installs (torch with CUDA is ~3 GiB).
+const MAX_FILE_BYTES: u64 = 16 << 30;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum State {
+    /// Bytes written to the partial file so far, and the size if known.
+    Downloading {
+        written: u64,
+        total: Option<u64>,
+    },
+    Verified {
+        size: u64,
+    },
+    Failed(String),
+}
+
+/// A file as the cache answers it.
+pub enum Opened {
+    /// On disk and verified.
+    Ready { path: PathBuf, size: u64 },
+    /// Being downloaded; follow the state.
+    Downloading { partial: PathBuf, finished: PathBuf, state: watch::Receiver<State> },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CacheError {
+    #[error("`{0}` is not a sha256 (64 lowercase hex digits)")]
+    BadDigest(String),
+    #[error("no stored revision installs a file with sha256 {0}: the cache serves only what revisions name")]
+    Unknown(String),
+    #[error("{0}")]
+    Store(String),
+}
+
+#[derive(Default)]
+struct Counters {
+    hits: AtomicU64,
+    misses: AtomicU64,
+    bytes_from_upstream: AtomicU64,
+    bytes_served: AtomicU64,
+}
+
+pub struct PackageCache {
+    dir: PathBuf,
+    max_size: Option<u64>,
+    client: reqwest::Client,
+    store: Arc<dyn Store>,
+    inflight: Mutex<HashMap<String, watch::Receiver<State>>>,
+    counters: Counters,
+}
+
+/// What `comfyfleet cache status` shows.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CacheStatus {
+    pub size_bytes: u64,
+    pub files: u64,
+    pub max_size_bytes: u64,
+    pub hits: u64,
+    pub misses: u64,
+    pub bytes_from_upstream: u64,
+    pub bytes_served: u64,
+    pub needed_files: u64,
+    pub needed_bytes: u64,
+    pub directory: String,
+}
+
+pub fn is_sha256(text: &str) -> bool {
+    text.len() == 64 && text.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+impl PackageCache {
+    pub fn new(dir: PathBuf, max_size: Option<u64>, store: Arc<dyn Store>) -> Result<Self, String> {
+        for sub in ["files", "partial"] {
+            std::fs::create_dir_all(dir.join(sub))
+                .map_err(|error| format!("cannot create {}: {error}", dir.join(sub).display()))?;
+        }
+        crate::tls::install_crypto_provider();
+        let client = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(30))
+            .read_timeout(Duration::from_secs(120))
+            .user_agent(concat!("comfyfleet-controller/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|error| format!("cannot set up HTTP downloads: {error}"))?;
+        Ok(Self {
+            dir,
+            max_size,
+            client,
+            store,
+            inflight: Mutex::new(HashMap::new()),
+            counters: Counters::default(),
+        })
+    }
+
+    pub fn directory(&self) -> &Path {
+        &self.dir
+    }
+
+    fn file_path(&self, sha256: &str) -> PathBuf {
+        self.dir.join("files").join(sha256)
+    }
+
+    fn partial_path(&self, sha256: &str) -> PathBuf {
+        self.dir.join("partial").join(sha256)
+    }
+
+    pub fn count_served(&self, bytes: u64) {
+        self.counters.bytes_served.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    /// The file with this sha256: from disk, or from the one upstream download of it.
+    pub async fn open(self: &Arc<Self>, sha256: &str) -> Result<Opened, CacheError> {
+        if !is_sha256(sha256) {
+            return Err(CacheError::BadDigest(comfyfleet_config::spec::names::printable(sha256)));
+        }
+        let path = self.file_path(sha256);
+        if let Ok(meta) = std::fs::metadata(&path) {
+            touch(&path);
+            self.counters.hits.fetch_add(1, Ordering::Relaxed);
+            return Ok(Opened::Ready { path, size: meta.len() });
+        }
+        let source = self
+            .store
+            .package_file(sha256)
+            .await
+            .map_err(|error| CacheError::Store(error.to_string()))?
+            .ok_or_else(|| CacheError::Unknown(sha256.to_owned()))?;
+        Ok(self.download(source))
+    }
+
+    /// Joins the download of `source`, starting it if none runs.
+    fn download(self: &Arc<Self>, source: PackageFile) -> Opened {
+        let finished = self.file_path(&source.sha256);
+        let partial = self.partial_path(&source.sha256);
+        let mut inflight = self.inflight.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(state) = inflight.get(&source.sha256) {
+            return Opened::Downloading { partial, finished, state: state.clone() };
+        }
+        if let Ok(meta) = std::fs::metadata(&finished) {
+            // Finished between the first look and taking the lock.
+            return Opened::Ready { path: finished, size: meta.len() };
+        }
+        self.counters.misses.fetch_add(1, Ordering::Relaxed);
+        let (sender, receiver) = watch::channel(State::Downloading { written: 0, total: source.size });
+        inflight.insert(source.sha256.clone(), receiver.clone());
+        drop(inflight);
+        let cache = self.clone();
+        // Its own task: an agent that gives up does not stop the download others wait for.
+        tokio::spawn(async move {
+            let result = cache.fetch_upstream(&source, &sender).await;
+            let state = match result {
+                Ok(size) => {
+                    tracing::info!(url = %source.url, sha256 = %source.sha256, size, "cached from upstream");
+                    State::Verified { size }
+                }
+                Err(message) => {
+                    tracing::warn!(url = %source.url, %message, "cannot cache a file");
+                    State::Failed(message)
+                }
+            };
+            let _ = sender.send(state);
+            cache.inflight.lock().unwrap_or_else(PoisonError::into_inner).remove(&source.sha256);
+            cache.evict().await;
+        });
+        Opened::Downloading { partial, finished, state: receiver }
+    }
+
+    /// Downloads `source` into its partial file, resuming, checks its sha256 and
+    /// moves it into place. The size on success.
+    async fn fetch_upstream(
+        &self,
+        source: &PackageFile,
+        state: &watch::Sender<State>,
+    ) -> Result<u64, String> {
+        let partial = self.partial_path(&source.sha256);
+        let mut last_error = String::new();
+        for attempt in 1..=ATTEMPTS {
+            match self.fetch_attempt(source, &partial, state).await {
+                Ok(()) => {
+                    last_error.clear();
+                    break;
+                }
+                Err(Attempt::Fatal(message)) => {
+                    let _ = std::fs::remove_file(&partial);
+                    return Err(message);
+                }
+                Err(Attempt::Retry(message)) => {
+                    tracing::info!(url = %source.url, attempt, %message, "upstream download interrupted; resuming");
+                    last_error = message;
+                    tokio::time::sleep(Duration::from_millis(200 * u64::from(attempt))).await;
+                }
+            }
+        }
+        if !last_error.is_empty() {
+            return Err(format!("fetching {} failed after {ATTEMPTS} attempts: {last_error}", source.url));
+        }
+        let (actual, size) = hash_file(&partial)
+            .await
+            .map_err(|error| format!("cannot read {}: {error}", partial.display()))?;
+        if actual != source.sha256 {
+            let _ = std::fs::remove_file(&partial);
+            return Err(format!(
+                "the file at {} has sha256 {actual}, but the revision requires {}: it changed upstream or was \
+                 tampered with; the cache refused it and serves nothing for it",
+                source.url, source.sha256
+            ));
+        }
+        let finished = self.file_path(&source.sha256);
+        std::fs::rename(&partial, &finished)
+            .map_err(|error| format!("cannot keep {}: {error}", finished.display()))?;
+        Ok(size)
+    }
+
+    async fn fetch_attempt(
+        &self,
+        source: &PackageFile,
+        partial: &Path,
+        state: &watch::Sender<State>,
+    ) -> Result<(), Attempt> {
+        let io =
+            |error: std::io::Error| Attempt::Fatal(format!("cannot write {}: {error}", partial.display()));
+        let have = std::fs::metadata(partial).map(|meta| meta.len()).unwrap_or(0);
+        let mut request = self.client.get(&source.url);
+        if have > 0 {
+            request = request.header(reqwest::header::RANGE, format!("bytes={have}-"));
+        }
+        let mut response = request.send().await.map_err(|error| {
+            Attempt::Retry(format!("cannot reach {}: {}", source.url, error_chain(&error)))
+        })?;
+        let status = response.status();
+        let resumed = status == reqwest::StatusCode::PARTIAL_CONTENT && have > 0;
+        if status == reqwest::StatusCode::RANGE_NOT_SATISFIABLE {
+            // The partial file is already whole (or longer than the file): start over.
+            let _ = std::fs::remove_file(partial);
+            return Err(Attempt::Retry(format!("{} answered 416 to a resume", source.url)));
+        }
+        if !status.is_success() {
+            let message = format!("{} answered {status}", source.url);
+            return Err(if status.is_server_error() {
+                Attempt::Retry(message)
+            } else {
+                Attempt::Fatal(message)
+            });
+        }
+        let total = response
+            .content_length()
+            .map(|length| if resumed { length + have } else { length })
+            .or(source.size);
+        if total.is_some_and(|total| total > MAX_FILE_BYTES) {
+            return Err(Attempt::Fatal(format!(
+                "{} is larger than {MAX_FILE_BYTES} bytes; refusing it",
+                source.url
+            )));
+        }
+        let mut file = tokio::fs::OpenOptions::new()
+            .create(true)
+            .write(true)
+            .truncate(!resumed)
+            .open(partial)
+            .await
+            .map_err(io)?;
+        let mut written = if resumed { file.seek(SeekFrom::End(0)).await.map_err(io)? } else { 0 };
+        let _ = state.send(State::Downloading { written, total });
+        loop {
+            let chunk = response.chunk().await.map_err(|error| {
+                Attempt::Retry(format!("reading {}: {}", source.url, error_chain(&error)))
+            })?;
+            let Some(chunk) = chunk else { break };
+            file.write_all(&chunk).await.map_err(io)?;
+            written += chunk.len() as u64;
+            self.counters.bytes_from_upstream.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+            if written > MAX_FILE_BYTES {
+                return Err(Attempt::Fatal(format!(
+                    "{} is larger than {MAX_FILE_BYTES} bytes; refusing it",
+                    source.url
+                )));
+            }
+            file.flush().await.map_err(io)?;
+            let _ = state.send(State::Downloading { written, total });
+        }
+        file.sync_all().await.map_err(io)?;
+        if let Some(total) = total
+            && written < total
+        {
+            return Err(Attempt::Retry(format!("{} ended after {written} of {total} bytes", source.url)));
+        }
+        Ok(())
+    }
+
+    /// Size, file count and counters, and how much kept revisions need.
+    pub async fn status(&self) -> CacheStatus {
+        let files = self.files_on_disk();
+        let needed = self.needed().await.unwrap_or_default();
+        let needed_files: Vec<&(String, u64, std::time::SystemTime)> =
+            files.iter().filter(|(sha, ..)| needed.contains(sha)).collect();
+        CacheStatus {
+            size_bytes: files.iter().map(|(_, size, _)| size).sum(),
+            files: files.len() as u64,
+            max_size_bytes: self.max_size.unwrap_or(0),
+            hits: self.counters.hits.load(Ordering::Relaxed),
+            misses: self.counters.misses.load(Ordering::Relaxed),
+            bytes_from_upstream: self.counters.bytes_from_upstream.load(Ordering::Relaxed),
+            bytes_served: self.counters.bytes_served.load(Ordering::Relaxed),
+            needed_files: needed_files.len() as u64,
+            needed_bytes: needed_files.iter().map(|(_, size, _)| size).sum(),
+            directory: self.dir.display().to_string(),
+        }
+    }
+
+    /// Every cached file: sha256, size, last use.
+    fn files_on_disk(&self) -> Vec<(String, u64, std::time::SystemTime)> {
+        let Ok(entries) = std::fs::read_dir(self.dir.join("files")) else { return Vec::new() };
+        entries
+            .filter_map(Result::ok)
+            .filter_map(|entry| {
+                let name = entry.file_name().into_string().ok()?;
+                let meta = entry.metadata().ok()?;
+                (is_sha256(&name) && meta.is_file())
+                    .then(|| (name, meta.len(), meta.modified().unwrap_or(std::time::UNIX_EPOCH)))
+            })
+            .collect()
+    }
+
+    /// The sha256 of every file a kept revision (each environment's newest, every
+    /// assigned one) installs.
+    pub async fn needed(&self) -> Result<HashSet<String>, String> {
+        let specs = self.store.kept_revision_specs().await.map_err(|error| error.to_string())?;
+        let mut needed = HashSet::new();
+        for text in specs {
+            let Ok(spec) =
+                comfyfleet_config::Spec::parse("stored spec", &text, comfyfleet_config::SpecFormat::Json)
+            else {
+                continue;
+            };
+            needed.extend(crate::locking::kernel_wheel_files(&spec).into_iter().map(|file| file.sha256));
+            for digest in spec.lock.digests.values() {
+                let Ok(Some(stored)) = self.store.lock(digest).await else { continue };
+                if let Ok(lock) = comfyfleet_config::lock::Lock::from_json(&stored.lock_json) {
+                    needed.extend(lock.packages.into_iter().map(|package| package.sha256));
+                }
+            }
+        }
+        Ok(needed)
+    }
+
+    /// Removes files: those no kept revision needs, or every one with `all`.
+    pub async fn prune(&self, all: bool) -> (u64, u64) {
+        let needed = if all { HashSet::new() } else { self.needed().await.unwrap_or_default() };
+        if !all && needed.is_empty() && self.store.kept_revision_specs().await.is_err() {
+            return (0, 0);
+        }
+        let mut removed = (0, 0);
+        for (sha, size, _) in self.files_on_disk() {
+            if !needed.contains(&sha) && std::fs::remove_file(self.file_path(&sha)).is_ok() {
+                removed.0 += 1;
+                removed.1 += size;
+            }
+        }
+        removed
+    }
+
+    /// Under `--cache-max-size`: removes files no kept revision needs, least
+    /// recently used first, until the cache fits.
+    async fn evict(&self) {
+        let Some(max) = self.max_size else { return };
+        let mut files = self.files_on_disk();
+        let mut size: u64 = files.iter().map(|(_, size, _)| size).sum();
+        if size <= max {
+            return;
+        }
+        let Ok(needed) = self.needed().await else { return };
+        files.sort_by_key(|(_, _, used)| *used);
+        for (sha, file_size, _) in files {
+            if size <= max {
+                return;
+            }
+            if needed.contains(&sha) {
+                continue;
+            }
+            if std::fs::remove_file(self.file_path(&sha)).is_ok() {
+                tracing::info!(sha256 = %sha, bytes = file_size, "evicted from the package cache");
+                size -= file_size;
+            }
+        }
+        if size > max {
+            tracing::warn!(
+                size,
+                max,
+                "the package cache is over --cache-max-size with files kept revisions need"
+            );
+        }
+    }
+}
+
+enum Attempt {
+    Retry(String),
+    Fatal(String),
+}
+
+fn touch(path: &Path) {
+    if let Ok(file) = std::fs::File::options().append(true).open(path) {
+        let _ = file.set_modified(std::time::SystemTime::now());
+    }
+}
+
+async fn hash_file(path: &Path) -> std::io::Result<(String, u64)> {
+    let mut file = tokio::fs::File::open(path).await?;
+    let mut hasher = Sha256::new();
+    let mut buffer = vec![0u8; READ_CHUNK];
+    let mut size = 0u64;
+    loop {
+        let read = file.read(&mut buffer).await?;
+        if read == 0 {
+            break;
+        }
+        hasher.update(&buffer[..read]);
+        size += read as u64;
+    }
+    Ok((hex::encode(hasher.finalize()), size))
+}
+
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+/// The bytes of an [`Opened`] file as a stream: the verified file, or a download
+/// followed as it grows, never past [`HOLDBACK`] before the end until it verified.
+pub fn body_stream(
+    opened: Opened,
+) -> impl futures_util::Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static {
+    struct Follow {
+        file: Option<tokio::fs::File>,
+        sent: u64,
+        partial: PathBuf,
+        finished: PathBuf,
+        state: Option<watch::Receiver<State>>,
+        done: bool,
+    }
+    let follow = match opened {
+        Opened::Ready { path, .. } => {
+            Follow { file: None, sent: 0, partial: path.clone(), finished: path, state: None, done: false }
+        }
+        Opened::Downloading { partial, finished, state } => {
+            Follow { file: None, sent: 0, partial, finished, state: Some(state), done: false }
+        }
+    };
+    futures_util::stream::unfold(follow, |mut follow| async move {
+        if follow.done {
+            return None;
+        }
+        loop {
+            // How far may be sent now, and whether that is the end.
+            let snapshot = follow.state.as_mut().map(|state| state.borrow_and_update().clone());
+            let (allowed, end) = match snapshot {
+                None => (u64::MAX, true),
+                Some(snapshot) => match snapshot {
+                    State::Verified { size } => (size, true),
+                    State::Failed(message) => {
+                        return Some((Err(std::io::Error::other(message)), Follow { done: true, ..follow }));
+                    }
+                    State::Downloading { written, total } => {
+                        let cap = match total {
+                            Some(total) => written.min(total.saturating_sub(HOLDBACK)),
+                            None => written.saturating_sub(HOLDBACK),
+                        };
+                        (cap, false)
+                    }
+                },
+            };
+            if follow.file.is_none() && (allowed > follow.sent || end) {
+                let opened = match tokio::fs::File::open(&follow.partial).await {
+                    Ok(file) => Ok(file),
+                    Err(_) => tokio::fs::File::open(&follow.finished).await,
+                };
+                match opened {
+                    Ok(mut file) => {
+                        if follow.sent > 0 && file.seek(SeekFrom::Start(follow.sent)).await.is_err() {
+                            return None;
+                        }
+                        follow.file = Some(file);
+                    }
+                    Err(error) if end => return Some((Err(error), Follow { done: true, ..follow })),
+                    Err(_) => {}
+                }
+            }
+            if allowed > follow.sent
+                && let Some(file) = follow.file.as_mut()
+            {
+                let want =
+                    usize::try_from((allowed - follow.sent).min(READ_CHUNK as u64)).unwrap_or(READ_CHUNK);
+                let mut buffer = vec![0u8; want];
+                match file.read(&mut buffer).await {
+                    Ok(0) if end => return None,
+                    Ok(0) => {}
+                    Ok(read) => {
+                        buffer.truncate(read);
+                        follow.sent += read as u64;
+                        return Some((Ok(Bytes::from(buffer)), follow));
+                    }
+                    Err(error) => return Some((Err(error), Follow { done: true, ..follow })),
+                }
+            } else if end && allowed <= follow.sent {
+                return None;
+            }
+            match &mut follow.state {
+                Some(state) if !end => {
+                    if state.changed().await.is_err() {
+                        // The download task ended without a last word: treat as failed.
+                        return Some((
+                            Err(std::io::Error::other("the upstream download stopped")),
+                            Follow { done: true, ..follow },
+                        ));
+                    }
+                }
+                _ => {}
+            }
+        }
+    })
+}
