@@ -14,6 +14,8 @@ use crate::command::redact_credentials;
 
 /// Far larger than any wheel comfyfleet installs itself (torch goes through uv).
 const MAX_DOWNLOAD_BYTES: u64 = 8 << 30;
+/// Tries at one download whose connection fails.
+const DOWNLOAD_ATTEMPTS: u32 = 3;
 /// Index pages are small; a huge one is a mistake or an attack.
 const MAX_PAGE_BYTES: usize = 32 << 20;
 
@@ -37,6 +39,14 @@ pub enum DownloadError {
     Io { path: PathBuf, source: std::io::Error },
     #[error("`{0}` is not a file name comfyfleet writes (it must not contain `/` or start with `.`)")]
     BadFileName(String),
+}
+
+impl DownloadError {
+    /// The bytes are not the ones the spec or lock pins (here, or as the
+    /// controller's package cache found them upstream: it answers 409).
+    pub fn is_integrity(&self) -> bool {
+        matches!(self, DownloadError::Sha256Mismatch { .. } | DownloadError::Status { status: 409, .. })
+    }
 }
 
 /// A verified file on disk.
@@ -187,6 +197,27 @@ impl Downloader {
     /// The file at `url`, whose sha256 must be `sha256` (lowercase hex), stored as
     /// `file_name` under its digest. `progress` hears the bytes received so far.
     pub async fn verified(
+        &self,
+        url: &str,
+        sha256: &str,
+        file_name: &str,
+        progress: &mut (dyn FnMut(u64, Option<u64>) + Send),
+    ) -> Result<Fetched, DownloadError> {
+        // A connection cut mid-body (a flaky link, or the controller's cache ending a
+        // stream it could not verify) is tried again; the second answer says why.
+        let mut attempt = 1;
+        loop {
+            match self.verified_once(url, sha256, file_name, progress).await {
+                Err(DownloadError::Request { .. }) if attempt < DOWNLOAD_ATTEMPTS => {
+                    tokio::time::sleep(Duration::from_millis(500 * u64::from(attempt))).await;
+                    attempt += 1;
+                }
+                result => return result,
+            }
+        }
+    }
+
+    async fn verified_once(
         &self,
         url: &str,
         sha256: &str,

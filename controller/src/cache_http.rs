@@ -6,7 +6,9 @@
 //! - `GET /cache/v1/git/{repository key}/{commit}.bundle`: a pinned commit as a git
 //!   bundle (the key is the first 16 hex digits of the sha256 of the spec's URL).
 //!
-//! Errors are plain text saying what went wrong and, for upstream errors, the URL.
+//! Errors are plain text saying what went wrong and, for upstream errors, the URL:
+//! 409 when upstream's bytes do not match the sha256 the revision requires, 502 when
+//! upstream failed, 404 for a file no stored revision names.
 
 use std::sync::Arc;
 
@@ -20,7 +22,7 @@ use futures_util::StreamExt;
 use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
 
 use crate::agent_service::authenticate_certificate;
-use crate::package_cache::{CacheError, Opened, State as Download, body_stream};
+use crate::package_cache::{CacheError, HOLDBACK, Opened, State as Download, body_stream};
 use crate::state::ControllerState;
 
 pub fn router(state: Arc<ControllerState>) -> Router {
@@ -67,6 +69,10 @@ async fn file(
         Err(error @ (CacheError::BadDigest(_) | CacheError::Unknown(_))) => {
             return text(StatusCode::NOT_FOUND, error.to_string());
         }
+        Err(CacheError::Refused { message, integrity: true }) => return text(StatusCode::CONFLICT, message),
+        Err(CacheError::Refused { message, integrity: false }) => {
+            return text(StatusCode::BAD_GATEWAY, message);
+        }
         Err(error) => return text(StatusCode::SERVICE_UNAVAILABLE, error.to_string()),
     };
     // A download that has already failed (or fails before a byte could be sent) is
@@ -78,10 +84,18 @@ async fn file(
             loop {
                 let current = download.borrow_and_update().clone();
                 match current {
-                    Download::Failed(message) => return text(StatusCode::BAD_GATEWAY, message),
+                    // 409: upstream's bytes conflict with the sha256 the revision
+                    // requires (a supply-chain problem); 502: upstream failed.
+                    Download::Failed { message, integrity: true } => {
+                        return text(StatusCode::CONFLICT, message);
+                    }
+                    Download::Failed { message, integrity: false } => {
+                        return text(StatusCode::BAD_GATEWAY, message);
+                    }
                     Download::Verified { size } => break Some(size),
-                    Download::Downloading { total: Some(total), .. } => break Some(total),
-                    Download::Downloading { written, total: None } if written > 0 => break None,
+                    // Answer once bytes can flow; a small file is answered only
+                    // once verified, so its refusal is a status with a reason.
+                    Download::Downloading { written, total } if written > HOLDBACK => break total,
                     Download::Downloading { .. } => {
                         if download.changed().await.is_err() {
                             return text(StatusCode::BAD_GATEWAY, "the upstream download stopped");

@@ -133,7 +133,7 @@ pub async fn fill(
                         let current = state.borrow_and_update().clone();
                         match current {
                             State::Verified { size } => break Ok(size),
-                            State::Failed(message) => break Err(message),
+                            State::Failed { message, .. } => break Err(message),
                             State::Downloading { .. } => {
                                 if state.changed().await.is_err() {
                                     break Err("the download stopped".to_owned());

@@ -26,6 +26,8 @@ use crate::store::{Store, StoreError, StoredAssignment};
 #[derive(Default)]
 pub struct SpecCache {
     specs: Mutex<HashMap<SpecDigest, Arc<String>>>,
+    /// Locks by digest, likewise immutable and sent to every machine of a class.
+    locks: Mutex<HashMap<String, Arc<String>>>,
 }
 
 /// Revisions kept; past this the cache starts over (rollouts use one or two).
@@ -42,6 +44,18 @@ impl SpecCache {
             specs.clear();
         }
         specs.insert(id, spec);
+    }
+
+    fn lock(&self, digest: &str) -> Option<Arc<String>> {
+        self.locks.lock().unwrap_or_else(PoisonError::into_inner).get(digest).cloned()
+    }
+
+    fn put_lock(&self, digest: String, lock: Arc<String>) {
+        let mut locks = self.locks.lock().unwrap_or_else(PoisonError::into_inner);
+        if locks.len() >= CACHED_SPECS * 4 {
+            locks.clear();
+        }
+        locks.insert(digest, lock);
     }
 }
 
@@ -165,14 +179,19 @@ async fn load(
             spec
         }
     };
-    let lock_json = lock_for(store, spec_json.as_ref(), &assignment.plan_json).await?;
+    let lock_json = lock_for(store, specs, spec_json.as_ref(), &assignment.plan_json).await?;
     let desired = pb::DesiredState::from(&assignment.record(spec_json.as_ref().clone(), lock_json));
     Ok(Some((assignment, desired)))
 }
 
 /// The lock of the plan's build class, when the revision is locked. A revision that
 /// has none for the class is sent without one: the agent refuses it, saying why.
-async fn lock_for(store: &dyn Store, spec_json: &str, plan_json: &str) -> Result<String, LoadError> {
+async fn lock_for(
+    store: &dyn Store,
+    cache: &SpecCache,
+    spec_json: &str,
+    plan_json: &str,
+) -> Result<String, LoadError> {
     #[derive(serde::Deserialize)]
     struct Locks {
         #[serde(default)]
@@ -186,7 +205,12 @@ async fn lock_for(store: &dyn Store, spec_json: &str, plan_json: &str) -> Result
         return Ok(String::new());
     };
     let Some(digest) = locks.lock.digests.get(&plan.class()) else { return Ok(String::new()) };
-    Ok(store.lock(digest).await?.map(|lock| lock.lock_json).unwrap_or_default())
+    if let Some(lock) = cache.lock(digest) {
+        return Ok(lock.as_ref().clone());
+    }
+    let Some(stored) = store.lock(digest).await? else { return Ok(String::new()) };
+    cache.put_lock(digest.clone(), Arc::new(stored.lock_json.clone()));
+    Ok(stored.lock_json)
 }
 
 #[cfg(test)]

@@ -47,7 +47,11 @@ pub enum State {
     Verified {
         size: u64,
     },
-    Failed(String),
+    /// Why; `integrity` when upstream's bytes do not match the sha256.
+    Failed {
+        message: String,
+        integrity: bool,
+    },
 }
 
 /// A file as the cache answers it.
@@ -66,6 +70,9 @@ pub enum CacheError {
     Unknown(String),
     #[error("{0}")]
     Store(String),
+    /// A download of it failed a moment ago: said again rather than tried again.
+    #[error("{message}")]
+    Refused { message: String, integrity: bool },
 }
 
 #[derive(Default)]
@@ -82,8 +89,16 @@ pub struct PackageCache {
     client: reqwest::Client,
     store: Arc<dyn Store>,
     inflight: Mutex<HashMap<String, watch::Receiver<State>>>,
+    /// Recent failures by sha256: agents asking again (after their stream was cut)
+    /// hear the reason instead of causing another upstream download.
+    failures: Mutex<HashMap<String, (std::time::Instant, String, bool)>>,
     counters: Counters,
 }
+
+/// How long a failure is repeated rather than retried: long for bytes that did not
+/// match (a new apply or a fixed upstream is needed), short for upstream errors.
+const REMEMBER_MISMATCH: Duration = Duration::from_secs(60);
+const REMEMBER_ERROR: Duration = Duration::from_secs(5);
 
 /// What `comfyfleet cache status` shows.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -123,6 +138,7 @@ impl PackageCache {
             client,
             store,
             inflight: Mutex::new(HashMap::new()),
+            failures: Mutex::new(HashMap::new()),
             counters: Counters::default(),
         })
     }
@@ -153,6 +169,14 @@ impl PackageCache {
             touch(&path);
             self.counters.hits.fetch_add(1, Ordering::Relaxed);
             return Ok(Opened::Ready { path, size: meta.len() });
+        }
+        if let Some((at, message, integrity)) =
+            self.failures.lock().unwrap_or_else(PoisonError::into_inner).get(sha256).cloned()
+        {
+            let remember = if integrity { REMEMBER_MISMATCH } else { REMEMBER_ERROR };
+            if at.elapsed() < remember {
+                return Err(CacheError::Refused { message, integrity });
+            }
         }
         let source = self
             .store
@@ -185,12 +209,17 @@ impl PackageCache {
             let result = cache.fetch_upstream(&source, &sender).await;
             let state = match result {
                 Ok(size) => {
+                    cache.failures.lock().unwrap_or_else(PoisonError::into_inner).remove(&source.sha256);
                     tracing::info!(url = %source.url, sha256 = %source.sha256, size, "cached from upstream");
                     State::Verified { size }
                 }
-                Err(message) => {
+                Err(Failure { message, integrity }) => {
                     tracing::warn!(url = %source.url, %message, "cannot cache a file");
-                    State::Failed(message)
+                    cache.failures.lock().unwrap_or_else(PoisonError::into_inner).insert(
+                        source.sha256.clone(),
+                        (std::time::Instant::now(), message.clone(), integrity),
+                    );
+                    State::Failed { message, integrity }
                 }
             };
             let _ = sender.send(state);
@@ -206,7 +235,7 @@ impl PackageCache {
         &self,
         source: &PackageFile,
         state: &watch::Sender<State>,
-    ) -> Result<u64, String> {
+    ) -> Result<u64, Failure> {
         let partial = self.partial_path(&source.sha256);
         let mut last_error = String::new();
         for attempt in 1..=ATTEMPTS {
@@ -217,7 +246,7 @@ impl PackageCache {
                 }
                 Err(Attempt::Fatal(message)) => {
                     let _ = std::fs::remove_file(&partial);
-                    return Err(message);
+                    return Err(Failure { message, integrity: false });
                 }
                 Err(Attempt::Retry(message)) => {
                     tracing::info!(url = %source.url, attempt, %message, "upstream download interrupted; resuming");
@@ -226,23 +255,30 @@ impl PackageCache {
                 }
             }
         }
+        let failed = |message: String| Failure { message, integrity: false };
         if !last_error.is_empty() {
-            return Err(format!("fetching {} failed after {ATTEMPTS} attempts: {last_error}", source.url));
+            return Err(failed(format!(
+                "fetching {} failed after {ATTEMPTS} attempts: {last_error}",
+                source.url
+            )));
         }
         let (actual, size) = hash_file(&partial)
             .await
-            .map_err(|error| format!("cannot read {}: {error}", partial.display()))?;
+            .map_err(|error| failed(format!("cannot read {}: {error}", partial.display())))?;
         if actual != source.sha256 {
             let _ = std::fs::remove_file(&partial);
-            return Err(format!(
-                "the file at {} has sha256 {actual}, but the revision requires {}: it changed upstream or was \
-                 tampered with; the cache refused it and serves nothing for it",
-                source.url, source.sha256
-            ));
+            return Err(Failure {
+                message: format!(
+                    "the file at {} has sha256 {actual}, but the revision requires {}: it changed upstream or was \
+                     tampered with; the cache refused it and serves nothing for it",
+                    source.url, source.sha256
+                ),
+                integrity: true,
+            });
         }
         let finished = self.file_path(&source.sha256);
         std::fs::rename(&partial, &finished)
-            .map_err(|error| format!("cannot keep {}: {error}", finished.display()))?;
+            .map_err(|error| failed(format!("cannot keep {}: {error}", finished.display())))?;
         Ok(size)
     }
 
@@ -427,6 +463,12 @@ impl PackageCache {
     }
 }
 
+/// Why a file could not be cached.
+struct Failure {
+    message: String,
+    integrity: bool,
+}
+
 enum Attempt {
     Retry(String),
     Fatal(String),
@@ -497,7 +539,7 @@ pub fn body_stream(
                 None => (u64::MAX, true),
                 Some(snapshot) => match snapshot {
                     State::Verified { size } => (size, true),
-                    State::Failed(message) => {
+                    State::Failed { message, .. } => {
                         return Some((Err(std::io::Error::other(message)), Follow { done: true, ..follow }));
                     }
                     State::Downloading { written, total } => {

@@ -3,7 +3,7 @@
 //! the lock's sha256 before uv sees it, and installed exactly, without resolving
 //! (`--no-deps --require-hashes` from the verified local files).
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use comfyfleet_config::lock::{Lock, LockedPackage};
 use futures_util::StreamExt;
@@ -92,30 +92,39 @@ pub fn describe(package: &LockedPackage, through_cache: bool, error: &DownloadEr
     }
 }
 
-/// Installs exactly these verified files, without resolving anything.
+/// Installs exactly these verified files, without resolving anything: uv sees
+/// them in a directory of their own (`--find-links`, no index), pinned by version
+/// and hash, so the venv records them as ordinary installs of those versions.
 pub async fn install(
     build: &Build<'_>,
     step: &mut StepHandle,
     files: &[&Fetched],
     name: &str,
 ) -> Result<String, String> {
-    let list = build.env.meta().join(format!("{name}.lock.txt"));
-    write_requirements(&list, files)?;
-    let invocation = pip_install(build)?
-        .args(["--no-deps", "--require-hashes", "--no-index", "--offline", "-r"])
-        .arg(&list);
-    build.run(step, invocation).await
-}
-
-fn write_requirements(path: &Path, files: &[&Fetched]) -> Result<(), String> {
+    let wheelhouse = build.env.meta().join(format!("wheelhouse-{name}"));
+    let _ = std::fs::remove_dir_all(&wheelhouse);
+    std::fs::create_dir_all(&wheelhouse)
+        .map_err(|error| format!("cannot create {}: {error}", wheelhouse.display()))?;
     let mut text = String::new();
     for file in files {
+        let link = wheelhouse.join(file.package.file_name());
+        if std::fs::hard_link(&file.path, &link).is_err() {
+            std::os::unix::fs::symlink(&file.path, &link)
+                .map_err(|error| format!("cannot link {}: {error}", link.display()))?;
+        }
         text.push_str(&format!(
-            "{} @ file://{} --hash=sha256:{}\n",
-            file.package.name,
-            file.path.display(),
-            file.package.sha256
+            "{}=={} --hash=sha256:{}\n",
+            file.package.name, file.package.version, file.package.sha256
         ));
     }
-    std::fs::write(path, text).map_err(|error| format!("cannot write {}: {error}", path.display()))
+    let list = build.env.meta().join(format!("{name}.lock.txt"));
+    std::fs::write(&list, text).map_err(|error| format!("cannot write {}: {error}", list.display()))?;
+    let invocation = pip_install(build)?
+        .args(["--no-deps", "--require-hashes", "--no-index", "--offline", "--find-links"])
+        .arg(&wheelhouse)
+        .arg("-r")
+        .arg(&list);
+    let result = build.run(step, invocation).await;
+    let _ = std::fs::remove_dir_all(&wheelhouse);
+    result
 }

@@ -19,7 +19,6 @@ use super::requirements::constraints;
 use super::torch::overrides;
 use super::uv::{package_indexes, pip_install};
 use super::{Build, StepOutcome, StepResult};
-use crate::download::DownloadError;
 use crate::report::StepHandle;
 
 pub async fn install(build: &mut Build<'_>, step: &mut StepHandle) -> StepResult {
@@ -108,9 +107,12 @@ async fn install_one(
                     step.progress(format!("downloading {name}: {} KiB", received >> 10));
                 })
                 .await
-                .map_err(|error| match error {
-                    DownloadError::Sha256Mismatch { .. } => Failure::Integrity(error.to_string()),
-                    other => Failure::Install(other.to_string()),
+                .map_err(|error| {
+                    if error.is_integrity() {
+                        Failure::Integrity(error.to_string())
+                    } else {
+                        Failure::Install(error.to_string())
+                    }
                 })?;
             tracing::info!(
                 optimization = %optimization.name,
@@ -140,9 +142,21 @@ async fn install_one(
     };
     if locked.is_some() {
         // A kernel wheel of a locked revision goes in alone: its file is exact and
-        // nothing is resolved on the machine.
-        let invocation =
-            pip_install(build).map_err(Failure::Install)?.args(["--no-deps", "--no-index"]).arg(requirement);
+        // nothing is resolved on the machine. Found in its own verified directory,
+        // so the venv records an ordinary install of that version.
+        let path = std::path::PathBuf::from(&requirement);
+        let wheel = path
+            .file_name()
+            .and_then(|name| name.to_str())
+            .and_then(|name| WheelName::parse(name).ok())
+            .ok_or_else(|| Failure::Install(format!("{} is not a wheel", path.display())))?;
+        let directory =
+            path.parent().ok_or_else(|| Failure::Install("a wheel without a directory".into()))?;
+        let invocation = pip_install(build)
+            .map_err(Failure::Install)?
+            .args(["--no-deps", "--no-index", "--offline", "--find-links"])
+            .arg(directory)
+            .arg(format!("{}=={}", wheel.distribution, wheel.version));
         return build.run(step, invocation).await.map(|_| ()).map_err(Failure::Install);
     }
     let invocation = pip_install(build)

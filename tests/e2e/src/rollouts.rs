@@ -13,15 +13,48 @@ use crate::{Controller, wait_until};
 pub const PROFILES: [&str; 5] =
     ["h100-x8-580", "rtx4090-x1-570", "mixed-4090-a6000-570", "rtx5090-x1-575", "a100-x4-570"];
 
-/// A spec for environment `render`: ComfyUI at a commit (never fetched by the
-/// simulator), torch 2.8, every machine labelled pool=sim, with `rollout` as its
-/// `[rollout]` table body.
+/// What apply reads when it locks the simulated fleet's specs: a ComfyUI repository
+/// with one commit per revision a test makes, and a stand-in package index. Made
+/// once per test process and kept until it exits.
+struct SimUpstream {
+    /// Commit per `commit_digit`, `'1'` to `'9'`.
+    commits: Vec<String>,
+    url: String,
+    index: crate::standin::server::IndexServer,
+}
+
+fn sim_upstream() -> &'static SimUpstream {
+    static UPSTREAM: std::sync::OnceLock<SimUpstream> = std::sync::OnceLock::new();
+    UPSTREAM.get_or_init(|| {
+        let dir = crate::test_dir().keep();
+        crate::standin::catalog::Catalog::build(
+            &dir.join("index"),
+            &crate::standin::catalog::CatalogOptions::new("cp312"),
+        );
+        let index = crate::standin::server::IndexServer::start(&dir.join("index"));
+        let repo = crate::git::GitRepo::create(&dir.join("ComfyUI"), &[("main.py", "# revision 1\n")]);
+        let mut commits = vec![repo.head()];
+        for n in 2..=9 {
+            commits.push(repo.commit(&[("main.py", &format!("# revision {n}\n"))], &format!("revision {n}")));
+        }
+        SimUpstream { commits, url: repo.url(), index }
+    })
+}
+
+/// A spec for environment `render`: ComfyUI at the commit `commit_digit` names
+/// (never fetched by the simulator; read by apply, which locks), torch 2.8, every
+/// machine labelled pool=sim, with `rollout` as its `[rollout]` table body.
 pub fn spec(commit_digit: char, rollout: &str) -> String {
-    let commit = commit_digit.to_string().repeat(40);
+    let upstream = sim_upstream();
+    let number = commit_digit.to_digit(10).filter(|n| (1..=9).contains(n)).expect("commit digits are 1 to 9");
+    let commit = &upstream.commits[number as usize - 1];
+    let base = upstream.index.base_url();
     format!(
-        "name = \"render\"\npython = \"3.12\"\n\n[comfyui]\ngit = \"https://example.com/ComfyUI.git\"\n\
-         ref = \"{commit}\"\n\n[torch]\nversion = \"2.8.0\"\ncuda = [\"cu128\", \"cu126\"]\n\n\
-         [target]\nselector = 'labels.pool == \"sim\"'\n\n[rollout]\n{rollout}\n"
+        "name = \"render\"\npython = \"3.12\"\n\n[comfyui]\ngit = \"{url}\"\n\
+         ref = \"{commit}\"\n\n[torch]\nversion = \"2.8.0\"\ncuda = [\"cu128\", \"cu126\"]\n\
+         index = \"{base}/whl/{{cuda}}\"\n\n[index]\nurl = \"{base}/simple\"\ntrusted_hosts = [\"127.0.0.1\"]\n\n\
+         [target]\nselector = 'labels.pool == \"sim\"'\n\n[rollout]\n{rollout}\n",
+        url = upstream.url,
     )
 }
 

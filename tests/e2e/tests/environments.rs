@@ -8,6 +8,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use comfyfleet_e2e::git::GitRepo;
+use comfyfleet_e2e::standin::catalog::{Catalog, CatalogOptions};
+use comfyfleet_e2e::standin::server::IndexServer;
 use comfyfleet_e2e::{Agent, Controller, binaries, cli, profile, test_dir, wait_until};
 use serde_json::Value;
 
@@ -143,19 +145,30 @@ struct Sources {
     comfyui: GitRepo,
     kjnodes: GitRepo,
     videohelper: GitRepo,
+    /// The stand-in package index the example's indexes are pointed at.
+    index: IndexServer,
 }
 
 fn sources(root: &Path) -> Sources {
+    // apply locks every build class: the example's indexes are the stand-in's.
+    Catalog::build(&root.join("index"), &CatalogOptions::new("cp312"));
+    let index = IndexServer::start(&root.join("index"));
     let comfyui = GitRepo::create(&root.join("git/ComfyUI"), &[("main.py", "print('stand-in ComfyUI')\n")]);
     comfyui.tag("v0.3.64");
     comfyui.commit(&[("main.py", "print('newer ComfyUI')\n")], "after the tag");
     let kjnodes = GitRepo::create(&root.join("git/ComfyUI-KJNodes"), &[("__init__.py", "")]);
     let videohelper = GitRepo::create(&root.join("git/ComfyUI-VideoHelperSuite"), &[("__init__.py", "")]);
-    Sources { comfyui, kjnodes, videohelper }
+    Sources { comfyui, kjnodes, videohelper, index }
 }
 
 fn local_spec(sources: &Sources) -> String {
+    let base = sources.index.base_url();
     EXAMPLE
+        .replace("https://download.pytorch.org/whl/{cuda}", &format!("{base}/whl/{{cuda}}"))
+        .replace(
+            "url = \"https://pypi.org/simple\"",
+            &format!("url = \"{base}/simple\"\ntrusted_hosts = [\"127.0.0.1\"]"),
+        )
         .replace("https://github.com/comfyanonymous/ComfyUI.git", &sources.comfyui.url())
         .replace("https://github.com/kijai/ComfyUI-KJNodes.git", &sources.kjnodes.url())
         .replace("https://github.com/Kosinkadink/ComfyUI-VideoHelperSuite.git", &sources.videohelper.url())

@@ -163,26 +163,49 @@ impl IndexLayout {
             let mut list = String::from("<!DOCTYPE html>\n<html><body>\n");
             for (project, wheels) in projects {
                 list.push_str(&format!("<a href=\"{project}/\">{project}</a>\n"));
-                let mut page = format!("<!DOCTYPE html>\n<html><body>\n<h1>Links for {project}</h1>\n");
-                for wheel in wheels {
-                    // Both spellings: PEP 714 renamed the attribute; older clients read the first.
-                    let metadata = wheel.metadata_sha256.as_ref().map_or_else(String::new, |digest| {
-                        format!(" data-dist-info-metadata=\"sha256={digest}\" data-core-metadata=\"sha256={digest}\"")
-                    });
-                    page.push_str(&format!(
-                        "<a href=\"{}#sha256={}\"{metadata}>{}</a><br/>\n",
-                        wheel.url_path, wheel.wheel.sha256, wheel.wheel.file_name
-                    ));
-                }
-                page.push_str("</body></html>\n");
-                let project_dir = directory.join(project);
-                std::fs::create_dir_all(&project_dir).unwrap();
-                std::fs::write(project_dir.join("index.html"), page).unwrap();
+                write_project_page(&directory, project, wheels);
             }
             list.push_str("</body></html>\n");
             std::fs::write(directory.join("index.html"), list).unwrap();
         }
     }
+
+    /// Publishes `wheels` (every version of one project) on the default index of the
+    /// layout at `root` while it is served: the project's page is rewritten to list
+    /// exactly them. What "upstream published a new release" looks like to uv.
+    pub fn publish(root: &Path, wheels: &[WheelBuilder]) -> Vec<IndexedWheel> {
+        let mut layout = IndexLayout::create(root);
+        let indexed: Vec<IndexedWheel> =
+            wheels.iter().map(|wheel| layout.add_to_default_index(wheel)).collect();
+        let directory = root.join(Listing::Default.directory());
+        for (project, wheels) in &layout.pages[&Listing::Default] {
+            write_project_page(&directory, project, wheels);
+        }
+        indexed
+    }
+}
+
+/// `DIRECTORY/<project>/index.html`, linking every wheel with its sha256 and PEP
+/// 658 metadata hash.
+fn write_project_page(directory: &Path, project: &str, wheels: &[IndexedWheel]) {
+    let mut page = format!("<!DOCTYPE html>\n<html><body>\n<h1>Links for {project}</h1>\n");
+    for wheel in wheels {
+        // Both spellings: PEP 714 renamed the attribute; older clients read the first.
+        let metadata = wheel.metadata_sha256.as_ref().map_or_else(String::new, |digest| {
+            format!(" data-dist-info-metadata=\"sha256={digest}\" data-core-metadata=\"sha256={digest}\"")
+        });
+        page.push_str(&format!(
+            "<a href=\"{}#sha256={}\"{metadata}>{}</a><br/>\n",
+            wheel.url_path, wheel.wheel.sha256, wheel.wheel.file_name
+        ));
+    }
+    page.push_str("</body></html>\n");
+    let project_dir = directory.join(project);
+    std::fs::create_dir_all(&project_dir).unwrap();
+    // Whole or not at all: the server may be reading it.
+    let partial = project_dir.join(".index.html.partial");
+    std::fs::write(&partial, page).unwrap();
+    std::fs::rename(partial, project_dir.join("index.html")).unwrap();
 }
 
 /// PEP 503's normalized project name: lowercase, runs of `-_.` as one `-`.

@@ -19,7 +19,7 @@
 pub mod catalog;
 pub mod index;
 pub mod localize;
-mod packages;
+pub mod packages;
 pub mod repos;
 mod requirements;
 pub mod server;

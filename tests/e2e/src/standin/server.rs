@@ -156,6 +156,14 @@ impl IndexServer {
 
 impl Drop for IndexServer {
     fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+impl IndexServer {
+    /// Stops serving (upstream unreachable from here on): closes the listener and
+    /// every connection. Dropping stops it too.
+    pub fn stop(&mut self) {
         self.shared.stopping.store(true, Ordering::SeqCst);
         // Wakes the acceptor blocked in accept().
         let _ = TcpStream::connect(self.address);
