@@ -260,7 +260,7 @@ fn wheel_rank(wheel: &WheelName, class: &BuildClass) -> Option<(u8, u8)> {
     if !wheel.supports_python(&class.python_tag) || !wheel.supports_arch(&class.platform) {
         return None;
     }
-    let python = if wheel.python_tags.iter().any(|tag| *tag == class.python_tag)
+    let python = if wheel.python_tags.contains(&class.python_tag)
         && !wheel.abi_tags.iter().any(|abi| abi == "abi3" || abi == "none")
     {
         3

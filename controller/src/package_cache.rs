@@ -586,17 +586,15 @@ pub fn body_stream(
             } else if end && allowed <= follow.sent {
                 return None;
             }
-            match &mut follow.state {
-                Some(state) if !end => {
-                    if state.changed().await.is_err() {
-                        // The download task ended without a last word: treat as failed.
-                        return Some((
-                            Err(std::io::Error::other("the upstream download stopped")),
-                            Follow { done: true, ..follow },
-                        ));
-                    }
-                }
-                _ => {}
+            if !end
+                && let Some(state) = &mut follow.state
+                && state.changed().await.is_err()
+            {
+                // The download task ended without a last word: treat as failed.
+                return Some((
+                    Err(std::io::Error::other("the upstream download stopped")),
+                    Follow { done: true, ..follow },
+                ));
             }
         }
     })

@@ -86,7 +86,7 @@ pub async fn prune(client: &mut Fleet, all: bool) -> anyhow::Result<String> {
 
 fn bar(done: u64, total: u64) -> String {
     const WIDTH: u64 = 30;
-    let filled = if total == 0 { WIDTH } else { (done.min(total) * WIDTH) / total };
+    let filled = (done.min(total) * WIDTH).checked_div(total).unwrap_or(WIDTH);
     format!(
         "[{}{}]",
         "#".repeat(usize::try_from(filled).unwrap_or(0)),

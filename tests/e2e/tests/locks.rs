@@ -2,6 +2,7 @@
 //! fetched from upstream once, through the controller's package cache; a farm whose
 //! upstream is gone still builds after `cache fill`. Real controller, real agents,
 //! real uv, the stand-in upstream index (with its per-path byte counters).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test helpers fail loudly by design
 
 use std::path::Path;
 use std::time::Duration;
