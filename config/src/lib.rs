@@ -16,6 +16,7 @@ pub mod lock;
 pub mod machine;
 pub mod requirements;
 mod secret_token;
+pub mod uv_pin;
 
 pub use admin_config::AdminConfig;
 pub use assignment::{Assignment, AssignmentReason, AssignmentRecord};

@@ -79,6 +79,12 @@ async fn revision_files(
     for file in crate::locking::kernel_wheel_files(spec) {
         files.entry(file.sha256.clone()).or_insert(file);
     }
+    // The pinned uv wheels, where apply found them on the spec's index.
+    for (_, _, sha256) in comfyfleet_config::uv_pin::PINNED_UV_WHEELS {
+        if let Some(file) = state.store.package_file(sha256).await.map_err(internal)? {
+            files.entry(file.sha256.clone()).or_insert(file);
+        }
+    }
     let mut git = vec![(spec.comfyui.git.clone(), spec.comfyui.commit.clone().unwrap_or_default())];
     git.extend(
         spec.custom_nodes.iter().map(|node| (node.git.clone(), node.commit.clone().unwrap_or_default())),

@@ -50,7 +50,7 @@ pub async fn apply(
     let locked = if state.settings.lock_on_apply {
         lock_applied(state, &mut spec, requested).await?
     } else {
-        crate::locking::Locked { locks: Vec::new() }
+        crate::locking::Locked { locks: Vec::new(), tools: Vec::new() }
     };
     let revision = NewRevision {
         environment: spec.name.clone(),

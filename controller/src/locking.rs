@@ -66,6 +66,9 @@ pub fn default_classes(spec: &Spec) -> BTreeSet<String> {
 /// A lock made, ready to store with its revision.
 pub struct Locked {
     pub locks: Vec<Lock>,
+    /// The pinned uv wheels as the spec's index lists them (agents without uv
+    /// fetch one through the package cache).
+    pub tools: Vec<PackageFile>,
 }
 
 impl Locked {
@@ -96,6 +99,7 @@ impl Locked {
             );
         }
         files.extend(kernel_wheel_files(spec).into_iter().map(|file| (file.sha256.clone(), file)));
+        files.extend(self.tools.iter().map(|file| (file.sha256.clone(), file.clone())));
         files.into_values().collect()
     }
 }
@@ -111,6 +115,42 @@ pub fn kernel_wheel_files(spec: &Spec) -> Vec<PackageFile> {
                 .unwrap_or_else(|_| "wheel.whl".to_owned());
             let sha256 = wheel.sha256.as_ref()?.to_string();
             Some(PackageFile { sha256, url: wheel.url.clone(), file_name: name, size: None })
+        })
+        .collect()
+}
+
+/// Where the spec's index serves the uv wheels comfyfleet pins, read off its `uv`
+/// page; none when the index does not list them (machines with uv never need one).
+pub async fn uv_wheels(spec: &Spec) -> Vec<PackageFile> {
+    use comfyfleet_config::uv_pin::{PINNED_UV_WHEELS, find_link, join_url};
+    crate::tls::install_crypto_provider();
+    let Ok(client) = reqwest::Client::builder().timeout(Duration::from_secs(30)).build() else {
+        return Vec::new();
+    };
+    let page_url = format!("{}/uv/", spec.index.url.trim_end_matches('/'));
+    let page = match client.get(&page_url).send().await.and_then(reqwest::Response::error_for_status) {
+        Ok(response) => {
+            let base = response.url().to_string();
+            match response.text().await {
+                Ok(text) => (text, base),
+                Err(_) => return Vec::new(),
+            }
+        }
+        Err(error) => {
+            tracing::debug!(%page_url, %error, "the index lists no uv wheel for the package cache");
+            return Vec::new();
+        }
+    };
+    PINNED_UV_WHEELS
+        .iter()
+        .filter_map(|(_, file_name, sha256)| {
+            let href = find_link(&page.0, file_name)?;
+            Some(PackageFile {
+                sha256: (*sha256).to_owned(),
+                url: join_url(&page.1, &href),
+                file_name: (*file_name).to_owned(),
+                size: None,
+            })
         })
         .collect()
 }
@@ -140,7 +180,7 @@ impl Locker {
         if !problems.is_empty() {
             return Err(problems.join("\n"));
         }
-        Ok(Locked { locks })
+        Ok(Locked { locks, tools: uv_wheels(spec).await })
     }
 
     fn uv_binary(&self) -> Result<PathBuf, String> {

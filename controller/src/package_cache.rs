@@ -599,3 +599,6 @@ pub fn body_stream(
         }
     })
 }
+
+#[cfg(test)]
+mod tests;

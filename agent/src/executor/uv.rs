@@ -15,21 +15,9 @@ use super::{Build, StepOutcome, StepResult};
 use crate::command::Invocation;
 use crate::report::StepHandle;
 
-/// The uv this agent fetches when none is installed, with the sha256 of each wheel
-/// as PyPI publishes it.
-pub const PINNED_UV_VERSION: &str = "0.13.9";
-const PINNED_UV_WHEELS: &[(&str, &str, &str)] = &[
-    (
-        "x86_64",
-        "uv-0.13.9-py3-none-manylinux_2_17_x86_64.manylinux2014_x86_64.whl",
-        "d7f459fe4fd247d830351c75686d3996ace3c6f3f728eb0e85a30b7ada0cef19",
-    ),
-    (
-        "aarch64",
-        "uv-0.13.9-py3-none-manylinux_2_17_aarch64.manylinux2014_aarch64.musllinux_1_1_aarch64.whl",
-        "5435c5ce14a56431208ca0996416d310f1598e8c2c8ba707688985a16bb82dbe",
-    ),
-];
+pub use comfyfleet_config::uv_pin::PINNED_UV_VERSION;
+use comfyfleet_config::uv_pin::{PINNED_UV_WHEELS, find_link, join_url};
+
 /// The oldest uv whose flags the executor uses (`--default-index`, `--index`).
 const MINIMUM_UV: (u64, u64) = (0, 5);
 
@@ -47,8 +35,8 @@ pub async fn find_or_fetch(build: &mut Build<'_>, step: &mut StepHandle) -> Step
                 "no uv on PATH: fetching uv {PINNED_UV_VERSION} from {}",
                 build.assignment.spec.index.url
             ));
-            fetch_pinned(build, step).await?;
-            (fetched, format!("fetched from the package index, sha256 verified (pinned {PINNED_UV_VERSION})"))
+            let from = fetch_pinned(build, step).await?;
+            (fetched, format!("fetched from {from}, sha256 verified (pinned {PINNED_UV_VERSION})"))
         }
     };
     let version = build.run(step, Invocation::new(&uv).arg("--version")).await?;
@@ -92,11 +80,31 @@ fn check_version(version: &str, uv: &Path) -> Result<(), String> {
     Ok(())
 }
 
-async fn fetch_pinned(build: &Build<'_>, step: &mut StepHandle) -> Result<(), String> {
+/// Fetches and unpacks the pinned uv; says where it came from.
+async fn fetch_pinned(build: &Build<'_>, step: &mut StepHandle) -> Result<&'static str, String> {
     let arch = std::env::consts::ARCH;
     let (_, file_name, sha256) = PINNED_UV_WHEELS.iter().find(|(a, _, _)| *a == arch).ok_or_else(|| {
         format!("comfyfleet pins no uv wheel for {arch}: install uv on this machine and start the agent with --uv PATH")
     })?;
+    // The controller's package cache first: it has the pinned wheel when a revision
+    // was applied against an index that lists it.
+    if let Some(cache) = &build.tools.package_cache {
+        let url = cache.file_url(sha256, file_name);
+        match cache.downloader.verified(&url, sha256, file_name, &mut |_, _| {}).await {
+            Ok(fetched) => {
+                let target = pinned_binary(&build.layout.tools());
+                let wheel = fetched.path.clone();
+                tokio::task::spawn_blocking(move || extract_uv(&wheel, &target))
+                    .await
+                    .map_err(|error| format!("unpacking uv stopped: {error}"))??;
+                return Ok("the controller's package cache");
+            }
+            Err(error) if error.is_integrity() => return Err(error.to_string()),
+            Err(error) => {
+                step.progress(format!("the controller's package cache has no uv ({error}); trying the index"))
+            }
+        }
+    }
     let index = build.assignment.spec.index.url.trim_end_matches('/');
     let page_url = format!("{index}/uv/");
     let (page, base) = build.tools.downloader.page(&page_url).await.map_err(|error| error.to_string())?;
@@ -122,43 +130,8 @@ async fn fetch_pinned(build: &Build<'_>, step: &mut StepHandle) -> Result<(), St
     let wheel = fetched.path.clone();
     tokio::task::spawn_blocking(move || extract_uv(&wheel, &target))
         .await
-        .map_err(|error| format!("unpacking uv stopped: {error}"))?
-}
-
-/// The `href` of the anchor whose text or file name is `file_name` (PEP 503 page).
-fn find_link(page: &str, file_name: &str) -> Option<String> {
-    let encoded = file_name.replace('+', "%2B");
-    page.split("<a ").skip(1).find_map(|anchor| {
-        let href = anchor.split("href=\"").nth(1)?.split('"').next()?;
-        let path = href.split('#').next().unwrap_or(href);
-        let last = path.rsplit('/').next().unwrap_or(path);
-        (last == file_name || last == encoded).then(|| href.replace("&amp;", "&"))
-    })
-}
-
-/// Resolves `href` against the page it was found on.
-fn join_url(base: &str, href: &str) -> String {
-    let href = href.split('#').next().unwrap_or(href);
-    if href.contains("://") {
-        return href.to_owned();
-    }
-    let origin_end =
-        base.find("://").and_then(|i| base[i + 3..].find('/').map(|j| i + 3 + j)).unwrap_or(base.len());
-    if let Some(absolute) = href.strip_prefix('/') {
-        return format!("{}/{absolute}", &base[..origin_end]);
-    }
-    let directory = base.rfind('/').filter(|&i| i >= origin_end).map_or(base, |i| &base[..=i]);
-    let mut segments: Vec<&str> = directory[origin_end..].split('/').filter(|s| !s.is_empty()).collect();
-    for part in href.split('/') {
-        match part {
-            ".." => {
-                segments.pop();
-            }
-            "." | "" => {}
-            other => segments.push(other),
-        }
-    }
-    format!("{}/{}", &base[..origin_end], segments.join("/"))
+        .map_err(|error| format!("unpacking uv stopped: {error}"))??;
+    Ok("the package index")
 }
 
 /// Copies `uv-<version>.data/scripts/uv` out of the wheel, executable, atomically.
@@ -212,29 +185,6 @@ pub fn package_indexes(spec: &Spec) -> Vec<OsString> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn links_on_index_pages_resolve_like_a_browser() {
-        let page = r#"<html><a href="../../files/uv-0.13.9-py3-none-any.whl#sha256=ab">x</a>
-            <a href="https://files.example/uv/uv-0.13.9-py3-none-manylinux_2_17_x86_64.whl">y</a></html>"#;
-        assert_eq!(
-            find_link(page, "uv-0.13.9-py3-none-any.whl").unwrap(),
-            "../../files/uv-0.13.9-py3-none-any.whl#sha256=ab"
-        );
-        assert_eq!(
-            join_url("http://127.0.0.1:8000/simple/uv/", "../../files/uv.whl#sha256=ab"),
-            "http://127.0.0.1:8000/files/uv.whl"
-        );
-        assert_eq!(
-            join_url("https://pypi.org/simple/uv/", "/packages/uv.whl"),
-            "https://pypi.org/packages/uv.whl"
-        );
-        assert_eq!(
-            join_url("https://pypi.org/simple/uv/", "https://f.example/uv.whl"),
-            "https://f.example/uv.whl"
-        );
-        assert!(find_link(page, "uv-0.1.0.whl").is_none());
-    }
 
     #[test]
     fn old_uvs_are_refused_with_what_to_do() {

@@ -282,12 +282,12 @@ pub fn pinned_uv_wheel() -> PathBuf {
 
 /// The uv version the agent pins (from its source, so the test follows it).
 fn comfyfleet_agent_uv_version() -> String {
-    let source = include_str!("../../../agent/src/executor/uv.rs");
+    let source = include_str!("../../../config/src/uv_pin.rs");
     source
         .lines()
         .find_map(|line| line.strip_prefix("pub const PINNED_UV_VERSION: &str = \""))
         .and_then(|rest| rest.strip_suffix("\";"))
-        .expect("agent/src/executor/uv.rs pins a uv version")
+        .expect("config/src/uv_pin.rs pins a uv version")
         .to_owned()
 }
 

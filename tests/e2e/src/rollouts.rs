@@ -26,7 +26,20 @@ struct SimUpstream {
 fn sim_upstream() -> &'static SimUpstream {
     static UPSTREAM: std::sync::OnceLock<SimUpstream> = std::sync::OnceLock::new();
     UPSTREAM.get_or_init(|| {
-        let dir = crate::test_dir().keep();
+        // Kept until the process exits (a static is never dropped): earlier runs'
+        // copies older than a day are removed here instead.
+        let root = std::env::temp_dir();
+        if let Ok(entries) = std::fs::read_dir(&root) {
+            for entry in entries.flatten() {
+                let old = entry.metadata().and_then(|meta| meta.modified()).is_ok_and(|modified| {
+                    modified.elapsed().is_ok_and(|age| age > Duration::from_secs(24 * 3600))
+                });
+                if old && entry.file_name().to_string_lossy().starts_with("comfyfleet-sim-upstream-") {
+                    let _ = std::fs::remove_dir_all(entry.path());
+                }
+            }
+        }
+        let dir = tempfile::Builder::new().prefix("comfyfleet-sim-upstream-").tempdir().unwrap().keep();
         crate::standin::catalog::Catalog::build(
             &dir.join("index"),
             &crate::standin::catalog::CatalogOptions::new("cp312"),

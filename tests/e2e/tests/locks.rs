@@ -9,12 +9,12 @@ use std::time::Duration;
 
 use comfyfleet_e2e::git::GitRepo;
 use comfyfleet_e2e::provision::{
-    Fleet, comfyui_get, comfyui_port, current_target, find_step, free_port, step,
+    Fleet, comfyui_get, comfyui_port, current_target, find_step, path_without_uv, pinned_uv_wheel, step,
 };
 use comfyfleet_e2e::standin::index::IndexLayout;
 use comfyfleet_e2e::standin::packages::plain_module;
 use comfyfleet_e2e::standin::wheel::WheelBuilder;
-use comfyfleet_e2e::standin::{TestNode, find_uv, system_python};
+use comfyfleet_e2e::standin::{CatalogOptions, TestNode, find_uv, system_python};
 use comfyfleet_e2e::{Agent, wait_until};
 use serde_json::Value;
 
@@ -252,7 +252,10 @@ fn eight_agents_asking_at_once_for_an_uncached_256_mib_wheel_cause_one_upstream_
 
 #[test]
 fn after_cache_fill_a_new_machine_builds_with_every_upstream_gone() {
-    let mut fleet = Fleet::start();
+    // The index lists the uv wheel the agent pins: a machine without uv gets it too.
+    let mut options = CatalogOptions::new(&system_python().tag);
+    options.extra_wheels.push(pinned_uv_wheel());
+    let mut fleet = Fleet::start_with(&options);
     let spec = fleet.spec(|_| {});
     // No machine yet: apply locks every CUDA build the spec allows.
     let applied = fleet.apply(&spec);
@@ -270,15 +273,16 @@ fn after_cache_fill_a_new_machine_builds_with_every_upstream_gone() {
     let repos = fleet.world.repos.comfyui.repo.path.parent().unwrap().to_owned();
     std::fs::rename(&repos, repos.with_extension("gone")).unwrap();
 
-    let late = fleet.agent("late", "rtx4090-x1-570");
+    // A new machine with nothing but git and python3: no uv, no index, no repository.
+    let path = path_without_uv(fleet.dir.path());
+    let late = fleet.agent_with("late", "rtx4090-x1-570", &[], Some(&path));
     let started = rollout(&fleet);
     assert!(started.contains("succeeded: 1 active"), "{started}");
     let machine = fleet.show(&fleet.machine_id("late"));
-    let comfyui = step(&machine, "comfyui")["detail"].as_str().unwrap().to_owned();
-    assert!(!comfyui.is_empty(), "{machine}");
+    let uv = step(&machine, "uv")["detail"].as_str().unwrap().to_owned();
+    assert!(uv.contains("fetched from the controller's package cache, sha256 verified"), "{uv}");
     let stats = comfyui_get(comfyui_port(&late), "/system_stats").expect("ComfyUI answers");
     assert_eq!(stats["system"]["pytorch_version"], "2.9.0+cu128");
-    let _ = free_port();
 }
 
 #[test]
