@@ -92,39 +92,20 @@ pub fn describe(package: &LockedPackage, through_cache: bool, error: &DownloadEr
     }
 }
 
-/// Installs exactly these verified files, without resolving anything: uv sees
-/// them in a directory of their own (`--find-links`, no index), pinned by version
-/// and hash, so the venv records them as ordinary installs of those versions.
-pub async fn install(
-    build: &Build<'_>,
-    step: &mut StepHandle,
-    files: &[&Fetched],
-    name: &str,
-) -> Result<String, String> {
-    let wheelhouse = build.env.meta().join(format!("wheelhouse-{name}"));
-    let _ = std::fs::remove_dir_all(&wheelhouse);
-    std::fs::create_dir_all(&wheelhouse)
-        .map_err(|error| format!("cannot create {}: {error}", wheelhouse.display()))?;
+/// Installs exactly these verified files, without resolving anything: uv finds
+/// each in its own verified directory (`cache/wheels/<sha256>/`, one
+/// `--find-links` each, no index), pinned by version and hash. The venv records
+/// ordinary installs of those versions, and because the paths never change, uv's
+/// cache links a file it has unpacked before instead of unpacking it again.
+pub async fn install(build: &Build<'_>, step: &mut StepHandle, files: &[&Fetched], name: &str) -> Result<String, String> {
     let mut text = String::new();
+    let mut invocation = pip_install(build)?.args(["--no-deps", "--require-hashes", "--no-index", "--offline"]);
     for file in files {
-        let link = wheelhouse.join(file.package.file_name());
-        if std::fs::hard_link(&file.path, &link).is_err() {
-            std::os::unix::fs::symlink(&file.path, &link)
-                .map_err(|error| format!("cannot link {}: {error}", link.display()))?;
-        }
-        text.push_str(&format!(
-            "{}=={} --hash=sha256:{}\n",
-            file.package.name, file.package.version, file.package.sha256
-        ));
+        let directory = file.path.parent().ok_or_else(|| format!("{} has no directory", file.path.display()))?;
+        invocation = invocation.arg("--find-links").arg(directory);
+        text.push_str(&format!("{}=={} --hash=sha256:{}\n", file.package.name, file.package.version, file.package.sha256));
     }
     let list = build.env.meta().join(format!("{name}.lock.txt"));
     std::fs::write(&list, text).map_err(|error| format!("cannot write {}: {error}", list.display()))?;
-    let invocation = pip_install(build)?
-        .args(["--no-deps", "--require-hashes", "--no-index", "--offline", "--find-links"])
-        .arg(&wheelhouse)
-        .arg("-r")
-        .arg(&list);
-    let result = build.run(step, invocation).await;
-    let _ = std::fs::remove_dir_all(&wheelhouse);
-    result
+    build.run(step, invocation.arg("-r").arg(&list)).await
 }
