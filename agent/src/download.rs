@@ -125,19 +125,7 @@ impl Downloader {
         let mut response = self.get(url).await?;
         let partial = dest.with_extension("partial");
         let mut file = tokio::fs::File::create(&partial).await.map_err(io(&partial))?;
-        let mut received = 0u64;
-        while let Some(chunk) = response
-            .chunk()
-            .await
-            .map_err(|error| DownloadError::Request { url: shown.clone(), detail: error_chain(&error) })?
-        {
-            received += chunk.len() as u64;
-            if received > MAX_DOWNLOAD_BYTES {
-                let _ = tokio::fs::remove_file(&partial).await;
-                return Err(DownloadError::TooLarge { url: shown, limit: MAX_DOWNLOAD_BYTES });
-            }
-            file.write_all(&chunk).await.map_err(io(&partial))?;
-        }
+        let received = write_body(&mut response, &mut file, &partial, &shown, &mut |_, _| {}).await?;
         file.sync_all().await.map_err(io(&partial))?;
         drop(file);
         tokio::fs::rename(&partial, dest).await.map_err(io(dest))?;
@@ -246,21 +234,11 @@ impl Downloader {
         }
         let mut file = tokio::fs::File::create(&partial).await.map_err(io(&partial))?;
         let mut hasher = Sha256::new();
-        let mut received = 0u64;
-        while let Some(chunk) = response
-            .chunk()
-            .await
-            .map_err(|error| DownloadError::Request { url: shown.clone(), detail: error_chain(&error) })?
-        {
-            received += chunk.len() as u64;
-            if received > MAX_DOWNLOAD_BYTES {
-                let _ = tokio::fs::remove_file(&partial).await;
-                return Err(DownloadError::TooLarge { url: shown, limit: MAX_DOWNLOAD_BYTES });
-            }
-            hasher.update(&chunk);
-            file.write_all(&chunk).await.map_err(io(&partial))?;
+        let received = write_body(&mut response, &mut file, &partial, &shown, &mut |chunk, received| {
+            hasher.update(chunk);
             progress(received, total);
-        }
+        })
+        .await?;
         file.sync_all().await.map_err(io(&partial))?;
         drop(file);
         let actual = hex::encode(hasher.finalize());
@@ -271,6 +249,35 @@ impl Downloader {
         tokio::fs::rename(&partial, &path).await.map_err(io(&path))?;
         Ok(Fetched { path, downloaded_bytes: received })
     }
+}
+
+/// Writes the response body to `file` (at `partial`), at most [`MAX_DOWNLOAD_BYTES`]
+/// (else the partial file is removed), telling `each` every chunk and the bytes so
+/// far. The bytes received.
+async fn write_body(
+    response: &mut reqwest::Response,
+    file: &mut tokio::fs::File,
+    partial: &Path,
+    shown: &str,
+    each: &mut (dyn FnMut(&[u8], u64) + Send),
+) -> Result<u64, DownloadError> {
+    let mut received = 0u64;
+    while let Some(chunk) = response
+        .chunk()
+        .await
+        .map_err(|error| DownloadError::Request { url: shown.to_owned(), detail: error_chain(&error) })?
+    {
+        received += chunk.len() as u64;
+        if received > MAX_DOWNLOAD_BYTES {
+            let _ = tokio::fs::remove_file(partial).await;
+            return Err(DownloadError::TooLarge { url: shown.to_owned(), limit: MAX_DOWNLOAD_BYTES });
+        }
+        each(&chunk, received);
+        file.write_all(&chunk)
+            .await
+            .map_err(|source| DownloadError::Io { path: partial.to_owned(), source })?;
+    }
+    Ok(received)
 }
 
 /// An error with its causes (reqwest's own message often says only "error sending

@@ -27,6 +27,8 @@ use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
 use tokio::sync::watch;
 
+use comfyfleet_proto::transport::error_chain;
+
 use crate::store::{PackageFile, Store};
 
 /// Bytes of an unverified download that are held back from waiting agents.
@@ -494,17 +496,6 @@ async fn hash_file(path: &Path) -> std::io::Result<(String, u64)> {
         size += read as u64;
     }
     Ok((hex::encode(hasher.finalize()), size))
-}
-
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 /// The bytes of an [`Opened`] file as a stream: the verified file, or a download

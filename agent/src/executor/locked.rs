@@ -97,13 +97,23 @@ pub fn describe(package: &LockedPackage, through_cache: bool, error: &DownloadEr
 /// `--find-links` each, no index), pinned by version and hash. The venv records
 /// ordinary installs of those versions, and because the paths never change, uv's
 /// cache links a file it has unpacked before instead of unpacking it again.
-pub async fn install(build: &Build<'_>, step: &mut StepHandle, files: &[&Fetched], name: &str) -> Result<String, String> {
+pub async fn install(
+    build: &Build<'_>,
+    step: &mut StepHandle,
+    files: &[&Fetched],
+    name: &str,
+) -> Result<String, String> {
     let mut text = String::new();
-    let mut invocation = pip_install(build)?.args(["--no-deps", "--require-hashes", "--no-index", "--offline"]);
+    let mut invocation =
+        pip_install(build)?.args(["--no-deps", "--require-hashes", "--no-index", "--offline"]);
     for file in files {
-        let directory = file.path.parent().ok_or_else(|| format!("{} has no directory", file.path.display()))?;
+        let directory =
+            file.path.parent().ok_or_else(|| format!("{} has no directory", file.path.display()))?;
         invocation = invocation.arg("--find-links").arg(directory);
-        text.push_str(&format!("{}=={} --hash=sha256:{}\n", file.package.name, file.package.version, file.package.sha256));
+        text.push_str(&format!(
+            "{}=={} --hash=sha256:{}\n",
+            file.package.name, file.package.version, file.package.sha256
+        ));
     }
     let list = build.env.meta().join(format!("{name}.lock.txt"));
     std::fs::write(&list, text).map_err(|error| format!("cannot write {}: {error}", list.display()))?;
