@@ -183,3 +183,44 @@ async fn a_file_no_revision_names_is_not_fetched_for_anyone() {
     assert!(matches!(cache.open(&unknown).await, Err(CacheError::Unknown(_))));
     assert!(matches!(cache.open("../../etc/passwd").await, Err(CacheError::BadDigest(_))));
 }
+
+#[tokio::test]
+async fn an_upstream_error_is_a_failure_that_names_the_url_not_a_hang() {
+    let dir = tempfile::tempdir().unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/files/gone-1.0-py3-none-any.whl", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { return };
+            let mut buffer = [0u8; 4096];
+            let _ = stream.read(&mut buffer);
+            let _ =
+                stream.write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+        }
+    });
+    let store = store(dir.path()).await;
+    let file = PackageFile {
+        sha256: "cd".repeat(32),
+        url: url.clone(),
+        file_name: "gone-1.0-py3-none-any.whl".into(),
+        size: None,
+    };
+    revision_with(store.as_ref(), "render", 'a', std::slice::from_ref(&file)).await;
+    let cache = Arc::new(PackageCache::new(dir.path().join("cache"), None, store).unwrap());
+    let Opened::Downloading { state, .. } = cache.open(&file.sha256).await.unwrap() else {
+        panic!("not cached")
+    };
+    let State::Failed { message, integrity } =
+        tokio::time::timeout(Duration::from_secs(10), finished(state)).await.unwrap()
+    else {
+        panic!("a 404 cannot verify")
+    };
+    assert!(!integrity);
+    assert!(message.contains(&url) && message.contains("404"), "{message}");
+    // Asked again at once: the reason again, without another upstream request.
+    let Err(CacheError::Refused { message: again, .. }) = cache.open(&file.sha256).await else {
+        panic!("refused")
+    };
+    assert_eq!(again, message);
+    assert!(!cache.file_path(&file.sha256).exists());
+}

@@ -171,6 +171,11 @@ fn six_machines_of_three_classes_download_every_file_from_upstream_exactly_once(
     assert!(!calls.contains(&fleet.base_url()), "an agent's uv reached upstream:\n{calls}");
     let text = fleet.cli(&["cache", "status"]).success();
     assert!(text.contains("hit rate") && text.contains("from upstream"), "{text}");
+    // Every cached file is one the newest revision needs: prune keeps them all.
+    let pruned = fleet.cli(&["cache", "prune"]).success();
+    assert!(pruned.starts_with("removed 0 files"), "{pruned}");
+    let pruned = fleet.cli(&["cache", "prune", "--all"]).success();
+    assert!(!pruned.starts_with("removed 0 files"), "{pruned}");
 }
 
 /// `GET` of the cache URL with an agent's own identity (its key, certificate and the
