@@ -32,7 +32,12 @@ pub fn repository_key(url: &str) -> String {
 
 /// `cp312-cu128-linux_x86_64`.
 pub fn class_of(plan: &MachinePlan, platform: &str) -> String {
-    format!("{}-{}-linux_{platform}", plan.python_tag, plan.cuda_tag)
+    class_name(&plan.python_tag, &plan.cuda_tag.to_string(), platform)
+}
+
+/// `cp312`, `cu128`, `x86_64` → `cp312-cu128-linux_x86_64`.
+pub fn class_name(python_tag: &str, cuda: &str, platform: &str) -> String {
+    format!("{python_tag}-{cuda}-linux_{platform}")
 }
 
 /// A build class taken apart: what `--class` and the spec's `lock.classes` name.

@@ -25,20 +25,40 @@ use crate::store::{Store, StoreError, StoredAssignment};
 /// changes, and a rollout sends the same one to thousands of machines at once.
 #[derive(Default)]
 pub struct SpecCache {
-    specs: Mutex<HashMap<SpecDigest, Arc<String>>>,
+    specs: Mutex<HashMap<SpecDigest, Arc<CachedRevision>>>,
     /// Locks by digest, likewise immutable and sent to every machine of a class.
     locks: Mutex<HashMap<String, Arc<String>>>,
+}
+
+/// A revision as pushers need it: its canonical spec, and the digests of its locks
+/// by build class (read once, not at every push).
+struct CachedRevision {
+    spec_json: String,
+    lock_digests: std::collections::BTreeMap<String, String>,
+}
+
+impl CachedRevision {
+    fn new(spec_json: String) -> Self {
+        #[derive(serde::Deserialize)]
+        struct Locks {
+            #[serde(default)]
+            lock: comfyfleet_config::spec::LockSpec,
+        }
+        let lock_digests =
+            serde_json::from_str::<Locks>(&spec_json).map(|locks| locks.lock.digests).unwrap_or_default();
+        Self { spec_json, lock_digests }
+    }
 }
 
 /// Revisions kept; past this the cache starts over (rollouts use one or two).
 const CACHED_SPECS: usize = 64;
 
 impl SpecCache {
-    fn get(&self, id: &SpecDigest) -> Option<Arc<String>> {
+    fn get(&self, id: &SpecDigest) -> Option<Arc<CachedRevision>> {
         self.specs.lock().unwrap_or_else(PoisonError::into_inner).get(id).cloned()
     }
 
-    fn put(&self, id: SpecDigest, spec: Arc<String>) {
+    fn put(&self, id: SpecDigest, spec: Arc<CachedRevision>) {
         let mut specs = self.specs.lock().unwrap_or_else(PoisonError::into_inner);
         if specs.len() >= CACHED_SPECS {
             specs.clear();
@@ -163,7 +183,7 @@ async fn load(
     if last_sent.is_some_and(|sent| assignment.generation <= sent) {
         return Ok(None);
     }
-    let spec_json = match specs.get(&assignment.revision_id) {
+    let revision = match specs.get(&assignment.revision_id) {
         Some(spec) => spec,
         None => {
             let revision = store
@@ -174,13 +194,13 @@ async fn load(
                     number: assignment.revision_number,
                     id: assignment.revision_id.short().to_owned(),
                 })?;
-            let spec = Arc::new(revision.spec_json);
-            specs.put(assignment.revision_id.clone(), spec.clone());
-            spec
+            let cached = Arc::new(CachedRevision::new(revision.spec_json));
+            specs.put(assignment.revision_id.clone(), cached.clone());
+            cached
         }
     };
-    let lock_json = lock_for(store, specs, spec_json.as_ref(), &assignment.plan_json).await?;
-    let desired = pb::DesiredState::from(&assignment.record(spec_json.as_ref().clone(), lock_json));
+    let lock_json = lock_for(store, specs, &revision.lock_digests, &assignment.plan_json).await?;
+    let desired = pb::DesiredState::from(&assignment.record(revision.spec_json.clone(), lock_json));
     Ok(Some((assignment, desired)))
 }
 
@@ -189,22 +209,24 @@ async fn load(
 async fn lock_for(
     store: &dyn Store,
     cache: &SpecCache,
-    spec_json: &str,
+    digests: &std::collections::BTreeMap<String, String>,
     plan_json: &str,
 ) -> Result<String, LoadError> {
+    if digests.is_empty() {
+        return Ok(String::new());
+    }
+    // Only what names the class: the plan is parsed at every push.
     #[derive(serde::Deserialize)]
-    struct Locks {
+    struct Class {
+        python_tag: String,
+        cuda_tag: String,
         #[serde(default)]
-        lock: comfyfleet_config::spec::LockSpec,
+        platform: Option<String>,
     }
-    let Ok(locks) = serde_json::from_str::<Locks>(spec_json) else { return Ok(String::new()) };
-    if locks.lock.digests.is_empty() {
-        return Ok(String::new());
-    }
-    let Ok(plan) = serde_json::from_str::<comfyfleet_config::MachinePlan>(plan_json) else {
-        return Ok(String::new());
-    };
-    let Some(digest) = locks.lock.digests.get(&plan.class()) else { return Ok(String::new()) };
+    let Ok(plan) = serde_json::from_str::<Class>(plan_json) else { return Ok(String::new()) };
+    let platform = plan.platform.as_deref().unwrap_or(comfyfleet_config::resolve::DEFAULT_PLATFORM);
+    let class = comfyfleet_config::lock::class_name(&plan.python_tag, &plan.cuda_tag, platform);
+    let Some(digest) = digests.get(&class) else { return Ok(String::new()) };
     if let Some(lock) = cache.lock(digest) {
         return Ok(lock.as_ref().clone());
     }

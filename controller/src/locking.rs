@@ -60,7 +60,11 @@ pub fn fleet_classes(spec: &Spec, machines: &[MachineRecord]) -> BTreeSet<String
 /// The classes to lock when nothing else names one: every CUDA build the spec
 /// allows, on x86_64 (a fleet's first apply, before any machine has joined).
 pub fn default_classes(spec: &Spec) -> BTreeSet<String> {
-    spec.torch.cuda.iter().map(|cuda| format!("{}-{cuda}-linux_x86_64", spec.python.tag())).collect()
+    spec.torch
+        .cuda
+        .iter()
+        .map(|cuda| comfyfleet_config::lock::class_name(&spec.python.tag(), &cuda.to_string(), "x86_64"))
+        .collect()
 }
 
 /// A lock made, ready to store with its revision.
