@@ -173,7 +173,16 @@ pub async fn run(options: AgentOptions, shutdown: impl Future<Output = ()>) -> R
         environment: environment.clone(),
         downloader: Downloader::new(&layout.wheel_cache())?,
         package_cache: if provisioning.package_cache {
+            let client_pem = identity_dir.path().join("client.pem");
+            comfyfleet_daemon::files::write_atomic(
+                &client_pem,
+                format!("{}\n{}", identity.certificate_pem, identity.key_pem).as_bytes(),
+                0o600,
+            )
+            .map_err(|source| AgentError::Layout { path: client_pem.clone(), source })?;
             Some(PackageCacheClient {
+                client_pem,
+                ca_pem: identity_dir.path().join("ca.crt"),
                 base: format!("{}/cache/v1", identity.controller_url.trim_end_matches('/')),
                 downloader: Downloader::for_controller(
                     &layout.wheel_cache(),

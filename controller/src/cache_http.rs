@@ -4,7 +4,9 @@
 //!
 //! - `GET /cache/v1/files/{sha256}/{file name}`: a file a stored revision names;
 //! - `GET /cache/v1/git/{repository key}/{commit}.bundle`: a pinned commit as a git
-//!   bundle (the key is the first 16 hex digits of the sha256 of the spec's URL).
+//!   bundle (the key is the first 16 hex digits of the sha256 of the spec's URL);
+//! - `GET /cache/v1/index/{index key}/{project}/`: an index page whose file links
+//!   point back here ([`crate::index_proxy`]).
 //!
 //! Errors are plain text saying what went wrong and, for upstream errors, the URL:
 //! 409 when upstream's bytes do not match the sha256 the revision requires, 502 when
@@ -29,6 +31,7 @@ pub fn router(state: Arc<ControllerState>) -> Router {
     Router::new()
         .route("/cache/v1/files/{sha256}/{name}", get(file))
         .route("/cache/v1/git/{key}/{bundle}", get(bundle))
+        .route("/cache/v1/index/{key}/{*path}", get(index_page))
         .with_state(state)
 }
 
@@ -161,6 +164,30 @@ async fn bundle(
     let mut response = Response::new(Body::from_stream(stream));
     if let Some(size) = size {
         response.headers_mut().insert(header::CONTENT_LENGTH, header::HeaderValue::from(size));
+    }
+    response
+}
+
+async fn index_page(
+    State(state): State<Arc<ControllerState>>,
+    Path((key, path)): Path<(String, String)>,
+    request: Request,
+) -> Response {
+    let headers = request.headers().clone();
+    if let Err(response) = machine(&state, request).await {
+        return response;
+    }
+    let page = crate::index_proxy::page(&state, &key, &path, &headers).await;
+    let mut response = Response::new(Body::from(page.body));
+    *response.status_mut() = page.status;
+    if let Ok(value) = header::HeaderValue::from_str(&page.content_type) {
+        response.headers_mut().insert(header::CONTENT_TYPE, value);
+    }
+    if page.stale {
+        response.headers_mut().insert(
+            header::WARNING,
+            header::HeaderValue::from_static("110 - \"upstream unreachable: the kept copy\""),
+        );
     }
     response
 }

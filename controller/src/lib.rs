@@ -14,6 +14,7 @@ mod environment_service;
 mod fleet_service;
 mod git_mirror;
 mod git_pin;
+mod index_proxy;
 mod locking;
 pub mod package_cache;
 pub mod pki;

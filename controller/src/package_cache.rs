@@ -149,6 +149,15 @@ impl PackageCache {
         &self.dir
     }
 
+    /// The HTTP client upstream requests share.
+    pub fn client(&self) -> &reqwest::Client {
+        &self.client
+    }
+
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
     fn file_path(&self, sha256: &str) -> PathBuf {
         self.dir.join("files").join(sha256)
     }

@@ -67,22 +67,36 @@ async fn run_script(build: &Build<'_>, step: &mut StepHandle, name: &str) -> Res
     search.extend(std::env::split_paths(&path));
     let path = std::env::join_paths(search).map_err(|error| format!("cannot build PATH: {error}"))?;
     let spec = &build.assignment.spec;
+    // Through the controller's package cache when there is one: its copy of each
+    // index, whose files are the cache's, checked; the machine's certificate opens it.
+    let index = |url: &str| match &build.tools.package_cache {
+        Some(cache) => cache.index_url(url),
+        None => url.to_owned(),
+    };
     let mut invocation = Invocation::new(build.env.python())
         .arg("install.py")
         .cwd(build.env.custom_node(name))
         .env("VIRTUAL_ENV", &venv)
         .env("PATH", path)
         .env("PYTHONNOUSERSITE", "1")
-        .env("PIP_INDEX_URL", &spec.index.url)
-        .env("UV_DEFAULT_INDEX", &spec.index.url)
+        .env("PIP_INDEX_URL", index(&spec.index.url))
+        .env("UV_DEFAULT_INDEX", index(&spec.index.url))
         .env("PIP_CONSTRAINT", &held)
         .env("UV_CONSTRAINT", &held)
         .env("UV_NO_CONFIG", "1")
         .env("UV_CACHE_DIR", build.layout.uv_cache())
         .timeout(SCRIPT_TIMEOUT);
     if !spec.index.extra.is_empty() {
-        let extra = spec.index.extra.join(" ");
+        let extra: Vec<String> = spec.index.extra.iter().map(|url| index(url)).collect();
+        let extra = extra.join(" ");
         invocation = invocation.env("PIP_EXTRA_INDEX_URL", &extra).env("UV_INDEX", &extra);
+    }
+    if let Some(cache) = &build.tools.package_cache {
+        invocation = invocation
+            .env("SSL_CLIENT_CERT", &cache.client_pem)
+            .env("SSL_CERT_FILE", &cache.ca_pem)
+            .env("PIP_CLIENT_CERT", &cache.client_pem)
+            .env("PIP_CERT", &cache.ca_pem);
     }
     build.run(step, invocation).await.map(|_| ())
 }

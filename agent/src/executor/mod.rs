@@ -70,11 +70,24 @@ pub struct PackageCacheClient {
     pub base: String,
     /// Presents the machine's certificate; trusts only the controller's CA.
     pub downloader: Downloader,
+    /// The machine's certificate and key in one PEM file, and the controller's CA:
+    /// for uv and pip in `install.py` scripts (`SSL_CLIENT_CERT`, `SSL_CERT_FILE`).
+    pub client_pem: PathBuf,
+    pub ca_pem: PathBuf,
 }
 
 impl PackageCacheClient {
     pub fn file_url(&self, sha256: &str, file_name: &str) -> String {
         format!("{}/files/{sha256}/{}", self.base, file_name.replace('%', "%25").replace('+', "%2B"))
+    }
+
+    /// The cache's copy of the index at `index` (its PEP 503/691 pages).
+    pub fn index_url(&self, index: &str) -> String {
+        format!(
+            "{}/index/{}",
+            self.base,
+            comfyfleet_config::lock::repository_key(index.trim_end_matches('/'))
+        )
     }
 
     pub fn bundle_url(&self, git: &str, commit: &str) -> String {

@@ -380,6 +380,9 @@ pub trait Store: Send + Sync + 'static {
     async fn lock(&self, digest: &str) -> StoreResult<Option<StoredLock>>;
     /// Where the file with this sha256 comes from, if a stored revision names it.
     async fn package_file(&self, sha256: &str) -> StoreResult<Option<PackageFile>>;
+    /// Records where files listed on an index page come from (an existing row, from
+    /// a lock, is kept).
+    async fn record_package_files(&self, files: &[PackageFile]) -> StoreResult<()>;
     /// The canonical specs of the revisions the package cache keeps files for: each
     /// environment's newest, and every one assigned to a machine.
     async fn kept_revision_specs(&self) -> StoreResult<Vec<String>>;

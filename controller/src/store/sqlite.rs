@@ -530,6 +530,10 @@ impl Store for SqliteStore {
         self.file_by_sha256(sha256).await
     }
 
+    async fn record_package_files(&self, files: &[PackageFile]) -> StoreResult<()> {
+        self.insert_package_files(files).await
+    }
+
     async fn kept_revision_specs(&self) -> StoreResult<Vec<String>> {
         self.kept_specs().await
     }

@@ -356,3 +356,41 @@ fn sha256_hex(bytes: &[u8]) -> String {
     use sha2::{Digest, Sha256};
     hex::encode(Sha256::digest(bytes))
 }
+
+#[test]
+fn an_install_script_installs_from_the_controllers_copy_of_the_index() {
+    let fleet = Fleet::start();
+    let index = fleet.world.server.root().to_owned();
+    let extra = IndexLayout::publish(&index, &[plain_module("standin-extra", "1.0.0")]).remove(0);
+    // install.py asks uv for a package the requirement files do not name.
+    let setup = GitRepo::create(
+        &fleet.dir.path().join("ComfyUI-Setup"),
+        &[
+            ("__init__.py", "NODE_CLASS_MAPPINGS = {}\n"),
+            (
+                "install.py",
+                "import subprocess, sys\n\
+                 subprocess.check_call(['uv', 'pip', 'install', '--python', sys.executable, 'standin-extra'])\n",
+            ),
+        ],
+    );
+    let spec = fleet.spec(|options| {
+        let mut node = TestNode::new(&setup.url(), "main");
+        node.extra = "install_script = true\n".to_owned();
+        options.custom_nodes.push(node);
+    });
+    let agent = fleet.agent("rtx4090", "rtx4090-x1-570");
+    fleet.apply(&spec);
+    assert!(rollout(&fleet).contains("succeeded: 1 active"));
+    let env = current_target(&agent).unwrap();
+    let python = agent.data_dir.join(env).join("venv/bin/python");
+    let version = std::process::Command::new(python)
+        .args(["-c", "import standin_extra; print(standin_extra.__version__)"])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&version.stdout).trim(), "1.0.0");
+    // The wheel came through the controller: it fetched it (once) and kept it.
+    let kept = fleet.controller.data_dir.join("cache/packages/files").join(&extra.wheel.sha256);
+    assert!(kept.is_file(), "the cache has {}", extra.wheel.file_name);
+    assert_eq!(fleet.world.server.count(&extra.url_path).requests, 1);
+}

@@ -129,6 +129,27 @@ impl SqliteStore {
         .transpose()
     }
 
+    pub(super) async fn insert_package_files(&self, files: &[PackageFile]) -> StoreResult<()> {
+        if files.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.write_transaction("starting to record package files").await?;
+        for file in files {
+            sqlx::query(
+                "INSERT INTO package_files (sha256, url, file_name, size) VALUES (?, ?, ?, ?) \
+                 ON CONFLICT (sha256) DO NOTHING",
+            )
+            .bind(&file.sha256)
+            .bind(&file.url)
+            .bind(&file.file_name)
+            .bind(file.size.and_then(|size| i64::try_from(size).ok()))
+            .execute(&mut *tx)
+            .await
+            .map_err(database("recording a package file"))?;
+        }
+        tx.commit().await.map_err(database("committing package files"))
+    }
+
     pub(super) async fn kept_specs(&self) -> StoreResult<Vec<String>> {
         let rows = sqlx::query(
             "SELECT spec_json FROM environment_revisions r \
