@@ -105,9 +105,21 @@ async fn fetch_pinned(build: &Build<'_>, step: &mut StepHandle) -> Result<&'stat
             }
         }
     }
-    let index = build.assignment.spec.index.url.trim_end_matches('/');
+    // The index itself, or the controller's copy of its pages.
+    let (downloader, index, from) = match &build.tools.package_cache {
+        Some(cache) => (
+            &cache.downloader,
+            cache.index_url(&build.assignment.spec.index.url),
+            "the controller's package cache",
+        ),
+        None => (
+            &build.tools.downloader,
+            build.assignment.spec.index.url.trim_end_matches('/').to_owned(),
+            "the package index",
+        ),
+    };
     let page_url = format!("{index}/uv/");
-    let (page, base) = build.tools.downloader.page(&page_url).await.map_err(|error| error.to_string())?;
+    let (page, base) = downloader.page(&page_url).await.map_err(|error| error.to_string())?;
     let href = find_link(&page, file_name).ok_or_else(|| {
         format!(
             "the package index {page_url} does not list {file_name}: mirror uv {PINNED_UV_VERSION} there, or \
@@ -115,9 +127,7 @@ async fn fetch_pinned(build: &Build<'_>, step: &mut StepHandle) -> Result<&'stat
         )
     })?;
     let url = join_url(&base, &href);
-    let fetched = build
-        .tools
-        .downloader
+    let fetched = downloader
         .verified(&url, sha256, file_name, &mut |received, total| {
             step.progress(match total {
                 Some(total) => format!("downloading {file_name}: {} of {} MiB", received >> 20, total >> 20),
@@ -131,7 +141,7 @@ async fn fetch_pinned(build: &Build<'_>, step: &mut StepHandle) -> Result<&'stat
     tokio::task::spawn_blocking(move || extract_uv(&wheel, &target))
         .await
         .map_err(|error| format!("unpacking uv stopped: {error}"))??;
-    Ok("the package index")
+    Ok(from)
 }
 
 /// Copies `uv-<version>.data/scripts/uv` out of the wheel, executable, atomically.
