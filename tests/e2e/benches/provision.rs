@@ -304,8 +304,27 @@ fn run_sequence(fleet: &Fleet, run: usize, scenarios: &mut [Scenario; 5]) {
     }
     eprintln!("run {run}: no-op ×{REPEATS} …");
     for _ in 0..REPEATS {
-        let (sample, _) = measure(fleet, &id, Ran::Nothing, || rollout(fleet, &id, &cu128_again));
-        scenarios[3].samples.push(sample);
+        // The controller sees the machine already runs the revision: it says so and
+        // assigns nothing, so the agent does nothing at all.
+        let (uv_before, python_before) = (fleet.uv_calls(), fleet.torch_imports());
+        let before = assigned_generation(fleet, &id);
+        fleet.world.server.reset_counts();
+        let started = Instant::now();
+        let reference = format!("render-prod@{}", cu128_again.number);
+        let printed = fleet.cli(&["rollout", "start", &reference, "--machines", &id, "-o", "json"]).success();
+        let wall = started.elapsed();
+        let started: Value = serde_json::from_str(&printed).unwrap();
+        assert_eq!(started["targets"][0]["outcome"], "current", "{printed}");
+        std::thread::sleep(Duration::from_millis(500));
+        assert_eq!(assigned_generation(fleet, &id), before, "a no-op assigns nothing");
+        scenarios[3].samples.push(Sample {
+            wall,
+            agent: None,
+            traffic: Traffic::from_counts(&fleet.world.server.counts()),
+            uv_processes: fleet.uv_calls() - uv_before,
+            python_processes: fleet.torch_imports() - python_before,
+            steps: Vec::new(),
+        });
     }
     eprintln!("run {run}: rollback ×{REPEATS} …");
     for _ in 0..REPEATS {
