@@ -312,6 +312,55 @@ impl Converger {
             }
         }
         remove_trash(&self.layout).await;
+        let wheels = self.layout.wheel_cache();
+        let in_use = wheels_in_use(&keep_dirs, assignment);
+        let _ = tokio::task::spawn_blocking(move || prune_wheels(&wheels, &in_use)).await;
+    }
+}
+
+/// The sha256 of every verified file a kept environment was built from (its
+/// `.comfyfleet/*.lock.txt`), the assigned lock and the assigned plan's kernel
+/// wheels: what the agent's file cache keeps. A file of an environment no longer
+/// kept is fetched again (from the controller's cache) if it is ever needed.
+fn wheels_in_use(kept: &[std::path::PathBuf], assignment: &Assignment) -> std::collections::HashSet<String> {
+    let mut in_use: std::collections::HashSet<String> = std::collections::HashSet::new();
+    if let Some(lock) = &assignment.lock {
+        in_use.extend(lock.packages.iter().map(|package| package.sha256.clone()));
+    }
+    for optimization in &assignment.plan.optimizations {
+        if let comfyfleet_config::resolve::OptimizationSource::Wheel { sha256, .. } = &optimization.source {
+            in_use.insert(sha256.clone());
+        }
+    }
+    for env in kept {
+        let Ok(entries) = std::fs::read_dir(env.join(".comfyfleet")) else { continue };
+        for entry in entries.flatten() {
+            if !entry.file_name().to_string_lossy().ends_with(".lock.txt") {
+                continue;
+            }
+            let Ok(text) = std::fs::read_to_string(entry.path()) else { continue };
+            in_use.extend(
+                text.lines()
+                    .filter_map(|line| line.split("--hash=sha256:").nth(1))
+                    .map(|hash| hash.trim().to_owned()),
+            );
+        }
+    }
+    in_use
+}
+
+/// Removes `cache/wheels/<sha256>/` directories not in `in_use` (the pinned uv's
+/// wheel too: it was unpacked under `tools/`).
+fn prune_wheels(wheels: &std::path::Path, in_use: &std::collections::HashSet<String>) {
+    let Ok(entries) = std::fs::read_dir(wheels) else { return };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.len() == 64 && name.bytes().all(|b| b.is_ascii_hexdigit()) && !in_use.contains(&name) {
+            match std::fs::remove_dir_all(entry.path()) {
+                Ok(()) => tracing::debug!(sha256 = %name, "removed a file no kept environment uses"),
+                Err(error) => tracing::warn!(sha256 = %name, %error, "cannot remove a cached file"),
+            }
+        }
     }
 }
 
@@ -436,5 +485,40 @@ mod tests {
         old_driver.cuda_driver_version = Some(CudaVersion::new(12, 2));
         let refused = check_plan(&assignment, &old_driver).unwrap_err();
         assert!(refused.contains("cannot run render-prod@1") && refused.contains("CUDA 12.2"), "{refused}");
+    }
+
+    #[test]
+    fn the_file_cache_keeps_what_kept_environments_and_the_assignment_use() {
+        let dir = tempfile::tempdir().unwrap();
+        let wheels = dir.path().join("cache/wheels");
+        let assignment = assignment_for(&h100());
+        let kernel = assignment
+            .plan
+            .optimizations
+            .iter()
+            .find_map(|optimization| match &optimization.source {
+                comfyfleet_config::resolve::OptimizationSource::Wheel { sha256, .. } => Some(sha256.clone()),
+                comfyfleet_config::resolve::OptimizationSource::Index { .. } => None,
+            })
+            .unwrap();
+        let (built, gone) = ("a".repeat(64), "b".repeat(64));
+        for sha in [&built, &gone, &kernel] {
+            std::fs::create_dir_all(wheels.join(sha)).unwrap();
+            std::fs::write(wheels.join(sha).join("x-1.0-py3-none-any.whl"), "x").unwrap();
+        }
+        std::fs::create_dir_all(wheels.join("not-a-digest")).unwrap();
+        let kept = dir.path().join("envs/kept");
+        std::fs::create_dir_all(kept.join(".comfyfleet")).unwrap();
+        std::fs::write(
+            kept.join(".comfyfleet/requirements.lock.txt"),
+            format!("x==1.0 --hash=sha256:{built}\n"),
+        )
+        .unwrap();
+        let in_use = wheels_in_use(std::slice::from_ref(&kept), &assignment);
+        prune_wheels(&wheels, &in_use);
+        assert!(wheels.join(&built).is_dir(), "a kept environment's file stays");
+        assert!(wheels.join(&kernel).is_dir(), "the assigned plan's kernel wheel stays");
+        assert!(!wheels.join(&gone).exists(), "a file nothing kept uses goes");
+        assert!(wheels.join("not-a-digest").is_dir(), "only digests are touched");
     }
 }
