@@ -23,6 +23,42 @@ fn revision_from_row(row: &SqliteRow) -> StoreResult<StoredRevision> {
     })
 }
 
+/// What a file already recorded becomes: a revision's own sources replace it (a
+/// lock or the spec names it); what an index page says keeps what was there.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Conflict {
+    Replace,
+    Keep,
+}
+
+async fn insert_files(
+    connection: &mut sqlx::SqliteConnection,
+    files: &[PackageFile],
+    conflict: Conflict,
+) -> StoreResult<()> {
+    let on_conflict = match conflict {
+        Conflict::Replace => {
+            "DO UPDATE SET url = excluded.url, file_name = excluded.file_name, \
+             size = COALESCE(excluded.size, package_files.size)"
+        }
+        Conflict::Keep => "DO NOTHING",
+    };
+    let statement = format!(
+        "INSERT INTO package_files (sha256, url, file_name, size) VALUES (?, ?, ?, ?) ON CONFLICT (sha256) {on_conflict}"
+    );
+    for file in files {
+        sqlx::query(sqlx::AssertSqlSafe(statement.as_str()))
+            .bind(&file.sha256)
+            .bind(&file.url)
+            .bind(&file.file_name)
+            .bind(file.size.and_then(|size| i64::try_from(size).ok()))
+            .execute(&mut *connection)
+            .await
+            .map_err(database("storing a package file"))?;
+    }
+    Ok(())
+}
+
 impl SqliteStore {
     pub(super) async fn put_revision(&self, revision: &NewRevision) -> StoreResult<(StoredRevision, bool)> {
         let mut tx = self.write_transaction("starting to store a revision").await?;
@@ -68,20 +104,7 @@ impl SqliteStore {
                 .await
                 .map_err(database("storing a lock"))?;
         }
-        for file in &revision.files {
-            sqlx::query(
-                "INSERT INTO package_files (sha256, url, file_name, size) VALUES (?, ?, ?, ?) \
-                 ON CONFLICT (sha256) DO UPDATE SET url = excluded.url, file_name = excluded.file_name, \
-                 size = COALESCE(excluded.size, package_files.size)",
-            )
-            .bind(&file.sha256)
-            .bind(&file.url)
-            .bind(&file.file_name)
-            .bind(file.size.and_then(|size| i64::try_from(size).ok()))
-            .execute(&mut *tx)
-            .await
-            .map_err(database("storing a package file"))?;
-        }
+        insert_files(&mut tx, &revision.files, Conflict::Replace).await?;
         tx.commit().await.map_err(database("committing a revision"))?;
         let stored = StoredRevision {
             environment: revision.environment.clone(),
@@ -134,19 +157,7 @@ impl SqliteStore {
             return Ok(());
         }
         let mut tx = self.write_transaction("starting to record package files").await?;
-        for file in files {
-            sqlx::query(
-                "INSERT INTO package_files (sha256, url, file_name, size) VALUES (?, ?, ?, ?) \
-                 ON CONFLICT (sha256) DO NOTHING",
-            )
-            .bind(&file.sha256)
-            .bind(&file.url)
-            .bind(&file.file_name)
-            .bind(file.size.and_then(|size| i64::try_from(size).ok()))
-            .execute(&mut *tx)
-            .await
-            .map_err(database("recording a package file"))?;
-        }
+        insert_files(&mut tx, files, Conflict::Keep).await?;
         tx.commit().await.map_err(database("committing package files"))
     }
 
