@@ -445,6 +445,7 @@ mod tests {
                 memory_total_bytes: Some(80 << 30),
             }],
             reported: true,
+            software: Default::default(),
         }
     }
 

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use comfyfleet_config::assignment::MachineAssignment;
-use comfyfleet_config::resolve::{GpuFacts, MachineFacts};
+use comfyfleet_config::resolve::{GpuFacts, MachineFacts, SoftwareFacts};
 use comfyfleet_config::{ConvergenceReport, Gpu, InstalledEnvironments, MachineRecord, NvmlStatus};
 use serde::{Deserialize, Serialize};
 
@@ -14,11 +14,18 @@ use crate::format;
 pub struct MachineView {
     pub id: String,
     pub hostname: String,
+    /// Defaults (false, "", empty) let `plan --facts` read a hand-written file with only
+    /// the facts planning uses: id, hostname, labels, driver_version,
+    /// cuda_driver_version and gpus (index, name, memory_total_bytes,
+    /// compute_capability); arch defaults to x86_64.
+    #[serde(default)]
     pub online: bool,
     /// RFC 3339; null if the agent never connected.
     pub last_seen: Option<String>,
+    #[serde(default)]
     pub enrolled_at: String,
     pub revoked_at: Option<String>,
+    #[serde(default)]
     pub labels: BTreeMap<String, String>,
     pub driver_version: Option<String>,
     /// e.g. "12.8"; null without a driver.
@@ -33,8 +40,11 @@ pub struct MachineView {
     pub cpu_cores: Option<u32>,
     pub memory_total_bytes: Option<u64>,
     pub data_dir_free_bytes: Option<u64>,
+    #[serde(default)]
     pub agent_version: String,
+    #[serde(default)]
     pub remote_address: String,
+    #[serde(default)]
     pub gpus: Vec<GpuView>,
     /// What the controller wants the machine to run; null when nothing is assigned.
     #[serde(default)]
@@ -196,17 +206,23 @@ impl MachineView {
                 Some(status.summary().to_owned())
             }
         };
+        // A hand-written facts file (`plan --facts`) gives the driver and GPUs but no
+        // NVML status: its machine has reported them, on x86_64 unless it says.
+        let hand_written =
+            self.nvml_status.is_none() && (self.driver_version.is_some() || !self.gpus.is_empty());
+        let reported = self.nvml_status.is_some() || hand_written;
         Ok(MachineFacts {
             id: self.id.clone(),
             hostname: self.hostname.clone(),
             labels: self.labels.clone(),
             os: self.os.clone(),
-            arch: self.arch.clone(),
+            arch: self.arch.clone().or_else(|| hand_written.then(|| "x86_64".to_owned())),
             nvml_problem,
             driver_version: self.driver_version.clone(),
             cuda_driver_version,
             gpus,
-            reported: self.nvml_status.is_some(),
+            reported,
+            software: SoftwareFacts::new(self.environments.as_ref(), self.report.as_ref()),
         })
     }
 

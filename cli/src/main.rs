@@ -34,6 +34,14 @@ pub enum OutputFormat {
     Csv,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ReportArg {
+    Gpus,
+    Environments,
+    Optimizations,
+    Drift,
+}
+
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Join tokens: what a new machine needs to enroll.
@@ -50,6 +58,23 @@ enum Command {
         /// Include revoked machines.
         #[arg(long)]
         all: bool,
+        /// Only the machines this selector picks: hardware, labels and what runs on
+        /// them, e.g. 'gpu.compute >= 8.9 && opt.sageattention != verified'.
+        #[arg(long = "where", value_name = "SELECTOR")]
+        selector: Option<String>,
+    },
+    /// Reports over the fleet's hardware and software: gpus (model × compute
+    /// capability × driver × CUDA), environments (revision × torch × phase),
+    /// optimizations (outcomes per GPU model, with the most common failure) and
+    /// drift (machines whose environment changed since it was verified).
+    Report {
+        #[arg(value_enum)]
+        report: ReportArg,
+        /// Only the machines this selector picks (as `machines --where`).
+        #[arg(long = "where", value_name = "SELECTOR")]
+        selector: Option<String>,
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: OutputFormat,
     },
     /// Operator credentials (viewer, operator, admin).
     #[command(subcommand)]
@@ -408,8 +433,11 @@ async fn run(cli: Cli) -> anyhow::Result<String> {
         }
         Command::Token(TokenCommand::List { output }) => commands::tokens::list(&mut fleet, output).await,
         Command::Token(TokenCommand::Delete { id }) => commands::tokens::delete(&mut fleet, id).await,
-        Command::Machines { command: None, output, all } => {
-            commands::machines::list(&mut fleet, all, output).await
+        Command::Machines { command: None, output, all, selector } => {
+            commands::machines::list(&mut fleet, all, selector, output).await
+        }
+        Command::Report { report, selector, output } => {
+            commands::reports::show(&mut fleet, report, selector.unwrap_or_default(), output).await
         }
         Command::Machines { command: Some(MachinesCommand::Show { id, output }), .. } => {
             commands::machines::show(&mut fleet, id, output).await

@@ -50,6 +50,7 @@ fn machine(i: usize) -> MachineFacts {
             })
             .collect(),
         reported: true,
+        software: Default::default(),
     }
 }
 

@@ -29,6 +29,7 @@ fn machines() -> Vec<MachineFacts> {
         cuda_driver_version: cuda.map(|(major, minor)| CudaVersion::new(major, minor)),
         gpus,
         reported: true,
+        software: Default::default(),
     };
     vec![
         machine(vec![gpu(0, 8, 9), gpu(1, 8, 6)], Some((12, 8))),

@@ -6,6 +6,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use comfyfleet_config::fleet_report::ReportKind;
 use comfyfleet_config::labels::validate_key;
 use comfyfleet_config::{JoinToken, MachineId, MachineRecord, OperatorCredential, Role};
 use comfyfleet_proto::v1 as pb;
@@ -315,20 +316,15 @@ impl pb::fleet_service_server::FleetService for FleetApi {
                     .map_err(|_| Status::invalid_argument("page_token is not one we issued"))?,
             ),
         };
-        let page = self
-            .state
-            .store
-            .list_machines(after.as_ref(), limit, request.include_revoked)
-            .await
-            .map_err(internal)?;
-        let next_page_token = if page.len() == limit as usize {
-            page.last().map(|machine| machine.id.to_string()).unwrap_or_default()
-        } else {
-            String::new()
-        };
+        let selector = crate::fleet_view::query(&request.selector).map_err(Status::invalid_argument)?;
+        let (page, next) =
+            crate::fleet_view::page(&self.state, selector.as_ref(), after, limit, request.include_revoked)
+                .await
+                .map_err(internal)?;
+        let next_page_token = next.map(|id| id.to_string()).unwrap_or_default();
         let machines = page
             .into_iter()
-            .map(|machine| pb::Machine::from(&without_output_tails(self.machine_record(machine))))
+            .map(|machine| pb::Machine::from(&without_output_tails(machine.record)))
             .collect();
         Ok(Response::new(pb::ListMachinesResponse { machines, next_page_token }))
     }
@@ -456,6 +452,20 @@ impl pb::fleet_service_server::FleetService for FleetApi {
         let revoked =
             revoked.ok_or_else(|| Status::not_found("the credential disappeared while being revoked"))?;
         Ok(Response::new(credential_to_wire(&revoked)))
+    }
+
+    async fn get_fleet_report(
+        &self,
+        request: Request<pb::FleetReportRequest>,
+    ) -> Result<Response<pb::FleetReport>, Status> {
+        self.caller(&request, Role::Viewer).await?;
+        let request = request.into_inner();
+        let kind: ReportKind = request.report.parse().map_err(Status::invalid_argument)?;
+        let selector = crate::fleet_view::query(&request.selector).map_err(Status::invalid_argument)?;
+        let report =
+            crate::fleet_view::report(&self.state, kind, selector.as_ref()).await.map_err(internal)?;
+        let report_json = serde_json::to_string(&report).map_err(internal)?;
+        Ok(Response::new(pb::FleetReport { report_json }))
     }
 
     async fn list_audit_events(

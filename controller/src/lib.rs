@@ -12,6 +12,7 @@ mod cache_service;
 mod desired_state;
 mod environment_service;
 mod fleet_service;
+pub mod fleet_view;
 mod git_mirror;
 mod git_pin;
 mod index_proxy;

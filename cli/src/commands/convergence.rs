@@ -267,7 +267,12 @@ async fn fetch(
     }
     let mut page_token = String::new();
     loop {
-        let request = pb::ListMachinesRequest { page_size: 500, page_token, include_revoked: true };
+        let request = pb::ListMachinesRequest {
+            page_size: 500,
+            page_token,
+            include_revoked: true,
+            selector: String::new(),
+        };
         let page = client.list_machines(request).await?.into_inner();
         found.extend(page.machines.into_iter().map(|machine| (machine.id.clone(), machine)));
         if page.next_page_token.is_empty() {

@@ -17,11 +17,26 @@ use crate::machine_view::MachineView;
 
 /// Every machine, fetched page by page.
 pub async fn fetch_all(client: &mut Fleet, include_revoked: bool) -> anyhow::Result<Vec<MachineView>> {
+    fetch(client, include_revoked, "").await
+}
+
+/// The machines a query selector picks (`""`: all), fetched page by page; the
+/// controller evaluates the selector.
+pub async fn fetch(
+    client: &mut Fleet,
+    include_revoked: bool,
+    selector: &str,
+) -> anyhow::Result<Vec<MachineView>> {
     let mut views = Vec::new();
     let mut page_token = String::new();
     loop {
         let page = client
-            .list_machines(pb::ListMachinesRequest { page_size: 500, page_token, include_revoked })
+            .list_machines(pb::ListMachinesRequest {
+                page_size: 500,
+                page_token,
+                include_revoked,
+                selector: selector.to_owned(),
+            })
             .await
             .map_err(status_error)?
             .into_inner();
@@ -43,8 +58,15 @@ pub fn view(machine: pb::Machine) -> anyhow::Result<MachineView> {
     Ok(MachineView::from(&record))
 }
 
-pub async fn list(client: &mut Fleet, include_revoked: bool, output: OutputFormat) -> anyhow::Result<String> {
-    let views = fetch_all(client, include_revoked).await?;
+pub async fn list(
+    client: &mut Fleet,
+    include_revoked: bool,
+    selector: Option<String>,
+    output: OutputFormat,
+) -> anyhow::Result<String> {
+    let selector = selector.unwrap_or_default();
+    super::reports::check_selector(&selector)?;
+    let views = fetch(client, include_revoked, &selector).await?;
     match output {
         OutputFormat::Json => to_json(&views),
         OutputFormat::Csv => csv(&views),

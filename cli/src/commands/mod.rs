@@ -8,6 +8,7 @@ pub mod environments;
 mod machine_details;
 pub mod machines;
 pub mod plan;
+pub mod reports;
 pub mod rollout;
 pub mod rollout_policy;
 mod rollout_render;

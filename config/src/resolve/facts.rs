@@ -7,6 +7,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::convergence::{ConvergenceReport, OptimizationState, Phase};
+use crate::installed::InstalledEnvironments;
 use crate::inventory::{ComputeCapability, CudaVersion, Inventory, NvmlStatus};
 use crate::machine::MachineRecord;
 
@@ -25,6 +27,153 @@ pub struct MachineFacts {
     pub gpus: Vec<GpuFacts>,
     /// False until the agent has sent an inventory: nothing is known about the hardware.
     pub reported: bool,
+    /// What runs on the machine: only `comfyfleet machines --where`, reports and the
+    /// web page select on it, never a spec (a plan must not depend on its own outcome).
+    #[serde(default)]
+    pub software: SoftwareFacts,
+}
+
+/// The environment a machine runs now, as its agent reported it: the `env.*`,
+/// `phase`, `drift` and `opt.NAME` fields of a query.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SoftwareFacts {
+    /// The current environment's name; `None` when nothing is active.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub environment: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision: Option<u32>,
+    /// e.g. `2.8.0+cu128`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub torch: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub python: Option<String>,
+    /// The phase of the agent's latest report; `None` before its first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<Phase>,
+    /// What differs in the current environment from what verification recorded.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub drift: Vec<String>,
+    /// Each optimisation's outcome on the current environment (absent: not there).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub optimizations: Vec<OptimizationFact>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OptimizationFact {
+    pub name: String,
+    pub outcome: OptimizationOutcomeKind,
+    /// Why it failed or was skipped.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub detail: String,
+}
+
+/// What `opt.NAME` compares: an optimisation on the current environment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OptimizationOutcomeKind {
+    Verified,
+    Failed,
+    Skipped,
+    /// Still being built or checked.
+    Pending,
+    /// Not part of the current environment (or nothing is active).
+    Absent,
+}
+
+impl OptimizationOutcomeKind {
+    pub const ALL: [OptimizationOutcomeKind; 5] = [
+        OptimizationOutcomeKind::Verified,
+        OptimizationOutcomeKind::Failed,
+        OptimizationOutcomeKind::Skipped,
+        OptimizationOutcomeKind::Pending,
+        OptimizationOutcomeKind::Absent,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OptimizationOutcomeKind::Verified => "verified",
+            OptimizationOutcomeKind::Failed => "failed",
+            OptimizationOutcomeKind::Skipped => "skipped",
+            OptimizationOutcomeKind::Pending => "pending",
+            OptimizationOutcomeKind::Absent => "absent",
+        }
+    }
+
+    pub fn named(word: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|kind| kind.as_str() == word)
+    }
+}
+
+impl From<OptimizationState> for OptimizationOutcomeKind {
+    fn from(state: OptimizationState) -> Self {
+        match state {
+            OptimizationState::Verified => OptimizationOutcomeKind::Verified,
+            OptimizationState::Failed => OptimizationOutcomeKind::Failed,
+            OptimizationState::Skipped => OptimizationOutcomeKind::Skipped,
+            OptimizationState::Pending => OptimizationOutcomeKind::Pending,
+        }
+    }
+}
+
+impl SoftwareFacts {
+    /// From the environments the agent found on disk and its latest report. The
+    /// current environment is the one `current` points at; its optimisations' outcomes
+    /// come from the report when the report is about that revision (it also names
+    /// those the plan skipped), else from what verification recorded.
+    pub fn new(environments: Option<&InstalledEnvironments>, report: Option<&ConvergenceReport>) -> Self {
+        let current = environments
+            .and_then(|environments| environments.installed.iter().find(|environment| environment.current));
+        let Some(current) = current else {
+            return SoftwareFacts { phase: report.map(|report| report.phase), ..SoftwareFacts::default() };
+        };
+        let report_is_current =
+            report.filter(|report| report.revision_id.as_ref() == Some(&current.revision_id));
+        let optimizations = match report_is_current {
+            Some(report) => report
+                .optimizations
+                .iter()
+                .map(|outcome| OptimizationFact {
+                    name: outcome.name.clone(),
+                    outcome: outcome.state.into(),
+                    detail: outcome.detail.clone(),
+                })
+                .collect(),
+            None => current
+                .optimizations
+                .iter()
+                .map(|package| OptimizationFact {
+                    name: package.name.clone(),
+                    outcome: if package.verified {
+                        OptimizationOutcomeKind::Verified
+                    } else {
+                        OptimizationOutcomeKind::Failed
+                    },
+                    detail: package.detail.clone(),
+                })
+                .collect(),
+        };
+        SoftwareFacts {
+            environment: Some(current.environment.clone()),
+            revision: Some(current.revision_number),
+            torch: Some(current.torch_version.clone()).filter(|torch| !torch.is_empty()),
+            python: Some(current.python_version.clone()).filter(|python| !python.is_empty()),
+            phase: report.map(|report| report.phase),
+            drift: current.drift.clone(),
+            optimizations,
+        }
+    }
+
+    /// The CUDA build of the current torch: `cu128` of `2.8.0+cu128`, `cpu` of `2.8.0+cpu`.
+    pub fn cuda(&self) -> Option<&str> {
+        self.torch.as_deref().and_then(|torch| torch.split_once('+')).map(|(_, local)| local)
+    }
+
+    pub fn optimization(&self, name: &str) -> OptimizationOutcomeKind {
+        self.optimizations
+            .iter()
+            .find(|fact| fact.name == name)
+            .map_or(OptimizationOutcomeKind::Absent, |fact| fact.outcome)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -47,12 +196,17 @@ impl GpuFacts {
 
 impl From<&MachineRecord> for MachineFacts {
     fn from(machine: &MachineRecord) -> Self {
-        MachineFacts::new(
+        let mut facts = MachineFacts::new(
             machine.id.to_string(),
             machine.hostname.clone(),
             machine.labels.as_map().clone(),
             machine.inventory.as_ref(),
-        )
+        );
+        facts.software = SoftwareFacts::new(
+            machine.inventory.as_ref().map(|inventory| &inventory.environments),
+            machine.report.as_ref(),
+        );
+        facts
     }
 }
 
@@ -92,6 +246,7 @@ impl MachineFacts {
                 })
                 .unwrap_or_default(),
             reported: inventory.is_some(),
+            software: SoftwareFacts::default(),
         }
     }
 }

@@ -17,7 +17,7 @@ use crate::spec::{CudaTag, DriverCompat, Spec, TorchSeries};
 use catalog::{ArchSet, TorchBuild, TorchCatalog, TorchRelease};
 use driver::DriverVersion;
 
-pub use facts::{GpuFacts, MachineFacts};
+pub use facts::{GpuFacts, MachineFacts, OptimizationFact, OptimizationOutcomeKind, SoftwareFacts};
 pub use plan::{
     Incompatibility, MachinePlan, OptimizationSource, PinnedPackage, PlannedOptimization, Resolution,
     SkippedOptimization,

@@ -42,6 +42,7 @@ pub fn profile(name: &str) -> MachineFacts {
             .map(|v| CudaVersion::from_nvml(v as u32).unwrap()),
         gpus,
         reported: true,
+        software: Default::default(),
     }
 }
 

@@ -77,6 +77,66 @@ fn plan_offline_over_saved_facts_gives_the_same_answer_as_the_live_fleet() {
     let offline: Value = serde_json::from_str(&plan_offline(&spec, &facts, "json")).unwrap();
     assert_eq!(live, offline, "plan --facts must answer exactly as the live fleet does");
 
+    // A hand-written file with only the facts planning uses (no enrolled_at, online,
+    // agent_version or nvml_status; arch defaults to x86_64) plans the same.
+    let full: Value = serde_json::from_str(&std::fs::read_to_string(&facts).unwrap()).unwrap();
+    let minimal: Vec<Value> = full
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|machine| {
+            let mut kept = serde_json::Map::new();
+            for key in ["id", "hostname", "labels", "driver_version", "cuda_driver_version"] {
+                if !machine[key].is_null() {
+                    kept.insert(key.to_owned(), machine[key].clone());
+                }
+            }
+            let gpus: Vec<Value> = machine["gpus"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|gpu| {
+                    serde_json::json!({
+                        "index": gpu["index"],
+                        "name": gpu["name"],
+                        "memory_total_bytes": gpu["memory_total_bytes"],
+                        "compute_capability": gpu["compute_capability"],
+                    })
+                })
+                .collect();
+            kept.insert("gpus".to_owned(), Value::from(gpus));
+            Value::Object(kept)
+        })
+        .collect();
+    let hand_written = dir.path().join("hand-written.json");
+    std::fs::write(&hand_written, serde_json::to_string_pretty(&minimal).unwrap()).unwrap();
+    let mut from_minimal: Value = serde_json::from_str(&plan_offline(&spec, &hand_written, "json")).unwrap();
+    // Only the display of a machine without GPUs differs: the full file says why
+    // (NVML found no driver), the hand-written one cannot.
+    let mut expected = live.clone();
+    for plan in [&mut from_minimal, &mut expected] {
+        for machine in plan["machines"].as_array_mut().unwrap() {
+            if machine["hostname"] == "no-gpu" {
+                machine.as_object_mut().unwrap().remove("gpus");
+            }
+        }
+    }
+    assert_eq!(from_minimal, expected, "the minimal hand-written facts plan exactly as the full file");
+    // "What would 2× B200 on a 580 driver get?", asked before buying them.
+    let b200 = dir.path().join("b200.json");
+    std::fs::write(
+        &b200,
+        r#"[{"id": "b200-candidate", "hostname": "b200-candidate", "labels": {"pool": "render-a"},
+             "driver_version": "580.95.05", "cuda_driver_version": "13.0",
+             "gpus": [{"index": 0, "name": "NVIDIA B200", "memory_total_bytes": 191915573248, "compute_capability": "10.0"},
+                      {"index": 1, "name": "NVIDIA B200", "memory_total_bytes": 191915573248, "compute_capability": "10.0"}]}]"#,
+    )
+    .unwrap();
+    let b200_plan: Value = serde_json::from_str(&plan_offline(&spec, &b200, "json")).unwrap();
+    let candidate = outcome(&b200_plan, "b200-candidate");
+    assert_eq!(candidate["status"], "ok", "{candidate}");
+    assert_eq!(candidate["cuda_tag"], "cu130", "{candidate}");
+
     let ada = outcome(&live, "rtx4090-x1-570");
     assert_eq!((ada["status"].as_str(), ada["torch"].as_str()), (Some("ok"), Some("2.11.0+cu128")));
     assert_eq!(ada["cuda_tag"], "cu128");

@@ -59,6 +59,19 @@ impl Condition {
             Field::MachineId => self.text_holds(Some(&machine.id)),
             Field::MachineHostname => self.text_holds(Some(&machine.hostname)),
             Field::Label(key) => self.text_holds(machine.labels.get(key).map(String::as_str)),
+            Field::EnvName => self.text_holds(machine.software.environment.as_deref()),
+            Field::EnvRevision => machine
+                .software
+                .revision
+                .is_some_and(|revision| self.test.holds(&Value::Count(u64::from(revision)))),
+            Field::EnvTorch => self.text_holds(machine.software.torch.as_deref()),
+            Field::EnvCuda => self.text_holds(machine.software.cuda()),
+            Field::EnvPython => self.text_holds(machine.software.python.as_deref()),
+            Field::Phase => self.text_holds(machine.software.phase.map(|phase| phase.as_str())),
+            Field::Drift => self.test.holds(&Value::Boolean(!machine.software.drift.is_empty())),
+            Field::Optimization(name) => {
+                self.test.holds(&Value::Text(machine.software.optimization(name).as_str().into()))
+            }
         }
     }
 
@@ -82,6 +95,14 @@ pub(super) enum Field {
     MachineId,
     MachineHostname,
     Label(String),
+    EnvName,
+    EnvRevision,
+    EnvTorch,
+    EnvCuda,
+    EnvPython,
+    Phase,
+    Drift,
+    Optimization(String),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -91,7 +112,7 @@ pub(super) enum GpuField {
     Name,
 }
 
-pub(super) const FIELD_NAMES: [(&str, Field); 10] = [
+pub(super) const FIELD_NAMES: [(&str, Field); 17] = [
     ("gpu.compute", Field::Gpu(GpuField::Compute)),
     ("gpu.memory", Field::Gpu(GpuField::Memory)),
     ("gpu.name", Field::Gpu(GpuField::Name)),
@@ -102,6 +123,13 @@ pub(super) const FIELD_NAMES: [(&str, Field); 10] = [
     ("host.arch", Field::HostArch),
     ("machine.id", Field::MachineId),
     ("machine.hostname", Field::MachineHostname),
+    ("env.name", Field::EnvName),
+    ("env.revision", Field::EnvRevision),
+    ("env.torch", Field::EnvTorch),
+    ("env.cuda", Field::EnvCuda),
+    ("env.python", Field::EnvPython),
+    ("phase", Field::Phase),
+    ("drift", Field::Drift),
 ];
 
 /// What kind of value a field holds, which decides the operators and literals allowed.
@@ -113,7 +141,15 @@ pub(super) enum Kind {
     Count,
     CudaVersion,
     DriverVersion,
+    /// A machine's phase: one of [`PHASES`].
+    Phase,
+    /// `opt.NAME`: one of [`OUTCOMES`].
+    Outcome,
+    Boolean,
 }
+
+pub(super) const PHASES: [&str; 6] = ["idle", "preparing", "prepared", "activating", "active", "failed"];
+pub(super) const OUTCOMES: [&str; 5] = ["verified", "failed", "skipped", "pending", "absent"];
 
 impl Field {
     pub(super) fn kind(&self) -> Kind {
@@ -123,6 +159,11 @@ impl Field {
             Field::GpuCount => Kind::Count,
             Field::DriverCuda => Kind::CudaVersion,
             Field::DriverVersion => Kind::DriverVersion,
+            Field::EnvRevision => Kind::Count,
+            Field::Phase => Kind::Phase,
+            Field::Optimization(_) => Kind::Outcome,
+            Field::Drift => Kind::Boolean,
+            Field::EnvName | Field::EnvTorch | Field::EnvCuda | Field::EnvPython => Kind::Text,
             Field::Gpu(GpuField::Name)
             | Field::HostOs
             | Field::HostArch
@@ -133,11 +174,51 @@ impl Field {
     }
 
     /// The field a word names; `offset` is where the word starts, for errors.
-    pub(super) fn named(word: &str, offset: usize) -> Result<Field, SelectorError> {
-        match FIELD_NAMES.iter().find(|(name, _)| *name == word) {
-            Some((_, field)) => Ok(field.clone()),
-            None => Field::label_named(word, offset),
+    /// `software`: whether the fields of what runs on a machine are allowed (queries
+    /// yes, specs no).
+    pub(super) fn named(word: &str, offset: usize, software: bool) -> Result<Field, SelectorError> {
+        let field = match FIELD_NAMES.iter().find(|(name, _)| *name == word) {
+            Some((_, field)) => field.clone(),
+            None => match word.strip_prefix("opt.") {
+                Some(name) if is_optimization_name(name) => Field::Optimization(name.to_owned()),
+                Some(_) => {
+                    return Err(SelectorError::new(
+                        offset,
+                        format!(
+                            "`{word}` is not an optimisation field: write opt. and the optimisation's name \
+                             as the spec has it, e.g. opt.sageattention"
+                        ),
+                    ));
+                }
+                None => Field::label_named(word, offset)?,
+            },
+        };
+        if !software && field.is_software() {
+            return Err(SelectorError::new(
+                offset,
+                format!(
+                    "`{word}` is what runs on a machine, which a spec's selector cannot depend on (the \
+                     plan would change what it matches): select on hardware and labels here, and use \
+                     {word} with comfyfleet machines --where or comfyfleet report"
+                ),
+            ));
         }
+        Ok(field)
+    }
+
+    /// A field of what runs on the machine rather than of the machine itself.
+    pub(super) fn is_software(&self) -> bool {
+        matches!(
+            self,
+            Field::EnvName
+                | Field::EnvRevision
+                | Field::EnvTorch
+                | Field::EnvCuda
+                | Field::EnvPython
+                | Field::Phase
+                | Field::Drift
+                | Field::Optimization(_)
+        )
     }
 
     pub(super) fn label_named(word: &str, offset: usize) -> Result<Field, SelectorError> {
@@ -153,6 +234,7 @@ impl Field {
             "host" => "the host fields are host.os and host.arch",
             "machine" => "the machine fields are machine.id and machine.hostname",
             "labels" => "write labels.KEY, e.g. labels.pool",
+            "env" => "the env fields are env.name, env.revision, env.torch, env.cuda and env.python",
             _ if word.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_') => {
                 return Ok(Field::Label(word.to_owned()));
             }
@@ -177,6 +259,7 @@ impl fmt::Display for Field {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match (self, FIELD_NAMES.iter().find(|(_, field)| field == self)) {
             (Field::Label(key), _) => write!(f, "labels.{key}"),
+            (Field::Optimization(name), _) => write!(f, "opt.{name}"),
             (_, Some((name, _))) => f.write_str(name),
             (_, None) => write!(f, "{self:?}"),
         }
@@ -184,6 +267,11 @@ impl fmt::Display for Field {
 }
 
 impl Kind {
+    /// Whether `<`, `<=`, `>` and `>=` apply.
+    pub(super) fn is_ordered(self) -> bool {
+        !matches!(self, Kind::Text | Kind::Phase | Kind::Outcome | Kind::Boolean)
+    }
+
     pub(super) fn hint(self) -> &'static str {
         match self {
             Kind::Text => "write a quoted string such as \"render-a\"",
@@ -192,6 +280,9 @@ impl Kind {
             Kind::Count => "write a whole number such as 8",
             Kind::CudaVersion => "write a CUDA version such as 12.8",
             Kind::DriverVersion => "write a driver version such as 570 or 570.133.07",
+            Kind::Phase => "write a phase: idle, preparing, prepared, activating, active or failed",
+            Kind::Outcome => "write an outcome: verified, failed, skipped, pending or absent",
+            Kind::Boolean => "write true or false",
         }
     }
 
@@ -208,6 +299,13 @@ impl Kind {
                 word.parse().ok().filter(|size: &f64| decimal && size.is_finite()).map(Value::Gibibytes)
             }
             Kind::DriverVersion => parse_version(word).map(Value::DriverVersion),
+            Kind::Phase => PHASES.contains(&word).then(|| Value::Text(word.to_owned().into())),
+            Kind::Outcome => OUTCOMES.contains(&word).then(|| Value::Text(word.to_owned().into())),
+            Kind::Boolean => match word {
+                "true" => Some(Value::Boolean(true)),
+                "false" => Some(Value::Boolean(false)),
+                _ => None,
+            },
         }
     }
 }
@@ -222,6 +320,7 @@ pub(super) enum Value<'a> {
     Count(u64),
     CudaVersion(CudaVersion),
     DriverVersion(Vec<u64>),
+    Boolean(bool),
 }
 
 pub(super) type Literal = Value<'static>;
@@ -235,6 +334,7 @@ pub(super) fn compare(fact: &Value<'_>, literal: &Literal) -> Option<Ordering> {
         (Value::Count(fact), Value::Count(literal)) => Some(fact.cmp(literal)),
         (Value::CudaVersion(fact), Value::CudaVersion(literal)) => Some(fact.cmp(literal)),
         (Value::DriverVersion(fact), Value::DriverVersion(literal)) => Some(compare_versions(fact, literal)),
+        (Value::Boolean(fact), Value::Boolean(literal)) => Some(fact.cmp(literal)),
         _ => None,
     }
 }
@@ -250,6 +350,13 @@ pub(super) fn compare_versions(left: &[u64], right: &[u64]) -> Ordering {
 /// `570.133.07` → `[570, 133, 7]`; `None` for anything that is not dotted numbers.
 pub(super) fn parse_version(text: &str) -> Option<Vec<u64>> {
     text.trim().split('.').map(|part| part.parse().ok().filter(|_| is_digits(part))).collect()
+}
+
+/// An optimisation's name as a spec may write it (see `spec::names`).
+fn is_optimization_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name.bytes().all(|byte| byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'_' | b'.'))
 }
 
 /// Plain decimal digits, at least one (`str::parse` would also take a leading `+`).

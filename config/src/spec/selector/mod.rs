@@ -30,6 +30,18 @@
 //! | `machine.id`, `machine.hostname` | text | `machine.hostname in [ws-01, ws-02]` |
 //! | `labels.KEY`, or just `KEY` | the machine's label (text) | `pool == render-a` |
 //!
+//! Queries over the fleet (`comfyfleet machines --where`, `comfyfleet report`, the web
+//! page) also select on what runs on the machines; a spec's selector cannot, since its
+//! plan would change what it matches:
+//!
+//! | Field | Value | Example |
+//! |---|---|---|
+//! | `env.name`, `env.revision` | the current environment and its revision number | `env.revision >= 3` |
+//! | `env.torch`, `env.cuda`, `env.python` | its torch build, CUDA build and Python (text) | `env.cuda == cu128` |
+//! | `phase` | `idle`, `preparing`, `prepared`, `activating`, `active` or `failed` | `phase == failed` |
+//! | `drift` | whether the current environment differs from what was verified | `drift == true` |
+//! | `opt.NAME` | the optimisation on the current environment: `verified`, `failed`, `skipped`, `pending` or `absent` | `opt.sageattention != verified` |
+//!
 //! - `gpu.compute`, `gpu.memory` and `gpu.name` hold when the machine has at least one
 //!   GPU and *every* GPU satisfies the condition; a GPU whose value could not be read
 //!   fails it. So `gpu.compute >= 8.0` is false on a machine with an 8.6 and a 7.5 GPU,
@@ -41,9 +53,10 @@
 //!   `x86_64` or `12`. Quote values with spaces or other punctuation, and values that
 //!   are keywords (`"in"`).
 //! - A name that is not a field is a label: `pool` means `labels.pool`. The words
-//!   `and`, `or`, `not`, `in`, `contains` and the field groups `gpu`, `driver`, `host`,
-//!   `machine` and `labels` are reserved: write `labels.gpu` for a label named `gpu`,
-//!   and `labels.3d` for a label whose name starts with a digit.
+//!   `and`, `or`, `not`, `in`, `contains`, the fields `phase` and `drift` and the field
+//!   groups `gpu`, `driver`, `host`, `machine`, `env`, `opt` and `labels` are
+//!   reserved: write `labels.gpu` for a label named `gpu`, and `labels.3d` for a label
+//!   whose name starts with a digit.
 //! - A label the machine lacks, or a fact it has not reported, makes a condition false,
 //!   except `!=` on text, which is true: `pool != render-a` also picks machines with no
 //!   `pool` label. (A GPU whose name is unknown still fails `gpu.name != ...`.)
@@ -101,7 +114,18 @@ impl SelectorError {
 }
 
 impl Selector {
+    /// A spec's selector: hardware, driver, host and labels.
     pub fn parse(text: &str) -> Result<Selector, SelectorError> {
+        Selector::parse_with(text, false)
+    }
+
+    /// A query over the fleet (`comfyfleet machines --where`, reports, the web page):
+    /// also what runs on the machines, `env.*`, `phase`, `drift` and `opt.NAME`.
+    pub fn parse_query(text: &str) -> Result<Selector, SelectorError> {
+        Selector::parse_with(text, true)
+    }
+
+    fn parse_with(text: &str, software: bool) -> Result<Selector, SelectorError> {
         if text.len() > MAX_SELECTOR_BYTES {
             let offset = (0..=MAX_SELECTOR_BYTES).rev().find(|&at| text.is_char_boundary(at)).unwrap_or(0);
             let message = format!(
@@ -112,7 +136,7 @@ impl Selector {
             return Err(SelectorError::new(offset, message));
         }
         let tokens = lex(text)?;
-        let expression = Parser { text, tokens, position: 0, depth: 0 }.parse_selector()?;
+        let expression = Parser { text, tokens, position: 0, depth: 0, software }.parse_selector()?;
         Ok(Selector { text: text.to_owned(), expression })
     }
 

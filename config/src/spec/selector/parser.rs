@@ -7,6 +7,8 @@ pub(super) struct Parser<'a> {
     pub(super) tokens: Vec<Token>,
     pub(super) position: usize,
     pub(super) depth: usize,
+    /// Whether the fields of what runs on a machine are allowed.
+    pub(super) software: bool,
 }
 
 impl Parser<'_> {
@@ -123,14 +125,14 @@ impl Parser<'_> {
         let TokenKind::Word(word) = &token.kind else {
             return Err(self.unexpected(Some(&token), "a condition", "write one such as pool == render-a"));
         };
-        let field = Field::named(word, token.start)?;
+        let field = Field::named(word, token.start, self.software)?;
         let kind = field.kind();
         let operator = self.next_token();
         let test = match operator.as_ref().map(|token| &token.kind) {
             Some(TokenKind::Compare(operator @ (Operator::Eq | Operator::Ne))) => {
                 Test::Compare(*operator, self.parse_literal(&field)?)
             }
-            Some(TokenKind::Compare(operator)) if kind != Kind::Text => {
+            Some(TokenKind::Compare(operator)) if kind.is_ordered() => {
                 Test::Compare(*operator, self.parse_literal(&field)?)
             }
             Some(TokenKind::In) => Test::In(self.parse_list(&field)?),
@@ -138,6 +140,8 @@ impl Parser<'_> {
             Some(TokenKind::Compare(_) | TokenKind::Contains) => {
                 let message = if kind == Kind::Text {
                     format!("`{field}` is text: compare it with == or !=, in [...] or contains")
+                } else if !kind.is_ordered() {
+                    format!("`{field}` has no order: compare it with == or != or in [...] ({})", kind.hint())
                 } else {
                     format!(
                         "`{field}` is not text, so contains does not apply: use ==, !=, <, <=, >, >= or in [...]"

@@ -412,3 +412,98 @@ fn no_input_makes_parsing_or_matching_panic() {
     // The generator must reach the evaluator, not just the error paths.
     assert!(accepted > 1_000, "only {accepted} generated selectors parsed");
 }
+
+/// A machine running `render-prod@3` on torch 2.8.0+cu128, with SageAttention verified,
+/// triton failed, xformers skipped, and a package changed by hand.
+fn running_box(phase: &str, drift: bool) -> MachineFacts {
+    let mut facts = h100_box();
+    facts.software = serde_json::from_value(json!({
+        "environment": "render-prod",
+        "revision": 3,
+        "torch": "2.8.0+cu128",
+        "python": "3.12.7",
+        "phase": phase,
+        "drift": if drift { vec!["package numpy is 2.2.0, verified 2.1.3"] } else { vec![] },
+        "optimizations": [
+            {"name": "sageattention", "outcome": "verified"},
+            {"name": "triton", "outcome": "failed", "detail": "no kernel image"},
+            {"name": "xformers", "outcome": "skipped"},
+        ],
+    }))
+    .unwrap();
+    facts
+}
+
+fn query(text: &str) -> Selector {
+    Selector::parse_query(text).unwrap_or_else(|error| panic!("`{text}` should parse as a query: {error:?}"))
+}
+
+#[test]
+fn queries_select_on_what_runs_on_the_machines() {
+    // Expected result on [active with drift, failed without drift, nothing running].
+    let cases: &[(&str, [bool; 3])] = &[
+        ("env.name == render-prod", [true, true, false]),
+        ("env.name != render-prod", [false, false, true]),
+        ("env.revision == 3", [true, true, false]),
+        ("env.revision >= 4", [false, false, false]),
+        ("env.revision < 4", [true, true, false]),
+        ("env.torch == \"2.8.0+cu128\"", [true, true, false]),
+        ("env.torch contains \"2.8\"", [true, true, false]),
+        ("env.cuda == cu128", [true, true, false]),
+        ("env.cuda in [cu126, cu129]", [false, false, false]),
+        ("env.python contains \"3.12\"", [true, true, false]),
+        ("phase == active", [true, false, false]),
+        ("phase == failed", [false, true, false]),
+        ("phase != active", [false, true, true]),
+        ("phase in [idle, failed]", [false, true, false]),
+        ("drift == true", [true, false, false]),
+        ("drift == false", [false, true, true]),
+        ("drift != true", [false, true, true]),
+        ("opt.sageattention == verified", [true, true, false]),
+        ("opt.sageattention != verified", [false, false, true]),
+        ("opt.sageattention == absent", [false, false, true]),
+        ("opt.triton == failed", [true, true, false]),
+        ("opt.xformers == skipped", [true, true, false]),
+        ("opt.flash-attn == absent", [true, true, true]),
+        ("opt.triton in [failed, skipped]", [true, true, false]),
+        ("gpu.compute >= 8.9 && opt.sageattention != verified", [false, false, true]),
+        ("phase == active && drift == true && pool == render-a", [true, false, false]),
+    ];
+    let idle = h100_box();
+    let machines = [running_box("active", true), running_box("failed", false), idle];
+    for (text, expected) in cases {
+        let selector = query(text);
+        let actual = machines.each_ref().map(|machine| selector.matches(machine));
+        assert_eq!(actual, *expected, "`{text}`");
+    }
+}
+
+#[test]
+fn software_fields_are_typed_and_kept_out_of_specs() {
+    let refused = [
+        ("phase == actve", "write a phase: idle, preparing"),
+        ("phase >= active", "`phase` has no order"),
+        ("opt.sageattention == works", "write an outcome: verified, failed"),
+        ("opt.sageattention contains ver", "has no order"),
+        ("drift == yes", "write true or false"),
+        ("drift > false", "has no order"),
+        ("env.revision == three", "write a whole number"),
+        ("env.version == 3", "the env fields are env.name, env.revision"),
+        ("opt. == verified", "is not an optimisation field"),
+    ];
+    for (text, expected) in refused {
+        let error = Selector::parse_query(text).expect_err(text);
+        assert!(error.message.contains(expected), "`{text}`: {}", error.message);
+    }
+    for text in ["phase == active", "opt.sageattention == verified", "drift == true", "env.cuda == cu128"] {
+        let error = Selector::parse(text).expect_err(text);
+        assert!(error.message.contains("a spec's selector cannot depend on"), "`{text}`: {}", error.message);
+        assert_eq!(error.offset, 0, "`{text}`");
+    }
+    // A label named like a field is still reachable.
+    assert!(parse("labels.phase == blue").matches(&{
+        let mut facts = h100_box();
+        facts.labels.insert("phase".into(), "blue".into());
+        facts
+    }));
+}
