@@ -20,6 +20,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::desired_state;
+use crate::metrics::Refusal;
 use crate::pki::{certificate_sha256, machine_id_of};
 use crate::presence::{KickReason, SessionGuard};
 use crate::secrets;
@@ -54,58 +55,18 @@ impl pb::agent_service_server::AgentService for AgentApi {
         &self,
         request: Request<pb::EnrollRequest>,
     ) -> Result<Response<pb::EnrollResponse>, Status> {
-        let request = request.into_inner();
-        let token: JoinToken =
-            request.join_token.parse().map_err(|error: comfyfleet_config::join_token::JoinTokenError| {
-                Status::invalid_argument(error.to_string())
-            })?;
-        let ca_sha256 = self.state.ca.sha256();
-        if token.ca_sha256() != ca_sha256 {
-            return Err(Status::failed_precondition(format!(
-                "the join token pins CA sha256 {} but this controller's CA is {ca_sha256}: the token was made by another controller",
-                token.ca_sha256()
-            )));
+        match self.enroll_machine(request.into_inner()).await {
+            Ok(response) => {
+                self.state.metrics.enrolled();
+                Ok(Response::new(response))
+            }
+            Err((reason, status)) => {
+                if let Some(reason) = reason {
+                    self.state.metrics.refused("enroll", reason);
+                }
+                Err(status)
+            }
         }
-        let hostname = request.hostname;
-        if hostname.is_empty() || hostname.len() > MAX_HOSTNAME || hostname.chars().any(char::is_control) {
-            return Err(Status::invalid_argument("hostname must be 1 to 253 printable characters"));
-        }
-        let agent_labels = labels_from_wire("labels", request.labels)?;
-
-        let machine_id: MachineId = secrets::new_machine_id().parse().map_err(internal)?;
-        let certificate =
-            self.state.ca.sign_agent_csr(&request.csr_pem, &machine_id).map_err(|error| match error {
-                crate::pki::PkiError::BadCsr(_) => Status::invalid_argument(error.to_string()),
-                other => internal(other),
-            })?;
-        let new_machine = NewMachine {
-            id: machine_id.clone(),
-            hostname: hostname.clone(),
-            cert_sha256: certificate.sha256,
-            agent_labels,
-            enrolled_at: Timestamp::now(),
-        };
-        let outcome = self
-            .state
-            .store
-            .enroll_machine(token.id(), &secrets::digest(token.secret()), &new_machine)
-            .await
-            .map_err(internal)?;
-        if let Err(refusal) = outcome {
-            tracing::warn!(token = token.id(), %hostname, %refusal, "enrollment refused");
-            return Err(Status::permission_denied(format!(
-                "{refusal}; ask an operator for a new token (`comfyfleet token create`)"
-            )));
-        }
-        tracing::info!(machine_id = %machine_id, %hostname, token = token.id(), "machine enrolled");
-        self.state
-            .audit(&format!("join-token {}", token.id()), "machine.enroll", machine_id.as_str(), &hostname)
-            .await;
-        Ok(Response::new(pb::EnrollResponse {
-            machine_id: machine_id.to_string(),
-            certificate_pem: certificate.pem,
-            ca_certificate_pem: self.state.ca.certificate_pem().to_owned(),
-        }))
     }
 
     type SessionStream = SessionStream;
@@ -124,13 +85,91 @@ impl pb::agent_service_server::AgentService for AgentApi {
             inbound: request.into_inner(),
             outbound,
             last_phase: None,
+            last_report: None,
         };
         tokio::spawn(session.run());
         Ok(Response::new(Box::pin(ReceiverStream::new(receiver))))
     }
 }
 
+/// A refused enrollment: why, for the metrics (`None`: the controller's own fault).
+type EnrollError = (Option<Refusal>, Status);
+
+fn refuse(reason: Refusal) -> impl FnOnce(Status) -> EnrollError {
+    move |status| (Some(reason), status)
+}
+
 impl AgentApi {
+    async fn enroll_machine(&self, request: pb::EnrollRequest) -> Result<pb::EnrollResponse, EnrollError> {
+        let token: JoinToken = request
+            .join_token
+            .parse()
+            .map_err(|error: comfyfleet_config::join_token::JoinTokenError| {
+                Status::invalid_argument(error.to_string())
+            })
+            .map_err(refuse(Refusal::MalformedToken))?;
+        let ca_sha256 = self.state.ca.sha256();
+        if token.ca_sha256() != ca_sha256 {
+            return Err((
+                Some(Refusal::WrongCa),
+                Status::failed_precondition(format!(
+                    "the join token pins CA sha256 {} but this controller's CA is {ca_sha256}: the token was made by another controller",
+                    token.ca_sha256()
+                )),
+            ));
+        }
+        let hostname = request.hostname;
+        if hostname.is_empty() || hostname.len() > MAX_HOSTNAME || hostname.chars().any(char::is_control) {
+            return Err((
+                Some(Refusal::BadHostname),
+                Status::invalid_argument("hostname must be 1 to 253 printable characters"),
+            ));
+        }
+        let agent_labels = labels_from_wire("labels", request.labels)
+            .map_err(Status::from)
+            .map_err(refuse(Refusal::BadLabels))?;
+
+        let machine_id: MachineId = secrets::new_machine_id().parse().map_err(|e| (None, internal(e)))?;
+        let certificate =
+            self.state.ca.sign_agent_csr(&request.csr_pem, &machine_id).map_err(|error| match error {
+                crate::pki::PkiError::BadCsr(_) => {
+                    (Some(Refusal::BadCsr), Status::invalid_argument(error.to_string()))
+                }
+                other => (None, internal(other)),
+            })?;
+        let new_machine = NewMachine {
+            id: machine_id.clone(),
+            hostname: hostname.clone(),
+            cert_sha256: certificate.sha256,
+            agent_labels,
+            enrolled_at: Timestamp::now(),
+        };
+        let outcome = self
+            .state
+            .store
+            .enroll_machine(token.id(), &secrets::digest(token.secret()), &new_machine)
+            .await
+            .map_err(|e| (None, internal(e)))?;
+        if let Err(refusal) = outcome {
+            tracing::warn!(token = token.id(), %hostname, %refusal, "enrollment refused");
+            return Err((
+                Some(Refusal::TokenRefused),
+                Status::permission_denied(format!(
+                    "{refusal}; ask an operator for a new token (`comfyfleet token create`)"
+                )),
+            ));
+        }
+        tracing::info!(machine_id = %machine_id, %hostname, token = token.id(), "machine enrolled");
+        self.state
+            .audit(&format!("join-token {}", token.id()), "machine.enroll", machine_id.as_str(), &hostname)
+            .await;
+        Ok(pb::EnrollResponse {
+            machine_id: machine_id.to_string(),
+            certificate_pem: certificate.pem,
+            ca_certificate_pem: self.state.ca.certificate_pem().to_owned(),
+        })
+    }
+
     /// The machine named by the client certificate, if that machine may connect.
     async fn authenticate_machine<T>(&self, request: &Request<T>) -> Result<MachineId, Status> {
         authenticate_certificate(&self.state, request.peer_certs().as_deref().map(Vec::as_slice)).await
@@ -143,28 +182,35 @@ pub(crate) async fn authenticate_certificate(
     state: &ControllerState,
     certificates: Option<&[rustls::pki_types::CertificateDer<'static>]>,
 ) -> Result<MachineId, Status> {
+    let refused = |reason: Refusal| state.metrics.refused("certificate", reason);
     let certificates = certificates.ok_or_else(|| {
+        refused(Refusal::NoCertificate);
         Status::unauthenticated(
             "the agent API needs the client certificate that enrollment issues; \
              start the agent with --join-token to enroll",
         )
     })?;
-    let leaf =
-        certificates.first().ok_or_else(|| Status::unauthenticated("empty client certificate chain"))?;
-    let machine_id = machine_id_of(leaf).map_err(Status::unauthenticated)?;
-    let machine = state
-        .store
-        .get_machine(&machine_id)
-        .await
-        .map_err(internal)?
-        .ok_or_else(|| Status::permission_denied(format!("machine {machine_id} is not enrolled here")))?;
+    let leaf = certificates.first().ok_or_else(|| {
+        refused(Refusal::NoCertificate);
+        Status::unauthenticated("empty client certificate chain")
+    })?;
+    let machine_id = machine_id_of(leaf).map_err(|error| {
+        refused(Refusal::NoCertificate);
+        Status::unauthenticated(error)
+    })?;
+    let machine = state.store.get_machine(&machine_id).await.map_err(internal)?.ok_or_else(|| {
+        refused(Refusal::UnknownMachine);
+        Status::permission_denied(format!("machine {machine_id} is not enrolled here"))
+    })?;
     if let Some(at) = machine.revoked_at {
+        refused(Refusal::Revoked);
         return Err(Status::permission_denied(format!(
             "machine {machine_id} was revoked at {at}; to bring it back, remove the agent's identity \
              directory and enroll again with a new join token"
         )));
     }
     if machine.cert_sha256 != certificate_sha256(leaf) {
+        refused(Refusal::StaleCertificate);
         return Err(Status::permission_denied(format!(
             "this certificate is not machine {machine_id}'s current one"
         )));
@@ -181,6 +227,8 @@ struct Session {
     outbound: mpsc::Sender<Result<pb::ControllerMessage, Status>>,
     /// The generation and phase of the last report, to log only changes.
     last_phase: Option<(u64, Phase)>,
+    /// The latest report stored for this machine: finished steps are timed once.
+    last_report: Option<ConvergenceReport>,
 }
 
 /// Why a session ended; the status, if any, goes to the agent.
@@ -195,12 +243,16 @@ impl Session {
         let guard = match self.open().await {
             Ok(guard) => guard,
             Err(status) => {
+                if let Some(reason) = session_refusal(&status, true) {
+                    self.state.metrics.refused("session", reason);
+                }
                 tracing::warn!(code = ?status.code(), message = status.message(), "session refused");
                 let _ = self.outbound.send(Err(status)).await;
                 return;
             }
         };
         tracing::info!("agent connected");
+        self.state.metrics.session_opened();
         let pusher = desired_state::spawn(
             self.state.store.clone(),
             self.state.specs.clone(),
@@ -216,6 +268,9 @@ impl Session {
         match end {
             SessionEnd::AgentClosed => tracing::info!("agent disconnected"),
             SessionEnd::Refused(status) => {
+                if let Some(reason) = session_refusal(&status, false) {
+                    self.state.metrics.refused("session", reason);
+                }
                 tracing::warn!(code = ?status.code(), message = status.message(), "session ended by the controller");
                 let _ = self.outbound.send(Err(status)).await;
             }
@@ -261,9 +316,10 @@ impl Session {
         // A revocation between authentication and registration found no session to
         // end; look once more now that this one can be ended.
         let machine = self.state.store.get_machine(&self.machine_id).await.map_err(internal)?;
-        if machine.is_none_or(|machine| machine.revoked_at.is_some()) {
+        if machine.as_ref().is_none_or(|machine| machine.revoked_at.is_some()) {
             return Err(kick_status(&self.machine_id, &KickReason::Revoked));
         }
+        self.last_report = machine.and_then(|machine| machine.report);
         let heartbeat =
             u32::try_from(self.state.settings.heartbeat_interval.as_secs()).unwrap_or(u32::MAX).max(1);
         let welcome = pb::ControllerMessage {
@@ -324,6 +380,8 @@ impl Session {
                 let report =
                     ConvergenceReport::try_from(report).map_err(|error: WireError| Status::from(error))?;
                 let phase = (report.generation, report.phase, report.error.clone());
+                self.state.metrics.steps_reported(self.last_report.as_ref(), &report);
+                self.last_report = Some(report.clone());
                 self.state.reports.record(&self.machine_id, report, now).await.map_err(internal)?;
                 let (generation, phase, error) = phase;
                 if self.last_phase != Some((generation, phase)) {
@@ -342,6 +400,20 @@ impl Session {
     async fn ack(&self, seq: u64) -> Result<(), Status> {
         let ack = pb::ControllerMessage { body: Some(pb::controller_message::Body::Ack(pb::Ack { seq })) };
         self.outbound.send(Ok(ack)).await.map_err(|_| Status::cancelled("agent went away"))
+    }
+}
+
+/// Why a session was refused or ended, for the metrics; `None` when it was not the
+/// agent's doing (the controller shutting down, the agent going away).
+fn session_refusal(status: &Status, opening: bool) -> Option<Refusal> {
+    use tonic::Code;
+    match status.code() {
+        Code::DeadlineExceeded if opening => Some(Refusal::NoHello),
+        Code::DeadlineExceeded => Some(Refusal::Silent),
+        Code::InvalidArgument | Code::ResourceExhausted | Code::OutOfRange => Some(Refusal::BadMessage),
+        Code::PermissionDenied => Some(Refusal::Revoked),
+        Code::Aborted => Some(Refusal::Replaced),
+        _ => None,
     }
 }
 

@@ -45,6 +45,11 @@ pub async fn authenticate<T>(store: &dyn Store, request: &Request<T>) -> Result<
     let token = text
         .strip_prefix("Bearer ")
         .ok_or_else(|| Status::unauthenticated("the authorization header must be `Bearer <credential>`"))?;
+    check_credential(store, token).await
+}
+
+/// The caller a credential (`cfo1.<id>.<secret>`) names, if it is valid here.
+pub async fn check_credential(store: &dyn Store, token: &str) -> Result<Caller, Status> {
     let credential: OperatorCredential =
         token.parse().map_err(|error: comfyfleet_config::credential::MalformedCredential| {
             Status::unauthenticated(error.to_string())

@@ -17,6 +17,7 @@ mod git_mirror;
 mod git_pin;
 mod index_proxy;
 mod locking;
+pub mod metrics;
 pub mod package_cache;
 pub mod pki;
 mod presence;
@@ -30,6 +31,7 @@ pub mod store;
 #[cfg(test)]
 mod test_fleet;
 mod tls;
+mod web;
 
 pub use server::{ControllerError, ControllerOptions, run};
 pub use state::Settings;

@@ -34,6 +34,18 @@ struct Args {
     /// are evicted, least recently used first. Default: no limit.
     #[arg(long, env = "COMFYFLEET_CACHE_MAX_SIZE", value_parser = parse_size, value_name = "SIZE")]
     cache_max_size: Option<u64>,
+    /// HOST:PORT to serve Prometheus metrics on, at /metrics (plain HTTP; port 0 picks
+    /// a free one). Default: off.
+    #[arg(long, env = "COMFYFLEET_METRICS_LISTEN", value_name = "HOST:PORT")]
+    metrics_listen: Option<String>,
+    /// A file holding the bearer token /metrics asks for (Prometheus:
+    /// authorization.credentials_file). Default: no token.
+    #[arg(long, env = "COMFYFLEET_METRICS_TOKEN_FILE", value_name = "PATH", requires = "metrics_listen")]
+    metrics_token_file: Option<PathBuf>,
+    /// HOST:PORT to serve the read-only web page on (HTTPS with the controller's
+    /// certificate; sign in with a viewer credential). Default: off.
+    #[arg(long, env = "COMFYFLEET_WEB_LISTEN", value_name = "HOST:PORT")]
+    web_listen: Option<String>,
     /// Log format: text or json.
     #[arg(long, env = "COMFYFLEET_LOG_FORMAT", default_value = "text")]
     log_format: LogFormat,
@@ -74,6 +86,22 @@ fn parse_size(text: &str) -> Result<u64, String> {
     Ok(bytes as u64)
 }
 
+/// The metrics bearer token: the file's first line, at least 16 characters.
+fn read_token(path: &std::path::Path) -> anyhow::Result<String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|error| anyhow::anyhow!("cannot read the metrics token file {}: {error}", path.display()))?;
+    let token = text.lines().next().unwrap_or_default().trim().to_owned();
+    if token.len() < 16 || !token.bytes().all(|byte| byte.is_ascii_graphic()) {
+        anyhow::bail!(
+            "the metrics token in {} must be at least 16 printable characters on the first line \
+             (e.g. openssl rand -hex 32 > {})",
+            path.display(),
+            path.display()
+        );
+    }
+    Ok(token)
+}
+
 fn parse_https_url(text: &str) -> Result<String, String> {
     if text.starts_with("https://") && text.len() > "https://".len() {
         Ok(text.trim_end_matches('/').to_owned())
@@ -88,6 +116,10 @@ async fn main() -> anyhow::Result<()> {
     logging::init(args.log_format, &args.log_level);
     let open_files = comfyfleet_daemon::limits::raise_open_files_limit();
     tracing::info!(open_files = ?open_files, "open-files limit (one per connected agent)");
+    let metrics_token = match &args.metrics_token_file {
+        Some(path) => Some(read_token(path)?),
+        None => None,
+    };
     let options = ControllerOptions {
         data_dir: args.data_dir,
         listen: args.listen,
@@ -99,6 +131,9 @@ async fn main() -> anyhow::Result<()> {
             cache_max_size: args.cache_max_size,
             ..Settings::default()
         },
+        metrics_listen: args.metrics_listen,
+        metrics_token,
+        web_listen: args.web_listen,
     };
     comfyfleet_controller::run(options, comfyfleet_daemon::shutdown::signal(), |_| {}).await?;
     Ok(())

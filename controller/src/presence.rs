@@ -119,6 +119,11 @@ impl Presence {
     }
 
     /// Every live session's last-seen time, for the periodic flush to the store.
+    /// How many agents have a live session now.
+    pub fn online_count(&self) -> usize {
+        self.sessions().len()
+    }
+
     pub fn snapshot(&self) -> Vec<(MachineId, Timestamp)> {
         self.sessions()
             .iter()

@@ -27,6 +27,11 @@ pub fn new_machine_id() -> String {
     random_hex(16)
 }
 
+/// A web page session id: 256 bits (64 hex digits).
+pub fn new_web_session_id() -> String {
+    random_hex(64)
+}
+
 pub fn digest(secret: &str) -> [u8; 32] {
     Sha256::digest(secret.as_bytes()).into()
 }

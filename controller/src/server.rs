@@ -39,6 +39,12 @@ pub struct ControllerOptions {
     /// Extra DNS names or IPs for the server certificate.
     pub tls_sans: Vec<String>,
     pub settings: Settings,
+    /// `HOST:PORT` to serve `/metrics` on (plain HTTP); `None`: no metrics.
+    pub metrics_listen: Option<String>,
+    /// The bearer token `/metrics` asks for; `None`: open.
+    pub metrics_token: Option<String>,
+    /// `HOST:PORT` to serve the web page on (HTTPS); `None`: no web page.
+    pub web_listen: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -74,7 +80,11 @@ pub async fn run(
     let data_dir = &options.data_dir;
     files::create_private_dir(data_dir)
         .map_err(|source| ControllerError::DataDir { path: data_dir.clone(), source })?;
-    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&data_dir.join("controller.db")).await?);
+    let metrics = crate::metrics::Metrics::default();
+    let store: Arc<dyn Store> = Arc::new(crate::store::MeteredStore {
+        inner: SqliteStore::open(&data_dir.join("controller.db")).await?,
+        metrics: metrics.clone(),
+    });
     let ca = CertificateAuthority::load_or_create(data_dir)?;
 
     let address = resolve_listen(&options.listen).await?;
@@ -86,6 +96,17 @@ pub async fn run(
     let identity = ca.issue_server_certificate(&names)?;
     identity.save(data_dir)?;
     let tls_config = tls::server_config(&ca, identity)?;
+    // Bound now, so a port in use is an error before anything else starts.
+    let metrics_listener = match &options.metrics_listen {
+        Some(listen) => Some(bind(listen).await?),
+        None => None,
+    };
+    let web = match &options.web_listen {
+        Some(listen) => {
+            Some((bind(listen).await?, tls::web_server_config(ca.issue_server_certificate(&names)?)?))
+        }
+        None => None,
+    };
 
     let cache_dir = data_dir.join("cache");
     let packages = Arc::new(
@@ -115,6 +136,7 @@ pub async fn run(
         packages,
         mirror,
         locker,
+        metrics,
     });
     let _engine = crate::rollouts::spawn(state.clone(), inbox);
     let admin_path = admin_file::ensure(data_dir, &url, &state).await?;
@@ -155,6 +177,34 @@ pub async fn run(
         });
     tokio::pin!(server);
 
+    let mut side_servers = Vec::new();
+    if let Some(listener) = metrics_listener {
+        let address = listener.local_addr().ok();
+        let endpoint =
+            crate::metrics::MetricsEndpoint { state: state.clone(), token: options.metrics_token.clone() };
+        tracing::info!(listen = ?address, token = options.metrics_token.is_some(), "serving /metrics");
+        side_servers.push(tokio::spawn(async move {
+            if let Err(error) = axum::serve(listener, crate::metrics::router(endpoint)).await {
+                tracing::error!(%error, "the metrics server failed");
+            }
+        }));
+    }
+    if let Some((listener, config)) = web {
+        let address = listener.local_addr().ok();
+        tracing::info!(listen = ?address, "serving the web page");
+        let routes = tonic::service::Routes::from(crate::web::router(state.clone()));
+        side_servers.push(tokio::spawn(async move {
+            let served = tonic::transport::Server::builder()
+                .accept_http1(true)
+                .add_routes(routes)
+                .serve_with_incoming(tls::incoming(listener, config))
+                .await;
+            if let Err(error) = served {
+                tracing::error!(%error, "the web server failed");
+            }
+        }));
+    }
+
     tracing::info!(%url, listen = %bound, admin_config = %admin_path.display(), ca_sha256 = %state.ca.sha256(), "controller ready");
     on_ready(&url);
 
@@ -164,6 +214,9 @@ pub async fn run(
             return result.map_err(ControllerError::from);
         }
         () = shutdown => {}
+    }
+    for side in &side_servers {
+        side.abort();
     }
     health.set_not_serving::<AgentServiceServer<AgentApi>>().await;
     health.set_not_serving::<FleetServiceServer<FleetApi>>().await;
@@ -179,6 +232,11 @@ pub async fn run(
     }
     tracing::info!("controller stopped");
     Ok(())
+}
+
+async fn bind(listen: &str) -> Result<TcpListener, ControllerError> {
+    let address = resolve_listen(listen).await?;
+    TcpListener::bind(address).await.map_err(|source| ControllerError::Bind { address, source })
 }
 
 async fn resolve_listen(listen: &str) -> Result<SocketAddr, ControllerError> {

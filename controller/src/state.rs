@@ -56,6 +56,8 @@ pub struct ControllerState {
     pub mirror: crate::git_mirror::GitMirror,
     /// What apply locks build classes with.
     pub locker: crate::locking::Locker,
+    /// What `/metrics` counts as it happens.
+    pub metrics: crate::metrics::Metrics,
 }
 
 impl ControllerState {

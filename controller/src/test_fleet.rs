@@ -32,7 +32,9 @@ impl TestFleet {
         let dir = tempfile::tempdir().unwrap();
         let store = SqliteStore::open(&dir.path().join("controller.db")).await.unwrap();
         let (rollouts, inbox) = crate::rollouts::Rollouts::new();
-        let store: Arc<dyn crate::store::Store> = Arc::new(store);
+        let metrics = crate::metrics::Metrics::default();
+        let store: Arc<dyn crate::store::Store> =
+            Arc::new(crate::store::MeteredStore { inner: store, metrics: metrics.clone() });
         let reports = crate::report_writer::ReportWriter::spawn(store.clone(), rollouts.clone());
         let store_for_cache = store.clone();
         let state = Arc::new(ControllerState {
@@ -57,6 +59,7 @@ impl TestFleet {
                 work: dir.path().join("cache/locking"),
                 mirror: crate::git_mirror::GitMirror::new(dir.path().join("cache/git")),
             },
+            metrics,
         });
         crate::rollouts::spawn(state.clone(), inbox);
         let (operator, _) = mint_credential(&state, "op", Role::Operator, "test").await.unwrap();

@@ -49,6 +49,18 @@ pub fn server_config(
     Ok(Arc::new(config))
 }
 
+/// The web page's TLS: the controller's certificate, no client certificates (a
+/// browser would offer a picker), TLS 1.2 and 1.3, HTTP/2 and HTTP/1.1.
+pub fn web_server_config(identity: ServerIdentity) -> Result<Arc<rustls::ServerConfig>, TlsSetupError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
+        .with_no_client_auth()
+        .with_single_cert(identity.chain, identity.key)?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
 /// Accepts TCP connections on `listener` and yields them once their TLS handshake
 /// has completed. Ends when the returned stream is dropped.
 pub fn incoming(

@@ -496,3 +496,15 @@ fn to_wire(
         budget_exceeded: record.budget_exceeded,
     }
 }
+
+/// Every running or paused rollout with its counts and phases (no machines): the
+/// metrics and the web page.
+pub async fn open(state: &ControllerState) -> Result<Vec<pb::Rollout>, Status> {
+    let records = state.store.open_rollouts().await.map_err(internal)?;
+    let mut rollouts = Vec::with_capacity(records.len());
+    for record in records {
+        let rows = state.store.rollout_machines(record.id).await.map_err(internal)?;
+        rollouts.push(to_wire(state, &record, &rows, false));
+    }
+    Ok(rollouts)
+}

@@ -2,7 +2,10 @@
 //! and a later PostgreSQL store are interchangeable. Implementations hold no policy:
 //! the rules (what makes a join token usable) are pure functions they call.
 
+mod metered;
 mod sqlite;
+
+pub use metered::MeteredStore;
 
 use comfyfleet_config::assignment::{AssignmentRecord, MachineAssignment};
 use comfyfleet_config::spec::{DriverCompat, SpecDigest};

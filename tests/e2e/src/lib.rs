@@ -5,9 +5,11 @@
 //! of thousands of agents in one process (`comfyfleet-fleetsim`, from [`fleetsim`]).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::print_stderr)]
 
+pub mod browser;
 pub mod fleetsim;
 pub mod git;
 pub mod grpc;
+pub mod observe;
 mod process;
 pub mod provision;
 pub mod rollouts;

@@ -53,9 +53,14 @@ impl Fleet {
     }
 
     pub fn start_with(options: &CatalogOptions) -> Fleet {
+        Self::start_with_controller(options, &[])
+    }
+
+    /// As [`Fleet::start_with`], the controller started with `controller_args` too.
+    pub fn start_with_controller(options: &CatalogOptions, controller_args: &[&str]) -> Fleet {
         let dir = test_dir();
         let world = StandinWorld::create(&dir.path().join("standin"), options, 0);
-        let controller = Controller::start(&dir.path().join("controller"));
+        let controller = Controller::start_with(&dir.path().join("controller"), 0, controller_args);
         let token = controller.create_token(&["--ttl", "1h"]);
         let shims = dir.path().join("shims");
         std::fs::create_dir_all(&shims).unwrap();
