@@ -1,13 +1,19 @@
 //! How long planning a large fleet takes: parse + validate the example spec, then
-//! resolve 10,000 machines of mixed profiles (`cargo bench -p comfyfleet-config`).
+//! resolve 10,000 machines of mixed profiles; and how long the fleet reports and a
+//! query selector take over them (`cargo bench -p comfyfleet-config`).
 //! Figures are in the README ("Benchmarks").
 #![allow(clippy::unwrap_used, clippy::print_stdout)]
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+use comfyfleet_config::convergence::Phase;
+use comfyfleet_config::fleet_report::{FleetReport, ReportKind};
 use comfyfleet_config::inventory::{ComputeCapability, CudaVersion};
-use comfyfleet_config::resolve::{GpuFacts, MachineFacts, Resolution, Resolver};
+use comfyfleet_config::resolve::{
+    GpuFacts, MachineFacts, OptimizationFact, OptimizationOutcomeKind, Resolution, Resolver, SoftwareFacts,
+};
+use comfyfleet_config::spec::Selector;
 use comfyfleet_config::spec::{Spec, SpecFormat};
 
 const EXAMPLE: &str = include_str!("../examples/render-farm.toml");
@@ -75,11 +81,62 @@ fn main() {
         machines.iter().map(|machine| resolver.resolve(machine)).collect::<Vec<_>>()
     });
     let ok = outcomes.iter().filter(|o| matches!(o, Resolution::Planned(_))).count();
+    // What runs on them: render-prod@3 or @4, SageAttention verified on most, failed
+    // on every tenth, one in fifty drifted.
+    let running: Vec<MachineFacts> = machines
+        .iter()
+        .enumerate()
+        .map(|(i, machine)| {
+            let mut machine = machine.clone();
+            machine.software = SoftwareFacts {
+                environment: Some("render-prod".to_owned()),
+                revision: Some(if i % 3 == 0 { 4 } else { 3 }),
+                torch: Some("2.9.0+cu128".to_owned()),
+                python: Some("3.12.7".to_owned()),
+                phase: Some(if i % 25 == 0 { Phase::Failed } else { Phase::Active }),
+                drift: if i % 50 == 0 {
+                    vec!["package numpy is 2.2.0, verified 2.1.3".to_owned()]
+                } else {
+                    vec![]
+                },
+                optimizations: vec![OptimizationFact {
+                    name: "sageattention".to_owned(),
+                    outcome: if i % 10 == 0 {
+                        OptimizationOutcomeKind::Failed
+                    } else {
+                        OptimizationOutcomeKind::Verified
+                    },
+                    detail: if i % 10 == 0 {
+                        format!("sageattention.sageattn fails on GPU {}", i % 4)
+                    } else {
+                        String::new()
+                    },
+                }],
+            };
+            machine
+        })
+        .collect();
+    let mut reports = Vec::new();
+    for kind in ReportKind::ALL {
+        let (took, report) = best_of(5, || FleetReport::build(kind, &running));
+        reports.push((kind, took, report.table().1.len()));
+    }
+    let selector =
+        Selector::parse_query("gpu.compute >= 8.0 && opt.sageattention != verified && phase == active")
+            .unwrap();
+    let (filter, picked) = best_of(5, || running.iter().filter(|machine| selector.matches(machine)).count());
     println!("parse + validate the example spec: {:.2} ms", parse.as_secs_f64() * 1e3);
     println!("canonical digest:                  {:.3} ms", digest.as_secs_f64() * 1e3);
     println!(
         "resolve {MACHINES} machines:            {:.1} ms ({:.1} µs per machine; {ok} planned)",
         resolve.as_secs_f64() * 1e3,
         resolve.as_secs_f64() * 1e6 / MACHINES as f64
+    );
+    for (kind, took, rows) in reports {
+        println!("report {kind} over {MACHINES} machines: {:.2} ms ({rows} rows)", took.as_secs_f64() * 1e3);
+    }
+    println!(
+        "query selector over {MACHINES} machines: {:.2} ms ({picked} picked)",
+        filter.as_secs_f64() * 1e3
     );
 }

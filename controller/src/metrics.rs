@@ -489,6 +489,74 @@ mod tests {
         );
     }
 
+    fn report(generation: u64, steps: &[(&str, &str, i64)]) -> ConvergenceReport {
+        serde_json::from_value(serde_json::json!({
+            "generation": generation,
+            "phase": "preparing",
+            "steps": steps.iter().map(|(name, state, started)| serde_json::json!({
+                "name": name, "state": state, "duration_ms": 1500,
+                "started_at": jiff::Timestamp::from_second(*started).unwrap(),
+            })).collect::<Vec<_>>(),
+            "updated_at": "2026-12-07T00:00:00Z",
+        }))
+        .unwrap()
+    }
+
+    fn encoded(metrics: &Metrics) -> String {
+        let mut registry = Registry::default();
+        metrics.register(&mut registry);
+        let mut text = String::new();
+        encode(&mut text, &registry).unwrap();
+        text
+    }
+
+    #[test]
+    fn a_finished_step_is_observed_once_however_often_it_is_reported() {
+        let metrics = Metrics::default();
+        let first = report(1, &[("venv", "done", 10), ("torch", "running", 11)]);
+        metrics.steps_reported(None, &first);
+        let second = report(1, &[("venv", "done", 10), ("torch", "done", 11)]);
+        metrics.steps_reported(Some(&first), &second);
+        metrics.steps_reported(Some(&second), &second);
+        // A new generation runs its steps again.
+        let third = report(2, &[("venv", "done", 20)]);
+        metrics.steps_reported(Some(&second), &third);
+        let text = encoded(&metrics);
+        assert!(
+            text.contains("comfyfleet_step_duration_seconds_count{step=\"venv\",state=\"done\"} 2"),
+            "{text}"
+        );
+        assert!(
+            text.contains("comfyfleet_step_duration_seconds_count{step=\"torch\",state=\"done\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("comfyfleet_step_duration_seconds_sum{step=\"torch\",state=\"done\"} 1.5"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn refusals_enrollments_and_store_calls_are_counted() {
+        let metrics = Metrics::default();
+        metrics.enrolled();
+        metrics.refused("enroll", Refusal::TokenRefused);
+        metrics.refused("enroll", Refusal::TokenRefused);
+        metrics.refused("certificate", Refusal::Revoked);
+        metrics.store_call("get_machine", Duration::from_millis(2), false);
+        metrics.store_call("get_machine", Duration::from_millis(3), true);
+        let text = encoded(&metrics);
+        for line in [
+            "comfyfleet_enrollments_total 1",
+            "comfyfleet_refusals_total{stage=\"enroll\",reason=\"token-refused\"} 2",
+            "comfyfleet_refusals_total{stage=\"certificate\",reason=\"revoked\"} 1",
+            "comfyfleet_store_operation_duration_seconds_count{operation=\"get_machine\"} 2",
+            "comfyfleet_store_operation_errors_total{operation=\"get_machine\"} 1",
+        ] {
+            assert!(text.contains(line), "{line} missing from\n{text}");
+        }
+    }
+
     #[test]
     fn gpu_products_are_written_as_gpu_feature_discovery_does() {
         assert_eq!(gfd_product("NVIDIA GeForce RTX 4090"), "NVIDIA-GeForce-RTX-4090");

@@ -250,3 +250,59 @@ impl MachineFacts {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn installed(current: bool, verified: bool) -> InstalledEnvironments {
+        serde_json::from_value(json!({
+            "current": if current { Some("c".repeat(64)) } else { None },
+            "installed": [{
+                "revision_id": "c".repeat(64), "environment": "render-prod", "revision_number": 2,
+                "current": current, "python_version": "3.12.7", "torch_version": "2.8.0+cu128",
+                "comfyui_commit": "a".repeat(40),
+                "optimizations": [{"name": "sageattention", "version": "2.2.0", "verified": verified}],
+                "drift": ["package numpy is 2.2.0, verified 2.1.3"],
+            }],
+        }))
+        .unwrap()
+    }
+
+    fn report(revision: char, phase: &str) -> ConvergenceReport {
+        serde_json::from_value(json!({
+            "generation": 3, "environment": "render-prod", "revision_number": 2,
+            "revision_id": revision.to_string().repeat(64), "phase": phase,
+            "optimizations": [
+                {"name": "sageattention", "fatal": false, "state": "verified"},
+                {"name": "xformers", "fatal": false, "state": "skipped", "detail": "no wheel"},
+            ],
+            "updated_at": "2026-12-07T00:00:00Z",
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn software_facts_describe_the_current_environment() {
+        // The report is about the current revision: it also names what was skipped.
+        let facts = SoftwareFacts::new(Some(&installed(true, true)), Some(&report('c', "active")));
+        assert_eq!(facts.environment.as_deref(), Some("render-prod"));
+        assert_eq!((facts.revision, facts.cuda()), (Some(2), Some("cu128")));
+        assert_eq!(facts.phase, Some(Phase::Active));
+        assert_eq!(facts.optimization("xformers"), OptimizationOutcomeKind::Skipped);
+        assert_eq!(facts.optimization("flash-attn"), OptimizationOutcomeKind::Absent);
+        assert_eq!(facts.drift.len(), 1);
+        // A report on another revision (a build that failed): outcomes come from what
+        // verification recorded on the current one, the phase from the report.
+        let facts = SoftwareFacts::new(Some(&installed(true, false)), Some(&report('d', "failed")));
+        assert_eq!(facts.optimization("sageattention"), OptimizationOutcomeKind::Failed);
+        assert_eq!(facts.optimization("xformers"), OptimizationOutcomeKind::Absent);
+        assert_eq!(facts.phase, Some(Phase::Failed));
+        // Nothing current: only the phase.
+        let facts = SoftwareFacts::new(Some(&installed(false, true)), Some(&report('c', "preparing")));
+        assert_eq!((facts.environment.as_deref(), facts.phase), (None, Some(Phase::Preparing)));
+        assert_eq!(facts.optimization("sageattention"), OptimizationOutcomeKind::Absent);
+    }
+}

@@ -3,6 +3,9 @@
 
 use super::*;
 
+/// The most machines the rollout page lists.
+const ROLLOUT_MACHINES: usize = 200;
+
 fn gib(bytes: u64) -> String {
     #[allow(clippy::cast_precision_loss)]
     let gib = bytes as f64 / 1_073_741_824.0;
@@ -339,6 +342,22 @@ pub async fn rollout(viewer: Viewer, State(web): State<Shared>, Path(id): Path<S
     .unwrap_or_default();
     let last_event = events.last().map_or(0, |event| event.id);
     let counts = rollout.counts.unwrap_or_default();
+    // At most ROLLOUT_MACHINES rows: failures first, then machines at work, then the rest.
+    let mut shown: Vec<&pb::RolloutMachine> = rollout.machines.iter().collect();
+    shown.sort_by_key(|machine| {
+        let status = pb::RolloutMachineStatus::try_from(machine.status)
+            .unwrap_or(pb::RolloutMachineStatus::Unspecified);
+        let rank = match status {
+            pb::RolloutMachineStatus::Failed | pb::RolloutMachineStatus::RollingBack => 0,
+            _ if machine.stalled || !machine.online => 1,
+            pb::RolloutMachineStatus::Activating | pb::RolloutMachineStatus::Preparing => 2,
+            pb::RolloutMachineStatus::Prepared | pb::RolloutMachineStatus::Pending => 3,
+            _ => 4,
+        };
+        (rank, machine.phase)
+    });
+    let hidden = shown.len().saturating_sub(ROLLOUT_MACHINES);
+    shown.truncate(ROLLOUT_MACHINES);
     let content = html! {
         h1 { (rollout_label(&rollout)) " " span #rollout-state class={ "state " (rollout_state(&rollout)) } { (rollout_state(&rollout)) } }
         @if !rollout.reason.is_empty() { p #rollout-reason { (rollout.reason) } }
@@ -359,9 +378,13 @@ pub async fn rollout(viewer: Viewer, State(web): State<Shared>, Path(id): Path<S
             }
         }
         h2 { "Machines" }
+        @if hidden > 0 {
+            p.muted { "The " (shown.len()) " machines that need attention or are busy first; " (hidden)
+                " more are not listed (" code { "comfyfleet rollout status " (rollout.id) " --machines" } " lists all)." }
+        }
         table #rollout-machines {
             thead { tr { th { "machine" } th { "phase" } th { "status" } th { "detail" } } }
-            tbody { @for machine in &rollout.machines { tr {
+            tbody { @for machine in &shown { tr {
                 td { a href={ "/machines/" (machine.machine_id) } { (machine.hostname) } }
                 td { (machine.phase) }
                 td { (machine_status(machine.status)) }

@@ -70,12 +70,19 @@ fn install_by_hand(agent_data: &Path, current: &Path) {
         .unwrap();
 }
 
-/// Where the screenshots go besides the test's temp dir (`COMFYFLEET_SCREENSHOTS`).
+/// The screenshots are taken into the test's temp dir, which goes with the test; a
+/// copy is kept in `COMFYFLEET_SCREENSHOTS`, else `target/test-artifacts/screenshots`.
 fn keep_screenshot(file: &Path) {
-    if let Some(dir) = std::env::var_os("COMFYFLEET_SCREENSHOTS") {
-        std::fs::create_dir_all(&dir).unwrap();
-        std::fs::copy(file, Path::new(&dir).join(file.file_name().unwrap())).unwrap();
-    }
+    let dir = std::env::var_os("COMFYFLEET_SCREENSHOTS").map_or_else(
+        || {
+            // target/<profile>/comfyfleet → target/test-artifacts/screenshots
+            let profile = comfyfleet_e2e::binaries().cli.parent().unwrap().to_owned();
+            profile.parent().unwrap().join("test-artifacts/screenshots")
+        },
+        std::path::PathBuf::from,
+    );
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::copy(file, dir.join(file.file_name().unwrap())).unwrap();
 }
 
 #[test]
@@ -387,7 +394,7 @@ fn the_fleet_is_seen_through_queries_reports_metrics_and_the_web_page() {
         assert!(std::fs::metadata(&file).unwrap().len() > 10_000, "{shot}.png is too small to show anything");
         keep_screenshot(&file);
     }
-    eprintln!("screenshots in {}", shots.display());
+    eprintln!("screenshots taken in {} (copies kept, see keep_screenshot)", shots.display());
     fleet.cli(&["rollout", "abort", "render-prod"]).success();
 }
 
