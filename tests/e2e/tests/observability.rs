@@ -394,6 +394,26 @@ fn the_fleet_is_seen_through_queries_reports_metrics_and_the_web_page() {
         assert!(std::fs::metadata(&file).unwrap().len() > 10_000, "{shot}.png is too small to show anything");
         keep_screenshot(&file);
     }
+    // Revoking the credential signs its browser out.
+    let credential_id = viewer.trim().split('.').nth(1).unwrap().to_owned();
+    fleet.cli(&["credentials", "revoke", &credential_id]).success();
+    chrome.open(&format!("{base}/machines"));
+    assert!(chrome.path().starts_with("/login"), "{}", chrome.path());
+    let signed_out = chrome.dom();
+    assert!(!signed_out.contains("ws-mixed"), "{signed_out}");
+    // A wrong credential is refused on the form, saying why.
+    let mut stranger = Browser::start(&outside.path().join("chromium-stranger"));
+    stranger.open(&format!("{base}/login"));
+    stranger.eval(
+        "document.getElementById('credential').value = 'cfo1.000000000000.00000000000000000000000000000000'; \
+         document.querySelector('form[action=\"/login\"]').submit(); true",
+    );
+    wait_until(Duration::from_secs(30), "the refusal", || {
+        std::thread::sleep(Duration::from_millis(200));
+        let dom = stranger.dom();
+        dom.contains("is not valid on this controller").then_some(())
+    });
+
     eprintln!("screenshots taken in {} (copies kept, see keep_screenshot)", shots.display());
     fleet.cli(&["rollout", "abort", "render-prod"]).success();
 }
