@@ -41,51 +41,75 @@ fn base_flags(profile: &Path) -> Vec<String> {
     ]
 }
 
+/// One Chromium run with `extra` flags in its own process group, killed whole (with
+/// any process it left) when it ends or after a minute; its standard output.
+fn run_once(profile: &Path, extra: &[String]) -> String {
+    use std::os::unix::process::CommandExt;
+    let out = profile.with_extension("stdout");
+    let mut process = Chromium(
+        Command::new(chromium().expect("chromium"))
+            .args(base_flags(profile))
+            .args(extra)
+            .process_group(0)
+            .stdout(std::fs::File::create(&out).unwrap())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("run chromium"),
+    );
+    let status = wait_until(Duration::from_secs(60), "chromium to finish", || process.0.try_wait().unwrap());
+    drop(process);
+    assert!(status.success(), "chromium {extra:?} failed: {status:?}");
+    std::fs::read_to_string(&out).unwrap()
+}
+
 /// `chromium --headless --dump-dom URL` in a fresh profile (no cookies).
 pub fn dump_dom(profile: &Path, url: &str) -> String {
-    let output = Command::new(chromium().expect("chromium"))
-        .args(base_flags(profile))
-        .arg("--virtual-time-budget=3000")
-        .arg("--dump-dom")
-        .arg(url)
-        .stderr(Stdio::null())
-        .output()
-        .expect("run chromium");
-    assert!(output.status.success(), "chromium --dump-dom {url} failed: {:?}", output.status);
-    String::from_utf8_lossy(&output.stdout).into_owned()
+    run_once(profile, &["--virtual-time-budget=3000".to_owned(), "--dump-dom".to_owned(), url.to_owned()])
 }
 
 /// `chromium --headless --screenshot=FILE URL` in a fresh profile.
 pub fn screenshot(profile: &Path, url: &str, file: &Path) {
-    let status = Command::new(chromium().expect("chromium"))
-        .args(base_flags(profile))
-        .arg(format!("--screenshot={}", file.display()))
-        .arg(url)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .expect("run chromium");
-    assert!(status.success() && file.is_file(), "chromium --screenshot {url} failed: {status:?}");
+    run_once(profile, &[format!("--screenshot={}", file.display()), url.to_owned()]);
+    assert!(file.is_file(), "chromium --screenshot {url} wrote nothing");
 }
 
 /// A headless Chromium driven over the DevTools protocol.
 pub struct Browser {
-    child: Child,
     socket: WebSocket<TcpStream>,
     next_id: u64,
+    // Last: the browser outlives its socket.
+    _process: Chromium,
+}
+
+/// Chromium in its own process group; dropping it kills the whole group (the
+/// browser, its zygote, GPU and renderer processes), even when a test panicked
+/// while it was starting.
+struct Chromium(Child);
+
+impl Drop for Chromium {
+    fn drop(&mut self) {
+        let group = rustix::process::Pid::from_child(&self.0);
+        let _ = rustix::process::kill_process_group(group, rustix::process::Signal::KILL);
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 impl Browser {
     pub fn start(profile: &Path) -> Browser {
         std::fs::create_dir_all(profile).unwrap();
-        let child = Command::new(chromium().expect("chromium"))
-            .args(base_flags(profile))
-            .arg("--remote-debugging-port=0")
-            .arg("about:blank")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start chromium");
+        use std::os::unix::process::CommandExt;
+        let process = Chromium(
+            Command::new(chromium().expect("chromium"))
+                .args(base_flags(profile))
+                .arg("--remote-debugging-port=0")
+                .arg("about:blank")
+                .process_group(0)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("start chromium"),
+        );
         let port_file = profile.join("DevToolsActivePort");
         let port: u16 = wait_until(Duration::from_secs(30), "chromium's DevTools port", || {
             std::fs::read_to_string(&port_file).ok()?.lines().next()?.trim().parse().ok()
@@ -100,7 +124,7 @@ impl Browser {
         let stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
         stream.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
         let (socket, _) = tungstenite::client(targets.as_str(), stream).expect("DevTools websocket");
-        let mut browser = Browser { child, socket, next_id: 1 };
+        let mut browser = Browser { socket, next_id: 1, _process: process };
         browser.call("Page.enable", json!({}));
         browser.call("Runtime.enable", json!({}));
         browser
@@ -173,13 +197,6 @@ impl Browser {
             std::thread::sleep(Duration::from_millis(200));
             (self.path() == "/" && self.eval("document.readyState") == "complete").then_some(())
         });
-    }
-}
-
-impl Drop for Browser {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
