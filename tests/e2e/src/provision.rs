@@ -146,6 +146,26 @@ impl Fleet {
         agent
     }
 
+    /// A spec's `[[optimization.wheel]]` block for a SageAttention wheel said to have
+    /// kernels for SM 8.0/8.6/8.9/9.0/12.0 but built without the 8.6 ones (a
+    /// mislabelled or partial build): verified on an RTX 4090 or an A100, failing on
+    /// an RTX A6000.
+    pub fn partial_sageattention(&self) -> String {
+        let partial = crate::standin::fat_sageattention_with(
+            &self.world.catalog.root,
+            "sageattention/partial",
+            &["8.0", "8.9", "9.0", "12.0"],
+            "cu128",
+        );
+        format!(
+            "\n  [[optimization.wheel]]\n  compute = [\"8.0\", \"8.6\", \"8.9\", \"9.0\", \"12.0\"]\n  python = \"cp39-abi3\"\n  \
+             cuda = \"cu128\"\n  torch = \">=2.9\"\n  url = \"{}{}\"\n  sha256 = \"{}\"\n",
+            self.base_url(),
+            partial.url_path,
+            partial.wheel.sha256
+        )
+    }
+
     /// The id of the machine with this hostname.
     pub fn machine_id(&self, hostname: &str) -> String {
         let machine = self.controller.machine(hostname).unwrap_or_else(|| panic!("no machine {hostname}"));

@@ -5,7 +5,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test helpers fail loudly by design
 
 use comfyfleet_e2e::provision::{Fleet, comfyui_get, comfyui_port, current_target, step};
-use comfyfleet_e2e::standin::{SageAttentionWheels, WheelBuilder, fat_sageattention_with, system_python};
+use comfyfleet_e2e::standin::{SageAttentionWheels, WheelBuilder, system_python};
 
 /// A kernel wheel for SM 8.9 whose module fails to import, as a wheel built for
 /// another SM or torch does ("SM89 kernel is not available", "undefined symbol").
@@ -76,31 +76,13 @@ fn an_optional_optimisation_that_does_not_import_is_reported_and_a_fatal_one_fai
     assert_eq!(comfyui_get(port, "/system_stats").unwrap()["system"]["pytorch_version"], "2.9.0+cu128");
 }
 
-/// A SageAttention wheel the spec says has kernels for SM 8.0/8.6/8.9/9.0/12.0, built
-/// without the 8.6 ones (a mislabelled or partial build).
-fn partial_sageattention(fleet: &Fleet) -> String {
-    let partial = fat_sageattention_with(
-        &fleet.world.catalog.root,
-        "sageattention/partial",
-        &["8.0", "8.9", "9.0", "12.0"],
-        "cu128",
-    );
-    format!(
-        "\n  [[optimization.wheel]]\n  compute = [\"8.0\", \"8.6\", \"8.9\", \"9.0\", \"12.0\"]\n  python = \"cp39-abi3\"\n  \
-         cuda = \"cu128\"\n  torch = \">=2.9\"\n  url = \"{}{}\"\n  sha256 = \"{}\"\n",
-        fleet.base_url(),
-        partial.url_path,
-        partial.wheel.sha256
-    )
-}
-
 #[test]
 fn a_wheel_without_kernels_for_one_gpu_fails_verification_on_that_gpu() {
     let fleet = Fleet::start();
     // An RTX 4090 (SM 8.9) and an RTX A6000 (SM 8.6) in one box.
     let agent = fleet.agent("mixed", "mixed-4090-a6000-570");
     let id = fleet.machine_id("mixed");
-    let wheels = partial_sageattention(&fleet);
+    let wheels = fleet.partial_sageattention();
     let spec = |fatal: bool| {
         fleet.spec(|options| {
             options.cuda = vec!["cu128".to_owned()];
