@@ -5,7 +5,7 @@
 //!
 //! Server-rendered HTML ([maud] escapes every value) with one small script for the
 //! live rollout view; no JS toolchain. Signing in takes a credential of any role,
-//! pasted once: the page keeps a random session id in a `Secure; HttpOnly;
+//! pasted once: the page keeps a random session id in a `__Host-`, `Secure; HttpOnly;
 //! SameSite=Strict` cookie, and every request checks that the credential is still
 //! valid, so revoking it signs the browser out. Sessions live in memory (a
 //! controller restart signs everyone out) and last [`SESSION_TTL`].
@@ -36,7 +36,8 @@ mod pages;
 pub const SESSION_TTL: Duration = Duration::from_secs(12 * 3600);
 /// Machines per page of the machines table.
 pub const PAGE: u32 = 100;
-const COOKIE: &str = "comfyfleet_session";
+/// `__Host-`: browsers take it only from HTTPS, for this host, path `/`.
+const COOKIE: &str = "__Host-comfyfleet_session";
 /// Most sessions held at once; the oldest go first.
 const MAX_SESSIONS: usize = 10_000;
 
@@ -282,7 +283,9 @@ async fn logout(State(web): State<Shared>, headers: HeaderMap) -> Response {
     let mut response = Redirect::to("/login").into_response();
     response.headers_mut().insert(
         header::SET_COOKIE,
-        HeaderValue::from_static("comfyfleet_session=; Path=/; Secure; HttpOnly; SameSite=Strict; Max-Age=0"),
+        HeaderValue::from_static(
+            "__Host-comfyfleet_session=; Path=/; Secure; HttpOnly; SameSite=Strict; Max-Age=0",
+        ),
     );
     response
 }
@@ -459,7 +462,7 @@ mod tests {
     #[test]
     fn cookies_are_read_by_name() {
         let mut headers = HeaderMap::new();
-        headers.insert(header::COOKIE, HeaderValue::from_static("a=1; comfyfleet_session=abc; b=2"));
+        headers.insert(header::COOKIE, HeaderValue::from_static("a=1; __Host-comfyfleet_session=abc; b=2"));
         assert_eq!(cookie(&headers, COOKIE).as_deref(), Some("abc"));
         assert_eq!(cookie(&headers, "missing"), None);
     }

@@ -135,7 +135,12 @@ pub async fn machines(
                     }
                 }
             }
-            @if let Some(link) = &next_link { p { a.next href=(link) { "Next " (PAGE) " →" } } }
+            p.pages {
+                @if !query.after.is_empty() {
+                    a href={ "/machines?where=" (super::encode_query(&query.selector)) } { "← First page" } " "
+                }
+                @if let Some(link) = &next_link { a.next href=(link) { "Next " (PAGE) " →" } }
+            }
         }
     };
     let status = if error.is_some() { StatusCode::BAD_REQUEST } else { StatusCode::OK };
