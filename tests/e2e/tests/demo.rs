@@ -15,13 +15,16 @@ fn the_demo_brings_up_four_agents_and_converges_them_on_the_example_spec() {
     let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
     // One kernel-chosen port per machine: consecutive ports from an ephemeral one
     // collided with the agents' own outgoing connections.
-    let ports: Vec<String> = free_ports(4).iter().map(u16::to_string).collect();
+    let mut ports: Vec<String> = free_ports(6).iter().map(u16::to_string).collect();
+    let (web, metrics) = (ports.pop().unwrap(), ports.pop().unwrap());
     let output = Command::new(repo.join("scripts/demo"))
         .arg("--once")
         .env("COMFYFLEET_DEMO_SKIP_BUILD", "1")
         .env("COMFYFLEET_BIN_DIR", binaries().controller.parent().unwrap())
         .env("COMFYFLEET_DEMO_DIR", dir.path().join("demo"))
         .env("COMFYFLEET_DEMO_PORTS", ports.join(" "))
+        .env("COMFYFLEET_DEMO_WEB_PORT", &web)
+        .env("COMFYFLEET_DEMO_METRICS_PORT", &metrics)
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);
@@ -54,7 +57,16 @@ fn the_demo_brings_up_four_agents_and_converges_them_on_the_example_spec() {
         "{stdout}"
     );
     assert!(stdout.contains("sageattention 2.2.0+cu130torch2.9.0andhigher.post4 verified"), "{stdout}");
-    assert_eq!(stdout.matches("render-prod@1 active").count(), 3, "{stdout}");
+    let (before_report, _) = stdout.split_once("$ comfyfleet report optimizations").expect("the report");
+    assert_eq!(before_report.matches("render-prod@1 active").count(), 3, "{stdout}");
+    // The report and the query the demo ends with: of the machines whose GPUs are all
+    // SM 9.0 or newer (the H100 box and the 5090), SageAttention verified on both.
+    assert!(stdout.contains("$ comfyfleet report optimizations"), "{stdout}");
+    let report = stdout.split("$ comfyfleet report optimizations").nth(1).unwrap();
+    assert!(report.contains("sageattention") && report.contains("NVIDIA H100 80GB HBM3"), "{report}");
+    let query = stdout.split("opt.sageattention == verified'").nth(1).unwrap();
+    assert!(query.contains("h100-x8-580") && query.contains("rtx5090-x1-575"), "{query}");
+    assert!(!query.contains("mixed-4090-a6000-570"), "{query}");
     // --once stops what it started, ComfyUI included.
     let marker = dir.path().to_str().unwrap();
     let leftover: Vec<String> = std::fs::read_dir("/proc")
