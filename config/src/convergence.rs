@@ -33,6 +33,14 @@ pub enum Phase {
 }
 
 impl Phase {
+    pub const ALL: [Phase; 6] =
+        [Phase::Idle, Phase::Preparing, Phase::Prepared, Phase::Activating, Phase::Active, Phase::Failed];
+
+    /// The phase written as `as_str` writes it.
+    pub fn named(word: &str) -> Option<Phase> {
+        Phase::ALL.into_iter().find(|phase| phase.as_str() == word)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Phase::Idle => "idle",

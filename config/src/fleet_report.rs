@@ -125,15 +125,6 @@ impl FleetReport {
         }
     }
 
-    pub fn kind(&self) -> ReportKind {
-        match self {
-            FleetReport::Gpus { .. } => ReportKind::Gpus,
-            FleetReport::Environments { .. } => ReportKind::Environments,
-            FleetReport::Optimizations { .. } => ReportKind::Optimizations,
-            FleetReport::Drift { .. } => ReportKind::Drift,
-        }
-    }
-
     pub fn machines(&self) -> u64 {
         match self {
             FleetReport::Gpus { machines, .. }

@@ -141,15 +141,12 @@ pub(super) enum Kind {
     Count,
     CudaVersion,
     DriverVersion,
-    /// A machine's phase: one of [`PHASES`].
+    /// A machine's phase (`Phase::named`).
     Phase,
-    /// `opt.NAME`: one of [`OUTCOMES`].
+    /// `opt.NAME`: an outcome (`OptimizationOutcomeKind::named`).
     Outcome,
     Boolean,
 }
-
-pub(super) const PHASES: [&str; 6] = ["idle", "preparing", "prepared", "activating", "active", "failed"];
-pub(super) const OUTCOMES: [&str; 5] = ["verified", "failed", "skipped", "pending", "absent"];
 
 impl Field {
     pub(super) fn kind(&self) -> Kind {
@@ -299,8 +296,10 @@ impl Kind {
                 word.parse().ok().filter(|size: &f64| decimal && size.is_finite()).map(Value::Gibibytes)
             }
             Kind::DriverVersion => parse_version(word).map(Value::DriverVersion),
-            Kind::Phase => PHASES.contains(&word).then(|| Value::Text(word.to_owned().into())),
-            Kind::Outcome => OUTCOMES.contains(&word).then(|| Value::Text(word.to_owned().into())),
+            Kind::Phase => Phase::named(word).map(|phase| Value::Text(phase.as_str().into())),
+            Kind::Outcome => {
+                OptimizationOutcomeKind::named(word).map(|outcome| Value::Text(outcome.as_str().into()))
+            }
             Kind::Boolean => match word {
                 "true" => Some(Value::Boolean(true)),
                 "false" => Some(Value::Boolean(false)),

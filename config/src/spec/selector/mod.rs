@@ -70,8 +70,9 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
+use crate::convergence::Phase;
 use crate::inventory::{ComputeCapability, CudaVersion};
-use crate::resolve::MachineFacts;
+use crate::resolve::{MachineFacts, OptimizationOutcomeKind};
 
 mod evaluate;
 mod lexer;
