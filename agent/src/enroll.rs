@@ -70,6 +70,7 @@ pub async fn enroll(
                     certificate_pem: answer.certificate_pem,
                     key_pem: key.serialize_pem(),
                     ca_pem: answer.ca_certificate_pem,
+                    fleet_id: answer.fleet_id,
                 };
                 check_ca_pem(&identity.ca_pem, enrollment.token.ca_sha256())?;
                 identity_dir.save(&identity)?;

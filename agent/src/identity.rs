@@ -29,6 +29,9 @@ pub struct Identity {
     pub certificate_pem: String,
     pub key_pem: String,
     pub ca_pem: String,
+    /// The fleet the machine enrolled in (empty for an agent enrolled before fleet
+    /// ids: it learns the id from the controller's Welcome).
+    pub fleet_id: String,
 }
 
 impl std::fmt::Debug for Identity {
@@ -45,6 +48,8 @@ impl std::fmt::Debug for Identity {
 struct MachineFile {
     machine_id: MachineId,
     controller_url: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    fleet_id: String,
 }
 
 pub struct IdentityDir {
@@ -87,6 +92,7 @@ impl IdentityDir {
             certificate_pem: self.read("machine.crt")?,
             key_pem: self.read("machine.key")?,
             ca_pem: self.read("ca.crt")?,
+            fleet_id: machine.fleet_id,
         };
         for (name, pem, marker) in [
             ("machine.crt", &identity.certificate_pem, "CERTIFICATE"),
@@ -133,6 +139,7 @@ impl IdentityDir {
         let machine = MachineFile {
             machine_id: identity.machine_id.clone(),
             controller_url: identity.controller_url.clone(),
+            fleet_id: identity.fleet_id.clone(),
         };
         let text = toml::to_string(&machine).map_err(|e| self.damaged("machine.toml", e.to_string()))?;
         write("machine.toml", &text, true)
@@ -173,10 +180,12 @@ mod tests {
             certificate_pem: "-----BEGIN CERTIFICATE-----\nx\n-----END CERTIFICATE-----\n".into(),
             key_pem: key.serialize_pem(),
             ca_pem: "-----BEGIN CERTIFICATE-----\ny\n-----END CERTIFICATE-----\n".into(),
+            fleet_id: "0123456789abcdef0123456789abcdef".into(),
         };
         identity_dir.save(&identity).unwrap();
         let loaded = identity_dir.load().unwrap().unwrap();
         assert_eq!(loaded.machine_id, identity.machine_id);
+        assert_eq!(loaded.fleet_id, identity.fleet_id);
         assert!(certificate_request(&key, "host").unwrap().contains("CERTIFICATE REQUEST"));
     }
 

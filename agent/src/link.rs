@@ -39,6 +39,12 @@ enum SessionEnd {
     Shutdown,
     Lost(String),
     Refused(String),
+    /// The controller has no record of this machine; `fleet` is the fleet it serves
+    /// (empty if it did not say). Not final: its database may come back from a backup.
+    Unknown {
+        message: String,
+        fleet: String,
+    },
 }
 
 pub struct Link {
@@ -69,12 +75,14 @@ impl Link {
         );
         let endpoint = endpoint.tls_config(tls).map_err(|e| LinkError::Refused(format!("TLS setup: {e}")))?;
         let mut backoff = Backoff::new(Duration::from_millis(250), self.max_backoff);
+        // The fleet this machine belongs to: from enrollment, or the first Welcome.
+        let mut fleet = self.identity.fleet_id.clone();
         loop {
             let session = async {
                 let channel =
                     endpoint.connect().await.map_err(|e| SessionEnd::Lost(transport::error_chain(&e)))?;
                 let mut reports = self.reports.clone();
-                self.session(channel, &mut backoff, &mut reports).await
+                self.session(channel, &mut backoff, &mut reports, &mut fleet).await
             };
             let end = tokio::select! {
                 end = session => match end { Ok(end) | Err(end) => end },
@@ -84,6 +92,15 @@ impl Link {
             match end {
                 SessionEnd::Shutdown => return Ok(()),
                 SessionEnd::Refused(reason) => return Err(LinkError::Refused(reason)),
+                SessionEnd::Unknown { message, fleet: theirs } => {
+                    let delay = backoff.next_delay();
+                    let why = unknown_explained(&fleet, &theirs);
+                    tracing::error!(reason = %message, retry_in = ?delay, "{why}");
+                    tokio::select! {
+                        () = tokio::time::sleep(delay) => {}
+                        () = &mut shutdown => return Ok(()),
+                    }
+                }
                 SessionEnd::Lost(reason) => {
                     let delay = backoff.next_delay();
                     tracing::warn!(%reason, retry_in = ?delay, "lost the controller");
@@ -119,6 +136,7 @@ impl Link {
         channel: tonic::transport::Channel,
         backoff: &mut Backoff,
         reports: &mut watch::Receiver<ConvergenceReport>,
+        fleet: &mut String,
     ) -> Result<SessionEnd, SessionEnd> {
         let mut client = pb::agent_service_client::AgentServiceClient::new(channel)
             .max_decoding_message_size(comfyfleet_proto::MAX_AGENT_MESSAGE_BYTES);
@@ -145,6 +163,9 @@ impl Link {
             return Err(SessionEnd::Lost("the controller did not start with Welcome".into()));
         };
         let heartbeat = Duration::from_secs(u64::from(welcome.heartbeat_interval_seconds.clamp(1, 300)));
+        if fleet.is_empty() {
+            fleet.clone_from(&welcome.fleet_id);
+        }
         tracing::info!(
             machine_id = %self.identity.machine_id,
             controller_version = %welcome.controller_version,
@@ -255,13 +276,36 @@ impl Sender {
     }
 }
 
-/// Refusals end the agent; everything else is a lost link to retry.
+/// What an agent the controller does not know tells its operator while it retries.
+fn unknown_explained(ours: &str, theirs: &str) -> String {
+    if !ours.is_empty() && !theirs.is_empty() && ours != theirs {
+        format!(
+            "the controller serves fleet {theirs}, but this machine enrolled in fleet {ours}: the controller's \
+             database was replaced or started anew. Retrying until it is restored (comfyfleet-controller \
+             restore); to join the new fleet instead, remove this agent's identity directory and enroll with a \
+             new join token"
+        )
+    } else {
+        "the controller has no record of this machine (its database may have been restored from an older \
+         snapshot); retrying until an operator restores it or re-enrolls this machine"
+            .to_owned()
+    }
+}
+
+/// Refusals end the agent (an unknown machine excepted: see [`SessionEnd::Unknown`]);
+/// everything else is a lost link to retry.
 fn status_end(status: Status) -> SessionEnd {
     let text = if status.message().is_empty() {
         format!("{:?}", status.code())
     } else {
         status.message().to_owned()
     };
+    let metadata = |key: &str| {
+        status.metadata().get(key).and_then(|value| value.to_str().ok()).unwrap_or_default().to_owned()
+    };
+    if metadata(comfyfleet_proto::REFUSAL_METADATA) == comfyfleet_proto::REFUSAL_UNKNOWN_MACHINE {
+        return SessionEnd::Unknown { message: text, fleet: metadata(comfyfleet_proto::FLEET_ID_METADATA) };
+    }
     match status.code() {
         tonic::Code::PermissionDenied | tonic::Code::Unauthenticated => SessionEnd::Refused(text),
         _ => SessionEnd::Lost(format!("{:?}: {text}", status.code())),

@@ -167,6 +167,7 @@ impl AgentApi {
             machine_id: machine_id.to_string(),
             certificate_pem: certificate.pem,
             ca_certificate_pem: self.state.ca.certificate_pem().to_owned(),
+            fleet_id: self.state.fleet_id.clone(),
         })
     }
 
@@ -200,7 +201,7 @@ pub(crate) async fn authenticate_certificate(
     })?;
     let machine = state.store.get_machine(&machine_id).await.map_err(internal)?.ok_or_else(|| {
         refused(Refusal::UnknownMachine);
-        Status::permission_denied(format!("machine {machine_id} is not enrolled here"))
+        unknown_machine(state, &machine_id)
     })?;
     if let Some(at) = machine.revoked_at {
         refused(Refusal::Revoked);
@@ -216,6 +217,24 @@ pub(crate) async fn authenticate_certificate(
         )));
     }
     Ok(machine_id)
+}
+
+/// The refusal of a machine this fleet has no record of, with the fleet's id, so the
+/// agent can say whether the controller's database was replaced and keep retrying.
+fn unknown_machine(state: &ControllerState, machine_id: &MachineId) -> Status {
+    let mut metadata = tonic::metadata::MetadataMap::new();
+    metadata.insert(
+        comfyfleet_proto::REFUSAL_METADATA,
+        tonic::metadata::MetadataValue::from_static(comfyfleet_proto::REFUSAL_UNKNOWN_MACHINE),
+    );
+    if let Ok(fleet) = state.fleet_id.parse() {
+        metadata.insert(comfyfleet_proto::FLEET_ID_METADATA, fleet);
+    }
+    Status::with_metadata(
+        tonic::Code::PermissionDenied,
+        format!("machine {machine_id} is not enrolled in fleet {}", state.fleet_id),
+        metadata,
+    )
 }
 
 /// One agent's stream, from Hello to its end.
@@ -326,6 +345,7 @@ impl Session {
             body: Some(pb::controller_message::Body::Welcome(pb::Welcome {
                 controller_version: env!("CARGO_PKG_VERSION").to_owned(),
                 heartbeat_interval_seconds: heartbeat,
+                fleet_id: self.state.fleet_id.clone(),
             })),
         };
         self.outbound.send(Ok(welcome)).await.map_err(|_| Status::cancelled("agent went away"))?;

@@ -1,4 +1,5 @@
 //! `comfyfleet-controller`: the fleet's control plane.
+#![allow(clippy::print_stdout)] // backup and restore answer on stdout, as a command does
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -12,7 +13,12 @@ use comfyfleet_daemon::logging::{self, LogFormat};
 #[command(version)]
 struct Args {
     /// Where the CA, the database and admin.toml live.
-    #[arg(long, env = "COMFYFLEET_DATA_DIR", default_value = "/var/lib/comfyfleet-controller")]
+    #[arg(
+        long,
+        global = true,
+        env = "COMFYFLEET_DATA_DIR",
+        default_value = "/var/lib/comfyfleet-controller"
+    )]
     data_dir: PathBuf,
     /// HOST:PORT to serve gRPC (agents and operators) on; port 0 picks a free one.
     #[arg(long, env = "COMFYFLEET_LISTEN", default_value = "0.0.0.0:7443")]
@@ -46,12 +52,49 @@ struct Args {
     /// certificate; sign in with a viewer credential). Default: off.
     #[arg(long, env = "COMFYFLEET_WEB_LISTEN", value_name = "HOST:PORT")]
     web_listen: Option<String>,
+    /// Start a new, empty fleet on an empty database even though this data dir has
+    /// served one (or let this data dir serve the database's fleet). Without it, a
+    /// controller whose database was emptied or replaced refuses to start.
+    #[arg(long)]
+    initialize: bool,
+    /// Write a snapshot of the database into <data-dir>/backups/ this often (e.g. 1h).
+    #[arg(long, env = "COMFYFLEET_BACKUP_INTERVAL", value_parser = parse_duration, value_name = "DURATION")]
+    backup_interval: Option<Duration>,
+    /// How many --backup-interval snapshots to keep (the oldest go first).
+    #[arg(long, default_value_t = 7, value_parser = clap::value_parser!(u32).range(1..), requires = "backup_interval")]
+    backup_keep: u32,
+    /// Rollout events of finished rollouts and machines' reports older than this are
+    /// deleted (hourly, in small batches).
+    #[arg(long, env = "COMFYFLEET_EVENT_RETENTION", default_value = "90d", value_parser = parse_duration)]
+    event_retention: Duration,
+    /// Audit entries older than this are deleted.
+    #[arg(long, env = "COMFYFLEET_AUDIT_RETENTION", default_value = "365d", value_parser = parse_duration)]
+    audit_retention: Duration,
+    #[command(subcommand)]
+    command: Option<Command>,
     /// Log format: text or json.
     #[arg(long, env = "COMFYFLEET_LOG_FORMAT", default_value = "text")]
     log_format: LogFormat,
     /// Log filter (RUST_LOG wins), e.g. info or comfyfleet_controller=debug.
     #[arg(long, env = "COMFYFLEET_LOG_LEVEL", default_value = "info")]
     log_level: String,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum Command {
+    /// Write a consistent snapshot of the database to FILE while the controller runs.
+    Backup {
+        /// The snapshot to write (must not exist).
+        #[arg(long, value_name = "FILE")]
+        to: PathBuf,
+    },
+    /// Put a snapshot back in place of the database (stop the controller first); the
+    /// database it replaces is kept beside it.
+    Restore {
+        /// The snapshot to restore.
+        #[arg(long, value_name = "FILE")]
+        from: PathBuf,
+    },
 }
 
 fn parse_duration(text: &str) -> Result<Duration, String> {
@@ -114,6 +157,39 @@ fn parse_https_url(text: &str) -> Result<String, String> {
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     logging::init(args.log_format, &args.log_level);
+    match &args.command {
+        Some(Command::Backup { to }) => {
+            let facts = comfyfleet_controller::backup::snapshot_data_dir(&args.data_dir, to).await?;
+            println!(
+                "wrote {}: fleet {}, {} machines, {} credentials, {} open rollouts",
+                to.display(),
+                facts.fleet_id.as_deref().unwrap_or("(no id yet)"),
+                facts.machines,
+                facts.credentials,
+                facts.open_rollouts
+            );
+            return Ok(());
+        }
+        Some(Command::Restore { from }) => {
+            let restored = comfyfleet_controller::backup::restore(&args.data_dir, from).await?;
+            let facts = &restored.facts;
+            println!(
+                "restored {} into {}: fleet {}, {} machines, {} credentials, {} open rollouts",
+                from.display(),
+                args.data_dir.display(),
+                facts.fleet_id.as_deref().unwrap_or("(no id yet)"),
+                facts.machines,
+                facts.credentials,
+                facts.open_rollouts
+            );
+            if let Some(replaced) = &restored.replaced {
+                println!("the database it replaced is kept as {}", replaced.display());
+            }
+            println!("start the controller again; agents reconnect on their own");
+            return Ok(());
+        }
+        None => {}
+    }
     let open_files = comfyfleet_daemon::limits::raise_open_files_limit();
     tracing::info!(open_files = ?open_files, "open-files limit (one per connected agent)");
     let metrics_token = match &args.metrics_token_file {
@@ -134,6 +210,13 @@ async fn main() -> anyhow::Result<()> {
         metrics_listen: args.metrics_listen,
         metrics_token,
         web_listen: args.web_listen,
+        initialize: args.initialize,
+        backup_interval: args.backup_interval,
+        backup_keep: args.backup_keep as usize,
+        retention: comfyfleet_controller::retention::Retention {
+            events: args.event_retention,
+            audit: args.audit_retention,
+        },
     };
     comfyfleet_controller::run(options, comfyfleet_daemon::shutdown::signal(), |_| {}).await?;
     Ok(())

@@ -45,6 +45,34 @@ pub struct ControllerOptions {
     pub metrics_token: Option<String>,
     /// `HOST:PORT` to serve the web page on (HTTPS); `None`: no web page.
     pub web_listen: Option<String>,
+    /// `--initialize`: start a new fleet on an empty database even though the data dir
+    /// has served one (or adopt the database's fleet into this data dir).
+    pub initialize: bool,
+    /// `--backup-interval`: a snapshot into `<data-dir>/backups/` this often.
+    pub backup_interval: Option<Duration>,
+    /// `--backup-keep`: how many rotating snapshots stay.
+    pub backup_keep: usize,
+    pub retention: crate::retention::Retention,
+}
+
+impl ControllerOptions {
+    /// The defaults for a controller on `data_dir` listening on `listen`.
+    pub fn new(data_dir: PathBuf, listen: String) -> Self {
+        Self {
+            data_dir,
+            listen,
+            advertise_url: None,
+            tls_sans: Vec::new(),
+            settings: Settings::default(),
+            metrics_listen: None,
+            metrics_token: None,
+            web_listen: None,
+            initialize: false,
+            backup_interval: None,
+            backup_keep: 7,
+            retention: crate::retention::Retention::default(),
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -57,6 +85,10 @@ pub enum ControllerError {
     Bind { address: SocketAddr, source: std::io::Error },
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),
+    #[error(transparent)]
+    Fleet(#[from] crate::fleet_identity::FleetIdentityError),
+    #[error(transparent)]
+    Backup(#[from] crate::backup::BackupError),
     #[error(transparent)]
     Pki(#[from] crate::pki::PkiError),
     #[error(transparent)]
@@ -80,11 +112,32 @@ pub async fn run(
     let data_dir = &options.data_dir;
     files::create_private_dir(data_dir)
         .map_err(|source| ControllerError::DataDir { path: data_dir.clone(), source })?;
+    let _data_dir_lock = crate::backup::lock_data_dir(data_dir)?;
     let metrics = crate::metrics::Metrics::default();
-    let store: Arc<dyn Store> = Arc::new(crate::store::MeteredStore {
-        inner: SqliteStore::open(&data_dir.join("controller.db")).await?,
-        metrics: metrics.clone(),
-    });
+    let database = data_dir.join(crate::backup::DATABASE_FILE);
+    let may_create = options.initialize || !crate::fleet_identity::has_served(data_dir);
+    let opened = SqliteStore::open_with(&database, may_create).await.map_err(|error| match error {
+        crate::store::StoreError::Empty { path } => {
+            ControllerError::Fleet(crate::fleet_identity::empty_refusal(data_dir, &path))
+        }
+        crate::store::StoreError::Damaged { path, detail } => {
+            ControllerError::Fleet(crate::fleet_identity::FleetIdentityError::Damaged {
+                database: path,
+                detail,
+                advice: crate::fleet_identity::restore_advice(data_dir, false),
+            })
+        }
+        other => ControllerError::Store(other),
+    })?;
+    let store: Arc<dyn Store> =
+        Arc::new(crate::store::MeteredStore { inner: opened, metrics: metrics.clone() });
+    let fleet = crate::fleet_identity::establish(
+        data_dir,
+        &database.display().to_string(),
+        store.as_ref(),
+        options.initialize,
+    )
+    .await?;
     let ca = CertificateAuthority::load_or_create(data_dir)?;
 
     let address = resolve_listen(&options.listen).await?;
@@ -137,6 +190,7 @@ pub async fn run(
         mirror,
         locker,
         metrics,
+        fleet_id: fleet.id.clone(),
     });
     let _engine = crate::rollouts::spawn(state.clone(), inbox);
     let admin_path = admin_file::ensure(data_dir, &url, &state).await?;
@@ -159,6 +213,16 @@ pub async fn run(
         .max_encoding_message_size(comfyfleet_proto::MAX_FLEET_MESSAGE_BYTES);
 
     let flusher = tokio::spawn(flush_last_seen(state.clone()));
+    let mut side_tasks =
+        vec![tokio::spawn(crate::retention::prune_forever(state.store.clone(), options.retention))];
+    if let Some(interval) = options.backup_interval {
+        side_tasks.push(tokio::spawn(crate::backup::rotate_forever(
+            state.store.clone(),
+            data_dir.clone(),
+            interval,
+            options.backup_keep,
+        )));
+    }
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let routes = tonic::service::Routes::from(crate::cache_http::router(state.clone()))
         .add_service(health_service)
@@ -205,7 +269,7 @@ pub async fn run(
         }));
     }
 
-    tracing::info!(%url, listen = %bound, admin_config = %admin_path.display(), ca_sha256 = %state.ca.sha256(), "controller ready");
+    tracing::info!(%url, listen = %bound, fleet_id = %fleet.id, admin_config = %admin_path.display(), ca_sha256 = %state.ca.sha256(), "controller ready");
     on_ready(&url);
 
     tokio::select! {
@@ -215,7 +279,7 @@ pub async fn run(
         }
         () = shutdown => {}
     }
-    for side in &side_servers {
+    for side in side_servers.iter().chain(&side_tasks) {
         side.abort();
     }
     health.set_not_serving::<AgentServiceServer<AgentApi>>().await;
@@ -230,6 +294,7 @@ pub async fn run(
     if let Err(error) = state.store.record_last_seen(&state.presence.snapshot()).await {
         tracing::warn!(%error, "cannot record last-seen times at shutdown");
     }
+    state.store.close().await;
     tracing::info!("controller stopped");
     Ok(())
 }

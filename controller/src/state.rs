@@ -58,6 +58,8 @@ pub struct ControllerState {
     pub locker: crate::locking::Locker,
     /// What `/metrics` counts as it happens.
     pub metrics: crate::metrics::Metrics,
+    /// The fleet the store holds (agents learn it at enrollment and in Welcome).
+    pub fleet_id: String,
 }
 
 impl ControllerState {

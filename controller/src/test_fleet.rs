@@ -60,6 +60,7 @@ impl TestFleet {
                 mirror: crate::git_mirror::GitMirror::new(dir.path().join("cache/git")),
             },
             metrics,
+            fleet_id: "0123456789abcdef0123456789abcdef".into(),
         });
         crate::rollouts::spawn(state.clone(), inbox);
         let (operator, _) = mint_credential(&state, "op", Role::Operator, "test").await.unwrap();

@@ -28,3 +28,12 @@ pub const MAX_AGENT_MESSAGE_BYTES: usize = 1 << 20;
 
 /// The largest operator API message (a page of machines with full inventories).
 pub const MAX_FLEET_MESSAGE_BYTES: usize = 32 << 20;
+
+/// Metadata on a refused agent call saying why, when the agent should act on it:
+/// `unknown-machine` (the controller does not know the machine: its database may
+/// have been restored or replaced, so the agent keeps retrying).
+pub const REFUSAL_METADATA: &str = "comfyfleet-refusal";
+/// The refusal for a machine the controller does not know.
+pub const REFUSAL_UNKNOWN_MACHINE: &str = "unknown-machine";
+/// Metadata on a refusal naming the fleet the refusing controller serves.
+pub const FLEET_ID_METADATA: &str = "comfyfleet-fleet-id";

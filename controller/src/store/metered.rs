@@ -161,6 +161,45 @@ impl<S: Store> Store for MeteredStore<S> {
         result
     }
 
+    async fn fleet_id(&self) -> StoreResult<Option<String>> {
+        let started = Instant::now();
+        let result = self.inner.fleet_id().await;
+        self.metrics.store_call("fleet_id", started.elapsed(), result.is_err());
+        result
+    }
+
+    async fn adopt_fleet_id(&self, fleet_id: &str, at: Timestamp) -> StoreResult<String> {
+        let started = Instant::now();
+        let result = self.inner.adopt_fleet_id(fleet_id, at).await;
+        self.metrics.store_call("adopt_fleet_id", started.elapsed(), result.is_err());
+        result
+    }
+
+    async fn holds_fleet(&self) -> StoreResult<bool> {
+        let started = Instant::now();
+        let result = self.inner.holds_fleet().await;
+        self.metrics.store_call("holds_fleet", started.elapsed(), result.is_err());
+        result
+    }
+
+    async fn backup(&self, to: &std::path::Path) -> StoreResult<()> {
+        let started = Instant::now();
+        let result = self.inner.backup(to).await;
+        self.metrics.store_call("backup", started.elapsed(), result.is_err());
+        result
+    }
+
+    async fn close(&self) {
+        self.inner.close().await;
+    }
+
+    async fn prune(&self, what: Prunable, before: Timestamp, limit: u32) -> StoreResult<u64> {
+        let started = Instant::now();
+        let result = self.inner.prune(what, before, limit).await;
+        self.metrics.store_call("prune", started.elapsed(), result.is_err());
+        result
+    }
+
     async fn put_environment_revision(&self, revision: &NewRevision) -> StoreResult<(StoredRevision, bool)> {
         let started = Instant::now();
         let result = self.inner.put_environment_revision(revision).await;

@@ -12,7 +12,7 @@ use comfyfleet_config::spec::{DriverCompat, SpecDigest};
 use comfyfleet_config::{AssignmentReason, ConvergenceReport, Inventory, Labels, MachineId, Role};
 use jiff::Timestamp;
 
-pub use sqlite::SqliteStore;
+pub use sqlite::{SnapshotFacts, SqliteStore};
 
 use crate::rollouts::model::{NewRollout, RolloutRecord, RolloutStep, StoredEvent, StoredMachineRow};
 
@@ -24,6 +24,12 @@ pub enum StoreError {
     Corrupt { what: &'static str, detail: String },
     #[error("cannot open the database {path}: {source}")]
     Open { path: String, source: sqlx::Error },
+    #[error("the database {path} holds nothing")]
+    Empty { path: String },
+    #[error("the database {path} is damaged: {detail}")]
+    Damaged { path: String, detail: String },
+    #[error("{0}")]
+    Unsupported(String),
     #[error(
         "the database was written by a newer comfyfleet (schema version {found}, this build knows {known}); upgrade this controller"
     )]
@@ -131,6 +137,29 @@ pub struct NewRevision {
     pub locks: Vec<StoredLock>,
     /// Every file the revision may install, for the package cache.
     pub files: Vec<PackageFile>,
+}
+
+/// What retention deletes when it is old enough.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Prunable {
+    /// Events of finished rollouts (a running or paused rollout keeps all of its own).
+    RolloutEvents,
+    /// Machines' latest reports that have not changed since.
+    Reports,
+    /// The audit log.
+    Audit,
+}
+
+impl Prunable {
+    pub const ALL: [Prunable; 3] = [Prunable::RolloutEvents, Prunable::Reports, Prunable::Audit];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Prunable::RolloutEvents => "rollout events",
+            Prunable::Reports => "reports",
+            Prunable::Audit => "audit entries",
+        }
+    }
 }
 
 /// A lock by its digest.
@@ -351,6 +380,21 @@ pub trait Store: Send + Sync + 'static {
     ) -> StoreResult<()>;
     /// Newest first.
     async fn list_audit(&self, limit: u32) -> StoreResult<Vec<AuditRecord>>;
+
+    /// The fleet this store holds, once it has been given one.
+    async fn fleet_id(&self) -> StoreResult<Option<String>>;
+    /// Gives the store `fleet_id` unless it holds one already; returns the one it holds.
+    async fn adopt_fleet_id(&self, fleet_id: &str, at: Timestamp) -> StoreResult<String>;
+    /// Whether anything of a fleet is stored: a credential, a machine, a revision.
+    async fn holds_fleet(&self) -> StoreResult<bool>;
+    /// Writes a consistent snapshot of the whole store to `to` (which must not exist)
+    /// while the store keeps serving.
+    async fn backup(&self, to: &std::path::Path) -> StoreResult<()>;
+    /// Closes the store at shutdown: pending writes are flushed, the files left tidy.
+    async fn close(&self);
+    /// Deletes at most `limit` rows of `what` older than `before`; returns how many.
+    /// Callers loop, so no delete holds the write lock for long.
+    async fn prune(&self, what: Prunable, before: Timestamp, limit: u32) -> StoreResult<u64>;
 
     /// In one transaction: the environment's revision with `revision.id` if it has
     /// one (and `false`), else `revision` stored as number highest + 1 (and `true`).

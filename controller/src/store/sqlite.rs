@@ -22,8 +22,8 @@ use sqlx::{Row, Sqlite, Transaction};
 
 use super::{
     AuditRecord, CredentialRecord, EnrollRefusal, EnvironmentSummary, Hello, JoinTokenRecord, NewAssignment,
-    NewMachine, NewRevision, PackageFile, Store, StoreError, StoreResult, StoredAssignment, StoredLock,
-    StoredMachine, StoredRevision, check_join_token,
+    NewMachine, NewRevision, PackageFile, Prunable, Store, StoreError, StoreResult, StoredAssignment,
+    StoredLock, StoredMachine, StoredRevision, check_join_token,
 };
 
 /// Every migration, in order. A migration is never edited once released: add one.
@@ -33,10 +33,29 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (3, include_str!("../../migrations/0003_provisioning.sql")),
     (4, include_str!("../../migrations/0004_rollouts.sql")),
     (5, include_str!("../../migrations/0005_locks.sql")),
+    (6, include_str!("../../migrations/0006_fleet_identity.sql")),
 ];
 
 pub struct SqliteStore {
     pool: SqlitePool,
+    path: std::path::PathBuf,
+}
+
+/// SQLite's answer to a damaged file (SQLITE_CORRUPT, SQLITE_NOTADB) as
+/// [`StoreError::Damaged`]; any other error as `other` makes it.
+fn damaged_or(path: &str, source: sqlx::Error, other: impl FnOnce(sqlx::Error) -> StoreError) -> StoreError {
+    const SQLITE_CORRUPT: i64 = 11;
+    const SQLITE_NOTADB: i64 = 26;
+    let code = match &source {
+        sqlx::Error::Database(error) => error.code().and_then(|code| code.parse::<i64>().ok()),
+        _ => None,
+    };
+    match code.map(|code| code & 0xff) {
+        Some(SQLITE_CORRUPT | SQLITE_NOTADB) => {
+            StoreError::Damaged { path: path.to_owned(), detail: source.to_string() }
+        }
+        _ => other(source),
+    }
 }
 
 fn database(doing: &'static str) -> impl FnOnce(sqlx::Error) -> StoreError {
@@ -49,6 +68,17 @@ fn corrupt(what: &'static str) -> impl FnOnce(String) -> StoreError {
 
 impl SqliteStore {
     pub async fn open(path: &Path) -> StoreResult<Self> {
+        Self::open_with(path, true).await
+    }
+
+    /// As [`SqliteStore::open`]; with `may_create` false, a database that holds no
+    /// tables at all (a new file, an emptied one) is [`StoreError::Empty`] and is left
+    /// as it is: nothing is created or migrated.
+    pub async fn open_with(path: &Path, may_create: bool) -> StoreResult<Self> {
+        // A missing or 0-byte file is refused before SQLite writes a header into it.
+        if !may_create && std::fs::metadata(path).map_or(true, |meta| meta.len() == 0) {
+            return Err(StoreError::Empty { path: path.display().to_string() });
+        }
         let options = SqliteConnectOptions::new()
             .filename(path)
             .create_if_missing(true)
@@ -58,14 +88,52 @@ impl SqliteStore {
             .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(Duration::from_secs(10))
             .foreign_keys(true);
-        let pool = SqlitePoolOptions::new()
-            .max_connections(4)
-            .connect_with(options)
-            .await
-            .map_err(|source| StoreError::Open { path: path.display().to_string(), source })?;
-        let store = Self { pool };
-        store.migrate().await?;
+        let shown = path.display().to_string();
+        let pool =
+            SqlitePoolOptions::new().max_connections(4).connect_with(options).await.map_err(|source| {
+                damaged_or(&shown, source, |source| StoreError::Open { path: shown.clone(), source })
+            })?;
+        let store = Self { pool, path: path.to_owned() };
+        store.check_integrity().await?;
+        if !may_create {
+            let tables: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM sqlite_schema")
+                .fetch_one(&store.pool)
+                .await
+                .map_err(|source| {
+                    damaged_or(&shown, source, |source| StoreError::Database {
+                        doing: "reading the schema",
+                        source,
+                    })
+                })?;
+            if tables == 0 {
+                store.pool.close().await;
+                return Err(StoreError::Empty { path: shown });
+            }
+        }
+        store.migrate().await.map_err(|error| match error {
+            StoreError::Database { source, doing } => {
+                damaged_or(&shown, source, |source| StoreError::Database { doing, source })
+            }
+            other => other,
+        })?;
         Ok(store)
+    }
+
+    /// `PRAGMA quick_check`: a truncated or overwritten file is found at start, not
+    /// by the first query that reads the damaged page.
+    async fn check_integrity(&self) -> StoreResult<()> {
+        let shown = self.path.display().to_string();
+        let problems: Vec<String> =
+            sqlx::query_scalar("PRAGMA quick_check(5)").fetch_all(&self.pool).await.map_err(|source| {
+                damaged_or(&shown, source, |source| StoreError::Database {
+                    doing: "checking the database",
+                    source,
+                })
+            })?;
+        if problems.iter().all(|line| line == "ok") {
+            return Ok(());
+        }
+        Err(StoreError::Damaged { path: shown, detail: problems.join("; ") })
     }
 
     /// A transaction that holds the write lock from its first statement. A deferred
@@ -102,6 +170,96 @@ impl SqliteStore {
             tx.commit().await.map_err(database("committing a migration"))?;
             tracing::info!(version, "applied database migration");
         }
+        Ok(())
+    }
+}
+
+/// What a snapshot file holds, read without changing it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SnapshotFacts {
+    pub fleet_id: Option<String>,
+    pub schema_version: i64,
+    pub machines: i64,
+    pub credentials: i64,
+    pub open_rollouts: i64,
+}
+
+async fn read_only(path: &Path) -> StoreResult<sqlx::SqliteConnection> {
+    use sqlx::ConnectOptions;
+    let shown = path.display().to_string();
+    SqliteConnectOptions::new()
+        .filename(path)
+        .read_only(true)
+        .create_if_missing(false)
+        .busy_timeout(Duration::from_secs(10))
+        .connect()
+        .await
+        .map_err(|source| {
+            damaged_or(&shown, source, |source| StoreError::Open { path: shown.clone(), source })
+        })
+}
+
+impl SqliteStore {
+    /// Checks a snapshot (or any controller database) and says what it holds, without
+    /// writing to it.
+    pub async fn inspect(path: &Path) -> StoreResult<SnapshotFacts> {
+        let shown = path.display().to_string();
+        let mut connection = read_only(path).await?;
+        let damaged = |source: sqlx::Error| {
+            damaged_or(&shown, source, |source| StoreError::Database { doing: "reading a snapshot", source })
+        };
+        let problems: Vec<String> =
+            sqlx::query_scalar("PRAGMA quick_check(5)").fetch_all(&mut connection).await.map_err(damaged)?;
+        if !problems.iter().all(|line| line == "ok") {
+            return Err(StoreError::Damaged { path: shown, detail: problems.join("; ") });
+        }
+        let schema_version: i64 =
+            sqlx::query_scalar("SELECT COALESCE(MAX(version), 0) FROM schema_migrations")
+                .fetch_one(&mut connection)
+                .await
+                .map_err(|_| StoreError::Damaged {
+                    path: shown.clone(),
+                    detail: "it is not a comfyfleet database".into(),
+                })?;
+        let fleet_id = if schema_version >= 6 {
+            sqlx::query_scalar("SELECT fleet_id FROM fleet WHERE singleton = 1")
+                .fetch_optional(&mut connection)
+                .await
+                .map_err(damaged)?
+        } else {
+            None
+        };
+        let count = |sql: &'static str| sqlx::query_scalar::<_, i64>(sql);
+        Ok(SnapshotFacts {
+            fleet_id,
+            schema_version,
+            machines: count("SELECT COUNT(*) FROM machines")
+                .fetch_one(&mut connection)
+                .await
+                .map_err(damaged)?,
+            credentials: count("SELECT COUNT(*) FROM credentials")
+                .fetch_one(&mut connection)
+                .await
+                .map_err(damaged)?,
+            open_rollouts: count("SELECT COUNT(*) FROM rollouts WHERE state IN ('running', 'paused')")
+                .fetch_one(&mut connection)
+                .await
+                .map_err(damaged)?,
+        })
+    }
+
+    /// A consistent snapshot of the database at `database` written to `to`, from
+    /// another process while a controller serves from it (WAL readers never block it).
+    pub async fn snapshot_file(source: &Path, to: &Path) -> StoreResult<()> {
+        let mut connection = read_only(source).await?;
+        let target = to.to_str().ok_or_else(|| {
+            StoreError::Unsupported(format!("the backup path {} is not UTF-8", to.display()))
+        })?;
+        sqlx::query("VACUUM INTO ?")
+            .bind(target)
+            .execute(&mut connection)
+            .await
+            .map_err(database("writing a snapshot"))?;
         Ok(())
     }
 }
@@ -516,6 +674,84 @@ impl Store for SqliteStore {
                 })
             })
             .collect()
+    }
+
+    async fn fleet_id(&self) -> StoreResult<Option<String>> {
+        sqlx::query_scalar("SELECT fleet_id FROM fleet WHERE singleton = 1")
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(database("reading the fleet id"))
+    }
+
+    async fn adopt_fleet_id(&self, fleet_id: &str, at: Timestamp) -> StoreResult<String> {
+        let mut tx = self.write_transaction("recording the fleet id").await?;
+        sqlx::query(
+            "INSERT INTO fleet (singleton, fleet_id, created_at) VALUES (1, ?, ?) ON CONFLICT DO NOTHING",
+        )
+        .bind(fleet_id)
+        .bind(millis(at))
+        .execute(&mut *tx)
+        .await
+        .map_err(database("recording the fleet id"))?;
+        let held: String = sqlx::query_scalar("SELECT fleet_id FROM fleet WHERE singleton = 1")
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(database("reading the fleet id"))?;
+        tx.commit().await.map_err(database("recording the fleet id"))?;
+        Ok(held)
+    }
+
+    async fn holds_fleet(&self) -> StoreResult<bool> {
+        sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM credentials) OR EXISTS (SELECT 1 FROM machines) \
+             OR EXISTS (SELECT 1 FROM environment_revisions)",
+        )
+        .fetch_one(&self.pool)
+        .await
+        .map_err(database("looking for a fleet in the database"))
+    }
+
+    async fn backup(&self, to: &Path) -> StoreResult<()> {
+        // VACUUM INTO reads one consistent snapshot (a read transaction) while writers
+        // go on, and writes a compact copy with no WAL beside it.
+        let target = to.to_str().ok_or_else(|| {
+            StoreError::Unsupported(format!("the backup path {} is not UTF-8", to.display()))
+        })?;
+        sqlx::query("VACUUM INTO ?")
+            .bind(target)
+            .execute(&self.pool)
+            .await
+            .map_err(database("writing a snapshot"))?;
+        Ok(())
+    }
+
+    async fn close(&self) {
+        // The last connection to close checkpoints the WAL into the file and removes it.
+        self.pool.close().await;
+    }
+
+    async fn prune(&self, what: Prunable, before: Timestamp, limit: u32) -> StoreResult<u64> {
+        let sql = match what {
+            Prunable::RolloutEvents => {
+                "DELETE FROM rollout_events WHERE id IN (SELECT e.id FROM rollout_events e \
+                 JOIN rollouts r ON r.id = e.rollout_id \
+                 WHERE e.at < ? AND r.state NOT IN ('running', 'paused') LIMIT ?)"
+            }
+            Prunable::Reports => {
+                "DELETE FROM machine_reports WHERE machine_id IN \
+                 (SELECT machine_id FROM machine_reports WHERE updated_at < ? LIMIT ?)"
+            }
+            Prunable::Audit => {
+                "DELETE FROM audit_events WHERE id IN (SELECT id FROM audit_events WHERE at < ? LIMIT ?)"
+            }
+        };
+        let result = sqlx::query(sql)
+            .bind(millis(before))
+            .bind(i64::from(limit))
+            .execute(&self.pool)
+            .await
+            .map_err(database("pruning old rows"))?;
+        Ok(result.rows_affected())
     }
 
     async fn put_environment_revision(&self, revision: &NewRevision) -> StoreResult<(StoredRevision, bool)> {

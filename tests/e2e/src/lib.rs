@@ -121,6 +121,31 @@ pub fn cli(config: &Path, args: &[&str]) -> CliOutput {
     }
 }
 
+/// Runs `comfyfleet-controller --data-dir DIR ARGS…` to its end (a subcommand, or a
+/// start expected to be refused); its status and stdout + stderr. Killed after 60 s.
+pub fn controller_command(data_dir: &Path, args: &[&str]) -> (ExitStatus, String) {
+    let mut child = Command::new(&binaries().controller)
+        .arg("--data-dir")
+        .arg(data_dir)
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("comfyfleet-controller {args:?} still runs after 60 s");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let output = child.wait_with_output().unwrap();
+    let text =
+        format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    (output.status, text)
+}
+
 /// A running controller with its own data dir.
 pub struct Controller {
     pub data_dir: PathBuf,
