@@ -3,7 +3,11 @@
 //! the rules (what makes a join token usable) are pure functions they call.
 
 mod metered;
+mod postgres;
+mod rows;
 mod sqlite;
+#[cfg(test)]
+pub(crate) mod suite;
 
 pub use metered::MeteredStore;
 

@@ -8,17 +8,18 @@ mod rollouts;
 mod tests;
 
 use std::path::Path;
-use std::str::FromStr;
 use std::time::Duration;
 
 use crate::rollouts::model::{NewRollout, RolloutRecord, RolloutStep, StoredEvent, StoredMachineRow};
 use comfyfleet_config::spec::SpecDigest;
-use comfyfleet_config::{ConvergenceReport, Inventory, Labels, MachineId, Role};
+use comfyfleet_config::{ConvergenceReport, Inventory, Labels, MachineId};
 use jiff::Timestamp;
 use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
-use sqlx::{Row, Sqlite, Transaction};
+use sqlx::{Sqlite, Transaction};
+
+use super::rows::*;
 
 use super::{
     AuditRecord, CredentialRecord, EnrollRefusal, EnvironmentSummary, Hello, JoinTokenRecord, NewAssignment,
@@ -56,14 +57,6 @@ fn damaged_or(path: &str, source: sqlx::Error, other: impl FnOnce(sqlx::Error) -
         }
         _ => other(source),
     }
-}
-
-fn database(doing: &'static str) -> impl FnOnce(sqlx::Error) -> StoreError {
-    move |source| StoreError::Database { doing, source }
-}
-
-fn corrupt(what: &'static str) -> impl FnOnce(String) -> StoreError {
-    move |detail| StoreError::Corrupt { what, detail }
 }
 
 impl SqliteStore {
@@ -264,106 +257,12 @@ impl SqliteStore {
     }
 }
 
-fn millis(at: Timestamp) -> i64 {
-    at.as_millisecond()
-}
-
-fn timestamp(what: &'static str, value: i64) -> StoreResult<Timestamp> {
-    Timestamp::from_millisecond(value).map_err(|e| corrupt(what)(e.to_string()))
-}
-
-fn optional_timestamp(what: &'static str, value: Option<i64>) -> StoreResult<Option<Timestamp>> {
-    value.map(|v| timestamp(what, v)).transpose()
-}
-
-fn labels_json(labels: &Labels) -> String {
-    serde_json::to_string(labels).unwrap_or_else(|_| "{}".to_owned())
-}
-
-fn labels_from(what: &'static str, json: &str) -> StoreResult<Labels> {
-    serde_json::from_str(json).map_err(|e| corrupt(what)(e.to_string()))
-}
-
-fn digest(what: &'static str, bytes: Vec<u8>) -> StoreResult<[u8; 32]> {
-    bytes.try_into().map_err(|_| corrupt(what)("digest is not 32 bytes".into()))
-}
-
-fn count(what: &'static str, value: i64) -> StoreResult<u32> {
-    u32::try_from(value).map_err(|_| corrupt(what)(format!("{value} is out of range")))
-}
-
-fn get<'r, T>(row: &'r SqliteRow, column: &'static str) -> StoreResult<T>
-where
-    T: sqlx::Decode<'r, Sqlite> + sqlx::Type<Sqlite>,
-{
-    row.try_get(column).map_err(database("decoding a row"))
-}
-
-fn machine_from_row(row: &SqliteRow) -> StoreResult<StoredMachine> {
-    let id: String = get(row, "id")?;
-    let inventory = get::<Option<String>>(row, "inventory")?
-        .map(|json| serde_json::from_str::<Inventory>(&json))
-        .transpose()
-        .map_err(|e| corrupt("machine inventory")(format!("machine {id}: {e}")))?;
-    Ok(StoredMachine {
-        id: MachineId::from_str(&id).map_err(|e| corrupt("machine id")(e.to_string()))?,
-        hostname: get(row, "hostname")?,
-        enrolled_at: timestamp("enrolled_at", get(row, "enrolled_at")?)?,
-        revoked_at: optional_timestamp("revoked_at", get(row, "revoked_at")?)?,
-        cert_sha256: get(row, "cert_sha256")?,
-        join_token_id: get(row, "join_token_id")?,
-        token_labels: labels_from("token labels", &get::<String>(row, "token_labels")?)?,
-        agent_labels: labels_from("agent labels", &get::<String>(row, "agent_labels")?)?,
-        operator_labels: labels_from("operator labels", &get::<String>(row, "operator_labels")?)?,
-        inventory,
-        inventory_updated_at: optional_timestamp("inventory_updated_at", get(row, "inventory_updated_at")?)?,
-        agent_version: get(row, "agent_version")?,
-        last_seen: optional_timestamp("last_seen", get(row, "last_seen")?)?,
-        remote_address: get(row, "remote_address")?,
-        assignment: provisioning::joined_assignment(row)?,
-        report: provisioning::joined_report(row)?,
-    })
-}
-
-fn join_token_from_row(row: &SqliteRow) -> StoreResult<JoinTokenRecord> {
-    Ok(JoinTokenRecord {
-        id: get(row, "id")?,
-        secret_sha256: digest("join token digest", get(row, "secret_sha256")?)?,
-        created_at: timestamp("created_at", get(row, "created_at")?)?,
-        expires_at: timestamp("expires_at", get(row, "expires_at")?)?,
-        uses_allowed: get::<Option<i64>>(row, "uses_allowed")?
-            .map(|v| count("uses_allowed", v))
-            .transpose()?,
-        uses: count("uses", get(row, "uses")?)?,
-        labels: labels_from("join token labels", &get::<String>(row, "labels")?)?,
-        description: get(row, "description")?,
-        created_by: get(row, "created_by")?,
-    })
-}
-
-fn credential_from_row(row: &SqliteRow) -> StoreResult<CredentialRecord> {
-    Ok(CredentialRecord {
-        id: get(row, "id")?,
-        name: get(row, "name")?,
-        role: Role::from_str(&get::<String>(row, "role")?)
-            .map_err(|e| corrupt("credential role")(e.to_string()))?,
-        secret_sha256: digest("credential digest", get(row, "secret_sha256")?)?,
-        created_at: timestamp("created_at", get(row, "created_at")?)?,
-        revoked_at: optional_timestamp("revoked_at", get(row, "revoked_at")?)?,
-        created_by: get(row, "created_by")?,
-    })
-}
-
-const MACHINE_COLUMNS: &str = "machines.id, hostname, enrolled_at, revoked_at, cert_sha256, join_token_id, \
-     token_labels, agent_labels, operator_labels, inventory, inventory_updated_at, agent_version, last_seen, \
-     remote_address";
-
 /// `SELECT … FROM machines` with each machine's assignment and latest report joined in.
 fn select_machines(condition: &str) -> String {
     format!(
         "SELECT {MACHINE_COLUMNS}, {} FROM machines {} {condition}",
         provisioning::JOINED_ASSIGNMENT_COLUMNS,
-        provisioning::ASSIGNMENT_JOINS
+        ASSIGNMENT_JOINS
     )
 }
 

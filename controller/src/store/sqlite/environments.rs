@@ -1,27 +1,11 @@
 //! Environment revisions in SQLite. Numbers are handed out inside the write
 //! transaction that inserts the row, so two concurrent applies never share one.
 
-use std::str::FromStr;
-
 use comfyfleet_config::spec::SpecDigest;
-use sqlx::sqlite::SqliteRow;
 
-use super::{SqliteStore, corrupt, count, database, get, millis, timestamp};
+use super::SqliteStore;
+use crate::store::rows::*;
 use crate::store::{EnvironmentSummary, NewRevision, PackageFile, StoreResult, StoredLock, StoredRevision};
-
-const REVISION_COLUMNS: &str = "environment, number, id, spec_json, created_at, created_by";
-
-fn revision_from_row(row: &SqliteRow) -> StoreResult<StoredRevision> {
-    let id: String = get(row, "id")?;
-    Ok(StoredRevision {
-        environment: get(row, "environment")?,
-        number: count("revision number", get(row, "number")?)?,
-        id: SpecDigest::from_str(&id).map_err(corrupt("revision id"))?,
-        spec_json: get(row, "spec_json")?,
-        created_at: timestamp("revision created_at", get(row, "created_at")?)?,
-        created_by: get(row, "created_by")?,
-    })
-}
 
 /// What a file already recorded becomes: a revision's own sources replace it (a
 /// lock or the spec names it); what an index page says keeps what was there.
@@ -271,112 +255,5 @@ impl SqliteStore {
         .await
         .map_err(database("finding revisions"))?;
         rows.iter().map(revision_from_row).collect()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use jiff::Timestamp;
-
-    use super::*;
-    use crate::store::Store;
-
-    async fn store() -> (tempfile::TempDir, SqliteStore) {
-        let dir = tempfile::tempdir().unwrap();
-        let store = SqliteStore::open(&dir.path().join("controller.db")).await.unwrap();
-        (dir, store)
-    }
-
-    fn revision(environment: &str, id_digit: char) -> NewRevision {
-        NewRevision {
-            environment: environment.into(),
-            id: id_digit.to_string().repeat(64).parse().unwrap(),
-            spec_json: format!("{{\"name\":\"{environment}\",\"v\":\"{id_digit}\"}}"),
-            created_at: Timestamp::now(),
-            created_by: "op (0123456789ab)".into(),
-            locks: Vec::new(),
-            files: Vec::new(),
-        }
-    }
-
-    #[tokio::test]
-    async fn the_same_id_twice_is_one_revision() {
-        let (_dir, store) = store().await;
-        let (first, created) = store.put_environment_revision(&revision("render", 'a')).await.unwrap();
-        assert!(created);
-        assert_eq!(first.number, 1);
-        let mut again = revision("render", 'a');
-        again.created_by = "someone else".into();
-        let (second, created) = store.put_environment_revision(&again).await.unwrap();
-        assert!(!created);
-        assert_eq!(second, first, "the stored row is returned unchanged");
-        assert_eq!(store.environment_revisions("render").await.unwrap(), [first]);
-    }
-
-    #[tokio::test]
-    async fn numbers_increase_and_a_known_id_keeps_its_number() {
-        let (_dir, store) = store().await;
-        for (digit, expected) in [('a', 1), ('b', 2), ('c', 3)] {
-            let (stored, created) = store.put_environment_revision(&revision("render", digit)).await.unwrap();
-            assert!(created);
-            assert_eq!(stored.number, expected);
-        }
-        let (old, created) = store.put_environment_revision(&revision("render", 'a')).await.unwrap();
-        assert!(!created);
-        assert_eq!(old.number, 1);
-        let numbers: Vec<u32> =
-            store.environment_revisions("render").await.unwrap().iter().map(|r| r.number).collect();
-        assert_eq!(numbers, [1, 2, 3], "oldest first");
-        assert_eq!(store.latest_environment_revision("render").await.unwrap().unwrap().number, 3);
-        let second = store.environment_revision("render", 2).await.unwrap().unwrap();
-        assert_eq!(second.id.as_str(), "b".repeat(64));
-        assert_eq!(store.environment_revision("render", 4).await.unwrap(), None);
-    }
-
-    #[tokio::test]
-    async fn environments_are_numbered_independently_and_listed_with_their_latest() {
-        let (_dir, store) = store().await;
-        store.put_environment_revision(&revision("render", 'a')).await.unwrap();
-        store.put_environment_revision(&revision("render", 'b')).await.unwrap();
-        let (other, created) = store.put_environment_revision(&revision("preview", 'a')).await.unwrap();
-        assert!(created, "the same id in another environment is another revision");
-        assert_eq!(other.number, 1);
-        let summaries = store.list_environments().await.unwrap();
-        let seen: Vec<(&str, u32, u32)> =
-            summaries.iter().map(|s| (s.name.as_str(), s.revisions, s.latest.number)).collect();
-        assert_eq!(seen, [("preview", 1, 1), ("render", 2, 2)]);
-        assert_eq!(summaries[1].latest.id.as_str(), "b".repeat(64));
-        assert!(store.environment_revisions("unknown").await.unwrap().is_empty());
-        assert_eq!(store.latest_environment_revision("unknown").await.unwrap(), None);
-    }
-
-    #[tokio::test]
-    async fn id_prefixes_match_within_one_environment() {
-        let (_dir, store) = store().await;
-        store.put_environment_revision(&revision("render", 'a')).await.unwrap();
-        store.put_environment_revision(&revision("render", 'b')).await.unwrap();
-        store.put_environment_revision(&revision("preview", 'c')).await.unwrap();
-        let found = store.find_environment_revisions("render", "aaaa", 10).await.unwrap();
-        assert_eq!(found.iter().map(|r| r.number).collect::<Vec<_>>(), [1]);
-        assert!(store.find_environment_revisions("render", "cccc", 10).await.unwrap().is_empty());
-        assert_eq!(store.find_environment_revisions("render", "", 10).await.unwrap().len(), 2);
-        assert_eq!(store.find_environment_revisions("render", "", 1).await.unwrap().len(), 1);
-    }
-
-    #[tokio::test]
-    async fn concurrent_applies_get_distinct_numbers() {
-        let (_dir, store) = store().await;
-        let store = std::sync::Arc::new(store);
-        let mut tasks = tokio::task::JoinSet::new();
-        for digit in ['1', '2', '3', '4', '5', '6'] {
-            let store = store.clone();
-            tasks.spawn(async move { store.put_environment_revision(&revision("render", digit)).await });
-        }
-        let mut numbers = Vec::new();
-        while let Some(result) = tasks.join_next().await {
-            numbers.push(result.unwrap().unwrap().0.number);
-        }
-        numbers.sort_unstable();
-        assert_eq!(numbers, [1, 2, 3, 4, 5, 6]);
     }
 }

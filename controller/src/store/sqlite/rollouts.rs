@@ -3,106 +3,17 @@
 //! the store holds either all of a decision or none of it.
 
 use std::collections::HashMap;
-use std::str::FromStr;
 
 use comfyfleet_config::MachineId;
-use comfyfleet_config::spec::{RolloutPolicy, SpecDigest};
-use sqlx::sqlite::SqliteRow;
 
+use super::SqliteStore;
 use super::provisioning::insert_assignments;
-use super::{SqliteStore, corrupt, count, database, get, millis, optional_timestamp, timestamp};
 use crate::rollouts::model::{
-    MachineRow, NewEvent, NewRollout, RevisionRef, RolloutChange, RolloutKind, RolloutRecord, RolloutState,
-    RolloutStep, StoredEvent, StoredMachineRow,
+    MachineRow, NewEvent, NewRollout, RolloutChange, RolloutRecord, RolloutStep, StoredEvent,
+    StoredMachineRow,
 };
-use crate::store::{StoreError, StoreResult, StoredAssignment};
-
-const ROLLOUT_COLUMNS: &str = "id, environment, revision_number, revision_id, kind, policy_json, state, reason, \
-     budget_exceeded, named_machines, batch_size, undo_of, stalled, created_at, created_by, finished_at";
-
-const ROW_COLUMNS: &str = "m.machine_id, m.ordinal, m.phase, m.status, m.generation, m.plan_json, m.torch, \
-     m.from_environment, m.from_revision_number, m.detail, m.since, m.activations, m.attempts, \
-     m.rollback_tried, m.stalled, m.joined, machines.hostname";
-
-fn id_from(what: &'static str, value: i64) -> StoreResult<u64> {
-    u64::try_from(value).map_err(|_| corrupt(what)(format!("{value} is negative")))
-}
-
-fn rollout_from_row(row: &SqliteRow) -> StoreResult<RolloutRecord> {
-    let policy: RolloutPolicy = serde_json::from_str(&get::<String>(row, "policy_json")?)
-        .map_err(|e| corrupt("rollout policy")(e.to_string()))?;
-    Ok(RolloutRecord {
-        id: id_from("rollout id", get(row, "id")?)?,
-        environment: get(row, "environment")?,
-        revision_number: count("rollout revision number", get(row, "revision_number")?)?,
-        revision_id: SpecDigest::from_str(&get::<String>(row, "revision_id")?)
-            .map_err(corrupt("rollout revision id"))?,
-        kind: RolloutKind::from_str(&get::<String>(row, "kind")?).map_err(corrupt("rollout kind"))?,
-        policy,
-        state: RolloutState::from_str(&get::<String>(row, "state")?).map_err(corrupt("rollout state"))?,
-        reason: get(row, "reason")?,
-        budget_exceeded: get(row, "budget_exceeded")?,
-        named_machines: get(row, "named_machines")?,
-        batch_size: count("rollout batch size", get(row, "batch_size")?)?,
-        undo_of: get::<Option<i64>>(row, "undo_of")?.map(|n| count("rollout undo_of", n)).transpose()?,
-        stalled: get(row, "stalled")?,
-        created_at: timestamp("rollout created_at", get(row, "created_at")?)?,
-        created_by: get(row, "created_by")?,
-        finished_at: optional_timestamp("rollout finished_at", get(row, "finished_at")?)?,
-    })
-}
-
-fn machine_row_from(row: &SqliteRow) -> StoreResult<StoredMachineRow> {
-    let machine_id: String = get(row, "machine_id")?;
-    let from_environment: Option<String> = get(row, "from_environment")?;
-    let from_number: Option<i64> = get(row, "from_revision_number")?;
-    let from = match (from_environment, from_number) {
-        (Some(environment), Some(number)) => {
-            Some(RevisionRef { environment, number: count("rollout from revision", number)? })
-        }
-        _ => None,
-    };
-    Ok(StoredMachineRow {
-        row: MachineRow {
-            machine_id: MachineId::from_str(&machine_id).map_err(|e| corrupt("machine id")(e.to_string()))?,
-            ordinal: count("rollout ordinal", get(row, "ordinal")?)?,
-            phase: count("rollout phase", get(row, "phase")?)?,
-            status: get::<String>(row, "status")?.parse().map_err(corrupt("rollout machine status"))?,
-            generation: id_from("rollout generation", get(row, "generation")?)?,
-            plan_json: get(row, "plan_json")?,
-            torch: get(row, "torch")?,
-            from,
-            detail: get(row, "detail")?,
-            since: timestamp("rollout machine since", get(row, "since")?)?,
-            activations: count("rollout activations", get(row, "activations")?)?,
-            attempts: count("rollout attempts", get(row, "attempts")?)?,
-            rollback_tried: get(row, "rollback_tried")?,
-            stalled: get(row, "stalled")?,
-            joined: get(row, "joined")?,
-        },
-        hostname: get(row, "hostname")?,
-    })
-}
-
-fn event_from(row: &SqliteRow) -> StoreResult<StoredEvent> {
-    let machine_id: String = get(row, "machine_id")?;
-    Ok(StoredEvent {
-        id: id_from("rollout event id", get(row, "id")?)?,
-        rollout_id: id_from("rollout id", get(row, "rollout_id")?)?,
-        event: NewEvent {
-            at: timestamp("rollout event at", get(row, "at")?)?,
-            machine_id: if machine_id.is_empty() {
-                None
-            } else {
-                Some(MachineId::from_str(&machine_id).map_err(|e| corrupt("machine id")(e.to_string()))?)
-            },
-            kind: get(row, "kind")?,
-            from: get(row, "from_status")?,
-            detail: get(row, "detail")?,
-            phase: count("rollout event phase", get(row, "phase")?)?,
-        },
-    })
-}
+use crate::store::rows::*;
+use crate::store::{StoreResult, StoredAssignment};
 
 /// Rows per statement: 17 bound values each.
 const ROWS_PER_STATEMENT: usize = 500;
@@ -188,11 +99,6 @@ async fn write_change(
     .await
     .map_err(database("updating a rollout"))?;
     Ok(())
-}
-
-fn policy_json(policy: &RolloutPolicy) -> StoreResult<String> {
-    serde_json::to_string(policy)
-        .map_err(|e| StoreError::Corrupt { what: "rollout policy", detail: format!("cannot serialise: {e}") })
 }
 
 impl SqliteStore {
