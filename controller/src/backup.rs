@@ -204,9 +204,10 @@ pub async fn restore(data_dir: &Path, from: &Path) -> Result<Restored, BackupErr
         // A WAL left beside the new file would be replayed into it: keep it with the
         // file it belongs to.
         let wal = data_dir.join("controller.db-wal");
-        if wal.exists() {
-            let wal_aside = PathBuf::from(format!("{}-wal", aside.display()));
-            std::fs::rename(&wal, &wal_aside).map_err(io(&wal))?;
+        let wal_aside = PathBuf::from(format!("{}-wal", aside.display()));
+        match std::fs::rename(&wal, &wal_aside) {
+            Err(error) if error.kind() != std::io::ErrorKind::NotFound => return Err(io(&wal)(error)),
+            _ => {}
         }
     }
     let shm = data_dir.join("controller.db-shm");

@@ -52,13 +52,18 @@ struct Args {
     /// certificate; sign in with a viewer credential). Default: off.
     #[arg(long, env = "COMFYFLEET_WEB_LISTEN", value_name = "HOST:PORT")]
     web_listen: Option<String>,
+    /// The fleet's PostgreSQL database (postgres://user:password@host:5432/db, with
+    /// ?sslmode=verify-full&sslrootcert=… for TLS). Default: the SQLite file
+    /// controller.db in the data dir.
+    #[arg(long, env = "COMFYFLEET_DATABASE_URL", value_name = "URL", value_parser = parse_database_url, hide_env_values = true)]
+    database_url: Option<String>,
     /// Start a new, empty fleet on an empty database even though this data dir has
     /// served one (or let this data dir serve the database's fleet). Without it, a
     /// controller whose database was emptied or replaced refuses to start.
     #[arg(long)]
     initialize: bool,
     /// Write a snapshot of the database into <data-dir>/backups/ this often (e.g. 1h).
-    #[arg(long, env = "COMFYFLEET_BACKUP_INTERVAL", value_parser = parse_duration, value_name = "DURATION")]
+    #[arg(long, env = "COMFYFLEET_BACKUP_INTERVAL", value_parser = parse_duration, value_name = "DURATION", conflicts_with = "database_url")]
     backup_interval: Option<Duration>,
     /// How many --backup-interval snapshots to keep (the oldest go first).
     #[arg(long, default_value_t = 7, value_parser = clap::value_parser!(u32).range(1..), requires = "backup_interval")]
@@ -95,6 +100,16 @@ enum Command {
         #[arg(long, value_name = "FILE")]
         from: PathBuf,
     },
+}
+
+fn parse_database_url(text: &str) -> Result<String, String> {
+    if text.starts_with("postgres://") || text.starts_with("postgresql://") {
+        Ok(text.to_owned())
+    } else {
+        Err("the database URL must start with postgres:// (e.g. postgres://comfyfleet@db.example:5432/comfyfleet); \
+             leave it out to use the SQLite file in the data dir"
+            .to_owned())
+    }
 }
 
 fn parse_duration(text: &str) -> Result<Duration, String> {
@@ -158,6 +173,13 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     logging::init(args.log_format, &args.log_level);
     match &args.command {
+        Some(Command::Backup { .. } | Command::Restore { .. }) if args.database_url.is_some() => {
+            anyhow::bail!(
+                "a PostgreSQL fleet is backed up and restored with PostgreSQL's own tools: \
+                 pg_dump --format=custom --file=FILE URL (consistent while controllers run), and \
+                 pg_restore --clean --if-exists --dbname=URL FILE with every controller stopped"
+            );
+        }
         Some(Command::Backup { to }) => {
             let facts = comfyfleet_controller::backup::snapshot_data_dir(&args.data_dir, to).await?;
             println!(
@@ -211,6 +233,7 @@ async fn main() -> anyhow::Result<()> {
         metrics_token,
         web_listen: args.web_listen,
         initialize: args.initialize,
+        database_url: args.database_url,
         backup_interval: args.backup_interval,
         backup_keep: args.backup_keep as usize,
         retention: comfyfleet_controller::retention::Retention {

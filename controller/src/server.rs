@@ -53,6 +53,9 @@ pub struct ControllerOptions {
     /// `--backup-keep`: how many rotating snapshots stay.
     pub backup_keep: usize,
     pub retention: crate::retention::Retention,
+    /// `--database-url postgres://…`: the fleet's PostgreSQL database; `None`: the
+    /// SQLite file in the data dir.
+    pub database_url: Option<String>,
 }
 
 impl ControllerOptions {
@@ -71,6 +74,7 @@ impl ControllerOptions {
             backup_interval: None,
             backup_keep: 7,
             retention: crate::retention::Retention::default(),
+            database_url: None,
         }
     }
 }
@@ -114,30 +118,9 @@ pub async fn run(
         .map_err(|source| ControllerError::DataDir { path: data_dir.clone(), source })?;
     let _data_dir_lock = crate::backup::lock_data_dir(data_dir)?;
     let metrics = crate::metrics::Metrics::default();
-    let database = data_dir.join(crate::backup::DATABASE_FILE);
-    let may_create = options.initialize || !crate::fleet_identity::has_served(data_dir);
-    let opened = SqliteStore::open_with(&database, may_create).await.map_err(|error| match error {
-        crate::store::StoreError::Empty { path } => {
-            ControllerError::Fleet(crate::fleet_identity::empty_refusal(data_dir, &path))
-        }
-        crate::store::StoreError::Damaged { path, detail } => {
-            ControllerError::Fleet(crate::fleet_identity::FleetIdentityError::Damaged {
-                database: path,
-                detail,
-                advice: crate::fleet_identity::restore_advice(data_dir, false),
-            })
-        }
-        other => ControllerError::Store(other),
-    })?;
-    let store: Arc<dyn Store> =
-        Arc::new(crate::store::MeteredStore { inner: opened, metrics: metrics.clone() });
-    let fleet = crate::fleet_identity::establish(
-        data_dir,
-        &database.display().to_string(),
-        store.as_ref(),
-        options.initialize,
-    )
-    .await?;
+    let (store, database) = open_store(&options, &metrics).await?;
+    let fleet =
+        crate::fleet_identity::establish(data_dir, &database, store.as_ref(), options.initialize).await?;
     let ca = CertificateAuthority::load_or_create(data_dir)?;
 
     let address = resolve_listen(&options.listen).await?;
@@ -297,6 +280,41 @@ pub async fn run(
     state.store.close().await;
     tracing::info!("controller stopped");
     Ok(())
+}
+
+/// The store `--database-url` names (PostgreSQL), else the data dir's SQLite file,
+/// metered; and how messages name it.
+async fn open_store(
+    options: &ControllerOptions,
+    metrics: &crate::metrics::Metrics,
+) -> Result<(Arc<dyn Store>, String), ControllerError> {
+    let data_dir = &options.data_dir;
+    let may_create = options.initialize || !crate::fleet_identity::has_served(data_dir);
+    if let Some(url) = &options.database_url {
+        let shown = crate::store::redact_url(url);
+        let store = crate::store::PostgresStore::connect(url).await?;
+        if !may_create && !store.holds_fleet().await? && store.fleet_id().await?.is_none() {
+            return Err(crate::fleet_identity::empty_refusal(data_dir, &shown).into());
+        }
+        let metered = crate::store::MeteredStore { inner: store, metrics: metrics.clone() };
+        return Ok((Arc::new(metered), shown));
+    }
+    let database = data_dir.join(crate::backup::DATABASE_FILE);
+    let opened = SqliteStore::open_with(&database, may_create).await.map_err(|error| match error {
+        crate::store::StoreError::Empty { path } => {
+            ControllerError::Fleet(crate::fleet_identity::empty_refusal(data_dir, &path))
+        }
+        crate::store::StoreError::Damaged { path, detail } => {
+            ControllerError::Fleet(crate::fleet_identity::FleetIdentityError::Damaged {
+                database: path,
+                detail,
+                advice: crate::fleet_identity::restore_advice(data_dir, false),
+            })
+        }
+        other => ControllerError::Store(other),
+    })?;
+    let metered = crate::store::MeteredStore { inner: opened, metrics: metrics.clone() };
+    Ok((Arc::new(metered), database.display().to_string()))
 }
 
 async fn bind(listen: &str) -> Result<TcpListener, ControllerError> {

@@ -1,16 +1,20 @@
 # Debian packages the tests need, installed when their command is missing:
 # `ensure_debian_packages COMMAND:PACKAGE ...` runs `apt-get update` once and
 # `apt-get install -y` the packages whose command is not on PATH (as root, or through
-# sudo when that works without a password).
+# sudo when that works without a password). A COMMAND with a slash is a path pattern
+# instead (e.g. /usr/lib/postgresql/*/bin/initdb), present when a file matches it.
 
 ensure_debian_packages() {
     local missing=() pair command package
     for pair in "$@"; do
         command=${pair%%:*}
         package=${pair#*:}
-        if ! command -v "$command" >/dev/null 2>&1; then
-            case " ${missing[*]} " in *" $package "*) ;; *) missing+=("$package") ;; esac
+        if [[ $command == */* ]]; then
+            if compgen -G "$command" >/dev/null; then continue; fi
+        elif command -v "$command" >/dev/null 2>&1; then
+            continue
         fi
+        case " ${missing[*]} " in *" $package "*) ;; *) missing+=("$package") ;; esac
     done
     if [ ${#missing[@]} -eq 0 ]; then
         return 0

@@ -52,7 +52,7 @@ async fn restore_puts_a_snapshot_back_and_keeps_what_it_replaced() {
         let error = restore(dir.path(), &snap).await.unwrap_err().to_string();
         assert!(error.contains("stop it first"), "{error}");
     }
-    drop(store);
+    store.close().await;
     let restored = restore(dir.path(), &snap).await.unwrap();
     assert_eq!(restored.facts.credentials, 1);
     let kept = restored.replaced.unwrap();

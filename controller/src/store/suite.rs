@@ -62,6 +62,9 @@ pub const CASES: &[(&str, Case)] = &[
     ("hello_last_seen_labels_and_revocation", |store| Box::pin(hello_last_seen_labels_and_revocation(store))),
     ("locks_files_and_kept_specs", |store| Box::pin(locks_files_and_kept_specs(store))),
     ("reports_in_batches_and_retention", |store| Box::pin(reports_in_batches_and_retention(store))),
+    ("concurrent_enrollments_count_every_use", |store| {
+        Box::pin(concurrent_enrollments_count_every_use(store))
+    }),
 ];
 
 fn token(uses_allowed: Option<u32>) -> JoinTokenRecord {
@@ -612,4 +615,31 @@ pub async fn reports_in_batches_and_retention(store: Arc<dyn Store>) {
     assert_eq!(store.prune(Prunable::RolloutEvents, cutoff, 10).await.unwrap(), 1);
     assert_eq!(store.rollout_events(running.id, 0, 10).await.unwrap().len(), 2);
     assert_eq!(store.rollout_events(finished.id, 0, 10).await.unwrap().len(), 1);
+}
+
+pub async fn concurrent_enrollments_count_every_use(store: Arc<dyn Store>) {
+    let mut unlimited = token(None);
+    unlimited.id = "unlimited000".into();
+    store.create_join_token(&unlimited).await.unwrap();
+    store.create_join_token(&token(Some(3))).await.unwrap();
+    let mut enrolling = tokio::task::JoinSet::new();
+    for index in 0..12 {
+        let store = store.clone();
+        enrolling.spawn(async move {
+            let token = if index % 2 == 0 { "unlimited000" } else { "0123456789ab" };
+            let outcome =
+                store.enroll_machine(token, &[1; 32], &new_machine(&format!("m{index}"))).await.unwrap();
+            (token, outcome.is_ok())
+        });
+    }
+    let mut admitted = std::collections::HashMap::new();
+    while let Some(result) = enrolling.join_next().await {
+        let (token, ok) = result.unwrap();
+        *admitted.entry(token).or_insert(0) += usize::from(ok);
+    }
+    assert_eq!(admitted["unlimited000"], 6, "an unlimited token admits every one");
+    assert_eq!(admitted["0123456789ab"], 3, "a token for 3 admits exactly 3");
+    let tokens = store.list_join_tokens().await.unwrap();
+    let uses: Vec<(&str, u32)> = tokens.iter().map(|token| (token.id.as_str(), token.uses)).collect();
+    assert!(uses.contains(&("unlimited000", 6)) && uses.contains(&("0123456789ab", 3)), "{uses:?}");
 }

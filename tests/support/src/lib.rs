@@ -1,0 +1,3 @@
+//! Real components tests start in temp dirs on free ports, and stop.
+
+pub mod postgres;
