@@ -8,6 +8,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut config = prost_build::Config::new();
     config.protoc_executable(protoc_bin_vendored::protoc_bin_path()?);
     tonic_prost_build::configure()
+        .codec_path("crate::codec::LeanCodec")
         .file_descriptor_set_path(out_dir.join("comfyfleet_v1_descriptor.bin"))
         .compile_with_config(config, &["comfyfleet/v1/fleet.proto"], &["."])?;
     Ok(())

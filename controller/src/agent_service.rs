@@ -88,7 +88,10 @@ impl pb::agent_service_server::AgentService for AgentApi {
             last_report: None,
         };
         tokio::spawn(session.run());
-        Ok(Response::new(Box::pin(ReceiverStream::new(receiver))))
+        let stream = tokio_stream::StreamExt::map(ReceiverStream::new(receiver), |message| {
+            message.map(|boxed| *boxed)
+        });
+        Ok(Response::new(Box::pin(stream)))
     }
 }
 
@@ -243,7 +246,7 @@ struct Session {
     machine_id: MachineId,
     remote: String,
     inbound: Streaming<pb::AgentMessage>,
-    outbound: mpsc::Sender<Result<pb::ControllerMessage, Status>>,
+    outbound: desired_state::Outbound,
     /// The generation and phase of the last report, to log only changes.
     last_phase: Option<(u64, Phase)>,
     /// The latest report stored for this machine: finished steps are timed once.
@@ -348,7 +351,7 @@ impl Session {
                 fleet_id: self.state.fleet_id.clone(),
             })),
         };
-        self.outbound.send(Ok(welcome)).await.map_err(|_| Status::cancelled("agent went away"))?;
+        self.outbound.send(Ok(Box::new(welcome))).await.map_err(|_| Status::cancelled("agent went away"))?;
         Ok(guard)
     }
 
@@ -406,7 +409,13 @@ impl Session {
                 let (generation, phase, error) = phase;
                 if self.last_phase != Some((generation, phase)) {
                     self.last_phase = Some((generation, phase));
-                    tracing::info!(generation, phase = %phase, error = %error, "convergence report");
+                    // One line per machine per phase is a flood at 10,000 machines: the
+                    // rollout's events keep the story; failures stay in the log.
+                    if phase == Phase::Failed || !error.is_empty() {
+                        tracing::warn!(generation, phase = %phase, error = %error, "convergence report");
+                    } else {
+                        tracing::debug!(generation, phase = %phase, "convergence report");
+                    }
                 }
                 self.ack(message.seq).await
             }
@@ -419,7 +428,7 @@ impl Session {
 
     async fn ack(&self, seq: u64) -> Result<(), Status> {
         let ack = pb::ControllerMessage { body: Some(pb::controller_message::Body::Ack(pb::Ack { seq })) };
-        self.outbound.send(Ok(ack)).await.map_err(|_| Status::cancelled("agent went away"))
+        self.outbound.send(Ok(Box::new(ack))).await.map_err(|_| Status::cancelled("agent went away"))
     }
 }
 

@@ -99,6 +99,13 @@ impl Presence {
         doorbell.inspect(|doorbell| doorbell.hand(assignment.clone())).is_some()
     }
 
+    /// Runs `f` with one look at who is online: a rollout step asks for every one of
+    /// thousands of machines, and takes the lock once rather than per machine.
+    pub fn with_online<T>(&self, f: impl FnOnce(&(dyn Fn(&MachineId) -> bool + Sync)) -> T) -> T {
+        let sessions = self.sessions();
+        f(&|machine: &MachineId| sessions.contains_key(machine))
+    }
+
     /// When a live session last heard from `machine`; `None` when it is offline.
     pub fn last_seen(&self, machine: &MachineId) -> Option<Timestamp> {
         let millis = self.sessions().get(machine)?.last_seen_ms.load(Ordering::Relaxed);

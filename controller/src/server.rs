@@ -118,7 +118,7 @@ pub async fn run(
         .map_err(|source| ControllerError::DataDir { path: data_dir.clone(), source })?;
     let _data_dir_lock = crate::backup::lock_data_dir(data_dir)?;
     let metrics = crate::metrics::Metrics::default();
-    let (store, database) = open_store(&options, &metrics).await?;
+    let (store, database, _serving) = open_store(&options, &metrics).await?;
     let fleet =
         crate::fleet_identity::establish(data_dir, &database, store.as_ref(), options.initialize).await?;
     let ca = CertificateAuthority::load_or_create(data_dir)?;
@@ -287,17 +287,18 @@ pub async fn run(
 async fn open_store(
     options: &ControllerOptions,
     metrics: &crate::metrics::Metrics,
-) -> Result<(Arc<dyn Store>, String), ControllerError> {
+) -> Result<(Arc<dyn Store>, String, Option<crate::store::ServingLock>), ControllerError> {
     let data_dir = &options.data_dir;
     let may_create = options.initialize || !crate::fleet_identity::has_served(data_dir);
     if let Some(url) = &options.database_url {
         let shown = crate::store::redact_url(url);
+        let serving = crate::store::PostgresStore::claim_serving(url).await?;
         let store = crate::store::PostgresStore::connect(url).await?;
         if !may_create && !store.holds_fleet().await? && store.fleet_id().await?.is_none() {
             return Err(crate::fleet_identity::empty_refusal(data_dir, &shown).into());
         }
         let metered = crate::store::MeteredStore { inner: store, metrics: metrics.clone() };
-        return Ok((Arc::new(metered), shown));
+        return Ok((Arc::new(metered), shown, Some(serving)));
     }
     let database = data_dir.join(crate::backup::DATABASE_FILE);
     let opened = SqliteStore::open_with(&database, may_create).await.map_err(|error| match error {
@@ -314,7 +315,7 @@ async fn open_store(
         other => ControllerError::Store(other),
     })?;
     let metered = crate::store::MeteredStore { inner: opened, metrics: metrics.clone() };
-    Ok((Arc::new(metered), database.display().to_string()))
+    Ok((Arc::new(metered), database.display().to_string(), None))
 }
 
 async fn bind(listen: &str) -> Result<TcpListener, ControllerError> {

@@ -3,6 +3,7 @@
 //! Wire types stop at the gRPC edge: everything past it uses domain types.
 #![forbid(unsafe_code)]
 
+pub mod codec;
 mod convert;
 mod provisioning;
 pub mod transport;

@@ -30,6 +30,10 @@ use crate::store::{NewAssignment, StoreResult, StoredRevision};
 const TICK: Duration = Duration::from_millis(500);
 /// A step taking longer than this to write is logged with its size.
 const SLOW_STEP: Duration = Duration::from_millis(100);
+/// Steps quicker than this do not make the engine wait before the next batch.
+const PAUSE_FLOOR: Duration = Duration::from_millis(2);
+/// The longest the engine waits for more reports before stepping.
+const MAX_PAUSE: Duration = Duration::from_millis(250);
 /// Messages taken in one batch before the rollouts they touch are stepped.
 const BATCH: usize = 20_000;
 /// How many recent rollouts are read at start to find each environment's newest.
@@ -165,12 +169,25 @@ impl Engine {
     async fn serve(&mut self, mut inbox: Inbox) {
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // How long the last steps took: see below.
+        let mut pause = Duration::ZERO;
         loop {
             let mut touched = BTreeSet::new();
             tokio::select! {
                 message = inbox.0.recv() => {
                     let Some(message) = message else { return };
+                    let urgent = matches!(message, Message::Create { .. } | Message::Command { .. });
                     self.handle(message, &mut touched).await;
+                    // Reports stream in while thousands of machines move, and every step
+                    // looks at every row of its rollout: stepping after each report would
+                    // keep a core busy re-deciding (and starve the sessions pushing the
+                    // decisions out). Waiting as long as the last steps took, before
+                    // taking everything that arrived meanwhile, keeps deciding to at most
+                    // about half of one core; a small fleet's steps take microseconds,
+                    // so it waits for nothing. An operator's command never waits.
+                    if !urgent && pause > PAUSE_FLOOR {
+                        tokio::time::sleep(pause.min(MAX_PAUSE)).await;
+                    }
                     for _ in 0..BATCH {
                         match inbox.0.try_recv() {
                             Ok(message) => self.handle(message, &mut touched).await,
@@ -181,9 +198,11 @@ impl Engine {
                 }
                 _ = tick.tick() => touched.extend(self.runs.keys().copied()),
             }
+            let stepping = std::time::Instant::now();
             for id in touched {
                 self.step(id).await;
             }
+            pause = stepping.elapsed();
         }
     }
 
@@ -259,12 +278,10 @@ impl Engine {
     async fn step(&mut self, id: u64) {
         let now = Timestamp::now();
         let Some(run) = self.runs.get(&id) else { return };
-        let decision = {
-            let presence = &self.state.presence;
-            let online = |machine: &MachineId| presence.last_seen(machine).is_some();
-            let context = Context { now, online: &online, progress: &run.progress };
+        let decision = self.state.presence.with_online(|online| {
+            let context = Context { now, online, progress: &run.progress };
             plan::decide(&run.record, &run.rows, &context)
-        };
+        });
 
         let mut step = RolloutStep::default();
         // What reports changed comes first in the events, then the decisions taken on

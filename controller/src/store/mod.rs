@@ -16,7 +16,7 @@ use comfyfleet_config::spec::{DriverCompat, SpecDigest};
 use comfyfleet_config::{AssignmentReason, ConvergenceReport, Inventory, Labels, MachineId, Role};
 use jiff::Timestamp;
 
-pub use postgres::{PostgresStore, redact_url};
+pub use postgres::{PostgresStore, ServingLock, redact_url};
 pub use sqlite::{SnapshotFacts, SqliteStore};
 
 use crate::rollouts::model::{NewRollout, RolloutRecord, RolloutStep, StoredEvent, StoredMachineRow};

@@ -36,6 +36,43 @@ pub(super) mod locks {
     pub const MIGRATE: i64 = 0x636f_6d66_7901;
     /// Numbering an environment's revisions.
     pub const REVISIONS: i64 = 0x636f_6d66_7902;
+    /// Held by the one controller serving the database.
+    pub const SERVING: i64 = 0x636f_6d66_7903;
+}
+
+/// The session-level lock of the one controller serving a database, held on a
+/// connection of its own for as long as this lives.
+pub struct ServingLock {
+    _connection: sqlx::PgConnection,
+}
+
+impl PostgresStore {
+    /// Takes the database's serving lock, or says that another controller holds it:
+    /// until the rollout engine elects a leader, two controllers on one database would
+    /// each run it.
+    pub async fn claim_serving(url: &str) -> StoreResult<ServingLock> {
+        use sqlx::Connection;
+        let shown = redact_url(url);
+        let options: PgConnectOptions =
+            url.parse().map_err(|source| StoreError::Open { path: shown.clone(), source })?;
+        let mut connection =
+            sqlx::PgConnection::connect_with(&options.application_name("comfyfleet-controller"))
+                .await
+                .map_err(|source| StoreError::Open { path: shown.clone(), source })?;
+        let claimed: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+            .bind(locks::SERVING)
+            .fetch_one(&mut connection)
+            .await
+            .map_err(database("taking the serving lock"))?;
+        if !claimed {
+            return Err(StoreError::Unsupported(format!(
+                "another controller already serves the database {shown}: one controller per database for now \
+                 (several, with one elected to run rollouts, are not built yet); stop the other one or give this \
+                 one another database"
+            )));
+        }
+        Ok(ServingLock { _connection: connection })
+    }
 }
 
 pub struct PostgresStore {
