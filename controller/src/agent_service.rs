@@ -262,7 +262,9 @@ enum SessionEnd {
 impl Session {
     #[tracing::instrument(name = "session", skip_all, fields(machine_id = %self.machine_id, remote = %self.remote))]
     async fn run(mut self) {
-        let guard = match self.open().await {
+        // Boxed, as is each message's handling below: the task's own future is what
+        // every connected agent holds for hours, so it keeps only the loop's state.
+        let guard = match Box::pin(self.open()).await {
             Ok(guard) => guard,
             Err(status) => {
                 if let Some(reason) = session_refusal(&status, true) {
@@ -377,7 +379,7 @@ impl Session {
             };
             let now = Timestamp::now();
             guard.touch(now);
-            match self.handle(message, now).await {
+            match Box::pin(self.handle(message, now)).await {
                 Ok(()) => {}
                 Err(status) => break SessionEnd::Refused(status),
             }

@@ -127,7 +127,8 @@ async fn push(
     let mut last_sent: Option<u64> = None;
     loop {
         let handed = doorbell.take();
-        match load(store.as_ref(), &specs, &machine, handed, last_sent).await {
+        // Boxed: the task waits on its doorbell for hours and reads rarely.
+        match Box::pin(load(store.as_ref(), &specs, &machine, handed, last_sent)).await {
             Ok(Some((assignment, desired))) => {
                 let message =
                     pb::ControllerMessage { body: Some(pb::controller_message::Body::Desired(desired)) };

@@ -27,6 +27,8 @@ use comfyfleet_e2e::{Controller, wait_until};
 use serde_json::Value;
 
 struct Settings {
+    /// `--postgres`: the controller keeps the fleet in a PostgreSQL the bench starts.
+    postgres: bool,
     machines: usize,
     prepare: Duration,
     activate: Duration,
@@ -36,6 +38,7 @@ struct Settings {
 impl Settings {
     fn parse() -> Settings {
         let mut settings = Settings {
+            postgres: false,
             machines: 10_000,
             prepare: Duration::from_secs(2),
             activate: Duration::from_secs(1),
@@ -43,6 +46,10 @@ impl Settings {
         };
         let mut args = std::env::args().skip(1).filter(|arg| arg != "--bench");
         while let Some(flag) = args.next() {
+            if flag == "--postgres" {
+                settings.postgres = true;
+                continue;
+            }
             let mut value = || args.next().unwrap_or_else(|| panic!("{flag} needs a value"));
             match flag.as_str() {
                 "--machines" => settings.machines = value().parse().expect("--machines N"),
@@ -52,7 +59,7 @@ impl Settings {
                 }
                 "--max-unavailable" => settings.max_unavailable = value(),
                 other => panic!(
-                    "unknown flag {other}: --machines N, --prepare D, --activate D, --max-unavailable A"
+                    "unknown flag {other}: --machines N, --prepare D, --activate D, --max-unavailable A, --postgres"
                 ),
             }
         }
@@ -102,8 +109,13 @@ fn main() {
     let n = settings.machines;
     let base = if Path::new("/dev/shm").is_dir() { Path::new("/dev/shm") } else { Path::new("/tmp") };
     let dir = tempfile::Builder::new().prefix("comfyfleet-fleet-bench").tempdir_in(base).unwrap();
-    let controller =
-        Controller::start_with(&dir.path().join("controller"), 0, &["--heartbeat-interval", "5s"]);
+    let postgres = settings.postgres.then(comfyfleet_testsupport::postgres::Server::start);
+    let database_url = postgres.as_ref().map(|server| server.create_database("fleet"));
+    let mut controller_args = vec!["--heartbeat-interval", "5s"];
+    if let Some(url) = &database_url {
+        controller_args.extend(["--database-url", url.as_str()]);
+    }
+    let controller = Controller::start_with(&dir.path().join("controller"), 0, &controller_args);
     let pid = controller.process.pid();
     let (idle_rss, _) = memory(pid);
 
@@ -126,6 +138,7 @@ fn main() {
     let sim = SimFleet::start_with(dir.path(), &controller.url, None, &options);
     let reconnected = started.elapsed();
     std::thread::sleep(Duration::from_secs(3));
+    let (reconnected_rss, _) = memory(pid);
 
     // A rollout: every machine prepares at once, activates max_unavailable at a time.
     apply(&controller, dir.path(), &spec('1', "canary = 0"));
@@ -177,15 +190,18 @@ fn main() {
     let ideal = settings.prepare + settings.activate * u32::try_from(batches).unwrap();
     let secs = |d: Duration| format!("{:.1} s", d.as_secs_f64());
     println!(
-        "fleet bench: {n} simulated machines, prepare {:?}, activate {:?}, max_unavailable {} ({batch})",
-        settings.prepare, settings.activate, settings.max_unavailable
+        "fleet bench: {n} simulated machines, prepare {:?}, activate {:?}, max_unavailable {} ({batch}), store {}",
+        settings.prepare,
+        settings.activate,
+        settings.max_unavailable,
+        if settings.postgres { "PostgreSQL" } else { "SQLite" }
     );
     println!("| figure | value |");
     println!("|---|---|");
     println!("| enroll + connect all {n} agents | {} |", secs(enrolled));
     println!("| reconnect all {n} (identities kept) | {} |", secs(reconnected));
     println!(
-        "| controller RSS idle / {n} connected / peak in rollout | {idle_rss:.0} / {connected_rss:.0} / {:.0} MiB |",
+        "| controller RSS idle / {n} enrolled and connected / reconnected / peak in rollout | {idle_rss:.0} / {connected_rss:.0} / {reconnected_rss:.0} / {:.0} MiB |",
         peak.max(peak_during)
     );
     println!("| `rollout start` call (plans {n} machines) | {} |", secs(start_call));
