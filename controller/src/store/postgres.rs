@@ -3,28 +3,22 @@
 //! few decisions that read before they write (revision numbers, migrations, a join
 //! token's uses) taken under a lock.
 
-mod environments;
-mod provisioning;
-mod rollouts;
+// One SQL source, compiled once for each store with its own types (see sql/mod.rs).
+#[allow(clippy::duplicate_mod)]
+#[path = "sql/mod.rs"]
+mod queries;
 #[cfg(test)]
 mod tests;
 
 use std::path::Path;
 use std::time::Duration;
 
-use crate::rollouts::model::{NewRollout, RolloutRecord, RolloutStep, StoredEvent, StoredMachineRow};
-use comfyfleet_config::spec::SpecDigest;
-use comfyfleet_config::{ConvergenceReport, Inventory, Labels, MachineId};
 use jiff::Timestamp;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::{Postgres, Transaction};
 
 use super::rows::*;
-use super::{
-    AuditRecord, CredentialRecord, EnrollRefusal, EnvironmentSummary, Hello, JoinTokenRecord, NewAssignment,
-    NewMachine, NewRevision, PackageFile, Prunable, Store, StoreError, StoreResult, StoredAssignment,
-    StoredLock, StoredMachine, StoredRevision, check_join_token,
-};
+use super::{StoreError, StoreResult};
 
 /// Every migration, in order. A migration is never edited once released: add one.
 const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("../../migrations/postgres/0001_fleet.sql"))];
@@ -164,365 +158,41 @@ impl PostgresStore {
     }
 }
 
-/// `SELECT … FROM machines` with each machine's assignment and latest report joined in.
-fn select_machines(condition: &str) -> String {
-    format!(
-        "SELECT {MACHINE_COLUMNS}, {} FROM machines {} {condition}",
-        provisioning::JOINED_ASSIGNMENT_COLUMNS,
-        ASSIGNMENT_JOINS
-    )
+type ThisStore = PostgresStore;
+type Db = Postgres;
+
+/// The statement with its `?` placeholders numbered `$1`, `$2`, … as PostgreSQL
+/// takes them (no statement has a `?` of its own).
+fn sql(statement: &str) -> String {
+    let mut numbered = String::with_capacity(statement.len() + 16);
+    for (number, piece) in statement.split('?').enumerate() {
+        if number > 0 {
+            numbered.push('$');
+            numbered.push_str(&number.to_string());
+        }
+        numbered.push_str(piece);
+    }
+    numbered
 }
 
-async fn fetch_machine(tx: &mut Transaction<'_, Postgres>, id: &str) -> StoreResult<Option<StoredMachine>> {
-    let row = sqlx::query(sqlx::AssertSqlSafe(select_machines("WHERE machines.id = $1")))
-        .bind(id)
-        .fetch_optional(&mut **tx)
-        .await
-        .map_err(database("reading a machine"))?;
-    row.as_ref().map(machine_from_row).transpose()
-}
+/// A plan's `driver_compat`, from the assignment's JSON.
+const DRIVER_COMPAT: &str = "(a.plan_json::jsonb ->> 'driver_compat')";
+/// Concurrent enrollments with one token take turns on its row, so each counts the
+/// uses the one before it left.
+const LOCK_ROW: &str = " FOR UPDATE";
 
-#[async_trait::async_trait]
-impl Store for PostgresStore {
-    async fn create_join_token(&self, token: &JoinTokenRecord) -> StoreResult<()> {
-        sqlx::query(
-            "INSERT INTO join_tokens (id, secret_sha256, created_at, expires_at, uses_allowed, uses, labels, \
-             description, created_by) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-        )
-        .bind(&token.id)
-        .bind(token.secret_sha256.as_slice())
-        .bind(millis(token.created_at))
-        .bind(millis(token.expires_at))
-        .bind(token.uses_allowed.map(i64::from))
-        .bind(i64::from(token.uses))
-        .bind(labels_json(&token.labels))
-        .bind(&token.description)
-        .bind(&token.created_by)
-        .execute(&self.pool)
-        .await
-        .map_err(database("creating a join token"))?;
+impl PostgresStore {
+    /// Revision numbers are read, then written: one controller at a time, until commit.
+    async fn before_numbering(&self, tx: &mut Transaction<'static, Postgres>) -> StoreResult<()> {
+        sqlx::query("SELECT pg_advisory_xact_lock($1)")
+            .bind(locks::REVISIONS)
+            .execute(&mut **tx)
+            .await
+            .map_err(database("taking the revision lock"))?;
         Ok(())
     }
 
-    async fn list_join_tokens(&self) -> StoreResult<Vec<JoinTokenRecord>> {
-        let rows = sqlx::query("SELECT * FROM join_tokens ORDER BY created_at, id")
-            .fetch_all(&self.pool)
-            .await
-            .map_err(database("listing join tokens"))?;
-        rows.iter().map(join_token_from_row).collect()
-    }
-
-    async fn delete_join_token(&self, id: &str) -> StoreResult<bool> {
-        let result = sqlx::query("DELETE FROM join_tokens WHERE id = $1")
-            .bind(id)
-            .execute(&self.pool)
-            .await
-            .map_err(database("deleting a join token"))?;
-        Ok(result.rows_affected() > 0)
-    }
-
-    async fn enroll_machine(
-        &self,
-        token_id: &str,
-        secret_sha256: &[u8; 32],
-        machine: &NewMachine,
-    ) -> StoreResult<Result<StoredMachine, EnrollRefusal>> {
-        let mut tx = self.write_transaction("starting an enrollment").await?;
-        // FOR UPDATE: concurrent enrollments with one token take turns, so each
-        // counts the uses the one before it left.
-        let row = sqlx::query("SELECT * FROM join_tokens WHERE id = $1 FOR UPDATE")
-            .bind(token_id)
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(database("reading a join token"))?;
-        let Some(row) = row else {
-            return Ok(Err(EnrollRefusal::UnknownToken { id: token_id.to_owned() }));
-        };
-        let token = join_token_from_row(&row)?;
-        if let Err(refusal) = check_join_token(&token, secret_sha256, machine.enrolled_at) {
-            return Ok(Err(refusal));
-        }
-        let counted = sqlx::query("UPDATE join_tokens SET uses = uses + 1 WHERE id = $1 AND uses = $2")
-            .bind(token_id)
-            .bind(i64::from(token.uses))
-            .execute(&mut *tx)
-            .await
-            .map_err(database("counting a join token use"))?;
-        if counted.rows_affected() != 1 {
-            // Another enrollment used the token between our read and our write.
-            return Ok(Err(EnrollRefusal::UsedUp { id: token.id, uses: token.uses.saturating_add(1) }));
-        }
-        sqlx::query(
-            "INSERT INTO machines (id, hostname, enrolled_at, cert_sha256, join_token_id, token_labels, agent_labels, \
-             operator_labels) VALUES ($1, $2, $3, $4, $5, $6, $7, '{}')",
-        )
-        .bind(machine.id.as_str())
-        .bind(&machine.hostname)
-        .bind(millis(machine.enrolled_at))
-        .bind(&machine.cert_sha256)
-        .bind(token_id)
-        .bind(labels_json(&token.labels))
-        .bind(labels_json(&machine.agent_labels))
-        .execute(&mut *tx)
-        .await
-        .map_err(database("creating a machine"))?;
-        let stored = fetch_machine(&mut tx, machine.id.as_str())
-            .await?
-            .ok_or_else(|| corrupt("machine")("vanished inside its own transaction".into()))?;
-        tx.commit().await.map_err(database("committing an enrollment"))?;
-        Ok(Ok(stored))
-    }
-
-    async fn get_machine(&self, id: &MachineId) -> StoreResult<Option<StoredMachine>> {
-        let mut tx = self.pool.begin().await.map_err(database("reading a machine"))?;
-        let machine = fetch_machine(&mut tx, id.as_str()).await?;
-        tx.commit().await.map_err(database("reading a machine"))?;
-        Ok(machine)
-    }
-
-    async fn find_machines(&self, prefix: &str, limit: u32) -> StoreResult<Vec<StoredMachine>> {
-        // Ids are [a-z0-9-], so a range scan is an exact prefix match without LIKE escaping.
-        let rows = sqlx::query(sqlx::AssertSqlSafe(select_machines(
-            "WHERE machines.id >= $1 AND machines.id < $2 ORDER BY machines.id LIMIT $3",
-        )))
-        .bind(prefix)
-        .bind(format!("{prefix}\u{7f}"))
-        .bind(i64::from(limit))
-        .fetch_all(&self.pool)
-        .await
-        .map_err(database("finding machines"))?;
-        rows.iter().map(machine_from_row).collect()
-    }
-
-    async fn list_machines(
-        &self,
-        after: Option<&MachineId>,
-        limit: u32,
-        include_revoked: bool,
-    ) -> StoreResult<Vec<StoredMachine>> {
-        let rows = sqlx::query(sqlx::AssertSqlSafe(select_machines(
-            "WHERE machines.id > $1 AND ($2 OR revoked_at IS NULL) ORDER BY machines.id LIMIT $3",
-        )))
-        .bind(after.map_or("", MachineId::as_str))
-        .bind(include_revoked)
-        .bind(i64::from(limit))
-        .fetch_all(&self.pool)
-        .await
-        .map_err(database("listing machines"))?;
-        rows.iter().map(machine_from_row).collect()
-    }
-
-    async fn record_hello(&self, id: &MachineId, hello: &Hello) -> StoreResult<()> {
-        let inventory = hello.inventory.as_ref().map(serde_json::to_string).transpose().map_err(|e| {
-            StoreError::Corrupt { what: "inventory", detail: format!("cannot serialise: {e}") }
-        })?;
-        let hostname = hello.inventory.as_ref().map(|inventory| inventory.host.hostname.as_str());
-        sqlx::query(
-            "UPDATE machines SET agent_version = $1, agent_labels = $2, remote_address = $3, last_seen = $4, \
-             hostname = COALESCE($5, hostname), \
-             inventory = COALESCE($6, inventory), \
-             inventory_updated_at = CASE WHEN $7 IS NULL THEN inventory_updated_at ELSE $8 END \
-             WHERE id = $9",
-        )
-        .bind(&hello.agent_version)
-        .bind(labels_json(&hello.agent_labels))
-        .bind(&hello.remote_address)
-        .bind(millis(hello.at))
-        .bind(hostname)
-        .bind(inventory.as_deref())
-        .bind(inventory.as_deref())
-        .bind(millis(hello.at))
-        .bind(id.as_str())
-        .execute(&self.pool)
-        .await
-        .map_err(database("recording an agent's hello"))?;
-        Ok(())
-    }
-
-    async fn record_inventory(
-        &self,
-        id: &MachineId,
-        inventory: &Inventory,
-        at: Timestamp,
-    ) -> StoreResult<()> {
-        let json = serde_json::to_string(inventory).map_err(|e| StoreError::Corrupt {
-            what: "inventory",
-            detail: format!("cannot serialise: {e}"),
-        })?;
-        sqlx::query(
-            "UPDATE machines SET inventory = $1, inventory_updated_at = $2, last_seen = $3, hostname = $4 WHERE id = $5",
-        )
-        .bind(json)
-        .bind(millis(at))
-        .bind(millis(at))
-        .bind(&inventory.host.hostname)
-        .bind(id.as_str())
-        .execute(&self.pool)
-        .await
-        .map_err(database("recording an inventory"))?;
-        Ok(())
-    }
-
-    async fn record_last_seen(&self, seen: &[(MachineId, Timestamp)]) -> StoreResult<()> {
-        if seen.is_empty() {
-            return Ok(());
-        }
-        let mut tx = self.write_transaction("recording last-seen times").await?;
-        for (id, at) in seen {
-            sqlx::query("UPDATE machines SET last_seen = GREATEST(COALESCE(last_seen, 0), $1) WHERE id = $2")
-                .bind(millis(*at))
-                .bind(id.as_str())
-                .execute(&mut *tx)
-                .await
-                .map_err(database("recording last-seen times"))?;
-        }
-        tx.commit().await.map_err(database("recording last-seen times"))
-    }
-
-    async fn set_operator_labels(&self, id: &MachineId, labels: &Labels) -> StoreResult<()> {
-        sqlx::query("UPDATE machines SET operator_labels = $1 WHERE id = $2")
-            .bind(labels_json(labels))
-            .bind(id.as_str())
-            .execute(&self.pool)
-            .await
-            .map_err(database("setting labels"))?;
-        Ok(())
-    }
-
-    async fn revoke_machine(&self, id: &MachineId, at: Timestamp) -> StoreResult<bool> {
-        let result = sqlx::query("UPDATE machines SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL")
-            .bind(millis(at))
-            .bind(id.as_str())
-            .execute(&self.pool)
-            .await
-            .map_err(database("revoking a machine"))?;
-        Ok(result.rows_affected() > 0)
-    }
-
-    async fn create_credential(&self, credential: &CredentialRecord) -> StoreResult<()> {
-        sqlx::query(
-            "INSERT INTO credentials (id, name, role, secret_sha256, created_at, revoked_at, created_by) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7)",
-        )
-        .bind(&credential.id)
-        .bind(&credential.name)
-        .bind(credential.role.as_str())
-        .bind(credential.secret_sha256.as_slice())
-        .bind(millis(credential.created_at))
-        .bind(credential.revoked_at.map(millis))
-        .bind(&credential.created_by)
-        .execute(&self.pool)
-        .await
-        .map_err(database("creating a credential"))?;
-        Ok(())
-    }
-
-    async fn get_credential(&self, id: &str) -> StoreResult<Option<CredentialRecord>> {
-        let row = sqlx::query("SELECT * FROM credentials WHERE id = $1")
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(database("reading a credential"))?;
-        row.as_ref().map(credential_from_row).transpose()
-    }
-
-    async fn list_credentials(&self) -> StoreResult<Vec<CredentialRecord>> {
-        let rows = sqlx::query("SELECT * FROM credentials ORDER BY created_at, id")
-            .fetch_all(&self.pool)
-            .await
-            .map_err(database("listing credentials"))?;
-        rows.iter().map(credential_from_row).collect()
-    }
-
-    async fn revoke_credential(&self, id: &str, at: Timestamp) -> StoreResult<bool> {
-        let result =
-            sqlx::query("UPDATE credentials SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL")
-                .bind(millis(at))
-                .bind(id)
-                .execute(&self.pool)
-                .await
-                .map_err(database("revoking a credential"))?;
-        Ok(result.rows_affected() > 0)
-    }
-
-    async fn append_audit(
-        &self,
-        at: Timestamp,
-        actor: &str,
-        action: &str,
-        target: &str,
-        detail: &str,
-    ) -> StoreResult<()> {
-        sqlx::query(
-            "INSERT INTO audit_events (at, actor, action, target, detail) VALUES ($1, $2, $3, $4, $5)",
-        )
-        .bind(millis(at))
-        .bind(actor)
-        .bind(action)
-        .bind(target)
-        .bind(detail)
-        .execute(&self.pool)
-        .await
-        .map_err(database("writing the audit log"))?;
-        Ok(())
-    }
-
-    async fn list_audit(&self, limit: u32) -> StoreResult<Vec<AuditRecord>> {
-        let rows = sqlx::query("SELECT * FROM audit_events ORDER BY id DESC LIMIT $1")
-            .bind(i64::from(limit))
-            .fetch_all(&self.pool)
-            .await
-            .map_err(database("reading the audit log"))?;
-        rows.iter()
-            .map(|row| {
-                Ok(AuditRecord {
-                    id: u64::try_from(get::<i64>(row, "id")?).unwrap_or_default(),
-                    at: timestamp("audit time", get(row, "at")?)?,
-                    actor: get(row, "actor")?,
-                    action: get(row, "action")?,
-                    target: get(row, "target")?,
-                    detail: get(row, "detail")?,
-                })
-            })
-            .collect()
-    }
-
-    async fn fleet_id(&self) -> StoreResult<Option<String>> {
-        sqlx::query_scalar("SELECT fleet_id FROM fleet WHERE singleton = 1")
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(database("reading the fleet id"))
-    }
-
-    async fn adopt_fleet_id(&self, fleet_id: &str, at: Timestamp) -> StoreResult<String> {
-        let mut tx = self.write_transaction("recording the fleet id").await?;
-        sqlx::query(
-            "INSERT INTO fleet (singleton, fleet_id, created_at) VALUES (1, $1, $2) ON CONFLICT DO NOTHING",
-        )
-        .bind(fleet_id)
-        .bind(millis(at))
-        .execute(&mut *tx)
-        .await
-        .map_err(database("recording the fleet id"))?;
-        let held: String = sqlx::query_scalar("SELECT fleet_id FROM fleet WHERE singleton = 1")
-            .fetch_one(&mut *tx)
-            .await
-            .map_err(database("reading the fleet id"))?;
-        tx.commit().await.map_err(database("recording the fleet id"))?;
-        Ok(held)
-    }
-
-    async fn holds_fleet(&self) -> StoreResult<bool> {
-        sqlx::query_scalar(
-            "SELECT EXISTS (SELECT 1 FROM credentials) OR EXISTS (SELECT 1 FROM machines) \
-             OR EXISTS (SELECT 1 FROM environment_revisions)",
-        )
-        .fetch_one(&self.pool)
-        .await
-        .map_err(database("looking for a fleet in the database"))
-    }
-
-    async fn backup(&self, _to: &Path) -> StoreResult<()> {
+    async fn backup_to(&self, _to: &Path) -> StoreResult<()> {
         Err(StoreError::Unsupported(
             "a PostgreSQL fleet is backed up with PostgreSQL's own tools: pg_dump --format=custom \
              --file=FILE 'postgres://…' (consistent while controllers run), restored with pg_restore \
@@ -531,158 +201,16 @@ impl Store for PostgresStore {
         ))
     }
 
-    async fn close(&self) {
-        // The last connection to close checkpoints the WAL into the file and removes it.
+    async fn close_pool(&self) {
         self.pool.close().await;
     }
+}
 
-    async fn prune(&self, what: Prunable, before: Timestamp, limit: u32) -> StoreResult<u64> {
-        let sql = match what {
-            Prunable::RolloutEvents => {
-                "DELETE FROM rollout_events WHERE id IN (SELECT e.id FROM rollout_events e \
-                 JOIN rollouts r ON r.id = e.rollout_id \
-                 WHERE e.at < $1 AND r.state NOT IN ('running', 'paused') LIMIT $2)"
-            }
-            Prunable::Reports => {
-                "DELETE FROM machine_reports WHERE machine_id IN \
-                 (SELECT machine_id FROM machine_reports WHERE updated_at < $1 LIMIT $2)"
-            }
-            Prunable::Audit => {
-                "DELETE FROM audit_events WHERE id IN (SELECT id FROM audit_events WHERE at < $1 LIMIT $2)"
-            }
-        };
-        let result = sqlx::query(sql)
-            .bind(millis(before))
-            .bind(i64::from(limit))
-            .execute(&self.pool)
-            .await
-            .map_err(database("pruning old rows"))?;
-        Ok(result.rows_affected())
-    }
-
-    async fn put_environment_revision(&self, revision: &NewRevision) -> StoreResult<(StoredRevision, bool)> {
-        self.put_revision(revision).await
-    }
-
-    async fn lock(&self, digest: &str) -> StoreResult<Option<StoredLock>> {
-        self.lock_by_digest(digest).await
-    }
-
-    async fn package_file(&self, sha256: &str) -> StoreResult<Option<PackageFile>> {
-        self.file_by_sha256(sha256).await
-    }
-
-    async fn record_package_files(&self, files: &[PackageFile]) -> StoreResult<()> {
-        self.insert_package_files(files).await
-    }
-
-    async fn kept_revision_specs(&self) -> StoreResult<Vec<String>> {
-        self.kept_specs().await
-    }
-
-    async fn list_environments(&self) -> StoreResult<Vec<EnvironmentSummary>> {
-        self.summaries().await
-    }
-
-    async fn environment_revisions(&self, environment: &str) -> StoreResult<Vec<StoredRevision>> {
-        self.revisions(environment).await
-    }
-
-    async fn latest_environment_revision(&self, environment: &str) -> StoreResult<Option<StoredRevision>> {
-        self.latest_revision(environment).await
-    }
-
-    async fn environment_revision(
-        &self,
-        environment: &str,
-        number: u32,
-    ) -> StoreResult<Option<StoredRevision>> {
-        self.revision(environment, number).await
-    }
-
-    async fn find_environment_revisions(
-        &self,
-        environment: &str,
-        prefix: &str,
-        limit: u32,
-    ) -> StoreResult<Vec<StoredRevision>> {
-        self.find_revisions(environment, prefix, limit).await
-    }
-
-    async fn environment_revision_by_id(
-        &self,
-        environment: &str,
-        id: &SpecDigest,
-    ) -> StoreResult<Option<StoredRevision>> {
-        self.revision_by_id(environment, id).await
-    }
-
-    async fn assign(&self, machine: &MachineId, assignment: &NewAssignment) -> StoreResult<StoredAssignment> {
-        self.put_assignment(machine, assignment).await
-    }
-
-    async fn assignment(&self, machine: &MachineId) -> StoreResult<Option<StoredAssignment>> {
-        self.get_assignment(machine).await
-    }
-
-    async fn record_report(
-        &self,
-        machine: &MachineId,
-        report: &ConvergenceReport,
-        at: Timestamp,
-    ) -> StoreResult<()> {
-        self.put_report(machine, report, at).await
-    }
-
-    async fn report(&self, machine: &MachineId) -> StoreResult<Option<ConvergenceReport>> {
-        self.get_report(machine).await
-    }
-
-    async fn record_reports(&self, reports: &[(MachineId, ConvergenceReport, Timestamp)]) -> StoreResult<()> {
-        self.put_reports(reports).await
-    }
-
-    async fn all_reports(&self) -> StoreResult<Vec<(MachineId, ConvergenceReport, Timestamp)>> {
-        self.all_reports().await
-    }
-
-    async fn create_rollout(&self, rollout: &NewRollout) -> StoreResult<RolloutRecord> {
-        self.insert_rollout(rollout).await
-    }
-
-    async fn apply_rollout_step(
-        &self,
-        rollout: u64,
-        step: &RolloutStep,
-    ) -> StoreResult<Vec<StoredAssignment>> {
-        self.apply_step(rollout, step).await
-    }
-
-    async fn rollout(&self, id: u64) -> StoreResult<Option<RolloutRecord>> {
-        let id = i64::try_from(id).unwrap_or(i64::MAX);
-        self.rollout_by_id(id).await
-    }
-
-    async fn list_rollouts(&self, environment: Option<&str>, limit: u32) -> StoreResult<Vec<RolloutRecord>> {
-        match environment {
-            Some(environment) => {
-                self.select_rollouts("environment = $1", &[environment.to_owned()], limit).await
-            }
-            None => self.select_rollouts("TRUE", &[], limit).await,
-        }
-    }
-
-    async fn open_rollouts(&self) -> StoreResult<Vec<RolloutRecord>> {
-        let mut open = self.select_rollouts("state IN ('running', 'paused')", &[], u32::MAX).await?;
-        open.reverse();
-        Ok(open)
-    }
-
-    async fn rollout_machines(&self, rollout: u64) -> StoreResult<Vec<StoredMachineRow>> {
-        self.select_rollout_machines(rollout).await
-    }
-
-    async fn rollout_events(&self, rollout: u64, after: u64, limit: u32) -> StoreResult<Vec<StoredEvent>> {
-        self.select_rollout_events(rollout, after, limit).await
+#[cfg(test)]
+mod placeholder_tests {
+    #[test]
+    fn placeholders_are_numbered_in_order() {
+        assert_eq!(super::sql("SELECT 1"), "SELECT 1");
+        assert_eq!(super::sql("a = ? AND b IN (?, ?) LIMIT ?"), "a = $1 AND b IN ($2, $3) LIMIT $4");
     }
 }

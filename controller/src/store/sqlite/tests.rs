@@ -1,6 +1,7 @@
 //! The SQLite store's fleet tables: enrollment, machines, migrations.
 
 use super::*;
+use crate::store::Store;
 
 #[tokio::test]
 async fn the_store_suite() {

@@ -1,4 +1,4 @@
-//! Assignments and convergence reports in SQLite. A generation is handed out inside
+//! Assignments and convergence reports. A generation is handed out inside
 //! the write transaction that replaces the assignment, so two concurrent rollouts
 //! never give one machine the same generation twice.
 
@@ -7,27 +7,32 @@ use std::str::FromStr;
 use comfyfleet_config::{ConvergenceReport, MachineId};
 use jiff::Timestamp;
 
-use super::SqliteStore;
+use super::{Db, ThisStore, sql};
 use crate::store::rows::*;
 use crate::store::{NewAssignment, StoreError, StoreResult, StoredAssignment};
 
 /// An assignment's columns, named as the machine queries join them in. The plan is
 /// left out (only the agent needs it), but for whether it relies on minor compatibility.
-pub(super) const JOINED_ASSIGNMENT_COLUMNS: &str = "a.generation AS assignment_generation, \
-     a.environment AS assignment_environment, a.revision_number AS assignment_revision_number, \
-     a.revision_id AS assignment_revision_id, a.torch AS assignment_torch, \
-     json_extract(a.plan_json, '$.driver_compat') AS assignment_driver_compat, \
-     a.activate AS assignment_activate, a.reason AS assignment_reason, \
-     a.assigned_at AS assignment_assigned_at, a.assigned_by AS assignment_assigned_by, \
-     r.report_json AS report_json";
+pub(super) fn joined_assignment_columns() -> String {
+    format!(
+        "a.generation AS assignment_generation, \
+         a.environment AS assignment_environment, a.revision_number AS assignment_revision_number, \
+         a.revision_id AS assignment_revision_id, a.torch AS assignment_torch, \
+         {} AS assignment_driver_compat, \
+         a.activate AS assignment_activate, a.reason AS assignment_reason, \
+         a.assigned_at AS assignment_assigned_at, a.assigned_by AS assignment_assigned_by, \
+         r.report_json AS report_json",
+        super::super::DRIVER_COMPAT
+    )
+}
 
 /// Replaces the machine's assignment inside `tx`, raising its generation by one.
 pub(super) async fn insert_assignment(
-    tx: &mut sqlx::SqliteConnection,
+    tx: &mut <Db as sqlx::Database>::Connection,
     machine: &MachineId,
     assignment: &NewAssignment,
 ) -> StoreResult<StoredAssignment> {
-    let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+    let row = sqlx::query(sqlx::AssertSqlSafe(sql(&format!(
         "INSERT INTO machine_assignments ({ASSIGNMENT_COLUMNS}) VALUES (?, 1, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
          ON CONFLICT (machine_id) DO UPDATE SET generation = machine_assignments.generation + 1, \
          environment = excluded.environment, revision_number = excluded.revision_number, \
@@ -35,7 +40,7 @@ pub(super) async fn insert_assignment(
          activate = excluded.activate, reason = excluded.reason, assigned_at = excluded.assigned_at, \
          assigned_by = excluded.assigned_by \
          RETURNING {ASSIGNMENT_COLUMNS}"
-    )))
+    ))))
     .bind(machine.as_str())
     .bind(&assignment.environment)
     .bind(i64::from(assignment.revision_number))
@@ -60,12 +65,12 @@ const ASSIGNMENTS_PER_STATEMENT: usize = 500;
 /// Replaces many machines' assignments inside `tx`, each generation raised by one,
 /// a few statements for thousands of machines. Returned in no particular order.
 pub(super) async fn insert_assignments(
-    tx: &mut sqlx::SqliteConnection,
+    tx: &mut <Db as sqlx::Database>::Connection,
     assignments: &[(&MachineId, &NewAssignment)],
 ) -> StoreResult<Vec<StoredAssignment>> {
     let mut stored = Vec::with_capacity(assignments.len());
     for chunk in assignments.chunks(ASSIGNMENTS_PER_STATEMENT) {
-        let mut query: sqlx::QueryBuilder<sqlx::Sqlite> =
+        let mut query: sqlx::QueryBuilder<Db> =
             sqlx::QueryBuilder::new(format!("INSERT INTO machine_assignments ({ASSIGNMENT_COLUMNS}) "));
         query.push_values(chunk, |mut row, (machine, assignment)| {
             row.push_bind(machine.as_str().to_owned())
@@ -95,7 +100,7 @@ pub(super) async fn insert_assignments(
     Ok(stored)
 }
 
-impl SqliteStore {
+impl ThisStore {
     pub(super) async fn put_assignment(
         &self,
         machine: &MachineId,
@@ -108,10 +113,12 @@ impl SqliteStore {
     }
 
     pub(super) async fn all_reports(&self) -> StoreResult<Vec<(MachineId, ConvergenceReport, Timestamp)>> {
-        let rows = sqlx::query("SELECT machine_id, report_json, updated_at FROM machine_reports")
-            .fetch_all(&self.pool)
-            .await
-            .map_err(database("reading convergence reports"))?;
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql(
+            "SELECT machine_id, report_json, updated_at FROM machine_reports",
+        )))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(database("reading convergence reports"))?;
         rows.iter()
             .map(|row| {
                 let id: String = get(row, "machine_id")?;
@@ -125,9 +132,9 @@ impl SqliteStore {
     }
 
     pub(super) async fn get_assignment(&self, machine: &MachineId) -> StoreResult<Option<StoredAssignment>> {
-        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql(&format!(
             "SELECT {ASSIGNMENT_COLUMNS} FROM machine_assignments WHERE machine_id = ?"
-        )))
+        ))))
         .bind(machine.as_str())
         .fetch_optional(&self.pool)
         .await
@@ -145,11 +152,11 @@ impl SqliteStore {
             what: "convergence report",
             detail: format!("cannot serialise: {e}"),
         })?;
-        sqlx::query(
+        sqlx::query(sqlx::AssertSqlSafe(sql(
             "INSERT INTO machine_reports (machine_id, report_json, updated_at) VALUES (?, ?, ?) \
              ON CONFLICT (machine_id) DO UPDATE SET report_json = excluded.report_json, \
              updated_at = excluded.updated_at",
-        )
+        )))
         .bind(machine.as_str())
         .bind(json)
         .bind(millis(at))
@@ -173,7 +180,7 @@ impl SqliteStore {
         }
         let mut tx = self.write_transaction("starting to record reports").await?;
         for chunk in rows.chunks(REPORTS_PER_STATEMENT) {
-            let mut query: sqlx::QueryBuilder<sqlx::Sqlite> =
+            let mut query: sqlx::QueryBuilder<Db> =
                 sqlx::QueryBuilder::new("INSERT INTO machine_reports (machine_id, report_json, updated_at) ");
             query.push_values(chunk, |mut row, (machine, json, at)| {
                 row.push_bind(machine.clone()).push_bind(json.clone()).push_bind(*at);
@@ -189,12 +196,13 @@ impl SqliteStore {
     }
 
     pub(super) async fn get_report(&self, machine: &MachineId) -> StoreResult<Option<ConvergenceReport>> {
-        let json: Option<String> =
-            sqlx::query_scalar("SELECT report_json FROM machine_reports WHERE machine_id = ?")
-                .bind(machine.as_str())
-                .fetch_optional(&self.pool)
-                .await
-                .map_err(database("reading a convergence report"))?;
+        let json: Option<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(sql(
+            "SELECT report_json FROM machine_reports WHERE machine_id = ?",
+        )))
+        .bind(machine.as_str())
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(database("reading a convergence report"))?;
         json.as_deref().map(report_from_json).transpose()
     }
 }

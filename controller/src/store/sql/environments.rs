@@ -1,9 +1,9 @@
-//! Environment revisions in SQLite. Numbers are handed out inside the write
+//! Environment revisions. Numbers are handed out inside the write
 //! transaction that inserts the row, so two concurrent applies never share one.
 
 use comfyfleet_config::spec::SpecDigest;
 
-use super::SqliteStore;
+use super::{Db, ThisStore, sql};
 use crate::store::rows::*;
 use crate::store::{EnvironmentSummary, NewRevision, PackageFile, StoreResult, StoredLock, StoredRevision};
 
@@ -16,7 +16,7 @@ enum Conflict {
 }
 
 async fn insert_files(
-    connection: &mut sqlx::SqliteConnection,
+    connection: &mut <Db as sqlx::Database>::Connection,
     files: &[PackageFile],
     conflict: Conflict,
 ) -> StoreResult<()> {
@@ -31,7 +31,7 @@ async fn insert_files(
         "INSERT INTO package_files (sha256, url, file_name, size) VALUES (?, ?, ?, ?) ON CONFLICT (sha256) {on_conflict}"
     );
     for file in files {
-        sqlx::query(sqlx::AssertSqlSafe(statement.as_str()))
+        sqlx::query(sqlx::AssertSqlSafe(sql(&statement)))
             .bind(&file.sha256)
             .bind(&file.url)
             .bind(&file.file_name)
@@ -43,12 +43,14 @@ async fn insert_files(
     Ok(())
 }
 
-impl SqliteStore {
+impl ThisStore {
     pub(super) async fn put_revision(&self, revision: &NewRevision) -> StoreResult<(StoredRevision, bool)> {
         let mut tx = self.write_transaction("starting to store a revision").await?;
-        let existing = sqlx::query(sqlx::AssertSqlSafe(format!(
+        // Numbers are read, then written: one writer at a time until commit.
+        self.before_numbering(&mut tx).await?;
+        let existing = sqlx::query(sqlx::AssertSqlSafe(sql(&format!(
             "SELECT {REVISION_COLUMNS} FROM environment_revisions WHERE environment = ? AND id = ?"
-        )))
+        ))))
         .bind(&revision.environment)
         .bind(revision.id.as_str())
         .fetch_optional(&mut *tx)
@@ -59,17 +61,17 @@ impl SqliteStore {
             tx.commit().await.map_err(database("ending a revision lookup"))?;
             return Ok((stored, false));
         }
-        let number: i64 = sqlx::query_scalar(
+        let number: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(sql(
             "SELECT COALESCE(MAX(number), 0) + 1 FROM environment_revisions WHERE environment = ?",
-        )
+        )))
         .bind(&revision.environment)
         .fetch_one(&mut *tx)
         .await
         .map_err(database("numbering a revision"))?;
-        sqlx::query(
+        sqlx::query(sqlx::AssertSqlSafe(sql(
             "INSERT INTO environment_revisions (environment, number, id, spec_json, created_at, created_by) \
              VALUES (?, ?, ?, ?, ?, ?)",
-        )
+        )))
         .bind(&revision.environment)
         .bind(number)
         .bind(revision.id.as_str())
@@ -80,13 +82,15 @@ impl SqliteStore {
         .await
         .map_err(database("storing a revision"))?;
         for lock in &revision.locks {
-            sqlx::query("INSERT OR IGNORE INTO locks (digest, class, lock_json) VALUES (?, ?, ?)")
-                .bind(&lock.digest)
-                .bind(&lock.class)
-                .bind(&lock.lock_json)
-                .execute(&mut *tx)
-                .await
-                .map_err(database("storing a lock"))?;
+            sqlx::query(sqlx::AssertSqlSafe(sql(
+                "INSERT INTO locks (digest, class, lock_json) VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
+            )))
+            .bind(&lock.digest)
+            .bind(&lock.class)
+            .bind(&lock.lock_json)
+            .execute(&mut *tx)
+            .await
+            .map_err(database("storing a lock"))?;
         }
         insert_files(&mut tx, &revision.files, Conflict::Replace).await?;
         tx.commit().await.map_err(database("committing a revision"))?;
@@ -103,11 +107,13 @@ impl SqliteStore {
     }
 
     pub(super) async fn lock_by_digest(&self, digest: &str) -> StoreResult<Option<StoredLock>> {
-        let row = sqlx::query("SELECT digest, class, lock_json FROM locks WHERE digest = ?")
-            .bind(digest)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(database("reading a lock"))?;
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql(
+            "SELECT digest, class, lock_json FROM locks WHERE digest = ?",
+        )))
+        .bind(digest)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(database("reading a lock"))?;
         row.map(|row| {
             Ok(StoredLock {
                 digest: get(&row, "digest")?,
@@ -119,11 +125,13 @@ impl SqliteStore {
     }
 
     pub(super) async fn file_by_sha256(&self, sha256: &str) -> StoreResult<Option<PackageFile>> {
-        let row = sqlx::query("SELECT sha256, url, file_name, size FROM package_files WHERE sha256 = ?")
-            .bind(sha256)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(database("reading a package file"))?;
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql(
+            "SELECT sha256, url, file_name, size FROM package_files WHERE sha256 = ?",
+        )))
+        .bind(sha256)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(database("reading a package file"))?;
         row.map(|row| {
             let size: Option<i64> = get(&row, "size")?;
             Ok(PackageFile {
@@ -146,11 +154,9 @@ impl SqliteStore {
     }
 
     pub(super) async fn kept_specs(&self) -> StoreResult<Vec<String>> {
-        let rows = sqlx::query(
-            "SELECT spec_json FROM environment_revisions r \
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql("SELECT spec_json FROM environment_revisions r \
              WHERE number = (SELECT MAX(number) FROM environment_revisions l WHERE l.environment = r.environment) \
-             OR id IN (SELECT revision_id FROM machine_assignments)",
-        )
+             OR id IN (SELECT revision_id FROM machine_assignments)")))
         .fetch_all(&self.pool)
         .await
         .map_err(database("reading the kept revisions"))?;
@@ -158,13 +164,13 @@ impl SqliteStore {
     }
 
     pub(super) async fn summaries(&self) -> StoreResult<Vec<EnvironmentSummary>> {
-        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql(&format!(
             "SELECT {REVISION_COLUMNS}, counted.revisions FROM environment_revisions \
              JOIN (SELECT environment AS name, COUNT(*) AS revisions, MAX(number) AS latest \
                    FROM environment_revisions GROUP BY environment) AS counted \
              ON environment = counted.name AND number = counted.latest \
              ORDER BY environment"
-        )))
+        ))))
         .fetch_all(&self.pool)
         .await
         .map_err(database("listing environments"))?;
@@ -181,9 +187,9 @@ impl SqliteStore {
     }
 
     pub(super) async fn revisions(&self, environment: &str) -> StoreResult<Vec<StoredRevision>> {
-        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql(&format!(
             "SELECT {REVISION_COLUMNS} FROM environment_revisions WHERE environment = ? ORDER BY number"
-        )))
+        ))))
         .bind(environment)
         .fetch_all(&self.pool)
         .await
@@ -192,10 +198,10 @@ impl SqliteStore {
     }
 
     pub(super) async fn latest_revision(&self, environment: &str) -> StoreResult<Option<StoredRevision>> {
-        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql(&format!(
             "SELECT {REVISION_COLUMNS} FROM environment_revisions WHERE environment = ? \
              ORDER BY number DESC LIMIT 1"
-        )))
+        ))))
         .bind(environment)
         .fetch_optional(&self.pool)
         .await
@@ -208,9 +214,9 @@ impl SqliteStore {
         environment: &str,
         number: u32,
     ) -> StoreResult<Option<StoredRevision>> {
-        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql(&format!(
             "SELECT {REVISION_COLUMNS} FROM environment_revisions WHERE environment = ? AND number = ?"
-        )))
+        ))))
         .bind(environment)
         .bind(i64::from(number))
         .fetch_optional(&self.pool)
@@ -224,9 +230,9 @@ impl SqliteStore {
         environment: &str,
         id: &SpecDigest,
     ) -> StoreResult<Option<StoredRevision>> {
-        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql(&format!(
             "SELECT {REVISION_COLUMNS} FROM environment_revisions WHERE environment = ? AND id = ?"
-        )))
+        ))))
         .bind(environment)
         .bind(id.as_str())
         .fetch_optional(&self.pool)
@@ -243,10 +249,10 @@ impl SqliteStore {
     ) -> StoreResult<Vec<StoredRevision>> {
         // Ids are lowercase hex, so a range scan is an exact prefix match without LIKE
         // escaping, and it uses the (environment, id) index.
-        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql(&format!(
             "SELECT {REVISION_COLUMNS} FROM environment_revisions \
              WHERE environment = ? AND id >= ? AND id < ? ORDER BY number LIMIT ?"
-        )))
+        ))))
         .bind(environment)
         .bind(prefix)
         .bind(format!("{prefix}\u{7f}"))

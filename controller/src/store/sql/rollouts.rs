@@ -1,4 +1,4 @@
-//! Rollouts, their machine rows and events in PostgreSQL. An engine step — row changes,
+//! Rollouts, their machine rows and events. An engine step — row changes,
 //! the assignments they make and their events — is one transaction: after a crash
 //! the store holds either all of a decision or none of it.
 
@@ -6,8 +6,8 @@ use std::collections::HashMap;
 
 use comfyfleet_config::MachineId;
 
-use super::PostgresStore;
 use super::provisioning::insert_assignments;
+use super::{Db, ThisStore, sql};
 use crate::rollouts::model::{
     MachineRow, NewEvent, NewRollout, RolloutChange, RolloutRecord, RolloutStep, StoredEvent,
     StoredMachineRow,
@@ -20,10 +20,14 @@ const ROWS_PER_STATEMENT: usize = 500;
 /// Events per statement: 7 bound values each.
 const EVENTS_PER_STATEMENT: usize = 1_000;
 
-async fn write_rows(tx: &mut sqlx::PgConnection, rollout: u64, rows: &[&MachineRow]) -> StoreResult<()> {
+async fn write_rows(
+    tx: &mut <Db as sqlx::Database>::Connection,
+    rollout: u64,
+    rows: &[&MachineRow],
+) -> StoreResult<()> {
     let rollout = i64::try_from(rollout).unwrap_or(i64::MAX);
     for chunk in rows.chunks(ROWS_PER_STATEMENT) {
-        let mut query: sqlx::QueryBuilder<sqlx::Postgres> = sqlx::QueryBuilder::new(
+        let mut query: sqlx::QueryBuilder<Db> = sqlx::QueryBuilder::new(
             "INSERT INTO rollout_machines (rollout_id, machine_id, ordinal, phase, status, generation, plan_json, \
              torch, from_environment, from_revision_number, detail, since, activations, attempts, rollback_tried, \
              stalled, joined) ",
@@ -60,10 +64,14 @@ async fn write_rows(tx: &mut sqlx::PgConnection, rollout: u64, rows: &[&MachineR
     Ok(())
 }
 
-async fn write_events(tx: &mut sqlx::PgConnection, rollout: u64, events: &[NewEvent]) -> StoreResult<()> {
+async fn write_events(
+    tx: &mut <Db as sqlx::Database>::Connection,
+    rollout: u64,
+    events: &[NewEvent],
+) -> StoreResult<()> {
     let rollout = i64::try_from(rollout).unwrap_or(i64::MAX);
     for chunk in events.chunks(EVENTS_PER_STATEMENT) {
-        let mut query: sqlx::QueryBuilder<sqlx::Postgres> = sqlx::QueryBuilder::new(
+        let mut query: sqlx::QueryBuilder<Db> = sqlx::QueryBuilder::new(
             "INSERT INTO rollout_events (rollout_id, at, machine_id, kind, from_status, detail, phase) ",
         );
         query.push_values(chunk, |mut values, event| {
@@ -81,10 +89,12 @@ async fn write_events(tx: &mut sqlx::PgConnection, rollout: u64, events: &[NewEv
     Ok(())
 }
 
-async fn write_change(tx: &mut sqlx::PgConnection, rollout: u64, change: &RolloutChange) -> StoreResult<()> {
-    sqlx::query(
-        "UPDATE rollouts SET state = $1, reason = $2, budget_exceeded = $3, stalled = $4, finished_at = $5 WHERE id = $6",
-    )
+async fn write_change(
+    tx: &mut <Db as sqlx::Database>::Connection,
+    rollout: u64,
+    change: &RolloutChange,
+) -> StoreResult<()> {
+    sqlx::query(sqlx::AssertSqlSafe(sql("UPDATE rollouts SET state = ?, reason = ?, budget_exceeded = ?, stalled = ?, finished_at = ? WHERE id = ?")))
     .bind(change.state.as_str())
     .bind(&change.reason)
     .bind(change.budget_exceeded)
@@ -97,14 +107,14 @@ async fn write_change(tx: &mut sqlx::PgConnection, rollout: u64, change: &Rollou
     Ok(())
 }
 
-impl PostgresStore {
+impl ThisStore {
     pub(super) async fn insert_rollout(&self, rollout: &NewRollout) -> StoreResult<RolloutRecord> {
         let mut tx = self.write_transaction("starting a rollout").await?;
-        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql(&format!(
             "INSERT INTO rollouts (environment, revision_number, revision_id, kind, policy_json, state, \
              named_machines, batch_size, undo_of, created_at, created_by) \
-             VALUES ($1, $2, $3, $4, $5, 'running', $6, $7, $8, $9, $10) RETURNING {ROLLOUT_COLUMNS}"
-        )))
+             VALUES (?, ?, ?, ?, ?, 'running', ?, ?, ?, ?, ?) RETURNING {ROLLOUT_COLUMNS}"
+        ))))
         .bind(&rollout.environment)
         .bind(i64::from(rollout.revision_number))
         .bind(rollout.revision_id.as_str())
@@ -173,11 +183,9 @@ impl PostgresStore {
         binds: &[String],
         limit: u32,
     ) -> StoreResult<Vec<RolloutRecord>> {
-        let limit_placeholder = binds.len() + 1;
-        let sql = format!(
-            "SELECT {ROLLOUT_COLUMNS} FROM rollouts WHERE {condition} ORDER BY id DESC LIMIT ${limit_placeholder}"
-        );
-        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        let statement =
+            format!("SELECT {ROLLOUT_COLUMNS} FROM rollouts WHERE {condition} ORDER BY id DESC LIMIT ?");
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql(&statement)));
         for bind in binds {
             query = query.bind(bind);
         }
@@ -187,20 +195,21 @@ impl PostgresStore {
     }
 
     pub(super) async fn rollout_by_id(&self, id: i64) -> StoreResult<Option<RolloutRecord>> {
-        let row =
-            sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {ROLLOUT_COLUMNS} FROM rollouts WHERE id = $1")))
-                .bind(id)
-                .fetch_optional(&self.pool)
-                .await
-                .map_err(database("reading a rollout"))?;
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql(&format!(
+            "SELECT {ROLLOUT_COLUMNS} FROM rollouts WHERE id = ?"
+        ))))
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(database("reading a rollout"))?;
         row.as_ref().map(rollout_from_row).transpose()
     }
 
     pub(super) async fn select_rollout_machines(&self, rollout: u64) -> StoreResult<Vec<StoredMachineRow>> {
-        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql(&format!(
             "SELECT {ROW_COLUMNS} FROM rollout_machines AS m JOIN machines ON machines.id = m.machine_id \
-             WHERE m.rollout_id = $1 ORDER BY m.ordinal"
-        )))
+             WHERE m.rollout_id = ? ORDER BY m.ordinal"
+        ))))
         .bind(i64::try_from(rollout).unwrap_or(i64::MAX))
         .fetch_all(&self.pool)
         .await
@@ -214,10 +223,10 @@ impl PostgresStore {
         after: u64,
         limit: u32,
     ) -> StoreResult<Vec<StoredEvent>> {
-        let rows = sqlx::query(
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql(
             "SELECT id, rollout_id, at, machine_id, kind, from_status, detail, phase FROM rollout_events \
-             WHERE rollout_id = $1 AND id > $2 ORDER BY id LIMIT $3",
-        )
+             WHERE rollout_id = ? AND id > ? ORDER BY id LIMIT ?",
+        )))
         .bind(i64::try_from(rollout).unwrap_or(i64::MAX))
         .bind(i64::try_from(after).unwrap_or(i64::MAX))
         .bind(i64::from(limit))
