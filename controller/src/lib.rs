@@ -13,6 +13,7 @@ mod cache_service;
 mod desired_state;
 mod environment_service;
 pub mod fleet_identity;
+pub mod fleet_secrets;
 mod fleet_service;
 pub mod fleet_view;
 mod git_mirror;

@@ -57,6 +57,10 @@ struct Args {
     /// controller.db in the data dir.
     #[arg(long, env = "COMFYFLEET_DATABASE_URL", value_name = "URL", value_parser = parse_database_url, hide_env_values = true)]
     database_url: Option<String>,
+    /// The key (64 hex digits, e.g. `openssl rand -hex 32`) the fleet's CA is sealed
+    /// with in a PostgreSQL database; every controller of the fleet gets the same file.
+    #[arg(long, env = "COMFYFLEET_SECRETS_KEY_FILE", value_name = "PATH", requires = "database_url")]
+    secrets_key_file: Option<PathBuf>,
     /// Start a new, empty fleet on an empty database even though this data dir has
     /// served one (or let this data dir serve the database's fleet). Without it, a
     /// controller whose database was emptied or replaced refuses to start.
@@ -234,6 +238,7 @@ async fn main() -> anyhow::Result<()> {
         web_listen: args.web_listen,
         initialize: args.initialize,
         database_url: args.database_url,
+        secrets_key_file: args.secrets_key_file,
         backup_interval: args.backup_interval,
         backup_keep: args.backup_keep as usize,
         retention: comfyfleet_controller::retention::Retention {

@@ -56,6 +56,9 @@ pub struct ControllerOptions {
     /// `--database-url postgres://…`: the fleet's PostgreSQL database; `None`: the
     /// SQLite file in the data dir.
     pub database_url: Option<String>,
+    /// `--secrets-key-file`: the key the fleet's CA is sealed with in a PostgreSQL
+    /// database (required with `database_url`).
+    pub secrets_key_file: Option<PathBuf>,
 }
 
 impl ControllerOptions {
@@ -75,6 +78,7 @@ impl ControllerOptions {
             backup_keep: 7,
             retention: crate::retention::Retention::default(),
             database_url: None,
+            secrets_key_file: None,
         }
     }
 }
@@ -93,6 +97,13 @@ pub enum ControllerError {
     Fleet(#[from] crate::fleet_identity::FleetIdentityError),
     #[error(transparent)]
     Backup(#[from] crate::backup::BackupError),
+    #[error(transparent)]
+    Secrets(#[from] crate::fleet_secrets::FleetSecretsError),
+    #[error(
+        "a fleet in PostgreSQL keeps its CA in the database, sealed with a key every controller is given: create one \
+         (`openssl rand -hex 32 > /etc/comfyfleet/secrets.key`, mode 0600) and start with --secrets-key-file"
+    )]
+    NoSecretsKey,
     #[error(transparent)]
     Pki(#[from] crate::pki::PkiError),
     #[error(transparent)]
@@ -121,6 +132,11 @@ pub async fn run(
     let (store, database, _serving) = open_store(&options, &metrics).await?;
     let fleet =
         crate::fleet_identity::establish(data_dir, &database, store.as_ref(), options.initialize).await?;
+    if options.database_url.is_some() {
+        let path = options.secrets_key_file.as_deref().ok_or(ControllerError::NoSecretsKey)?;
+        let key = crate::fleet_secrets::SecretsKey::load(path)?;
+        crate::fleet_secrets::share_ca(store.as_ref(), &key, &fleet.id, data_dir).await?;
+    }
     let ca = CertificateAuthority::load_or_create(data_dir)?;
 
     let address = resolve_listen(&options.listen).await?;

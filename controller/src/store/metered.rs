@@ -189,6 +189,25 @@ impl<S: Store> Store for MeteredStore<S> {
         result
     }
 
+    async fn sealed_secret(&self, name: &str) -> StoreResult<Option<SealedSecret>> {
+        let started = Instant::now();
+        let result = self.inner.sealed_secret(name).await;
+        self.metrics.store_call("sealed_secret", started.elapsed(), result.is_err());
+        result
+    }
+
+    async fn put_sealed_secret(
+        &self,
+        name: &str,
+        secret: &SealedSecret,
+        at: Timestamp,
+    ) -> StoreResult<SealedSecret> {
+        let started = Instant::now();
+        let result = self.inner.put_sealed_secret(name, secret, at).await;
+        self.metrics.store_call("put_sealed_secret", started.elapsed(), result.is_err());
+        result
+    }
+
     async fn close(&self) {
         self.inner.close().await;
     }

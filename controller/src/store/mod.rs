@@ -144,6 +144,13 @@ pub struct NewRevision {
     pub files: Vec<PackageFile>,
 }
 
+/// A secret as the store keeps it: sealed (AES-256-GCM) with the controllers' key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SealedSecret {
+    pub nonce: Vec<u8>,
+    pub sealed: Vec<u8>,
+}
+
 /// What retention deletes when it is old enough.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Prunable {
@@ -395,6 +402,16 @@ pub trait Store: Send + Sync + 'static {
     /// Writes a consistent snapshot of the whole store to `to` (which must not exist)
     /// while the store keeps serving.
     async fn backup(&self, to: &std::path::Path) -> StoreResult<()>;
+    /// The sealed secret called `name`, if the fleet has one.
+    async fn sealed_secret(&self, name: &str) -> StoreResult<Option<SealedSecret>>;
+    /// Stores `secret` as `name` unless the fleet has one by that name already;
+    /// returns the one it has.
+    async fn put_sealed_secret(
+        &self,
+        name: &str,
+        secret: &SealedSecret,
+        at: Timestamp,
+    ) -> StoreResult<SealedSecret>;
     /// Closes the store at shutdown: pending writes are flushed, the files left tidy.
     async fn close(&self);
     /// Deletes at most `limit` rows of `what` older than `before`; returns how many.

@@ -21,7 +21,10 @@ use super::rows::*;
 use super::{StoreError, StoreResult};
 
 /// Every migration, in order. A migration is never edited once released: add one.
-const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("../../migrations/postgres/0001_fleet.sql"))];
+const MIGRATIONS: &[(i64, &str)] = &[
+    (1, include_str!("../../migrations/postgres/0001_fleet.sql")),
+    (2, include_str!("../../migrations/postgres/0002_fleet_secrets.sql")),
+];
 
 /// Advisory lock keys (`pg_advisory_lock`): one per decision that must be taken by
 /// one controller at a time.

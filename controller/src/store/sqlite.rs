@@ -29,6 +29,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (4, include_str!("../../migrations/0004_rollouts.sql")),
     (5, include_str!("../../migrations/0005_locks.sql")),
     (6, include_str!("../../migrations/0006_fleet_identity.sql")),
+    (7, include_str!("../../migrations/0007_fleet_secrets.sql")),
 ];
 
 pub struct SqliteStore {

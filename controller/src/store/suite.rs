@@ -65,6 +65,7 @@ pub const CASES: &[(&str, Case)] = &[
     ("concurrent_enrollments_count_every_use", |store| {
         Box::pin(concurrent_enrollments_count_every_use(store))
     }),
+    ("sealed_secrets_are_kept_once", |store| Box::pin(sealed_secrets_are_kept_once(store))),
 ];
 
 fn token(uses_allowed: Option<u32>) -> JoinTokenRecord {
@@ -642,4 +643,18 @@ pub async fn concurrent_enrollments_count_every_use(store: Arc<dyn Store>) {
     let tokens = store.list_join_tokens().await.unwrap();
     let uses: Vec<(&str, u32)> = tokens.iter().map(|token| (token.id.as_str(), token.uses)).collect();
     assert!(uses.contains(&("unlimited000", 6)) && uses.contains(&("0123456789ab", 3)), "{uses:?}");
+}
+
+pub async fn sealed_secrets_are_kept_once(store: Arc<dyn Store>) {
+    assert_eq!(store.sealed_secret("ca").await.unwrap(), None);
+    let first = SealedSecret { nonce: vec![1; 12], sealed: vec![0, 255, 7, 0] };
+    let second = SealedSecret { nonce: vec![2; 12], sealed: vec![9; 40] };
+    assert_eq!(store.put_sealed_secret("ca", &first, Timestamp::now()).await.unwrap(), first);
+    assert_eq!(
+        store.put_sealed_secret("ca", &second, Timestamp::now()).await.unwrap(),
+        first,
+        "the first stays"
+    );
+    assert_eq!(store.sealed_secret("ca").await.unwrap(), Some(first));
+    assert_eq!(store.sealed_secret("other").await.unwrap(), None);
 }

@@ -111,9 +111,11 @@ fn main() {
     let dir = tempfile::Builder::new().prefix("comfyfleet-fleet-bench").tempdir_in(base).unwrap();
     let postgres = settings.postgres.then(comfyfleet_testsupport::postgres::Server::start);
     let database_url = postgres.as_ref().map(|server| server.create_database("fleet"));
+    let key = dir.path().join("secrets.key");
+    std::fs::write(&key, format!("{}\n", "5a".repeat(32))).unwrap();
     let mut controller_args = vec!["--heartbeat-interval", "5s"];
     if let Some(url) = &database_url {
-        controller_args.extend(["--database-url", url.as_str()]);
+        controller_args.extend(["--database-url", url.as_str(), "--secrets-key-file", key.to_str().unwrap()]);
     }
     let controller = Controller::start_with(&dir.path().join("controller"), 0, &controller_args);
     let pid = controller.process.pid();

@@ -1,7 +1,9 @@
 //! The controller on a real PostgreSQL (started by the test): a simulated fleet
 //! enrolls and rolls out as on SQLite; the database stopped under it, the controller
 //! keeps its agents' sessions, refuses writes with a clear error (storing none of
-//! them), and works again once the database is back.
+//! them), and works again once the database is back; and when its host is lost, a
+//! controller on a new host (an empty data dir, the same database and secrets key)
+//! serves the same fleet: every agent reconnects with the identity it has.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test helpers fail loudly by design
 
@@ -19,7 +21,11 @@ fn a_fleet_on_postgresql_rides_out_a_lost_database() {
     let mut postgres = Server::start();
     let url = postgres.create_database("fleet");
     let data = dir.path().join("controller");
-    let mut controller = Controller::start_with(&data, 0, &["--database-url", &url]);
+    let key = dir.path().join("secrets.key");
+    std::fs::write(&key, format!("{}\n", "5a".repeat(32))).unwrap();
+    let key_arg = key.to_str().unwrap();
+    let mut controller =
+        Controller::start_with(&data, 0, &["--database-url", &url, "--secrets-key-file", key_arg]);
     let mut options = SimOptions::new(20);
     options.profiles = PROFILES.iter().map(|name| (*name).to_owned()).collect();
     options.labels = vec!["pool=sim".to_owned()];
@@ -31,8 +37,10 @@ fn a_fleet_on_postgresql_rides_out_a_lost_database() {
     assert_eq!(controller.machines().len(), 20);
 
     // One controller per database, until the rollout engine elects a leader.
-    let (refused, output) =
-        controller_command(&dir.path().join("second"), &["--database-url", &url, "--listen", "127.0.0.1:0"]);
+    let (refused, output) = controller_command(
+        &dir.path().join("second"),
+        &["--database-url", &url, "--secrets-key-file", key_arg, "--listen", "127.0.0.1:0"],
+    );
     assert!(!refused.success() && output.contains("another controller already serves"), "{output}");
 
     // Backups of a PostgreSQL fleet are PostgreSQL's own.
@@ -71,4 +79,31 @@ fn a_fleet_on_postgresql_rides_out_a_lost_database() {
     let id = start(&controller, &["render"]);
     let done = wait_for_state(&controller, id, "succeeded", Duration::from_secs(120));
     assert_eq!(done["counts"]["active"], 20, "{}", done["counts"]);
+
+    // The host is lost: a controller on a new one, with the database URL and the key.
+    let port = controller.port;
+    controller.kill();
+    let (refused, output) = controller_command(&dir.path().join("keyless"), &["--database-url", &url]);
+    assert!(!refused.success() && output.contains("--secrets-key-file"), "{output}");
+    let wrong = dir.path().join("wrong.key");
+    std::fs::write(&wrong, format!("{}\n", "07".repeat(32))).unwrap();
+    let (refused, output) = controller_command(
+        &dir.path().join("wrong-key"),
+        &["--database-url", &url, "--secrets-key-file", wrong.to_str().unwrap(), "--listen", "127.0.0.1:0"],
+    );
+    assert!(!refused.success() && output.contains("sealed with another secrets key"), "{output}");
+    let new_host = dir.path().join("new-host");
+    let controller =
+        Controller::start_with(&new_host, port, &["--database-url", &url, "--secrets-key-file", key_arg]);
+    assert_eq!(
+        std::fs::read_to_string(new_host.join("pki/ca.crt")).unwrap(),
+        std::fs::read_to_string(data.join("pki/ca.crt")).unwrap(),
+        "the fleet's CA, from the database"
+    );
+    wait_until(Duration::from_secs(30), "every agent back on the new host", || {
+        let machines = controller.machines();
+        (machines.len() == 20 && machines.iter().all(|machine| machine["online"] == true)).then_some(())
+    });
+    let stats = sim.stats();
+    assert_eq!((stats["connected"].as_u64(), stats["refused"].as_u64()), (Some(20), Some(0)), "{stats}");
 }

@@ -27,9 +27,11 @@ async fn controllers_starting_together_migrate_once() {
         started.unwrap().unwrap();
     }
     let store = PostgresStore::connect(&url).await.unwrap();
-    let versions: Vec<i64> =
-        sqlx::query_scalar("SELECT version FROM schema_migrations").fetch_all(&store.pool).await.unwrap();
-    assert_eq!(versions, [1]);
+    let versions: Vec<i64> = sqlx::query_scalar("SELECT version FROM schema_migrations ORDER BY version")
+        .fetch_all(&store.pool)
+        .await
+        .unwrap();
+    assert_eq!(versions, [1, 2], "each migration once");
     assert!(redact_url("postgres://fleet:s3cret@db:5432/fleet").ends_with("fleet:***@db:5432/fleet"));
     assert!(!redact_url("postgres://fleet:s3cret@db/fleet").contains("s3cret"));
 }

@@ -20,8 +20,8 @@ use crate::rollouts::model::{NewRollout, RolloutRecord, RolloutStep, StoredEvent
 use crate::store::rows::*;
 use crate::store::{
     AuditRecord, CredentialRecord, EnrollRefusal, EnvironmentSummary, Hello, JoinTokenRecord, NewAssignment,
-    NewMachine, NewRevision, PackageFile, Prunable, Store, StoreError, StoreResult, StoredAssignment,
-    StoredLock, StoredMachine, StoredRevision, check_join_token,
+    NewMachine, NewRevision, PackageFile, Prunable, SealedSecret, Store, StoreError, StoreResult,
+    StoredAssignment, StoredLock, StoredMachine, StoredRevision, check_join_token,
 };
 
 /// `SELECT … FROM machines` with each machine's assignment and latest report joined in.
@@ -386,6 +386,45 @@ impl Store for ThisStore {
         .fetch_one(&self.pool)
         .await
         .map_err(database("looking for a fleet in the database"))
+    }
+
+    async fn sealed_secret(&self, name: &str) -> StoreResult<Option<SealedSecret>> {
+        let row =
+            sqlx::query(sqlx::AssertSqlSafe(sql("SELECT nonce, sealed FROM fleet_secrets WHERE name = ?")))
+                .bind(name)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(database("reading a sealed secret"))?;
+        row.map(|row| Ok(SealedSecret { nonce: get(&row, "nonce")?, sealed: get(&row, "sealed")? }))
+            .transpose()
+    }
+
+    async fn put_sealed_secret(
+        &self,
+        name: &str,
+        secret: &SealedSecret,
+        at: Timestamp,
+    ) -> StoreResult<SealedSecret> {
+        let mut tx = self.write_transaction("storing a sealed secret").await?;
+        sqlx::query(sqlx::AssertSqlSafe(sql(
+            "INSERT INTO fleet_secrets (name, nonce, sealed, created_at) VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
+        )))
+        .bind(name)
+        .bind(secret.nonce.as_slice())
+        .bind(secret.sealed.as_slice())
+        .bind(millis(at))
+        .execute(&mut *tx)
+        .await
+        .map_err(database("storing a sealed secret"))?;
+        let row =
+            sqlx::query(sqlx::AssertSqlSafe(sql("SELECT nonce, sealed FROM fleet_secrets WHERE name = ?")))
+                .bind(name)
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(database("reading a sealed secret"))?;
+        let stored = SealedSecret { nonce: get(&row, "nonce")?, sealed: get(&row, "sealed")? };
+        tx.commit().await.map_err(database("storing a sealed secret"))?;
+        Ok(stored)
     }
 
     async fn backup(&self, to: &Path) -> StoreResult<()> {
