@@ -257,13 +257,16 @@ async fn find(state: &ControllerState, name: &str) -> Result<RolloutRecord, Stat
 }
 
 async fn read(state: &ControllerState, id: u64, with_machines: bool) -> Result<pb::Rollout, Status> {
+    // The rows first: a step that commits between the two reads then shows in the
+    // record as well, so the record (its state, its reason) is never older than the
+    // rows it is shown with.
+    let rows = state.store.rollout_machines(id).await.map_err(internal)?;
     let record = state
         .store
         .rollout(id)
         .await
         .map_err(internal)?
         .ok_or_else(|| Status::not_found(format!("rollout {id} is gone")))?;
-    let rows = state.store.rollout_machines(id).await.map_err(internal)?;
     Ok(to_wire(state, &record, &rows, with_machines))
 }
 
