@@ -38,7 +38,7 @@ impl Engine {
         });
         let record = self.state.store.create_rollout(&rollout).await.map_err(internal)?;
         tracing::info!(rollout = record.id, revision = %record.label(), machines = rollout.rows.len(), by = %record.created_by, "rollout started");
-        self.adopt(record.clone()).await?;
+        self.adopt_rows(record.clone(), rollout.rows).await?;
         self.settled.remove(&record.environment);
         Ok(Created { record, busy })
     }
