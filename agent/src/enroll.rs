@@ -43,7 +43,8 @@ pub enum EnrollError {
 }
 
 pub struct Enrollment<'a> {
-    pub controller_url: &'a str,
+    /// The fleet's controllers: each attempt tries the next.
+    pub controller_urls: &'a [String],
     pub token: &'a JoinToken,
     pub hostname: &'a str,
     pub labels: &'a Labels,
@@ -58,15 +59,23 @@ pub async fn enroll(
     let key = identity_dir.key()?;
     let csr_pem = certificate_request(&key, enrollment.hostname)?;
     let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(15));
+    let urls = enrollment.controller_urls;
+    if urls.is_empty() {
+        return Err(EnrollError::BadAnswer("no controller URL to enroll with".into()));
+    }
+    let mut turn = 0;
     loop {
-        match attempt(&enrollment, &csr_pem).await {
+        let url = urls[turn % urls.len()].as_str();
+        turn += 1;
+        match attempt(&enrollment, url, &csr_pem).await {
             Ok(answer) => {
                 let identity = Identity {
                     machine_id: answer
                         .machine_id
                         .parse::<MachineId>()
                         .map_err(|e| EnrollError::BadAnswer(e.to_string()))?,
-                    controller_url: enrollment.controller_url.to_owned(),
+                    controller_url: url.to_owned(),
+                    other_controller_urls: urls.iter().filter(|other| *other != url).cloned().collect(),
                     certificate_pem: answer.certificate_pem,
                     key_pem: key.serialize_pem(),
                     ca_pem: answer.ca_certificate_pem,
@@ -79,7 +88,7 @@ pub async fn enroll(
             Err(Attempt::Fatal(error)) => return Err(error),
             Err(Attempt::Retry(reason)) => {
                 let delay = backoff.next_delay();
-                tracing::warn!(%reason, retry_in = ?delay, "cannot reach the controller to enroll");
+                tracing::warn!(%reason, controller = %url, retry_in = ?delay, "cannot reach the controller to enroll");
                 tokio::select! {
                     () = tokio::time::sleep(delay) => {}
                     () = &mut *shutdown => return Err(EnrollError::Interrupted),
@@ -94,15 +103,19 @@ enum Attempt {
     Fatal(EnrollError),
 }
 
-async fn attempt(enrollment: &Enrollment<'_>, csr_pem: &str) -> Result<pb::EnrollResponse, Attempt> {
+async fn attempt(
+    enrollment: &Enrollment<'_>,
+    url: &str,
+    csr_pem: &str,
+) -> Result<pb::EnrollResponse, Attempt> {
     let verifier = Arc::new(PinnedCaVerifier::new(enrollment.token.ca_sha256()));
-    let endpoint = transport::endpoint(enrollment.controller_url)
+    let endpoint = transport::endpoint(url)
         .map_err(|e| Attempt::Fatal(e.into()))?
         .tls_config_with_verifier(ClientTlsConfig::new(), verifier.clone())
         .map_err(|e| Attempt::Fatal(EnrollError::BadAnswer(e.to_string())))?;
     let channel = match endpoint.connect().await {
         Ok(channel) => channel,
-        Err(error) => return Err(verifier.explain(enrollment.controller_url, &error)),
+        Err(error) => return Err(verifier.explain(url, &error)),
     };
     let mut client = pb::agent_service_client::AgentServiceClient::new(channel);
     let request = pb::EnrollRequest {

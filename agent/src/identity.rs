@@ -25,7 +25,10 @@ pub enum IdentityError {
 #[derive(Clone)]
 pub struct Identity {
     pub machine_id: MachineId,
+    /// The controller the machine enrolled with (or `--controller` named first).
     pub controller_url: String,
+    /// The fleet's other controllers, tried in turn when one cannot be reached.
+    pub other_controller_urls: Vec<String>,
     pub certificate_pem: String,
     pub key_pem: String,
     pub ca_pem: String,
@@ -34,11 +37,19 @@ pub struct Identity {
     pub fleet_id: String,
 }
 
+impl Identity {
+    /// Every controller URL, the enrolled (or first named) one first.
+    pub fn controller_urls(&self) -> Vec<String> {
+        std::iter::once(&self.controller_url).chain(&self.other_controller_urls).cloned().collect()
+    }
+}
+
 impl std::fmt::Debug for Identity {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Identity")
             .field("machine_id", &self.machine_id)
             .field("controller_url", &self.controller_url)
+            .field("other_controller_urls", &self.other_controller_urls)
             .finish_non_exhaustive()
     }
 }
@@ -48,6 +59,8 @@ impl std::fmt::Debug for Identity {
 struct MachineFile {
     machine_id: MachineId,
     controller_url: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    other_controller_urls: Vec<String>,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     fleet_id: String,
 }
@@ -89,6 +102,7 @@ impl IdentityDir {
         let identity = Identity {
             machine_id: machine.machine_id,
             controller_url: machine.controller_url,
+            other_controller_urls: machine.other_controller_urls,
             certificate_pem: self.read("machine.crt")?,
             key_pem: self.read("machine.key")?,
             ca_pem: self.read("ca.crt")?,
@@ -139,15 +153,24 @@ impl IdentityDir {
         let machine = MachineFile {
             machine_id: identity.machine_id.clone(),
             controller_url: identity.controller_url.clone(),
+            other_controller_urls: identity.other_controller_urls.clone(),
             fleet_id: identity.fleet_id.clone(),
         };
         let text = toml::to_string(&machine).map_err(|e| self.damaged("machine.toml", e.to_string()))?;
         write("machine.toml", &text, true)
     }
 
-    /// Points a saved identity at another controller URL (`--controller` changed).
-    pub fn update_controller_url(&self, identity: &mut Identity, url: &str) -> Result<(), IdentityError> {
-        identity.controller_url = url.to_owned();
+    /// Points a saved identity at other controller URLs (`--controller` changed); the
+    /// first is the one tried first.
+    pub fn update_controller_urls(
+        &self,
+        identity: &mut Identity,
+        urls: &[String],
+    ) -> Result<(), IdentityError> {
+        if let Some((first, others)) = urls.split_first() {
+            identity.controller_url.clone_from(first);
+            identity.other_controller_urls = others.to_vec();
+        }
         self.save(identity)
     }
 }
@@ -177,6 +200,7 @@ mod tests {
         let identity = Identity {
             machine_id: "0123456789abcdef".parse().unwrap(),
             controller_url: "https://127.0.0.1:1".into(),
+            other_controller_urls: Vec::new(),
             certificate_pem: "-----BEGIN CERTIFICATE-----\nx\n-----END CERTIFICATE-----\n".into(),
             key_pem: key.serialize_pem(),
             ca_pem: "-----BEGIN CERTIFICATE-----\ny\n-----END CERTIFICATE-----\n".into(),

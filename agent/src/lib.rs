@@ -42,14 +42,14 @@ use crate::identity::{IdentityDir, IdentityError};
 use crate::inventory::{InventoryCollector, NvmlProbe, kernel_hostname};
 use crate::journal::Journal;
 use crate::layout::Layout;
-use crate::link::{Link, LinkError};
+use crate::link::{CurrentController, Link, LinkError};
 use crate::report::Reporter;
 use crate::service::ComfyuiService;
 
 #[derive(Debug, Clone)]
 pub struct AgentOptions {
-    /// The controller's URL; optional once enrolled (the identity remembers it).
-    pub controller_url: Option<String>,
+    /// The controllers' URLs; optional once enrolled (the identity remembers them).
+    pub controller_urls: Vec<String>,
     pub join_token: Option<JoinToken>,
     pub data_dir: PathBuf,
     pub nvml_library: PathBuf,
@@ -142,26 +142,32 @@ pub async fn run(options: AgentOptions, shutdown: impl Future<Output = ()>) -> R
             if options.join_token.is_some() {
                 tracing::info!(machine_id = %identity.machine_id, "already enrolled; --join-token ignored");
             }
-            if let Some(url) = options.controller_url.as_deref()
-                && url != identity.controller_url
-            {
-                tracing::info!(from = %identity.controller_url, to = %url, "controller URL changed");
-                identity_dir.update_controller_url(&mut identity, url)?;
+            if !options.controller_urls.is_empty() && options.controller_urls != identity.controller_urls() {
+                tracing::info!(from = ?identity.controller_urls(), to = ?options.controller_urls, "controller URLs changed");
+                identity_dir.update_controller_urls(&mut identity, &options.controller_urls)?;
             }
             identity
         }
         None => {
             let token = options.join_token.as_ref().ok_or(AgentError::NotEnrolled)?;
-            let url = options.controller_url.as_deref().ok_or(AgentError::NoControllerUrl)?;
-            tracing::info!(controller = %url, token = token.id(), "enrolling");
-            let enrollment =
-                Enrollment { controller_url: url, token, hostname: &hostname, labels: &options.labels };
+            if options.controller_urls.is_empty() {
+                return Err(AgentError::NoControllerUrl);
+            }
+            tracing::info!(controller = ?options.controller_urls, token = token.id(), "enrolling");
+            let enrollment = Enrollment {
+                controller_urls: &options.controller_urls,
+                token,
+                hostname: &hostname,
+                labels: &options.labels,
+            };
             let identity = enroll::enroll(&identity_dir, enrollment, &mut shutdown).await?;
             tracing::info!(machine_id = %identity.machine_id, "enrolled");
             identity
         }
     };
 
+    // The controller the session is on: the package cache is fetched from it.
+    let controller = CurrentController::new(&identity.controller_url);
     let layout = Layout::new(&options.data_dir).with_uv_cache(options.provisioning.uv_cache_dir.clone());
     layout.create().map_err(|source| AgentError::Layout { path: options.data_dir.clone(), source })?;
     write_model_paths(&layout).map_err(|source| AgentError::Layout { path: layout.shared(), source })?;
@@ -183,7 +189,7 @@ pub async fn run(options: AgentOptions, shutdown: impl Future<Output = ()>) -> R
             Some(PackageCacheClient {
                 client_pem,
                 ca_pem: identity_dir.path().join("ca.crt"),
-                base: format!("{}/cache/v1", identity.controller_url.trim_end_matches('/')),
+                controller: controller.clone(),
                 downloader: Downloader::for_controller(
                     &layout.wheel_cache(),
                     &identity.ca_pem,
@@ -237,6 +243,7 @@ pub async fn run(options: AgentOptions, shutdown: impl Future<Output = ()>) -> R
         reports,
         inventory_changed,
         connected: watch::channel(false).0,
+        controller,
     };
     let linked = tokio::select! {
         result = link.run(wait_stop(stopped)) => result,

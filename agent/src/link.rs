@@ -47,6 +47,25 @@ enum SessionEnd {
     },
 }
 
+/// The URL of the controller the agent's session is on now (the first it will try
+/// while none is up): builds fetch the package cache from it.
+#[derive(Debug, Clone)]
+pub struct CurrentController(Arc<Mutex<String>>);
+
+impl CurrentController {
+    pub fn new(url: &str) -> Self {
+        Self(Arc::new(Mutex::new(url.to_owned())))
+    }
+
+    pub fn url(&self) -> String {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
+    fn set(&self, url: &str) {
+        url.clone_into(&mut self.0.lock().unwrap_or_else(PoisonError::into_inner));
+    }
+}
+
 pub struct Link {
     pub identity: Identity,
     pub labels: Labels,
@@ -62,25 +81,39 @@ pub struct Link {
     /// `true` while a session is up, from the controller's Welcome until the session
     /// ends: what a readiness check (or a fleet simulator) watches.
     pub connected: watch::Sender<bool>,
+    /// Set to the controller each session opens with.
+    pub controller: CurrentController,
 }
 
 impl Link {
     /// Keeps a session open until `shutdown` resolves or the controller refuses us.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), LinkError> {
         tokio::pin!(shutdown);
-        let endpoint = transport::endpoint(&self.identity.controller_url)?;
         let tls = transport::tls_config(
             &self.identity.ca_pem,
             Some((&self.identity.certificate_pem, &self.identity.key_pem)),
         );
-        let endpoint = endpoint.tls_config(tls).map_err(|e| LinkError::Refused(format!("TLS setup: {e}")))?;
+        let mut endpoints = Vec::new();
+        for url in self.identity.controller_urls() {
+            let endpoint = transport::endpoint(&url)?
+                .tls_config(tls.clone())
+                .map_err(|e| LinkError::Refused(format!("TLS setup: {e}")))?;
+            endpoints.push((url, endpoint));
+        }
+        // Machines spread over a fleet's controllers: each starts at its own, and
+        // moves to the next whenever a session cannot be opened or is lost.
+        let mut turn = first_turn(self.identity.machine_id.as_str(), endpoints.len());
         let mut backoff = Backoff::new(Duration::from_millis(250), self.max_backoff);
         // The fleet this machine belongs to: from enrollment, or the first Welcome.
         let mut fleet = self.identity.fleet_id.clone();
         loop {
+            let Some((url, endpoint)) = endpoints.get(turn % endpoints.len().max(1)) else {
+                return Err(LinkError::Refused("no controller URL to connect to".into()));
+            };
             let session = async {
                 let channel =
                     endpoint.connect().await.map_err(|e| SessionEnd::Lost(transport::error_chain(&e)))?;
+                self.controller.set(url);
                 let mut reports = self.reports.clone();
                 self.session(channel, &mut backoff, &mut reports, &mut fleet).await
             };
@@ -93,6 +126,7 @@ impl Link {
                 SessionEnd::Shutdown => return Ok(()),
                 SessionEnd::Refused(reason) => return Err(LinkError::Refused(reason)),
                 SessionEnd::Unknown { message, fleet: theirs } => {
+                    turn += 1;
                     let delay = backoff.next_delay();
                     let why = unknown_explained(&fleet, &theirs);
                     tracing::error!(reason = %message, retry_in = ?delay, "{why}");
@@ -102,8 +136,13 @@ impl Link {
                     }
                 }
                 SessionEnd::Lost(reason) => {
+                    turn += 1;
                     let delay = backoff.next_delay();
-                    tracing::warn!(%reason, retry_in = ?delay, "lost the controller");
+                    let next = endpoints
+                        .get(turn % endpoints.len())
+                        .map(|(url, _)| url.as_str())
+                        .unwrap_or_default();
+                    tracing::warn!(%reason, controller = %url, retry_in = ?delay, next = %next, "lost the controller");
                     tokio::select! {
                         () = tokio::time::sleep(delay) => {}
                         () = &mut shutdown => return Ok(()),
@@ -310,4 +349,16 @@ fn status_end(status: Status) -> SessionEnd {
         tonic::Code::PermissionDenied | tonic::Code::Unauthenticated => SessionEnd::Refused(text),
         _ => SessionEnd::Lost(format!("{:?}: {text}", status.code())),
     }
+}
+
+/// Where a machine starts in its list of controllers: spread by its id, the same
+/// at every start.
+fn first_turn(machine_id: &str, controllers: usize) -> usize {
+    if controllers < 2 {
+        return 0;
+    }
+    let hash = machine_id.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |hash, byte| {
+        (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
+    });
+    usize::try_from(hash % controllers as u64).unwrap_or(0)
 }

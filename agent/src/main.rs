@@ -17,9 +17,11 @@ const EXIT_REFUSED: u8 = 3;
 #[derive(Debug, Parser)]
 #[command(version)]
 struct Args {
-    /// The controller's https:// URL (remembered after enrollment).
-    #[arg(long, env = "COMFYFLEET_CONTROLLER")]
-    controller: Option<String>,
+    /// The controller's https:// URL (remembered after enrollment). Repeat it (or
+    /// separate with commas) for a fleet served by several controllers: the agent
+    /// fails over between them.
+    #[arg(long, env = "COMFYFLEET_CONTROLLER", value_delimiter = ',')]
+    controller: Vec<String>,
     /// A join token from `comfyfleet token create`, needed only for the first start.
     /// Prefer the environment variable: it stays out of `ps`.
     #[arg(long, env = "COMFYFLEET_JOIN_TOKEN", hide_env_values = true, value_parser = parse_token)]
@@ -96,7 +98,7 @@ async fn main() -> ExitCode {
         }
     };
     let options = AgentOptions {
-        controller_url: args.controller,
+        controller_urls: args.controller,
         join_token: args.join_token,
         data_dir: args.data_dir,
         nvml_library: args.nvml_lib,

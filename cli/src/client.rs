@@ -56,16 +56,40 @@ pub fn load_config(path: &Path) -> Result<AdminConfig, ClientError> {
     AdminConfig::parse(&text).map_err(|source| ClientError::Invalid { path: path.to_owned(), source })
 }
 
+/// Connects to the first of the config's controllers that answers (`server`, then
+/// `other_servers` in order): any controller of a fleet takes every call.
 pub async fn connect(config: &AdminConfig) -> Result<Fleet, ClientError> {
-    let endpoint = transport::endpoint(&config.server)?
+    let mut failures = Vec::new();
+    for url in config.servers() {
+        match connect_to(config, url).await {
+            Ok(fleet) => return Ok(fleet),
+            Err(ClientError::Connect { url, detail }) => failures.push((url, detail)),
+            Err(other) => return Err(other),
+        }
+    }
+    if let [(url, detail)] = failures.as_slice() {
+        return Err(ClientError::Connect { url: url.clone(), detail: detail.clone() });
+    }
+    Err(ClientError::Connect {
+        url: format!("any of the fleet's {} controllers", failures.len()),
+        detail: failures
+            .iter()
+            .map(|(url, detail)| format!("{url}: {detail}"))
+            .collect::<Vec<_>>()
+            .join("; "),
+    })
+}
+
+async fn connect_to(config: &AdminConfig, url: &str) -> Result<Fleet, ClientError> {
+    let endpoint = transport::endpoint(url)?
         .tls_config(transport::tls_config(&config.ca_certificate, None))
-        .map_err(|e| ClientError::Connect { url: config.server.clone(), detail: e.to_string() })?;
-    let channel = endpoint.connect().await.map_err(|e| ClientError::Connect {
-        url: config.server.clone(),
-        detail: transport::error_chain(&e),
-    })?;
+        .map_err(|e| ClientError::Connect { url: url.to_owned(), detail: e.to_string() })?;
+    let channel = endpoint
+        .connect()
+        .await
+        .map_err(|e| ClientError::Connect { url: url.to_owned(), detail: transport::error_chain(&e) })?;
     let header = format!("Bearer {}", config.credential).parse::<MetadataValue<Ascii>>().map_err(|_| {
-        ClientError::Connect { url: config.server.clone(), detail: "the credential is not ASCII".into() }
+        ClientError::Connect { url: url.to_owned(), detail: "the credential is not ASCII".into() }
     })?;
     Ok(FleetServiceClient::with_interceptor(channel, Bearer(header))
         .max_decoding_message_size(comfyfleet_proto::MAX_FLEET_MESSAGE_BYTES))

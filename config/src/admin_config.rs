@@ -15,13 +15,16 @@ pub struct AdminConfig {
     pub credential: String,
     /// PEM of the controller's CA certificate: the only certificate the CLI trusts.
     pub ca_certificate: String,
+    /// The fleet's other controllers, tried in order when `server` cannot be reached.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub other_servers: Vec<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum AdminConfigError {
     #[error("{0}")]
     Toml(#[from] toml::de::Error),
-    #[error("`server` must be an https:// URL, not `{0}`")]
+    #[error("`server` and `other_servers` must be https:// URLs, not `{0}`")]
     Server(String),
     #[error("`credential`: {0}")]
     Credential(#[from] crate::credential::MalformedCredential),
@@ -32,14 +35,21 @@ pub enum AdminConfigError {
 impl AdminConfig {
     pub fn parse(text: &str) -> Result<Self, AdminConfigError> {
         let config: AdminConfig = toml::from_str(text)?;
-        if !config.server.starts_with("https://") {
-            return Err(AdminConfigError::Server(config.server));
+        for server in std::iter::once(&config.server).chain(&config.other_servers) {
+            if !server.starts_with("https://") {
+                return Err(AdminConfigError::Server(server.clone()));
+            }
         }
         config.credential()?;
         if !config.ca_certificate.contains("-----BEGIN CERTIFICATE-----") {
             return Err(AdminConfigError::CaCertificate);
         }
         Ok(config)
+    }
+
+    /// Every controller URL, `server` first.
+    pub fn servers(&self) -> impl Iterator<Item = &str> {
+        std::iter::once(self.server.as_str()).chain(self.other_servers.iter().map(String::as_str))
     }
 
     pub fn credential(&self) -> Result<OperatorCredential, crate::credential::MalformedCredential> {
@@ -66,6 +76,7 @@ mod tests {
             server: "https://127.0.0.1:7443".into(),
             credential: "cfo1.0123456789ab.00112233445566778899aabbccddeeff".into(),
             ca_certificate: "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n".into(),
+            other_servers: Vec::new(),
         }
     }
 
@@ -73,6 +84,20 @@ mod tests {
     fn round_trips() {
         let config = sample();
         assert_eq!(AdminConfig::parse(&config.to_toml()).unwrap(), config);
+    }
+
+    #[test]
+    fn several_servers_round_trip_in_order() {
+        let mut config = sample();
+        config.other_servers = vec!["https://10.0.0.2:7443".into(), "https://10.0.0.3:7443".into()];
+        let parsed = AdminConfig::parse(&config.to_toml()).unwrap();
+        assert_eq!(parsed, config);
+        assert_eq!(
+            parsed.servers().collect::<Vec<_>>(),
+            ["https://127.0.0.1:7443", "https://10.0.0.2:7443", "https://10.0.0.3:7443"]
+        );
+        config.other_servers.push("http://plain:1".into());
+        assert!(AdminConfig::parse(&config.to_toml()).unwrap_err().to_string().contains("http://plain:1"));
     }
 
     #[test]

@@ -21,22 +21,29 @@ pub enum AdminFileError {
     Store(#[from] crate::store::StoreError),
 }
 
-/// Makes sure `admin.toml` exists and names `server_url` and this CA. Returns its path.
+/// Makes sure `admin.toml` exists and names `urls` (this controller's first, then the
+/// fleet's other live controllers) and this CA. Returns its path.
 pub async fn ensure(
     data_dir: &Path,
-    server_url: &str,
+    urls: &[String],
     state: &ControllerState,
 ) -> Result<PathBuf, AdminFileError> {
+    let server_url = urls.first().map(String::as_str).unwrap_or_default();
+    let others = urls.get(1..).unwrap_or_default().to_vec();
     let path = data_dir.join("admin.toml");
     let io = |source| AdminFileError::Io { path: path.clone(), source };
     let config = match std::fs::read_to_string(&path) {
         Ok(text) => {
             let mut config = AdminConfig::parse(&text)
                 .map_err(|source| AdminFileError::Invalid { path: path.clone(), source })?;
-            if config.server == server_url && config.ca_certificate == state.ca.certificate_pem() {
+            if config.server == server_url
+                && config.other_servers == others
+                && config.ca_certificate == state.ca.certificate_pem()
+            {
                 return Ok(path);
             }
             config.server = server_url.to_owned();
+            config.other_servers = others;
             config.ca_certificate = state.ca.certificate_pem().to_owned();
             config
         }
@@ -63,6 +70,7 @@ pub async fn ensure(
                 server: server_url.to_owned(),
                 credential: credential.to_string(),
                 ca_certificate: state.ca.certificate_pem().to_owned(),
+                other_servers: others,
             }
         }
         Err(error) => return Err(io(error)),

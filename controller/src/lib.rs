@@ -10,6 +10,7 @@ mod auth;
 pub mod backup;
 mod cache_http;
 mod cache_service;
+pub mod cluster;
 mod desired_state;
 mod environment_service;
 pub mod fleet_identity;

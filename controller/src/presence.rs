@@ -39,6 +39,19 @@ struct LiveSession {
 pub struct Presence {
     sessions: Mutex<HashMap<MachineId, LiveSession>>,
     next_session_id: AtomicU64,
+    /// Machines with a session on another live controller of the fleet, and when
+    /// that was last seen (kept by `cluster.rs`; empty with one controller).
+    remote: Mutex<HashMap<MachineId, Timestamp>>,
+    /// Where sessions coming and going are told (`cluster.rs` writes them down for
+    /// the other controllers); unset with one controller.
+    changes: std::sync::OnceLock<tokio::sync::mpsc::UnboundedSender<SessionChange>>,
+}
+
+/// A session opened (`up`) or closed here.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionChange {
+    pub machine: MachineId,
+    pub up: bool,
 }
 
 impl Presence {
@@ -50,6 +63,43 @@ impl Presence {
         // No code path panics while holding the lock; if one ever did, the map is
         // still consistent (every operation is a single insert or remove).
         self.sessions.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn remote(&self) -> MutexGuard<'_, HashMap<MachineId, Timestamp>> {
+        self.remote.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Sessions opening and closing here are sent to `changes` from now on.
+    pub fn report_changes(&self, changes: tokio::sync::mpsc::UnboundedSender<SessionChange>) {
+        let _ = self.changes.set(changes);
+    }
+
+    fn changed(&self, machine: &MachineId, up: bool) {
+        if let Some(changes) = self.changes.get() {
+            let _ = changes.send(SessionChange { machine: machine.clone(), up });
+        }
+    }
+
+    /// Replaces the machines connected to the fleet's other controllers.
+    pub fn set_remote(&self, remote: HashMap<MachineId, Timestamp>) {
+        *self.remote() = remote;
+    }
+
+    /// Adds (`up`) or removes machines another controller just told of.
+    pub fn remote_changed(&self, machines: &[MachineId], up: bool, now: Timestamp) {
+        let mut remote = self.remote();
+        for machine in machines {
+            if up {
+                remote.insert(machine.clone(), now);
+            } else {
+                remote.remove(machine);
+            }
+        }
+    }
+
+    /// Every machine with a live session here.
+    pub fn local_machines(&self) -> Vec<MachineId> {
+        self.sessions().keys().cloned().collect()
     }
 
     /// Registers a session for `machine`, ending any older one of the same machine.
@@ -72,6 +122,7 @@ impl Presence {
         {
             let _ = kick.send(KickReason::Replaced);
         }
+        self.changed(&machine, true);
         SessionGuard {
             presence: self.clone(),
             machine,
@@ -101,15 +152,21 @@ impl Presence {
 
     /// Runs `f` with one look at who is online: a rollout step asks for every one of
     /// thousands of machines, and takes the lock once rather than per machine.
+    /// A machine with a session on another controller of the fleet counts as online.
     pub fn with_online<T>(&self, f: impl FnOnce(&(dyn Fn(&MachineId) -> bool + Sync)) -> T) -> T {
         let sessions = self.sessions();
-        f(&|machine: &MachineId| sessions.contains_key(machine))
+        let remote = self.remote();
+        f(&|machine: &MachineId| sessions.contains_key(machine) || remote.contains_key(machine))
     }
 
-    /// When a live session last heard from `machine`; `None` when it is offline.
+    /// When a live session last heard from `machine` (here, or on another controller
+    /// of the fleet: when that one last said so); `None` when it is offline.
     pub fn last_seen(&self, machine: &MachineId) -> Option<Timestamp> {
-        let millis = self.sessions().get(machine)?.last_seen_ms.load(Ordering::Relaxed);
-        Timestamp::from_millisecond(millis).ok()
+        let local = self.sessions().get(machine).map(|session| session.last_seen_ms.load(Ordering::Relaxed));
+        match local {
+            Some(millis) => Timestamp::from_millisecond(millis).ok(),
+            None => self.remote().get(machine).copied(),
+        }
     }
 
     /// Ends `machine`'s session, if it has one. Returns whether it had.
@@ -225,6 +282,8 @@ impl Drop for SessionGuard {
         // A newer session of the same machine may have replaced ours: leave it.
         if sessions.get(&self.machine).is_some_and(|live| live.session_id == self.session_id) {
             sessions.remove(&self.machine);
+            drop(sessions);
+            self.presence.changed(&self.machine, false);
         }
     }
 }

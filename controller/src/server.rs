@@ -129,7 +129,7 @@ pub async fn run(
         .map_err(|source| ControllerError::DataDir { path: data_dir.clone(), source })?;
     let _data_dir_lock = crate::backup::lock_data_dir(data_dir)?;
     let metrics = crate::metrics::Metrics::default();
-    let (store, database, _serving) = open_store(&options, &metrics).await?;
+    let (store, database, clustered) = open_store(&options, &metrics).await?;
     let fleet =
         crate::fleet_identity::establish(data_dir, &database, store.as_ref(), options.initialize).await?;
     if options.database_url.is_some() {
@@ -175,6 +175,13 @@ pub async fn run(
         work: cache_dir.join("locking"),
         mirror: mirror.clone(),
     };
+    let cluster = match clustered {
+        Some((pool, link)) => Some(crate::cluster::Cluster::join(pool, link, &url).await?),
+        None => None,
+    };
+    // With one controller it always leads (the sender lives as long as the server).
+    let (_always, alone) = tokio::sync::watch::channel(true);
+    let leading = cluster.as_ref().map_or(alone, |cluster| cluster.leading());
     let (rollouts, inbox) = Rollouts::new();
     let reports = ReportWriter::spawn(store.clone(), rollouts.clone());
     let state = Arc::new(ControllerState {
@@ -190,9 +197,15 @@ pub async fn run(
         locker,
         metrics,
         fleet_id: fleet.id.clone(),
+        cluster: cluster.clone(),
     });
-    let _engine = crate::rollouts::spawn(state.clone(), inbox);
-    let admin_path = admin_file::ensure(data_dir, &url, &state).await?;
+    let _engine = crate::rollouts::spawn(state.clone(), inbox, leading);
+    let cluster_tasks = cluster.as_ref().map(|cluster| cluster.start(state.clone())).unwrap_or_default();
+    let urls = match &cluster {
+        Some(cluster) => cluster.urls().await,
+        None => vec![url.clone()],
+    };
+    let admin_path = admin_file::ensure(data_dir, &urls, &state).await?;
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<AgentServiceServer<AgentApi>>().await;
@@ -293,28 +306,37 @@ pub async fn run(
     if let Err(error) = state.store.record_last_seen(&state.presence.snapshot()).await {
         tracing::warn!(%error, "cannot record last-seen times at shutdown");
     }
+    for task in &cluster_tasks {
+        task.abort();
+    }
+    if let Some(cluster) = &cluster {
+        cluster.leave().await;
+    }
     state.store.close().await;
     tracing::info!("controller stopped");
     Ok(())
 }
 
+/// What a controller on PostgreSQL joins the fleet's other controllers with.
+type Clustered = Option<(sqlx::PgPool, Arc<crate::store::ClusterLink>)>;
+
 /// The store `--database-url` names (PostgreSQL), else the data dir's SQLite file,
-/// metered; and how messages name it.
+/// metered; how messages name it; and, on PostgreSQL, what joins the cluster.
 async fn open_store(
     options: &ControllerOptions,
     metrics: &crate::metrics::Metrics,
-) -> Result<(Arc<dyn Store>, String, Option<crate::store::ServingLock>), ControllerError> {
+) -> Result<(Arc<dyn Store>, String, Clustered), ControllerError> {
     let data_dir = &options.data_dir;
     let may_create = options.initialize || !crate::fleet_identity::has_served(data_dir);
     if let Some(url) = &options.database_url {
         let shown = crate::store::redact_url(url);
-        let serving = crate::store::PostgresStore::claim_serving(url).await?;
         let store = crate::store::PostgresStore::connect(url).await?;
         if !may_create && !store.holds_fleet().await? && store.fleet_id().await?.is_none() {
             return Err(crate::fleet_identity::empty_refusal(data_dir, &shown).into());
         }
+        let clustered = Some((store.pool().clone(), store.cluster_link()));
         let metered = crate::store::MeteredStore { inner: store, metrics: metrics.clone() };
-        return Ok((Arc::new(metered), shown, Some(serving)));
+        return Ok((Arc::new(metered), shown, clustered));
     }
     let database = data_dir.join(crate::backup::DATABASE_FILE);
     let opened = SqliteStore::open_with(&database, may_create).await.map_err(|error| match error {

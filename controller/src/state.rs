@@ -60,6 +60,9 @@ pub struct ControllerState {
     pub metrics: crate::metrics::Metrics,
     /// The fleet the store holds (agents learn it at enrollment and in Welcome).
     pub fleet_id: String,
+    /// This controller's place among several on one PostgreSQL database; `None`
+    /// with SQLite (the one controller leads).
+    pub cluster: Option<Arc<crate::cluster::Cluster>>,
 }
 
 impl ControllerState {

@@ -61,8 +61,9 @@ impl TestFleet {
             },
             metrics,
             fleet_id: "0123456789abcdef0123456789abcdef".into(),
+            cluster: None,
         });
-        crate::rollouts::spawn(state.clone(), inbox);
+        crate::rollouts::spawn(state.clone(), inbox, tokio::sync::watch::channel(true).1);
         let (operator, _) = mint_credential(&state, "op", Role::Operator, "test").await.unwrap();
         let (viewer, _) = mint_credential(&state, "reader", Role::Viewer, "test").await.unwrap();
         let now = Timestamp::now();

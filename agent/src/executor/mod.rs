@@ -66,8 +66,8 @@ pub struct Tools {
 /// The controller's package cache, as this agent reaches it.
 #[derive(Debug, Clone)]
 pub struct PackageCacheClient {
-    /// `https://controller:7443/cache/v1`.
-    pub base: String,
+    /// The controller whose `/cache/v1` is used: the one the session is on.
+    pub controller: crate::link::CurrentController,
     /// Presents the machine's certificate; trusts only the controller's CA.
     pub downloader: Downloader,
     /// The machine's certificate and key in one PEM file, and the controller's CA:
@@ -77,21 +77,26 @@ pub struct PackageCacheClient {
 }
 
 impl PackageCacheClient {
+    /// `https://controller:7443/cache/v1`.
+    fn base(&self) -> String {
+        format!("{}/cache/v1", self.controller.url().trim_end_matches('/'))
+    }
+
     pub fn file_url(&self, sha256: &str, file_name: &str) -> String {
-        format!("{}/files/{sha256}/{}", self.base, file_name.replace('%', "%25").replace('+', "%2B"))
+        format!("{}/files/{sha256}/{}", self.base(), file_name.replace('%', "%25").replace('+', "%2B"))
     }
 
     /// The cache's copy of the index at `index` (its PEP 503/691 pages).
     pub fn index_url(&self, index: &str) -> String {
         format!(
             "{}/index/{}",
-            self.base,
+            self.base(),
             comfyfleet_config::lock::repository_key(index.trim_end_matches('/'))
         )
     }
 
     pub fn bundle_url(&self, git: &str, commit: &str) -> String {
-        format!("{}/git/{}/{commit}.bundle", self.base, comfyfleet_config::lock::repository_key(git))
+        format!("{}/git/{}/{commit}.bundle", self.base(), comfyfleet_config::lock::repository_key(git))
     }
 }
 

@@ -29,6 +29,7 @@ pub async fn create(
         server: config.server.clone(),
         credential: response.token,
         ca_certificate: config.ca_certificate.clone(),
+        other_servers: config.other_servers.clone(),
     };
     Ok(new_config.to_toml())
 }

@@ -19,6 +19,7 @@ use super::model::{
 };
 use super::plan::{Limits, soak_until};
 use crate::auth::Caller;
+use crate::cluster::Forwarded;
 use crate::environment_service::{find_revision, revision_to_wire};
 use crate::fleet_service::{internal, machine_record};
 use crate::rollout_service::{fleet, named_machines, revision_spec};
@@ -42,7 +43,19 @@ struct Launch<'a> {
     caller: &'a Caller,
 }
 
+/// Starts a rollout: here when this controller leads the fleet, else by the leader.
 pub async fn start(
+    state: &ControllerState,
+    caller: &Caller,
+    request: pb::StartRolloutRequest,
+) -> Result<pb::StartRolloutResponse, Status> {
+    match crate::cluster::follower(state) {
+        Some(cluster) => cluster.forward(Forwarded::Start, caller, &request).await,
+        None => start_here(state, caller, request).await,
+    }
+}
+
+pub(crate) async fn start_here(
     state: &ControllerState,
     caller: &Caller,
     request: pb::StartRolloutRequest,
@@ -66,7 +79,20 @@ pub async fn start(
     launch_rollout(state, launch).await
 }
 
+/// Undoes an environment's newest rollout: here when this controller leads, else by
+/// the leader.
 pub async fn undo(
+    state: &ControllerState,
+    caller: &Caller,
+    request: pb::UndoRolloutRequest,
+) -> Result<pb::StartRolloutResponse, Status> {
+    match crate::cluster::follower(state) {
+        Some(cluster) => cluster.forward(Forwarded::Undo, caller, &request).await,
+        None => undo_here(state, caller, request).await,
+    }
+}
+
+pub(crate) async fn undo_here(
     state: &ControllerState,
     caller: &Caller,
     request: pb::UndoRolloutRequest,
@@ -310,7 +336,26 @@ pub async fn events(
     })
 }
 
+/// Pauses, resumes or aborts a rollout: here when this controller leads, else by the
+/// leader.
 pub async fn act(
+    state: &ControllerState,
+    caller: &Caller,
+    command: Command,
+    request: pb::RolloutActionRequest,
+) -> Result<pb::Rollout, Status> {
+    let forwarded = match command {
+        Command::Pause => Forwarded::Pause,
+        Command::Resume => Forwarded::Resume,
+        Command::Abort => Forwarded::Abort,
+    };
+    match crate::cluster::follower(state) {
+        Some(cluster) => cluster.forward(forwarded, caller, &request).await,
+        None => act_here(state, caller, command, request).await,
+    }
+}
+
+pub(crate) async fn act_here(
     state: &ControllerState,
     caller: &Caller,
     command: Command,

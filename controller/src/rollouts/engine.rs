@@ -65,22 +65,70 @@ pub(super) struct Engine {
     pub(super) settled: HashMap<String, RolloutRecord>,
 }
 
-/// Starts the engine: loads every open rollout, then serves `inbox` until every
-/// sender is gone.
-pub fn spawn(state: Arc<ControllerState>, inbox: Inbox) -> tokio::task::JoinHandle<()> {
+/// Starts the engine. While `leading` says this controller leads the fleet (always,
+/// with one controller) it loads every open rollout and serves `inbox`; when the lead
+/// passes to another controller it forgets them, and takes them up again from the
+/// store if the lead comes back. Ends when every sender is gone.
+pub fn spawn(
+    state: Arc<ControllerState>,
+    mut inbox: Inbox,
+    mut leading: tokio::sync::watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
-        let mut engine = Engine {
-            state,
-            runs: BTreeMap::new(),
-            owners: HashMap::new(),
-            specs: HashMap::new(),
-            settled: HashMap::new(),
-        };
-        if let Err(error) = engine.load().await {
-            tracing::error!(%error, "cannot load the open rollouts; they continue once the store answers");
+        loop {
+            // Following: what arrives here is the leader's to act on (it hears of
+            // reports and sessions through the database).
+            while !*leading.borrow_and_update() {
+                tokio::select! {
+                    changed = leading.changed() => if changed.is_err() { return },
+                    message = inbox.0.recv() => match message {
+                        None => return,
+                        Some(message) => refuse(message),
+                    },
+                }
+            }
+            tracing::info!("this controller leads: the rollout engine starts");
+            let mut engine = Engine {
+                state: state.clone(),
+                runs: BTreeMap::new(),
+                owners: HashMap::new(),
+                specs: HashMap::new(),
+                settled: HashMap::new(),
+            };
+            if let Err(error) = engine.load().await {
+                tracing::error!(%error, "cannot load the open rollouts; they continue once the store answers");
+            }
+            match engine.serve(&mut inbox, &mut leading).await {
+                Served::Closed => return,
+                Served::Deposed => {
+                    tracing::warn!(
+                        "this controller no longer leads: its rollout engine stops, the leader's carries on"
+                    );
+                }
+            }
         }
-        engine.serve(inbox).await;
     })
+}
+
+/// Answers a call that reached a controller which does not lead.
+fn refuse(message: Message) {
+    let not_leader = || {
+        Status::unavailable(
+            "this controller does not lead the rollout engine just now; try again in a few seconds",
+        )
+    };
+    match message {
+        Message::Create { reply, .. } => drop(reply.send(Err(not_leader()))),
+        Message::Command { reply, .. } => drop(reply.send(Err(not_leader()))),
+        Message::Report { .. } | Message::Connected(_) => {}
+    }
+}
+
+enum Served {
+    /// Every sender is gone: the controller is stopping.
+    Closed,
+    /// Another controller leads now.
+    Deposed,
 }
 
 fn parse_spec(revision: &StoredRevision) -> Result<Spec, Status> {
@@ -176,16 +224,24 @@ impl Engine {
         Ok(found)
     }
 
-    async fn serve(&mut self, mut inbox: Inbox) {
+    async fn serve(&mut self, inbox: &mut Inbox, leading: &mut tokio::sync::watch::Receiver<bool>) -> Served {
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // How long the last steps took: see below.
         let mut pause = Duration::ZERO;
+        let mut watching = true;
         loop {
             let mut touched = BTreeSet::new();
             tokio::select! {
+                changed = leading.changed(), if watching => match changed {
+                    // Nobody can depose this controller any more (one controller).
+                    Err(_) => watching = false,
+                    Ok(()) => if !*leading.borrow_and_update() {
+                        return Served::Deposed;
+                    },
+                },
                 message = inbox.0.recv() => {
-                    let Some(message) = message else { return };
+                    let Some(message) = message else { return Served::Closed };
                     let urgent = matches!(message, Message::Create { .. } | Message::Command { .. });
                     self.handle(message, &mut touched).await;
                     // Reports stream in while thousands of machines move, and every step
@@ -202,7 +258,7 @@ impl Engine {
                         match inbox.0.try_recv() {
                             Ok(message) => self.handle(message, &mut touched).await,
                             Err(TryRecvError::Empty) => break,
-                            Err(TryRecvError::Disconnected) => return,
+                            Err(TryRecvError::Disconnected) => return Served::Closed,
                         }
                     }
                 }

@@ -16,7 +16,7 @@ use comfyfleet_config::spec::{DriverCompat, SpecDigest};
 use comfyfleet_config::{AssignmentReason, ConvergenceReport, Inventory, Labels, MachineId, Role};
 use jiff::Timestamp;
 
-pub use postgres::{PostgresStore, ServingLock, redact_url};
+pub use postgres::{ClusterLink, NOTICE_CHANNEL, PostgresStore, notify, redact_url};
 pub use sqlite::{SnapshotFacts, SqliteStore};
 
 use crate::rollouts::model::{NewRollout, RolloutRecord, RolloutStep, StoredEvent, StoredMachineRow};
@@ -35,6 +35,11 @@ pub enum StoreError {
     Damaged { path: String, detail: String },
     #[error("{0}")]
     Unsupported(String),
+    #[error(
+        "this controller no longer leads the rollout engine (its lease lapsed or another controller took it); \
+         the leader carries on"
+    )]
+    NotLeader,
     #[error(
         "the database was written by a newer comfyfleet (schema version {found}, this build knows {known}); upgrade this controller"
     )]

@@ -11,6 +11,7 @@ mod queries;
 mod tests;
 
 use std::path::Path;
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::Duration;
 
 use jiff::Timestamp;
@@ -24,6 +25,7 @@ use super::{StoreError, StoreResult};
 const MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("../../migrations/postgres/0001_fleet.sql")),
     (2, include_str!("../../migrations/postgres/0002_fleet_secrets.sql")),
+    (3, include_str!("../../migrations/postgres/0003_cluster.sql")),
 ];
 
 /// Advisory lock keys (`pg_advisory_lock`): one per decision that must be taken by
@@ -33,47 +35,66 @@ pub(super) mod locks {
     pub const MIGRATE: i64 = 0x636f_6d66_7901;
     /// Numbering an environment's revisions.
     pub const REVISIONS: i64 = 0x636f_6d66_7902;
-    /// Held by the one controller serving the database.
-    pub const SERVING: i64 = 0x636f_6d66_7903;
-}
-
-/// The session-level lock of the one controller serving a database, held on a
-/// connection of its own for as long as this lives.
-pub struct ServingLock {
-    _connection: sqlx::PgConnection,
-}
-
-impl PostgresStore {
-    /// Takes the database's serving lock, or says that another controller holds it:
-    /// until the rollout engine elects a leader, two controllers on one database would
-    /// each run it.
-    pub async fn claim_serving(url: &str) -> StoreResult<ServingLock> {
-        use sqlx::Connection;
-        let shown = redact_url(url);
-        let options: PgConnectOptions =
-            url.parse().map_err(|source| StoreError::Open { path: shown.clone(), source })?;
-        let mut connection =
-            sqlx::PgConnection::connect_with(&options.application_name("comfyfleet-controller"))
-                .await
-                .map_err(|source| StoreError::Open { path: shown.clone(), source })?;
-        let claimed: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
-            .bind(locks::SERVING)
-            .fetch_one(&mut connection)
-            .await
-            .map_err(database("taking the serving lock"))?;
-        if !claimed {
-            return Err(StoreError::Unsupported(format!(
-                "another controller already serves the database {shown}: one controller per database for now \
-                 (several, with one elected to run rollouts, are not built yet); stop the other one or give this \
-                 one another database"
-            )));
-        }
-        Ok(ServingLock { _connection: connection })
-    }
 }
 
 pub struct PostgresStore {
     pool: PgPool,
+    link: Arc<ClusterLink>,
+}
+
+/// What the store needs from the controller it serves when several share the
+/// database (see `cluster.rs`): the name its notices go out under, and the lease
+/// the rollout engine's writes are fenced with.
+#[derive(Default)]
+pub struct ClusterLink {
+    /// This controller's id; unset (one controller, or a tool): no notices, no fence.
+    origin: OnceLock<String>,
+    /// `(holder, epoch)` while this controller holds the lease.
+    lease: Mutex<Option<(String, i64)>>,
+}
+
+/// The channel every controller of a fleet listens on.
+pub const NOTICE_CHANNEL: &str = "comfyfleet";
+/// A notice's payload stays under PostgreSQL's 8,000 bytes: ids are sent in chunks.
+const NOTICE_IDS: usize = 100;
+
+/// Sends `"{origin} {kind} {id} {id} …"` on [`NOTICE_CHANNEL`] (delivered when the
+/// transaction `connection` is in commits), a chunk of ids per notice.
+pub async fn notify(
+    connection: &mut sqlx::PgConnection,
+    origin: &str,
+    kind: &str,
+    ids: &[&str],
+) -> Result<(), sqlx::Error> {
+    for chunk in ids.chunks(NOTICE_IDS) {
+        let payload = format!("{origin} {kind} {}", chunk.join(" "));
+        sqlx::query("SELECT pg_notify($1, $2)")
+            .bind(NOTICE_CHANNEL)
+            .bind(payload)
+            .execute(&mut *connection)
+            .await?;
+    }
+    Ok(())
+}
+
+impl ClusterLink {
+    /// Joins this store to the cluster as controller `id`.
+    pub fn join(&self, id: &str) {
+        let _ = self.origin.set(id.to_owned());
+    }
+
+    pub fn origin(&self) -> Option<&str> {
+        self.origin.get().map(String::as_str)
+    }
+
+    /// Sets (or clears) the lease the engine's writes must still hold.
+    pub fn set_lease(&self, lease: Option<(String, i64)>) {
+        *self.lease.lock().unwrap_or_else(PoisonError::into_inner) = lease;
+    }
+
+    fn lease(&self) -> Option<(String, i64)> {
+        self.lease.lock().unwrap_or_else(PoisonError::into_inner).clone()
+    }
 }
 
 /// `postgres://user:password@host/db` with the password replaced, for messages.
@@ -103,9 +124,19 @@ impl PostgresStore {
             .connect_with(options)
             .await
             .map_err(|source| StoreError::Open { path: shown, source })?;
-        let store = Self { pool };
+        let store = Self { pool, link: Arc::default() };
         store.migrate().await?;
         Ok(store)
+    }
+
+    /// The pool, for the cluster's own statements (heartbeats, the lease, notices).
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// How the cluster tells this store who it serves and whether it leads.
+    pub fn cluster_link(&self) -> Arc<ClusterLink> {
+        self.link.clone()
     }
 
     async fn write_transaction(&self, doing: &'static str) -> StoreResult<Transaction<'static, Postgres>> {
@@ -193,6 +224,39 @@ impl PostgresStore {
             .await
             .map_err(database("taking the revision lock"))?;
         Ok(())
+    }
+
+    /// The rollout engine writes only while this controller still holds the lease
+    /// it was given (its holder, epoch and expiry checked by the database's clock,
+    /// the row shared-locked until commit): a controller that lost the lease while
+    /// stalled cannot write a step the new leader has not seen.
+    async fn fence(&self, tx: &mut Transaction<'static, Postgres>) -> StoreResult<()> {
+        if self.link.origin().is_none() {
+            return Ok(());
+        }
+        let (holder, epoch) = self.link.lease().ok_or(StoreError::NotLeader)?;
+        let held: Option<i32> = sqlx::query_scalar(
+            "SELECT 1 FROM controller_lease WHERE id = 1 AND holder = $1 AND epoch = $2 \
+             AND expires_at > now() FOR SHARE",
+        )
+        .bind(holder)
+        .bind(epoch)
+        .fetch_optional(&mut **tx)
+        .await
+        .map_err(database("checking the leader lease"))?;
+        held.map(drop).ok_or(StoreError::NotLeader)
+    }
+
+    /// Tells the fleet's other controllers, when `tx` commits, that `ids` changed in
+    /// the way `kind` names (`cluster.rs` reads them).
+    async fn announce(
+        &self,
+        tx: &mut Transaction<'static, Postgres>,
+        kind: &str,
+        ids: &[&str],
+    ) -> StoreResult<()> {
+        let Some(origin) = self.link.origin() else { return Ok(()) };
+        notify(tx, origin, kind, ids).await.map_err(database("notifying the other controllers"))
     }
 
     async fn backup_to(&self, _to: &Path) -> StoreResult<()> {

@@ -271,6 +271,21 @@ impl SqliteStore {
         Ok(())
     }
 
+    /// One controller per SQLite file: it always leads.
+    async fn fence(&self, _tx: &mut Transaction<'static, Sqlite>) -> StoreResult<()> {
+        Ok(())
+    }
+
+    /// Nobody else to tell.
+    async fn announce(
+        &self,
+        _tx: &mut Transaction<'static, Sqlite>,
+        _kind: &str,
+        _ids: &[&str],
+    ) -> StoreResult<()> {
+        Ok(())
+    }
+
     async fn backup_to(&self, to: &Path) -> StoreResult<()> {
         // VACUUM INTO reads one consistent snapshot (a read transaction) while writers
         // go on, and writes a compact copy with no WAL beside it.

@@ -36,13 +36,6 @@ fn a_fleet_on_postgresql_rides_out_a_lost_database() {
     assert_eq!(done["counts"]["active"], 20, "{}", done["counts"]);
     assert_eq!(controller.machines().len(), 20);
 
-    // One controller per database, until the rollout engine elects a leader.
-    let (refused, output) = controller_command(
-        &dir.path().join("second"),
-        &["--database-url", &url, "--secrets-key-file", key_arg, "--listen", "127.0.0.1:0"],
-    );
-    assert!(!refused.success() && output.contains("another controller already serves"), "{output}");
-
     // Backups of a PostgreSQL fleet are PostgreSQL's own.
     let (refused, output) =
         controller_command(&data, &["--database-url", &url, "backup", "--to", "/tmp/never.db"]);

@@ -157,6 +157,18 @@ impl Server {
         self.url(name)
     }
 
+    /// Runs `statement` in database `name` with psql; its rows, one per line, columns
+    /// separated by `|`.
+    pub fn query(&self, name: &str, statement: &str) -> String {
+        let output = Command::new(self.bin.join("psql"))
+            .args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1", "-U", "postgres"])
+            .args(["-d", name, "-p", &self.port.to_string(), "-c", statement])
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{statement}: {}", String::from_utf8_lossy(&output.stderr));
+        String::from_utf8_lossy(&output.stdout).trim().to_owned()
+    }
+
     /// Stops the server at once (`pg_ctl stop -m immediate`): connections drop as on a
     /// crash or a lost network.
     pub fn stop(&mut self) {

@@ -251,15 +251,21 @@ impl Store for ThisStore {
     }
 
     async fn revoke_machine(&self, id: &MachineId, at: Timestamp) -> StoreResult<bool> {
+        let mut tx = self.write_transaction("starting a revocation").await?;
         let result = sqlx::query(sqlx::AssertSqlSafe(sql(
             "UPDATE machines SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL",
         )))
         .bind(millis(at))
         .bind(id.as_str())
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await
         .map_err(database("revoking a machine"))?;
-        Ok(result.rows_affected() > 0)
+        let revoked = result.rows_affected() > 0;
+        if revoked {
+            self.announce(&mut tx, "revoked", &[id.as_str()]).await?;
+        }
+        tx.commit().await.map_err(database("committing a revocation"))?;
+        Ok(revoked)
     }
 
     async fn create_credential(&self, credential: &CredentialRecord) -> StoreResult<()> {

@@ -108,6 +108,7 @@ impl ThisStore {
     ) -> StoreResult<StoredAssignment> {
         let mut tx = self.write_transaction("starting an assignment").await?;
         let stored = insert_assignment(&mut tx, machine, assignment).await?;
+        self.announce(&mut tx, "assigned", &[machine.as_str()]).await?;
         tx.commit().await.map_err(database("committing an assignment"))?;
         Ok(stored)
     }
@@ -152,6 +153,7 @@ impl ThisStore {
             what: "convergence report",
             detail: format!("cannot serialise: {e}"),
         })?;
+        let mut tx = self.write_transaction("starting to record a report").await?;
         sqlx::query(sqlx::AssertSqlSafe(sql(
             "INSERT INTO machine_reports (machine_id, report_json, updated_at) VALUES (?, ?, ?) \
              ON CONFLICT (machine_id) DO UPDATE SET report_json = excluded.report_json, \
@@ -160,10 +162,11 @@ impl ThisStore {
         .bind(machine.as_str())
         .bind(json)
         .bind(millis(at))
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await
         .map_err(database("recording a convergence report"))?;
-        Ok(())
+        self.announce(&mut tx, "reported", &[machine.as_str()]).await?;
+        tx.commit().await.map_err(database("committing a report"))
     }
 
     pub(super) async fn put_reports(
@@ -191,6 +194,8 @@ impl ThisStore {
             );
             query.build().execute(&mut *tx).await.map_err(database("recording convergence reports"))?;
         }
+        let ids: Vec<&str> = reports.iter().map(|(machine, _, _)| machine.as_str()).collect();
+        self.announce(&mut tx, "reported", &ids).await?;
         tx.commit().await.map_err(database("committing reports"))?;
         Ok(())
     }

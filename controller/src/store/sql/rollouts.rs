@@ -110,6 +110,7 @@ async fn write_change(
 impl ThisStore {
     pub(super) async fn insert_rollout(&self, rollout: &NewRollout) -> StoreResult<RolloutRecord> {
         let mut tx = self.write_transaction("starting a rollout").await?;
+        self.fence(&mut tx).await?;
         let row = sqlx::query(sqlx::AssertSqlSafe(sql(&format!(
             "INSERT INTO rollouts (environment, revision_number, revision_id, kind, policy_json, state, \
              named_machines, batch_size, undo_of, created_at, created_by) \
@@ -142,6 +143,7 @@ impl ThisStore {
         step: &RolloutStep,
     ) -> StoreResult<Vec<StoredAssignment>> {
         let mut tx = self.write_transaction("starting a rollout step").await?;
+        self.fence(&mut tx).await?;
         let wanted: Vec<(&MachineId, &crate::store::NewAssignment)> = step
             .rows
             .iter()
@@ -173,6 +175,8 @@ impl ThisStore {
         if let Some(change) = &step.change {
             write_change(&mut tx, rollout, change).await?;
         }
+        let ids: Vec<&str> = assigned.iter().map(|stored| stored.machine_id.as_str()).collect();
+        self.announce(&mut tx, "assigned", &ids).await?;
         tx.commit().await.map_err(database("committing a rollout step"))?;
         Ok(assigned)
     }

@@ -40,9 +40,10 @@ const BLOCKING_THREADS: usize = 8;
 #[derive(Debug, Parser)]
 #[command(version)]
 struct Args {
-    /// The controller's https:// URL.
-    #[arg(long, env = "COMFYFLEET_CONTROLLER", value_parser = parse_https_url)]
-    controller: String,
+    /// The controller's https:// URL; repeat it (or separate with commas) for a fleet
+    /// of several controllers: each agent starts at one and fails over to the others.
+    #[arg(long, env = "COMFYFLEET_CONTROLLER", value_parser = parse_https_url, value_delimiter = ',', required = true)]
+    controller: Vec<String>,
     /// A join token (`comfyfleet token create`) with uses for every new agent; not
     /// needed when every agent is enrolled already. Prefer the environment variable.
     #[arg(long, env = "COMFYFLEET_JOIN_TOKEN", hide_env_values = true, value_parser = parse_token)]
@@ -148,7 +149,7 @@ impl Args {
             return Err("--hostname-prefix: give 1 to 200 printable characters without spaces".into());
         }
         Ok(SimOptions {
-            controller_url: self.controller,
+            controller_urls: self.controller,
             join_token: self.join_token,
             data_dir: self.data_dir,
             count: self.count as usize,

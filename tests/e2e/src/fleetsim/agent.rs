@@ -32,7 +32,7 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(10);
 /// What every agent of the fleet shares.
 #[derive(Debug)]
 pub struct FleetContext {
-    pub controller_url: String,
+    pub controller_urls: Vec<String>,
     pub join_token: Option<JoinToken>,
     pub data_dir: PathBuf,
     pub hostname_prefix: String,
@@ -77,9 +77,9 @@ pub async fn obtain_identity(
     let identity_dir = IdentityDir::new(&data_dir);
     let identity_error = |source| FleetSimError::Identity { agent: index, source };
     if let Some(mut identity) = identity_dir.load().map_err(identity_error)? {
-        if identity.controller_url != context.controller_url {
+        if identity.controller_urls() != context.controller_urls {
             identity_dir
-                .update_controller_url(&mut identity, &context.controller_url)
+                .update_controller_urls(&mut identity, &context.controller_urls)
                 .map_err(identity_error)?;
         }
         return Ok((identity, true));
@@ -88,7 +88,7 @@ pub async fn obtain_identity(
     let hostname = context.hostname(index);
     let labels = context.labels(index);
     let enrollment =
-        Enrollment { controller_url: &context.controller_url, token, hostname: &hostname, labels: &labels };
+        Enrollment { controller_urls: &context.controller_urls, token, hostname: &hostname, labels: &labels };
     // Never interrupted from inside: a stopping simulator drops the whole task.
     let identity = enroll(&identity_dir, enrollment, &mut std::future::pending::<()>())
         .await
@@ -208,6 +208,7 @@ impl SimAgent {
             reports: self.reports.clone(),
             inventory_changed: self.inventory_changed.clone(),
             connected: self.connected.clone(),
+            controller: comfyfleet_agent::link::CurrentController::new(&self.identity.controller_url),
         };
         let watcher = SessionWatcher {
             agent: self.index,

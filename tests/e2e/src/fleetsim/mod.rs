@@ -90,7 +90,7 @@ impl FleetSimError {
 /// Everything the simulator is told at start.
 #[derive(Debug, Clone)]
 pub struct SimOptions {
-    pub controller_url: String,
+    pub controller_urls: Vec<String>,
     /// Needed only for agents without an identity under `data_dir` yet.
     pub join_token: Option<JoinToken>,
     /// Agent `i` keeps its identity and journal in `data_dir/agent-<i>/`.
@@ -159,7 +159,7 @@ pub async fn run(
         None => (EventLog::default(), None),
     };
     let context = Arc::new(FleetContext {
-        controller_url: options.controller_url.clone(),
+        controller_urls: options.controller_urls.clone(),
         join_token: options.join_token.clone(),
         data_dir: options.data_dir.clone(),
         hostname_prefix: options.hostname_prefix.clone(),
