@@ -263,7 +263,7 @@ impl Cluster {
             }
             if self.is_leading() {
                 self.take_calls(&state).await;
-                if beats % 10 == 0 {
+                if beats.is_multiple_of(10) {
                     self.reap().await;
                 }
             }

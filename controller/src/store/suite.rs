@@ -203,7 +203,7 @@ pub async fn concurrent_applies_get_distinct_numbers(store: Arc<dyn Store>) {
     assert_eq!(numbers, [1, 2, 3, 4, 5, 6]);
 }
 
-async fn seed_machines(store: &dyn Store, ids: &[&str]) {
+pub(crate) async fn seed_machines(store: &dyn Store, ids: &[&str]) {
     let now = Timestamp::now();
     let token = JoinTokenRecord {
         id: "0123456789ab".into(),

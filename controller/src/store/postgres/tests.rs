@@ -2,6 +2,7 @@
 //! test in a temp dir on a free port): every case in a database of its own.
 
 use super::*;
+use crate::store::Store;
 
 #[tokio::test]
 async fn the_store_suite() {
@@ -31,7 +32,80 @@ async fn controllers_starting_together_migrate_once() {
         .fetch_all(&store.pool)
         .await
         .unwrap();
-    assert_eq!(versions, [1, 2], "each migration once");
+    assert_eq!(versions, [1, 2, 3], "each migration once");
     assert!(redact_url("postgres://fleet:s3cret@db:5432/fleet").ends_with("fleet:***@db:5432/fleet"));
     assert!(!redact_url("postgres://fleet:s3cret@db/fleet").contains("s3cret"));
+}
+
+/// The rollout engine's writes go through only while this controller holds the
+/// lease it was given: not before it leads, not once another took over, not once it
+/// lapsed — and a notice of the change goes out with them.
+#[tokio::test]
+async fn engine_writes_are_fenced_by_the_lease() {
+    use crate::rollouts::model::*;
+    let server = comfyfleet_testsupport::postgres::Server::start();
+    let url = server.create_database("fenced");
+    let store = PostgresStore::connect(&url).await.unwrap();
+    crate::store::suite::seed_machines(&store, &["m1"]).await;
+    let now = Timestamp::now();
+    let rollout = NewRollout {
+        environment: "render".into(),
+        revision_number: 2,
+        revision_id: "b".repeat(64).parse().unwrap(),
+        kind: RolloutKind::Rollout,
+        policy: Default::default(),
+        named_machines: false,
+        batch_size: 1,
+        undo_of: None,
+        created_at: now,
+        created_by: "op".into(),
+        rows: Vec::new(),
+        events: vec![NewEvent::rollout(now, "started", "")],
+    };
+    // Not in a cluster (a tool, or tests): no fence.
+    let first = store.create_rollout(&rollout).await.unwrap();
+
+    store.cluster_link().join("c-one");
+    let not_leader = |result: StoreResult<RolloutRecord>| matches!(result, Err(StoreError::NotLeader));
+    assert!(not_leader(store.create_rollout(&rollout).await), "no lease given yet");
+    let lease = |holder: &str, epoch: i64, seconds: i64| {
+        let pool = store.pool.clone();
+        let holder = holder.to_owned();
+        async move {
+            sqlx::query(
+                "UPDATE controller_lease SET holder = $1, epoch = $2, expires_at = now() + make_interval(secs => $3)",
+            )
+            .bind(holder)
+            .bind(epoch)
+            .bind(seconds as f64)
+            .execute(&pool)
+            .await
+            .unwrap();
+        }
+    };
+    lease("c-one", 1, 5).await;
+    store.cluster_link().set_lease(Some(("c-one".into(), 1)));
+    let mut listener = sqlx::postgres::PgListener::connect_with(&store.pool).await.unwrap();
+    listener.listen(NOTICE_CHANNEL).await.unwrap();
+    store.create_rollout(&rollout).await.unwrap();
+    let mut change = RolloutChange::of(&first);
+    change.reason = "held".into();
+    store
+        .apply_rollout_step(first.id, &RolloutStep { change: Some(change.clone()), ..Default::default() })
+        .await
+        .unwrap();
+
+    // Another controller took over (epoch 2): the old leader's step is refused.
+    lease("c-two", 2, 5).await;
+    let step = RolloutStep { change: Some(change.clone()), ..Default::default() };
+    assert!(matches!(store.apply_rollout_step(first.id, &step).await, Err(StoreError::NotLeader)));
+    // Its own lease back but lapsed: refused too.
+    lease("c-one", 1, -1).await;
+    assert!(matches!(store.apply_rollout_step(first.id, &step).await, Err(StoreError::NotLeader)));
+
+    // A revocation is announced to the others when it commits.
+    assert!(store.revoke_machine(&"m1".parse().unwrap(), now).await.unwrap());
+    let notice =
+        tokio::time::timeout(std::time::Duration::from_secs(5), listener.recv()).await.unwrap().unwrap();
+    assert_eq!(notice.payload(), "c-one revoked m1");
 }
