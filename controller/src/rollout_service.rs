@@ -109,9 +109,11 @@ async fn assign(
     state.store.assign(machine, &assignment).await.map_err(internal)
 }
 
-/// Rings the machine's live session; whether it is online to hear it.
+/// Rings the machine's live session; whether it is online to hear it (here, or on
+/// another controller of the fleet, which the stored change's notice rings).
 fn notify(state: &ControllerState, record: &MachineRecord) -> bool {
-    state.presence.notify_assignment(&record.id) && record.revoked_at.is_none()
+    let here = state.presence.notify_assignment(&record.id);
+    (here || state.presence.last_seen(&record.id).is_some()) && record.revoked_at.is_none()
 }
 
 fn revoked(id: &MachineId) -> Status {

@@ -29,6 +29,9 @@ use serde_json::Value;
 struct Settings {
     /// `--postgres`: the controller keeps the fleet in a PostgreSQL the bench starts.
     postgres: bool,
+    /// `--controllers N` (with `--postgres`): N controllers serve the fleet, every
+    /// agent given all their URLs.
+    controllers: usize,
     machines: usize,
     prepare: Duration,
     activate: Duration,
@@ -39,6 +42,7 @@ impl Settings {
     fn parse() -> Settings {
         let mut settings = Settings {
             postgres: false,
+            controllers: 1,
             machines: 10_000,
             prepare: Duration::from_secs(2),
             activate: Duration::from_secs(1),
@@ -58,11 +62,17 @@ impl Settings {
                     settings.activate = humantime::parse_duration(&value()).expect("--activate 1s")
                 }
                 "--max-unavailable" => settings.max_unavailable = value(),
+                "--controllers" => settings.controllers = value().parse().expect("--controllers N"),
                 other => panic!(
-                    "unknown flag {other}: --machines N, --prepare D, --activate D, --max-unavailable A, --postgres"
+                    "unknown flag {other}: --machines N, --prepare D, --activate D, --max-unavailable A, --postgres, \
+                     --controllers N"
                 ),
             }
         }
+        assert!(
+            settings.controllers >= 1 && (settings.controllers == 1 || settings.postgres),
+            "several controllers serve one fleet from PostgreSQL: add --postgres"
+        );
         settings
     }
 }
@@ -117,17 +127,23 @@ fn main() {
     if let Some(url) = &database_url {
         controller_args.extend(["--database-url", url.as_str(), "--secrets-key-file", key.to_str().unwrap()]);
     }
-    let controller = Controller::start_with(&dir.path().join("controller"), 0, &controller_args);
-    let pid = controller.process.pid();
-    let (idle_rss, _) = memory(pid);
+    let controllers: Vec<Controller> = (0..settings.controllers)
+        .map(|index| Controller::start_with(&dir.path().join(format!("controller-{index}")), 0, &controller_args))
+        .collect();
+    let controller = &controllers[0];
+    let pids: Vec<u32> = controllers.iter().map(|controller| controller.process.pid()).collect();
+    let rss = || pids.iter().map(|pid| memory(*pid).0).collect::<Vec<f64>>();
+    let idle_rss = rss();
+    let urls = controllers.iter().map(|controller| controller.url.as_str()).collect::<Vec<_>>().join(",");
 
     // Enroll and connect every agent.
     let options = sim_options(&settings);
     let started = Instant::now();
-    let mut sim = SimFleet::start(dir.path(), &controller, &options);
+    let token = controller.create_token(&["--ttl", "1h"]);
+    let mut sim = SimFleet::start_with(dir.path(), &urls, Some(&token), &options);
     let enrolled = started.elapsed();
     std::thread::sleep(Duration::from_secs(3));
-    let (connected_rss, _) = memory(pid);
+    let connected_rss = rss();
     let listed = controller.machines().iter().filter(|machine| machine["online"] == true).count();
     assert_eq!(listed, n, "every machine online");
 
@@ -137,13 +153,13 @@ fn main() {
         controller.machines().iter().all(|machine| machine["online"] == false).then_some(())
     });
     let started = Instant::now();
-    let sim = SimFleet::start_with(dir.path(), &controller.url, None, &options);
+    let sim = SimFleet::start_with(dir.path(), &urls, None, &options);
     let reconnected = started.elapsed();
     std::thread::sleep(Duration::from_secs(3));
-    let (reconnected_rss, _) = memory(pid);
+    let reconnected_rss = rss();
 
     // A rollout: every machine prepares at once, activates max_unavailable at a time.
-    apply(&controller, dir.path(), &spec('1', "canary = 0"));
+    apply(controller, dir.path(), &spec('1', "canary = 0"));
     let before = sim.events().len();
     let t0 = now_ms();
     let clock = Instant::now();
@@ -164,9 +180,11 @@ fn main() {
     let started: Value = serde_json::from_str(&out).unwrap();
     let id = started["rollout"]["id"].as_u64().unwrap();
     let batch = started["rollout"]["limits"]["max_unavailable"].as_u64().unwrap();
-    let mut peak_during = 0.0f64;
+    let mut peak_during = vec![0.0f64; pids.len()];
     let done = wait_until(Duration::from_secs(3600), "the rollout to succeed", || {
-        peak_during = peak_during.max(memory(pid).0);
+        for (peak, now) in peak_during.iter_mut().zip(rss()) {
+            *peak = peak.max(now);
+        }
         std::thread::sleep(Duration::from_millis(200));
         let out = controller.cli(&["rollout", "status", &id.to_string(), "-o", "json"]);
         let status: Value = serde_json::from_str(&out.stdout).ok()?;
@@ -174,7 +192,9 @@ fn main() {
     });
     let wall = clock.elapsed();
     assert_eq!(done["counts"]["active"].as_u64(), Some(n as u64), "{}", done["counts"]);
-    let (_, peak) = memory(pid);
+    let peak: Vec<f64> =
+        pids.iter().zip(&peak_during).map(|(pid, during)| memory(*pid).1.max(*during)).collect();
+    let mib = |values: &[f64]| values.iter().map(|value| format!("{value:.0}")).collect::<Vec<_>>().join(" + ");
 
     // When each agent received the new revision (its first assignment).
     let events = sim.events();
@@ -192,19 +212,24 @@ fn main() {
     let ideal = settings.prepare + settings.activate * u32::try_from(batches).unwrap();
     let secs = |d: Duration| format!("{:.1} s", d.as_secs_f64());
     println!(
-        "fleet bench: {n} simulated machines, prepare {:?}, activate {:?}, max_unavailable {} ({batch}), store {}",
+        "fleet bench: {n} simulated machines, prepare {:?}, activate {:?}, max_unavailable {} ({batch}), store {}, {} controller{}",
         settings.prepare,
         settings.activate,
         settings.max_unavailable,
-        if settings.postgres { "PostgreSQL" } else { "SQLite" }
+        if settings.postgres { "PostgreSQL" } else { "SQLite" },
+        settings.controllers,
+        if settings.controllers == 1 { "" } else { "s" }
     );
     println!("| figure | value |");
     println!("|---|---|");
     println!("| enroll + connect all {n} agents | {} |", secs(enrolled));
     println!("| reconnect all {n} (identities kept) | {} |", secs(reconnected));
     println!(
-        "| controller RSS idle / {n} enrolled and connected / reconnected / peak in rollout | {idle_rss:.0} / {connected_rss:.0} / {reconnected_rss:.0} / {:.0} MiB |",
-        peak.max(peak_during)
+        "| controller RSS (each) idle / {n} enrolled and connected / reconnected / peak in rollout | {} / {} / {} / {} MiB |",
+        mib(&idle_rss),
+        mib(&connected_rss),
+        mib(&reconnected_rss),
+        mib(&peak)
     );
     println!("| `rollout start` call (plans {n} machines) | {} |", secs(start_call));
     println!(
@@ -224,7 +249,7 @@ fn main() {
         secs(ideal)
     );
     drop(sim);
-    for line in controller.process.log().lines() {
+    for line in controllers.iter().flat_map(|controller| controller.process.log().lines().map(str::to_owned).collect::<Vec<_>>()) {
         if line.contains("slow rollout step") || line.contains("rollout planned") || line.contains("slow") {
             eprintln!("controller: {line}");
         }
