@@ -2,6 +2,7 @@
 //! trust and the credential sent with every call.
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use comfyfleet_config::AdminConfig;
 use comfyfleet_proto::transport;
@@ -10,6 +11,9 @@ use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::Interceptor;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
+
+/// How long connecting to one controller (TCP, TLS, HTTP/2) may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub type Fleet = FleetServiceClient<InterceptedService<Channel, Bearer>>;
 
@@ -81,13 +85,26 @@ pub async fn connect(config: &AdminConfig) -> Result<Fleet, ClientError> {
 }
 
 async fn connect_to(config: &AdminConfig, url: &str) -> Result<Fleet, ClientError> {
+    // A controller that accepts the connection and then says nothing (overloaded, or
+    // not a controller) fails the call within seconds rather than hanging it: the
+    // connection and handshakes have a deadline, and a silent HTTP/2 peer is found by
+    // its unanswered pings.
     let endpoint = transport::endpoint(url)?
+        .connect_timeout(CONNECT_TIMEOUT)
+        .http2_keep_alive_interval(Duration::from_secs(5))
+        .keep_alive_timeout(Duration::from_secs(5))
         .tls_config(transport::tls_config(&config.ca_certificate, None))
         .map_err(|e| ClientError::Connect { url: url.to_owned(), detail: e.to_string() })?;
-    let channel = endpoint
-        .connect()
-        .await
-        .map_err(|e| ClientError::Connect { url: url.to_owned(), detail: transport::error_chain(&e) })?;
+    let channel = match tokio::time::timeout(CONNECT_TIMEOUT, endpoint.connect()).await {
+        Ok(connected) => connected
+            .map_err(|e| ClientError::Connect { url: url.to_owned(), detail: transport::error_chain(&e) })?,
+        Err(_) => {
+            return Err(ClientError::Connect {
+                url: url.to_owned(),
+                detail: format!("no TLS and HTTP/2 connection within {} s", CONNECT_TIMEOUT.as_secs()),
+            });
+        }
+    };
     let header = format!("Bearer {}", config.credential).parse::<MetadataValue<Ascii>>().map_err(|_| {
         ClientError::Connect { url: url.to_owned(), detail: "the credential is not ASCII".into() }
     })?;

@@ -11,6 +11,7 @@ pub mod backup;
 mod cache_http;
 mod cache_service;
 pub mod cluster;
+pub mod connection_guard;
 mod desired_state;
 mod environment_service;
 pub mod fleet_identity;

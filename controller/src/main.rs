@@ -61,6 +61,11 @@ struct Args {
     /// with in a PostgreSQL database; every controller of the fleet gets the same file.
     #[arg(long, env = "COMFYFLEET_SECRETS_KEY_FILE", value_name = "PATH", requires = "database_url")]
     secrets_key_file: Option<PathBuf>,
+    /// The most connections one source address may hold at once (handshakes
+    /// included); past it, its new ones are closed at accept. 0: no cap. Raise it
+    /// when many machines reach the controller through one NAT address.
+    #[arg(long, env = "COMFYFLEET_MAX_CONNECTIONS_PER_ADDRESS", value_name = "N", default_value_t = 1024)]
+    max_connections_per_address: usize,
     /// Start a new, empty fleet on an empty database even though this data dir has
     /// served one (or let this data dir serve the database's fleet). Without it, a
     /// controller whose database was emptied or replaced refuses to start.
@@ -239,6 +244,10 @@ async fn main() -> anyhow::Result<()> {
         initialize: args.initialize,
         database_url: args.database_url,
         secrets_key_file: args.secrets_key_file,
+        connection_limits: comfyfleet_controller::connection_guard::Limits {
+            per_address: args.max_connections_per_address,
+            ..Default::default()
+        },
         backup_interval: args.backup_interval,
         backup_keep: args.backup_keep as usize,
         retention: comfyfleet_controller::retention::Retention {

@@ -59,6 +59,9 @@ pub struct ControllerOptions {
     /// `--secrets-key-file`: the key the fleet's CA is sealed with in a PostgreSQL
     /// database (required with `database_url`).
     pub secrets_key_file: Option<PathBuf>,
+    /// What a connection must do before its first request, and how many one address
+    /// may hold (`--max-connections-per-address`).
+    pub connection_limits: crate::connection_guard::Limits,
 }
 
 impl ControllerOptions {
@@ -79,6 +82,7 @@ impl ControllerOptions {
             retention: crate::retention::Retention::default(),
             database_url: None,
             secrets_key_file: None,
+            connection_limits: crate::connection_guard::Limits::default(),
         }
     }
 }
@@ -248,9 +252,12 @@ pub async fn run(
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
         .tcp_keepalive(Some(Duration::from_secs(60)))
         .add_routes(routes)
-        .serve_with_incoming_shutdown(tls::incoming(listener, tls_config), async {
-            let _ = stopped.await;
-        });
+        .serve_with_incoming_shutdown(
+            tls::incoming(listener, tls_config, options.connection_limits),
+            async {
+                let _ = stopped.await;
+            },
+        );
     tokio::pin!(server);
 
     let mut side_servers = Vec::new();
@@ -266,6 +273,7 @@ pub async fn run(
         }));
     }
     if let Some((listener, config)) = web {
+        let limits = options.connection_limits;
         let address = listener.local_addr().ok();
         tracing::info!(listen = ?address, "serving the web page");
         let routes = tonic::service::Routes::from(crate::web::router(state.clone()));
@@ -273,7 +281,7 @@ pub async fn run(
             let served = tonic::transport::Server::builder()
                 .accept_http1(true)
                 .add_routes(routes)
-                .serve_with_incoming(tls::incoming(listener, config))
+                .serve_with_incoming(tls::incoming(listener, config, limits))
                 .await;
             if let Err(error) = served {
                 tracing::error!(%error, "the web server failed");

@@ -18,6 +18,7 @@ use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 use tokio_stream::wrappers::ReceiverStream;
 
+use crate::connection_guard::{AddressCounts, Guarded, Limits};
 use crate::pki::{CertificateAuthority, ServerIdentity};
 
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -62,14 +63,18 @@ pub fn web_server_config(identity: ServerIdentity) -> Result<Arc<rustls::ServerC
 }
 
 /// Accepts TCP connections on `listener` and yields them once their TLS handshake
-/// has completed. Ends when the returned stream is dropped.
+/// has completed, held to `limits` (see `connection_guard`). Ends when the returned
+/// stream is dropped.
 pub fn incoming(
     listener: TcpListener,
     config: Arc<rustls::ServerConfig>,
-) -> ReceiverStream<Result<TlsStream<TcpStream>, std::io::Error>> {
+    limits: Limits,
+) -> ReceiverStream<Result<Guarded<TlsStream<TcpStream>>, std::io::Error>> {
     let (ready, stream) = mpsc::channel(1024);
     let acceptor = TlsAcceptor::from(config);
+    let counts = AddressCounts::default();
     tokio::spawn(async move {
+        let mut refused_logged: Option<tokio::time::Instant> = None;
         loop {
             let (tcp, peer) = tokio::select! {
                 accepted = listener.accept() => match accepted {
@@ -83,13 +88,23 @@ pub fn incoming(
                 },
                 () = ready.closed() => return,
             };
+            let Some(slot) = counts.take(peer.ip(), limits.per_address) else {
+                // One line a minute, not one per refused connection.
+                if refused_logged.is_none_or(|at| at.elapsed() > Duration::from_secs(60)) {
+                    refused_logged = Some(tokio::time::Instant::now());
+                    tracing::warn!(address = %peer.ip(), cap = limits.per_address, "an address holds as many connections as it may; closing its new ones (--max-connections-per-address)");
+                }
+                drop(tcp);
+                continue;
+            };
             let _ = tcp.set_nodelay(true);
             let acceptor = acceptor.clone();
             let ready = ready.clone();
             tokio::spawn(async move {
                 match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                     Ok(Ok(tls)) => {
-                        let _ = ready.send(Ok(tls)).await;
+                        let guarded = Guarded::new(tls, tokio::time::Instant::now(), limits, slot);
+                        let _ = ready.send(Ok(guarded)).await;
                     }
                     Ok(Err(error)) => log_handshake_failure(peer, &error),
                     Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),

@@ -123,12 +123,15 @@ fn main() {
     let database_url = postgres.as_ref().map(|server| server.create_database("fleet"));
     let key = dir.path().join("secrets.key");
     std::fs::write(&key, format!("{}\n", "5a".repeat(32))).unwrap();
-    let mut controller_args = vec!["--heartbeat-interval", "5s"];
+    // Every simulated agent comes from 127.0.0.1: no cap per address.
+    let mut controller_args = vec!["--heartbeat-interval", "5s", "--max-connections-per-address", "0"];
     if let Some(url) = &database_url {
         controller_args.extend(["--database-url", url.as_str(), "--secrets-key-file", key.to_str().unwrap()]);
     }
     let controllers: Vec<Controller> = (0..settings.controllers)
-        .map(|index| Controller::start_with(&dir.path().join(format!("controller-{index}")), 0, &controller_args))
+        .map(|index| {
+            Controller::start_with(&dir.path().join(format!("controller-{index}")), 0, &controller_args)
+        })
         .collect();
     let controller = &controllers[0];
     let pids: Vec<u32> = controllers.iter().map(|controller| controller.process.pid()).collect();
@@ -194,7 +197,8 @@ fn main() {
     assert_eq!(done["counts"]["active"].as_u64(), Some(n as u64), "{}", done["counts"]);
     let peak: Vec<f64> =
         pids.iter().zip(&peak_during).map(|(pid, during)| memory(*pid).1.max(*during)).collect();
-    let mib = |values: &[f64]| values.iter().map(|value| format!("{value:.0}")).collect::<Vec<_>>().join(" + ");
+    let mib =
+        |values: &[f64]| values.iter().map(|value| format!("{value:.0}")).collect::<Vec<_>>().join(" + ");
 
     // When each agent received the new revision (its first assignment).
     let events = sim.events();
@@ -249,7 +253,10 @@ fn main() {
         secs(ideal)
     );
     drop(sim);
-    for line in controllers.iter().flat_map(|controller| controller.process.log().lines().map(str::to_owned).collect::<Vec<_>>()) {
+    for line in controllers
+        .iter()
+        .flat_map(|controller| controller.process.log().lines().map(str::to_owned).collect::<Vec<_>>())
+    {
         if line.contains("slow rollout step") || line.contains("rollout planned") || line.contains("slow") {
             eprintln!("controller: {line}");
         }

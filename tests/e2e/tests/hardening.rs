@@ -1,0 +1,96 @@
+//! What an attacker found, fixed. Each test here failed before its fix.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::print_stderr)] // test helpers fail loudly by design
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use comfyfleet_e2e::{Controller, test_dir};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName};
+use tokio::io::AsyncReadExt;
+
+/// Connections that complete TLS (ALPN h2) and then never send the HTTP/2 preface
+/// used to be held forever: enough of them froze the controller. Now an address holds
+/// at most its cap (the rest are closed at accept), the silent ones are closed ten
+/// seconds after their handshake, and the CLI, from another address, answers at once
+/// throughout.
+#[test]
+fn connections_that_never_speak_are_capped_and_closed_and_the_cli_still_answers() {
+    let dir = test_dir();
+    let controller =
+        Controller::start_with(&dir.path().join("controller"), 0, &["--max-connections-per-address", "300"]);
+    let admin: toml::Value =
+        toml::from_str(&std::fs::read_to_string(controller.admin_config()).unwrap()).unwrap();
+    let ca = CertificateDer::from_pem_slice(admin["ca_certificate"].as_str().unwrap().as_bytes()).unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ca).unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let server: SocketAddr = format!("127.0.0.1:{}", controller.port).parse().unwrap();
+
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    runtime.block_on(async {
+        // 400 silent connections from another loopback address.
+        let started = Instant::now();
+        let mut held = Vec::new();
+        let mut refused = 0;
+        for _ in 0..400 {
+            let socket = tokio::net::TcpSocket::new_v4().unwrap();
+            socket.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+            let Ok(tcp) = socket.connect(server).await else {
+                refused += 1;
+                continue;
+            };
+            let name = ServerName::try_from("localhost").unwrap();
+            match tokio::time::timeout(Duration::from_secs(5), connector.connect(name, tcp)).await {
+                Ok(Ok(tls)) => {
+                    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+                    held.push(tls);
+                }
+                _ => refused += 1,
+            }
+        }
+        eprintln!("{} silent connections held, {refused} refused, in {:?}", held.len(), started.elapsed());
+        assert!(held.len() <= 300, "the cap holds: {} held", held.len());
+        assert!(refused >= 100, "past the cap, connections are closed: {refused} refused");
+
+        // The CLI answers, from 127.0.0.1, in its normal time.
+        let asked = Instant::now();
+        let whoami = tokio::task::spawn_blocking({
+            let config = controller.admin_config();
+            move || comfyfleet_e2e::cli(&config, &["whoami"])
+        })
+        .await
+        .unwrap();
+        let took = asked.elapsed();
+        assert!(whoami.status.success(), "{}", whoami.stderr);
+        assert!(took < Duration::from_secs(5), "whoami took {took:?}");
+
+        // Every silent connection is closed by the controller, about 10 s after its handshake.
+        let mut buffer = [0u8; 64];
+        for (index, mut tls) in held.into_iter().enumerate() {
+            let read = tokio::time::timeout(Duration::from_secs(20), tls.read(&mut buffer)).await;
+            assert!(matches!(read, Ok(Ok(0) | Err(_))), "silent connection {index} still open: {read:?}");
+        }
+        let closed = started.elapsed();
+        assert!(
+            closed > Duration::from_secs(9),
+            "closed after {closed:?}: too early to be the first-bytes deadline"
+        );
+
+        // The address may connect again once its connections are gone.
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+        let tcp = socket.connect(server).await.unwrap();
+        let name = ServerName::try_from("localhost").unwrap();
+        connector.connect(name, tcp).await.expect("a new connection after the old ones closed");
+    });
+}
