@@ -27,6 +27,9 @@ pub struct MachineView {
     pub revoked_at: Option<String>,
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
+    /// Which layer set each label: `token` (binding), `agent` or `operator`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub label_sources: BTreeMap<String, String>,
     pub driver_version: Option<String>,
     /// e.g. "12.8"; null without a driver.
     pub cuda_driver_version: Option<String>,
@@ -102,6 +105,20 @@ impl From<&MachineRecord> for MachineView {
             enrolled_at: format::rfc3339(machine.enrolled_at),
             revoked_at: machine.revoked_at.map(format::rfc3339),
             labels: machine.labels.as_map().clone(),
+            label_sources: machine
+                .labels
+                .iter()
+                .map(|(key, _)| {
+                    let source = if machine.operator_labels.get(key).is_some() {
+                        "operator"
+                    } else if machine.token_labels.get(key).is_some() {
+                        "token"
+                    } else {
+                        "agent"
+                    };
+                    (key.to_owned(), source.to_owned())
+                })
+                .collect(),
             driver_version: nvidia.and_then(|nvidia| nvidia.driver_version.clone()),
             cuda_driver_version: nvidia.and_then(|nvidia| nvidia.cuda_driver_version).map(|v| v.to_string()),
             nvml_status: status,
@@ -240,6 +257,18 @@ impl MachineView {
         format!("{}@{} {phase}", assignment.environment, assignment.revision_number)
     }
 
+    /// `pool=quarantine (token), rack=12 (operator)`: each label with the layer that set it.
+    pub fn labels_with_sources(&self) -> String {
+        self.labels
+            .iter()
+            .map(|(key, value)| match self.label_sources.get(key) {
+                Some(source) => format!("{key}={value} ({source})"),
+                None => format!("{key}={value}"),
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
     pub fn labels_text(&self) -> String {
         self.labels.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",")
     }
@@ -257,6 +286,7 @@ impl MachineView {
             enrolled_at: "2026-01-01T00:00:00Z".into(),
             revoked_at: None,
             labels: BTreeMap::from([("pool".to_owned(), "render-a".to_owned())]),
+            label_sources: BTreeMap::new(),
             driver_version: Some("570.133.07".into()),
             cuda_driver_version: Some("12.8".into()),
             nvml_status: Some("ok".into()),
@@ -313,6 +343,7 @@ mod tests {
             enrolled_at: String::new(),
             revoked_at: None,
             labels: BTreeMap::new(),
+            label_sources: BTreeMap::new(),
             driver_version: None,
             cuda_driver_version: None,
             nvml_status: Some("ok".into()),

@@ -69,6 +69,14 @@ impl Labels {
         self.0.remove(key)
     }
 
+    /// The first of these labels that gives a key of `binding` another value:
+    /// `(key, this value, binding's value)`.
+    pub fn overriding<'a>(&'a self, binding: &'a Labels) -> Option<(&'a str, &'a str, &'a str)> {
+        self.iter().find_map(|(key, value)| {
+            binding.get(key).filter(|bound| *bound != value).map(|bound| (key, value, bound))
+        })
+    }
+
     pub fn get(&self, key: &str) -> Option<&str> {
         self.0.get(key).map(String::as_str)
     }

@@ -69,9 +69,11 @@ pub struct MachineRecord {
     pub last_seen: Option<Timestamp>,
     pub enrolled_at: Timestamp,
     pub revoked_at: Option<Timestamp>,
-    /// Token labels, then agent labels, then operator labels (later wins).
+    /// Agent labels, then token labels, then operator labels (later wins).
     pub labels: Labels,
     pub operator_labels: Labels,
+    /// The labels its join token set (binding on the agent).
+    pub token_labels: Labels,
     pub inventory: Option<Inventory>,
     pub inventory_updated_at: Option<Timestamp>,
     pub agent_version: String,

@@ -25,7 +25,7 @@ use crate::pki::{certificate_sha256, machine_id_of};
 use crate::presence::{KickReason, SessionGuard};
 use crate::secrets;
 use crate::state::ControllerState;
-use crate::store::{Hello, NewMachine};
+use crate::store::{Hello, NewMachine, StoredMachine};
 
 /// How long a new session may take to say Hello.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(30);
@@ -76,11 +76,12 @@ impl pb::agent_service_server::AgentService for AgentApi {
         request: Request<Streaming<pb::AgentMessage>>,
     ) -> Result<Response<Self::SessionStream>, Status> {
         let remote = request.remote_addr().map(|addr| addr.to_string()).unwrap_or_default();
-        let machine_id = self.authenticate_machine(&request).await?;
+        let machine = self.authenticate_machine(&request).await?;
         let (outbound, receiver) = mpsc::channel(16);
         let session = Session {
             state: self.state.clone(),
-            machine_id,
+            machine_id: machine.id,
+            token_labels: machine.token_labels,
             remote,
             inbound: request.into_inner(),
             outbound,
@@ -175,8 +176,8 @@ impl AgentApi {
     }
 
     /// The machine named by the client certificate, if that machine may connect.
-    async fn authenticate_machine<T>(&self, request: &Request<T>) -> Result<MachineId, Status> {
-        authenticate_certificate(&self.state, request.peer_certs().as_deref().map(Vec::as_slice)).await
+    async fn authenticate_machine<T>(&self, request: &Request<T>) -> Result<StoredMachine, Status> {
+        authenticated_machine(&self.state, request.peer_certs().as_deref().map(Vec::as_slice)).await
     }
 }
 
@@ -186,6 +187,14 @@ pub(crate) async fn authenticate_certificate(
     state: &ControllerState,
     certificates: Option<&[rustls::pki_types::CertificateDer<'static>]>,
 ) -> Result<MachineId, Status> {
+    authenticated_machine(state, certificates).await.map(|machine| machine.id)
+}
+
+/// Like [`authenticate_certificate`], with the machine's stored record.
+async fn authenticated_machine(
+    state: &ControllerState,
+    certificates: Option<&[rustls::pki_types::CertificateDer<'static>]>,
+) -> Result<StoredMachine, Status> {
     let refused = |reason: Refusal| state.metrics.refused("certificate", reason);
     let certificates = certificates.ok_or_else(|| {
         refused(Refusal::NoCertificate);
@@ -219,7 +228,7 @@ pub(crate) async fn authenticate_certificate(
             "this certificate is not machine {machine_id}'s current one"
         )));
     }
-    Ok(machine_id)
+    Ok(machine)
 }
 
 /// The refusal of a machine this fleet has no record of, with the fleet's id, so the
@@ -244,6 +253,8 @@ fn unknown_machine(state: &ControllerState, machine_id: &MachineId) -> Status {
 struct Session {
     state: Arc<ControllerState>,
     machine_id: MachineId,
+    /// The labels its join token set: binding, the agent's may not change them.
+    token_labels: comfyfleet_config::Labels,
     remote: String,
     inbound: Streaming<pb::AgentMessage>,
     outbound: desired_state::Outbound,
@@ -327,9 +338,14 @@ impl Session {
         }
         let inventory = hello.inventory.map(Inventory::try_from).transpose().map_err(Status::from)?;
         let now = Timestamp::now();
+        let agent_labels = labels_from_wire("hello.labels", hello.labels)?;
+        if let Some((key, value, bound)) = agent_labels.overriding(&self.token_labels) {
+            self.state.metrics.refused("session", Refusal::BadLabels);
+            return Err(Status::permission_denied(crate::store::binding_label(key, value, bound)));
+        }
         let record = Hello {
             agent_version: hello.agent_version,
-            agent_labels: labels_from_wire("hello.labels", hello.labels)?,
+            agent_labels,
             inventory,
             remote_address: self.remote.clone(),
             at: now,

@@ -63,6 +63,7 @@ pub(crate) fn machine_record(presence: &Presence, machine: StoredMachine) -> Mac
         enrolled_at: machine.enrolled_at,
         revoked_at: machine.revoked_at,
         operator_labels: machine.operator_labels,
+        token_labels: machine.token_labels,
         inventory: machine.inventory,
         inventory_updated_at: machine.inventory_updated_at,
         agent_version: machine.agent_version,

@@ -54,7 +54,7 @@ fn hardware(machine: &MachineView, now: Timestamp) -> String {
         ("Hostname", machine.hostname.clone()),
         ("Status", format!("{} (last seen {})", machine.status(), format::ago(last_seen, now))),
         ("Enrolled", machine.enrolled_at.clone()),
-        ("Labels", or_dash(Some(machine.labels_text()))),
+        ("Labels", or_dash(Some(machine.labels_with_sources()))),
         (
             "Agent",
             format!(

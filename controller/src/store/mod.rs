@@ -95,10 +95,10 @@ pub struct StoredMachine {
 }
 
 impl StoredMachine {
-    /// Token labels, then agent labels, then operator labels: the operator has the
-    /// last word, and an agent flag can refine what its token said.
+    /// Agent labels, then token labels, then operator labels: the operator has the
+    /// last word, and an agent may add labels but never change one its token set.
     pub fn effective_labels(&self) -> Labels {
-        self.token_labels.overlaid(&self.agent_labels).overlaid(&self.operator_labels)
+        self.agent_labels.overlaid(&self.token_labels).overlaid(&self.operator_labels)
     }
 }
 
@@ -327,6 +327,16 @@ pub enum EnrollRefusal {
     Expired { id: String, at: Timestamp },
     #[error("join token {id} has been used {uses} times, all it allowed")]
     UsedUp { id: String, uses: u32 },
+    #[error("{}", binding_label(key, value, bound))]
+    BindingLabel { key: String, value: String, bound: String },
+}
+
+/// Why an agent's label is refused: its join token set the key otherwise.
+pub fn binding_label(key: &str, value: &str, bound: &str) -> String {
+    format!(
+        "label {key}={value}: this machine's join token sets {key}={bound}, and a label its token sets is binding \
+         — drop `--label {key}=…` from the agent (or enroll the machine with another token)"
+    )
 }
 
 /// Whether `token` admits one more machine with `secret_sha256` at `now`.

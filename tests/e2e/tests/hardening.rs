@@ -94,3 +94,43 @@ fn connections_that_never_speak_are_capped_and_closed_and_the_cli_still_answers(
         connector.connect(name, tcp).await.expect("a new connection after the old ones closed");
     });
 }
+
+/// A machine enrolled with a token labelled `pool=quarantine` used to report
+/// `pool=prod` itself and get prod's environment. Labels a token sets are binding: an
+/// agent may add labels, but one that changes a key its token set is refused with the
+/// reason, at enrollment and at every session; `machines show` says who set each label.
+#[test]
+fn labels_a_join_token_sets_are_binding_on_the_agent() {
+    use comfyfleet_e2e::{Agent, profile, wait_until};
+    let dir = test_dir();
+    let controller = Controller::start(&dir.path().join("controller"));
+    let token = controller.create_token(&["--uses", "3", "--label", "pool=quarantine"]);
+    let gpu = profile("l40s-x2-550");
+
+    let mut liar =
+        Agent::start(dir.path(), "liar", &gpu, &controller.url, Some(&token), &["--label", "pool=prod"]);
+    let (status, log) = liar.wait_exit(Duration::from_secs(30));
+    assert_eq!(status.code(), Some(3), "{log}");
+    assert!(log.contains("this machine's join token sets pool=quarantine"), "{log}");
+    assert!(controller.machine("liar").is_none(), "nothing enrolled");
+
+    let honest =
+        Agent::start(dir.path(), "honest", &gpu, &controller.url, Some(&token), &["--label", "rack=r1"]);
+    let machine = wait_until(Duration::from_secs(20), "honest", || controller.machine("honest"));
+    assert_eq!(machine["labels"], serde_json::json!({"pool": "quarantine", "rack": "r1"}));
+    assert_eq!(machine["label_sources"], serde_json::json!({"pool": "token", "rack": "agent"}));
+    let id = machine["id"].as_str().unwrap().to_owned();
+    controller.cli(&["machines", "label", &id, "tier=gold"]).success();
+    let shown = controller.cli(&["machines", "show", &id]).success();
+    assert!(shown.contains("pool=quarantine (token), rack=r1 (agent), tier=gold (operator)"), "{shown}");
+
+    // The same machine restarted claiming prod: its session is refused, it stays quarantined.
+    drop(honest);
+    let mut turned =
+        Agent::start(dir.path(), "honest", &gpu, &controller.url, None, &["--label", "pool=prod"]);
+    let (status, log) = turned.wait_exit(Duration::from_secs(30));
+    assert_eq!(status.code(), Some(3), "{log}");
+    assert!(log.contains("a label its token sets is binding"), "{log}");
+    let machine = controller.machine("honest").unwrap();
+    assert_eq!(machine["labels"]["pool"], "quarantine");
+}

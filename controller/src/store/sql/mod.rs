@@ -102,6 +102,10 @@ impl Store for ThisStore {
         if let Err(refusal) = check_join_token(&token, secret_sha256, machine.enrolled_at) {
             return Ok(Err(refusal));
         }
+        if let Some((key, value, bound)) = machine.agent_labels.overriding(&token.labels) {
+            let (key, value, bound) = (key.to_owned(), value.to_owned(), bound.to_owned());
+            return Ok(Err(EnrollRefusal::BindingLabel { key, value, bound }));
+        }
         let counted = sqlx::query(sqlx::AssertSqlSafe(sql(
             "UPDATE join_tokens SET uses = uses + 1 WHERE id = ? AND uses = ?",
         )))
