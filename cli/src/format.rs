@@ -77,9 +77,39 @@ pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
     out
 }
 
+/// A CSV cell a spreadsheet will not run: one beginning with `=`, `+`, `-`, `@`, a tab
+/// or a carriage return (a formula, or how one is smuggled) gets a leading `'`, as
+/// OWASP advises. Text that is not a formula is unchanged.
+pub fn csv_cell(text: &str) -> std::borrow::Cow<'_, str> {
+    if text.starts_with(['=', '+', '-', '@', '\t', '\r']) {
+        std::borrow::Cow::Owned(format!("'{text}"))
+    } else {
+        std::borrow::Cow::Borrowed(text)
+    }
+}
+
+/// Writes one CSV record, every cell through [`csv_cell`].
+pub fn csv_record<W: std::io::Write, S: AsRef<str>>(
+    writer: &mut csv::Writer<W>,
+    cells: impl IntoIterator<Item = S>,
+) -> csv::Result<()> {
+    let cells: Vec<String> = cells.into_iter().map(|cell| csv_cell(cell.as_ref()).into_owned()).collect();
+    writer.write_record(&cells)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn csv_cells_that_a_spreadsheet_would_run_are_neutralised() {
+        for formula in ["=HYPERLINK(\"http://x\")", "+1+1", "-2+3", "@SUM(A1)", "\tx", "\r=1"] {
+            assert_eq!(csv_cell(formula), format!("'{formula}"));
+        }
+        for plain in ["render-a", "12.8", "", "a=b", "2026-12-07T10:00:00Z"] {
+            assert_eq!(csv_cell(plain), plain);
+        }
+    }
 
     #[test]
     fn sizes_and_names_read_like_spec_sheets() {

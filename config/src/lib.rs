@@ -30,6 +30,7 @@ pub use labels::Labels;
 pub use machine::{MachineId, MachineRecord};
 pub mod resolve;
 pub mod spec;
+pub mod text;
 
 pub use resolve::{MachineFacts, MachinePlan, Resolution, Resolver};
 pub use spec::{Spec, SpecDigest, SpecErrors, SpecFormat};

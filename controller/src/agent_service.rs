@@ -123,10 +123,19 @@ impl AgentApi {
             ));
         }
         let hostname = request.hostname;
-        if hostname.is_empty() || hostname.len() > MAX_HOSTNAME || hostname.chars().any(char::is_control) {
+        if hostname.is_empty() || hostname.len() > MAX_HOSTNAME {
             return Err((
                 Some(Refusal::BadHostname),
                 Status::invalid_argument("hostname must be 1 to 253 printable characters"),
+            ));
+        }
+        if let Some(c) = comfyfleet_config::text::deceptive(&hostname) {
+            return Err((
+                Some(Refusal::BadHostname),
+                Status::invalid_argument(format!(
+                    "{} (start the agent with --hostname-override NAME)",
+                    comfyfleet_config::text::refusal("the hostname", c)
+                )),
             ));
         }
         let agent_labels = labels_from_wire("labels", request.labels)

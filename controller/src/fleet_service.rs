@@ -242,7 +242,10 @@ impl pb::fleet_service_server::FleetService for FleetApi {
                 settings.max_token_ttl.as_secs() / 86_400
             )));
         }
-        if request.description.len() > MAX_DESCRIPTION || request.description.chars().any(char::is_control) {
+        if let Some(c) = comfyfleet_config::text::deceptive(&request.description) {
+            return Err(Status::invalid_argument(comfyfleet_config::text::refusal("the description", c)));
+        }
+        if request.description.len() > MAX_DESCRIPTION {
             return Err(Status::invalid_argument("the description must be at most 256 printable characters"));
         }
         let labels = labels_from_wire("labels", request.labels)?;

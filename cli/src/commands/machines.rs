@@ -104,41 +104,47 @@ fn table(views: &[MachineView], now: Timestamp) -> String {
 
 fn csv(views: &[MachineView]) -> anyhow::Result<String> {
     let mut writer = csv::Writer::from_writer(Vec::new());
-    writer.write_record([
-        "id",
-        "hostname",
-        "online",
-        "last_seen",
-        "labels",
-        "driver_version",
-        "cuda_driver_version",
-        "cpu_cores",
-        "memory_total_bytes",
-        "gpu_count",
-        "gpus",
-        "environment",
-        "phase",
-    ])?;
+    format::csv_record(
+        &mut writer,
+        [
+            "id",
+            "hostname",
+            "online",
+            "last_seen",
+            "labels",
+            "driver_version",
+            "cuda_driver_version",
+            "cpu_cores",
+            "memory_total_bytes",
+            "gpu_count",
+            "gpus",
+            "environment",
+            "phase",
+        ],
+    )?;
     for machine in views {
-        writer.write_record([
-            machine.id.clone(),
-            machine.hostname.clone(),
-            machine.online.to_string(),
-            machine.last_seen.clone().unwrap_or_default(),
-            machine.labels_text(),
-            machine.driver_version.clone().unwrap_or_default(),
-            machine.cuda_driver_version.clone().unwrap_or_default(),
-            machine.cpu_cores.map(|n| n.to_string()).unwrap_or_default(),
-            machine.memory_total_bytes.map(|n| n.to_string()).unwrap_or_default(),
-            machine.gpus.len().to_string(),
-            machine.gpu_summary(),
-            machine
-                .assignment
-                .as_ref()
-                .map(|a| format!("{}@{}", a.environment, a.revision_number))
-                .unwrap_or_default(),
-            machine.current_report().map(|report| report.phase.to_string()).unwrap_or_default(),
-        ])?;
+        format::csv_record(
+            &mut writer,
+            [
+                machine.id.clone(),
+                machine.hostname.clone(),
+                machine.online.to_string(),
+                machine.last_seen.clone().unwrap_or_default(),
+                machine.labels_text(),
+                machine.driver_version.clone().unwrap_or_default(),
+                machine.cuda_driver_version.clone().unwrap_or_default(),
+                machine.cpu_cores.map(|n| n.to_string()).unwrap_or_default(),
+                machine.memory_total_bytes.map(|n| n.to_string()).unwrap_or_default(),
+                machine.gpus.len().to_string(),
+                machine.gpu_summary(),
+                machine
+                    .assignment
+                    .as_ref()
+                    .map(|a| format!("{}@{}", a.environment, a.revision_number))
+                    .unwrap_or_default(),
+                machine.current_report().map(|report| report.phase.to_string()).unwrap_or_default(),
+            ],
+        )?;
     }
     Ok(String::from_utf8(writer.into_inner()?)?)
 }

@@ -51,9 +51,9 @@ pub fn render(report: &FleetReport, output: OutputFormat) -> anyhow::Result<Stri
         OutputFormat::Json => to_json(report),
         OutputFormat::Csv => {
             let mut writer = csv::Writer::from_writer(Vec::new());
-            writer.write_record(&header)?;
+            format::csv_record(&mut writer, &header)?;
             for row in &rows {
-                writer.write_record(row)?;
+                format::csv_record(&mut writer, row)?;
             }
             Ok(String::from_utf8(writer.into_inner()?)?)
         }

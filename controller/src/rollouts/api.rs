@@ -367,7 +367,10 @@ pub(crate) async fn act_here(
             command.as_str()
         )));
     }
-    if request.reason.len() > 1_000 || request.reason.chars().any(char::is_control) {
+    if let Some(c) = comfyfleet_config::text::deceptive(&request.reason) {
+        return Err(Status::invalid_argument(comfyfleet_config::text::refusal("the reason", c)));
+    }
+    if request.reason.len() > 1_000 {
         return Err(Status::invalid_argument("the reason must be at most 1000 printable characters"));
     }
     let record = find(state, &request.rollout).await?;

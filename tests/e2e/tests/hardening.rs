@@ -134,3 +134,51 @@ fn labels_a_join_token_sets_are_binding_on_the_agent() {
     let machine = controller.machine("honest").unwrap();
     assert_eq!(machine["labels"]["pool"], "quarantine");
 }
+
+/// Hostnames with a bidirectional override, a zero-width character or a line
+/// separator used to be accepted and printed raw; CSV output handed spreadsheets
+/// cells beginning with `=`. Now such names are refused with the character named, and
+/// CSV cells that would run as formulas are quoted.
+#[test]
+fn names_that_print_as_something_else_are_refused_and_csv_runs_no_formula() {
+    use comfyfleet_e2e::{Agent, profile, wait_until};
+    let dir = test_dir();
+    let controller = Controller::start(&dir.path().join("controller"));
+    let token = controller.create_token(&["--uses", "10"]);
+    let gpu = profile("l40s-x2-550");
+    for (sneaky, what) in [
+        ("render-01\u{202E}gnp", "U+202E (a bidirectional text control)"),
+        ("render\u{200B}-01", "U+200B (an invisible character)"),
+        ("render\u{200D}-01", "U+200D (an invisible character)"),
+        ("render-01\u{2028}render-02", "U+2028 (a line separator)"),
+    ] {
+        // The harness names the agent's host (--hostname-override) after it.
+        let mut agent = Agent::start(dir.path(), sneaky, &gpu, &controller.url, Some(&token), &[]);
+        let (status, log) = agent.wait_exit(Duration::from_secs(30));
+        assert_eq!(status.code(), Some(3), "{sneaky:?}: {log}");
+        assert!(log.contains(what), "{sneaky:?}: {log}");
+    }
+    assert!(controller.machines().is_empty(), "none enrolled");
+    for label in ["pool=a\u{202E}b", "po\u{200B}ol=a"] {
+        let error = controller.cli(&["token", "create", "--label", label]).failure();
+        assert!(error.contains("label"), "{error}");
+    }
+    let error = controller.cli(&["token", "create", "--description", "rack 12\u{2028}admin: yes"]).failure();
+    assert!(error.contains("U+2028"), "{error}");
+
+    let _formula = Agent::start(dir.path(), "=SUM(A1+A2)", &gpu, &controller.url, Some(&token), &[]);
+    wait_until(Duration::from_secs(20), "the machine named like a formula", || {
+        controller.machine("=SUM(A1+A2)")
+    });
+    let csv = controller.cli(&["machines", "-o", "csv"]).success();
+    assert!(csv.contains("'=SUM(A1+A2)"), "{csv}");
+    assert!(
+        !csv.lines().skip(1).any(|line| line.split(',').any(|cell| cell.starts_with(['=', '+', '-', '@']))),
+        "{csv}"
+    );
+    let report = controller.cli(&["report", "gpus", "-o", "csv"]).success();
+    assert!(
+        !report.lines().any(|line| line.split(',').any(|cell| cell.starts_with(['=', '+', '@']))),
+        "{report}"
+    );
+}
