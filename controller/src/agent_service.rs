@@ -25,7 +25,7 @@ use crate::pki::{certificate_sha256, machine_id_of};
 use crate::presence::{KickReason, SessionGuard};
 use crate::secrets;
 use crate::state::ControllerState;
-use crate::store::{Hello, NewMachine, StoredMachine};
+use crate::store::{EnrollRefusal, Hello, NewMachine, StoredMachine};
 
 /// How long a new session may take to say Hello.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(30);
@@ -33,13 +33,20 @@ const MAX_HOSTNAME: usize = 253;
 
 pub struct AgentApi {
     state: Arc<ControllerState>,
+    /// Failed enrollments per address.
+    guard: Arc<crate::enroll_guard::EnrollGuard>,
 }
 
 impl AgentApi {
     pub fn new(state: Arc<ControllerState>) -> Self {
-        Self { state }
+        Self { state, guard: Arc::default() }
     }
 }
+
+/// How every enrollment with a token this controller cannot use (unknown, or the
+/// wrong secret) is answered: the same words, so no answer tells whether an id exists.
+const INVALID_TOKEN: &str = "this join token is not valid here (unknown to this controller, or its secret is wrong); \
+                             ask an operator for a new one (`comfyfleet token create`)";
 
 type SessionStream = Pin<Box<dyn Stream<Item = Result<pb::ControllerMessage, Status>> + Send>>;
 
@@ -55,14 +62,52 @@ impl pb::agent_service_server::AgentService for AgentApi {
         &self,
         request: Request<pb::EnrollRequest>,
     ) -> Result<Response<pb::EnrollResponse>, Status> {
+        use crate::enroll_guard::Admission;
+        let address = request.remote_addr().map(|remote| remote.ip());
+        let from = address.map_or_else(|| "an unknown address".to_owned(), |ip| ip.to_string());
+        if let Some(ip) = address
+            && let Admission::Blocked { wait, first } = self.guard.admit(ip)
+        {
+            self.state.metrics.refused("enroll", Refusal::Throttled);
+            if first {
+                tracing::warn!(address = %ip, "enrollments from this address are refused for a while: too many failed");
+                let detail = format!(
+                    "more than {} failed in {} s",
+                    crate::enroll_guard::ALLOWED,
+                    crate::enroll_guard::WINDOW.as_secs()
+                );
+                self.state
+                    .audit(&format!("enrollment from {from}"), "machine.enroll.throttled", "", &detail)
+                    .await;
+            }
+            return Err(Status::resource_exhausted(format!(
+                "too many failed enrollments from {from}; try again in {} s",
+                wait.as_secs().max(1)
+            )));
+        }
         match self.enroll_machine(request.into_inner()).await {
             Ok(response) => {
+                if let Some(ip) = address {
+                    self.guard.succeeded(ip);
+                }
                 self.state.metrics.enrolled();
                 Ok(Response::new(response))
             }
             Err((reason, status)) => {
                 if let Some(reason) = reason {
                     self.state.metrics.refused("enroll", reason);
+                    if let Some(ip) = address {
+                        self.guard.failed(ip);
+                    }
+                    // At most a few per address before it is blocked (and the block once).
+                    self.state
+                        .audit(
+                            &format!("enrollment from {from}"),
+                            "machine.enroll.refused",
+                            reason.as_str(),
+                            status.message(),
+                        )
+                        .await;
                 }
                 Err(status)
             }
@@ -122,6 +167,24 @@ impl AgentApi {
                 )),
             ));
         }
+        // The token before anything else the request says: without a valid one,
+        // nothing of it is looked at.
+        let known = self.state.store.join_token(token.id()).await.map_err(|e| (None, internal(e)))?;
+        let digest = secrets::digest(token.secret());
+        match known.map(|known| crate::store::check_join_token(&known, &digest, Timestamp::now())) {
+            None | Some(Err(EnrollRefusal::UnknownToken { .. } | EnrollRefusal::WrongSecret { .. })) => {
+                return Err((Some(Refusal::TokenRefused), Status::permission_denied(INVALID_TOKEN)));
+            }
+            Some(Err(refusal)) => {
+                return Err((
+                    Some(Refusal::TokenRefused),
+                    Status::permission_denied(format!(
+                        "{refusal}; ask an operator for a new token (`comfyfleet token create`)"
+                    )),
+                ));
+            }
+            Some(Ok(())) => {}
+        }
         let hostname = request.hostname;
         if hostname.is_empty() || hostname.len() > MAX_HOSTNAME {
             return Err((
@@ -145,7 +208,7 @@ impl AgentApi {
         let machine_id: MachineId = secrets::new_machine_id().parse().map_err(|e| (None, internal(e)))?;
         let certificate =
             self.state.ca.sign_agent_csr(&request.csr_pem, &machine_id).map_err(|error| match error {
-                crate::pki::PkiError::BadCsr(_) => {
+                crate::pki::PkiError::BadCsr(_) | crate::pki::PkiError::UnsupportedKey(_) => {
                     (Some(Refusal::BadCsr), Status::invalid_argument(error.to_string()))
                 }
                 other => (None, internal(other)),
@@ -165,12 +228,19 @@ impl AgentApi {
             .map_err(|e| (None, internal(e)))?;
         if let Err(refusal) = outcome {
             tracing::warn!(token = token.id(), %hostname, %refusal, "enrollment refused");
-            return Err((
-                Some(Refusal::TokenRefused),
-                Status::permission_denied(format!(
-                    "{refusal}; ask an operator for a new token (`comfyfleet token create`)"
-                )),
-            ));
+            let message = match refusal {
+                EnrollRefusal::UnknownToken { .. } | EnrollRefusal::WrongSecret { .. } => {
+                    INVALID_TOKEN.to_owned()
+                }
+                EnrollRefusal::BindingLabel { .. } => refusal.to_string(),
+                _ => format!("{refusal}; ask an operator for a new token (`comfyfleet token create`)"),
+            };
+            let reason = if matches!(refusal, EnrollRefusal::BindingLabel { .. }) {
+                Refusal::BadLabels
+            } else {
+                Refusal::TokenRefused
+            };
+            return Err((Some(reason), Status::permission_denied(message)));
         }
         tracing::info!(machine_id = %machine_id, %hostname, token = token.id(), "machine enrolled");
         self.state

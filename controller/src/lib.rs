@@ -13,6 +13,7 @@ mod cache_service;
 pub mod cluster;
 pub mod connection_guard;
 mod desired_state;
+mod enroll_guard;
 mod environment_service;
 pub mod fleet_identity;
 pub mod fleet_secrets;

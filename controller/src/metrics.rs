@@ -81,6 +81,7 @@ pub enum Refusal {
     BadMessage,
     Silent,
     Replaced,
+    Throttled,
 }
 
 impl Refusal {
@@ -100,6 +101,7 @@ impl Refusal {
             Refusal::BadMessage => "bad-message",
             Refusal::Silent => "silent",
             Refusal::Replaced => "replaced",
+            Refusal::Throttled => "throttled",
         }
     }
 }

@@ -41,6 +41,11 @@ pub enum PkiError {
     Generate { what: &'static str, source: rcgen::Error },
     #[error("the certificate signing request is invalid: {0}")]
     BadCsr(rcgen::Error),
+    #[error(
+        "the certificate request's key is {0}, which this controller does not sign; \
+         use an ECDSA P-256 or P-384, Ed25519 or RSA (2048 bits or more) key (the agent makes ECDSA P-256)"
+    )]
+    UnsupportedKey(String),
 }
 
 /// The CA's certificate and key, able to sign server and agent certificates.
@@ -172,6 +177,9 @@ impl CertificateAuthority {
         csr_pem: &str,
         machine_id: &MachineId,
     ) -> Result<AgentCertificate, PkiError> {
+        if let Some(unsupported) = unsupported_csr_key(csr_pem) {
+            return Err(PkiError::UnsupportedKey(unsupported));
+        }
         let request = CertificateSigningRequestParams::from_pem(csr_pem).map_err(PkiError::BadCsr)?;
         let mut params = CertificateParams::default();
         params.distinguished_name = name(machine_id.as_str());
@@ -189,6 +197,34 @@ impl CertificateAuthority {
             .map_err(|source| PkiError::Generate { what: "agent certificate", source })?;
         Ok(AgentCertificate { pem: certificate.pem(), sha256: certificate_sha256(certificate.der()) })
     }
+}
+
+/// The kind of key a CSR holds when it is one this controller cannot verify or sign
+/// for (P-521, Ed448, RSA-PSS, DSA …); `None` for an accepted one or an unreadable
+/// request (which the signer then explains).
+fn unsupported_csr_key(csr_pem: &str) -> Option<String> {
+    use x509_parser::certification_request::X509CertificationRequest;
+    let der = pem::parse(csr_pem).ok()?;
+    let (_, request) = X509CertificationRequest::from_der(der.contents()).ok()?;
+    let key = &request.certification_request_info.subject_pki.algorithm;
+    let oid = key.algorithm.to_id_string();
+    let curve =
+        key.parameters.as_ref().and_then(|parameters| parameters.as_oid().ok()).map(|oid| oid.to_id_string());
+    let named = match (oid.as_str(), curve.as_deref()) {
+        ("1.2.840.10045.2.1", Some("1.2.840.10045.3.1.7" | "1.3.132.0.34")) => return None,
+        ("1.3.101.112" | "1.2.840.113549.1.1.1", _) => return None,
+        ("1.2.840.10045.2.1", Some("1.3.132.0.35")) => "ECDSA P-521".to_owned(),
+        ("1.2.840.10045.2.1", Some("1.3.132.0.10")) => "ECDSA secp256k1".to_owned(),
+        ("1.2.840.10045.2.1", curve) => format!("ECDSA on curve {}", curve.unwrap_or("(none named)")),
+        ("1.3.101.113", _) => "Ed448".to_owned(),
+        ("1.3.101.110" | "1.3.101.111", _) => {
+            "an X25519/X448 key (for key agreement, not signing)".to_owned()
+        }
+        ("1.2.840.113549.1.1.10", _) => "RSA-PSS".to_owned(),
+        ("1.2.840.10040.4.1", _) => "DSA".to_owned(),
+        (other, _) => format!("of algorithm {other}"),
+    };
+    Some(named)
 }
 
 /// Lowercase hex sha256 of a certificate's DER.

@@ -27,6 +27,13 @@ impl<S: Store> Store for MeteredStore<S> {
         result
     }
 
+    async fn join_token(&self, id: &str) -> StoreResult<Option<JoinTokenRecord>> {
+        let started = Instant::now();
+        let result = self.inner.join_token(id).await;
+        self.metrics.store_call("join_token", started.elapsed(), result.is_err());
+        result
+    }
+
     async fn delete_join_token(&self, id: &str) -> StoreResult<bool> {
         let started = Instant::now();
         let result = self.inner.delete_join_token(id).await;

@@ -362,6 +362,7 @@ pub fn check_join_token(
 pub trait Store: Send + Sync + 'static {
     async fn create_join_token(&self, token: &JoinTokenRecord) -> StoreResult<()>;
     async fn list_join_tokens(&self) -> StoreResult<Vec<JoinTokenRecord>>;
+    async fn join_token(&self, id: &str) -> StoreResult<Option<JoinTokenRecord>>;
     /// Whether a token with that id existed.
     async fn delete_join_token(&self, id: &str) -> StoreResult<bool>;
 

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use comfyfleet_e2e::{Controller, test_dir};
+use comfyfleet_proto::v1 as pb;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
 use tokio::io::AsyncReadExt;
@@ -181,4 +182,101 @@ fn names_that_print_as_something_else_are_refused_and_csv_runs_no_formula() {
         !report.lines().any(|line| line.split(',').any(|cell| cell.starts_with(['=', '+', '@']))),
         "{report}"
     );
+}
+
+async fn enroll(
+    controller: &Controller,
+    token: &str,
+    csr_pem: &str,
+) -> Result<pb::EnrollResponse, tonic::Status> {
+    let ca = comfyfleet_e2e::grpc::controller_ca(&controller.data_dir);
+    let anonymous = comfyfleet_e2e::grpc::channel(&controller.url, &ca, None).await;
+    pb::agent_service_client::AgentServiceClient::new(anonymous)
+        .enroll(pb::EnrollRequest {
+            join_token: token.to_owned(),
+            csr_pem: csr_pem.to_owned(),
+            hostname: "probe".into(),
+            ..Default::default()
+        })
+        .await
+        .map(tonic::Response::into_inner)
+}
+
+/// Enrollment used to parse and check the CSR before the token, to say whether a
+/// token id exists, to audit no refusal and to take any number of guesses. Now the
+/// token comes first, an unknown id and a wrong secret get the same answer, refusals
+/// are audited, an address that keeps failing is refused for a while (even with a
+/// good token), and a CSR with a key the controller cannot sign says which keys it
+/// takes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn enrollment_checks_the_token_first_answers_guesses_alike_audits_and_throttles() {
+    let dir = test_dir();
+    let controller = Controller::start(&dir.path().join("controller"));
+    let token: comfyfleet_config::join_token::JoinToken = controller.create_token(&[]).parse().unwrap();
+    let unknown =
+        comfyfleet_config::join_token::JoinToken::new("0123456789ab", token.secret(), token.ca_sha256())
+            .unwrap();
+    let wrong_secret = comfyfleet_config::join_token::JoinToken::new(
+        token.id(),
+        &"f".repeat(token.secret().len()),
+        token.ca_sha256(),
+    )
+    .unwrap();
+
+    // The token before the CSR, and the same words whether or not the id exists.
+    let first = enroll(&controller, &unknown.to_string(), "not a csr").await.unwrap_err();
+    let second = enroll(&controller, &wrong_secret.to_string(), "not a csr").await.unwrap_err();
+    assert_eq!(first.code(), tonic::Code::PermissionDenied, "{first:?}");
+    assert_eq!((first.code(), first.message()), (second.code(), second.message()));
+    assert!(!first.message().contains("0123456789ab") && !first.message().contains(token.id()), "{first:?}");
+
+    // A key the controller cannot sign for, named, with the keys it takes.
+    let key = dir.path().join("p521.key");
+    let csr = dir.path().join("p521.csr");
+    let made = std::process::Command::new("openssl")
+        .args([
+            "req",
+            "-new",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-521",
+            "-nodes",
+            "-subj",
+            "/CN=probe",
+        ])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&csr)
+        .output()
+        .unwrap();
+    assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+    let refused =
+        enroll(&controller, &token.to_string(), &std::fs::read_to_string(&csr).unwrap()).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+    assert!(
+        refused.message().contains("ECDSA P-521") && refused.message().contains("ECDSA P-256"),
+        "{refused:?}"
+    );
+
+    // Three more failures: the address is refused for a while, a good token too.
+    for _ in 0..3 {
+        enroll(&controller, &unknown.to_string(), "not a csr").await.unwrap_err();
+    }
+    let identity = comfyfleet_agent::identity::IdentityDir::new(&dir.path().join("good"));
+    std::fs::create_dir_all(dir.path().join("good/identity")).unwrap();
+    let good_csr = comfyfleet_agent::identity::certificate_request(&identity.key().unwrap(), "good").unwrap();
+    let throttled = enroll(&controller, &token.to_string(), &good_csr).await.unwrap_err();
+    assert_eq!(throttled.code(), tonic::Code::ResourceExhausted, "{throttled:?}");
+    assert!(throttled.message().contains("too many failed enrollments from 127.0.0.1"), "{throttled:?}");
+
+    let audit = controller.cli(&["audit", "-o", "json"]).success();
+    assert_eq!(audit.matches("machine.enroll.refused").count(), 6, "{audit}");
+    assert_eq!(audit.matches("machine.enroll.throttled").count(), 1, "{audit}");
+    assert!(audit.contains("enrollment from 127.0.0.1"), "{audit}");
+    assert!(!audit.contains(token.secret()), "no secret in the audit log");
+    let tokens = controller.cli(&["token", "list", "-o", "json"]).success();
+    assert!(tokens.contains("\"uses\":0") || tokens.contains("\"uses\": 0"), "{tokens}");
+    assert!(controller.machines_with(&["--all"]).is_empty());
 }

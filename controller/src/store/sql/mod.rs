@@ -72,6 +72,15 @@ impl Store for ThisStore {
         rows.iter().map(join_token_from_row).collect()
     }
 
+    async fn join_token(&self, id: &str) -> StoreResult<Option<JoinTokenRecord>> {
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql("SELECT * FROM join_tokens WHERE id = ?")))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(database("reading a join token"))?;
+        row.as_ref().map(join_token_from_row).transpose()
+    }
+
     async fn delete_join_token(&self, id: &str) -> StoreResult<bool> {
         let result = sqlx::query(sqlx::AssertSqlSafe(sql("DELETE FROM join_tokens WHERE id = ?")))
             .bind(id)
