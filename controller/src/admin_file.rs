@@ -57,15 +57,8 @@ pub async fn ensure(
             if !existing.is_empty() {
                 tracing::warn!(path = %path.display(), %name, "admin.toml was missing; minted a new admin credential");
             }
-            let (credential, record) = mint_credential(state, &name, Role::Admin, "controller").await?;
-            state
-                .audit(
-                    "controller",
-                    "credential.create",
-                    &record.id,
-                    &format!("{name} as admin (admin.toml)"),
-                )
-                .await;
+            let (credential, _) =
+                mint_credential(state, &name, Role::Admin, "controller", " (admin.toml)").await?;
             AdminConfig {
                 server: server_url.to_owned(),
                 credential: credential.to_string(),

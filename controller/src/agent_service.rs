@@ -220,12 +220,14 @@ impl AgentApi {
             agent_labels,
             enrolled_at: Timestamp::now(),
         };
-        let outcome = self
-            .state
-            .store
-            .enroll_machine(token.id(), &secrets::digest(token.secret()), &new_machine)
-            .await
-            .map_err(|e| (None, internal(e)))?;
+        let entry = crate::store::AuditEntry::new(
+            format!("join-token {}", token.id()),
+            "machine.enroll",
+            machine_id.as_str(),
+            &hostname,
+        );
+        let enrolling = self.state.store.enroll_machine(token.id(), &digest, &new_machine);
+        let outcome = crate::store::audited(entry, enrolling).await.map_err(|e| (None, internal(e)))?;
         if let Err(refusal) = outcome {
             tracing::warn!(token = token.id(), %hostname, %refusal, "enrollment refused");
             let message = match refusal {
@@ -243,9 +245,6 @@ impl AgentApi {
             return Err((Some(reason), Status::permission_denied(message)));
         }
         tracing::info!(machine_id = %machine_id, %hostname, token = token.id(), "machine enrolled");
-        self.state
-            .audit(&format!("join-token {}", token.id()), "machine.enroll", machine_id.as_str(), &hostname)
-            .await;
         Ok(pb::EnrollResponse {
             machine_id: machine_id.to_string(),
             certificate_pem: certificate.pem,

@@ -61,10 +61,15 @@ pub async fn apply(
         locks: locked.stored(),
         files: locked.files(&spec),
     };
-    let (stored, created) = state.store.put_environment_revision(&revision).await.map_err(internal)?;
-    let target = format!("{}@{}", stored.environment, stored.number);
-    let detail = format!("{} {}", if created { "created" } else { "unchanged" }, stored.id.short());
-    state.audit(&caller.actor(), "environment.apply", &target, &detail).await;
+    let entry = crate::store::AuditEntry::new(
+        caller.actor(),
+        "environment.apply",
+        format!("{}@{{number}}", revision.environment),
+        format!("{{created}} {}", revision.id.short()),
+    );
+    let (stored, created) = crate::store::audited(entry, state.store.put_environment_revision(&revision))
+        .await
+        .map_err(internal)?;
     tracing::info!(
         environment = %stored.environment,
         number = stored.number,
@@ -153,17 +158,16 @@ pub async fn lock(
         locks,
         files: locked.files(&spec),
     };
-    let (stored, created) = state.store.put_environment_revision(&revision).await.map_err(internal)?;
-    let target = format!("{}@{}", stored.environment, stored.number);
     let classes: Vec<&str> = locked.locks.iter().map(|lock| lock.class.as_str()).collect();
-    state
-        .audit(
-            &caller.actor(),
-            "environment.lock",
-            &target,
-            &format!("from @{} locked {}", base.number, classes.join(", ")),
-        )
-        .await;
+    let entry = crate::store::AuditEntry::new(
+        caller.actor(),
+        "environment.lock",
+        format!("{}@{{number}}", revision.environment),
+        format!("from @{} locked {}", base.number, classes.join(", ")),
+    );
+    let (stored, created) = crate::store::audited(entry, state.store.put_environment_revision(&revision))
+        .await
+        .map_err(internal)?;
     let mut wire = revision_to_wire(&stored);
     wire.locks = locks_to_wire(state, &stored).await?;
     Ok(pb::ApplyEnvironmentResponse { revision: Some(wire), created, pins: Vec::new() })

@@ -17,7 +17,7 @@ use tonic::{Request, Response, Status};
 use crate::auth::{Caller, authenticate};
 use crate::presence::{KickReason, Presence};
 use crate::state::ControllerState;
-use crate::store::{CredentialRecord, JoinTokenRecord, Store, StoredMachine};
+use crate::store::{AuditEntry, CredentialRecord, JoinTokenRecord, Store, StoredMachine, audited};
 use crate::{cache_service, environment_service, rollout_service, rollouts, secrets};
 
 const DEFAULT_PAGE: u32 = 200;
@@ -152,11 +152,14 @@ fn check_credential_name(name: &str) -> Result<(), Status> {
 }
 
 /// Mints a credential and stores its digest; returns the secret text, shown once.
+/// Makes a credential, audited (`credential.create` by `created_by`, `note` after the
+/// name and role) in the same transaction.
 pub async fn mint_credential(
     state: &ControllerState,
     name: &str,
     role: Role,
     created_by: &str,
+    note: &str,
 ) -> Result<(OperatorCredential, CredentialRecord), crate::store::StoreError> {
     let id = secrets::new_token_id();
     let secret = secrets::new_secret();
@@ -169,7 +172,8 @@ pub async fn mint_credential(
         revoked_at: None,
         created_by: created_by.to_owned(),
     };
-    state.store.create_credential(&record).await?;
+    let entry = AuditEntry::new(created_by, "credential.create", &id, format!("{name} as {role}{note}"));
+    audited(entry, state.store.create_credential(&record)).await?;
     let credential = OperatorCredential::new(&id, &secret)
         .map_err(|e| crate::store::StoreError::Corrupt { what: "new credential", detail: e.to_string() })?;
     Ok((credential, record))
@@ -264,14 +268,14 @@ impl pb::fleet_service_server::FleetService for FleetApi {
             created_by: caller.actor(),
         };
         let token = JoinToken::new(&record.id, &secret, &self.state.ca.sha256()).map_err(internal)?;
-        self.state.store.create_join_token(&record).await.map_err(internal)?;
         let detail = format!(
             "expires {}, uses {}, labels {}",
             record.expires_at,
             record.uses_allowed.map_or("unlimited".to_owned(), |n| n.to_string()),
             record.labels
         );
-        self.state.audit(&caller.actor(), "token.create", &record.id, &detail).await;
+        let entry = AuditEntry::new(caller.actor(), "token.create", &record.id, detail);
+        audited(entry, self.state.store.create_join_token(&record)).await.map_err(internal)?;
         Ok(Response::new(pb::CreateJoinTokenResponse {
             token: token.to_string(),
             info: Some(join_token_to_wire(&record)),
@@ -295,10 +299,10 @@ impl pb::fleet_service_server::FleetService for FleetApi {
     ) -> Result<Response<pb::DeleteJoinTokenResponse>, Status> {
         let caller = self.caller(&request, Role::Operator).await?;
         let id = request.into_inner().id;
-        if !self.state.store.delete_join_token(&id).await.map_err(internal)? {
+        let entry = AuditEntry::new(caller.actor(), "token.delete", &id, "");
+        if !audited(entry, self.state.store.delete_join_token(&id)).await.map_err(internal)? {
             return Err(Status::not_found(format!("no join token {id} (see `comfyfleet token list`)")));
         }
-        self.state.audit(&caller.actor(), "token.delete", &id, "").await;
         Ok(Response::new(pb::DeleteJoinTokenResponse {}))
     }
 
@@ -351,10 +355,12 @@ impl pb::fleet_service_server::FleetService for FleetApi {
         if machine.revoked_at.is_some() {
             return Err(Status::failed_precondition(format!("machine {} is already revoked", machine.id)));
         }
-        self.state.store.revoke_machine(&machine.id, Timestamp::now()).await.map_err(internal)?;
+        let entry = AuditEntry::new(caller.actor(), "machine.revoke", machine.id.as_str(), &machine.hostname);
+        audited(entry, self.state.store.revoke_machine(&machine.id, Timestamp::now()))
+            .await
+            .map_err(internal)?;
         let was_online = self.state.presence.kick(&machine.id, KickReason::Revoked);
         tracing::warn!(machine_id = %machine.id, was_online, by = %caller.actor(), "machine revoked");
-        self.state.audit(&caller.actor(), "machine.revoke", machine.id.as_str(), &machine.hostname).await;
         let machine = self
             .state
             .store
@@ -394,9 +400,9 @@ impl pb::fleet_service_server::FleetService for FleetApi {
                 .insert(key.to_owned(), value.to_owned())
                 .map_err(|e| Status::invalid_argument(e.to_string()))?;
         }
-        self.state.store.set_operator_labels(&machine.id, &labels).await.map_err(internal)?;
         let detail = format!("set {set}; removed {}", request.remove.join(","));
-        self.state.audit(&caller.actor(), "machine.label", machine.id.as_str(), &detail).await;
+        let entry = AuditEntry::new(caller.actor(), "machine.label", machine.id.as_str(), detail);
+        audited(entry, self.state.store.set_operator_labels(&machine.id, &labels)).await.map_err(internal)?;
         machine.operator_labels = labels;
         Ok(Response::new(pb::Machine::from(&self.machine_record(machine))))
     }
@@ -410,10 +416,7 @@ impl pb::fleet_service_server::FleetService for FleetApi {
         check_credential_name(&request.name)?;
         let role = role_from_wire("role", request.role)?;
         let (credential, record) =
-            mint_credential(&self.state, &request.name, role, &caller.actor()).await.map_err(internal)?;
-        self.state
-            .audit(&caller.actor(), "credential.create", &record.id, &format!("{} as {role}", record.name))
-            .await;
+            mint_credential(&self.state, &request.name, role, &caller.actor(), "").await.map_err(internal)?;
         Ok(Response::new(pb::CreateCredentialResponse {
             token: credential.to_string(),
             info: Some(credential_to_wire(&record)),
@@ -450,8 +453,8 @@ impl pb::fleet_service_server::FleetService for FleetApi {
                 "this is the last admin credential; create another admin first so nobody is locked out",
             ));
         }
-        self.state.store.revoke_credential(&id, Timestamp::now()).await.map_err(internal)?;
-        self.state.audit(&caller.actor(), "credential.revoke", &id, &target.name).await;
+        let entry = AuditEntry::new(caller.actor(), "credential.revoke", &id, &target.name);
+        audited(entry, self.state.store.revoke_credential(&id, Timestamp::now())).await.map_err(internal)?;
         let revoked = self.state.store.get_credential(&id).await.map_err(internal)?;
         let revoked =
             revoked.ok_or_else(|| Status::not_found("the credential disappeared while being revoked"))?;

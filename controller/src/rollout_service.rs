@@ -72,10 +72,18 @@ pub async fn rollback(
             incompatibility.summary()
         ))
     })?;
-    let assigned = assign(state, caller, &id, &revision, &plan, AssignmentReason::Rollback).await?;
+    let entry = crate::store::AuditEntry::new(
+        caller.actor(),
+        "machine.rollback",
+        id.as_str(),
+        format!("to {label}, generation {{generation}}"),
+    );
+    let assigned = crate::store::audited(
+        entry,
+        assign(state, caller, &id, &revision, &plan, AssignmentReason::Rollback),
+    )
+    .await?;
     let online = notify(state, &record);
-    let detail = format!("to {label}, generation {}", assigned.generation);
-    state.audit(&caller.actor(), "machine.rollback", id.as_str(), &detail).await;
     tracing::info!(machine_id = %id, revision = %label, generation = assigned.generation, online, by = %caller.actor(), "rollback assigned");
     let machine = state
         .store

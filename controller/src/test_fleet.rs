@@ -64,8 +64,8 @@ impl TestFleet {
             cluster: None,
         });
         crate::rollouts::spawn(state.clone(), inbox, tokio::sync::watch::channel(true).1);
-        let (operator, _) = mint_credential(&state, "op", Role::Operator, "test").await.unwrap();
-        let (viewer, _) = mint_credential(&state, "reader", Role::Viewer, "test").await.unwrap();
+        let (operator, _) = mint_credential(&state, "op", Role::Operator, "test", "").await.unwrap();
+        let (viewer, _) = mint_credential(&state, "reader", Role::Viewer, "test", "").await.unwrap();
         let now = Timestamp::now();
         let token = JoinTokenRecord {
             id: TOKEN_ID.into(),

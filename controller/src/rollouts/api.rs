@@ -234,7 +234,15 @@ async fn launch_rollout(
         )],
     };
     let planned = planning.elapsed();
-    let created = state.rollouts.create(new).await?;
+    let action = if launch.kind == RolloutKind::Undo { "rollout.undo" } else { "rollout.start" };
+    let label = format!("{}@{}", new.environment, new.revision_number);
+    let entry = crate::store::AuditEntry::new(
+        launch.caller.actor(),
+        action,
+        format!("{label} (rollout {{rollout}})"),
+        summary.clone(),
+    );
+    let created = state.rollouts.create(new, entry).await?;
     tracing::info!(
         rollout = created.record.id,
         machines,
@@ -248,9 +256,6 @@ async fn launch_rollout(
             target.detail.clone_from(detail);
         }
     }
-    let action = if launch.kind == RolloutKind::Undo { "rollout.undo" } else { "rollout.start" };
-    let label = format!("{} (rollout {})", created.record.label(), created.record.id);
-    state.audit(&launch.caller.actor(), action, &label, &summary).await;
     let rollout = read(state, created.record.id, false).await?;
     Ok(pb::StartRolloutResponse {
         revision: Some(revision_to_wire(&launch.revision)),
@@ -374,15 +379,18 @@ pub(crate) async fn act_here(
         return Err(Status::invalid_argument("the reason must be at most 1000 printable characters"));
     }
     let record = find(state, &request.rollout).await?;
-    state.rollouts.command(record.id, command, caller.actor(), request.reason.clone()).await?;
     let detail = if request.reason.is_empty() {
         record.label()
     } else {
         format!("{}: {}", record.label(), request.reason)
     };
-    state
-        .audit(&caller.actor(), &format!("rollout.{}", command.as_str()), &record.id.to_string(), &detail)
-        .await;
+    let entry = crate::store::AuditEntry::new(
+        caller.actor(),
+        format!("rollout.{}", command.as_str()),
+        record.id.to_string(),
+        detail,
+    );
+    state.rollouts.command(record.id, command, caller.actor(), request.reason.clone(), entry).await?;
     read(state, record.id, false).await
 }
 

@@ -15,7 +15,11 @@ use super::{Command, Created};
 use crate::fleet_service::internal;
 
 impl Engine {
-    pub(super) async fn create(&mut self, mut rollout: NewRollout) -> Result<Created, Status> {
+    pub(super) async fn create(
+        &mut self,
+        mut rollout: NewRollout,
+        audit: crate::store::AuditEntry,
+    ) -> Result<Created, Status> {
         let superseded: Vec<u64> = self
             .runs
             .values()
@@ -23,7 +27,8 @@ impl Engine {
             .map(|run| run.record.id)
             .collect();
         for id in superseded {
-            self.command(id, Command::Abort, &rollout.created_by, "superseded by a new rollout").await?;
+            self.command(id, Command::Abort, &rollout.created_by, "superseded by a new rollout", None)
+                .await?;
         }
         let mut busy = Vec::new();
         rollout.rows.retain(|row| match self.owners.get(&row.machine_id) {
@@ -36,7 +41,9 @@ impl Engine {
             }
             None => true,
         });
-        let record = self.state.store.create_rollout(&rollout).await.map_err(internal)?;
+        let record = crate::store::audited(audit, self.state.store.create_rollout(&rollout))
+            .await
+            .map_err(internal)?;
         tracing::info!(rollout = record.id, revision = %record.label(), machines = rollout.rows.len(), by = %record.created_by, "rollout started");
         self.adopt_rows(record.clone(), rollout.rows).await?;
         self.settled.remove(&record.environment);
@@ -49,6 +56,7 @@ impl Engine {
         command: Command,
         actor: &str,
         reason: &str,
+        audit: Option<crate::store::AuditEntry>,
     ) -> Result<(), Status> {
         let Some(run) = self.runs.get(&id) else {
             let record = self.state.store.rollout(id).await.map_err(internal)?;
@@ -147,7 +155,9 @@ impl Engine {
             }
         }
         step.change = Some(change.clone());
-        let written = self.state.store.apply_rollout_step(id, &step).await.map_err(internal)?;
+        let written = crate::store::maybe_audited(audit, self.state.store.apply_rollout_step(id, &step))
+            .await
+            .map_err(internal)?;
         tracing::info!(rollout = id, command = command.as_str(), by = actor, "rollout command");
         let Some(run) = self.runs.get_mut(&id) else { return Ok(()) };
         let generations: HashMap<&MachineId, u64> =

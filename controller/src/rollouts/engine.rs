@@ -289,15 +289,15 @@ impl Engine {
                     }
                 }
             },
-            Message::Create { rollout, reply } => {
-                let result = self.create(*rollout).await;
+            Message::Create { rollout, audit, reply } => {
+                let result = self.create(*rollout, audit).await;
                 if let Ok(created) = &result {
                     touched.insert(created.record.id);
                 }
                 let _ = reply.send(result);
             }
-            Message::Command { id, command, actor, reason, reply } => {
-                let result = self.command(id, command, &actor, &reason).await;
+            Message::Command { id, command, actor, reason, audit, reply } => {
+                let result = self.command(id, command, &actor, &reason, Some(audit)).await;
                 touched.insert(id);
                 let _ = reply.send(result);
             }

@@ -66,6 +66,8 @@ enum Message {
     Connected(MachineId),
     Create {
         rollout: Box<NewRollout>,
+        /// Written with the rollout (`{rollout}` in it becomes its id).
+        audit: crate::store::AuditEntry,
         reply: oneshot::Sender<Result<Created, Status>>,
     },
     Command {
@@ -73,6 +75,8 @@ enum Message {
         command: Command,
         actor: String,
         reason: String,
+        /// Written with the step the command makes.
+        audit: crate::store::AuditEntry,
         reply: oneshot::Sender<Result<(), Status>>,
     },
 }
@@ -115,15 +119,26 @@ impl Rollouts {
         let _ = self.sender.send(Message::Connected(machine.clone()));
     }
 
-    async fn create(&self, rollout: NewRollout) -> Result<Created, Status> {
+    async fn create(&self, rollout: NewRollout, audit: crate::store::AuditEntry) -> Result<Created, Status> {
         let (reply, answer) = oneshot::channel();
-        self.sender.send(Message::Create { rollout: Box::new(rollout), reply }).map_err(|_| stopped())?;
+        self.sender
+            .send(Message::Create { rollout: Box::new(rollout), audit, reply })
+            .map_err(|_| stopped())?;
         answer.await.map_err(|_| stopped())?
     }
 
-    async fn command(&self, id: u64, command: Command, actor: String, reason: String) -> Result<(), Status> {
+    async fn command(
+        &self,
+        id: u64,
+        command: Command,
+        actor: String,
+        reason: String,
+        audit: crate::store::AuditEntry,
+    ) -> Result<(), Status> {
         let (reply, answer) = oneshot::channel();
-        self.sender.send(Message::Command { id, command, actor, reason, reply }).map_err(|_| stopped())?;
+        self.sender
+            .send(Message::Command { id, command, actor, reason, audit, reply })
+            .map_err(|_| stopped())?;
         answer.await.map_err(|_| stopped())?
     }
 }

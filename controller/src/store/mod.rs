@@ -48,6 +48,59 @@ pub enum StoreError {
 
 pub type StoreResult<T> = Result<T, StoreError>;
 
+/// An audit entry written in the same transaction as the change it records.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditEntry {
+    pub actor: String,
+    pub action: String,
+    pub target: String,
+    pub detail: String,
+}
+
+impl AuditEntry {
+    pub fn new(
+        actor: impl Into<String>,
+        action: impl Into<String>,
+        target: impl Into<String>,
+        detail: impl Into<String>,
+    ) -> Self {
+        Self { actor: actor.into(), action: action.into(), target: target.into(), detail: detail.into() }
+    }
+}
+
+tokio::task_local! {
+    static PENDING_AUDIT: std::cell::RefCell<Option<AuditEntry>>;
+}
+
+/// Runs `change` — one store call that changes something — with `entry` written in
+/// its transaction: both are stored, or neither (a controller killed between the two
+/// can no longer leave a change nobody audited). What only the change knows is
+/// filled into the entry's target and detail where they say `{number}` and
+/// `{created}` (a revision), `{generation}` (an assignment) or `{rollout}` (a new
+/// rollout's id). A change that does not happen (nothing to revoke) writes no entry.
+pub async fn audited<F: std::future::Future>(entry: AuditEntry, change: F) -> F::Output {
+    PENDING_AUDIT.scope(std::cell::RefCell::new(Some(entry)), change).await
+}
+
+/// [`audited`] when there is an entry, else just `change`.
+pub async fn maybe_audited<F: std::future::Future>(entry: Option<AuditEntry>, change: F) -> F::Output {
+    match entry {
+        Some(entry) => audited(entry, change).await,
+        None => change.await,
+    }
+}
+
+/// The entry [`audited`] gave the change being written, with `facts` filled in.
+pub(crate) fn take_audit(facts: &[(&str, &str)]) -> Option<AuditEntry> {
+    let mut entry = PENDING_AUDIT.try_with(|pending| pending.borrow_mut().take()).ok().flatten()?;
+    for (name, value) in facts {
+        let placeholder = format!("{{{name}}}");
+        entry.target = entry.target.replace(&placeholder, value);
+        entry.detail = entry.detail.replace(&placeholder, value);
+    }
+    Some(entry)
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct JoinTokenRecord {
     pub id: String,

@@ -19,6 +19,9 @@ pub type Case = fn(Arc<dyn Store>) -> BoxFuture<'static, ()>;
 
 /// Every case, by name.
 pub const CASES: &[(&str, Case)] = &[
+    ("audit_entries_are_written_with_their_change_and_filled_in", |store| {
+        Box::pin(audit_entries_are_written_with_their_change_and_filled_in(store))
+    }),
     ("enrollment_counts_uses_and_refuses_past_them_storing_nothing", |store| {
         Box::pin(enrollment_counts_uses_and_refuses_past_them_storing_nothing(store))
     }),
@@ -119,6 +122,44 @@ pub async fn machines_page_by_id_and_match_prefixes(store: Arc<dyn Store>) {
     assert!(store.revoke_machine(&"aa1".parse().unwrap(), Timestamp::now()).await.unwrap());
     assert!(!store.revoke_machine(&"aa1".parse().unwrap(), Timestamp::now()).await.unwrap());
     assert_eq!(store.list_machines(None, 10, false).await.unwrap().len(), 2);
+}
+
+pub async fn audit_entries_are_written_with_their_change_and_filled_in(store: Arc<dyn Store>) {
+    use crate::store::{AuditEntry, audited};
+    let entry = |detail: &str| AuditEntry::new("op", "environment.apply", "render@{number}", detail);
+    let (first, created) =
+        audited(entry("{created} one"), store.put_environment_revision(&revision("render", 'a')))
+            .await
+            .unwrap();
+    assert!(created);
+    audited(entry("{created} again"), store.put_environment_revision(&revision("render", 'a')))
+        .await
+        .unwrap();
+    // A change that does not happen writes no entry; a call without one writes none.
+    let gone = AuditEntry::new("op", "token.delete", "nope", "");
+    assert!(!audited(gone, store.delete_join_token("0123456789ab")).await.unwrap());
+    store.put_environment_revision(&revision("render", 'b')).await.unwrap();
+    let logged: Vec<(String, String)> = store
+        .list_audit(10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|record| (record.target, record.detail))
+        .collect();
+    let number = format!("render@{}", first.number);
+    assert_eq!(
+        logged
+            .iter()
+            .filter(|(target, _)| *target == number)
+            .map(|(_, detail)| detail.as_str())
+            .collect::<Vec<_>>()
+            .len(),
+        2,
+        "{logged:?}"
+    );
+    assert!(logged.contains(&(number.clone(), "created one".to_owned())), "{logged:?}");
+    assert!(logged.contains(&(number, "unchanged again".to_owned())), "{logged:?}");
+    assert_eq!(logged.len(), 2, "{logged:?}");
 }
 
 fn revision(environment: &str, id_digit: char) -> NewRevision {

@@ -280,3 +280,64 @@ async fn enrollment_checks_the_token_first_answers_guesses_alike_audits_and_thro
     assert!(tokens.contains("\"uses\":0") || tokens.contains("\"uses\": 0"), "{tokens}");
     assert!(controller.machines_with(&["--all"]).is_empty());
 }
+
+/// An audit entry used to be written after the change it records, so a controller
+/// killed in between left a token nobody audited. Now each is written in the change's
+/// own transaction: with the audit log refusing writes (a trigger stands in for the
+/// crash between the two), the change is refused too and nothing is left half done.
+#[test]
+fn a_change_and_its_audit_entry_are_stored_together_or_not_at_all() {
+    use comfyfleet_e2e::{Agent, profile, wait_until};
+    let dir = test_dir();
+    let data = dir.path().join("controller");
+    let mut controller = Controller::start(&data);
+    let token = controller.create_token(&["--uses", "2"]);
+    let _agent =
+        Agent::start(dir.path(), "render-01", &profile("l40s-x2-550"), &controller.url, Some(&token), &[]);
+    let machine = wait_until(Duration::from_secs(20), "render-01", || controller.machine("render-01"));
+    let id = machine["id"].as_str().unwrap().to_owned();
+    let port = controller.port;
+    controller.kill();
+
+    let sqlite = |statement: &str| {
+        let script = "import sqlite3, sys\nc = sqlite3.connect(sys.argv[1])\nc.executescript(sys.argv[2])\nc.commit()\n";
+        let done = std::process::Command::new("python3")
+            .args(["-c", script])
+            .arg(data.join("controller.db"))
+            .arg(statement)
+            .output()
+            .unwrap();
+        assert!(done.status.success(), "{}", String::from_utf8_lossy(&done.stderr));
+    };
+    sqlite(
+        "CREATE TRIGGER no_audit BEFORE INSERT ON audit_events BEGIN SELECT RAISE(ABORT, 'the audit log refuses writes'); END;",
+    );
+    let controller = Controller::start_with(&data, port, &[]);
+    let tokens_before = controller.cli(&["token", "list", "-o", "json"]).success();
+    let failed = controller.cli(&["token", "create"]).failure();
+    assert!(failed.contains("audit"), "{failed}");
+    assert_eq!(
+        controller.cli(&["token", "list", "-o", "json"]).success(),
+        tokens_before,
+        "no unaudited token"
+    );
+    let failed = controller.cli(&["machines", "label", &id, "rack=12"]).failure();
+    assert!(failed.contains("audit"), "{failed}");
+    assert!(controller.machine("render-01").unwrap()["labels"].get("rack").is_none(), "no unaudited label");
+    let failed = controller.cli(&["credentials", "create", "ci", "--role", "viewer"]).failure();
+    assert!(failed.contains("audit"), "{failed}");
+    let credentials = controller.cli(&["credentials", "list", "-o", "json"]).success();
+    assert!(!credentials.contains("\"ci\""), "no unaudited credential: {credentials}");
+    let failed = controller.cli(&["machines", "revoke", &id]).failure();
+    assert!(failed.contains("audit"), "{failed}");
+    assert!(controller.machine("render-01").unwrap()["revoked_at"].is_null(), "no unaudited revocation");
+
+    // The audit log back: each change and its entry, together.
+    sqlite("DROP TRIGGER no_audit;");
+    controller.cli(&["machines", "label", &id, "rack=12"]).success();
+    controller.create_token(&[]);
+    let audit = controller.cli(&["audit", "-o", "json"]).success();
+    assert_eq!(audit.matches("machine.label").count(), 1, "{audit}");
+    assert_eq!(audit.matches("token.create").count(), 2, "{audit}");
+    assert_eq!(audit.matches("machine.enroll").count(), 1, "{audit}");
+}

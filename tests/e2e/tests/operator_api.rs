@@ -93,7 +93,7 @@ fn operators_label_machines_manage_tokens_and_every_change_is_audited() {
         Agent::start(dir.path(), "render-08", &profile("l40s-x2-550"), &controller.url, Some(&token), &[]);
     let (status, log) = late.wait_exit(Duration::from_secs(20));
     assert_eq!(status.code(), Some(3));
-    assert!(log.contains("is unknown to this controller"), "{log}");
+    assert!(log.contains("not valid here (unknown to this controller, or its secret is wrong)"), "{log}");
 
     let audit: Vec<Value> =
         serde_json::from_str(&controller.cli(&["audit", "-o", "json"]).success()).unwrap();

@@ -58,6 +58,8 @@ impl ThisStore {
         .map_err(database("looking for an existing revision"))?;
         if let Some(row) = existing {
             let stored = revision_from_row(&row)?;
+            let number = stored.number.to_string();
+            super::write_pending_audit(&mut tx, &[("number", &number), ("created", "unchanged")]).await?;
             tx.commit().await.map_err(database("ending a revision lookup"))?;
             return Ok((stored, false));
         }
@@ -93,6 +95,8 @@ impl ThisStore {
             .map_err(database("storing a lock"))?;
         }
         insert_files(&mut tx, &revision.files, Conflict::Replace).await?;
+        super::write_pending_audit(&mut tx, &[("number", &number.to_string()), ("created", "created")])
+            .await?;
         tx.commit().await.map_err(database("committing a revision"))?;
         let stored = StoredRevision {
             environment: revision.environment.clone(),

@@ -33,6 +33,24 @@ fn select_machines(condition: &str) -> String {
     )
 }
 
+/// Writes the audit entry of the change this transaction makes, if its caller gave
+/// one ([`crate::store::audited`]), with `facts` filled in: both commit, or neither.
+async fn write_pending_audit(tx: &mut Transaction<'_, Db>, facts: &[(&str, &str)]) -> StoreResult<()> {
+    let Some(entry) = crate::store::take_audit(facts) else { return Ok(()) };
+    sqlx::query(sqlx::AssertSqlSafe(sql(
+        "INSERT INTO audit_events (at, actor, action, target, detail) VALUES (?, ?, ?, ?, ?)",
+    )))
+    .bind(millis(Timestamp::now()))
+    .bind(&entry.actor)
+    .bind(&entry.action)
+    .bind(&entry.target)
+    .bind(&entry.detail)
+    .execute(&mut **tx)
+    .await
+    .map_err(database("writing the audit log"))?;
+    Ok(())
+}
+
 async fn fetch_machine(tx: &mut Transaction<'_, Db>, id: &str) -> StoreResult<Option<StoredMachine>> {
     let row = sqlx::query(sqlx::AssertSqlSafe(sql(&select_machines("WHERE machines.id = ?"))))
         .bind(id)
@@ -45,6 +63,7 @@ async fn fetch_machine(tx: &mut Transaction<'_, Db>, id: &str) -> StoreResult<Op
 #[async_trait::async_trait]
 impl Store for ThisStore {
     async fn create_join_token(&self, token: &JoinTokenRecord) -> StoreResult<()> {
+        let mut tx = self.write_transaction("starting to create a join token").await?;
         sqlx::query(sqlx::AssertSqlSafe(sql(
             "INSERT INTO join_tokens (id, secret_sha256, created_at, expires_at, uses_allowed, uses, labels, \
              description, created_by) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -58,9 +77,11 @@ impl Store for ThisStore {
         .bind(labels_json(&token.labels))
         .bind(&token.description)
         .bind(&token.created_by)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await
         .map_err(database("creating a join token"))?;
+        write_pending_audit(&mut tx, &[]).await?;
+        tx.commit().await.map_err(database("committing a join token"))?;
         Ok(())
     }
 
@@ -82,11 +103,16 @@ impl Store for ThisStore {
     }
 
     async fn delete_join_token(&self, id: &str) -> StoreResult<bool> {
+        let mut tx = self.write_transaction("starting to delete a join token").await?;
         let result = sqlx::query(sqlx::AssertSqlSafe(sql("DELETE FROM join_tokens WHERE id = ?")))
             .bind(id)
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await
             .map_err(database("deleting a join token"))?;
+        if result.rows_affected() > 0 {
+            write_pending_audit(&mut tx, &[]).await?;
+        }
+        tx.commit().await.map_err(database("committing a join token deletion"))?;
         Ok(result.rows_affected() > 0)
     }
 
@@ -142,6 +168,7 @@ impl Store for ThisStore {
         let stored = fetch_machine(&mut tx, machine.id.as_str())
             .await?
             .ok_or_else(|| corrupt("machine")("vanished inside its own transaction".into()))?;
+        write_pending_audit(&mut tx, &[]).await?;
         tx.commit().await.map_err(database("committing an enrollment"))?;
         Ok(Ok(stored))
     }
@@ -254,12 +281,15 @@ impl Store for ThisStore {
     }
 
     async fn set_operator_labels(&self, id: &MachineId, labels: &Labels) -> StoreResult<()> {
+        let mut tx = self.write_transaction("starting to set labels").await?;
         sqlx::query(sqlx::AssertSqlSafe(sql("UPDATE machines SET operator_labels = ? WHERE id = ?")))
             .bind(labels_json(labels))
             .bind(id.as_str())
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await
             .map_err(database("setting labels"))?;
+        write_pending_audit(&mut tx, &[]).await?;
+        tx.commit().await.map_err(database("committing labels"))?;
         Ok(())
     }
 
@@ -276,12 +306,14 @@ impl Store for ThisStore {
         let revoked = result.rows_affected() > 0;
         if revoked {
             self.announce(&mut tx, "revoked", &[id.as_str()]).await?;
+            write_pending_audit(&mut tx, &[]).await?;
         }
         tx.commit().await.map_err(database("committing a revocation"))?;
         Ok(revoked)
     }
 
     async fn create_credential(&self, credential: &CredentialRecord) -> StoreResult<()> {
+        let mut tx = self.write_transaction("starting to create a credential").await?;
         sqlx::query(sqlx::AssertSqlSafe(sql(
             "INSERT INTO credentials (id, name, role, secret_sha256, created_at, revoked_at, created_by) \
              VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -293,9 +325,11 @@ impl Store for ThisStore {
         .bind(millis(credential.created_at))
         .bind(credential.revoked_at.map(millis))
         .bind(&credential.created_by)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await
         .map_err(database("creating a credential"))?;
+        write_pending_audit(&mut tx, &[]).await?;
+        tx.commit().await.map_err(database("committing a credential"))?;
         Ok(())
     }
 
@@ -317,14 +351,19 @@ impl Store for ThisStore {
     }
 
     async fn revoke_credential(&self, id: &str, at: Timestamp) -> StoreResult<bool> {
+        let mut tx = self.write_transaction("starting to revoke a credential").await?;
         let result = sqlx::query(sqlx::AssertSqlSafe(sql(
             "UPDATE credentials SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL",
         )))
         .bind(millis(at))
         .bind(id)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await
         .map_err(database("revoking a credential"))?;
+        if result.rows_affected() > 0 {
+            write_pending_audit(&mut tx, &[]).await?;
+        }
+        tx.commit().await.map_err(database("committing a credential revocation"))?;
         Ok(result.rows_affected() > 0)
     }
 

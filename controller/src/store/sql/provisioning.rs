@@ -109,6 +109,7 @@ impl ThisStore {
         let mut tx = self.write_transaction("starting an assignment").await?;
         let stored = insert_assignment(&mut tx, machine, assignment).await?;
         self.announce(&mut tx, "assigned", &[machine.as_str()]).await?;
+        super::write_pending_audit(&mut tx, &[("generation", &stored.generation.to_string())]).await?;
         tx.commit().await.map_err(database("committing an assignment"))?;
         Ok(stored)
     }

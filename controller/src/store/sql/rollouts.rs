@@ -133,6 +133,7 @@ impl ThisStore {
         let rows: Vec<&MachineRow> = rollout.rows.iter().collect();
         write_rows(&mut tx, record.id, &rows).await?;
         write_events(&mut tx, record.id, &rollout.events).await?;
+        super::write_pending_audit(&mut tx, &[("rollout", &record.id.to_string())]).await?;
         tx.commit().await.map_err(database("committing a rollout"))?;
         Ok(record)
     }
@@ -177,6 +178,7 @@ impl ThisStore {
         }
         let ids: Vec<&str> = assigned.iter().map(|stored| stored.machine_id.as_str()).collect();
         self.announce(&mut tx, "assigned", &ids).await?;
+        super::write_pending_audit(&mut tx, &[]).await?;
         tx.commit().await.map_err(database("committing a rollout step"))?;
         Ok(assigned)
     }
