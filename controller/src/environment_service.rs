@@ -43,7 +43,7 @@ pub async fn apply(
     let format = spec_format(request.format, &request.file_name, &request.spec)?;
     let mut spec = Spec::parse(file, &request.spec, format)
         .map_err(|errors| Status::invalid_argument(errors.to_string()))?;
-    let pins = git_pin::pin_spec(&mut spec)
+    let pins = git_pin::pin_spec(&mut spec, &state.settings.git)
         .await
         .map_err(|errors| Status::failed_precondition(errors.to_string()))?;
     let requested = parse_classes(&request.classes)?;

@@ -56,6 +56,8 @@ pub enum PinError {
     ListingFailed { what: String, url: String, stderr: String },
     #[error("{what}: {url} has no branch, tag or ref `{reference}` ({available}); fix its ref{hint}")]
     RefNotFound { what: String, url: String, reference: String, available: String, hint: &'static str },
+    #[error("{what}: the controller does not read git from {url}: {reason}")]
+    Refused { what: String, url: String, reason: String },
     #[error("{what}: looking up `{reference}` in {url} stopped unexpectedly: {detail}")]
     Task { what: String, url: String, reference: String, detail: String },
 }
@@ -74,11 +76,24 @@ impl std::fmt::Display for PinErrors {
 /// Sets every git source's `commit` to the commit its `ref` names now, overwriting
 /// any commit the spec had: applying always re-resolves. Returns the pins, ComfyUI
 /// first, then the custom nodes in spec order.
-pub async fn pin_spec(spec: &mut Spec) -> Result<Vec<GitPin>, PinErrors> {
+pub async fn pin_spec(
+    spec: &mut Spec,
+    policy: &crate::git_policy::GitPolicy,
+) -> Result<Vec<GitPin>, PinErrors> {
     let mut wanted = vec![("comfyui".to_owned(), spec.comfyui.git.clone(), spec.comfyui.reference.clone())];
     wanted.extend(spec.custom_nodes.iter().map(|node| {
         (format!("custom_node {}", node.directory_name()), node.git.clone(), node.reference.clone())
     }));
+    // Nothing is asked of a remote the controller's policy refuses.
+    let mut refused = Vec::new();
+    for (what, url, _) in &wanted {
+        if let Err(reason) = policy.check(url).await {
+            refused.push(PinError::Refused { what: what.clone(), url: url.clone(), reason });
+        }
+    }
+    if !refused.is_empty() {
+        return Err(PinErrors(refused));
+    }
     let pins = resolve_all(wanted).await?;
     let targets = std::iter::once(&mut spec.comfyui.commit)
         .chain(spec.custom_nodes.iter_mut().map(|node| &mut node.commit));
@@ -462,7 +477,7 @@ mod tests {
         let nodes_v1 = nodes.commit("v1");
         nodes.git(&["tag", "-a", "v1", "-m", "v1"]);
         let mut spec = spec(&comfyui.url(), &nodes.url());
-        let pins = pin_spec(&mut spec).await.unwrap();
+        let pins = pin_spec(&mut spec, &crate::git_policy::GitPolicy::permissive()).await.unwrap();
         assert_eq!(
             pins,
             [
@@ -488,7 +503,7 @@ mod tests {
     async fn pinning_reports_every_failure_at_once() {
         let comfyui = TestRepo::new();
         let mut spec = spec(&comfyui.missing_url(), &comfyui.url());
-        let errors = pin_spec(&mut spec).await.unwrap_err();
+        let errors = pin_spec(&mut spec, &crate::git_policy::GitPolicy::permissive()).await.unwrap_err();
         assert_eq!(errors.0.len(), 2, "{errors}");
         let text = errors.to_string();
         let lines: Vec<&str> = text.lines().collect();

@@ -21,6 +21,7 @@ mod fleet_service;
 pub mod fleet_view;
 mod git_mirror;
 mod git_pin;
+pub mod git_policy;
 mod index_proxy;
 mod locking;
 pub mod metrics;

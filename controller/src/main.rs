@@ -61,6 +61,15 @@ struct Args {
     /// with in a PostgreSQL database; every controller of the fleet gets the same file.
     #[arg(long, env = "COMFYFLEET_SECRETS_KEY_FILE", value_name = "PATH", requires = "database_url")]
     secrets_key_file: Option<PathBuf>,
+    /// Let apply read git from local paths and file:// URLs on the controller's host
+    /// (off: a spec could otherwise probe which paths exist there).
+    #[arg(long, env = "COMFYFLEET_GIT_ALLOW_FILE")]
+    git_allow_file: bool,
+    /// A host apply may read git from (repeatable; `*.example.com` for a domain). With
+    /// none, any host whose addresses are all public; a host on a private or loopback
+    /// address must be named.
+    #[arg(long = "git-allow-host", value_name = "HOST")]
+    git_allow_hosts: Vec<String>,
     /// The most connections one source address may hold at once (handshakes
     /// included); past it, its new ones are closed at accept. 0: no cap. Raise it
     /// when many machines reach the controller through one NAT address.
@@ -236,6 +245,10 @@ async fn main() -> anyhow::Result<()> {
             heartbeat_interval: args.heartbeat_interval,
             uv: args.uv,
             cache_max_size: args.cache_max_size,
+            git: comfyfleet_controller::git_policy::GitPolicy {
+                allow_file: args.git_allow_file,
+                allow_hosts: args.git_allow_hosts,
+            },
             ..Settings::default()
         },
         metrics_listen: args.metrics_listen,

@@ -22,6 +22,8 @@ pub struct Settings {
     pub uv: Option<std::path::PathBuf>,
     /// `--cache-max-size`: the package cache's disk limit, in bytes.
     pub cache_max_size: Option<u64>,
+    /// Which git remotes apply may ask for refs (`--git-allow-file`, `--git-allow-host`).
+    pub git: crate::git_policy::GitPolicy,
     /// Whether apply locks every build class (always, in the controller binary; the
     /// unit tests of revision storage and rollouts run without uv or an index).
     pub lock_on_apply: bool,
@@ -35,6 +37,7 @@ impl Default for Settings {
             max_token_ttl: Duration::from_secs(365 * 24 * 3600),
             uv: None,
             cache_max_size: None,
+            git: crate::git_policy::GitPolicy::default(),
             lock_on_apply: true,
         }
     }

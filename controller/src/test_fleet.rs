@@ -41,7 +41,11 @@ impl TestFleet {
             store,
             ca: CertificateAuthority::load_or_create(dir.path()).unwrap(),
             presence: Presence::new(),
-            settings: Settings { lock_on_apply: false, ..Settings::default() },
+            settings: Settings {
+                lock_on_apply: false,
+                git: crate::git_policy::GitPolicy::permissive(),
+                ..Settings::default()
+            },
             reports,
             rollouts,
             specs: Default::default(),

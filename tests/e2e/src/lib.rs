@@ -169,6 +169,10 @@ impl Controller {
         if !extra.contains(&"--heartbeat-interval") {
             command.args(["--heartbeat-interval", "1s"]);
         }
+        // The tests' repositories are local; a test that names a git policy gets only it.
+        if !extra.iter().any(|arg| arg.starts_with("--git-")) {
+            command.arg("--git-allow-file");
+        }
         // apply locks with uv: the tests' uv, where there is one.
         if let Some(uv) = standin::try_find_uv() {
             command.env("COMFYFLEET_UV", uv);
