@@ -213,7 +213,12 @@ impl Converger {
                 match interrupts.guard(self.executor.prepare(&assignment, &gpus, &self.reporter)).await? {
                     Ok(built) => built,
                     Err(failure) => {
-                        self.fail(self.reporter.current(), &assignment, failure.to_string());
+                        let error = failure.to_string();
+                        if is_out_of_space(&error) {
+                            // Half-built environments hold what the next try needs.
+                            collect_incomplete(&self.layout).await;
+                        }
+                        self.fail(self.reporter.current(), &assignment, error);
                         return Ok(());
                     }
                 }
@@ -382,6 +387,36 @@ fn kept_environments(
     keep
 }
 
+/// Whether a failure came from a full disk (or quota).
+fn is_out_of_space(error: &str) -> bool {
+    ["No space left on device", "os error 28", "ENOSPC", "Disk quota exceeded", "os error 122"]
+        .iter()
+        .any(|sign| error.contains(sign))
+}
+
+/// Removes every environment that was never completed (a build that failed or was
+/// cut short): a full disk gets back what they held at once, rather than at the next
+/// successful switch. Complete ones, `current`'s among them, stay.
+async fn collect_incomplete(layout: &Layout) {
+    let envs = layout.envs();
+    let Ok(entries) = std::fs::read_dir(&envs) else { return };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with('.') || !entry.path().is_dir() {
+            continue;
+        }
+        if (crate::layout::EnvDir { path: entry.path() }).is_complete() {
+            continue;
+        }
+        let trash = envs.join(format!(".trash-{name}"));
+        match std::fs::rename(entry.path(), &trash) {
+            Ok(()) => tracing::warn!(env = %name, "the disk is full: removing a half-built environment"),
+            Err(error) => tracing::warn!(env = %name, %error, "cannot remove a half-built environment"),
+        }
+    }
+    remove_trash(layout).await;
+}
+
 /// Deletes `envs/.trash-*` (renamed first, so a crash mid-delete leaves nothing that
 /// looks like an environment).
 async fn remove_trash(layout: &Layout) {
@@ -423,6 +458,27 @@ fn check_plan(assignment: &Assignment, facts: &MachineFacts) -> Result<(), Strin
 
 #[cfg(test)]
 mod tests {
+
+    #[tokio::test]
+    async fn a_full_disk_takes_back_half_built_environments_and_keeps_complete_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let layout = Layout::new(dir.path());
+        layout.create().unwrap();
+        let complete = layout.envs().join("aaaaaaaaaaaa");
+        let half = layout.envs().join("bbbbbbbbbbbb");
+        std::fs::create_dir_all(complete.join("venv")).unwrap();
+        std::fs::write(complete.join(".complete"), b"{}").unwrap();
+        std::fs::create_dir_all(half.join("venv/lib")).unwrap();
+        std::fs::write(half.join("venv/lib/big.so"), vec![0u8; 4096]).unwrap();
+        assert!(is_out_of_space("uv: error: failed to write: No space left on device (os error 28)"));
+        assert!(!is_out_of_space("uv: error: no matching distribution for torch==9"));
+        collect_incomplete(&layout).await;
+        assert!(complete.join(".complete").exists(), "a complete environment stays");
+        assert!(!half.exists(), "a half-built one goes");
+        let left: Vec<_> =
+            std::fs::read_dir(layout.envs()).unwrap().flatten().map(|e| e.file_name()).collect();
+        assert_eq!(left.len(), 1, "no trash left: {left:?}");
+    }
     use comfyfleet_config::inventory::{ComputeCapability, CudaVersion};
     use comfyfleet_config::{AssignmentReason, Spec, SpecFormat};
 

@@ -120,6 +120,31 @@ impl IdentityDir {
         Ok(Some(identity))
     }
 
+    /// The files an enrolled agent needs that are gone, if any: the agent keeps its
+    /// session (the identity is in memory) but cannot reconnect after a restart.
+    pub fn missing_files(&self) -> Vec<&'static str> {
+        if !self.dir.join("machine.toml").exists() && !self.dir.exists() {
+            return vec!["identity/"];
+        }
+        ["machine.toml", "machine.crt", "machine.key", "ca.crt"]
+            .into_iter()
+            .filter(|name| !self.file(name).exists())
+            .collect()
+    }
+
+    /// [`IdentityDir::missing_files`] as one line for operators, when any is missing.
+    pub fn missing_problem(&self) -> Option<String> {
+        let missing = self.missing_files();
+        (!missing.is_empty()).then(|| {
+            format!(
+                "identity files gone ({}) from {}: the agent runs on what it holds in memory but cannot reconnect \
+                 after a restart; restore them from a backup, or revoke the machine and enroll it again",
+                missing.join(", "),
+                self.dir.display()
+            )
+        })
+    }
+
     /// The agent's private key, created (0600) on first use and kept across attempts.
     pub fn key(&self) -> Result<KeyPair, IdentityError> {
         files::create_private_dir(&self.dir)

@@ -210,6 +210,7 @@ pub async fn run(options: AgentOptions, shutdown: impl Future<Output = ()>) -> R
     let (reporter, reports) = Reporter::new();
     let (desired, desired_receiver) = watch::channel(journal.desired());
     let inventory_changed = Arc::new(Notify::new());
+    let inventory_changed_for_watch = inventory_changed.clone();
     let http = reqwest::Client::builder()
         .no_proxy()
         .timeout(Duration::from_secs(5))
@@ -245,6 +246,7 @@ pub async fn run(options: AgentOptions, shutdown: impl Future<Output = ()>) -> R
         connected: watch::channel(false).0,
         controller,
     };
+    let _identity_watch = tokio::spawn(watch_identity(identity_dir, inventory_changed_for_watch));
     let linked = tokio::select! {
         result = link.run(wait_stop(stopped)) => result,
         () = &mut shutdown => Ok(()),
@@ -288,4 +290,32 @@ fn write_model_paths(layout: &Layout) -> std::io::Result<()> {
         yaml.as_bytes(),
         0o644,
     )
+}
+
+/// How often the identity files are looked for.
+const IDENTITY_CHECK: Duration = Duration::from_secs(5);
+
+/// Says at once (a log line, and the inventory the controller shows) when the
+/// identity files go: the session goes on from memory, but a restart could not
+/// reconnect, and nobody would know until then.
+async fn watch_identity(identity_dir: IdentityDir, inventory_changed: Arc<Notify>) {
+    let mut tick = tokio::time::interval(IDENTITY_CHECK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut missing = false;
+    loop {
+        tick.tick().await;
+        match identity_dir.missing_problem() {
+            Some(problem) if !missing => {
+                missing = true;
+                tracing::error!("{problem}");
+                inventory_changed.notify_one();
+            }
+            None if missing => {
+                missing = false;
+                tracing::info!("the identity files are back");
+                inventory_changed.notify_one();
+            }
+            _ => {}
+        }
+    }
 }

@@ -43,6 +43,9 @@ pub struct MachineView {
     pub cpu_cores: Option<u32>,
     pub memory_total_bytes: Option<u64>,
     pub data_dir_free_bytes: Option<u64>,
+    /// What is wrong with the agent itself (its identity files gone).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub problems: Vec<String>,
     #[serde(default)]
     pub agent_version: String,
     #[serde(default)]
@@ -132,6 +135,7 @@ impl From<&MachineRecord> for MachineView {
             cpu_cores: host.map(|host| host.cpu_cores),
             memory_total_bytes: host.map(|host| host.memory_total_bytes),
             data_dir_free_bytes: host.map(|host| host.data_dir_free_bytes),
+            problems: host.map(|host| host.problems.clone()).unwrap_or_default(),
             agent_version: machine.agent_version.clone(),
             remote_address: machine.remote_address.clone(),
             gpus: nvidia.map(|nvidia| nvidia.gpus.iter().map(GpuView::from).collect()).unwrap_or_default(),
@@ -287,6 +291,7 @@ impl MachineView {
             revoked_at: None,
             labels: BTreeMap::from([("pool".to_owned(), "render-a".to_owned())]),
             label_sources: BTreeMap::new(),
+            problems: Vec::new(),
             driver_version: Some("570.133.07".into()),
             cuda_driver_version: Some("12.8".into()),
             nvml_status: Some("ok".into()),
@@ -344,6 +349,7 @@ mod tests {
             revoked_at: None,
             labels: BTreeMap::new(),
             label_sources: BTreeMap::new(),
+            problems: Vec::new(),
             driver_version: None,
             cuda_driver_version: None,
             nvml_status: Some("ok".into()),

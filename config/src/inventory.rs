@@ -38,6 +38,9 @@ pub struct HostInfo {
     pub data_dir_free_bytes: u64,
     pub data_dir_total_bytes: u64,
     pub agent_version: String,
+    /// What is wrong with the agent itself (its identity files gone): for operators.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub problems: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -257,6 +260,12 @@ impl Inventory {
         check_text("host.arch", &host.arch, false)?;
         check_text("host.cpu_model", &host.cpu_model, false)?;
         check_text("host.agent_version", &host.agent_version, false)?;
+        if host.problems.len() > 16 {
+            return Err(InventoryError::new("host.problems", "lists more than 16 problems"));
+        }
+        for problem in &host.problems {
+            check_text("host.problems", problem, true)?;
+        }
         if host.cpu_cores > 65_536 {
             return Err(InventoryError::new(
                 "host.cpu_cores",
@@ -353,6 +362,7 @@ mod tests {
                 data_dir_free_bytes: 100 << 30,
                 data_dir_total_bytes: 500 << 30,
                 agent_version: "0.1.0".into(),
+                problems: Vec::new(),
             },
             nvidia: NvidiaInfo {
                 status: NvmlStatus::Ok,

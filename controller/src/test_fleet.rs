@@ -212,6 +212,7 @@ pub fn inventory(name: &str) -> Inventory {
             data_dir_free_bytes: 1 << 40,
             data_dir_total_bytes: 1 << 41,
             agent_version: "0.1.0".into(),
+            problems: Vec::new(),
         },
         nvidia,
         environments: Default::default(),

@@ -103,6 +103,7 @@ impl TryFrom<pb::Inventory> for Inventory {
                 data_dir_free_bytes: host.data_dir_free_bytes,
                 data_dir_total_bytes: host.data_dir_total_bytes,
                 agent_version: host.agent_version,
+                problems: host.problems.into_iter().take(16).collect(),
             },
             nvidia: NvidiaInfo { status, driver_version: nvidia.driver_version, cuda_driver_version, gpus },
             environments: wire
@@ -138,6 +139,7 @@ impl From<&Inventory> for pb::Inventory {
                 data_dir_free_bytes: host.data_dir_free_bytes,
                 data_dir_total_bytes: host.data_dir_total_bytes,
                 agent_version: host.agent_version.clone(),
+                problems: host.problems.clone(),
             }),
             nvidia: Some(pb::Nvidia {
                 status: status.into(),

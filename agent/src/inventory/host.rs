@@ -30,6 +30,10 @@ impl HostProbe {
             data_dir_free_bytes,
             data_dir_total_bytes,
             agent_version: env!("CARGO_PKG_VERSION").to_owned(),
+            problems: crate::identity::IdentityDir::new(&self.data_dir)
+                .missing_problem()
+                .into_iter()
+                .collect(),
         }
     }
 }

@@ -55,6 +55,7 @@ fn hardware(machine: &MachineView, now: Timestamp) -> String {
         ("Status", format!("{} (last seen {})", machine.status(), format::ago(last_seen, now))),
         ("Enrolled", machine.enrolled_at.clone()),
         ("Labels", or_dash(Some(machine.labels_with_sources()))),
+        ("Problems", or_dash(Some(machine.problems.join("; ")))),
         (
             "Agent",
             format!(

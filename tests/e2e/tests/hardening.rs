@@ -381,3 +381,48 @@ fn apply_reads_git_only_from_remotes_the_controller_allows() {
     let environments = controller.cli(&["env", "list", "-o", "json"]).success();
     assert!(!environments.contains("render"), "nothing stored: {environments}");
 }
+
+/// A deleted `identity/` directory used to go unnoticed until the agent restarted and
+/// could not reconnect. Now the agent says so within seconds, in its log and to the
+/// controller, which shows it on the machine.
+#[test]
+fn an_agent_whose_identity_files_go_says_so_at_once() {
+    use comfyfleet_e2e::{Agent, profile, wait_until};
+    let dir = test_dir();
+    let controller = Controller::start(&dir.path().join("controller"));
+    let token = controller.create_token(&[]);
+    let agent =
+        Agent::start(dir.path(), "render-01", &profile("l40s-x2-550"), &controller.url, Some(&token), &[]);
+    wait_until(Duration::from_secs(20), "render-01 online", || {
+        controller.machine("render-01").filter(|machine| machine["online"] == true)
+    });
+    let identity = agent.data_dir.join("identity");
+    let saved = dir.path().join("identity-backup");
+    std::fs::rename(&identity, &saved).unwrap();
+    let gone = Instant::now();
+    let machine = wait_until(Duration::from_secs(20), "the controller to show the problem", || {
+        controller
+            .machine("render-01")
+            .filter(|machine| machine["problems"].as_array().is_some_and(|p| !p.is_empty()))
+    });
+    eprintln!("reported after {:?}", gone.elapsed());
+    assert!(machine["problems"][0].as_str().unwrap().contains("identity files gone"), "{machine}");
+    assert_eq!(machine["online"], true, "the session goes on");
+    assert!(agent.process.log().contains("identity files gone"), "{}", agent.process.log());
+    let shown = controller.cli(&["machines", "show", "render-01"]);
+    let id = machine["id"].as_str().unwrap();
+    let shown = if shown.status.success() {
+        shown.stdout
+    } else {
+        controller.cli(&["machines", "show", id]).success()
+    };
+    assert!(shown.contains("identity files gone"), "{shown}");
+
+    // Put back, the problem clears.
+    std::fs::rename(&saved, &identity).unwrap();
+    wait_until(Duration::from_secs(20), "the problem to clear", || {
+        controller
+            .machine("render-01")
+            .filter(|machine| machine.get("problems").is_none_or(|p| p.as_array().is_none_or(Vec::is_empty)))
+    });
+}
