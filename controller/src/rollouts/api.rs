@@ -288,13 +288,11 @@ async fn find(state: &ControllerState, name: &str) -> Result<RolloutRecord, Stat
 }
 
 async fn read(state: &ControllerState, id: u64, with_machines: bool) -> Result<pb::Rollout, Status> {
-    // The rows first: a step that commits between the two reads then shows in the
-    // record as well, so the record (its state, its reason) is never older than the
-    // rows it is shown with.
-    let rows = state.store.rollout_machines(id).await.map_err(internal)?;
-    let record = state
+    // One snapshot: a step committing meanwhile shows in the record and the rows
+    // alike (a succeeded rollout is never shown with rows still switching).
+    let (record, rows) = state
         .store
-        .rollout(id)
+        .rollout_snapshot(id)
         .await
         .map_err(internal)?
         .ok_or_else(|| Status::not_found(format!("rollout {id} is gone")))?;

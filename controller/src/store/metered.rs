@@ -402,6 +402,13 @@ impl<S: Store> Store for MeteredStore<S> {
         result
     }
 
+    async fn rollout_snapshot(&self, id: u64) -> StoreResult<Option<(RolloutRecord, Vec<StoredMachineRow>)>> {
+        let started = Instant::now();
+        let result = self.inner.rollout_snapshot(id).await;
+        self.metrics.store_call("rollout_snapshot", started.elapsed(), result.is_err());
+        result
+    }
+
     async fn rollout_machines(&self, rollout: u64) -> StoreResult<Vec<StoredMachineRow>> {
         let started = Instant::now();
         let result = self.inner.rollout_machines(rollout).await;

@@ -560,6 +560,8 @@ pub trait Store: Send + Sync + 'static {
     async fn open_rollouts(&self) -> StoreResult<Vec<RolloutRecord>>;
     /// In rollout order (canaries first).
     async fn rollout_machines(&self, rollout: u64) -> StoreResult<Vec<StoredMachineRow>>;
+    /// The rollout and its rows, read as of one moment.
+    async fn rollout_snapshot(&self, id: u64) -> StoreResult<Option<(RolloutRecord, Vec<StoredMachineRow>)>>;
     /// Oldest first, ids greater than `after`.
     async fn rollout_events(&self, rollout: u64, after: u64, limit: u32) -> StoreResult<Vec<StoredEvent>>;
 }

@@ -226,6 +226,17 @@ impl PostgresStore {
         Ok(())
     }
 
+    /// A read-only transaction whose reads all see one snapshot (read committed would
+    /// give each statement its own).
+    async fn snapshot_transaction(&self) -> StoreResult<Transaction<'static, Postgres>> {
+        let mut tx = self.pool.begin().await.map_err(database("starting a read"))?;
+        sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            .execute(&mut *tx)
+            .await
+            .map_err(database("starting a read"))?;
+        Ok(tx)
+    }
+
     /// The rollout engine writes only while this controller still holds the lease
     /// it was given (its holder, epoch and expiry checked by the database's clock,
     /// the row shared-locked until commit): a controller that lost the lease while

@@ -271,6 +271,12 @@ impl SqliteStore {
         Ok(())
     }
 
+    /// A read transaction: in WAL mode its first read fixes the snapshot every later
+    /// read in it sees.
+    async fn snapshot_transaction(&self) -> StoreResult<Transaction<'static, Sqlite>> {
+        self.pool.begin().await.map_err(database("starting a read"))
+    }
+
     /// One controller per SQLite file: it always leads.
     async fn fence(&self, _tx: &mut Transaction<'static, Sqlite>) -> StoreResult<()> {
         Ok(())

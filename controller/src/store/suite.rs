@@ -470,6 +470,12 @@ pub async fn a_rollout_step_is_its_rows_assignments_and_events_together(store: A
         RolloutStep { rows: vec![RowWrite { row: failed, assignment: Some(bad) }], ..Default::default() };
     assert!(store.apply_rollout_step(record.id, &step).await.is_err());
     assert_eq!(store.rollout_machines(record.id).await.unwrap()[1].row.status, MachineStatus::Pending);
+
+    // Read as of one moment, the record and its rows are those read one by one.
+    let (snapshot, rows) = store.rollout_snapshot(record.id).await.unwrap().unwrap();
+    assert_eq!(Some(snapshot), store.rollout(record.id).await.unwrap());
+    assert_eq!(rows, store.rollout_machines(record.id).await.unwrap());
+    assert!(store.rollout_snapshot(record.id + 100).await.unwrap().is_none());
 }
 
 pub async fn fleet_ids_are_adopted_once(store: Arc<dyn Store>) {

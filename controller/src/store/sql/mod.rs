@@ -634,6 +634,10 @@ impl Store for ThisStore {
         Ok(open)
     }
 
+    async fn rollout_snapshot(&self, id: u64) -> StoreResult<Option<(RolloutRecord, Vec<StoredMachineRow>)>> {
+        self.select_rollout_snapshot(id).await
+    }
+
     async fn rollout_machines(&self, rollout: u64) -> StoreResult<Vec<StoredMachineRow>> {
         self.select_rollout_machines(rollout).await
     }

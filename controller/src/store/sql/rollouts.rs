@@ -211,6 +211,35 @@ impl ThisStore {
         row.as_ref().map(rollout_from_row).transpose()
     }
 
+    /// A rollout and its rows as of one moment: a step that commits while they are
+    /// read shows in both or in neither.
+    pub(super) async fn select_rollout_snapshot(
+        &self,
+        id: u64,
+    ) -> StoreResult<Option<(RolloutRecord, Vec<StoredMachineRow>)>> {
+        let mut tx = self.snapshot_transaction().await?;
+        let key = i64::try_from(id).unwrap_or(i64::MAX);
+        let record = sqlx::query(sqlx::AssertSqlSafe(sql(&format!(
+            "SELECT {ROLLOUT_COLUMNS} FROM rollouts WHERE id = ?"
+        ))))
+        .bind(key)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(database("reading a rollout"))?;
+        let Some(record) = record.as_ref().map(rollout_from_row).transpose()? else { return Ok(None) };
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql(&format!(
+            "SELECT {ROW_COLUMNS} FROM rollout_machines AS m JOIN machines ON machines.id = m.machine_id \
+             WHERE m.rollout_id = ? ORDER BY m.ordinal"
+        ))))
+        .bind(key)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(database("reading a rollout's machines"))?;
+        let rows = rows.iter().map(machine_row_from).collect::<StoreResult<Vec<_>>>()?;
+        tx.commit().await.map_err(database("ending a rollout read"))?;
+        Ok(Some((record, rows)))
+    }
+
     pub(super) async fn select_rollout_machines(&self, rollout: u64) -> StoreResult<Vec<StoredMachineRow>> {
         let rows = sqlx::query(sqlx::AssertSqlSafe(sql(&format!(
             "SELECT {ROW_COLUMNS} FROM rollout_machines AS m JOIN machines ON machines.id = m.machine_id \
