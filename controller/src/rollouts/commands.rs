@@ -14,6 +14,17 @@ use super::model::{MachineStatus, NewEvent, NewRollout, RolloutChange, RolloutSt
 use super::{Command, Created};
 use crate::fleet_service::internal;
 
+/// A rollout write that failed: `unavailable` while the lead changes hands (the call
+/// may be tried again), else internal.
+fn step_error(error: crate::store::StoreError) -> Status {
+    match error {
+        crate::store::StoreError::NotLeader => {
+            Status::unavailable(format!("{error}; try again in a few seconds"))
+        }
+        other => internal(other),
+    }
+}
+
 impl Engine {
     pub(super) async fn create(
         &mut self,
@@ -43,7 +54,7 @@ impl Engine {
         });
         let record = crate::store::audited(audit, self.state.store.create_rollout(&rollout))
             .await
-            .map_err(internal)?;
+            .map_err(step_error)?;
         tracing::info!(rollout = record.id, revision = %record.label(), machines = rollout.rows.len(), by = %record.created_by, "rollout started");
         self.adopt_rows(record.clone(), rollout.rows).await?;
         self.settled.remove(&record.environment);
@@ -157,7 +168,7 @@ impl Engine {
         step.change = Some(change.clone());
         let written = crate::store::maybe_audited(audit, self.state.store.apply_rollout_step(id, &step))
             .await
-            .map_err(internal)?;
+            .map_err(step_error)?;
         tracing::info!(rollout = id, command = command.as_str(), by = actor, "rollout command");
         let Some(run) = self.runs.get_mut(&id) else { return Ok(()) };
         let generations: HashMap<&MachineId, u64> =

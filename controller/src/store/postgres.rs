@@ -237,18 +237,20 @@ impl PostgresStore {
         Ok(tx)
     }
 
-    /// The rollout engine writes only while this controller still holds the lease
-    /// it was given (its holder, epoch and expiry checked by the database's clock,
-    /// the row shared-locked until commit): a controller that lost the lease while
-    /// stalled cannot write a step the new leader has not seen.
+    /// The rollout engine writes only while the lease is still the one this
+    /// controller was given: the same holder and epoch, which no other controller can
+    /// have taken in between (taking it changes the holder, and taking it back raises
+    /// the epoch). The write extends the lease and holds its row until commit, so a
+    /// lease that lapsed while the database was away is simply kept, and a controller
+    /// that lost it cannot write a step the new leader has not seen.
     async fn fence(&self, tx: &mut Transaction<'static, Postgres>) -> StoreResult<()> {
         if self.link.origin().is_none() {
             return Ok(());
         }
         let (holder, epoch) = self.link.lease().ok_or(StoreError::NotLeader)?;
         let held: Option<i32> = sqlx::query_scalar(
-            "SELECT 1 FROM controller_lease WHERE id = 1 AND holder = $1 AND epoch = $2 \
-             AND expires_at > now() FOR SHARE",
+            "UPDATE controller_lease SET expires_at = GREATEST(expires_at, now() + interval '5 seconds') \
+             WHERE id = 1 AND holder = $1 AND epoch = $2 RETURNING 1",
         )
         .bind(holder)
         .bind(epoch)

@@ -95,12 +95,20 @@ async fn engine_writes_are_fenced_by_the_lease() {
         .await
         .unwrap();
 
+    // Its lease lapsed (the database was away) but nobody took it: kept, and extended.
+    lease("c-one", 1, -1).await;
+    let step = RolloutStep { change: Some(change.clone()), ..Default::default() };
+    store.apply_rollout_step(first.id, &step).await.unwrap();
+    let live: bool = sqlx::query_scalar("SELECT expires_at > now() FROM controller_lease")
+        .fetch_one(&store.pool)
+        .await
+        .unwrap();
+    assert!(live, "the write extended the lease");
     // Another controller took over (epoch 2): the old leader's step is refused.
     lease("c-two", 2, 5).await;
-    let step = RolloutStep { change: Some(change.clone()), ..Default::default() };
     assert!(matches!(store.apply_rollout_step(first.id, &step).await, Err(StoreError::NotLeader)));
-    // Its own lease back but lapsed: refused too.
-    lease("c-one", 1, -1).await;
+    // Taken back later by the first one (epoch 3): its old epoch's writes stay refused.
+    lease("c-one", 3, 5).await;
     assert!(matches!(store.apply_rollout_step(first.id, &step).await, Err(StoreError::NotLeader)));
 
     // A revocation is announced to the others when it commits.
