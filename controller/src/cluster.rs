@@ -136,10 +136,6 @@ impl Cluster {
         }))
     }
 
-    pub fn id(&self) -> &str {
-        &self.id
-    }
-
     /// Whether this controller leads now, and every change of it.
     pub fn leading(&self) -> watch::Receiver<bool> {
         self.leading.subscribe()

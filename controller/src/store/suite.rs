@@ -244,6 +244,28 @@ pub async fn concurrent_applies_get_distinct_numbers(store: Arc<dyn Store>) {
     assert_eq!(numbers, [1, 2, 3, 4, 5, 6]);
 }
 
+/// A rollout of render@2 (seeded by [`seed_machines`]) with no machine rows.
+pub(crate) fn machineless_rollout(
+    at: Timestamp,
+    events: Vec<crate::rollouts::model::NewEvent>,
+) -> crate::rollouts::model::NewRollout {
+    use crate::rollouts::model::*;
+    NewRollout {
+        environment: "render".into(),
+        revision_number: 2,
+        revision_id: "b".repeat(64).parse().unwrap(),
+        kind: RolloutKind::Rollout,
+        policy: Default::default(),
+        named_machines: false,
+        batch_size: 1,
+        undo_of: None,
+        created_at: at,
+        created_by: "op".into(),
+        rows: Vec::new(),
+        events,
+    }
+}
+
 pub(crate) async fn seed_machines(store: &dyn Store, ids: &[&str]) {
     let now = Timestamp::now();
     let token = JoinTokenRecord {
@@ -637,20 +659,10 @@ pub async fn reports_in_batches_and_retention(store: Arc<dyn Store>) {
 
     // Events of an open rollout stay whatever their age; a finished one's go.
     use crate::rollouts::model::*;
-    let open = NewRollout {
-        environment: "render".into(),
-        revision_number: 2,
-        revision_id: "b".repeat(64).parse().unwrap(),
-        kind: RolloutKind::Rollout,
-        policy: Default::default(),
-        named_machines: false,
-        batch_size: 1,
-        undo_of: None,
-        created_at: old,
-        created_by: "op".into(),
-        rows: Vec::new(),
-        events: vec![NewEvent::rollout(old, "started", ""), NewEvent::rollout(new, "paused", "")],
-    };
+    let open = machineless_rollout(
+        old,
+        vec![NewEvent::rollout(old, "started", ""), NewEvent::rollout(new, "paused", "")],
+    );
     let running = store.create_rollout(&open).await.unwrap();
     let finished = store.create_rollout(&open).await.unwrap();
     let mut change = RolloutChange::of(&finished);

@@ -37,9 +37,10 @@ async fn controllers_starting_together_migrate_once() {
     assert!(!redact_url("postgres://fleet:s3cret@db/fleet").contains("s3cret"));
 }
 
-/// The rollout engine's writes go through only while this controller holds the
-/// lease it was given: not before it leads, not once another took over, not once it
-/// lapsed — and a notice of the change goes out with them.
+/// The rollout engine's writes go through only while the lease is still the one this
+/// controller was given: not before it leads, not once another took over, not under
+/// an old epoch; one that lapsed with nobody taking it is kept — and a notice of the
+/// change goes out with the write.
 #[tokio::test]
 async fn engine_writes_are_fenced_by_the_lease() {
     use crate::rollouts::model::*;
@@ -48,20 +49,7 @@ async fn engine_writes_are_fenced_by_the_lease() {
     let store = PostgresStore::connect(&url).await.unwrap();
     crate::store::suite::seed_machines(&store, &["m1"]).await;
     let now = Timestamp::now();
-    let rollout = NewRollout {
-        environment: "render".into(),
-        revision_number: 2,
-        revision_id: "b".repeat(64).parse().unwrap(),
-        kind: RolloutKind::Rollout,
-        policy: Default::default(),
-        named_machines: false,
-        batch_size: 1,
-        undo_of: None,
-        created_at: now,
-        created_by: "op".into(),
-        rows: Vec::new(),
-        events: vec![NewEvent::rollout(now, "started", "")],
-    };
+    let rollout = crate::store::suite::machineless_rollout(now, vec![NewEvent::rollout(now, "started", "")]);
     // Not in a cluster (a tool, or tests): no fence.
     let first = store.create_rollout(&rollout).await.unwrap();
 

@@ -107,6 +107,35 @@ async fn write_change(
     Ok(())
 }
 
+async fn fetch_rollout<'e>(
+    db: impl sqlx::Executor<'e, Database = Db>,
+    id: i64,
+) -> StoreResult<Option<RolloutRecord>> {
+    let row = sqlx::query(sqlx::AssertSqlSafe(sql(&format!(
+        "SELECT {ROLLOUT_COLUMNS} FROM rollouts WHERE id = ?"
+    ))))
+    .bind(id)
+    .fetch_optional(db)
+    .await
+    .map_err(database("reading a rollout"))?;
+    row.as_ref().map(rollout_from_row).transpose()
+}
+
+async fn fetch_rollout_rows<'e>(
+    db: impl sqlx::Executor<'e, Database = Db>,
+    rollout: u64,
+) -> StoreResult<Vec<StoredMachineRow>> {
+    let rows = sqlx::query(sqlx::AssertSqlSafe(sql(&format!(
+        "SELECT {ROW_COLUMNS} FROM rollout_machines AS m JOIN machines ON machines.id = m.machine_id \
+         WHERE m.rollout_id = ? ORDER BY m.ordinal"
+    ))))
+    .bind(i64::try_from(rollout).unwrap_or(i64::MAX))
+    .fetch_all(db)
+    .await
+    .map_err(database("reading a rollout's machines"))?;
+    rows.iter().map(machine_row_from).collect()
+}
+
 impl ThisStore {
     pub(super) async fn insert_rollout(&self, rollout: &NewRollout) -> StoreResult<RolloutRecord> {
         let mut tx = self.write_transaction("starting a rollout").await?;
@@ -201,14 +230,7 @@ impl ThisStore {
     }
 
     pub(super) async fn rollout_by_id(&self, id: i64) -> StoreResult<Option<RolloutRecord>> {
-        let row = sqlx::query(sqlx::AssertSqlSafe(sql(&format!(
-            "SELECT {ROLLOUT_COLUMNS} FROM rollouts WHERE id = ?"
-        ))))
-        .bind(id)
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(database("reading a rollout"))?;
-        row.as_ref().map(rollout_from_row).transpose()
+        fetch_rollout(&self.pool, id).await
     }
 
     /// A rollout and its rows as of one moment: a step that commits while they are
@@ -218,38 +240,16 @@ impl ThisStore {
         id: u64,
     ) -> StoreResult<Option<(RolloutRecord, Vec<StoredMachineRow>)>> {
         let mut tx = self.snapshot_transaction().await?;
-        let key = i64::try_from(id).unwrap_or(i64::MAX);
-        let record = sqlx::query(sqlx::AssertSqlSafe(sql(&format!(
-            "SELECT {ROLLOUT_COLUMNS} FROM rollouts WHERE id = ?"
-        ))))
-        .bind(key)
-        .fetch_optional(&mut *tx)
-        .await
-        .map_err(database("reading a rollout"))?;
-        let Some(record) = record.as_ref().map(rollout_from_row).transpose()? else { return Ok(None) };
-        let rows = sqlx::query(sqlx::AssertSqlSafe(sql(&format!(
-            "SELECT {ROW_COLUMNS} FROM rollout_machines AS m JOIN machines ON machines.id = m.machine_id \
-             WHERE m.rollout_id = ? ORDER BY m.ordinal"
-        ))))
-        .bind(key)
-        .fetch_all(&mut *tx)
-        .await
-        .map_err(database("reading a rollout's machines"))?;
-        let rows = rows.iter().map(machine_row_from).collect::<StoreResult<Vec<_>>>()?;
+        let Some(record) = fetch_rollout(&mut *tx, i64::try_from(id).unwrap_or(i64::MAX)).await? else {
+            return Ok(None);
+        };
+        let rows = fetch_rollout_rows(&mut *tx, id).await?;
         tx.commit().await.map_err(database("ending a rollout read"))?;
         Ok(Some((record, rows)))
     }
 
     pub(super) async fn select_rollout_machines(&self, rollout: u64) -> StoreResult<Vec<StoredMachineRow>> {
-        let rows = sqlx::query(sqlx::AssertSqlSafe(sql(&format!(
-            "SELECT {ROW_COLUMNS} FROM rollout_machines AS m JOIN machines ON machines.id = m.machine_id \
-             WHERE m.rollout_id = ? ORDER BY m.ordinal"
-        ))))
-        .bind(i64::try_from(rollout).unwrap_or(i64::MAX))
-        .fetch_all(&self.pool)
-        .await
-        .map_err(database("reading a rollout's machines"))?;
-        rows.iter().map(machine_row_from).collect()
+        fetch_rollout_rows(&self.pool, rollout).await
     }
 
     pub(super) async fn select_rollout_events(
