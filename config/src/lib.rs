@@ -17,6 +17,7 @@ pub mod lock;
 pub mod machine;
 pub mod requirements;
 mod secret_token;
+pub mod source_credentials;
 pub mod uv_pin;
 
 pub use admin_config::AdminConfig;

@@ -81,6 +81,10 @@ pub struct GitSource {
     pub reference: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub commit: Option<String>,
+    /// The controller's stored credential (`comfyfleet secrets set NAME`) for this
+    /// URL's host; a URL never carries one itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credential: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -107,6 +111,9 @@ pub struct TorchSpec {
     /// the build's CUDA major at or above that major's floor, cubins only).
     #[serde(default, skip_serializing_if = "DriverCompat::is_exact")]
     pub driver_compat: DriverCompat,
+    /// The stored credential for the torch indexes' hosts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credential: Option<String>,
 }
 
 impl TorchSpec {
@@ -131,6 +138,9 @@ pub struct PackageIndex {
     /// Hosts that may be reached over plain http (a farm's own mirror).
     #[serde(default)]
     pub trusted_hosts: Vec<String>,
+    /// The stored credential for `url` and `extra` (`comfyfleet secrets set NAME`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credential: Option<String>,
 }
 
 fn default_index() -> String {
@@ -139,7 +149,7 @@ fn default_index() -> String {
 
 impl Default for PackageIndex {
     fn default() -> Self {
-        Self { url: default_index(), extra: Vec::new(), trusted_hosts: Vec::new() }
+        Self { url: default_index(), extra: Vec::new(), trusted_hosts: Vec::new(), credential: None }
     }
 }
 
@@ -193,6 +203,10 @@ pub struct KernelWheel {
     pub torch: TorchMatch,
     pub url: String,
     pub sha256: Option<Sha256Hex>,
+    /// The controller's stored credential (`comfyfleet secrets set NAME`) for this
+    /// URL's host; a URL never carries one itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credential: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -214,6 +228,10 @@ pub struct CustomNode {
     /// a deadline, its output in the report). Nothing runs that the spec does not name.
     #[serde(default, skip_serializing_if = "is_false")]
     pub install_script: bool,
+    /// The controller's stored credential (`comfyfleet secrets set NAME`) for this
+    /// URL's host; a URL never carries one itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credential: Option<String>,
 }
 
 fn is_true(value: &bool) -> bool {
@@ -235,7 +253,12 @@ impl CustomNode {
     }
 
     pub fn source(&self) -> GitSource {
-        GitSource { git: self.git.clone(), reference: self.reference.clone(), commit: self.commit.clone() }
+        GitSource {
+            git: self.git.clone(),
+            reference: self.reference.clone(),
+            commit: self.commit.clone(),
+            credential: self.credential.clone(),
+        }
     }
 }
 

@@ -100,6 +100,7 @@ pub fn is_commit_id(text: &str) -> bool {
 /// A URL the agent downloads from (wheels, package indexes): https, or http to a
 /// host the spec lists in `index.trusted_hosts`.
 pub fn check_download_url(text: &str, trusted: TrustedHosts<'_>) -> Result<(), String> {
+    refuse_inline_credentials(text)?;
     check_url_text(text)?;
     match split_url(text) {
         Some(("https", _)) => Ok(()),
@@ -116,6 +117,7 @@ pub fn check_download_url(text: &str, trusted: TrustedHosts<'_>) -> Result<(), S
 /// mirror, or http to a trusted host. git's `ext::` and `fd::` transports run
 /// commands, so they (and anything starting with `-`) are refused.
 pub fn check_git_url(text: &str, trusted: TrustedHosts<'_>) -> Result<(), String> {
+    refuse_inline_credentials(text)?;
     check_url_text(text)?;
     let scp_like = || {
         text.split_once(':').is_some_and(|(user_host, path)| {
@@ -146,6 +148,42 @@ pub fn check_index_pattern(text: &str, trusted: TrustedHosts<'_>) -> Result<(), 
         ));
     }
     check_download_url(&text.replace("{cuda}", "cu128"), trusted)
+}
+
+/// A secret in a URL is shown to every viewer of the spec, lands in logs and
+/// progress text, in uv's argv and in `.git/config`: refused, with what to write
+/// instead. http(s) URLs take no user info at all (a lone token is a secret); ssh
+/// URLs may name a user (`git@host`) but no password. The message masks the secret.
+fn refuse_inline_credentials(text: &str) -> Result<(), String> {
+    let Some((scheme, rest)) = text.split_once("://") else {
+        // scp-like `user:password@host:path` (git takes the password's `:` as the path's).
+        if let Some((user_info, _)) = text.split_once('@')
+            && user_info.contains(':')
+            && !user_info.contains('/')
+        {
+            return Err(inline_credentials_advice(&format!("***@{}", text.split_once('@').map_or("", |(_, h)| h))));
+        }
+        return Ok(());
+    };
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let Some((user_info, host)) = rest[..authority_end].rsplit_once('@') else { return Ok(()) };
+    let http = scheme.eq_ignore_ascii_case("http") || scheme.eq_ignore_ascii_case("https");
+    if http || user_info.contains(':') {
+        let masked = format!("{scheme}://***@{host}{}", &rest[authority_end..]);
+        return Err(inline_credentials_advice(&masked));
+    }
+    Ok(())
+}
+
+fn inline_credentials_advice(masked: &str) -> String {
+    format!(
+        "`{}` carries a credential, which every viewer of the spec would see and which would reach logs, uv's \
+         command line and the checkout's .git/config: store it on the controller with `comfyfleet secrets set NAME \
+         --username USER` (the secret on stdin), write the URL without it, and name it beside the URL with \
+         credential = \"NAME\" (index.credential, torch.credential, comfyui.credential, a custom_node's or a \
+         wheel's credential)",
+        printable(masked)
+    )
 }
 
 fn check_url_text(text: &str) -> Result<(), String> {
@@ -244,6 +282,17 @@ mod tests {
         assert!(check_git_url("ext::sh -c touch% /tmp/pwned", &[]).is_err());
         assert!(check_git_url("--upload-pack=touch /tmp/x", &[]).is_err());
         assert!(check_git_url("fd::3", &[]).is_err());
+        for url in [
+            "https://user:hunter2@mirror.farm/simple",
+            "https://ghp_hunter2@github.com/org/repo.git",
+            "ssh://git:hunter2@host/repo.git",
+            "git:hunter2@host:org/repo.git",
+        ] {
+            let error = check_git_url(url, &[]).unwrap_err();
+            assert!(error.contains("comfyfleet secrets set") && !error.contains("hunter2"), "{error}");
+        }
+        let error = check_download_url("http://u:hunter2@mirror.farm/simple", &trusted).unwrap_err();
+        assert!(error.contains("***@mirror.farm/simple") && !error.contains("hunter2"), "{error}");
     }
 
     #[test]

@@ -83,6 +83,9 @@ pub(crate) fn check(spec: &Spec) -> Vec<Problem> {
         }
     }
 
+    for (path, message) in crate::source_credentials::check(spec) {
+        problems.add(path, message);
+    }
     check_manager(&mut problems, spec);
     check_run(&mut problems, spec, &optimization_names);
     check_rollout(&mut problems, spec);
