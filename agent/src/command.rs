@@ -114,6 +114,12 @@ impl Invocation {
         self
     }
 
+    /// Several variables at once (a source credential's for uv or git).
+    pub fn envs(mut self, vars: Vec<(String, String)>) -> Self {
+        self.env.extend(vars.into_iter().map(|(name, value)| (name, value.into())));
+        self
+    }
+
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
         self

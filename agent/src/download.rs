@@ -57,10 +57,21 @@ pub struct Fetched {
     pub downloaded_bytes: u64,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Downloader {
     client: reqwest::Client,
     cache: PathBuf,
+    /// Sent with every request: a source credential for the host downloaded from.
+    authorization: Option<std::sync::Arc<str>>,
+}
+
+impl std::fmt::Debug for Downloader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Downloader")
+            .field("cache", &self.cache)
+            .field("authorization", &self.authorization.as_ref().map(|_| "…"))
+            .finish_non_exhaustive()
+    }
 }
 
 fn install_crypto_provider() {
@@ -80,7 +91,7 @@ impl Downloader {
             .user_agent(concat!("comfyfleet-agent/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|error| DownloadError::Client(error.to_string()))?;
-        Ok(Self { client, cache: cache.to_owned() })
+        Ok(Self { client, cache: cache.to_owned(), authorization: None })
     }
 
     /// Downloads through the controller's package cache: its CA is the only root
@@ -106,7 +117,13 @@ impl Downloader {
             .user_agent(concat!("comfyfleet-agent/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(client_error)?;
-        Ok(Self { client, cache: cache.to_owned() })
+        Ok(Self { client, cache: cache.to_owned(), authorization: None })
+    }
+
+    /// This downloader, sending `authorization` (a source credential's header) with
+    /// its requests. reqwest drops it on a redirect to another host.
+    pub fn with_authorization(&self, authorization: Option<String>) -> Self {
+        Self { authorization: authorization.map(Into::into), ..self.clone() }
     }
 
     /// The verified file with this sha256, if an earlier download kept one.
@@ -134,11 +151,14 @@ impl Downloader {
 
     async fn get(&self, url: &str) -> Result<reqwest::Response, DownloadError> {
         let shown = redact_credentials(url);
-        let mut response =
-            self.client.get(url).send().await.map_err(|error| DownloadError::Request {
-                url: shown.clone(),
-                detail: error_chain(&error),
-            })?;
+        let mut request = self.client.get(url);
+        if let Some(authorization) = &self.authorization {
+            request = request.header(reqwest::header::AUTHORIZATION, authorization.as_ref());
+        }
+        let mut response = request
+            .send()
+            .await
+            .map_err(|error| DownloadError::Request { url: shown.clone(), detail: error_chain(&error) })?;
         if !response.status().is_success() {
             let status = response.status().as_u16();
             // The controller's cache says why in a line of text (naming the upstream URL).

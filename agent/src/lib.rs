@@ -174,6 +174,7 @@ pub async fn run(options: AgentOptions, shutdown: impl Future<Output = ()>) -> R
     let journal = Journal::new(&layout.journal());
     let provisioning = options.provisioning;
     let environment = ChildEnvironment::from_agent(&provisioning.pass_env);
+    let source_secrets = crate::executor::HeldSecrets::default();
     let tools = Tools {
         uv_override: provisioning.uv.clone(),
         environment: environment.clone(),
@@ -201,6 +202,7 @@ pub async fn run(options: AgentOptions, shutdown: impl Future<Output = ()>) -> R
             None
         },
         python_downloads: provisioning.python_downloads.clone(),
+        source_secrets: source_secrets.clone(),
     };
     let collector = Arc::new(Mutex::new(InventoryCollector::new(
         Box::new(NvmlProbe::new(options.nvml_library.clone())),
@@ -245,6 +247,7 @@ pub async fn run(options: AgentOptions, shutdown: impl Future<Output = ()>) -> R
         inventory_changed,
         connected: watch::channel(false).0,
         controller,
+        source_secrets,
     };
     let _identity_watch = tokio::spawn(watch_identity(identity_dir, inventory_changed_for_watch));
     let linked = tokio::select! {

@@ -8,6 +8,7 @@ use std::future::Future;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use comfyfleet_config::source_credentials::SourceSecret;
 use comfyfleet_config::{AssignmentRecord, ConvergenceReport, Inventory, Labels};
 use comfyfleet_proto::v1 as pb;
 use comfyfleet_proto::{assignment_from_wire, labels_to_wire, transport};
@@ -83,6 +84,9 @@ pub struct Link {
     pub connected: watch::Sender<bool>,
     /// Set to the controller each session opens with.
     pub controller: CurrentController,
+    /// The source credentials of the assignment, as the controller last sent them:
+    /// held in memory for the executor, never journaled.
+    pub source_secrets: crate::executor::HeldSecrets,
 }
 
 impl Link {
@@ -276,7 +280,19 @@ impl Link {
 
     /// Journals a new assignment, then hands it to the converger. The same one again
     /// (every reconnect sends it) changes nothing.
-    fn desired_state(&self, desired: pb::DesiredState) {
+    fn desired_state(&self, mut desired: pb::DesiredState) {
+        // Before the assignment reaches the converger, so its build has them.
+        let delivered: std::collections::BTreeMap<String, SourceSecret> =
+            std::mem::take(&mut desired.source_credentials)
+                .into_iter()
+                .map(|credential| {
+                    (
+                        credential.name,
+                        SourceSecret { username: credential.username, password: credential.secret },
+                    )
+                })
+                .collect();
+        *self.source_secrets.write().unwrap_or_else(std::sync::PoisonError::into_inner) = delivered;
         let Some(record) = assignment_from_wire(desired) else {
             if self.desired.borrow().is_some() {
                 tracing::info!("the controller has no assignment for this machine; keeping what runs");

@@ -79,6 +79,10 @@ enum Command {
     /// Operator credentials (viewer, operator, admin).
     #[command(subcommand)]
     Credentials(CredentialsCommand),
+    /// Credentials for the specs' sources (a private index or git host), named in
+    /// specs as `credential = "NAME"`. Admin only; secrets are never shown back.
+    #[command(subcommand)]
+    Secrets(SecretsCommand),
     /// Who changed what, newest first.
     Audit {
         #[arg(long, default_value = "50")]
@@ -402,6 +406,33 @@ enum CredentialsCommand {
     Revoke { id: String },
 }
 
+#[derive(Debug, Subcommand)]
+enum SecretsCommand {
+    /// Store (or replace) a credential; the secret is read from stdin or --from-file.
+    Set {
+        name: String,
+        /// The username sent with it (`__token__` for a bare API token, as PyPI-style
+        /// indexes expect; GitHub takes any username with a token).
+        #[arg(long, default_value = "__token__")]
+        username: String,
+        /// Read the secret from the first line of this file instead of stdin.
+        #[arg(long, value_name = "PATH")]
+        from_file: Option<std::path::PathBuf>,
+    },
+    /// List the stored credentials: names, usernames, who names them (never secrets).
+    List {
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: OutputFormat,
+    },
+    /// Delete a credential (refused while an environment's latest revision names it).
+    Delete {
+        name: String,
+        /// Delete it even though a spec names it.
+        #[arg(long)]
+        force: bool,
+    },
+}
+
 fn parse_ttl(text: &str) -> Result<Duration, String> {
     let ttl = comfyfleet_config::duration::parse_positive(text).map_err(|e| e.to_string())?;
     if ttl < Duration::from_secs(1) { Err("the TTL must be at least 1s".into()) } else { Ok(ttl) }
@@ -453,6 +484,16 @@ async fn run(cli: Cli) -> anyhow::Result<String> {
         }
         Command::Credentials(CredentialsCommand::Create { name, role, token_only }) => {
             commands::credentials::create(&mut fleet, &config, name, role, token_only).await
+        }
+        Command::Secrets(SecretsCommand::Set { name, username, from_file }) => {
+            let secret = commands::secrets::read_secret(&name, from_file.as_deref())?;
+            commands::secrets::set(&mut fleet, name, username, secret).await
+        }
+        Command::Secrets(SecretsCommand::List { output }) => {
+            commands::secrets::list(&mut fleet, output).await
+        }
+        Command::Secrets(SecretsCommand::Delete { name, force }) => {
+            commands::secrets::delete(&mut fleet, name, force).await
         }
         Command::Credentials(CredentialsCommand::List { output }) => {
             commands::credentials::list(&mut fleet, output).await

@@ -88,7 +88,11 @@ pub fn credential_uses(spec: &Spec) -> Vec<CredentialUse> {
     }
     for (i, optimization) in spec.optimizations.iter().enumerate() {
         for (j, wheel) in optimization.wheels.iter().enumerate() {
-            add(format!("optimization[{i}].wheel[{j}].credential"), &wheel.credential, vec![wheel.url.clone()]);
+            add(
+                format!("optimization[{i}].wheel[{j}].credential"),
+                &wheel.credential,
+                vec![wheel.url.clone()],
+            );
         }
     }
     uses
@@ -131,25 +135,27 @@ impl SourceCredentials {
     /// Binds each credential `spec` names to its URLs' origins, from `known` (name →
     /// value). Err: the names `known` lacks.
     pub fn for_spec(spec: &Spec, known: &BTreeMap<String, SourceSecret>) -> Result<Self, Vec<String>> {
-        let mut by_origin = BTreeMap::new();
-        let mut missing = Vec::new();
+        let mut missing: Vec<String> =
+            credential_names(spec).into_iter().filter(|name| !known.contains_key(name)).collect();
+        if !missing.is_empty() {
+            missing.dedup();
+            return Err(missing);
+        }
+        let mut credentials = Self::default();
+        credentials.add_spec(spec, known);
+        Ok(credentials)
+    }
+
+    /// Adds the origins of `spec`'s credentials that `known` has; an origin bound
+    /// already keeps its credential.
+    pub fn add_spec(&mut self, spec: &Spec, known: &BTreeMap<String, SourceSecret>) {
         for used in credential_uses(spec) {
-            let Some(secret) = known.get(&used.name) else {
-                missing.push(used.name);
-                continue;
-            };
+            let Some(secret) = known.get(&used.name) else { continue };
             for url in &used.urls {
                 if let Some(origin) = origin(url) {
-                    by_origin.entry(origin).or_insert_with(|| (used.name.clone(), secret.clone()));
+                    self.by_origin.entry(origin).or_insert_with(|| (used.name.clone(), secret.clone()));
                 }
             }
-        }
-        if missing.is_empty() {
-            Ok(Self { by_origin })
-        } else {
-            missing.sort();
-            missing.dedup();
-            Err(missing)
         }
     }
 
@@ -167,24 +173,27 @@ impl SourceCredentials {
         self.for_url(url).map(SourceSecret::basic_auth)
     }
 
-    /// The index argument for uv (`NAME=URL` when the URL has a credential, so uv
-    /// reads it from `UV_INDEX_NAME_USERNAME`/`_PASSWORD`; else the URL) and the
-    /// variables to set. `slot` numbers the indexes of one invocation.
-    pub fn uv_index(&self, url: &str, slot: usize) -> (OsString, Vec<(String, String)>) {
+    /// The index argument for uv: `NAME=URL` when the URL has a credential (uv then
+    /// reads it from `UV_INDEX_NAME_USERNAME` and `_PASSWORD`, see [`Self::uv_env`]),
+    /// else the URL.
+    pub fn uv_index(&self, url: &str) -> OsString {
         match self.for_url(url) {
-            None => (url.into(), Vec::new()),
-            Some(secret) => {
-                let name = format!("comfyfleet{slot}");
-                let upper = name.to_ascii_uppercase();
-                (
-                    format!("{name}={url}").into(),
-                    vec![
-                        (format!("UV_INDEX_{upper}_USERNAME"), secret.username.clone()),
-                        (format!("UV_INDEX_{upper}_PASSWORD"), secret.password.clone()),
-                    ],
-                )
+            Some(_) => format!("{}={url}", uv_index_name(url)).into(),
+            None => url.into(),
+        }
+    }
+
+    /// The variables uv reads the credentials of `urls`' indexes from.
+    pub fn uv_env<'a>(&self, urls: impl IntoIterator<Item = &'a str>) -> Vec<(String, String)> {
+        let mut env = Vec::new();
+        for url in urls {
+            if let Some(secret) = self.for_url(url) {
+                let upper = uv_index_name(url).to_ascii_uppercase();
+                env.push((format!("UV_INDEX_{upper}_USERNAME"), secret.username.clone()));
+                env.push((format!("UV_INDEX_{upper}_PASSWORD"), secret.password.clone()));
             }
         }
+        env
     }
 
     /// Variables that give git a credential helper per origin, answering from
@@ -215,6 +224,14 @@ impl SourceCredentials {
     }
 }
 
+/// A name uv accepts for an index (letters, digits, `_`), the same for one URL in
+/// the argument and in the variables.
+fn uv_index_name(url: &str) -> String {
+    use sha2::Digest as _;
+    let digest = sha2::Sha256::digest(url.as_bytes());
+    format!("comfyfleet_{}", hex::encode(&digest[..6]))
+}
+
 /// Problems with the spec's credentials: bad names, and one origin given two.
 pub(crate) fn check(spec: &Spec) -> Vec<(String, String)> {
     let mut problems = Vec::new();
@@ -237,7 +254,9 @@ pub(crate) fn check(spec: &Spec) -> Vec<(String, String)> {
             match seen.get(&origin) {
                 Some((name, key)) if *name != used.name => problems.push((
                     used.key.clone(),
-                    format!("{origin} already takes credential \"{name}\" ({key}): one host takes one credential"),
+                    format!(
+                        "{origin} already takes credential \"{name}\" ({key}): one host takes one credential"
+                    ),
                 )),
                 Some(_) => {}
                 None => {
@@ -271,17 +290,28 @@ mod tests {
         credentials
             .by_origin
             .insert("https://mirror.farm".to_owned(), ("farm".to_owned(), secret("hunter2-secret")));
-        let (arg, env) = credentials.uv_index("https://mirror.farm/simple", 3);
-        assert_eq!(arg, OsString::from("comfyfleet3=https://mirror.farm/simple"));
-        assert!(env.contains(&("UV_INDEX_COMFYFLEET3_PASSWORD".to_owned(), "hunter2-secret".to_owned())));
-        let (arg, env) = credentials.uv_index("https://pypi.org/simple", 4);
-        assert_eq!((arg, env.len()), (OsString::from("https://pypi.org/simple"), 0));
+        let url = "https://mirror.farm/simple";
+        let name = uv_index_name(url);
+        assert_eq!(credentials.uv_index(url), OsString::from(format!("{name}={url}")));
+        let env = credentials.uv_env([url, "https://pypi.org/simple"]);
+        let password = format!("UV_INDEX_{}_PASSWORD", name.to_ascii_uppercase());
+        assert_eq!(env.len(), 2, "{env:?}");
+        assert!(env.contains(&(password, "hunter2-secret".to_owned())));
+        assert_eq!(
+            credentials.uv_index("https://pypi.org/simple"),
+            OsString::from("https://pypi.org/simple")
+        );
 
         let env = credentials.git_env();
         let keys_and_config: Vec<&String> =
             env.iter().filter(|(key, _)| key.starts_with("GIT_CONFIG")).map(|(_, value)| value).collect();
         assert!(keys_and_config.iter().all(|value| !value.contains("hunter2")), "{env:?}");
-        assert!(env.contains(&("GIT_CONFIG_KEY_1".to_owned(), "credential.https://mirror.farm.helper".to_owned())));
+        assert!(
+            env.contains(&(
+                "GIT_CONFIG_KEY_1".to_owned(),
+                "credential.https://mirror.farm.helper".to_owned()
+            ))
+        );
         assert!(format!("{:?}", secret("hunter2-secret")).find("hunter2").is_none());
         assert_eq!(
             secret("pw").basic_auth(),

@@ -369,6 +369,7 @@ impl Session {
         let pusher = desired_state::spawn(
             self.state.store.clone(),
             self.state.specs.clone(),
+            self.state.source_secrets.clone(),
             self.machine_id.clone(),
             guard.assignment_changed(),
             self.outbound.clone(),

@@ -103,6 +103,7 @@ pub async fn fill(
     let spec = Spec::parse("stored spec", &revision.spec_json, SpecFormat::Json)
         .map_err(|errors| Status::internal(format!("a stored revision does not parse: {errors}")))?;
     let (files, git) = revision_files(&state, &spec).await?;
+    let credentials = crate::environment_service::source_credentials(&state, &spec).await?;
     let target = format!("{}@{}", revision.environment, revision.number);
     state.audit(&caller.actor(), "cache.fill", &target, &format!("{} files", files.len())).await;
     let (sender, receiver) = mpsc::channel(64);
@@ -118,7 +119,7 @@ pub async fn fill(
         for (url, commit) in &git {
             progress.current = format!("{url} at {}", &commit[..commit.len().min(12)]);
             let _ = sender.send(Ok(progress.clone())).await;
-            let made = match state.mirror.ensure(url, commit).await {
+            let made = match state.mirror.ensure(url, commit, &credentials).await {
                 Ok(_) => {
                     state.mirror.bundle(&crate::git_mirror::repository_key(url), commit).await.map(|_| ())
                 }

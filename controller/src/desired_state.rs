@@ -19,6 +19,7 @@ use tonic::Status;
 use tracing::Instrument;
 
 use crate::presence::Doorbell;
+use crate::source_secrets::SourceSecrets;
 use crate::store::{Store, StoreError, StoredAssignment};
 
 /// Revisions' canonical specs by id, shared by every session: a revision never
@@ -35,6 +36,8 @@ pub struct SpecCache {
 struct CachedRevision {
     spec_json: String,
     lock_digests: std::collections::BTreeMap<String, String>,
+    /// The stored credentials its spec names for its sources.
+    credential_names: Vec<String>,
 }
 
 impl CachedRevision {
@@ -46,7 +49,10 @@ impl CachedRevision {
         }
         let lock_digests =
             serde_json::from_str::<Locks>(&spec_json).map(|locks| locks.lock.digests).unwrap_or_default();
-        Self { spec_json, lock_digests }
+        let credential_names = serde_json::from_str::<comfyfleet_config::Spec>(&spec_json)
+            .map(|spec| comfyfleet_config::source_credentials::credential_names(&spec))
+            .unwrap_or_default();
+        Self { spec_json, lock_digests, credential_names }
     }
 }
 
@@ -103,23 +109,27 @@ enum LoadError {
     Store(#[from] StoreError),
     #[error("the assigned revision {environment}@{number} ({id}) is not in the store")]
     MissingRevision { environment: String, number: u32, id: String },
+    #[error("the credentials its spec names: {0}")]
+    Secrets(#[from] crate::source_secrets::SourceSecretsError),
 }
 
 /// Starts pushing `machine`'s desired state into `outbound`, in the current span.
 pub fn spawn(
     store: Arc<dyn Store>,
     specs: Arc<SpecCache>,
+    secrets: Arc<SourceSecrets>,
     machine: MachineId,
     doorbell: Arc<Doorbell>,
     outbound: Outbound,
 ) -> DesiredStatePusher {
-    let task = tokio::spawn(push(store, specs, machine, doorbell, outbound).in_current_span());
+    let task = tokio::spawn(push(store, specs, secrets, machine, doorbell, outbound).in_current_span());
     DesiredStatePusher { task }
 }
 
 async fn push(
     store: Arc<dyn Store>,
     specs: Arc<SpecCache>,
+    secrets: Arc<SourceSecrets>,
     machine: MachineId,
     doorbell: Arc<Doorbell>,
     outbound: Outbound,
@@ -128,7 +138,7 @@ async fn push(
     loop {
         let handed = doorbell.take();
         // Boxed: the task waits on its doorbell for hours and reads rarely.
-        match Box::pin(load(store.as_ref(), &specs, &machine, handed, last_sent)).await {
+        match Box::pin(load(store.as_ref(), &specs, &secrets, &machine, handed, last_sent)).await {
             Ok(Some((assignment, desired))) => {
                 let message =
                     pb::ControllerMessage { body: Some(pb::controller_message::Body::Desired(desired)) };
@@ -169,6 +179,7 @@ async fn push(
 async fn load(
     store: &dyn Store,
     specs: &SpecCache,
+    secrets: &SourceSecrets,
     machine: &MachineId,
     handed: Option<StoredAssignment>,
     last_sent: Option<u64>,
@@ -203,7 +214,17 @@ async fn load(
         }
     };
     let lock_json = lock_for(store, specs, &revision.lock_digests, &assignment.plan_json).await?;
-    let desired = pb::DesiredState::from(&assignment.record(revision.spec_json.clone(), lock_json));
+    let mut desired = pb::DesiredState::from(&assignment.record(revision.spec_json.clone(), lock_json));
+    desired.source_credentials = secrets
+        .named(&revision.credential_names)
+        .await?
+        .into_iter()
+        .map(|(name, secret)| pb::SourceCredential {
+            name,
+            username: secret.username,
+            secret: secret.password,
+        })
+        .collect();
     Ok(Some((assignment, desired)))
 }
 
@@ -268,6 +289,7 @@ mod tests {
         let pusher = spawn(
             fleet.state.store.clone(),
             Default::default(),
+            fleet.state.source_secrets.clone(),
             machine.clone(),
             session.assignment_changed(),
             outbound,
@@ -297,6 +319,7 @@ mod tests {
         let _pusher = spawn(
             fleet.state.store.clone(),
             Default::default(),
+            fleet.state.source_secrets.clone(),
             machine,
             session.assignment_changed(),
             outbound,

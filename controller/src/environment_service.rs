@@ -2,6 +2,7 @@
 //! immutable revision with every git ref pinned to a commit; the reads return those
 //! revisions. `fleet_service` authenticates the caller and delegates here.
 
+use comfyfleet_config::source_credentials::SourceCredentials;
 use comfyfleet_config::spec::canonical::to_canonical_json;
 use comfyfleet_config::spec::names::printable;
 use comfyfleet_config::spec::source::MAX_SPEC_BYTES;
@@ -43,12 +44,13 @@ pub async fn apply(
     let format = spec_format(request.format, &request.file_name, &request.spec)?;
     let mut spec = Spec::parse(file, &request.spec, format)
         .map_err(|errors| Status::invalid_argument(errors.to_string()))?;
-    let pins = git_pin::pin_spec(&mut spec, &state.settings.git)
+    let credentials = source_credentials(state, &spec).await?;
+    let pins = git_pin::pin_spec(&mut spec, &state.settings.git, &credentials)
         .await
         .map_err(|errors| Status::failed_precondition(errors.to_string()))?;
     let requested = parse_classes(&request.classes)?;
     let locked = if state.settings.lock_on_apply {
-        lock_applied(state, &mut spec, requested).await?
+        lock_applied(state, &mut spec, requested, &credentials).await?
     } else {
         crate::locking::Locked { locks: Vec::new(), tools: Vec::new() }
     };
@@ -87,6 +89,17 @@ pub async fn apply(
     })
 }
 
+/// The stored credentials `spec` names, bound to its sources; a name the
+/// controller does not have is refused with what to do.
+pub async fn source_credentials(state: &ControllerState, spec: &Spec) -> Result<SourceCredentials, Status> {
+    state.source_secrets.for_spec(spec).await.map_err(|error| match error {
+        crate::source_secrets::SourceSecretsError::Missing(_) => {
+            Status::failed_precondition(error.to_string())
+        }
+        other => internal(other),
+    })
+}
+
 /// Locks the classes the targeted fleet needs, the spec's `lock.classes` and the
 /// requested ones (every allowed CUDA build on x86_64 when that is none), and names
 /// the locks in the spec.
@@ -94,6 +107,7 @@ async fn lock_applied(
     state: &ControllerState,
     spec: &mut Spec,
     requested: Vec<String>,
+    credentials: &SourceCredentials,
 ) -> Result<locking::Locked, Status> {
     let machines: Vec<_> = crate::rollout_service::fleet(state)
         .await?
@@ -108,7 +122,7 @@ async fn lock_applied(
     }
     spec.lock.digests.clear();
     let locked =
-        state.locker.lock(spec, &classes).await.map_err(|problems| {
+        state.locker.lock(spec, &classes, credentials).await.map_err(|problems| {
             Status::failed_precondition(format!("cannot lock {}:\n{problems}", spec.name))
         })?;
     spec.lock.digests = locked.locks.iter().map(|lock| (lock.class.clone(), lock.digest())).collect();
@@ -133,8 +147,9 @@ pub async fn lock(
         .map_err(|errors| Status::internal(format!("a stored revision does not parse: {errors}")))?;
     let new: std::collections::BTreeSet<String> =
         classes.into_iter().filter(|class| !spec.lock.digests.contains_key(class)).collect();
+    let credentials = source_credentials(state, &spec).await?;
     let locked =
-        state.locker.lock(&spec, &new).await.map_err(|problems| {
+        state.locker.lock(&spec, &new, &credentials).await.map_err(|problems| {
             Status::failed_precondition(format!("cannot lock {}:\n{problems}", spec.name))
         })?;
     let mut locks = Vec::new();

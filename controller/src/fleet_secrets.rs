@@ -69,11 +69,22 @@ impl SecretsKey {
         Ok(Self { key: LessSafeKey::new(key), path: path.to_owned() })
     }
 
+    /// The key at `path`, made there (64 random hex digits, mode 0600) when the file
+    /// does not exist: a lone controller on SQLite seals its source credentials with it.
+    pub fn load_or_create(path: &Path) -> Result<Self, FleetSecretsError> {
+        if !path.exists() {
+            let hex_key = crate::secrets::random_hex(64);
+            files::write_private(path, format!("{hex_key}\n").as_bytes())
+                .map_err(|source| FleetSecretsError::Io { path: path.to_owned(), source })?;
+        }
+        Self::load(path)
+    }
+
     fn aad(fleet_id: &str, name: &str) -> String {
         format!("comfyfleet fleet {fleet_id} secret {name}")
     }
 
-    fn seal(&self, fleet_id: &str, name: &str, plain: &[u8]) -> SealedSecret {
+    pub(crate) fn seal(&self, fleet_id: &str, name: &str, plain: &[u8]) -> SealedSecret {
         let mut nonce = [0u8; NONCE_LEN];
         rand::fill(&mut nonce);
         let mut sealed = plain.to_vec();
@@ -87,7 +98,12 @@ impl SecretsKey {
         SealedSecret { nonce: nonce.to_vec(), sealed }
     }
 
-    fn open(&self, fleet_id: &str, name: &str, secret: &SealedSecret) -> Result<Vec<u8>, FleetSecretsError> {
+    pub(crate) fn open(
+        &self,
+        fleet_id: &str,
+        name: &str,
+        secret: &SealedSecret,
+    ) -> Result<Vec<u8>, FleetSecretsError> {
         let nonce: [u8; NONCE_LEN] =
             secret.nonce.as_slice().try_into().map_err(|_| {
                 FleetSecretsError::Corrupt(format!("a nonce of {} bytes", secret.nonce.len()))

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
+use comfyfleet_config::source_credentials::SourceCredentials;
 use tokio::process::Command;
 
 const FETCH_TIMEOUT: Duration = Duration::from_secs(600);
@@ -34,8 +35,15 @@ impl GitMirror {
         self.root.join(format!("{key}.git"))
     }
 
-    /// Makes sure the copy of `url` holds `commit`, fetching it if not.
-    pub async fn ensure(&self, url: &str, commit: &str) -> Result<PathBuf, String> {
+    /// Makes sure the copy of `url` holds `commit`, fetching it if not (with the
+    /// source credential `credentials` have for it).
+    pub async fn ensure(
+        &self,
+        url: &str,
+        commit: &str,
+        credentials: &SourceCredentials,
+    ) -> Result<PathBuf, String> {
+        let env = credentials.git_env();
         let repository = self.repository(&repository_key(url));
         if !repository.join("HEAD").is_file() {
             std::fs::create_dir_all(&self.root)
@@ -46,7 +54,7 @@ impl GitMirror {
             return Ok(repository);
         }
         let dir = path_text(&repository);
-        let by_commit = git(
+        let by_commit = git_with(
             &self.root,
             &[
                 "--git-dir",
@@ -58,10 +66,11 @@ impl GitMirror {
                 &format!("+{commit}:refs/comfyfleet/{commit}"),
             ],
             FETCH_TIMEOUT,
+            &env,
         )
         .await;
         if by_commit.is_err() || !has_commit(&repository, commit).await {
-            git(
+            git_with(
                 &self.root,
                 &[
                     "--git-dir",
@@ -74,6 +83,7 @@ impl GitMirror {
                     "+refs/tags/*:refs/tags/*",
                 ],
                 FETCH_TIMEOUT,
+                &env,
             )
             .await
             .map_err(|error| format!("cannot fetch {url}: {error}"))?;
@@ -91,8 +101,14 @@ impl GitMirror {
     }
 
     /// `path` at `commit` in the copy of `url`, or `None` when the commit has no such file.
-    pub async fn read_file(&self, url: &str, commit: &str, path: &str) -> Result<Option<String>, String> {
-        let repository = self.ensure(url, commit).await?;
+    pub async fn read_file(
+        &self,
+        url: &str,
+        commit: &str,
+        path: &str,
+        credentials: &SourceCredentials,
+    ) -> Result<Option<String>, String> {
+        let repository = self.ensure(url, commit, credentials).await?;
         let dir = path_text(&repository);
         match git(
             &self.root,
@@ -163,6 +179,16 @@ async fn has_commit(repository: &Path, commit: &str) -> bool {
 
 /// Runs git; its stdout, or the end of its stderr as the error.
 async fn git(cwd: &Path, args: &[&str], timeout: Duration) -> Result<Vec<u8>, String> {
+    git_with(cwd, args, timeout, &[]).await
+}
+
+/// As [`git`], with `env` added (a source credential's helper).
+async fn git_with(
+    cwd: &Path,
+    args: &[&str],
+    timeout: Duration,
+    env: &[(String, String)],
+) -> Result<Vec<u8>, String> {
     let mut command = Command::new("git");
     command
         .args(["-c", "protocol.ext.allow=never", "-c", "protocol.fd.allow=never"])
@@ -170,6 +196,7 @@ async fn git(cwd: &Path, args: &[&str], timeout: Duration) -> Result<Vec<u8>, St
         .current_dir(cwd)
         .env("GIT_TERMINAL_PROMPT", "0")
         .env("GIT_ASKPASS", "")
+        .envs(env.iter().map(|(name, value)| (name, value)))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

@@ -7,6 +7,7 @@
 use std::process::Stdio;
 use std::time::Duration;
 
+use comfyfleet_config::source_credentials::SourceCredentials;
 use comfyfleet_config::spec::Spec;
 use comfyfleet_config::spec::names::is_commit_id;
 use tokio::io::{AsyncRead, AsyncReadExt};
@@ -79,6 +80,7 @@ impl std::fmt::Display for PinErrors {
 pub async fn pin_spec(
     spec: &mut Spec,
     policy: &crate::git_policy::GitPolicy,
+    credentials: &SourceCredentials,
 ) -> Result<Vec<GitPin>, PinErrors> {
     let mut wanted = vec![("comfyui".to_owned(), spec.comfyui.git.clone(), spec.comfyui.reference.clone())];
     wanted.extend(spec.custom_nodes.iter().map(|node| {
@@ -94,7 +96,7 @@ pub async fn pin_spec(
     if !refused.is_empty() {
         return Err(PinErrors(refused));
     }
-    let pins = resolve_all(wanted).await?;
+    let pins = resolve_all(wanted, credentials.git_env()).await?;
     let targets = std::iter::once(&mut spec.comfyui.commit)
         .chain(spec.custom_nodes.iter_mut().map(|node| &mut node.commit));
     for (target, pin) in targets.zip(&pins) {
@@ -105,16 +107,21 @@ pub async fn pin_spec(
 
 /// Resolves (source, url, ref) triples, a few repositories at a time; the pins come
 /// back in the order asked, or every failure at once.
-async fn resolve_all(wanted: Vec<(String, String, String)>) -> Result<Vec<GitPin>, PinErrors> {
+async fn resolve_all(
+    wanted: Vec<(String, String, String)>,
+    env: Vec<(String, String)>,
+) -> Result<Vec<GitPin>, PinErrors> {
+    let env = std::sync::Arc::new(env);
     let limit = std::sync::Arc::new(tokio::sync::Semaphore::new(PARALLEL_LISTINGS));
     // Dropping the set (the call was cancelled) aborts the lookups, and dropping a
     // lookup kills its git.
     let mut lookups = tokio::task::JoinSet::new();
     for (index, (what, url, reference)) in wanted.iter().cloned().enumerate() {
         let limit = limit.clone();
+        let env = env.clone();
         lookups.spawn(async move {
             let _permit = limit.acquire_owned().await;
-            let commit = resolve_ref(&what, &url, &reference).await;
+            let commit = resolve_ref_with(&what, &url, &reference, &env).await;
             (index, commit)
         });
     }
@@ -145,11 +152,22 @@ async fn resolve_all(wanted: Vec<(String, String, String)>) -> Result<Vec<GitPin
 
 /// The commit `reference` names in the repository at `url`. A full commit id is
 /// taken as it is, without asking git.
+#[cfg(test)]
 pub async fn resolve_ref(what: &str, url: &str, reference: &str) -> Result<String, PinError> {
+    resolve_ref_with(what, url, reference, &[]).await
+}
+
+/// As [`resolve_ref`], git given `env` (a source credential's helper).
+async fn resolve_ref_with(
+    what: &str,
+    url: &str,
+    reference: &str,
+    env: &[(String, String)],
+) -> Result<String, PinError> {
     if is_commit_id(reference) {
         return Ok(reference.to_owned());
     }
-    let listing = ls_remote(what, url).await?;
+    let listing = ls_remote(what, url, env).await?;
     let refs = parse_listing(&listing);
     pick_commit(&refs, reference).map(str::to_owned).ok_or_else(|| PinError::RefNotFound {
         what: what.to_owned(),
@@ -162,13 +180,14 @@ pub async fn resolve_ref(what: &str, url: &str, reference: &str) -> Result<Strin
 
 /// `git ls-remote -- URL`: every ref of the repository and the object it names.
 #[tracing::instrument(skip_all, fields(url = %url))]
-async fn ls_remote(what: &str, url: &str) -> Result<String, PinError> {
+async fn ls_remote(what: &str, url: &str, env: &[(String, String)]) -> Result<String, PinError> {
     let mut child = Command::new("git")
         // ext:: and fd:: would run commands or use file descriptors named by the URL.
         .args(["-c", "protocol.ext.allow=never", "-c", "protocol.fd.allow=never", "ls-remote", "--", url])
         // A daemon has nobody to answer a password prompt: fail instead of waiting.
         .env("GIT_TERMINAL_PROMPT", "0")
         .env("GIT_ASKPASS", "")
+        .envs(env.iter().map(|(name, value)| (name, value)))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -477,7 +496,10 @@ mod tests {
         let nodes_v1 = nodes.commit("v1");
         nodes.git(&["tag", "-a", "v1", "-m", "v1"]);
         let mut spec = spec(&comfyui.url(), &nodes.url());
-        let pins = pin_spec(&mut spec, &crate::git_policy::GitPolicy::permissive()).await.unwrap();
+        let pins =
+            pin_spec(&mut spec, &crate::git_policy::GitPolicy::permissive(), &SourceCredentials::default())
+                .await
+                .unwrap();
         assert_eq!(
             pins,
             [
@@ -503,7 +525,10 @@ mod tests {
     async fn pinning_reports_every_failure_at_once() {
         let comfyui = TestRepo::new();
         let mut spec = spec(&comfyui.missing_url(), &comfyui.url());
-        let errors = pin_spec(&mut spec, &crate::git_policy::GitPolicy::permissive()).await.unwrap_err();
+        let errors =
+            pin_spec(&mut spec, &crate::git_policy::GitPolicy::permissive(), &SourceCredentials::default())
+                .await
+                .unwrap_err();
         assert_eq!(errors.0.len(), 2, "{errors}");
         let text = errors.to_string();
         let lines: Vec<&str> = text.lines().collect();

@@ -126,10 +126,13 @@ fn kept_path(state: &ControllerState, key: &str, path: &str, json: bool) -> Path
 /// The page, the URL it came from, and whether it is PEP 691 JSON.
 async fn fetch(state: &ControllerState, url: &str, json: bool) -> Result<(Vec<u8>, String, bool), String> {
     let accept = if json { "application/vnd.pypi.simple.v1+json, text/html;q=0.1" } else { "text/html" };
-    let mut response =
-        state.packages.client().get(url).header(header::ACCEPT, accept).send().await.map_err(|error| {
-            format!("cannot reach {url}: {}", comfyfleet_proto::transport::error_chain(&error))
-        })?;
+    let mut request = state.packages.client().get(url).header(header::ACCEPT, accept);
+    if let Some(authorization) = state.packages.authorization(url).await {
+        request = request.header(header::AUTHORIZATION, authorization);
+    }
+    let mut response = request.send().await.map_err(|error| {
+        format!("cannot reach {url}: {}", comfyfleet_proto::transport::error_chain(&error))
+    })?;
     if !response.status().is_success() {
         return Err(format!("{url} answered {}", response.status()));
     }

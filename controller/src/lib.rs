@@ -34,6 +34,7 @@ mod rollout_service;
 pub mod rollouts;
 mod secrets;
 pub mod server;
+pub mod source_secrets;
 pub mod state;
 pub mod store;
 #[cfg(test)]

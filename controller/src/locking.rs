@@ -17,6 +17,7 @@ use comfyfleet_config::MachineRecord;
 use comfyfleet_config::lock::{BuildClass, Lock};
 use comfyfleet_config::requirements::{TORCH_IMPOSTORS, sanitize};
 use comfyfleet_config::resolve::{LockInputs, MachineFacts, Resolver};
+use comfyfleet_config::source_credentials::SourceCredentials;
 use comfyfleet_config::spec::Spec;
 use comfyfleet_config::spec::names::normalize_package_name;
 use tokio::process::Command;
@@ -125,14 +126,18 @@ pub fn kernel_wheel_files(spec: &Spec) -> Vec<PackageFile> {
 
 /// Where the spec's index serves the uv wheels comfyfleet pins, read off its `uv`
 /// page; none when the index does not list them (machines with uv never need one).
-pub async fn uv_wheels(spec: &Spec) -> Vec<PackageFile> {
+pub async fn uv_wheels(spec: &Spec, credentials: &SourceCredentials) -> Vec<PackageFile> {
     use comfyfleet_config::uv_pin::{PINNED_UV_WHEELS, find_link, join_url};
     crate::tls::install_crypto_provider();
     let Ok(client) = reqwest::Client::builder().timeout(Duration::from_secs(30)).build() else {
         return Vec::new();
     };
     let page_url = format!("{}/uv/", spec.index.url.trim_end_matches('/'));
-    let page = match client.get(&page_url).send().await.and_then(reqwest::Response::error_for_status) {
+    let mut request = client.get(&page_url);
+    if let Some(authorization) = credentials.authorization(&page_url) {
+        request = request.header(reqwest::header::AUTHORIZATION, authorization);
+    }
+    let page = match request.send().await.and_then(reqwest::Response::error_for_status) {
         Ok(response) => {
             let base = response.url().to_string();
             match response.text().await {
@@ -161,9 +166,14 @@ pub async fn uv_wheels(spec: &Spec) -> Vec<PackageFile> {
 
 impl Locker {
     /// Locks every class in `classes` for the pinned `spec`.
-    pub async fn lock(&self, spec: &Spec, classes: &BTreeSet<String>) -> Result<Locked, String> {
+    pub async fn lock(
+        &self,
+        spec: &Spec,
+        classes: &BTreeSet<String>,
+        credentials: &SourceCredentials,
+    ) -> Result<Locked, String> {
         let uv = self.uv_binary()?;
-        let sources = self.requirement_files(spec).await?;
+        let sources = self.requirement_files(spec, credentials).await?;
         let resolver = Resolver::new(spec);
         let mut locks = Vec::new();
         let mut problems = Vec::new();
@@ -176,7 +186,7 @@ impl Locker {
                     continue;
                 }
             };
-            match self.lock_class(&uv, spec, &class, &inputs, &sources).await {
+            match self.lock_class(&uv, spec, &class, &inputs, &sources, credentials).await {
                 Ok(lock) => locks.push(lock),
                 Err(problem) => problems.push(format!("build class {class}: {problem}")),
             }
@@ -184,7 +194,7 @@ impl Locker {
         if !problems.is_empty() {
             return Err(problems.join("\n"));
         }
-        Ok(Locked { locks, tools: uv_wheels(spec).await })
+        Ok(Locked { locks, tools: uv_wheels(spec, credentials).await })
     }
 
     fn uv_binary(&self) -> Result<PathBuf, String> {
@@ -203,7 +213,11 @@ impl Locker {
     }
 
     /// ComfyUI's and each custom node's `requirements.txt` at their pinned commits.
-    async fn requirement_files(&self, spec: &Spec) -> Result<Vec<(String, String)>, String> {
+    async fn requirement_files(
+        &self,
+        spec: &Spec,
+        credentials: &SourceCredentials,
+    ) -> Result<Vec<(String, String)>, String> {
         let mut sources = vec![("ComfyUI".to_owned(), spec.comfyui.git.clone(), spec.comfyui.commit.clone())];
         for node in &spec.custom_nodes {
             sources.push((node.directory_name(), node.git.clone(), node.commit.clone()));
@@ -213,7 +227,7 @@ impl Locker {
             let commit = commit.ok_or_else(|| format!("{name} is not pinned to a commit"))?;
             let text = self
                 .mirror
-                .read_file(&git, &commit, "requirements.txt")
+                .read_file(&git, &commit, "requirements.txt", credentials)
                 .await
                 .map_err(|error| format!("reading {name}'s requirements.txt: {error}"))?;
             if let Some(text) = text {
@@ -230,6 +244,7 @@ impl Locker {
         class: &BuildClass,
         inputs: &LockInputs,
         sources: &[(String, String)],
+        credentials: &SourceCredentials,
     ) -> Result<Lock, String> {
         let dir = self.work.join(format!("{class}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
@@ -270,7 +285,7 @@ impl Locker {
             let mut wanted = inputs.pins.clone();
             wanted.extend(optional.iter().map(|(requirement, _)| requirement.clone()));
             write(&dir.join("comfyfleet.in"), &(wanted.join("\n") + "\n"))?;
-            match self.compile(uv, spec, class, inputs, &dir, &files).await {
+            match self.compile(uv, (spec, credentials), class, inputs, &dir, &files).await {
                 Ok(text) => {
                     let mut lock = Lock::from_pylock(class, &text)?;
                     lock.unresolved = unresolved;
@@ -296,12 +311,13 @@ impl Locker {
     async fn compile(
         &self,
         uv: &Path,
-        spec: &Spec,
+        sources: (&Spec, &SourceCredentials),
         class: &BuildClass,
         inputs: &LockInputs,
         dir: &Path,
         files: &[PathBuf],
     ) -> Result<String, String> {
+        let (spec, credentials) = sources;
         let out = dir.join("pylock.toml");
         let mut command = Command::new(uv);
         command
@@ -315,12 +331,20 @@ impl Locker {
             .arg("--output-file")
             .arg(&out)
             .arg("--index")
-            .arg(&inputs.torch_index);
+            .arg(credentials.uv_index(&inputs.torch_index));
         for extra in &spec.index.extra {
-            command.arg("--index").arg(extra);
+            command.arg("--index").arg(credentials.uv_index(extra));
         }
-        command.arg("--default-index").arg(&spec.index.url).arg(dir.join("comfyfleet.in")).args(files);
         command
+            .arg("--default-index")
+            .arg(credentials.uv_index(&spec.index.url))
+            .arg(dir.join("comfyfleet.in"))
+            .args(files);
+        let indexes = std::iter::once(inputs.torch_index.as_str())
+            .chain(spec.index.extra.iter().map(String::as_str))
+            .chain(std::iter::once(spec.index.url.as_str()));
+        command
+            .envs(credentials.uv_env(indexes))
             .current_dir(dir)
             .env("UV_CACHE_DIR", self.work.join("uv-cache"))
             .env("UV_NO_PROGRESS", "1")

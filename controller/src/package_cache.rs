@@ -95,6 +95,8 @@ pub struct PackageCache {
     /// hear the reason instead of causing another upstream download.
     failures: Mutex<HashMap<String, (std::time::Instant, String, bool)>>,
     counters: Counters,
+    /// The source credentials upstream requests carry (none in unit tests).
+    secrets: Option<Arc<crate::source_secrets::SourceSecrets>>,
 }
 
 /// How long a failure is repeated rather than retried: long for bytes that did not
@@ -123,6 +125,17 @@ pub fn is_sha256(text: &str) -> bool {
 
 impl PackageCache {
     pub fn new(dir: PathBuf, max_size: Option<u64>, store: Arc<dyn Store>) -> Result<Self, String> {
+        Self::with_secrets(dir, max_size, store, None)
+    }
+
+    /// A cache whose upstream requests carry the source credentials of the kept
+    /// revisions' hosts.
+    pub fn with_secrets(
+        dir: PathBuf,
+        max_size: Option<u64>,
+        store: Arc<dyn Store>,
+        secrets: Option<Arc<crate::source_secrets::SourceSecrets>>,
+    ) -> Result<Self, String> {
         for sub in ["files", "partial"] {
             std::fs::create_dir_all(dir.join(sub))
                 .map_err(|error| format!("cannot create {}: {error}", dir.join(sub).display()))?;
@@ -142,6 +155,7 @@ impl PackageCache {
             inflight: Mutex::new(HashMap::new()),
             failures: Mutex::new(HashMap::new()),
             counters: Counters::default(),
+            secrets,
         })
     }
 
@@ -152,6 +166,19 @@ impl PackageCache {
     /// The HTTP client upstream requests share.
     pub fn client(&self) -> &reqwest::Client {
         &self.client
+    }
+
+    /// The `Authorization` header for an upstream request to `url`: the source
+    /// credential a kept revision binds to its host, if any.
+    pub async fn authorization(&self, url: &str) -> Option<String> {
+        let secrets = self.secrets.as_ref()?;
+        match secrets.fleet_credentials().await {
+            Ok(credentials) => credentials.authorization(url),
+            Err(error) => {
+                tracing::warn!(%error, "cannot read the source credentials; fetching without one");
+                None
+            }
+        }
     }
 
     pub fn store(&self) -> &Arc<dyn Store> {
@@ -303,6 +330,9 @@ impl PackageCache {
             |error: std::io::Error| Attempt::Fatal(format!("cannot write {}: {error}", partial.display()));
         let have = std::fs::metadata(partial).map(|meta| meta.len()).unwrap_or(0);
         let mut request = self.client.get(&source.url);
+        if let Some(authorization) = self.authorization(&source.url).await {
+            request = request.header(reqwest::header::AUTHORIZATION, authorization);
+        }
         if have > 0 {
             request = request.header(reqwest::header::RANGE, format!("bytes={have}-"));
         }

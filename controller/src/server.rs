@@ -136,11 +136,22 @@ pub async fn run(
     let (store, database, clustered) = open_store(&options, &metrics).await?;
     let fleet =
         crate::fleet_identity::establish(data_dir, &database, store.as_ref(), options.initialize).await?;
-    if options.database_url.is_some() {
+    let secrets_key = if options.database_url.is_some() {
         let path = options.secrets_key_file.as_deref().ok_or(ControllerError::NoSecretsKey)?;
         let key = crate::fleet_secrets::SecretsKey::load(path)?;
         crate::fleet_secrets::share_ca(store.as_ref(), &key, &fleet.id, data_dir).await?;
-    }
+        key
+    } else {
+        match options.secrets_key_file.as_deref() {
+            Some(path) => crate::fleet_secrets::SecretsKey::load(path)?,
+            // One controller: its source credentials are sealed with a key of its own.
+            None => {
+                crate::fleet_secrets::SecretsKey::load_or_create(&data_dir.join("pki").join("secrets.key"))?
+            }
+        }
+    };
+    let source_secrets =
+        Arc::new(crate::source_secrets::SourceSecrets::new(store.clone(), secrets_key, fleet.id.clone()));
     let ca = CertificateAuthority::load_or_create(data_dir)?;
 
     let address = resolve_listen(&options.listen).await?;
@@ -166,10 +177,11 @@ pub async fn run(
 
     let cache_dir = data_dir.join("cache");
     let packages = Arc::new(
-        crate::package_cache::PackageCache::new(
+        crate::package_cache::PackageCache::with_secrets(
             cache_dir.join("packages"),
             options.settings.cache_max_size,
             store.clone(),
+            Some(source_secrets.clone()),
         )
         .map_err(ControllerError::Cache)?,
     );
@@ -202,6 +214,7 @@ pub async fn run(
         metrics,
         fleet_id: fleet.id.clone(),
         cluster: cluster.clone(),
+        source_secrets,
     });
     let _engine = crate::rollouts::spawn(state.clone(), inbox, leading);
     let cluster_tasks = cluster.as_ref().map(|cluster| cluster.start(state.clone())).unwrap_or_default();

@@ -66,6 +66,8 @@ pub struct ControllerState {
     /// This controller's place among several on one PostgreSQL database; `None`
     /// with SQLite (the one controller leads).
     pub cluster: Option<Arc<crate::cluster::Cluster>>,
+    /// The credentials specs name for their sources.
+    pub source_secrets: Arc<crate::source_secrets::SourceSecrets>,
 }
 
 impl ControllerState {

@@ -37,6 +37,11 @@ impl TestFleet {
             Arc::new(crate::store::MeteredStore { inner: store, metrics: metrics.clone() });
         let reports = crate::report_writer::ReportWriter::spawn(store.clone(), rollouts.clone());
         let store_for_cache = store.clone();
+        let source_secrets = Arc::new(crate::source_secrets::SourceSecrets::new(
+            store.clone(),
+            crate::fleet_secrets::SecretsKey::load_or_create(&dir.path().join("secrets.key")).unwrap(),
+            "0123456789abcdef0123456789abcdef".into(),
+        ));
         let state = Arc::new(ControllerState {
             store,
             ca: CertificateAuthority::load_or_create(dir.path()).unwrap(),
@@ -50,10 +55,11 @@ impl TestFleet {
             rollouts,
             specs: Default::default(),
             packages: Arc::new(
-                crate::package_cache::PackageCache::new(
+                crate::package_cache::PackageCache::with_secrets(
                     dir.path().join("cache/packages"),
                     None,
                     store_for_cache,
+                    Some(source_secrets.clone()),
                 )
                 .unwrap(),
             ),
@@ -66,6 +72,7 @@ impl TestFleet {
             metrics,
             fleet_id: "0123456789abcdef0123456789abcdef".into(),
             cluster: None,
+            source_secrets,
         });
         crate::rollouts::spawn(state.clone(), inbox, tokio::sync::watch::channel(true).1);
         let (operator, _) = mint_credential(&state, "op", Role::Operator, "test", "").await.unwrap();

@@ -35,6 +35,7 @@ impl From<&AssignmentRecord> for pb::DesiredState {
                 reason: record.reason.clone(),
                 lock_json: record.lock_json.clone(),
             }),
+            source_credentials: Vec::new(),
         }
     }
 }

@@ -74,6 +74,7 @@ fn git(build: &Build<'_>) -> Invocation {
         ])
         .env("GIT_TERMINAL_PROMPT", "0")
         .env("GIT_ASKPASS", "")
+        .envs(build.credentials.git_env())
         .timeout(GIT_TIMEOUT)
         .cwd(build.layout.root())
 }

@@ -70,8 +70,8 @@ async fn fetch_one(
 ) -> Result<crate::download::Fetched, String> {
     let file_name = package.file_name();
     let (downloader, url) = match cache {
-        Some(cache) => (&cache.downloader, cache.file_url(&package.sha256, &file_name)),
-        None => (&build.tools.downloader, package.url.clone()),
+        Some(cache) => (cache.downloader.clone(), cache.file_url(&package.sha256, &file_name)),
+        None => (build.direct_downloader(&package.url), package.url.clone()),
     };
     downloader
         .verified(&url, &package.sha256, &file_name, &mut |_, _| {})

@@ -20,6 +20,7 @@ use std::path::PathBuf;
 use comfyfleet_config::Assignment;
 use comfyfleet_config::convergence::{OptimizationOutcome, StepReport, StepState};
 use comfyfleet_config::resolve::GpuFacts;
+use comfyfleet_config::source_credentials::{SourceCredentials, SourceSecret};
 use serde::{Deserialize, Serialize};
 
 use crate::comfyui::ComfyuiFacts;
@@ -61,7 +62,12 @@ pub struct Tools {
     pub package_cache: Option<PackageCacheClient>,
     /// `UV_PYTHON_DOWNLOADS` for `uv venv`: whether uv may fetch a missing Python.
     pub python_downloads: String,
+    /// The source credentials the controller sent with the assignment (memory only).
+    pub source_secrets: HeldSecrets,
 }
+
+/// Source credentials by name, as the session last delivered them.
+pub type HeldSecrets = std::sync::Arc<std::sync::RwLock<std::collections::BTreeMap<String, SourceSecret>>>;
 
 /// The controller's package cache, as this agent reaches it.
 #[derive(Debug, Clone)]
@@ -175,9 +181,16 @@ struct Build<'a> {
     verified: Option<verify::Verification>,
     /// Whether the current step was interrupted in an earlier run: redo it fully.
     repair: bool,
+    /// The spec's source credentials, for uv, git and downloads from the sources.
+    credentials: SourceCredentials,
 }
 
 impl Build<'_> {
+    /// The downloader for `url` at a source: with its credential, if it has one.
+    fn direct_downloader(&self, url: &str) -> Downloader {
+        self.tools.downloader.with_authorization(self.credentials.authorization(url))
+    }
+
     fn uv(&self) -> Result<&PathBuf, String> {
         self.uv.as_ref().ok_or_else(|| "uv was not found in the uv step".to_owned())
     }
@@ -217,6 +230,12 @@ impl Executor {
             message: format!("cannot create {}: {error}", env.meta().display()),
         })?;
         let mut progress = Progress::load(&env);
+        let credentials = {
+            let held = self.tools.source_secrets.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let mut credentials = SourceCredentials::default();
+            credentials.add_spec(&assignment.spec, &held);
+            credentials
+        };
         let mut build = Build {
             tools: &self.tools,
             layout: &self.layout,
@@ -227,6 +246,7 @@ impl Executor {
             outcomes: Vec::new(),
             verified: None,
             repair: false,
+            credentials,
         };
         let mut record = None;
         for step in STEPS {

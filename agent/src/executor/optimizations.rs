@@ -99,8 +99,8 @@ async fn install_one(
         OptimizationSource::Wheel { url, sha256, filename } => {
             let name = optimization.name.clone();
             let (downloader, url) = match &build.tools.package_cache {
-                Some(cache) => (&cache.downloader, cache.file_url(sha256, filename)),
-                None => (&build.tools.downloader, url.clone()),
+                Some(cache) => (cache.downloader.clone(), cache.file_url(sha256, filename)),
+                None => (build.direct_downloader(url), url.clone()),
             };
             let fetched = downloader
                 .verified(&url, sha256, filename, &mut |received, _| {
@@ -165,7 +165,7 @@ async fn install_one(
         .arg(overrides_file)
         .arg("--constraints")
         .arg(constraints_file)
-        .args(package_indexes(&build.assignment.spec))
+        .args(package_indexes(build))
         .arg(requirement);
     build.run(step, invocation).await.map(|_| ()).map_err(Failure::Install)
 }

@@ -75,7 +75,7 @@ pub async fn install(build: &Build<'_>, step: &mut StepHandle) -> StepResult {
         .arg(&overrides_file)
         .arg("--constraints")
         .arg(&constraints_file)
-        .args(package_indexes(&build.assignment.spec));
+        .args(package_indexes(build));
     for file in &files {
         invocation = invocation.arg("-r").arg(file);
     }

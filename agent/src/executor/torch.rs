@@ -46,8 +46,8 @@ pub async fn install(build: &Build<'_>, step: &mut StepHandle) -> StepResult {
     // local tag and is another build).
     let invocation = pip_install(build)?
         .arg("--index")
-        .arg(&plan.torch_index)
-        .args(package_indexes(&build.assignment.spec))
+        .arg(build.credentials.uv_index(&plan.torch_index))
+        .args(package_indexes(build))
         .args(&pins);
     let tail = build.run(step, invocation).await?;
     check_installed(build)?;

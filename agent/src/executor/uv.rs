@@ -9,8 +9,6 @@ use std::ffi::OsString;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-use comfyfleet_config::spec::Spec;
-
 use super::{Build, StepOutcome, StepResult};
 use crate::command::Invocation;
 use crate::report::StepHandle;
@@ -113,7 +111,7 @@ async fn fetch_pinned(build: &Build<'_>, step: &mut StepHandle) -> Result<&'stat
             "the controller's package cache",
         ),
         None => (
-            &build.tools.downloader,
+            &build.direct_downloader(&build.assignment.spec.index.url),
             build.assignment.spec.index.url.trim_end_matches('/').to_owned(),
             "the package index",
         ),
@@ -172,6 +170,14 @@ pub fn pip_install(build: &Build<'_>) -> Result<Invocation, String> {
         .env("UV_NO_PROGRESS", "1")
         .env("UV_PYTHON_DOWNLOADS", "never")
         .cwd(&build.env.path);
+    // The indexes' credentials, read by uv from its named-index variables.
+    let spec = &build.assignment.spec;
+    let indexes = std::iter::once(build.assignment.plan.torch_index.as_str())
+        .chain(spec.index.extra.iter().map(String::as_str))
+        .chain(std::iter::once(spec.index.url.as_str()));
+    for (name, value) in build.credentials.uv_env(indexes) {
+        invocation = invocation.env(&name, value);
+    }
     if build.repair {
         // This step was interrupted: a package may be half-linked into the venv.
         invocation = invocation.arg("--reinstall");
@@ -180,15 +186,17 @@ pub fn pip_install(build: &Build<'_>) -> Result<Invocation, String> {
 }
 
 /// The spec's indexes for everything but torch: its extra indexes first (uv
-/// searches `--index` entries before the default one), then `index.url`.
-pub fn package_indexes(spec: &Spec) -> Vec<OsString> {
+/// searches `--index` entries before the default one), then `index.url`. One with a
+/// credential is named (`NAME=URL`), for [`pip_install`]'s variables.
+pub fn package_indexes(build: &Build<'_>) -> Vec<OsString> {
+    let spec = &build.assignment.spec;
     let mut args: Vec<OsString> = Vec::new();
     for extra in &spec.index.extra {
         args.push("--index".into());
-        args.push(extra.into());
+        args.push(build.credentials.uv_index(extra));
     }
     args.push("--default-index".into());
-    args.push((&spec.index.url).into());
+    args.push(build.credentials.uv_index(&spec.index.url));
     args
 }
 

@@ -15,6 +15,7 @@ mod rollout_render;
 pub mod rollout_status;
 mod rollout_view;
 pub mod rollout_watch;
+pub mod secrets;
 pub mod tokens;
 
 use comfyfleet_proto::v1 as pb;

@@ -161,7 +161,10 @@ fn refuse_inline_credentials(text: &str) -> Result<(), String> {
             && user_info.contains(':')
             && !user_info.contains('/')
         {
-            return Err(inline_credentials_advice(&format!("***@{}", text.split_once('@').map_or("", |(_, h)| h))));
+            return Err(inline_credentials_advice(&format!(
+                "***@{}",
+                text.split_once('@').map_or("", |(_, h)| h)
+            )));
         }
         return Ok(());
     };

@@ -215,6 +215,27 @@ impl<S: Store> Store for MeteredStore<S> {
         result
     }
 
+    async fn set_sealed_secret(&self, name: &str, secret: &SealedSecret, at: Timestamp) -> StoreResult<()> {
+        let started = Instant::now();
+        let result = self.inner.set_sealed_secret(name, secret, at).await;
+        self.metrics.store_call("set_sealed_secret", started.elapsed(), result.is_err());
+        result
+    }
+
+    async fn delete_sealed_secret(&self, name: &str) -> StoreResult<bool> {
+        let started = Instant::now();
+        let result = self.inner.delete_sealed_secret(name).await;
+        self.metrics.store_call("delete_sealed_secret", started.elapsed(), result.is_err());
+        result
+    }
+
+    async fn sealed_secrets(&self, prefix: &str) -> StoreResult<Vec<(String, SealedSecret, Timestamp)>> {
+        let started = Instant::now();
+        let result = self.inner.sealed_secrets(prefix).await;
+        self.metrics.store_call("sealed_secrets", started.elapsed(), result.is_err());
+        result
+    }
+
     async fn close(&self) {
         self.inner.close().await;
     }

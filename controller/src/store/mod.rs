@@ -481,6 +481,14 @@ pub trait Store: Send + Sync + 'static {
         secret: &SealedSecret,
         at: Timestamp,
     ) -> StoreResult<SealedSecret>;
+    /// Stores `secret` as `name`, replacing any value it had (the pending audit entry
+    /// in the same transaction, `{created}` being "created" or "replaced").
+    async fn set_sealed_secret(&self, name: &str, secret: &SealedSecret, at: Timestamp) -> StoreResult<()>;
+    /// Deletes the sealed secret `name`; false when there was none.
+    async fn delete_sealed_secret(&self, name: &str) -> StoreResult<bool>;
+    /// The sealed secrets whose names start with `prefix`, by name, with when each
+    /// was set.
+    async fn sealed_secrets(&self, prefix: &str) -> StoreResult<Vec<(String, SealedSecret, Timestamp)>>;
     /// Closes the store at shutdown: pending writes are flushed, the files left tidy.
     async fn close(&self);
     /// Deletes at most `limit` rows of `what` older than `before`; returns how many.

@@ -714,6 +714,19 @@ pub async fn sealed_secrets_are_kept_once(store: Arc<dyn Store>) {
         first,
         "the first stays"
     );
-    assert_eq!(store.sealed_secret("ca").await.unwrap(), Some(first));
+    assert_eq!(store.sealed_secret("ca").await.unwrap(), Some(first.clone()));
     assert_eq!(store.sealed_secret("other").await.unwrap(), None);
+
+    // Source credentials: set replaces, the list is by prefix, delete removes.
+    store.set_sealed_secret("source/farm", &first, Timestamp::now()).await.unwrap();
+    store.set_sealed_secret("source/farm", &second, Timestamp::now()).await.unwrap();
+    store.set_sealed_secret("source/git", &first, Timestamp::now()).await.unwrap();
+    let listed = store.sealed_secrets("source/").await.unwrap();
+    let names: Vec<(&str, &SealedSecret)> =
+        listed.iter().map(|(name, sealed, _)| (name.as_str(), sealed)).collect();
+    assert_eq!(names, vec![("source/farm", &second), ("source/git", &first)]);
+    assert!(store.delete_sealed_secret("source/farm").await.unwrap());
+    assert!(!store.delete_sealed_secret("source/farm").await.unwrap());
+    assert_eq!(store.sealed_secrets("source/").await.unwrap().len(), 1);
+    assert_eq!(store.sealed_secret("ca").await.unwrap(), Some(first), "the CA is not a source credential");
 }

@@ -485,6 +485,64 @@ impl Store for ThisStore {
         Ok(stored)
     }
 
+    async fn set_sealed_secret(&self, name: &str, secret: &SealedSecret, at: Timestamp) -> StoreResult<()> {
+        let mut tx = self.write_transaction("storing a sealed secret").await?;
+        let existed: bool = sqlx::query_scalar(sqlx::AssertSqlSafe(sql(
+            "SELECT EXISTS (SELECT 1 FROM fleet_secrets WHERE name = ?)",
+        )))
+        .bind(name)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(database("reading a sealed secret"))?;
+        sqlx::query(sqlx::AssertSqlSafe(sql(
+            "INSERT INTO fleet_secrets (name, nonce, sealed, created_at) VALUES (?, ?, ?, ?) \
+             ON CONFLICT (name) DO UPDATE SET nonce = excluded.nonce, sealed = excluded.sealed, \
+             created_at = excluded.created_at",
+        )))
+        .bind(name)
+        .bind(secret.nonce.as_slice())
+        .bind(secret.sealed.as_slice())
+        .bind(millis(at))
+        .execute(&mut *tx)
+        .await
+        .map_err(database("storing a sealed secret"))?;
+        write_pending_audit(&mut tx, &[("created", if existed { "replaced" } else { "created" })]).await?;
+        tx.commit().await.map_err(database("storing a sealed secret"))
+    }
+
+    async fn delete_sealed_secret(&self, name: &str) -> StoreResult<bool> {
+        let mut tx = self.write_transaction("deleting a sealed secret").await?;
+        let result = sqlx::query(sqlx::AssertSqlSafe(sql("DELETE FROM fleet_secrets WHERE name = ?")))
+            .bind(name)
+            .execute(&mut *tx)
+            .await
+            .map_err(database("deleting a sealed secret"))?;
+        if result.rows_affected() > 0 {
+            write_pending_audit(&mut tx, &[]).await?;
+        }
+        tx.commit().await.map_err(database("deleting a sealed secret"))?;
+        Ok(result.rows_affected() > 0)
+    }
+
+    async fn sealed_secrets(&self, prefix: &str) -> StoreResult<Vec<(String, SealedSecret, Timestamp)>> {
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql(
+            "SELECT name, nonce, sealed, created_at FROM fleet_secrets ORDER BY name",
+        )))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(database("listing sealed secrets"))?;
+        // A handful of rows: filtered here rather than with a LIKE pattern to escape.
+        let mut secrets = Vec::new();
+        for row in &rows {
+            let name: String = get(row, "name")?;
+            if name.starts_with(prefix) {
+                let sealed = SealedSecret { nonce: get(row, "nonce")?, sealed: get(row, "sealed")? };
+                secrets.push((name, sealed, timestamp("a sealed secret's time", get(row, "created_at")?)?));
+            }
+        }
+        Ok(secrets)
+    }
+
     async fn backup(&self, to: &Path) -> StoreResult<()> {
         self.backup_to(to).await
     }

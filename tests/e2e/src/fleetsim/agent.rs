@@ -209,6 +209,7 @@ impl SimAgent {
             inventory_changed: self.inventory_changed.clone(),
             connected: self.connected.clone(),
             controller: comfyfleet_agent::link::CurrentController::new(&self.identity.controller_url),
+            source_secrets: Default::default(),
         };
         let watcher = SessionWatcher {
             agent: self.index,
