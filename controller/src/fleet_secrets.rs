@@ -73,6 +73,10 @@ impl SecretsKey {
     /// does not exist: a lone controller on SQLite seals its source credentials with it.
     pub fn load_or_create(path: &Path) -> Result<Self, FleetSecretsError> {
         if !path.exists() {
+            if let Some(dir) = path.parent() {
+                files::create_private_dir(dir)
+                    .map_err(|source| FleetSecretsError::Io { path: dir.to_owned(), source })?;
+            }
             let hex_key = crate::secrets::random_hex(64);
             files::write_private(path, format!("{hex_key}\n").as_bytes())
                 .map_err(|source| FleetSecretsError::Io { path: path.to_owned(), source })?;

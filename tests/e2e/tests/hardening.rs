@@ -426,3 +426,206 @@ fn an_agent_whose_identity_files_go_says_so_at_once() {
             .filter(|machine| machine.get("problems").is_none_or(|p| p.as_array().is_none_or(Vec::is_empty)))
     });
 }
+
+/// Every file under `root` whose bytes contain one of `needles`, as "path: needle".
+fn files_containing(root: &std::path::Path, needles: &[&[u8]]) -> Vec<String> {
+    let mut hits = Vec::new();
+    let mut stack = vec![root.to_owned()];
+    while let Some(dir) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let Ok(kind) = entry.file_type() else { continue };
+            if kind.is_dir() {
+                stack.push(path);
+            } else if kind.is_file()
+                && let Ok(bytes) = std::fs::read(&path)
+            {
+                for needle in needles {
+                    if bytes.windows(needle.len()).any(|window| window == *needle) {
+                        hits.push(format!("{}: {}", path.display(), String::from_utf8_lossy(needle)));
+                    }
+                }
+            }
+        }
+    }
+    hits
+}
+
+/// Samples every process's command line while `running` is true: the ones holding
+/// a needle, and how many distinct git and uv command lines were seen (so a sampler
+/// that saw nothing cannot pass).
+fn watch_command_lines(
+    needles: Vec<Vec<u8>>,
+    running: Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<(Vec<String>, usize)> {
+    std::thread::spawn(move || {
+        let mut hits = Vec::new();
+        let mut seen = std::collections::BTreeSet::new();
+        while running.load(std::sync::atomic::Ordering::SeqCst) {
+            for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+                let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else { continue };
+                let text = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+                if needles
+                    .iter()
+                    .any(|needle| cmdline.windows(needle.len()).any(|window| window == needle.as_slice()))
+                {
+                    hits.push(text.clone());
+                }
+                if text.starts_with("git ") || text.contains("/uv pip") || text.starts_with("uv pip") {
+                    seen.insert(text);
+                }
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        (hits, seen.len())
+    })
+}
+
+/// A private index and git host: the spec names a credential the controller stores
+/// (`secrets set`), URLs with credentials in them are refused, and the secret reaches
+/// the controller's git, uv and package cache and an agent building without the
+/// cache, yet no output, log, audit entry, stored file, environment file or command
+/// line of any process holds it.
+#[test]
+fn a_spec_names_a_stored_credential_and_the_secret_shows_up_nowhere() {
+    use comfyfleet_e2e::provision::{Fleet, current_target};
+    use comfyfleet_e2e::standin::{CatalogOptions, system_python};
+
+    const SECRET: &str = "Zq7-farm-mirror-secret-4kP";
+    const USERNAME: &str = "builder";
+    let fleet = Fleet::start_with_controller(
+        &CatalogOptions::new(&system_python().tag),
+        &["--git-allow-host", "127.0.0.1", "--git-allow-file"],
+    );
+    // ComfyUI over git's dumb HTTP from the same private host as the index.
+    let served = fleet.world.server.root().join("git/ComfyUI.git");
+    std::fs::create_dir_all(served.parent().unwrap()).unwrap();
+    let run_git = |args: &[&str]| {
+        let status = std::process::Command::new("git").args(args).status().unwrap();
+        assert!(status.success(), "git {args:?}");
+    };
+    run_git(&[
+        "clone",
+        "--quiet",
+        "--bare",
+        fleet.world.repos.comfyui.repo.path.to_str().unwrap(),
+        served.to_str().unwrap(),
+    ]);
+    run_git(&["--git-dir", served.to_str().unwrap(), "update-server-info"]);
+    fleet.world.server.require_basic_auth(USERNAME, SECRET);
+    let git_url = format!("{}/git/ComfyUI.git", fleet.base_url());
+    let spec = fleet
+        .spec(|options| options.comfyui_git = git_url.clone())
+        .replace("trusted_hosts = [\"127.0.0.1\"]", "trusted_hosts = [\"127.0.0.1\"]\ncredential = \"farm\"")
+        .replace("[comfyui]\n", "[comfyui]\ncredential = \"farm\"\n");
+    assert!(
+        spec.contains("credential = \"farm\"\n[comfyui]")
+            || spec.matches("credential = \"farm\"").count() == 2
+    );
+    let spec_path = fleet.dir.path().join("private.toml");
+    std::fs::write(&spec_path, &spec).unwrap();
+    let mut outputs = Vec::new();
+
+    // A URL carrying the secret is refused, and the refusal does not repeat it.
+    let inline = fleet.spec(|options| {
+        options.comfyui_git = git_url.replace("http://", &format!("http://{USERNAME}:{SECRET}@"));
+    });
+    let inline_path = fleet.dir.path().join("inline.toml");
+    std::fs::write(&inline_path, &inline).unwrap();
+    let refused = fleet.cli(&["apply", "-f", inline_path.to_str().unwrap()]);
+    let text = refused.failure();
+    assert!(text.contains("comfyfleet secrets set") && text.contains("***@127.0.0.1"), "{text}");
+    outputs.push(text);
+
+    // A credential the controller does not have: refused, saying how to store it.
+    let missing = fleet.cli(&["apply", "-f", spec_path.to_str().unwrap()]).failure();
+    assert!(missing.contains("\"farm\"") && missing.contains("secrets set"), "{missing}");
+    assert_eq!(fleet.world.server.unauthorized_requests(), 0, "nothing was asked of the private host");
+
+    // Stored from stdin (never an argument), replaced, listed without the secret.
+    let set = |secret: &str| {
+        let mut child = std::process::Command::new(&comfyfleet_e2e::binaries().cli)
+            .args(["--config", fleet.controller.admin_config().to_str().unwrap()])
+            .args(["secrets", "set", "farm", "--username", USERNAME])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        use std::io::Write;
+        child.stdin.take().unwrap().write_all(format!("{secret}\n").as_bytes()).unwrap();
+        let output = child.wait_with_output().unwrap();
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    };
+    outputs.push(set("an-old-value-first"));
+    let replaced = set(SECRET);
+    assert!(replaced.contains("replaced"), "{replaced}");
+    outputs.push(replaced);
+
+    let via_cache = fleet.agent("via-cache", "rtx4090-x1-570");
+    let direct = fleet.agent_with("direct", "rtx4090-x1-570", &["--no-package-cache"], None);
+    let running = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let encoded = {
+        use base64::Engine as _;
+        base64::engine::general_purpose::STANDARD.encode(format!("{USERNAME}:{SECRET}"))
+    };
+    let needles: Vec<Vec<u8>> = vec![SECRET.as_bytes().to_vec(), encoded.as_bytes().to_vec()];
+    let sampler = watch_command_lines(needles.clone(), running.clone());
+    // The controller pins ComfyUI and locks through the private host.
+    outputs.push(fleet.cli(&["apply", "-f", spec_path.to_str().unwrap()]).success());
+    let git_before = fleet.world.server.requests_matching("/git/");
+    let rolled = fleet.cli(&["rollout", "start", "render-prod", "--wait", "--timeout", "5m"]).success();
+    running.store(false, std::sync::atomic::Ordering::SeqCst);
+    let (command_line_hits, seen) = sampler.join().unwrap();
+    assert!(rolled.contains("succeeded: 2 active"), "{rolled}");
+    assert!(current_target(&via_cache).is_some() && current_target(&direct).is_some());
+    assert!(fleet.world.server.unauthorized_requests() > 0, "the host asked for the credential");
+    assert!(seen >= 3, "the sampler saw git and uv run ({seen} command lines)");
+    assert!(command_line_hits.is_empty(), "command lines with the secret: {command_line_hits:?}");
+    // The agent on the cache got ComfyUI as the controller's bundle; the other fetched it.
+    assert!(
+        fleet.world.server.requests_matching("/git/") > git_before,
+        "the direct agent fetched from the host"
+    );
+
+    // Deleting it while a spec names it is refused.
+    let in_use = fleet.cli(&["secrets", "delete", "farm"]).failure();
+    assert!(in_use.contains("render-prod@1") && in_use.contains("--force"), "{in_use}");
+    outputs.push(in_use);
+
+    for args in [
+        &["secrets", "list"][..],
+        &["secrets", "list", "-o", "json"],
+        &["env", "show", "render-prod"],
+        &["env", "show", "render-prod", "-o", "json"],
+        &["machines", "-o", "json"],
+        &["machines", "show", &fleet.machine_id("via-cache"), "-o", "json"],
+        &["machines", "show", &fleet.machine_id("direct"), "-o", "json"],
+        &["machines", "show", &fleet.machine_id("direct")],
+        &["audit", "-o", "json"],
+        &["rollout", "list"],
+    ] {
+        outputs.push(fleet.cli(args).success());
+    }
+    let listed = fleet.cli(&["secrets", "list", "-o", "json"]).success();
+    assert!(listed.contains("\"username\": \"builder\"") && listed.contains("render-prod@1"), "{listed}");
+    let audit = fleet.cli(&["audit", "-o", "json"]).success();
+    assert!(audit.contains("secret.set") && audit.contains("replaced"), "{audit}");
+    for output in &outputs {
+        assert!(
+            !output.contains(SECRET) && !output.contains(&encoded),
+            "an output holds the secret:\n{output}"
+        );
+    }
+    // Logs, the database, the controller's caches and copies, the agents' data dirs
+    // (their environments, .git/config included, journals and caches).
+    let needle_refs: Vec<&[u8]> = needles.iter().map(Vec::as_slice).collect();
+    let hits = files_containing(fleet.dir.path(), &needle_refs);
+    // (inline.toml is the refused spec this test wrote with the secret in it.)
+    let hits: Vec<&String> = hits.iter().filter(|hit| !hit.contains("/inline.toml:")).collect();
+    assert!(hits.is_empty(), "files holding the secret: {hits:?}");
+    let config = std::fs::read_to_string(direct.data_dir.join("current/ComfyUI/.git/config")).unwrap();
+    assert!(config.contains(&git_url), "the checkout names its origin without a secret: {config}");
+}

@@ -27,6 +27,10 @@ pub struct PathCount {
 struct Faults {
     delays: Vec<(String, Duration)>,
     replacements: HashMap<String, Arc<Vec<u8>>>,
+    /// The `Authorization` value every request must carry (a private index).
+    required_authorization: Option<String>,
+    /// Requests answered 401 for want of it.
+    unauthorized: u64,
 }
 
 #[derive(Debug)]
@@ -148,6 +152,19 @@ impl IndexServer {
         self.shared.faults.lock().unwrap().replacements.insert(path, Arc::new(body));
     }
 
+    /// Answers 401 (with a Basic challenge) to every request that does not carry
+    /// `username:password` as HTTP basic auth: a private index and git host.
+    pub fn require_basic_auth(&self, username: &str, password: &str) {
+        use base64::Engine as _;
+        let pair = base64::engine::general_purpose::STANDARD.encode(format!("{username}:{password}"));
+        self.shared.faults.lock().unwrap().required_authorization = Some(format!("Basic {pair}"));
+    }
+
+    /// Requests refused for want of the required credential.
+    pub fn unauthorized_requests(&self) -> u64 {
+        self.shared.faults.lock().unwrap().unauthorized
+    }
+
     /// Serves the file for `path` again.
     pub fn restore(&self, path: &str) {
         self.shared.faults.lock().unwrap().replacements.remove(&percent_decode(path));
@@ -212,6 +229,7 @@ struct Request {
     method: String,
     path: String,
     keep_alive: bool,
+    authorization: Option<String>,
 }
 
 fn serve_connection(stream: TcpStream, shared: &Shared) -> io::Result<()> {
@@ -241,6 +259,7 @@ fn read_request(reader: &mut impl BufRead) -> io::Result<Option<Request>> {
     };
     let mut keep_alive = version == "HTTP/1.1";
     let mut body_length = 0u64;
+    let mut authorization = None;
     loop {
         let mut header = String::new();
         if reader.read_line(&mut header)? == 0 {
@@ -260,12 +279,14 @@ fn read_request(reader: &mut impl BufRead) -> io::Result<Option<Request>> {
             };
         } else if name.eq_ignore_ascii_case("content-length") {
             body_length = value.parse().unwrap_or(0);
+        } else if name.eq_ignore_ascii_case("authorization") {
+            authorization = Some(value.to_owned());
         }
     }
     // A body is never expected; read it so the next request starts where it should.
     io::copy(&mut reader.take(body_length), &mut io::sink())?;
     let path = target.split(['?', '#']).next().unwrap_or(target);
-    Ok(Some(Request { method: method.to_owned(), path: percent_decode(path), keep_alive }))
+    Ok(Some(Request { method: method.to_owned(), path: percent_decode(path), keep_alive, authorization }))
 }
 
 enum Body {
@@ -275,7 +296,25 @@ enum Body {
 
 fn respond(writer: &mut TcpStream, request: &Request, shared: &Shared) -> io::Result<()> {
     let (delay, replacement) = {
-        let faults = shared.faults.lock().unwrap();
+        let mut faults = shared.faults.lock().unwrap();
+        if let Some(required) = &faults.required_authorization
+            && request.authorization.as_deref() != Some(required.as_str())
+        {
+            faults.unauthorized += 1;
+            drop(faults);
+            let connection = if request.keep_alive { "keep-alive" } else { "close" };
+            let body = b"credentials required\n";
+            let head = format!(
+                "HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: Basic realm=\"standin\"\r\nContent-Type: text/plain\r\n\
+                 Content-Length: {}\r\nConnection: {connection}\r\n\r\n",
+                body.len()
+            );
+            writer.write_all(head.as_bytes())?;
+            if request.method == "GET" {
+                writer.write_all(body)?;
+            }
+            return writer.flush();
+        }
         let delay = faults
             .delays
             .iter()
