@@ -109,8 +109,6 @@ enum LoadError {
     Store(#[from] StoreError),
     #[error("the assigned revision {environment}@{number} ({id}) is not in the store")]
     MissingRevision { environment: String, number: u32, id: String },
-    #[error("the credentials its spec names: {0}")]
-    Secrets(#[from] crate::source_secrets::SourceSecretsError),
 }
 
 /// Starts pushing `machine`'s desired state into `outbound`, in the current span.
@@ -215,16 +213,23 @@ async fn load(
     };
     let lock_json = lock_for(store, specs, &revision.lock_digests, &assignment.plan_json).await?;
     let mut desired = pb::DesiredState::from(&assignment.record(revision.spec_json.clone(), lock_json));
-    desired.source_credentials = secrets
-        .named(&revision.credential_names)
-        .await?
-        .into_iter()
-        .map(|(name, secret)| pb::SourceCredential {
-            name,
-            username: secret.username,
-            secret: secret.password,
-        })
-        .collect();
+    // An agent on the package cache may need none of them: the assignment goes out
+    // even when they cannot be read, and a build that needs one fails saying so.
+    match secrets.named(&revision.credential_names).await {
+        Ok(named) => {
+            desired.source_credentials = named
+                .into_iter()
+                .map(|(name, secret)| pb::SourceCredential {
+                    name,
+                    username: secret.username,
+                    secret: secret.password,
+                })
+                .collect();
+        }
+        Err(error) => {
+            tracing::warn!(%error, "cannot read the source credentials the assigned spec names; sending it without");
+        }
+    }
     Ok(Some((assignment, desired)))
 }
 

@@ -230,11 +230,16 @@ impl Executor {
             message: format!("cannot create {}: {error}", env.meta().display()),
         })?;
         let mut progress = Progress::load(&env);
-        let credentials = {
+        let (credentials, undelivered) = {
             let held = self.tools.source_secrets.read().unwrap_or_else(std::sync::PoisonError::into_inner);
             let mut credentials = SourceCredentials::default();
             credentials.add_spec(&assignment.spec, &held);
-            credentials
+            let undelivered: Vec<String> =
+                comfyfleet_config::source_credentials::credential_names(&assignment.spec)
+                    .into_iter()
+                    .filter(|name| !held.contains_key(name))
+                    .collect();
+            (credentials, undelivered)
         };
         let mut build = Build {
             tools: &self.tools,
@@ -283,7 +288,15 @@ impl Executor {
                     progress.done.push(report);
                     progress.save(&env).map_err(|message| StepFailure { step, message })?;
                 }
-                Err(message) => {
+                Err(mut message) => {
+                    if !undelivered.is_empty() {
+                        // Most likely why a private source refused it.
+                        message.push_str(&format!(
+                            " (the controller sent no credential {} that the spec names: see `comfyfleet secrets \
+                             list`)",
+                            undelivered.join(", ")
+                        ));
+                    }
                     handle.finish(StepState::Failed, message.clone());
                     return Err(StepFailure { step, message });
                 }

@@ -628,4 +628,14 @@ fn a_spec_names_a_stored_credential_and_the_secret_shows_up_nowhere() {
     assert!(hits.is_empty(), "files holding the secret: {hits:?}");
     let config = std::fs::read_to_string(direct.data_dir.join("current/ComfyUI/.git/config")).unwrap();
     assert!(config.contains(&git_url), "the checkout names its origin without a secret: {config}");
+
+    // Deleted anyway: a machine fetching directly then fails, saying which is missing.
+    fleet.cli(&["secrets", "delete", "farm", "--force"]).success();
+    let _late = fleet.agent_with("late", "rtx4090-x1-570", &["--no-package-cache"], None);
+    let _ = fleet.cli(&["rollout", "start", "render-prod", "--wait", "--timeout", "2m"]);
+    let late = fleet.wait_for(&fleet.machine_id("late"), "the build to fail", |machine| {
+        machine["report"]["phase"] == "failed"
+    });
+    let failure = late["report"].to_string();
+    assert!(failure.contains("the controller sent no credential farm"), "{failure}");
 }
