@@ -133,14 +133,14 @@ impl SourceSecrets {
         {
             return Ok(known.clone());
         }
-        let mut known = BTreeMap::new();
-        for (store_name, sealed, _) in self.store.sealed_secrets(PREFIX).await? {
-            let name = store_name.trim_start_matches(PREFIX).to_owned();
-            let plain = self.key.open(&self.fleet_id, &store_name, &sealed)?;
-            let stored: Stored = serde_json::from_slice(&plain)
-                .map_err(|e| SourceSecretsError::Corrupt(name.clone(), e.to_string()))?;
-            known.insert(name, SourceSecret { username: stored.username, password: stored.secret });
-        }
+        let known: BTreeMap<String, SourceSecret> = self
+            .opened()
+            .await?
+            .into_iter()
+            .map(|(name, stored, _)| {
+                (name, SourceSecret { username: stored.username, password: stored.secret })
+            })
+            .collect();
         let known = Arc::new(known);
         *self.fresh.lock().unwrap_or_else(PoisonError::into_inner) = Some((Instant::now(), known.clone()));
         Ok(known)
@@ -148,15 +148,24 @@ impl SourceSecrets {
 
     /// The stored credentials, by name, with their usernames.
     pub async fn list(&self) -> Result<Vec<SourceSecretInfo>, SourceSecretsError> {
-        let mut listed = Vec::new();
+        let opened = self.opened().await?;
+        Ok(opened
+            .into_iter()
+            .map(|(name, stored, set_at)| SourceSecretInfo { name, username: stored.username, set_at })
+            .collect())
+    }
+
+    /// Every stored credential read from the store and opened, by name.
+    async fn opened(&self) -> Result<Vec<(String, Stored, Timestamp)>, SourceSecretsError> {
+        let mut opened = Vec::new();
         for (store_name, sealed, set_at) in self.store.sealed_secrets(PREFIX).await? {
             let name = store_name.trim_start_matches(PREFIX).to_owned();
             let plain = self.key.open(&self.fleet_id, &store_name, &sealed)?;
             let stored: Stored = serde_json::from_slice(&plain)
                 .map_err(|e| SourceSecretsError::Corrupt(name.clone(), e.to_string()))?;
-            listed.push(SourceSecretInfo { name, username: stored.username, set_at });
+            opened.push((name, stored, set_at));
         }
-        Ok(listed)
+        Ok(opened)
     }
 
     /// The credentials `spec` names, bound to its sources; every name must be stored.
