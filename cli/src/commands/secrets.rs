@@ -21,14 +21,20 @@ pub fn read_secret(name: &str, from_file: Option<&Path>) -> anyhow::Result<Strin
             .map_err(|error| anyhow::anyhow!("cannot read the secret from {}: {error}", path.display()))?,
         None => {
             let stdin = std::io::stdin();
-            if stdin.is_terminal() {
-                eprint!(
-                    "secret for {name} (one line; pipe it in or use --from-file to keep it off the screen): "
-                );
+            let terminal = stdin.is_terminal();
+            if terminal {
+                eprint!("secret for {name}: ");
                 let _ = std::io::stderr().flush();
+                // Typed, not shown, as passwd and ssh-keygen read one.
+                stty("-echo");
             }
             let mut line = String::new();
-            stdin.lock().read_line(&mut line)?;
+            let read = stdin.lock().read_line(&mut line);
+            if terminal {
+                stty("echo");
+                eprintln!();
+            }
+            read?;
             line
         }
     };
@@ -40,6 +46,15 @@ pub fn read_secret(name: &str, from_file: Option<&Path>) -> anyhow::Result<Strin
         );
     }
     Ok(secret)
+}
+
+/// `stty SETTING` on the terminal stdin is; without stty the secret is echoed.
+fn stty(setting: &str) {
+    let _ = std::process::Command::new("stty")
+        .arg(setting)
+        .stdin(std::process::Stdio::inherit())
+        .stderr(std::process::Stdio::null())
+        .status();
 }
 
 pub async fn set(
