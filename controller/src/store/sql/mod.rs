@@ -60,6 +60,24 @@ async fn fetch_machine(tx: &mut Transaction<'_, Db>, id: &str) -> StoreResult<Op
     row.as_ref().map(machine_from_row).transpose()
 }
 
+impl ThisStore {
+    /// Runs `statement` (a DELETE with one `?`, bound to `key`) and, when it removed a
+    /// row, the pending audit entry, in one transaction; whether a row went.
+    async fn delete_audited(&self, statement: &str, key: &str, doing: &'static str) -> StoreResult<bool> {
+        let mut tx = self.write_transaction(doing).await?;
+        let result = sqlx::query(sqlx::AssertSqlSafe(sql(statement)))
+            .bind(key)
+            .execute(&mut *tx)
+            .await
+            .map_err(database(doing))?;
+        if result.rows_affected() > 0 {
+            write_pending_audit(&mut tx, &[]).await?;
+        }
+        tx.commit().await.map_err(database(doing))?;
+        Ok(result.rows_affected() > 0)
+    }
+}
+
 #[async_trait::async_trait]
 impl Store for ThisStore {
     async fn create_join_token(&self, token: &JoinTokenRecord) -> StoreResult<()> {
@@ -103,17 +121,7 @@ impl Store for ThisStore {
     }
 
     async fn delete_join_token(&self, id: &str) -> StoreResult<bool> {
-        let mut tx = self.write_transaction("starting to delete a join token").await?;
-        let result = sqlx::query(sqlx::AssertSqlSafe(sql("DELETE FROM join_tokens WHERE id = ?")))
-            .bind(id)
-            .execute(&mut *tx)
-            .await
-            .map_err(database("deleting a join token"))?;
-        if result.rows_affected() > 0 {
-            write_pending_audit(&mut tx, &[]).await?;
-        }
-        tx.commit().await.map_err(database("committing a join token deletion"))?;
-        Ok(result.rows_affected() > 0)
+        self.delete_audited("DELETE FROM join_tokens WHERE id = ?", id, "deleting a join token").await
     }
 
     async fn enroll_machine(
@@ -511,17 +519,8 @@ impl Store for ThisStore {
     }
 
     async fn delete_sealed_secret(&self, name: &str) -> StoreResult<bool> {
-        let mut tx = self.write_transaction("deleting a sealed secret").await?;
-        let result = sqlx::query(sqlx::AssertSqlSafe(sql("DELETE FROM fleet_secrets WHERE name = ?")))
-            .bind(name)
-            .execute(&mut *tx)
+        self.delete_audited("DELETE FROM fleet_secrets WHERE name = ?", name, "deleting a sealed secret")
             .await
-            .map_err(database("deleting a sealed secret"))?;
-        if result.rows_affected() > 0 {
-            write_pending_audit(&mut tx, &[]).await?;
-        }
-        tx.commit().await.map_err(database("deleting a sealed secret"))?;
-        Ok(result.rows_affected() > 0)
     }
 
     async fn sealed_secrets(&self, prefix: &str) -> StoreResult<Vec<(String, SealedSecret, Timestamp)>> {
