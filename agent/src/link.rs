@@ -292,7 +292,7 @@ impl Link {
                     )
                 })
                 .collect();
-        *self.source_secrets.write().unwrap_or_else(std::sync::PoisonError::into_inner) = delivered;
+        self.source_secrets.deliver(delivered);
         let Some(record) = assignment_from_wire(desired) else {
             if self.desired.borrow().is_some() {
                 tracing::info!("the controller has no assignment for this machine; keeping what runs");

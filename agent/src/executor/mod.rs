@@ -66,8 +66,42 @@ pub struct Tools {
     pub source_secrets: HeldSecrets,
 }
 
-/// Source credentials by name, as the session last delivered them.
-pub type HeldSecrets = std::sync::Arc<std::sync::RwLock<std::collections::BTreeMap<String, SourceSecret>>>;
+/// Source credentials by name, as the session last delivered them: in memory only,
+/// so an agent that restarts holds none until its session delivers them again.
+#[derive(Debug, Clone, Default)]
+pub struct HeldSecrets(std::sync::Arc<HeldState>);
+
+#[derive(Debug, Default)]
+struct HeldState {
+    /// `None` until the first desired state of this process's sessions.
+    delivered: std::sync::RwLock<Option<std::collections::BTreeMap<String, SourceSecret>>>,
+    changed: tokio::sync::Notify,
+}
+
+impl HeldSecrets {
+    /// What a desired state brought: replaces what was held.
+    pub fn deliver(&self, secrets: std::collections::BTreeMap<String, SourceSecret>) {
+        *self.0.delivered.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(secrets);
+        self.0.changed.notify_waiters();
+    }
+
+    /// The credentials held once a session has delivered them: at once if one has,
+    /// else when it does (a build resumed from the journal right after a restart
+    /// waits for the controller rather than failing against a private source).
+    pub async fn delivered(&self) -> std::collections::BTreeMap<String, SourceSecret> {
+        loop {
+            let changed = self.0.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            if let Some(secrets) =
+                self.0.delivered.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+            {
+                return secrets;
+            }
+            changed.await;
+        }
+    }
+}
 
 /// The controller's package cache, as this agent reaches it.
 #[derive(Debug, Clone)]
@@ -103,6 +137,32 @@ impl PackageCacheClient {
 
     pub fn bundle_url(&self, git: &str, commit: &str) -> String {
         format!("{}/git/{}/{commit}.bundle", self.base(), comfyfleet_config::lock::repository_key(git))
+    }
+}
+
+#[cfg(test)]
+mod held_tests {
+    use std::collections::BTreeMap;
+    use std::time::Duration;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_build_waits_for_the_first_delivery_and_not_after_it() {
+        let held = HeldSecrets::default();
+        let waiting = tokio::spawn({
+            let held = held.clone();
+            async move { held.delivered().await }
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!waiting.is_finished(), "nothing delivered yet");
+        let secret = SourceSecret { username: "u".to_owned(), password: "p".to_owned() };
+        held.deliver(BTreeMap::from([("farm".to_owned(), secret.clone())]));
+        let got = tokio::time::timeout(Duration::from_secs(5), waiting).await.unwrap().unwrap();
+        assert_eq!(got.get("farm"), Some(&secret));
+        held.deliver(BTreeMap::new());
+        let now = tokio::time::timeout(Duration::from_secs(1), held.delivered()).await.unwrap();
+        assert!(now.is_empty(), "a later delivery replaces, and is taken at once");
     }
 }
 
@@ -231,14 +291,17 @@ impl Executor {
         })?;
         let mut progress = Progress::load(&env);
         let (credentials, undelivered) = {
-            let held = self.tools.source_secrets.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let names = comfyfleet_config::source_credentials::credential_names(&assignment.spec);
+            let held = if names.is_empty() {
+                Default::default()
+            } else {
+                tracing::debug!(?names, "waiting for the session to deliver the credentials the spec names");
+                self.tools.source_secrets.delivered().await
+            };
             let mut credentials = SourceCredentials::default();
             credentials.add_spec(&assignment.spec, &held);
             let undelivered: Vec<String> =
-                comfyfleet_config::source_credentials::credential_names(&assignment.spec)
-                    .into_iter()
-                    .filter(|name| !held.contains_key(name))
-                    .collect();
+                names.into_iter().filter(|name| !held.contains_key(name)).collect();
             (credentials, undelivered)
         };
         let mut build = Build {
