@@ -498,8 +498,7 @@ impl pb::fleet_service_server::FleetService for FleetApi {
         let detail = format!("username {}; {{created}}", secret.username);
         let entry = AuditEntry::new(caller.actor(), "secret.set", &request.name, detail);
         let replaced =
-            self.state.source_secrets.list().await.map_err(internal)?.iter().any(|s| s.name == request.name);
-        audited(entry, self.state.source_secrets.set(&request.name, &secret)).await.map_err(internal)?;
+            audited(entry, self.state.source_secrets.set(&request.name, &secret)).await.map_err(internal)?;
         let used_by = source_secret_users(&self.state).await?.remove(&request.name).unwrap_or_default();
         Ok(Response::new(pb::SourceSecretInfo {
             name: request.name,

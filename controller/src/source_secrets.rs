@@ -80,15 +80,16 @@ impl SourceSecrets {
     }
 
     /// Stores (or replaces) `name`; the pending audit entry is written with it.
-    pub async fn set(&self, name: &str, secret: &SourceSecret) -> Result<(), SourceSecretsError> {
+    /// Whether it replaced a value.
+    pub async fn set(&self, name: &str, secret: &SourceSecret) -> Result<bool, SourceSecretsError> {
         let stored = Stored { username: secret.username.clone(), secret: secret.password.clone() };
         let plain = serde_json::to_vec(&stored)
             .map_err(|e| SourceSecretsError::Corrupt(name.to_owned(), e.to_string()))?;
         let store_name = Self::store_name(name);
         let sealed = self.key.seal(&self.fleet_id, &store_name, &plain);
-        self.store.set_sealed_secret(&store_name, &sealed, Timestamp::now()).await?;
+        let replaced = self.store.set_sealed_secret(&store_name, &sealed, Timestamp::now()).await?;
         self.forget();
-        Ok(())
+        Ok(replaced)
     }
 
     /// Deletes `name`; false when there was none.

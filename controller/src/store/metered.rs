@@ -215,7 +215,7 @@ impl<S: Store> Store for MeteredStore<S> {
         result
     }
 
-    async fn set_sealed_secret(&self, name: &str, secret: &SealedSecret, at: Timestamp) -> StoreResult<()> {
+    async fn set_sealed_secret(&self, name: &str, secret: &SealedSecret, at: Timestamp) -> StoreResult<bool> {
         let started = Instant::now();
         let result = self.inner.set_sealed_secret(name, secret, at).await;
         self.metrics.store_call("set_sealed_secret", started.elapsed(), result.is_err());

@@ -482,8 +482,9 @@ pub trait Store: Send + Sync + 'static {
         at: Timestamp,
     ) -> StoreResult<SealedSecret>;
     /// Stores `secret` as `name`, replacing any value it had (the pending audit entry
-    /// in the same transaction, `{created}` being "created" or "replaced").
-    async fn set_sealed_secret(&self, name: &str, secret: &SealedSecret, at: Timestamp) -> StoreResult<()>;
+    /// in the same transaction, `{created}` being "created" or "replaced"); whether
+    /// it replaced one.
+    async fn set_sealed_secret(&self, name: &str, secret: &SealedSecret, at: Timestamp) -> StoreResult<bool>;
     /// Deletes the sealed secret `name`; false when there was none.
     async fn delete_sealed_secret(&self, name: &str) -> StoreResult<bool>;
     /// The sealed secrets whose names start with `prefix`, by name, with when each

@@ -718,8 +718,8 @@ pub async fn sealed_secrets_are_kept_once(store: Arc<dyn Store>) {
     assert_eq!(store.sealed_secret("other").await.unwrap(), None);
 
     // Source credentials: set replaces, the list is by prefix, delete removes.
-    store.set_sealed_secret("source/farm", &first, Timestamp::now()).await.unwrap();
-    store.set_sealed_secret("source/farm", &second, Timestamp::now()).await.unwrap();
+    assert!(!store.set_sealed_secret("source/farm", &first, Timestamp::now()).await.unwrap(), "created");
+    assert!(store.set_sealed_secret("source/farm", &second, Timestamp::now()).await.unwrap(), "replaced");
     store.set_sealed_secret("source/git", &first, Timestamp::now()).await.unwrap();
     let listed = store.sealed_secrets("source/").await.unwrap();
     let names: Vec<(&str, &SealedSecret)> =

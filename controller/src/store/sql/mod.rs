@@ -33,6 +33,28 @@ fn select_machines(condition: &str) -> String {
     )
 }
 
+/// Inserts a sealed secret; `on_conflict` says what an existing one of that name gets.
+async fn insert_sealed(
+    tx: &mut Transaction<'_, Db>,
+    name: &str,
+    secret: &SealedSecret,
+    at: Timestamp,
+    on_conflict: &str,
+) -> StoreResult<()> {
+    let statement = format!(
+        "INSERT INTO fleet_secrets (name, nonce, sealed, created_at) VALUES (?, ?, ?, ?) {on_conflict}"
+    );
+    sqlx::query(sqlx::AssertSqlSafe(sql(&statement)))
+        .bind(name)
+        .bind(secret.nonce.as_slice())
+        .bind(secret.sealed.as_slice())
+        .bind(millis(at))
+        .execute(&mut **tx)
+        .await
+        .map_err(database("storing a sealed secret"))?;
+    Ok(())
+}
+
 /// Writes the audit entry of the change this transaction makes, if its caller gave
 /// one ([`crate::store::audited`]), with `facts` filled in: both commit, or neither.
 async fn write_pending_audit(tx: &mut Transaction<'_, Db>, facts: &[(&str, &str)]) -> StoreResult<()> {
@@ -472,16 +494,7 @@ impl Store for ThisStore {
         at: Timestamp,
     ) -> StoreResult<SealedSecret> {
         let mut tx = self.write_transaction("storing a sealed secret").await?;
-        sqlx::query(sqlx::AssertSqlSafe(sql(
-            "INSERT INTO fleet_secrets (name, nonce, sealed, created_at) VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
-        )))
-        .bind(name)
-        .bind(secret.nonce.as_slice())
-        .bind(secret.sealed.as_slice())
-        .bind(millis(at))
-        .execute(&mut *tx)
-        .await
-        .map_err(database("storing a sealed secret"))?;
+        insert_sealed(&mut tx, name, secret, at, "ON CONFLICT DO NOTHING").await?;
         let row =
             sqlx::query(sqlx::AssertSqlSafe(sql("SELECT nonce, sealed FROM fleet_secrets WHERE name = ?")))
                 .bind(name)
@@ -493,7 +506,7 @@ impl Store for ThisStore {
         Ok(stored)
     }
 
-    async fn set_sealed_secret(&self, name: &str, secret: &SealedSecret, at: Timestamp) -> StoreResult<()> {
+    async fn set_sealed_secret(&self, name: &str, secret: &SealedSecret, at: Timestamp) -> StoreResult<bool> {
         let mut tx = self.write_transaction("storing a sealed secret").await?;
         let existed: bool = sqlx::query_scalar(sqlx::AssertSqlSafe(sql(
             "SELECT EXISTS (SELECT 1 FROM fleet_secrets WHERE name = ?)",
@@ -502,20 +515,12 @@ impl Store for ThisStore {
         .fetch_one(&mut *tx)
         .await
         .map_err(database("reading a sealed secret"))?;
-        sqlx::query(sqlx::AssertSqlSafe(sql(
-            "INSERT INTO fleet_secrets (name, nonce, sealed, created_at) VALUES (?, ?, ?, ?) \
-             ON CONFLICT (name) DO UPDATE SET nonce = excluded.nonce, sealed = excluded.sealed, \
-             created_at = excluded.created_at",
-        )))
-        .bind(name)
-        .bind(secret.nonce.as_slice())
-        .bind(secret.sealed.as_slice())
-        .bind(millis(at))
-        .execute(&mut *tx)
-        .await
-        .map_err(database("storing a sealed secret"))?;
+        let replace = "ON CONFLICT (name) DO UPDATE SET nonce = excluded.nonce, sealed = excluded.sealed, \
+                       created_at = excluded.created_at";
+        insert_sealed(&mut tx, name, secret, at, replace).await?;
         write_pending_audit(&mut tx, &[("created", if existed { "replaced" } else { "created" })]).await?;
-        tx.commit().await.map_err(database("storing a sealed secret"))
+        tx.commit().await.map_err(database("storing a sealed secret"))?;
+        Ok(existed)
     }
 
     async fn delete_sealed_secret(&self, name: &str) -> StoreResult<bool> {
