@@ -7,6 +7,12 @@
 //!
 //! Requirement files come from repositories, so option lines in them are dropped as
 //! the agent always did (packages come from the spec's indexes only).
+//!
+//! Nothing of a package runs here: uv resolves from wheels only (`--no-build`), so a
+//! package that exists only as a source distribution is refused, by name, before its
+//! build backend could run as the controller's user (who can read the CA key and every
+//! stored secret). uv runs in the daemons' allow-listed environment with only the
+//! credentials of the spec's indexes added, and dies with the controller.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -36,6 +42,8 @@ const ERROR_LINES: usize = 12;
 pub struct Locker {
     /// `--uv`, else `uv` on PATH.
     pub uv: Option<PathBuf>,
+    /// What uv's environment is made of.
+    pub children: comfyfleet_daemon::child_env::ChildEnvironment,
     /// Scratch space and uv's cache for resolving.
     pub work: PathBuf,
     pub mirror: GitMirror,
@@ -320,8 +328,20 @@ impl Locker {
         let (spec, credentials) = sources;
         let out = dir.join("pylock.toml");
         let mut command = Command::new(uv);
+        self.children.apply(&mut command);
         command
-            .args(["pip", "compile", "--no-config", "--quiet", "--format", "pylock.toml", "--no-header"])
+            // --no-build: resolving never runs a package's build backend (uv reads
+            // metadata from wheels and their PEP 658 files only).
+            .args([
+                "pip",
+                "compile",
+                "--no-build",
+                "--no-config",
+                "--quiet",
+                "--format",
+                "pylock.toml",
+                "--no-header",
+            ])
             .arg("--python-version")
             .arg(class.python_version())
             .arg("--python-platform")
@@ -353,6 +373,8 @@ impl Locker {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true);
+        // A controller killed mid-apply leaves no uv resolving behind it.
+        comfyfleet_daemon::children::die_with_parent(&mut command);
         let child = command.spawn().map_err(|error| format!("cannot run {}: {error}", uv.display()))?;
         let output = tokio::time::timeout(COMPILE_TIMEOUT, child.wait_with_output())
             .await
@@ -362,12 +384,75 @@ impl Locker {
             let stderr = String::from_utf8_lossy(&output.stderr);
             let lines: Vec<&str> = stderr.lines().filter(|line| !line.trim().is_empty()).collect();
             let tail = lines[lines.len().saturating_sub(ERROR_LINES)..].join("\n  ");
+            let source_only = source_only_packages(&stderr);
+            if !source_only.is_empty() {
+                return Err(source_only_refusal(&source_only, class, &tail));
+            }
             return Err(format!("uv could not resolve the requirements:\n  {tail}"));
         }
         std::fs::read_to_string(&out).map_err(|error| format!("uv wrote no {}: {error}", out.display()))
     }
 }
 
+/// The packages uv could not use because it would have had to build them: it names
+/// each in backticks after "Wheels are required for" (no version has a wheel for the
+/// class) or "attempted to build" / "source distributions for" (a direct reference).
+fn source_only_packages(stderr: &str) -> Vec<String> {
+    const MARKERS: &[&str] =
+        &["Wheels are required for `", "attempted to build `", "source distributions for `"];
+    let mut names = Vec::new();
+    for marker in MARKERS {
+        for (at, _) in stderr.match_indices(marker) {
+            let rest = &stderr[at + marker.len()..];
+            if let Some(end) = rest.find('`') {
+                let name = normalize_package_name(&rest[..end]);
+                if !name.is_empty() && !names.contains(&name) {
+                    names.push(name);
+                }
+            }
+        }
+    }
+    names
+}
+
+/// Why a source-only package is refused, and how to provide a wheel.
+fn source_only_refusal(names: &[String], class: &BuildClass, tail: &str) -> String {
+    let (list, is) = match names {
+        [one] => (one.clone(), "is"),
+        _ => (names.join(", "), "are"),
+    };
+    format!(
+        "{list} {is} published only as a source distribution for {class} on the spec's indexes, and the \
+         controller never builds a package: building runs the package's own code. Provide a wheel: build one \
+         (`uv build --wheel`, or `pip wheel --no-deps {first}==VERSION`) for {class} on a build machine and host it \
+         on the spec's index or an `index.extra` index, or require a version of {first} that publishes wheels \
+         (uv said:\n  {tail})",
+        first = names.first().map_or("it", String::as_str),
+    )
+}
+
 fn write(path: &Path, text: &str) -> Result<(), String> {
     std::fs::write(path, text).map_err(|error| format!("cannot write {}: {error}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_source_only_package_is_named_from_what_uv_says() {
+        let stderr = "error: No solution found when resolving dependencies\n  cause: Because evil-pkg==1.0 has no \
+                      usable wheels and only evil-pkg==1.0 is available, we can conclude that all versions of \
+                      evil-pkg cannot be used.\n\nhint: Wheels are required for `evil-pkg` because building from \
+                      source is disabled for all packages (i.e., with `--no-build`)\n";
+        assert_eq!(source_only_packages(stderr), vec!["evil-pkg".to_owned()]);
+        assert!(source_only_packages("error: No solution found: foo>=9 is not available").is_empty());
+        let class = BuildClass::parse("cp312-cu128-linux_x86_64").unwrap();
+        let refusal = source_only_refusal(&["evil-pkg".to_owned()], &class, "hint: …");
+        assert!(
+            refusal.starts_with("evil-pkg is published only as a source distribution for cp312-cu128"),
+            "{refusal}"
+        );
+        assert!(refusal.contains("host it on the spec's index"), "{refusal}");
+    }
 }
