@@ -31,6 +31,9 @@ use tokio::process::Command;
 use crate::git_mirror::GitMirror;
 use crate::store::{PackageFile, StoredLock};
 
+mod source_only;
+use source_only::{ClassFailure, SourceOnly};
+
 /// uv resolving one class against a real index takes seconds; a hung index must
 /// not hold apply forever.
 const COMPILE_TIMEOUT: Duration = Duration::from_secs(600);
@@ -185,6 +188,7 @@ impl Locker {
         let resolver = Resolver::new(spec);
         let mut locks = Vec::new();
         let mut problems = Vec::new();
+        let mut source_only = SourceOnly::default();
         for class in classes {
             let class = BuildClass::parse(class)?;
             let inputs = match resolver.lock_inputs(&class) {
@@ -196,9 +200,11 @@ impl Locker {
             };
             match self.lock_class(&uv, spec, &class, &inputs, &sources, credentials).await {
                 Ok(lock) => locks.push(lock),
-                Err(problem) => problems.push(format!("build class {class}: {problem}")),
+                Err(ClassFailure::SourceOnly(packages)) => source_only.add(&packages, &class),
+                Err(ClassFailure::Other(problem)) => problems.push(format!("build class {class}: {problem}")),
             }
         }
+        problems.extend(source_only.refusals());
         if !problems.is_empty() {
             return Err(problems.join("\n"));
         }
@@ -253,7 +259,7 @@ impl Locker {
         inputs: &LockInputs,
         sources: &[(String, String)],
         credentials: &SourceCredentials,
-    ) -> Result<Lock, String> {
+    ) -> Result<Lock, ClassFailure> {
         let dir = self.work.join(format!("{class}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).map_err(|error| format!("cannot create {}: {error}", dir.display()))?;
@@ -310,7 +316,7 @@ impl Locker {
                     };
                     let (requirement, _) = optional.remove(position);
                     let name = comfyfleet_config::requirements::requirement_name(requirement).to_owned();
-                    unresolved.insert(normalize_package_name(&name), error);
+                    unresolved.insert(normalize_package_name(&name), error.to_string());
                 }
             }
         }
@@ -324,7 +330,7 @@ impl Locker {
         inputs: &LockInputs,
         dir: &Path,
         files: &[PathBuf],
-    ) -> Result<String, String> {
+    ) -> Result<String, ClassFailure> {
         let (spec, credentials) = sources;
         let out = dir.join("pylock.toml");
         let mut command = Command::new(uv);
@@ -384,75 +390,17 @@ impl Locker {
             let stderr = String::from_utf8_lossy(&output.stderr);
             let lines: Vec<&str> = stderr.lines().filter(|line| !line.trim().is_empty()).collect();
             let tail = lines[lines.len().saturating_sub(ERROR_LINES)..].join("\n  ");
-            let source_only = source_only_packages(&stderr);
-            if !source_only.is_empty() {
-                return Err(source_only_refusal(&source_only, class, &tail));
+            let packages = source_only::packages_named(&stderr);
+            if !packages.is_empty() {
+                return Err(ClassFailure::SourceOnly(packages));
             }
-            return Err(format!("uv could not resolve the requirements:\n  {tail}"));
+            return Err(ClassFailure::Other(format!("uv could not resolve the requirements:\n  {tail}")));
         }
-        std::fs::read_to_string(&out).map_err(|error| format!("uv wrote no {}: {error}", out.display()))
+        Ok(std::fs::read_to_string(&out)
+            .map_err(|error| format!("uv wrote no {}: {error}", out.display()))?)
     }
-}
-
-/// The packages uv could not use because it would have had to build them: it names
-/// each in backticks after "Wheels are required for" (no version has a wheel for the
-/// class) or "attempted to build" / "source distributions for" (a direct reference).
-fn source_only_packages(stderr: &str) -> Vec<String> {
-    const MARKERS: &[&str] =
-        &["Wheels are required for `", "attempted to build `", "source distributions for `"];
-    let mut names = Vec::new();
-    for marker in MARKERS {
-        for (at, _) in stderr.match_indices(marker) {
-            let rest = &stderr[at + marker.len()..];
-            if let Some(end) = rest.find('`') {
-                let name = normalize_package_name(&rest[..end]);
-                if !name.is_empty() && !names.contains(&name) {
-                    names.push(name);
-                }
-            }
-        }
-    }
-    names
-}
-
-/// Why a source-only package is refused, and how to provide a wheel.
-fn source_only_refusal(names: &[String], class: &BuildClass, tail: &str) -> String {
-    let (list, is) = match names {
-        [one] => (one.clone(), "is"),
-        _ => (names.join(", "), "are"),
-    };
-    format!(
-        "{list} {is} published only as a source distribution for {class} on the spec's indexes, and the \
-         controller never builds a package: building runs the package's own code. Provide a wheel: build one \
-         (`uv build --wheel`, or `pip wheel --no-deps {first}==VERSION`) for {class} on a build machine and host it \
-         on the spec's index or an `index.extra` index, or require a version of {first} that publishes wheels \
-         (uv said:\n  {tail})",
-        first = names.first().map_or("it", String::as_str),
-    )
 }
 
 fn write(path: &Path, text: &str) -> Result<(), String> {
     std::fs::write(path, text).map_err(|error| format!("cannot write {}: {error}", path.display()))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_source_only_package_is_named_from_what_uv_says() {
-        let stderr = "error: No solution found when resolving dependencies\n  cause: Because evil-pkg==1.0 has no \
-                      usable wheels and only evil-pkg==1.0 is available, we can conclude that all versions of \
-                      evil-pkg cannot be used.\n\nhint: Wheels are required for `evil-pkg` because building from \
-                      source is disabled for all packages (i.e., with `--no-build`)\n";
-        assert_eq!(source_only_packages(stderr), vec!["evil-pkg".to_owned()]);
-        assert!(source_only_packages("error: No solution found: foo>=9 is not available").is_empty());
-        let class = BuildClass::parse("cp312-cu128-linux_x86_64").unwrap();
-        let refusal = source_only_refusal(&["evil-pkg".to_owned()], &class, "hint: …");
-        assert!(
-            refusal.starts_with("evil-pkg is published only as a source distribution for cp312-cu128"),
-            "{refusal}"
-        );
-        assert!(refusal.contains("host it on the spec's index"), "{refusal}");
-    }
 }
