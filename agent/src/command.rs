@@ -1,7 +1,8 @@
 //! Running the programs the executor drives (uv, git, the venv's python): no shell,
-//! an environment built from an allow-list (the agent's own secrets, such as its
-//! join token, never reach a child), output captured line by line for progress and
-//! kept as a tail for reports, a deadline, and death with the agent.
+//! an environment built from the daemons' allow-list (`comfyfleet_daemon::child_env`:
+//! the agent's own secrets, such as its join token, never reach a child), output
+//! captured line by line for progress and kept as a tail for reports, a deadline, and
+//! death with the agent.
 
 use std::collections::VecDeque;
 use std::ffi::OsString;
@@ -12,62 +13,13 @@ use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::process::Command;
 
-/// Environment variables a child inherits from the agent, besides what the agent
-/// sets itself: what programs need to find things, proxies and CA bundles (a farm
-/// behind a proxy), and the GPUs a machine lets ComfyUI see.
-const INHERITED: &[&str] = &[
-    "PATH",
-    "HOME",
-    "USER",
-    "LANG",
-    "LC_ALL",
-    "LC_CTYPE",
-    "TZ",
-    "TMPDIR",
-    "SSL_CERT_FILE",
-    "SSL_CERT_DIR",
-    "HTTP_PROXY",
-    "HTTPS_PROXY",
-    "NO_PROXY",
-    "http_proxy",
-    "https_proxy",
-    "no_proxy",
-    "CUDA_VISIBLE_DEVICES",
-    "NVIDIA_VISIBLE_DEVICES",
-    "LD_LIBRARY_PATH",
-];
-
 /// Lines of output a report keeps per step.
 const TAIL_LINES: usize = 40;
 const TAIL_BYTES: usize = 4096;
 /// Longer lines (a progress bar, minified JSON) are cut.
 const MAX_LINE: usize = 512;
 
-/// Which of the agent's environment variables children see.
-#[derive(Debug, Clone)]
-pub struct ChildEnvironment {
-    inherited: Vec<(String, OsString)>,
-}
-
-impl ChildEnvironment {
-    /// The built-in allow-list plus `extra` names (`--pass-env`).
-    pub fn from_agent(extra: &[String]) -> Self {
-        let inherited = INHERITED
-            .iter()
-            .map(|name| (*name).to_owned())
-            .chain(extra.iter().cloned())
-            .filter_map(|name| std::env::var_os(&name).map(|value| (name, value)))
-            .collect();
-        Self { inherited }
-    }
-
-    pub fn apply(&self, command: &mut Command) {
-        command.env_clear();
-        for (name, value) in &self.inherited {
-            command.env(name, value);
-        }
-    }
-}
+pub use comfyfleet_daemon::child_env::ChildEnvironment;
 
 /// One program to run.
 #[derive(Debug, Clone)]
@@ -317,14 +269,14 @@ mod tests {
     async fn output_and_failures_are_captured_without_the_agents_environment() {
         // cargo runs tests with CARGO_MANIFEST_DIR set; it is not on the allow-list.
         assert!(std::env::var_os("CARGO_MANIFEST_DIR").is_some());
-        let environment = ChildEnvironment::from_agent(&[]);
+        let environment = ChildEnvironment::from_process(&[]);
         let mut seen = Vec::new();
         let invocation = Invocation::new("sh")
             .args(["-c", "echo out; echo err >&2; echo \"secret=$CARGO_MANIFEST_DIR\"; exit 3"]);
         let error = run(&invocation, &environment, &mut |line| seen.push(line.to_owned())).await.unwrap_err();
         assert!(seen.contains(&"out".to_owned()) && seen.contains(&"err".to_owned()));
         assert!(seen.contains(&"secret=".to_owned()), "{seen:?}");
-        let passed = ChildEnvironment::from_agent(&["CARGO_MANIFEST_DIR".to_owned()]);
+        let passed = ChildEnvironment::from_process(&["CARGO_MANIFEST_DIR".to_owned()]);
         let mut seen = Vec::new();
         let echo = Invocation::new("sh").args(["-c", "echo \"secret=$CARGO_MANIFEST_DIR\""]);
         run(&echo, &passed, &mut |line| seen.push(line.to_owned())).await.unwrap();

@@ -173,7 +173,7 @@ pub async fn run(options: AgentOptions, shutdown: impl Future<Output = ()>) -> R
     write_model_paths(&layout).map_err(|source| AgentError::Layout { path: layout.shared(), source })?;
     let journal = Journal::new(&layout.journal());
     let provisioning = options.provisioning;
-    let environment = ChildEnvironment::from_agent(&provisioning.pass_env);
+    let environment = ChildEnvironment::from_process(&provisioning.pass_env);
     let source_secrets = crate::executor::HeldSecrets::default();
     let tools = Tools {
         uv_override: provisioning.uv.clone(),

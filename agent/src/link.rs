@@ -288,7 +288,12 @@ impl Link {
                 .map(|credential| {
                     (
                         credential.name,
-                        SourceSecret { username: credential.username, password: credential.secret },
+                        SourceSecret {
+                            username: credential.username,
+                            password: credential.secret,
+                            // The agent binds it to these only (`SourceCredentials::add_spec`).
+                            origins: credential.origins,
+                        },
                     )
                 })
                 .collect();

@@ -415,11 +415,18 @@ enum SecretsCommand {
         /// indexes expect; GitHub takes any username with a token).
         #[arg(long, default_value = "__token__")]
         username: String,
+        /// An origin it may be sent to: scheme, host and port, exactly
+        /// (`https://mirror.farm.internal`, `http://10.0.0.5:8080`); repeatable, at
+        /// least one. A spec naming it for any other origin is refused. Setting it
+        /// again replaces the origins too.
+        #[arg(long = "origin", value_name = "ORIGIN", required = true, value_parser = parse_origin)]
+        origins: Vec<String>,
         /// Read the secret from the first line of this file instead of stdin.
         #[arg(long, value_name = "PATH")]
         from_file: Option<std::path::PathBuf>,
     },
-    /// List the stored credentials: names, usernames, who names them (never secrets).
+    /// List the stored credentials: names, usernames, origins, who names them (never
+    /// secrets).
     List {
         #[arg(short, long, value_enum, default_value = "table")]
         output: OutputFormat,
@@ -436,6 +443,10 @@ enum SecretsCommand {
 fn parse_ttl(text: &str) -> Result<Duration, String> {
     let ttl = comfyfleet_config::duration::parse_positive(text).map_err(|e| e.to_string())?;
     if ttl < Duration::from_secs(1) { Err("the TTL must be at least 1s".into()) } else { Ok(ttl) }
+}
+
+fn parse_origin(text: &str) -> Result<String, String> {
+    comfyfleet_config::source_credentials::parse_origin(text)
 }
 
 fn parse_role(text: &str) -> Result<Role, String> {
@@ -485,9 +496,9 @@ async fn run(cli: Cli) -> anyhow::Result<String> {
         Command::Credentials(CredentialsCommand::Create { name, role, token_only }) => {
             commands::credentials::create(&mut fleet, &config, name, role, token_only).await
         }
-        Command::Secrets(SecretsCommand::Set { name, username, from_file }) => {
+        Command::Secrets(SecretsCommand::Set { name, username, origins, from_file }) => {
             let secret = commands::secrets::read_secret(&name, from_file.as_deref())?;
-            commands::secrets::set(&mut fleet, name, username, secret).await
+            commands::secrets::set(&mut fleet, name, username, origins, secret).await
         }
         Command::Secrets(SecretsCommand::List { output }) => {
             commands::secrets::list(&mut fleet, output).await

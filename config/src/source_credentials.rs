@@ -6,29 +6,45 @@
 //! host and port) of the URLs that name it, as uv and pip send an index's credentials
 //! to files linked from it on the same host.
 //!
+//! Storing a secret is an admin's right and naming one in a spec an operator's, so
+//! the admin binds each secret to the origins it may be sent to
+//! (`secrets set NAME --origin https://mirror.farm.internal`): a spec that names it for
+//! any other origin is refused, and nothing here ever attaches it to a request for
+//! another origin. A secret stored before origins existed is bound to none.
+//!
 //! What uv and git get is environment only: uv's named-index variables
 //! (`UV_INDEX_<NAME>_USERNAME`), and for git a credential helper configured through
 //! `GIT_CONFIG_COUNT` that prints variables it inherits. Nothing secret is ever an
 //! argument (visible in `ps`) or a file.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::OsString;
 
 use base64::Engine as _;
 
 use crate::spec::{Spec, names};
 
+/// The most origins one secret is bound to.
+pub const MAX_ORIGINS: usize = 32;
+
 /// A stored credential's value: HTTP basic auth (a token is the password, with the
-/// username the service expects, `__token__` by default).
+/// username the service expects, `__token__` by default), and the origins its admin
+/// bound it to.
 #[derive(Clone, PartialEq, Eq)]
 pub struct SourceSecret {
     pub username: String,
     pub password: String,
+    /// Canonical origins ([`parse_origin`]) it may be sent to; empty: none (a secret
+    /// stored before secrets were bound).
+    pub origins: Vec<String>,
 }
 
 impl std::fmt::Debug for SourceSecret {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SourceSecret").field("username", &self.username).finish_non_exhaustive()
+        f.debug_struct("SourceSecret")
+            .field("username", &self.username)
+            .field("origins", &self.origins)
+            .finish_non_exhaustive()
     }
 }
 
@@ -39,8 +55,29 @@ impl SourceSecret {
         format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(pair))
     }
 
-    /// Checks a value before it is stored: printable, one line, bounded.
+    /// Whether it may be sent to `origin` (canonical, as [`origin`] gives it).
+    pub fn allows(&self, origin: &str) -> bool {
+        self.origins.iter().any(|allowed| allowed == origin)
+    }
+
+    /// Checks a value before it is stored: printable, one line, bounded, bound to
+    /// 1 to [`MAX_ORIGINS`] canonical origins.
     pub fn check(&self) -> Result<(), String> {
+        if self.origins.is_empty() {
+            return Err(
+                "name the origins it may be sent to: --origin https://HOST[:PORT] (repeatable); a spec that \
+                 names it for any other origin is refused"
+                    .to_owned(),
+            );
+        }
+        if self.origins.len() > MAX_ORIGINS {
+            return Err(format!("a secret is bound to at most {MAX_ORIGINS} origins"));
+        }
+        for given in &self.origins {
+            if parse_origin(given).as_deref() != Ok(given.as_str()) {
+                return Err(format!("origin {given:?} is not a canonical origin (see parse_origin)"));
+            }
+        }
         let printable = |text: &str| !text.chars().any(|c| c.is_control());
         if self.username.is_empty() || self.username.len() > 256 || self.username.contains(':') {
             return Err("the username must be 1 to 256 characters without `:`".to_owned());
@@ -52,6 +89,65 @@ impl SourceSecret {
             return Err("the username and secret must be one line without control characters".to_owned());
         }
         Ok(())
+    }
+}
+
+/// An origin as an admin writes it (`https://mirror.farm.internal`,
+/// `http://10.0.0.5:8080/`), in the canonical form [`origin`] gives a URL: scheme,
+/// lowercased host, and the port unless it is the scheme's default. Exact only: no
+/// path, no username, no wildcard, so a secret goes only where its admin said.
+pub fn parse_origin(text: &str) -> Result<String, String> {
+    let text = text.trim();
+    let invalid = |why: &str| {
+        Err(format!(
+            "origin `{}` {why}: write scheme, host and port only, e.g. https://mirror.farm.internal or \
+             http://10.0.0.5:8080",
+            names::printable(text)
+        ))
+    };
+    let Some((scheme, rest)) = text.split_once("://") else { return invalid("has no scheme") };
+    if !matches!(scheme.to_ascii_lowercase().as_str(), "https" | "http") {
+        return invalid("is not http or https (ssh and file remotes take no secret)");
+    }
+    let authority = rest.strip_suffix('/').unwrap_or(rest);
+    if authority.contains(['/', '?', '#']) {
+        return invalid("has a path, query or fragment");
+    }
+    if authority.contains('@') {
+        return invalid("carries a username or password");
+    }
+    if authority.contains('*') {
+        return invalid("has a wildcard (name every host)");
+    }
+    let (host, port, v6) = match authority.strip_prefix('[') {
+        Some(bracketed) => {
+            let Some((host, after)) = bracketed.split_once(']') else {
+                return invalid("has an unclosed `[`");
+            };
+            match after.strip_prefix(':') {
+                Some(port) => (host, Some(port), true),
+                None if after.is_empty() => (host, None, true),
+                None => return invalid("has a bad port"),
+            }
+        }
+        None => match authority.split_once(':') {
+            Some((host, port)) => (host, Some(port), false),
+            None => (authority, None, false),
+        },
+    };
+    let host_character =
+        |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_') || (v6 && c == ':');
+    if host.is_empty() || !host.chars().all(host_character) {
+        return invalid("names no valid host");
+    }
+    if let Some(port) = port
+        && port.parse::<u16>().map_or(true, |port| port == 0)
+    {
+        return invalid("has a bad port");
+    }
+    match origin(text) {
+        Some(origin) => Ok(origin),
+        None => invalid("names no host"),
     }
 }
 
@@ -124,6 +220,56 @@ pub fn origin(url: &str) -> Option<String> {
     Some(format!("{scheme}://{host_port}"))
 }
 
+/// Each credential `spec` names, with the origins it names it for.
+pub fn credential_origins(spec: &Spec) -> BTreeMap<String, BTreeSet<String>> {
+    let mut origins: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for used in credential_uses(spec) {
+        origins.entry(used.name).or_default().extend(used.urls.iter().filter_map(|url| origin(url)));
+    }
+    origins
+}
+
+/// A spec naming a credential for an origin its admin did not bind it to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnboundUse {
+    /// Where the spec names it: `index.credential`.
+    pub key: String,
+    pub name: String,
+    pub origin: String,
+    /// The origins it is bound to (empty: stored before secrets were bound).
+    pub allowed: Vec<String>,
+}
+
+impl std::fmt::Display for UnboundUse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let Self { key, name, origin, allowed } = self;
+        if allowed.is_empty() {
+            write!(
+                f,
+                "{key}: credential \"{name}\" is bound to no origin (it was stored before secrets were bound to \
+                 origins), so it is sent nowhere: an admin binds it with `comfyfleet secrets set {name} --username \
+                 USER --origin {origin}` (the secret again on stdin)"
+            )
+        } else {
+            write!(
+                f,
+                "{key}: credential \"{name}\" may be sent only to {}, not to {origin}: name a credential stored for \
+                 {origin}, or ask an admin to bind it there (`comfyfleet secrets set {name} --origin {origin} …`)",
+                allowed.join(", ")
+            )
+        }
+    }
+}
+
+/// Why the credentials a spec names cannot be bound to its sources.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct CredentialRefusal {
+    /// Names nothing is stored under.
+    pub missing: Vec<String>,
+    /// Names used for an origin their secret is not bound to.
+    pub unbound: Vec<UnboundUse>,
+}
+
 /// The credentials one spec's sources need, each bound to its origins.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SourceCredentials {
@@ -133,26 +279,48 @@ pub struct SourceCredentials {
 
 impl SourceCredentials {
     /// Binds each credential `spec` names to its URLs' origins, from `known` (name →
-    /// value). Err: the names `known` lacks.
-    pub fn for_spec(spec: &Spec, known: &BTreeMap<String, SourceSecret>) -> Result<Self, Vec<String>> {
-        let mut missing: Vec<String> =
-            credential_names(spec).into_iter().filter(|name| !known.contains_key(name)).collect();
-        if !missing.is_empty() {
-            missing.dedup();
-            return Err(missing);
+    /// value). Refused when a name is not in `known`, or is named for an origin its
+    /// secret is not bound to: nothing is bound then, so nothing can be sent.
+    pub fn for_spec(spec: &Spec, known: &BTreeMap<String, SourceSecret>) -> Result<Self, CredentialRefusal> {
+        let mut refusal = CredentialRefusal::default();
+        for used in credential_uses(spec) {
+            let Some(secret) = known.get(&used.name) else {
+                if !refusal.missing.contains(&used.name) {
+                    refusal.missing.push(used.name);
+                }
+                continue;
+            };
+            for origin in used.urls.iter().filter_map(|url| origin(url)) {
+                let unbound = UnboundUse {
+                    key: used.key.clone(),
+                    name: used.name.clone(),
+                    origin,
+                    allowed: secret.origins.clone(),
+                };
+                if !secret.allows(&unbound.origin) && !refusal.unbound.contains(&unbound) {
+                    refusal.unbound.push(unbound);
+                }
+            }
+        }
+        if refusal != CredentialRefusal::default() {
+            refusal.missing.sort();
+            return Err(refusal);
         }
         let mut credentials = Self::default();
         credentials.add_spec(spec, known);
         Ok(credentials)
     }
 
-    /// Adds the origins of `spec`'s credentials that `known` has; an origin bound
-    /// already keeps its credential.
+    /// Adds the origins of `spec`'s credentials that `known` has and that each
+    /// secret is bound to (any other use is left out: the request goes without); an
+    /// origin bound already keeps its credential.
     pub fn add_spec(&mut self, spec: &Spec, known: &BTreeMap<String, SourceSecret>) {
         for used in credential_uses(spec) {
             let Some(secret) = known.get(&used.name) else { continue };
             for url in &used.urls {
-                if let Some(origin) = origin(url) {
+                if let Some(origin) = origin(url)
+                    && secret.allows(&origin)
+                {
                     self.by_origin.entry(origin).or_insert_with(|| (used.name.clone(), secret.clone()));
                 }
             }
@@ -273,7 +441,11 @@ mod tests {
     use super::*;
 
     fn secret(password: &str) -> SourceSecret {
-        SourceSecret { username: "builder".to_owned(), password: password.to_owned() }
+        SourceSecret {
+            username: "builder".to_owned(),
+            password: password.to_owned(),
+            origins: vec!["https://mirror.farm".to_owned()],
+        }
     }
 
     #[test]
@@ -324,6 +496,86 @@ mod tests {
         assert!(secret("x").check().is_ok());
         assert!(secret("").check().is_err());
         assert!(secret("a\nb").check().is_err());
-        assert!(SourceSecret { username: "a:b".to_owned(), password: "x".to_owned() }.check().is_err());
+        assert!(SourceSecret { username: "a:b".to_owned(), ..secret("x") }.check().is_err());
+        let unbound = SourceSecret { origins: Vec::new(), ..secret("x") };
+        assert!(unbound.check().unwrap_err().contains("--origin"));
+        let raw = SourceSecret { origins: vec!["https://Mirror.Farm/".to_owned()], ..secret("x") };
+        assert!(raw.check().is_err(), "stored origins are canonical");
+    }
+
+    #[test]
+    fn origins_are_exact_scheme_host_and_port() {
+        let ok = |text: &str| parse_origin(text).unwrap();
+        assert_eq!(ok("https://Mirror.Farm.Internal"), "https://mirror.farm.internal");
+        assert_eq!(ok("https://mirror.farm:443/"), "https://mirror.farm");
+        assert_eq!(ok("http://127.0.0.1:8080"), "http://127.0.0.1:8080");
+        assert_eq!(ok("https://[fd00::1]:8443"), "https://[fd00::1]:8443");
+        for bad in [
+            "mirror.farm",
+            "ssh://git@host",
+            "https://mirror.farm/simple",
+            "https://user:pw@mirror.farm",
+            "https://*.farm",
+            "https://mirror.farm:0",
+            "https://mirror.farm:x",
+            "https://",
+            "https://mirror.farm?x",
+            "https://[fd00::1",
+        ] {
+            let error = parse_origin(bad).unwrap_err();
+            assert!(error.contains("e.g. https://mirror.farm.internal"), "{bad}: {error}");
+        }
+    }
+
+    fn spec_naming(index: &str, credential: &str) -> Spec {
+        let text = format!(
+            "name = \"r\"\npython = \"3.12\"\n[comfyui]\ngit = \"https://github.com/c/ComfyUI\"\nref = \"v1\"\n\
+             [torch]\nversion = \"2.8.0\"\ncuda = [\"cu128\"]\n[index]\nurl = \"{index}\"\ncredential = \"{credential}\"\n"
+        );
+        Spec::parse("spec.toml", &text, crate::spec::SpecFormat::Toml).unwrap()
+    }
+
+    #[test]
+    fn a_secret_binds_only_to_the_origins_its_admin_named() {
+        let known: BTreeMap<String, SourceSecret> = [("farm".to_owned(), secret("hunter2"))].into();
+        let bound =
+            SourceCredentials::for_spec(&spec_naming("https://mirror.farm/simple", "farm"), &known).unwrap();
+        assert_eq!(
+            bound.authorization("https://mirror.farm/simple/x/"),
+            Some(secret("hunter2").basic_auth())
+        );
+
+        let elsewhere = spec_naming("https://operator.example:8443/simple", "farm");
+        let refusal = SourceCredentials::for_spec(&elsewhere, &known).unwrap_err();
+        assert!(refusal.missing.is_empty());
+        assert_eq!(refusal.unbound.len(), 1, "{refusal:?}");
+        let text = refusal.unbound[0].to_string();
+        assert!(
+            text.starts_with(
+                "index.credential: credential \"farm\" may be sent only to https://mirror.farm, not to \
+                              https://operator.example:8443"
+            ),
+            "{text}"
+        );
+        // What the package cache and agents use binds nothing there either.
+        let mut credentials = SourceCredentials::default();
+        credentials.add_spec(&elsewhere, &known);
+        assert!(credentials.is_empty());
+        assert_eq!(credentials.authorization("https://operator.example:8443/simple"), None);
+
+        let legacy: BTreeMap<String, SourceSecret> =
+            [("farm".to_owned(), SourceSecret { origins: Vec::new(), ..secret("hunter2") })].into();
+        let refusal =
+            SourceCredentials::for_spec(&spec_naming("https://mirror.farm/simple", "farm"), &legacy)
+                .unwrap_err();
+        assert!(refusal.unbound[0].to_string().contains("bound to no origin"), "{refusal:?}");
+        let refusal =
+            SourceCredentials::for_spec(&spec_naming("https://mirror.farm/simple", "other"), &known)
+                .unwrap_err();
+        assert_eq!(refusal.missing, vec!["other".to_owned()]);
+        assert_eq!(
+            credential_origins(&elsewhere),
+            [("farm".to_owned(), ["https://operator.example:8443".to_owned()].into())].into()
+        );
     }
 }

@@ -36,8 +36,9 @@ pub struct SpecCache {
 struct CachedRevision {
     spec_json: String,
     lock_digests: std::collections::BTreeMap<String, String>,
-    /// The stored credentials its spec names for its sources.
-    credential_names: Vec<String>,
+    /// The stored credentials its spec names for its sources, with the origins it
+    /// names each for.
+    credential_uses: std::collections::BTreeMap<String, std::collections::BTreeSet<String>>,
 }
 
 impl CachedRevision {
@@ -49,10 +50,10 @@ impl CachedRevision {
         }
         let lock_digests =
             serde_json::from_str::<Locks>(&spec_json).map(|locks| locks.lock.digests).unwrap_or_default();
-        let credential_names = serde_json::from_str::<comfyfleet_config::Spec>(&spec_json)
-            .map(|spec| comfyfleet_config::source_credentials::credential_names(&spec))
+        let credential_uses = serde_json::from_str::<comfyfleet_config::Spec>(&spec_json)
+            .map(|spec| comfyfleet_config::source_credentials::credential_origins(&spec))
             .unwrap_or_default();
-        Self { spec_json, lock_digests, credential_names }
+        Self { spec_json, lock_digests, credential_uses }
     }
 }
 
@@ -215,7 +216,7 @@ async fn load(
     let mut desired = pb::DesiredState::from(&assignment.record(revision.spec_json.clone(), lock_json));
     // An agent on the package cache may need none of them: the assignment goes out
     // even when they cannot be read, and a build that needs one fails saying so.
-    match secrets.named(&revision.credential_names).await {
+    match secrets.for_agent(&revision.credential_uses).await {
         Ok(named) => {
             desired.source_credentials = named
                 .into_iter()
@@ -223,6 +224,7 @@ async fn load(
                     name,
                     username: secret.username,
                     secret: secret.password,
+                    origins: secret.origins,
                 })
                 .collect();
         }

@@ -1,8 +1,9 @@
 //! The environment calls of the operators' API: applying a spec stores it as an
 //! immutable revision with every git ref pinned to a commit; the reads return those
-//! revisions. `fleet_service` authenticates the caller and delegates here.
+//! revisions. `fleet_service` authenticates the caller and delegates here. A refused
+//! apply or lock is audited (`refused`).
 
-use comfyfleet_config::source_credentials::SourceCredentials;
+use comfyfleet_config::source_credentials::{SourceCredentials, credential_names};
 use comfyfleet_config::spec::canonical::to_canonical_json;
 use comfyfleet_config::spec::names::printable;
 use comfyfleet_config::spec::source::MAX_SPEC_BYTES;
@@ -28,11 +29,27 @@ const CANDIDATES_SHOWN: usize = 10;
 const MAX_FILE_NAME: usize = 4096;
 
 /// Parses and checks the spec, pins its git refs and stores the pinned spec as a
-/// revision, or finds the revision that already holds exactly that.
+/// revision, or finds the revision that already holds exactly that. A refusal is
+/// audited.
 pub async fn apply(
     state: &ControllerState,
     caller: &Caller,
     request: pb::ApplyEnvironmentRequest,
+) -> Result<pb::ApplyEnvironmentResponse, Status> {
+    let mut attempt =
+        refused::Attempt { file: spec_file_name(&request.file_name).to_owned(), ..Default::default() };
+    let applied = apply_spec(state, caller, request, &mut attempt).await;
+    if let Err(status) = &applied {
+        refused::audit(state, caller, "environment.apply.refused", &attempt, status).await;
+    }
+    applied
+}
+
+async fn apply_spec(
+    state: &ControllerState,
+    caller: &Caller,
+    request: pb::ApplyEnvironmentRequest,
+    attempt: &mut refused::Attempt,
 ) -> Result<pb::ApplyEnvironmentResponse, Status> {
     let file = spec_file_name(&request.file_name);
     if request.spec.len() > MAX_SPEC_BYTES {
@@ -44,8 +61,12 @@ pub async fn apply(
     let format = spec_format(request.format, &request.file_name, &request.spec)?;
     let mut spec = Spec::parse(file, &request.spec, format)
         .map_err(|errors| Status::invalid_argument(errors.to_string()))?;
+    attempt.environment = Some(spec.name.clone());
+    attempt.credentials = credential_names(&spec);
+    // Before any source is contacted: a credential the spec names for an origin its
+    // admin did not bind it to is refused here, so it is never sent there.
     let credentials = source_credentials(state, &spec).await?;
-    let pins = git_pin::pin_spec(&mut spec, &state.settings.git, &credentials)
+    let pins = git_pin::pin_spec(&mut spec, &state.settings.git, &credentials, &state.settings.children)
         .await
         .map_err(|errors| Status::failed_precondition(errors.to_string()))?;
     let requested = parse_classes(&request.classes)?;
@@ -90,10 +111,11 @@ pub async fn apply(
 }
 
 /// The stored credentials `spec` names, bound to its sources; a name the
-/// controller does not have is refused with what to do.
+/// controller does not have, or one named for an origin its secret is not bound to,
+/// is refused with what to do.
 pub async fn source_credentials(state: &ControllerState, spec: &Spec) -> Result<SourceCredentials, Status> {
     state.source_secrets.for_spec(spec).await.map_err(|error| match error {
-        crate::source_secrets::SourceSecretsError::Missing(_) => {
+        crate::source_secrets::SourceSecretsError::Refused(_) => {
             Status::failed_precondition(error.to_string())
         }
         other => internal(other),
@@ -130,11 +152,29 @@ async fn lock_applied(
 }
 
 /// `env lock NAME@REV --class C`: the revision with more build classes locked, as a
-/// new revision (its other locks and its commits unchanged).
+/// new revision (its other locks and its commits unchanged). A refusal is audited.
 pub async fn lock(
     state: &ControllerState,
     caller: &Caller,
     request: pb::LockEnvironmentRequest,
+) -> Result<pb::ApplyEnvironmentResponse, Status> {
+    let mut attempt = refused::Attempt {
+        file: format!("{}@{}", printable(&request.environment), printable(&request.revision)),
+        environment: Some(printable(&request.environment)),
+        ..Default::default()
+    };
+    let locked = lock_revision(state, caller, request, &mut attempt).await;
+    if let Err(status) = &locked {
+        refused::audit(state, caller, "environment.lock.refused", &attempt, status).await;
+    }
+    locked
+}
+
+async fn lock_revision(
+    state: &ControllerState,
+    caller: &Caller,
+    request: pb::LockEnvironmentRequest,
+    attempt: &mut refused::Attempt,
 ) -> Result<pb::ApplyEnvironmentResponse, Status> {
     let classes = parse_classes(&request.classes)?;
     if classes.is_empty() {
@@ -147,6 +187,7 @@ pub async fn lock(
         .map_err(|errors| Status::internal(format!("a stored revision does not parse: {errors}")))?;
     let new: std::collections::BTreeSet<String> =
         classes.into_iter().filter(|class| !spec.lock.digests.contains_key(class)).collect();
+    attempt.credentials = credential_names(&spec);
     let credentials = source_credentials(state, &spec).await?;
     let locked =
         state.locker.lock(&spec, &new, &credentials).await.map_err(|problems| {
@@ -423,5 +464,6 @@ fn pin_to_wire(pin: &GitPin) -> pb::GitPin {
     }
 }
 
+mod refused;
 #[cfg(test)]
 mod tests;

@@ -491,11 +491,21 @@ impl pb::fleet_service_server::FleetService for FleetApi {
         let caller = self.caller(&request, Role::Admin).await?;
         let request = request.into_inner();
         check_source_credential_name(&request.name)?;
-        let secret = SourceSecret { username: request.username, password: request.secret };
+        let mut origins = Vec::new();
+        for given in &request.origins {
+            let origin = comfyfleet_config::source_credentials::parse_origin(given).map_err(|message| {
+                Status::invalid_argument(format!("credential {:?}: {message}", request.name))
+            })?;
+            if !origins.contains(&origin) {
+                origins.push(origin);
+            }
+        }
+        let secret = SourceSecret { username: request.username, password: request.secret, origins };
         secret.check().map_err(|message| {
             Status::invalid_argument(format!("credential {:?}: {message}", request.name))
         })?;
-        let detail = format!("username {}; {{created}}", secret.username);
+        let detail =
+            format!("username {}; origins {}; {{created}}", secret.username, secret.origins.join(", "));
         let entry = AuditEntry::new(caller.actor(), "secret.set", &request.name, detail);
         let replaced =
             audited(entry, self.state.source_secrets.set(&request.name, &secret)).await.map_err(internal)?;
@@ -506,6 +516,7 @@ impl pb::fleet_service_server::FleetService for FleetApi {
             set_at: Some(timestamp_to_wire(Timestamp::now())),
             used_by,
             replaced,
+            origins: secret.origins,
         }))
     }
 
@@ -525,6 +536,7 @@ impl pb::fleet_service_server::FleetService for FleetApi {
                     username: info.username,
                     set_at: Some(timestamp_to_wire(info.set_at)),
                     replaced: false,
+                    origins: info.origins,
                 })
                 .collect(),
         }))

@@ -2,14 +2,14 @@
 //! URL under `cache/git/`, holding every pinned commit. Apply reads requirement files
 //! from them (to lock), and the package cache serves agents each pinned commit as a
 //! git bundle, so a machine needs nothing but the controller. git runs without a
-//! shell, without prompts and against a deadline.
+//! shell, without prompts, against a deadline and hardened (`git_command`).
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
 use comfyfleet_config::source_credentials::SourceCredentials;
-use tokio::process::Command;
+use comfyfleet_daemon::child_env::ChildEnvironment;
 
 const FETCH_TIMEOUT: Duration = Duration::from_secs(600);
 const LOCAL_TIMEOUT: Duration = Duration::from_secs(120);
@@ -20,6 +20,8 @@ const MAX_FILE_BYTES: usize = 1 << 20;
 #[derive(Debug, Clone)]
 pub struct GitMirror {
     root: PathBuf,
+    /// What git's environment is made of.
+    children: ChildEnvironment,
     /// One bundle is made at a time per controller: making one is CPU- and disk-bound.
     bundling: std::sync::Arc<tokio::sync::Mutex<()>>,
 }
@@ -27,8 +29,13 @@ pub struct GitMirror {
 pub use comfyfleet_config::lock::repository_key;
 
 impl GitMirror {
-    pub fn new(root: PathBuf) -> Self {
-        Self { root, bundling: Default::default() }
+    pub fn new(root: PathBuf, children: ChildEnvironment) -> Self {
+        Self { root, children, bundling: Default::default() }
+    }
+
+    /// Runs git in the copies' directory; its stdout, or the end of its stderr.
+    async fn git(&self, args: &[&str], timeout: Duration) -> Result<Vec<u8>, String> {
+        git_with(&self.children, &self.root, args, timeout, &[]).await
     }
 
     fn repository(&self, key: &str) -> PathBuf {
@@ -48,13 +55,14 @@ impl GitMirror {
         if !repository.join("HEAD").is_file() {
             std::fs::create_dir_all(&self.root)
                 .map_err(|error| format!("cannot create {}: {error}", self.root.display()))?;
-            git(&self.root, &["init", "--quiet", "--bare", &path_text(&repository)], LOCAL_TIMEOUT).await?;
+            self.git(&["init", "--quiet", "--bare", &path_text(&repository)], LOCAL_TIMEOUT).await?;
         }
-        if has_commit(&repository, commit).await {
+        if self.has_commit(&repository, commit).await {
             return Ok(repository);
         }
         let dir = path_text(&repository);
         let by_commit = git_with(
+            &self.children,
             &self.root,
             &[
                 "--git-dir",
@@ -69,8 +77,9 @@ impl GitMirror {
             &env,
         )
         .await;
-        if by_commit.is_err() || !has_commit(&repository, commit).await {
+        if by_commit.is_err() || !self.has_commit(&repository, commit).await {
             git_with(
+                &self.children,
                 &self.root,
                 &[
                     "--git-dir",
@@ -88,16 +97,22 @@ impl GitMirror {
             .await
             .map_err(|error| format!("cannot fetch {url}: {error}"))?;
         }
-        if !has_commit(&repository, commit).await {
+        if !self.has_commit(&repository, commit).await {
             return Err(format!("{url} has no commit {commit}; apply the spec again to pin one that exists"));
         }
-        git(
-            &self.root,
+        self.git(
             &["--git-dir", &dir, "update-ref", &format!("refs/comfyfleet/{commit}"), commit],
             LOCAL_TIMEOUT,
         )
         .await?;
         Ok(repository)
+    }
+
+    async fn has_commit(&self, repository: &Path, commit: &str) -> bool {
+        let dir = path_text(repository);
+        self.git(&["--git-dir", &dir, "cat-file", "-e", &format!("{commit}^{{commit}}")], LOCAL_TIMEOUT)
+            .await
+            .is_ok()
     }
 
     /// `path` at `commit` in the copy of `url`, or `None` when the commit has no such file.
@@ -110,22 +125,16 @@ impl GitMirror {
     ) -> Result<Option<String>, String> {
         let repository = self.ensure(url, commit, credentials).await?;
         let dir = path_text(&repository);
-        match git(
-            &self.root,
-            &["--git-dir", &dir, "cat-file", "-e", &format!("{commit}:{path}")],
-            LOCAL_TIMEOUT,
-        )
-        .await
+        match self
+            .git(&["--git-dir", &dir, "cat-file", "-e", &format!("{commit}:{path}")], LOCAL_TIMEOUT)
+            .await
         {
             Ok(_) => {}
             Err(_) => return Ok(None),
         }
-        let bytes = git(
-            &self.root,
-            &["--git-dir", &dir, "cat-file", "blob", &format!("{commit}:{path}")],
-            LOCAL_TIMEOUT,
-        )
-        .await?;
+        let bytes = self
+            .git(&["--git-dir", &dir, "cat-file", "blob", &format!("{commit}:{path}")], LOCAL_TIMEOUT)
+            .await?;
         if bytes.len() > MAX_FILE_BYTES {
             return Err(format!(
                 "{path} at {commit} in {url} is {} bytes; that is not a requirement file",
@@ -139,7 +148,7 @@ impl GitMirror {
     /// kept beside the repository. `None` when no copy holds the commit.
     pub async fn bundle(&self, key: &str, commit: &str) -> Result<Option<PathBuf>, String> {
         let repository = self.repository(key);
-        if !repository.join("HEAD").is_file() || !has_commit(&repository, commit).await {
+        if !repository.join("HEAD").is_file() || !self.has_commit(&repository, commit).await {
             return Ok(None);
         }
         let bundles = self.root.join("bundles");
@@ -152,10 +161,9 @@ impl GitMirror {
             .map_err(|error| format!("cannot create {}: {error}", bundles.display()))?;
         let dir = path_text(&repository);
         let reference = format!("refs/comfyfleet/{commit}");
-        git(&self.root, &["--git-dir", &dir, "update-ref", &reference, commit], LOCAL_TIMEOUT).await?;
+        self.git(&["--git-dir", &dir, "update-ref", &reference, commit], LOCAL_TIMEOUT).await?;
         let partial = bundles.join(format!("{commit}.bundle.partial"));
-        git(
-            &self.root,
+        self.git(
             &["--git-dir", &dir, "bundle", "create", "--quiet", &path_text(&partial), &reference],
             FETCH_TIMEOUT,
         )
@@ -170,37 +178,23 @@ fn path_text(path: &Path) -> String {
     path.to_string_lossy().into_owned()
 }
 
-async fn has_commit(repository: &Path, commit: &str) -> bool {
-    let dir = path_text(repository);
-    git(repository, &["--git-dir", &dir, "cat-file", "-e", &format!("{commit}^{{commit}}")], LOCAL_TIMEOUT)
-        .await
-        .is_ok()
-}
-
-/// Runs git; its stdout, or the end of its stderr as the error.
-async fn git(cwd: &Path, args: &[&str], timeout: Duration) -> Result<Vec<u8>, String> {
-    git_with(cwd, args, timeout, &[]).await
-}
-
-/// As [`git`], with `env` added (a source credential's helper).
+/// Runs git in `cwd` with `env` added (a source credential's helper); its stdout,
+/// or the end of its stderr as the error.
 async fn git_with(
+    children: &ChildEnvironment,
     cwd: &Path,
     args: &[&str],
     timeout: Duration,
     env: &[(String, String)],
 ) -> Result<Vec<u8>, String> {
-    let mut command = Command::new("git");
+    let mut command = crate::git_command::git(children);
     command
-        .args(["-c", "protocol.ext.allow=never", "-c", "protocol.fd.allow=never"])
         .args(args)
         .current_dir(cwd)
-        .env("GIT_TERMINAL_PROMPT", "0")
-        .env("GIT_ASKPASS", "")
         .envs(env.iter().map(|(name, value)| (name, value)))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
+        .stderr(Stdio::piped());
     let child = command
         .spawn()
         .map_err(|error| format!("cannot run git: {error}; install git on the controller's machine"))?;

@@ -2,7 +2,8 @@
 //! `git ls-remote` in its repository at apply time, so a revision names exact commits
 //! and every machine that installs it gets the same code. The real `git` binary does
 //! the talking because it already knows the operator's credential helpers, proxies and
-//! ssh setup; it runs without a shell, without prompts and against a deadline.
+//! ssh setup; it runs without a shell, without prompts, against a deadline and hardened
+//! (`git_command`: the allow-listed environment, no hooks, known transports only).
 
 use std::process::Stdio;
 use std::time::Duration;
@@ -10,8 +11,8 @@ use std::time::Duration;
 use comfyfleet_config::source_credentials::SourceCredentials;
 use comfyfleet_config::spec::Spec;
 use comfyfleet_config::spec::names::is_commit_id;
+use comfyfleet_daemon::child_env::ChildEnvironment;
 use tokio::io::{AsyncRead, AsyncReadExt};
-use tokio::process::Command;
 
 const LS_REMOTE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Far more than a real repository lists (ComfyUI with every pull request: ~2 MiB).
@@ -81,6 +82,7 @@ pub async fn pin_spec(
     spec: &mut Spec,
     policy: &crate::git_policy::GitPolicy,
     credentials: &SourceCredentials,
+    children: &ChildEnvironment,
 ) -> Result<Vec<GitPin>, PinErrors> {
     let mut wanted = vec![("comfyui".to_owned(), spec.comfyui.git.clone(), spec.comfyui.reference.clone())];
     wanted.extend(spec.custom_nodes.iter().map(|node| {
@@ -96,7 +98,7 @@ pub async fn pin_spec(
     if !refused.is_empty() {
         return Err(PinErrors(refused));
     }
-    let pins = resolve_all(wanted, credentials.git_env()).await?;
+    let pins = resolve_all(wanted, credentials.git_env(), children).await?;
     let targets = std::iter::once(&mut spec.comfyui.commit)
         .chain(spec.custom_nodes.iter_mut().map(|node| &mut node.commit));
     for (target, pin) in targets.zip(&pins) {
@@ -110,8 +112,10 @@ pub async fn pin_spec(
 async fn resolve_all(
     wanted: Vec<(String, String, String)>,
     env: Vec<(String, String)>,
+    children: &ChildEnvironment,
 ) -> Result<Vec<GitPin>, PinErrors> {
     let env = std::sync::Arc::new(env);
+    let children = std::sync::Arc::new(children.clone());
     let limit = std::sync::Arc::new(tokio::sync::Semaphore::new(PARALLEL_LISTINGS));
     // Dropping the set (the call was cancelled) aborts the lookups, and dropping a
     // lookup kills its git.
@@ -119,9 +123,10 @@ async fn resolve_all(
     for (index, (what, url, reference)) in wanted.iter().cloned().enumerate() {
         let limit = limit.clone();
         let env = env.clone();
+        let children = children.clone();
         lookups.spawn(async move {
             let _permit = limit.acquire_owned().await;
-            let commit = resolve_ref_with(&what, &url, &reference, &env).await;
+            let commit = resolve_ref_with(&what, &url, &reference, &env, &children).await;
             (index, commit)
         });
     }
@@ -154,7 +159,7 @@ async fn resolve_all(
 /// taken as it is, without asking git.
 #[cfg(test)]
 pub async fn resolve_ref(what: &str, url: &str, reference: &str) -> Result<String, PinError> {
-    resolve_ref_with(what, url, reference, &[]).await
+    resolve_ref_with(what, url, reference, &[], &ChildEnvironment::default()).await
 }
 
 /// As [`resolve_ref`], git given `env` (a source credential's helper).
@@ -163,11 +168,12 @@ async fn resolve_ref_with(
     url: &str,
     reference: &str,
     env: &[(String, String)],
+    children: &ChildEnvironment,
 ) -> Result<String, PinError> {
     if is_commit_id(reference) {
         return Ok(reference.to_owned());
     }
-    let listing = ls_remote(what, url, env).await?;
+    let listing = ls_remote(what, url, env, children).await?;
     let refs = parse_listing(&listing);
     pick_commit(&refs, reference).map(str::to_owned).ok_or_else(|| PinError::RefNotFound {
         what: what.to_owned(),
@@ -180,18 +186,18 @@ async fn resolve_ref_with(
 
 /// `git ls-remote -- URL`: every ref of the repository and the object it names.
 #[tracing::instrument(skip_all, fields(url = %url))]
-async fn ls_remote(what: &str, url: &str, env: &[(String, String)]) -> Result<String, PinError> {
-    let mut child = Command::new("git")
-        // ext:: and fd:: would run commands or use file descriptors named by the URL.
-        .args(["-c", "protocol.ext.allow=never", "-c", "protocol.fd.allow=never", "ls-remote", "--", url])
-        // A daemon has nobody to answer a password prompt: fail instead of waiting.
-        .env("GIT_TERMINAL_PROMPT", "0")
-        .env("GIT_ASKPASS", "")
+async fn ls_remote(
+    what: &str,
+    url: &str,
+    env: &[(String, String)],
+    children: &ChildEnvironment,
+) -> Result<String, PinError> {
+    let mut child = crate::git_command::git(children)
+        .args(["ls-remote", "--", url])
         .envs(env.iter().map(|(name, value)| (name, value)))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
-        .kill_on_drop(true)
         .spawn()
         .map_err(|source| PinError::Spawn { what: what.to_owned(), url: url.to_owned(), source })?;
     let read_failed = |source| PinError::Read { what: what.to_owned(), url: url.to_owned(), source };
@@ -496,10 +502,14 @@ mod tests {
         let nodes_v1 = nodes.commit("v1");
         nodes.git(&["tag", "-a", "v1", "-m", "v1"]);
         let mut spec = spec(&comfyui.url(), &nodes.url());
-        let pins =
-            pin_spec(&mut spec, &crate::git_policy::GitPolicy::permissive(), &SourceCredentials::default())
-                .await
-                .unwrap();
+        let pins = pin_spec(
+            &mut spec,
+            &crate::git_policy::GitPolicy::permissive(),
+            &SourceCredentials::default(),
+            &ChildEnvironment::default(),
+        )
+        .await
+        .unwrap();
         assert_eq!(
             pins,
             [
@@ -525,10 +535,14 @@ mod tests {
     async fn pinning_reports_every_failure_at_once() {
         let comfyui = TestRepo::new();
         let mut spec = spec(&comfyui.missing_url(), &comfyui.url());
-        let errors =
-            pin_spec(&mut spec, &crate::git_policy::GitPolicy::permissive(), &SourceCredentials::default())
-                .await
-                .unwrap_err();
+        let errors = pin_spec(
+            &mut spec,
+            &crate::git_policy::GitPolicy::permissive(),
+            &SourceCredentials::default(),
+            &ChildEnvironment::default(),
+        )
+        .await
+        .unwrap_err();
         assert_eq!(errors.0.len(), 2, "{errors}");
         let text = errors.to_string();
         let lines: Vec<&str> = text.lines().collect();

@@ -19,6 +19,7 @@ pub mod fleet_identity;
 pub mod fleet_secrets;
 mod fleet_service;
 pub mod fleet_view;
+mod git_command;
 mod git_mirror;
 mod git_pin;
 pub mod git_policy;

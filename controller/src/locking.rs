@@ -7,6 +7,12 @@
 //!
 //! Requirement files come from repositories, so option lines in them are dropped as
 //! the agent always did (packages come from the spec's indexes only).
+//!
+//! Nothing of a package runs here: uv resolves from wheels only (`--no-build`), so a
+//! package that exists only as a source distribution is refused, by name, before its
+//! build backend could run as the controller's user (who can read the CA key and every
+//! stored secret). uv runs in the daemons' allow-listed environment with only the
+//! credentials of the spec's indexes added, and dies with the controller.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -25,6 +31,9 @@ use tokio::process::Command;
 use crate::git_mirror::GitMirror;
 use crate::store::{PackageFile, StoredLock};
 
+mod source_only;
+use source_only::{ClassFailure, SourceOnly};
+
 /// uv resolving one class against a real index takes seconds; a hung index must
 /// not hold apply forever.
 const COMPILE_TIMEOUT: Duration = Duration::from_secs(600);
@@ -36,6 +45,8 @@ const ERROR_LINES: usize = 12;
 pub struct Locker {
     /// `--uv`, else `uv` on PATH.
     pub uv: Option<PathBuf>,
+    /// What uv's environment is made of.
+    pub children: comfyfleet_daemon::child_env::ChildEnvironment,
     /// Scratch space and uv's cache for resolving.
     pub work: PathBuf,
     pub mirror: GitMirror,
@@ -177,6 +188,7 @@ impl Locker {
         let resolver = Resolver::new(spec);
         let mut locks = Vec::new();
         let mut problems = Vec::new();
+        let mut source_only = SourceOnly::default();
         for class in classes {
             let class = BuildClass::parse(class)?;
             let inputs = match resolver.lock_inputs(&class) {
@@ -188,9 +200,11 @@ impl Locker {
             };
             match self.lock_class(&uv, spec, &class, &inputs, &sources, credentials).await {
                 Ok(lock) => locks.push(lock),
-                Err(problem) => problems.push(format!("build class {class}: {problem}")),
+                Err(ClassFailure::SourceOnly(packages)) => source_only.add(&packages, &class),
+                Err(ClassFailure::Other(problem)) => problems.push(format!("build class {class}: {problem}")),
             }
         }
+        problems.extend(source_only.refusals());
         if !problems.is_empty() {
             return Err(problems.join("\n"));
         }
@@ -245,7 +259,7 @@ impl Locker {
         inputs: &LockInputs,
         sources: &[(String, String)],
         credentials: &SourceCredentials,
-    ) -> Result<Lock, String> {
+    ) -> Result<Lock, ClassFailure> {
         let dir = self.work.join(format!("{class}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).map_err(|error| format!("cannot create {}: {error}", dir.display()))?;
@@ -302,7 +316,7 @@ impl Locker {
                     };
                     let (requirement, _) = optional.remove(position);
                     let name = comfyfleet_config::requirements::requirement_name(requirement).to_owned();
-                    unresolved.insert(normalize_package_name(&name), error);
+                    unresolved.insert(normalize_package_name(&name), error.to_string());
                 }
             }
         }
@@ -316,12 +330,24 @@ impl Locker {
         inputs: &LockInputs,
         dir: &Path,
         files: &[PathBuf],
-    ) -> Result<String, String> {
+    ) -> Result<String, ClassFailure> {
         let (spec, credentials) = sources;
         let out = dir.join("pylock.toml");
         let mut command = Command::new(uv);
+        self.children.apply(&mut command);
         command
-            .args(["pip", "compile", "--no-config", "--quiet", "--format", "pylock.toml", "--no-header"])
+            // --no-build: resolving never runs a package's build backend (uv reads
+            // metadata from wheels and their PEP 658 files only).
+            .args([
+                "pip",
+                "compile",
+                "--no-build",
+                "--no-config",
+                "--quiet",
+                "--format",
+                "pylock.toml",
+                "--no-header",
+            ])
             .arg("--python-version")
             .arg(class.python_version())
             .arg("--python-platform")
@@ -353,6 +379,8 @@ impl Locker {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true);
+        // A controller killed mid-apply leaves no uv resolving behind it.
+        comfyfleet_daemon::children::die_with_parent(&mut command);
         let child = command.spawn().map_err(|error| format!("cannot run {}: {error}", uv.display()))?;
         let output = tokio::time::timeout(COMPILE_TIMEOUT, child.wait_with_output())
             .await
@@ -362,9 +390,14 @@ impl Locker {
             let stderr = String::from_utf8_lossy(&output.stderr);
             let lines: Vec<&str> = stderr.lines().filter(|line| !line.trim().is_empty()).collect();
             let tail = lines[lines.len().saturating_sub(ERROR_LINES)..].join("\n  ");
-            return Err(format!("uv could not resolve the requirements:\n  {tail}"));
+            let packages = source_only::packages_named(&stderr);
+            if !packages.is_empty() {
+                return Err(ClassFailure::SourceOnly(packages));
+            }
+            return Err(ClassFailure::Other(format!("uv could not resolve the requirements:\n  {tail}")));
         }
-        std::fs::read_to_string(&out).map_err(|error| format!("uv wrote no {}: {error}", out.display()))
+        Ok(std::fs::read_to_string(&out)
+            .map_err(|error| format!("uv wrote no {}: {error}", out.display()))?)
     }
 }
 

@@ -70,6 +70,11 @@ struct Args {
     /// address must be named.
     #[arg(long = "git-allow-host", value_name = "HOST")]
     git_allow_hosts: Vec<String>,
+    /// Another variable of the controller's environment that the uv and git it runs
+    /// may see (repeatable), e.g. SSH_AUTH_SOCK. They get only PATH, HOME, the locale,
+    /// proxies and CA bundles otherwise, never the controller's own secrets.
+    #[arg(long = "pass-env", value_name = "NAME")]
+    pass_env: Vec<String>,
     /// The most connections one source address may hold at once (handshakes
     /// included); past it, its new ones are closed at accept. 0: no cap. Raise it
     /// when many machines reach the controller through one NAT address.
@@ -249,6 +254,7 @@ async fn main() -> anyhow::Result<()> {
                 allow_file: args.git_allow_file,
                 allow_hosts: args.git_allow_hosts,
             },
+            children: comfyfleet_daemon::child_env::ChildEnvironment::from_process(&args.pass_env),
             ..Settings::default()
         },
         metrics_listen: args.metrics_listen,

@@ -185,9 +185,10 @@ pub async fn run(
         )
         .map_err(ControllerError::Cache)?,
     );
-    let mirror = crate::git_mirror::GitMirror::new(cache_dir.join("git"));
+    let mirror = crate::git_mirror::GitMirror::new(cache_dir.join("git"), options.settings.children.clone());
     let locker = crate::locking::Locker {
         uv: options.settings.uv.clone(),
+        children: options.settings.children.clone(),
         work: cache_dir.join("locking"),
         mirror: mirror.clone(),
     };

@@ -24,6 +24,9 @@ pub struct Settings {
     pub cache_max_size: Option<u64>,
     /// Which git remotes apply may ask for refs (`--git-allow-file`, `--git-allow-host`).
     pub git: crate::git_policy::GitPolicy,
+    /// The environment the controller's children (uv, git) get: the daemons'
+    /// allow-list and `--pass-env` names, never the controller's whole environment.
+    pub children: comfyfleet_daemon::child_env::ChildEnvironment,
     /// Whether apply locks every build class (always, in the controller binary; the
     /// unit tests of revision storage and rollouts run without uv or an index).
     pub lock_on_apply: bool,
@@ -38,6 +41,7 @@ impl Default for Settings {
             uv: None,
             cache_max_size: None,
             git: crate::git_policy::GitPolicy::default(),
+            children: Default::default(),
             lock_on_apply: true,
         }
     }

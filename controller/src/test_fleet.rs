@@ -63,11 +63,12 @@ impl TestFleet {
                 )
                 .unwrap(),
             ),
-            mirror: crate::git_mirror::GitMirror::new(dir.path().join("cache/git")),
+            mirror: crate::git_mirror::GitMirror::new(dir.path().join("cache/git"), Default::default()),
             locker: crate::locking::Locker {
                 uv: None,
+                children: Default::default(),
                 work: dir.path().join("cache/locking"),
-                mirror: crate::git_mirror::GitMirror::new(dir.path().join("cache/git")),
+                mirror: crate::git_mirror::GitMirror::new(dir.path().join("cache/git"), Default::default()),
             },
             metrics,
             fleet_id: "0123456789abcdef0123456789abcdef".into(),

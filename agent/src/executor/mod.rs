@@ -156,7 +156,11 @@ mod held_tests {
         });
         tokio::time::sleep(Duration::from_millis(50)).await;
         assert!(!waiting.is_finished(), "nothing delivered yet");
-        let secret = SourceSecret { username: "u".to_owned(), password: "p".to_owned() };
+        let secret = SourceSecret {
+            username: "u".to_owned(),
+            password: "p".to_owned(),
+            origins: vec!["https://h".to_owned()],
+        };
         held.deliver(BTreeMap::from([("farm".to_owned(), secret.clone())]));
         let got = tokio::time::timeout(Duration::from_secs(5), waiting).await.unwrap().unwrap();
         assert_eq!(got.get("farm"), Some(&secret));

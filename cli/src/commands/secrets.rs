@@ -41,8 +41,8 @@ pub fn read_secret(name: &str, from_file: Option<&Path>) -> anyhow::Result<Strin
     let secret = text.lines().next().unwrap_or_default().trim_end_matches('\r').to_owned();
     if secret.is_empty() {
         anyhow::bail!(
-            "no secret given: pipe it on stdin (`comfyfleet secrets set {name} --username USER < token-file`) or \
-             use --from-file PATH"
+            "no secret given: pipe it on stdin (`comfyfleet secrets set {name} --username USER --origin \
+             https://HOST < token-file`) or use --from-file PATH"
         );
     }
     Ok(secret)
@@ -61,15 +61,21 @@ pub async fn set(
     client: &mut Fleet,
     name: String,
     username: String,
+    origins: Vec<String>,
     secret: String,
 ) -> anyhow::Result<String> {
     let info = client
-        .set_source_secret(pb::SetSourceSecretRequest { name, username, secret })
+        .set_source_secret(pb::SetSourceSecretRequest { name, username, secret, origins })
         .await
         .map_err(status_error)?
         .into_inner();
     let verb = if info.replaced { "replaced" } else { "stored" };
-    let mut text = format!("credential {} ({}) {verb}\n", info.name, info.username);
+    let mut text = format!(
+        "credential {} ({}) {verb}, sent only to {}\n",
+        info.name,
+        info.username,
+        info.origins.join(", ")
+    );
     if info.used_by.is_empty() {
         text.push_str(&format!(
             "no environment names it yet: write credential = \"{}\" beside the URL in a spec (e.g. index.credential)\n",
@@ -88,6 +94,8 @@ pub async fn set(
 struct SecretView {
     name: String,
     username: String,
+    /// Where it may be sent; empty: nowhere (stored before secrets were bound).
+    origins: Vec<String>,
     set_at: Option<String>,
     used_by: Vec<String>,
 }
@@ -105,6 +113,7 @@ pub async fn list(client: &mut Fleet, output: OutputFormat) -> anyhow::Result<St
             set_at: time(info.set_at.as_ref()).map(format::rfc3339),
             name: info.name,
             username: info.username,
+            origins: info.origins,
             used_by: info.used_by,
         })
         .collect();
@@ -117,12 +126,18 @@ pub async fn list(client: &mut Fleet, output: OutputFormat) -> anyhow::Result<St
                     vec![
                         view.name.clone(),
                         view.username.clone(),
+                        if view.origins.is_empty() {
+                            // Stored before secrets were bound: sent nowhere.
+                            "none: set it again with --origin".to_owned()
+                        } else {
+                            view.origins.join(",")
+                        },
                         view.set_at.clone().unwrap_or_default(),
                         if view.used_by.is_empty() { "-".to_owned() } else { view.used_by.join(",") },
                     ]
                 })
                 .collect();
-            Ok(format::table(&["NAME", "USERNAME", "SET", "USED BY"], &rows))
+            Ok(format::table(&["NAME", "USERNAME", "ORIGINS", "SET", "USED BY"], &rows))
         }
     }
 }

@@ -181,10 +181,10 @@ fn refuse_inline_credentials(text: &str) -> Result<(), String> {
 fn inline_credentials_advice(masked: &str) -> String {
     format!(
         "`{}` carries a credential, which every viewer of the spec would see and which would reach logs, uv's \
-         command line and the checkout's .git/config: store it on the controller with `comfyfleet secrets set NAME \
-         --username USER` (the secret on stdin), write the URL without it, and name it beside the URL with \
-         credential = \"NAME\" (index.credential, torch.credential, comfyui.credential, a custom_node's or a \
-         wheel's credential)",
+         command line and the checkout's .git/config: have an admin store it on the controller with `comfyfleet \
+         secrets set NAME --username USER --origin SCHEME://HOST` (the secret on stdin), write the URL without \
+         it, and name it beside the URL with credential = \"NAME\" (index.credential, torch.credential, \
+         comfyui.credential, a custom_node's or a wheel's credential)",
         printable(masked)
     )
 }

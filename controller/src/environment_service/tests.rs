@@ -206,6 +206,23 @@ async fn a_bad_spec_is_refused_with_every_problem_and_its_position() {
     assert_eq!(error.code(), Code::InvalidArgument);
     assert!(error.message().ends_with("a spec may be at most 1048576 bytes (1 MiB)"), "{}", error.message());
     assert!(fixture.state.store.list_environments().await.unwrap().is_empty());
+
+    // Each refusal is audited: newest first, the environment once the spec parsed.
+    let audit = fixture.state.store.list_audit(10).await.unwrap();
+    let refused: Vec<(&str, &str)> = audit
+        .iter()
+        .filter(|event| event.action == "environment.apply.refused")
+        .map(|event| (event.target.as_str(), event.detail.as_str()))
+        .collect();
+    assert_eq!(refused.len(), 3, "{audit:?}");
+    assert_eq!(refused[0].0, "-");
+    assert!(
+        refused[0].1.starts_with("spec farm.toml; credentials none; invalid: farm.toml is "),
+        "{refused:?}"
+    );
+    assert!(refused[1].1.starts_with("spec spec; credentials none; invalid: spec:1:"), "{refused:?}");
+    assert!(refused[2].1.contains("farm.toml:1:1: name: ") && refused[2].1.contains(" | farm.toml:6:1"));
+    assert!(refused.iter().all(|(_, detail)| !detail.contains('\n')));
 }
 
 #[tokio::test]

@@ -162,6 +162,11 @@ impl Controller {
 
     /// Starts a controller on `port` (0: any free one), with extra arguments.
     pub fn start_with(data_dir: &Path, port: u16, extra: &[&str]) -> Controller {
+        Self::start_with_env(data_dir, port, extra, &[])
+    }
+
+    /// As [`Controller::start_with`], with extra environment variables.
+    pub fn start_with_env(data_dir: &Path, port: u16, extra: &[&str], env: &[(&str, &str)]) -> Controller {
         let admin = data_dir.join("admin.toml");
         let before = std::fs::read_to_string(&admin).ok();
         let mut command = Command::new(&binaries().controller);
@@ -177,6 +182,7 @@ impl Controller {
         if let Some(uv) = standin::try_find_uv() {
             command.env("COMFYFLEET_UV", uv);
         }
+        command.envs(env.iter().copied());
         let log = data_dir.with_extension("log");
         let mut process = Process::spawn("controller", command, &log);
         let url = wait_until(Duration::from_secs(20), "the controller to write admin.toml", || {

@@ -547,7 +547,7 @@ fn a_spec_names_a_stored_credential_and_the_secret_shows_up_nowhere() {
     let set = |secret: &str| {
         let mut child = std::process::Command::new(&comfyfleet_e2e::binaries().cli)
             .args(["--config", fleet.controller.admin_config().to_str().unwrap()])
-            .args(["secrets", "set", "farm", "--username", USERNAME])
+            .args(["secrets", "set", "farm", "--username", USERNAME, "--origin", &fleet.base_url()])
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())

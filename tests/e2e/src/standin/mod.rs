@@ -15,6 +15,7 @@
 //!   API) and custom-node git repositories.
 //! - [`world`]: all of the above in one directory, served, with a manifest.
 //! - [`localize`]: a real spec rewritten to use the stand-ins.
+//! - [`sdist`]: a source-only package whose build backend leaves a marker.
 
 pub mod catalog;
 pub mod index;
@@ -22,6 +23,7 @@ pub mod localize;
 pub mod packages;
 pub mod repos;
 mod requirements;
+pub mod sdist;
 pub mod server;
 mod spec_text;
 pub mod wheel;
