@@ -72,7 +72,42 @@ fn best_of<T>(runs: usize, mut work: impl FnMut() -> T) -> (Duration, T) {
     (best, last.unwrap())
 }
 
+/// The example spec with `count` more SageAttention wheels: disjoint single SMs, or
+/// every one for the same SMs (each overlapping every other).
+fn spec_with_wheels(count: usize, overlapping: bool) -> String {
+    let mut text = EXAMPLE.to_owned();
+    text.push_str("\n[[optimization]]\nname = \"many-wheels\"\nsmoke = { call = \"many_wheels.run\" }\n");
+    for n in 0..count {
+        let compute =
+            if overlapping { "\">=8.0,<9.0\"".to_owned() } else { format!("\"{}.{}\"", 1 + n / 20, n % 10) };
+        let cuda = if overlapping { "cu128" } else { ["cu128", "cu130"][(n / 10) % 2] };
+        text.push_str(&format!(
+            "  [[optimization.wheel]]\n  compute = {compute}\n  python = \"cp312\"\n  cuda = \"{cuda}\"\n  torch = \"2.11\"\n  \
+             url = \"https://wheels.example/{n}/many_wheels-1.0-cp312-cp312-linux_x86_64.whl\"\n  sha256 = \"{n:064x}\"\n"
+        ));
+    }
+    text
+}
+
+/// Parse + validate specs with many kernel wheels: the overlap check used to be about
+/// cubic (400 wheels took 30 s).
+fn validation() {
+    for (count, overlapping) in [(400, false), (400, true), (1000, false), (1000, true), (2000, true)] {
+        let text = spec_with_wheels(count, overlapping);
+        let (took, outcome) = best_of(3, || Spec::parse("many.toml", &text, SpecFormat::Toml));
+        let outcome = match outcome {
+            Ok(_) => "valid".to_owned(),
+            Err(errors) => {
+                format!("refused: {} problems, {} bytes of message", errors.0.len(), errors.to_string().len())
+            }
+        };
+        let kind = if overlapping { "all overlapping" } else { "disjoint" };
+        println!("parse + validate {count} wheels ({kind}): {:.1} ms ({outcome})", took.as_secs_f64() * 1e3);
+    }
+}
+
 fn main() {
+    validation();
     let (parse, spec) = best_of(20, || Spec::parse("render-farm.toml", EXAMPLE, SpecFormat::Toml).unwrap());
     let (digest, _) = best_of(20, || spec.digest());
     let machines: Vec<MachineFacts> = (0..MACHINES).map(machine).collect();

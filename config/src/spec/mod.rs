@@ -3,6 +3,7 @@
 //! canonicalised and hashed in [`canonical`]. The field names here are the file
 //! format; the README's "Environment specs" section documents it.
 
+pub mod bounds;
 pub mod canonical;
 pub mod compute_set;
 pub mod kernel;

@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 use super::Spec;
+use super::bounds::MAX_PROBLEMS_SHOWN;
 use super::validate;
 
 /// Larger than any real spec; refused before parsing.
@@ -59,10 +60,42 @@ impl fmt::Display for SpecError {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub struct SpecErrors(pub Vec<SpecError>);
 
+/// A refusal's text stays small enough to travel in a gRPC status (whose message is
+/// a header: 16 KiB in all by default) and to read.
+const MAX_SHOWN_BYTES: usize = 6 * 1024;
+
+/// The first problems (at most [`MAX_PROBLEMS_SHOWN`] and about 6 KiB), then how many
+/// more there are: the first ones are what to fix, and a spec with thousands of
+/// problems must not make a message of megabytes.
 impl fmt::Display for SpecErrors {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let lines: Vec<String> = self.0.iter().map(ToString::to_string).collect();
-        f.write_str(&lines.join("\n"))
+        let mut written = 0;
+        let mut shown = 0;
+        for error in self.0.iter().take(MAX_PROBLEMS_SHOWN) {
+            let line = error.to_string();
+            if shown > 0 && written + line.len() > MAX_SHOWN_BYTES {
+                break;
+            }
+            if shown > 0 {
+                f.write_str("\n")?;
+            }
+            // One line longer than the whole budget is cut (at a character boundary).
+            let mut cut = line.len().min(MAX_SHOWN_BYTES);
+            while !line.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            f.write_str(&line[..cut])?;
+            if cut < line.len() {
+                f.write_str("…")?;
+            }
+            written += cut + 1;
+            shown += 1;
+        }
+        let more = self.0.len() - shown;
+        if more > 0 {
+            write!(f, "\n… and {more} more problem{} (fix these first)", if more == 1 { "" } else { "s" })?;
+        }
+        Ok(())
     }
 }
 
@@ -106,11 +139,12 @@ impl Spec {
             SpecFormat::Toml => toml_index(text),
             SpecFormat::Json => json_index(text),
         };
+        let lines = LineStarts::of(text);
         let mut errors: Vec<SpecError> = problems
             .into_iter()
             .map(|problem| {
                 let offset = locate(&index, &problem.path);
-                let (line, column) = line_column(text, offset);
+                let (line, column) = lines.line_column(text, offset);
                 SpecError {
                     file: file.to_owned(),
                     line,
@@ -352,6 +386,27 @@ pub fn line_column(text: &str, offset: usize) -> (usize, usize) {
     (line, before[line_start..].chars().count() + 1)
 }
 
+/// Where each line starts, so that placing many problems in a large spec costs a
+/// binary search each rather than a scan of the text before it.
+struct LineStarts(Vec<usize>);
+
+impl LineStarts {
+    fn of(text: &str) -> Self {
+        Self(std::iter::once(0).chain(text.match_indices('\n').map(|(at, _)| at + 1)).collect())
+    }
+
+    /// The same as [`line_column`].
+    fn line_column(&self, text: &str, offset: usize) -> (usize, usize) {
+        let mut offset = offset.min(text.len());
+        while !text.is_char_boundary(offset) {
+            offset -= 1;
+        }
+        let line = self.0.partition_point(|start| *start <= offset);
+        let line_start = self.0.get(line - 1).copied().unwrap_or(0);
+        (line, text[line_start..offset].chars().count() + 1)
+    }
+}
+
 fn offset_of_line_column(text: &str, line: usize, column: usize) -> usize {
     let line_start: usize = text.split_inclusive('\n').take(line.saturating_sub(1)).map(str::len).sum();
     let rest = text.get(line_start..).unwrap_or_default();
@@ -370,6 +425,10 @@ mod tests {
         assert_eq!(line_column(text, 6), (2, 1));
         assert_eq!(line_column(text, 10), (2, 4));
         assert_eq!(offset_of_line_column(text, 2, 4), 10);
+        let lines = LineStarts::of(text);
+        for offset in 0..=text.len() + 2 {
+            assert_eq!(lines.line_column(text, offset), line_column(text, offset), "at {offset}");
+        }
     }
 
     #[test]

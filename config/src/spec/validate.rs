@@ -32,6 +32,13 @@ impl Problems {
 
 pub(crate) fn check(spec: &Spec) -> Vec<Problem> {
     let mut problems = Problems::default();
+    let over = super::bounds::over_bounds(spec);
+    if !over.is_empty() {
+        for (path, message) in over {
+            problems.add(path, message);
+        }
+        return problems.0;
+    }
     let trusted = &spec.index.trusted_hosts;
     problems.check("name", names::check_name(&spec.name));
     check_lock(&mut problems, spec);
@@ -368,21 +375,54 @@ fn check_wheels(problems: &mut Problems, path: &str, wheels: &[KernelWheel], spe
     }
     // A machine must never match two wheels: among the wheels this spec's Python and
     // torch can use, those of one CUDA build and platform must not share an SM.
-    for (at, (i, wheel, platforms)) in candidates.iter().enumerate() {
-        for (j, earlier, earlier_platforms) in &candidates[..at] {
-            let shared_platform = platforms.iter().any(|platform| earlier_platforms.contains(platform));
-            if earlier.cuda == wheel.cuda && shared_platform && earlier.compute.overlaps(&wheel.compute) {
-                problems.add(
-                    format!("{path}.wheel[{i}].compute"),
-                    format!(
-                        "{} overlaps wheel[{j}] ({}) for the same {} and torch {series} on Python {}: a GPU must match \
-                         one wheel; narrow the sets, e.g. \">=8.6,<8.9\" and \">=8.9,<9.0\", or list each SM once",
-                        wheel.compute, earlier.compute, wheel.cuda, spec.python
-                    ),
-                );
+    for (i, j) in overlapping_wheels(&candidates) {
+        let (wheel, earlier) = (&wheels[i], &wheels[j]);
+        problems.add(
+            format!("{path}.wheel[{i}].compute"),
+            format!(
+                "{} overlaps wheel[{j}] ({}) for the same {} and torch {series} on Python {}: a GPU must match one \
+                 wheel; narrow the sets, e.g. \">=8.6,<8.9\" and \">=8.9,<9.0\", or list each SM once",
+                wheel.compute, earlier.compute, wheel.cuda, spec.python
+            ),
+        );
+    }
+}
+
+/// Pairs of wheels of one CUDA build and platform that share an SM, as `(later,
+/// earlier)` list positions, at most one per later wheel; a spec with any overlap
+/// gets at least one. A sweep over the wheels' intervals sorted by their low end: a
+/// spec of n wheels costs O(n log n), not a pass over every pair (400 wheels took
+/// 30 s that way, and each pair added a message).
+fn overlapping_wheels(candidates: &[(usize, &KernelWheel, Vec<String>)]) -> Vec<(usize, usize)> {
+    // (CUDA build, platform) → the SM intervals of its wheels: `[low, high)`, wheel.
+    type Intervals = Vec<(u32, u32, usize)>;
+    let mut groups: BTreeMap<(String, &str), Intervals> = BTreeMap::new();
+    for (i, wheel, platforms) in candidates {
+        for platform in platforms {
+            let group = groups.entry((wheel.cuda.to_string(), platform.as_str())).or_default();
+            group.extend(wheel.compute.ordinal_intervals().iter().map(|(low, high)| (*low, *high, *i)));
+        }
+    }
+    let mut pairs: BTreeMap<usize, usize> = BTreeMap::new();
+    for intervals in groups.values_mut() {
+        intervals.sort_unstable();
+        // The interval reaching furthest among those that start at or before the
+        // current one: if any earlier interval overlaps the current one, this does.
+        let mut reach: Option<(u32, usize)> = None;
+        for &(low, high, owner) in intervals.iter() {
+            if let Some((reach_high, reach_owner)) = reach
+                && reach_high > low
+                && reach_owner != owner
+            {
+                let (later, earlier) = (owner.max(reach_owner), owner.min(reach_owner));
+                pairs.entry(later).and_modify(|first| *first = (*first).min(earlier)).or_insert(earlier);
+            }
+            if reach.is_none_or(|(reach_high, _)| high > reach_high) {
+                reach = Some((high, owner));
             }
         }
     }
+    pairs.into_iter().collect()
 }
 
 /// ComfyUI-Manager is chosen with run.manager, never by sneaking it in as a node or
