@@ -59,7 +59,10 @@ async fn apply_spec(
         )));
     }
     let format = spec_format(request.format, &request.file_name, &request.spec)?;
-    let mut spec = Spec::parse(file, &request.spec, format)
+    let (name, text) = (file.to_owned(), request.spec);
+    let mut spec = crate::cpu_work::run("checking the spec", move || Spec::parse(&name, &text, format))
+        .await
+        .map_err(internal)?
         .map_err(|errors| Status::invalid_argument(errors.to_string()))?;
     attempt.environment = Some(spec.name.clone());
     attempt.credentials = credential_names(&spec);
@@ -136,7 +139,12 @@ async fn lock_applied(
         .into_iter()
         .map(|machine| crate::fleet_service::machine_record(&state.presence, machine))
         .collect();
-    let mut classes = locking::fleet_classes(spec, &machines);
+    let planned = spec.clone();
+    let mut classes = crate::cpu_work::run("planning the fleet's build classes", move || {
+        locking::fleet_classes(&planned, &machines)
+    })
+    .await
+    .map_err(internal)?;
     classes.extend(spec.lock.classes.iter().cloned());
     classes.extend(requested);
     if classes.is_empty() {

@@ -12,6 +12,7 @@ mod cache_http;
 mod cache_service;
 pub mod cluster;
 pub mod connection_guard;
+mod cpu_work;
 mod desired_state;
 mod enroll_guard;
 mod environment_service;

@@ -1,7 +1,7 @@
 //! Everything that must be refused is refused with an error that says what to do,
 //! and nothing of it is stored.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test helpers fail loudly by design
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::print_stderr)] // test helpers fail loudly by design
 
 use std::time::Duration;
 
@@ -262,4 +262,79 @@ fn a_revoked_machine_is_cut_off_and_cannot_reconnect() {
     assert!(audit.contains("machine.revoke") && audit.contains(id), "{audit}");
     let error = controller.cli(&["machines", "revoke", id]).failure();
     assert!(error.contains("already revoked"), "{error}");
+}
+
+/// A spec with `count` SageAttention wheels, every one for the same SMs: each
+/// overlaps every other.
+fn spec_with_overlapping_wheels(count: usize) -> String {
+    let mut text = String::from(
+        "name = \"many-wheels\"\npython = \"3.12\"\n\n[comfyui]\ngit = \"https://github.com/comfyanonymous/ComfyUI.git\"\n\
+         ref = \"v0.3.64\"\n\n[torch]\nversion = \"2.8.0\"\ncuda = [\"cu128\"]\n\n[[optimization]]\nname = \"sageattention\"\n\
+         smoke = { call = \"sageattention.sageattn\" }\n",
+    );
+    for n in 0..count {
+        text.push_str(&format!(
+            "  [[optimization.wheel]]\n  compute = \">=8.0,<9.0\"\n  python = \"cp312\"\n  cuda = \"cu128\"\n  torch = \"2.8\"\n  \
+             url = \"https://wheels.example/{n}/sageattention-2.2.0-cp312-cp312-linux_x86_64.whl\"\n  sha256 = \"{n:064x}\"\n"
+        ));
+    }
+    text
+}
+
+/// Two applies of specs built to be expensive (400 wheels each overlapping every
+/// other, and 2,000 wheels), sent straight to the controller as a hostile client
+/// would, used to take its cores for seconds each and answer with a 20 MB message
+/// that no gRPC client could read ("metadata size exceeds hard limit"). Both are now
+/// refused with a short message that names the first problems and counts the rest,
+/// or the bound, each refusal is audited, and the controller answers others.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn specs_built_to_be_expensive_are_refused_quickly_with_a_short_message() {
+    let dir = test_dir();
+    let controller = Controller::start(&dir.path().join("controller"));
+    let admin: toml::Value =
+        toml::from_str(&std::fs::read_to_string(controller.admin_config()).unwrap()).unwrap();
+    let channel = channel(&controller.url, admin["ca_certificate"].as_str().unwrap(), None).await;
+    let bearer: tonic::metadata::MetadataValue<_> =
+        format!("Bearer {}", admin["credential"].as_str().unwrap()).parse().unwrap();
+    let applies: Vec<_> = [400, 2000]
+        .into_iter()
+        .map(|wheels| {
+            let mut fleet = pb::fleet_service_client::FleetServiceClient::new(channel.clone());
+            let mut request = tonic::Request::new(pb::ApplyEnvironmentRequest {
+                spec: spec_with_overlapping_wheels(wheels),
+                format: pb::SpecFormat::Toml as i32,
+                file_name: format!("{wheels}-wheels.toml"),
+                classes: Vec::new(),
+            });
+            request.metadata_mut().insert("authorization", bearer.clone());
+            tokio::spawn(async move { fleet.apply_environment(request).await.unwrap_err() })
+        })
+        .collect();
+    let asked = std::time::Instant::now();
+    let whoami = tokio::task::spawn_blocking({
+        let config = controller.admin_config();
+        move || cli(&config, &["whoami"]).success()
+    });
+    assert!(whoami.await.unwrap().contains("admin"));
+    eprintln!("whoami answered in {:?} while the two applies ran", asked.elapsed());
+    let mut refusals = Vec::new();
+    for apply in applies {
+        let status = apply.await.unwrap();
+        assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+        refusals.push(status.message().to_owned());
+    }
+
+    let overlapping = &refusals[0];
+    assert!(overlapping.contains("wheel[1].compute: >=8.0,<9.0 overlaps wheel[0]"), "{overlapping}");
+    assert!(overlapping.contains("more problems (fix these first)"), "{overlapping}");
+    assert!(overlapping.len() < 8 * 1024, "{} bytes", overlapping.len());
+    let oversized = &refusals[1];
+    assert!(
+        oversized.contains("the spec has 2000 kernel wheels; one spec may have at most 1024"),
+        "{oversized}"
+    );
+    assert!(!oversized.contains("overlaps"), "nothing past the bound is checked: {oversized}");
+
+    let audit = controller.cli(&["audit"]).success();
+    assert_eq!(audit.matches("environment.apply.refused").count(), 2, "{audit}");
 }
