@@ -44,8 +44,10 @@ pub async fn apply(
     let format = spec_format(request.format, &request.file_name, &request.spec)?;
     let mut spec = Spec::parse(file, &request.spec, format)
         .map_err(|errors| Status::invalid_argument(errors.to_string()))?;
+    // Nothing is asked of a source the policy refuses, not even its refs.
+    refuse_sources(state, &spec).await?;
     let credentials = source_credentials(state, &spec).await?;
-    let pins = git_pin::pin_spec(&mut spec, &state.settings.git, &credentials)
+    let pins = git_pin::pin_spec(&mut spec, &state.settings.sources, &credentials)
         .await
         .map_err(|errors| Status::failed_precondition(errors.to_string()))?;
     let requested = parse_classes(&request.classes)?;
@@ -87,6 +89,20 @@ pub async fn apply(
         created,
         pins: pins.iter().map(pin_to_wire).collect(),
     })
+}
+
+/// Refuses a spec naming an index, torch index or wheel URL the controller's source
+/// policy does not allow, before anything is fetched.
+async fn refuse_sources(state: &ControllerState, spec: &Spec) -> Result<(), Status> {
+    let refused = state.settings.sources.refused_urls(spec).await;
+    if refused.is_empty() {
+        return Ok(());
+    }
+    Err(Status::failed_precondition(format!(
+        "{} names sources the controller's source policy refuses:\n{}",
+        printable(&spec.name),
+        refused.join("\n")
+    )))
 }
 
 /// The stored credentials `spec` names, bound to its sources; a name the
@@ -147,6 +163,7 @@ pub async fn lock(
         .map_err(|errors| Status::internal(format!("a stored revision does not parse: {errors}")))?;
     let new: std::collections::BTreeSet<String> =
         classes.into_iter().filter(|class| !spec.lock.digests.contains_key(class)).collect();
+    refuse_sources(state, &spec).await?;
     let credentials = source_credentials(state, &spec).await?;
     let locked =
         state.locker.lock(&spec, &new, &credentials).await.map_err(|problems| {

@@ -79,7 +79,7 @@ impl std::fmt::Display for PinErrors {
 /// first, then the custom nodes in spec order.
 pub async fn pin_spec(
     spec: &mut Spec,
-    policy: &crate::git_policy::GitPolicy,
+    policy: &crate::source_policy::SourcePolicy,
     credentials: &SourceCredentials,
 ) -> Result<Vec<GitPin>, PinErrors> {
     let mut wanted = vec![("comfyui".to_owned(), spec.comfyui.git.clone(), spec.comfyui.reference.clone())];
@@ -89,7 +89,7 @@ pub async fn pin_spec(
     // Nothing is asked of a remote the controller's policy refuses.
     let mut refused = Vec::new();
     for (what, url, _) in &wanted {
-        if let Err(reason) = policy.check(url).await {
+        if let Err(reason) = policy.check_git(url).await {
             refused.push(PinError::Refused { what: what.clone(), url: url.clone(), reason });
         }
     }
@@ -496,10 +496,13 @@ mod tests {
         let nodes_v1 = nodes.commit("v1");
         nodes.git(&["tag", "-a", "v1", "-m", "v1"]);
         let mut spec = spec(&comfyui.url(), &nodes.url());
-        let pins =
-            pin_spec(&mut spec, &crate::git_policy::GitPolicy::permissive(), &SourceCredentials::default())
-                .await
-                .unwrap();
+        let pins = pin_spec(
+            &mut spec,
+            &crate::source_policy::SourcePolicy::permissive(),
+            &SourceCredentials::default(),
+        )
+        .await
+        .unwrap();
         assert_eq!(
             pins,
             [
@@ -525,10 +528,13 @@ mod tests {
     async fn pinning_reports_every_failure_at_once() {
         let comfyui = TestRepo::new();
         let mut spec = spec(&comfyui.missing_url(), &comfyui.url());
-        let errors =
-            pin_spec(&mut spec, &crate::git_policy::GitPolicy::permissive(), &SourceCredentials::default())
-                .await
-                .unwrap_err();
+        let errors = pin_spec(
+            &mut spec,
+            &crate::source_policy::SourcePolicy::permissive(),
+            &SourceCredentials::default(),
+        )
+        .await
+        .unwrap_err();
         assert_eq!(errors.0.len(), 2, "{errors}");
         let text = errors.to_string();
         let lines: Vec<&str> = text.lines().collect();
