@@ -375,11 +375,11 @@ fn apply_reads_git_only_from_remotes_the_controller_allows() {
     assert!(existing.contains("--git-allow-file"), "{existing}");
     assert!(!existing.contains("does not appear to be a git repository"), "{existing}");
     assert_eq!(existing, refusal("file:///no/such/dir"), "a path that exists reads as one that does not");
-    let open = refusal(&format!("http://localhost:{}/x", controller.port));
+    let open = refusal(&format!("https://localhost:{}/x", controller.port));
     assert!(open.contains("--source-allow-host localhost"), "{open}");
     assert_eq!(
         open.replace(&controller.port.to_string(), "PORT"),
-        refusal(&format!("http://localhost:{closed}/x")).replace(&closed.to_string(), "PORT"),
+        refusal(&format!("https://localhost:{closed}/x")).replace(&closed.to_string(), "PORT"),
         "an open port reads as a closed one"
     );
     refusal("ext::sh -c id");
