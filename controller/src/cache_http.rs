@@ -275,6 +275,12 @@ async fn index_page(
         Ok(found) => found,
         Err(response) => return response,
     };
+    if !lower_hex(&key, 16) {
+        return text(
+            StatusCode::NOT_FOUND,
+            "an index page is /cache/v1/index/KEY/PROJECT/, KEY 16 lower-case hex digits",
+        );
+    }
     let Some(base) = sources.index(&key) else {
         return not_named(&machine, &sources, &format!("the index with key {key}"));
     };
