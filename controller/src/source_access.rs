@@ -189,4 +189,40 @@ mod tests {
         assert!(!MachineSources::default().names_file(comfyfleet_config::uv_pin::PINNED_UV_WHEELS[0].2));
         assert!(MachineSources::default().index(&repository_key("https://pypi.org/simple")).is_none());
     }
+
+    #[tokio::test]
+    async fn a_machine_sees_its_assigned_revision_and_no_other() {
+        let fleet = crate::test_fleet::TestFleet::new().await;
+        let store = fleet.state.store.as_ref();
+        let first = fleet.apply(&crate::test_fleet::spec("render", &"a".repeat(40))).await;
+        let other = crate::test_fleet::spec("other", &"b".repeat(40))
+            .replace("[torch]", "[index]\nurl = \"https://private.example/simple\"\n\n[torch]");
+        fleet.apply(&other).await;
+        let assigned = fleet.add_machine("m-assigned", "l40s-x2-550", &["pool=render-a"]).await;
+        let idle = fleet.add_machine("m-idle", "l40s-x2-550", &["pool=render-a"]).await;
+        let revision = store.environment_revision("render", first.number).await.unwrap().unwrap();
+        let assignment = crate::store::NewAssignment {
+            environment: revision.environment.clone(),
+            revision_number: revision.number,
+            revision_id: revision.id.clone(),
+            plan_json: "{}".into(),
+            torch: "2.8.0+cu128".into(),
+            activate: false,
+            reason: comfyfleet_config::AssignmentReason::Rollout,
+            assigned_at: jiff::Timestamp::now(),
+            assigned_by: "test".into(),
+        };
+        store.assign(&assigned, &assignment).await.unwrap();
+        let access = SourceAccess::default();
+        let machine = store.get_machine(&assigned).await.unwrap().unwrap();
+        let sources = access.of_machine(store, &machine).await.unwrap();
+        let comfyui = repository_key("https://example.com/ComfyUI.git");
+        assert!(sources.names_commit(&comfyui, &"a".repeat(40)));
+        assert!(!sources.names_commit(&comfyui, &"b".repeat(40)), "another environment's commit");
+        assert!(sources.index(&repository_key("https://pypi.org/simple")).is_some());
+        assert!(sources.index(&repository_key("https://private.example/simple")).is_none());
+        let idle = store.get_machine(&idle).await.unwrap().unwrap();
+        let none = access.of_machine(store, &idle).await.unwrap();
+        assert!(none.is_empty() && !none.names_commit(&comfyui, &"a".repeat(40)));
+    }
 }
