@@ -1,14 +1,17 @@
 //! Downloads the agent makes itself (kernel wheels, the uv wheel, an index page),
 //! each checked against the sha256 the spec or the agent pins before anything uses
 //! it. Verified files are kept by digest under `cache/wheels/<sha256>/`, so a
-//! second environment, or a second attempt, downloads nothing.
+//! second environment, or a second attempt, downloads nothing. A download cut short
+//! keeps what it received (`.NAME.partial`) and the next attempt — in this run or
+//! after a restart — asks only for the rest (`Range`); a resumed file that does not
+//! verify is fetched once more from its start before it counts as tampered with.
 
 use std::path::{Path, PathBuf};
 use std::sync::Once;
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::command::redact_credentials;
 
@@ -150,16 +153,26 @@ impl Downloader {
     }
 
     async fn get(&self, url: &str) -> Result<reqwest::Response, DownloadError> {
+        self.get_from(url, 0).await
+    }
+
+    /// A GET of `url` asking for its bytes from `offset` on (all of them at 0). An
+    /// answer of 206 or 416 is the caller's to read.
+    async fn get_from(&self, url: &str, offset: u64) -> Result<reqwest::Response, DownloadError> {
         let shown = redact_credentials(url);
         let mut request = self.client.get(url);
         if let Some(authorization) = &self.authorization {
             request = request.header(reqwest::header::AUTHORIZATION, authorization.as_ref());
         }
+        if offset > 0 {
+            request = request.header(reqwest::header::RANGE, format!("bytes={offset}-"));
+        }
         let mut response = request
             .send()
             .await
             .map_err(|error| DownloadError::Request { url: shown.clone(), detail: error_chain(&error) })?;
-        if !response.status().is_success() {
+        let unsatisfiable = offset > 0 && response.status() == reqwest::StatusCode::RANGE_NOT_SATISFIABLE;
+        if !response.status().is_success() && !unsatisfiable {
             let status = response.status().as_u16();
             // The controller's cache says why in a line of text (naming the upstream URL).
             let plain = response
@@ -212,15 +225,20 @@ impl Downloader {
         progress: &mut (dyn FnMut(u64, Option<u64>) + Send),
     ) -> Result<Fetched, DownloadError> {
         // A connection cut mid-body (a flaky link, or the controller's cache ending a
-        // stream it could not verify) is tried again; the second answer says why.
+        // stream it could not verify) is tried again from where it stopped; the
+        // second answer says why.
         let mut attempt = 1;
+        let mut resume = true;
         loop {
-            match self.verified_once(url, sha256, file_name, progress).await {
-                Err(DownloadError::Request { .. }) if attempt < DOWNLOAD_ATTEMPTS => {
+            match self.verified_once(url, sha256, file_name, resume, progress).await {
+                Err(Resumed::Error(DownloadError::Request { .. })) if attempt < DOWNLOAD_ATTEMPTS => {
                     tokio::time::sleep(Duration::from_millis(500 * u64::from(attempt))).await;
                     attempt += 1;
                 }
-                result => return result,
+                // The kept part may be what failed (the cache ends a stream whose
+                // bytes did not match): the whole file once more decides.
+                Err(Resumed::Mismatch) if resume => resume = false,
+                result => return result.map_err(Resumed::into_error),
             }
         }
     }
@@ -230,10 +248,11 @@ impl Downloader {
         url: &str,
         sha256: &str,
         file_name: &str,
+        resume: bool,
         progress: &mut (dyn FnMut(u64, Option<u64>) + Send),
-    ) -> Result<Fetched, DownloadError> {
+    ) -> Result<Fetched, Resumed> {
         if file_name.is_empty() || file_name.contains('/') || file_name.starts_with('.') {
-            return Err(DownloadError::BadFileName(file_name.to_owned()));
+            return Err(DownloadError::BadFileName(file_name.to_owned()).into());
         }
         let dir = self.cache.join(sha256);
         let path = dir.join(file_name);
@@ -247,16 +266,31 @@ impl Downloader {
         std::fs::create_dir_all(&dir).map_err(io(&dir))?;
         let partial = dir.join(format!(".{file_name}.partial"));
         let shown = redact_credentials(url);
-        let mut response = self.get(url).await?;
-        let total = response.content_length();
-        if total.is_some_and(|total| total > MAX_DOWNLOAD_BYTES) {
-            return Err(DownloadError::TooLarge { url: shown, limit: MAX_DOWNLOAD_BYTES });
+        let kept = if resume { std::fs::metadata(&partial).map(|meta| meta.len()).unwrap_or(0) } else { 0 };
+        let mut response = self.get_from(url, kept).await?;
+        let from = resumed_from(&response, kept);
+        if response.status() == reqwest::StatusCode::RANGE_NOT_SATISFIABLE || (kept > 0 && from.is_none()) {
+            // What is kept is not a start of this file (or all of it, unverified).
+            let _ = tokio::fs::remove_file(&partial).await;
+            if response.status() == reqwest::StatusCode::RANGE_NOT_SATISFIABLE {
+                response = self.get(url).await?;
+            }
         }
-        let mut file = tokio::fs::File::create(&partial).await.map_err(io(&partial))?;
+        let have = from.unwrap_or(0);
+        let total = response.content_length().map(|length| length + have);
+        if total.is_some_and(|total| total > MAX_DOWNLOAD_BYTES) {
+            return Err(DownloadError::TooLarge { url: shown, limit: MAX_DOWNLOAD_BYTES }.into());
+        }
         let mut hasher = Sha256::new();
+        let mut file = if have > 0 {
+            hash_prefix(&partial, have, &mut hasher).await.map_err(io(&partial))?;
+            tokio::fs::OpenOptions::new().append(true).open(&partial).await.map_err(io(&partial))?
+        } else {
+            tokio::fs::File::create(&partial).await.map_err(io(&partial))?
+        };
         let received = write_body(&mut response, &mut file, &partial, &shown, &mut |chunk, received| {
             hasher.update(chunk);
-            progress(received, total);
+            progress(have + received, total);
         })
         .await?;
         file.sync_all().await.map_err(io(&partial))?;
@@ -264,10 +298,65 @@ impl Downloader {
         let actual = hex::encode(hasher.finalize());
         if actual != sha256 {
             let _ = tokio::fs::remove_file(&partial).await;
-            return Err(DownloadError::Sha256Mismatch { url: shown, expected: sha256.to_owned(), actual });
+            if have > 0 {
+                return Err(Resumed::Mismatch);
+            }
+            return Err(
+                DownloadError::Sha256Mismatch { url: shown, expected: sha256.to_owned(), actual }.into()
+            );
         }
         tokio::fs::rename(&partial, &path).await.map_err(io(&path))?;
         Ok(Fetched { path, downloaded_bytes: received })
+    }
+}
+
+/// How one attempt at a verified download ended badly.
+enum Resumed {
+    Error(DownloadError),
+    /// A resumed file did not verify.
+    Mismatch,
+}
+
+impl From<DownloadError> for Resumed {
+    fn from(error: DownloadError) -> Self {
+        Resumed::Error(error)
+    }
+}
+
+impl Resumed {
+    fn into_error(self) -> DownloadError {
+        match self {
+            Resumed::Error(error) => error,
+            // Not reached: a mismatch after a resume is fetched again whole.
+            Resumed::Mismatch => DownloadError::Request {
+                url: String::new(),
+                detail: "a resumed download did not verify".to_owned(),
+            },
+        }
+    }
+}
+
+/// Where a 206 answer to a request for bytes from `kept` on starts: `kept`, if its
+/// `Content-Range` says so (anything else is not a resume of what is kept).
+fn resumed_from(response: &reqwest::Response, kept: u64) -> Option<u64> {
+    if kept == 0 || response.status() != reqwest::StatusCode::PARTIAL_CONTENT {
+        return None;
+    }
+    let range = response.headers().get(reqwest::header::CONTENT_RANGE)?.to_str().ok()?;
+    let first = range.strip_prefix("bytes ")?.split('-').next()?.trim().parse::<u64>().ok()?;
+    (first == kept).then_some(kept)
+}
+
+/// Feeds the first `length` bytes of `path` to `hasher`.
+async fn hash_prefix(path: &Path, length: u64, hasher: &mut Sha256) -> std::io::Result<()> {
+    let mut file = tokio::fs::File::open(path).await?.take(length);
+    let mut buffer = vec![0u8; 256 << 10];
+    loop {
+        let read = file.read(&mut buffer).await?;
+        if read == 0 {
+            return Ok(());
+        }
+        hasher.update(&buffer[..read]);
     }
 }
 
@@ -305,3 +394,6 @@ async fn write_body(
 fn error_chain(error: &dyn std::error::Error) -> String {
     redact_credentials(&comfyfleet_proto::transport::error_chain(error))
 }
+
+#[cfg(test)]
+mod tests;

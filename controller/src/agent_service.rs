@@ -259,17 +259,10 @@ impl AgentApi {
     }
 }
 
-/// The machine a client certificate names, if that machine is enrolled, not revoked,
-/// and this is its current certificate: the agent API and the package cache.
-pub(crate) async fn authenticate_certificate(
-    state: &ControllerState,
-    certificates: Option<&[rustls::pki_types::CertificateDer<'static>]>,
-) -> Result<MachineId, Status> {
-    authenticated_machine(state, certificates).await.map(|machine| machine.id)
-}
-
-/// Like [`authenticate_certificate`], with the machine's stored record.
-async fn authenticated_machine(
+/// The machine a client certificate names (its stored record), if that machine is
+/// enrolled, not revoked, and this is its current certificate: the agent API and the
+/// package cache.
+pub(crate) async fn authenticated_machine(
     state: &ControllerState,
     certificates: Option<&[rustls::pki_types::CertificateDer<'static>]>,
 ) -> Result<StoredMachine, Status> {

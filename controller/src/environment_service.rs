@@ -66,10 +66,12 @@ async fn apply_spec(
         .map_err(|errors| Status::invalid_argument(errors.to_string()))?;
     attempt.environment = Some(spec.name.clone());
     attempt.credentials = credential_names(&spec);
+    // Nothing is asked of a source the policy refuses, not even its refs.
+    refuse_sources(state, &spec).await?;
     // Before any source is contacted: a credential the spec names for an origin its
     // admin did not bind it to is refused here, so it is never sent there.
     let credentials = source_credentials(state, &spec).await?;
-    let pins = git_pin::pin_spec(&mut spec, &state.settings.git, &credentials, &state.settings.children)
+    let pins = git_pin::pin_spec(&mut spec, &state.settings.sources, &credentials, &state.settings.children)
         .await
         .map_err(|errors| Status::failed_precondition(errors.to_string()))?;
     let requested = parse_classes(&request.classes)?;
@@ -111,6 +113,20 @@ async fn apply_spec(
         created,
         pins: pins.iter().map(pin_to_wire).collect(),
     })
+}
+
+/// Refuses a spec naming an index, torch index or wheel URL the controller's source
+/// policy does not allow, before anything is fetched.
+async fn refuse_sources(state: &ControllerState, spec: &Spec) -> Result<(), Status> {
+    let refused = state.settings.sources.refused_urls(spec).await;
+    if refused.is_empty() {
+        return Ok(());
+    }
+    Err(Status::failed_precondition(format!(
+        "{} names sources the controller's source policy refuses:\n{}",
+        printable(&spec.name),
+        refused.join("\n")
+    )))
 }
 
 /// The stored credentials `spec` names, bound to its sources; a name the
@@ -196,6 +212,7 @@ async fn lock_revision(
     let new: std::collections::BTreeSet<String> =
         classes.into_iter().filter(|class| !spec.lock.digests.contains_key(class)).collect();
     attempt.credentials = credential_names(&spec);
+    refuse_sources(state, &spec).await?;
     let credentials = source_credentials(state, &spec).await?;
     let locked =
         state.locker.lock(&spec, &new, &credentials).await.map_err(|problems| {

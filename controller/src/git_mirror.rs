@@ -2,7 +2,9 @@
 //! URL under `cache/git/`, holding every pinned commit. Apply reads requirement files
 //! from them (to lock), and the package cache serves agents each pinned commit as a
 //! git bundle, so a machine needs nothing but the controller. git runs without a
-//! shell, without prompts, against a deadline and hardened (`git_command`).
+//! shell, without prompts, against a deadline and hardened (`git_command`), and
+//! fetches only from remotes the source policy allows (checked again at every fetch:
+//! the policy may have changed since the revision was applied).
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -24,13 +26,14 @@ pub struct GitMirror {
     children: ChildEnvironment,
     /// One bundle is made at a time per controller: making one is CPU- and disk-bound.
     bundling: std::sync::Arc<tokio::sync::Mutex<()>>,
+    policy: crate::source_policy::SourcePolicy,
 }
 
 pub use comfyfleet_config::lock::repository_key;
 
 impl GitMirror {
-    pub fn new(root: PathBuf, children: ChildEnvironment) -> Self {
-        Self { root, children, bundling: Default::default() }
+    pub fn new(root: PathBuf, policy: crate::source_policy::SourcePolicy, children: ChildEnvironment) -> Self {
+        Self { root, children, bundling: Default::default(), policy }
     }
 
     /// Runs git in the copies' directory; its stdout, or the end of its stderr.
@@ -60,6 +63,10 @@ impl GitMirror {
         if self.has_commit(&repository, commit).await {
             return Ok(repository);
         }
+        self.policy
+            .check_git(url)
+            .await
+            .map_err(|reason| format!("the controller does not fetch {url}: {reason}"))?;
         let dir = path_text(&repository);
         let by_commit = git_with(
             &self.children,

@@ -80,7 +80,7 @@ impl std::fmt::Display for PinErrors {
 /// first, then the custom nodes in spec order.
 pub async fn pin_spec(
     spec: &mut Spec,
-    policy: &crate::git_policy::GitPolicy,
+    policy: &crate::source_policy::SourcePolicy,
     credentials: &SourceCredentials,
     children: &ChildEnvironment,
 ) -> Result<Vec<GitPin>, PinErrors> {
@@ -91,7 +91,7 @@ pub async fn pin_spec(
     // Nothing is asked of a remote the controller's policy refuses.
     let mut refused = Vec::new();
     for (what, url, _) in &wanted {
-        if let Err(reason) = policy.check(url).await {
+        if let Err(reason) = policy.check_git(url).await {
             refused.push(PinError::Refused { what: what.clone(), url: url.clone(), reason });
         }
     }
@@ -504,7 +504,7 @@ mod tests {
         let mut spec = spec(&comfyui.url(), &nodes.url());
         let pins = pin_spec(
             &mut spec,
-            &crate::git_policy::GitPolicy::permissive(),
+            &crate::source_policy::SourcePolicy::permissive(),
             &SourceCredentials::default(),
             &ChildEnvironment::default(),
         )
@@ -537,7 +537,7 @@ mod tests {
         let mut spec = spec(&comfyui.missing_url(), &comfyui.url());
         let errors = pin_spec(
             &mut spec,
-            &crate::git_policy::GitPolicy::permissive(),
+            &crate::source_policy::SourcePolicy::permissive(),
             &SourceCredentials::default(),
             &ChildEnvironment::default(),
         )

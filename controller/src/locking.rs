@@ -50,6 +50,8 @@ pub struct Locker {
     /// Scratch space and uv's cache for resolving.
     pub work: PathBuf,
     pub mirror: GitMirror,
+    /// The policy-checked client the uv page is read with.
+    pub upstream: crate::upstream_client::UpstreamClient,
 }
 
 /// The build classes the machines a spec targets need now.
@@ -137,14 +139,20 @@ pub fn kernel_wheel_files(spec: &Spec) -> Vec<PackageFile> {
 
 /// Where the spec's index serves the uv wheels comfyfleet pins, read off its `uv`
 /// page; none when the index does not list them (machines with uv never need one).
-pub async fn uv_wheels(spec: &Spec, credentials: &SourceCredentials) -> Vec<PackageFile> {
+pub async fn uv_wheels(
+    spec: &Spec,
+    credentials: &SourceCredentials,
+    upstream: &crate::upstream_client::UpstreamClient,
+) -> Vec<PackageFile> {
     use comfyfleet_config::uv_pin::{PINNED_UV_WHEELS, find_link, join_url};
-    crate::tls::install_crypto_provider();
-    let Ok(client) = reqwest::Client::builder().timeout(Duration::from_secs(30)).build() else {
-        return Vec::new();
-    };
     let page_url = format!("{}/uv/", spec.index.url.trim_end_matches('/'));
-    let mut request = client.get(&page_url);
+    let mut request = match upstream.get(&page_url).await {
+        Ok(request) => request.timeout(Duration::from_secs(30)),
+        Err(refused) => {
+            tracing::debug!(%page_url, %refused, "the uv page is not read");
+            return Vec::new();
+        }
+    };
     if let Some(authorization) = credentials.authorization(&page_url) {
         request = request.header(reqwest::header::AUTHORIZATION, authorization);
     }
@@ -208,7 +216,7 @@ impl Locker {
         if !problems.is_empty() {
             return Err(problems.join("\n"));
         }
-        Ok(Locked { locks, tools: uv_wheels(spec, credentials).await })
+        Ok(Locked { locks, tools: uv_wheels(spec, credentials, &self.upstream).await })
     }
 
     fn uv_binary(&self) -> Result<PathBuf, String> {

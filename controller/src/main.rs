@@ -65,11 +65,17 @@ struct Args {
     /// (off: a spec could otherwise probe which paths exist there).
     #[arg(long, env = "COMFYFLEET_GIT_ALLOW_FILE")]
     git_allow_file: bool,
-    /// A host apply may read git from (repeatable; `*.example.com` for a domain). With
-    /// none, any host whose addresses are all public; a host on a private or loopback
-    /// address must be named.
-    #[arg(long = "git-allow-host", value_name = "HOST")]
-    git_allow_hosts: Vec<String>,
+    /// A host the controller may fetch sources from — git, package indexes, wheels —
+    /// at any address (repeatable; `*.example.com` for a domain). With none, any host
+    /// whose addresses are all public; once one is named, only the named ones (add
+    /// --source-allow-public to keep public hosts too). A host on a private, loopback
+    /// or link-local address must be named. `--git-allow-host` is the same flag.
+    #[arg(long = "source-allow-host", alias = "git-allow-host", value_name = "HOST")]
+    source_allow_hosts: Vec<String>,
+    /// With --source-allow-host: hosts it does not name are still fetched from when
+    /// every address they resolve to is public.
+    #[arg(long, env = "COMFYFLEET_SOURCE_ALLOW_PUBLIC")]
+    source_allow_public: bool,
     /// Another variable of the controller's environment that the uv and git it runs
     /// may see (repeatable), e.g. SSH_AUTH_SOCK. They get only PATH, HOME, the locale,
     /// proxies and CA bundles otherwise, never the controller's own secrets.
@@ -250,9 +256,11 @@ async fn main() -> anyhow::Result<()> {
             heartbeat_interval: args.heartbeat_interval,
             uv: args.uv,
             cache_max_size: args.cache_max_size,
-            git: comfyfleet_controller::git_policy::GitPolicy {
+            sources: comfyfleet_controller::source_policy::SourcePolicy {
                 allow_file: args.git_allow_file,
-                allow_hosts: args.git_allow_hosts,
+                allow_hosts: args.source_allow_hosts,
+                allow_public: args.source_allow_public,
+                allow_any: false,
             },
             children: comfyfleet_daemon::child_env::ChildEnvironment::from_process(&args.pass_env),
             ..Settings::default()

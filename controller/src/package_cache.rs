@@ -5,10 +5,14 @@
 //! download), checked against the sha256 its revision names before it is kept, and
 //! kept by digest under `cache/files/`.
 //!
-//! Waiting agents are streamed the download as it arrives, except its last
-//! [`HOLDBACK`] bytes, which are sent only once the whole file has verified: an
-//! agent can never receive a complete file whose bytes do not match (it sees a
-//! truncated body, and checks the sha256 itself anyway).
+//! Waiting agents are streamed the download as it arrives ([`crate::cache_body`]),
+//! except its last [`HOLDBACK`] bytes, which are sent only once the whole file has
+//! verified: an agent can never receive a complete file whose bytes do not match (it
+//! sees a truncated body, and checks the sha256 itself anyway).
+//!
+//! Upstream requests go through the [`UpstreamClient`], under the controller's
+//! source policy; a failed download says only that upstream is unreachable (the
+//! controller's log says why), whatever happened.
 //!
 //! An interrupted upstream download resumes where it stopped (HTTP range), within
 //! the download and across controller restarts (`.partial` files). With
@@ -22,14 +26,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use bytes::Bytes;
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
 use tokio::sync::watch;
 
-use comfyfleet_proto::transport::error_chain;
-
+use crate::source_policy::SourcePolicy;
 use crate::store::{PackageFile, Store};
+use crate::upstream_client::{UpstreamClient, detail, unreachable};
 
 /// Bytes of an unverified download that are held back from waiting agents.
 pub const HOLDBACK: u64 = 1 << 20;
@@ -88,7 +91,7 @@ struct Counters {
 pub struct PackageCache {
     dir: PathBuf,
     max_size: Option<u64>,
-    client: reqwest::Client,
+    upstream: UpstreamClient,
     store: Arc<dyn Store>,
     inflight: Mutex<HashMap<String, watch::Receiver<State>>>,
     /// Recent failures by sha256: agents asking again (after their stream was cut)
@@ -124,8 +127,13 @@ pub fn is_sha256(text: &str) -> bool {
 }
 
 impl PackageCache {
-    pub fn new(dir: PathBuf, max_size: Option<u64>, store: Arc<dyn Store>) -> Result<Self, String> {
-        Self::with_secrets(dir, max_size, store, None)
+    pub fn new(
+        dir: PathBuf,
+        max_size: Option<u64>,
+        store: Arc<dyn Store>,
+        policy: SourcePolicy,
+    ) -> Result<Self, String> {
+        Self::with_secrets(dir, max_size, store, policy, None)
     }
 
     /// A cache whose upstream requests carry the source credentials of the kept
@@ -134,23 +142,19 @@ impl PackageCache {
         dir: PathBuf,
         max_size: Option<u64>,
         store: Arc<dyn Store>,
+        policy: SourcePolicy,
         secrets: Option<Arc<crate::source_secrets::SourceSecrets>>,
     ) -> Result<Self, String> {
         for sub in ["files", "partial"] {
             std::fs::create_dir_all(dir.join(sub))
                 .map_err(|error| format!("cannot create {}: {error}", dir.join(sub).display()))?;
         }
-        crate::tls::install_crypto_provider();
-        let client = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(30))
-            .read_timeout(Duration::from_secs(120))
-            .user_agent(concat!("comfyfleet-controller/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|error| format!("cannot set up HTTP downloads: {error}"))?;
+        // Index pages kept by earlier versions held upstream's bytes as they came.
+        let _ = std::fs::remove_dir_all(dir.join("pages"));
         Ok(Self {
             dir,
             max_size,
-            client,
+            upstream: UpstreamClient::new(policy)?,
             store,
             inflight: Mutex::new(HashMap::new()),
             failures: Mutex::new(HashMap::new()),
@@ -163,9 +167,9 @@ impl PackageCache {
         &self.dir
     }
 
-    /// The HTTP client upstream requests share.
-    pub fn client(&self) -> &reqwest::Client {
-        &self.client
+    /// The policy-checked HTTP client every upstream request goes through.
+    pub fn upstream(&self) -> &UpstreamClient {
+        &self.upstream
     }
 
     /// The `Authorization` header for an upstream request to `url`: the source
@@ -295,9 +299,9 @@ impl PackageCache {
         }
         let failed = |message: String| Failure { message, integrity: false };
         if !last_error.is_empty() {
-            return Err(failed(format!(
-                "fetching {} failed after {ATTEMPTS} attempts: {last_error}",
-                source.url
+            return Err(failed(unreachable(
+                &source.url,
+                &format!("{ATTEMPTS} attempts; the last: {last_error}"),
             )));
         }
         let (actual, size) = hash_file(&partial)
@@ -329,30 +333,30 @@ impl PackageCache {
         let io =
             |error: std::io::Error| Attempt::Fatal(format!("cannot write {}: {error}", partial.display()));
         let have = std::fs::metadata(partial).map(|meta| meta.len()).unwrap_or(0);
-        let mut request = self.client.get(&source.url);
+        // A source the policy refuses (a revision stored before the policy changed)
+        // is not asked, and says so.
+        let mut request = self.upstream.get(&source.url).await.map_err(Attempt::Fatal)?;
         if let Some(authorization) = self.authorization(&source.url).await {
             request = request.header(reqwest::header::AUTHORIZATION, authorization);
         }
         if have > 0 {
             request = request.header(reqwest::header::RANGE, format!("bytes={have}-"));
         }
-        let mut response = request.send().await.map_err(|error| {
-            Attempt::Retry(format!("cannot reach {}: {}", source.url, error_chain(&error)))
-        })?;
+        // Every failure upstream is retried alike, so neither the words nor the
+        // number of attempts tell a closed port from an error status.
+        let mut response = request
+            .send()
+            .await
+            .map_err(|error| Attempt::Retry(format!("cannot reach it: {}", detail(&error))))?;
         let status = response.status();
         let resumed = status == reqwest::StatusCode::PARTIAL_CONTENT && have > 0;
         if status == reqwest::StatusCode::RANGE_NOT_SATISFIABLE {
             // The partial file is already whole (or longer than the file): start over.
             let _ = std::fs::remove_file(partial);
-            return Err(Attempt::Retry(format!("{} answered 416 to a resume", source.url)));
+            return Err(Attempt::Retry("it answered 416 to a resume".to_owned()));
         }
         if !status.is_success() {
-            let message = format!("{} answered {status}", source.url);
-            return Err(if status.is_server_error() {
-                Attempt::Retry(message)
-            } else {
-                Attempt::Fatal(message)
-            });
+            return Err(Attempt::Retry(format!("it answered {status}")));
         }
         let total = response
             .content_length()
@@ -374,9 +378,10 @@ impl PackageCache {
         let mut written = if resumed { file.seek(SeekFrom::End(0)).await.map_err(io)? } else { 0 };
         let _ = state.send(State::Downloading { written, total });
         loop {
-            let chunk = response.chunk().await.map_err(|error| {
-                Attempt::Retry(format!("reading {}: {}", source.url, error_chain(&error)))
-            })?;
+            let chunk = response
+                .chunk()
+                .await
+                .map_err(|error| Attempt::Retry(format!("reading it: {}", detail(&error))))?;
             let Some(chunk) = chunk else { break };
             file.write_all(&chunk).await.map_err(io)?;
             written += chunk.len() as u64;
@@ -394,7 +399,7 @@ impl PackageCache {
         if let Some(total) = total
             && written < total
         {
-            return Err(Attempt::Retry(format!("{} ended after {written} of {total} bytes", source.url)));
+            return Err(Attempt::Retry(format!("it ended after {written} of {total} bytes")));
         }
         Ok(())
     }
@@ -535,99 +540,6 @@ async fn hash_file(path: &Path) -> std::io::Result<(String, u64)> {
         size += read as u64;
     }
     Ok((hex::encode(hasher.finalize()), size))
-}
-
-/// The bytes of an [`Opened`] file as a stream: the verified file, or a download
-/// followed as it grows, never past [`HOLDBACK`] before the end until it verified.
-pub fn body_stream(
-    opened: Opened,
-) -> impl futures_util::Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static {
-    struct Follow {
-        file: Option<tokio::fs::File>,
-        sent: u64,
-        partial: PathBuf,
-        finished: PathBuf,
-        state: Option<watch::Receiver<State>>,
-        done: bool,
-    }
-    let follow = match opened {
-        Opened::Ready { path, .. } => {
-            Follow { file: None, sent: 0, partial: path.clone(), finished: path, state: None, done: false }
-        }
-        Opened::Downloading { partial, finished, state } => {
-            Follow { file: None, sent: 0, partial, finished, state: Some(state), done: false }
-        }
-    };
-    futures_util::stream::unfold(follow, |mut follow| async move {
-        if follow.done {
-            return None;
-        }
-        loop {
-            // How far may be sent now, and whether that is the end.
-            let snapshot = follow.state.as_mut().map(|state| state.borrow_and_update().clone());
-            let (allowed, end) = match snapshot {
-                None => (u64::MAX, true),
-                Some(snapshot) => match snapshot {
-                    State::Verified { size } => (size, true),
-                    State::Failed { message, .. } => {
-                        return Some((Err(std::io::Error::other(message)), Follow { done: true, ..follow }));
-                    }
-                    State::Downloading { written, total } => {
-                        let cap = match total {
-                            Some(total) => written.min(total.saturating_sub(HOLDBACK)),
-                            None => written.saturating_sub(HOLDBACK),
-                        };
-                        (cap, false)
-                    }
-                },
-            };
-            if follow.file.is_none() && (allowed > follow.sent || end) {
-                let opened = match tokio::fs::File::open(&follow.partial).await {
-                    Ok(file) => Ok(file),
-                    Err(_) => tokio::fs::File::open(&follow.finished).await,
-                };
-                match opened {
-                    Ok(mut file) => {
-                        if follow.sent > 0 && file.seek(SeekFrom::Start(follow.sent)).await.is_err() {
-                            return None;
-                        }
-                        follow.file = Some(file);
-                    }
-                    Err(error) if end => return Some((Err(error), Follow { done: true, ..follow })),
-                    Err(_) => {}
-                }
-            }
-            if allowed > follow.sent
-                && let Some(file) = follow.file.as_mut()
-            {
-                let want =
-                    usize::try_from((allowed - follow.sent).min(READ_CHUNK as u64)).unwrap_or(READ_CHUNK);
-                let mut buffer = vec![0u8; want];
-                match file.read(&mut buffer).await {
-                    Ok(0) if end => return None,
-                    Ok(0) => {}
-                    Ok(read) => {
-                        buffer.truncate(read);
-                        follow.sent += read as u64;
-                        return Some((Ok(Bytes::from(buffer)), follow));
-                    }
-                    Err(error) => return Some((Err(error), Follow { done: true, ..follow })),
-                }
-            } else if end && allowed <= follow.sent {
-                return None;
-            }
-            if !end
-                && let Some(state) = &mut follow.state
-                && state.changed().await.is_err()
-            {
-                // The download task ended without a last word: treat as failed.
-                return Some((
-                    Err(std::io::Error::other("the upstream download stopped")),
-                    Follow { done: true, ..follow },
-                ));
-            }
-        }
-    })
 }
 
 #[cfg(test)]

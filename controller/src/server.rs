@@ -181,16 +181,22 @@ pub async fn run(
             cache_dir.join("packages"),
             options.settings.cache_max_size,
             store.clone(),
+            options.settings.sources.clone(),
             Some(source_secrets.clone()),
         )
         .map_err(ControllerError::Cache)?,
     );
-    let mirror = crate::git_mirror::GitMirror::new(cache_dir.join("git"), options.settings.children.clone());
+    let mirror = crate::git_mirror::GitMirror::new(
+        cache_dir.join("git"),
+        options.settings.sources.clone(),
+        options.settings.children.clone(),
+    );
     let locker = crate::locking::Locker {
         uv: options.settings.uv.clone(),
         children: options.settings.children.clone(),
         work: cache_dir.join("locking"),
         mirror: mirror.clone(),
+        upstream: packages.upstream().clone(),
     };
     let cluster = match clustered {
         Some((pool, link)) => Some(crate::cluster::Cluster::join(pool, link, &url).await?),
@@ -216,6 +222,7 @@ pub async fn run(
         fleet_id: fleet.id.clone(),
         cluster: cluster.clone(),
         source_secrets,
+        access: Default::default(),
     });
     let _engine = crate::rollouts::spawn(state.clone(), inbox, leading);
     let cluster_tasks = cluster.as_ref().map(|cluster| cluster.start(state.clone())).unwrap_or_default();

@@ -22,8 +22,9 @@ pub struct Settings {
     pub uv: Option<std::path::PathBuf>,
     /// `--cache-max-size`: the package cache's disk limit, in bytes.
     pub cache_max_size: Option<u64>,
-    /// Which git remotes apply may ask for refs (`--git-allow-file`, `--git-allow-host`).
-    pub git: crate::git_policy::GitPolicy,
+    /// Which sources (git, indexes, wheels) the controller may fetch from
+    /// (`--git-allow-file`, `--source-allow-host`, `--source-allow-public`).
+    pub sources: crate::source_policy::SourcePolicy,
     /// The environment the controller's children (uv, git) get: the daemons'
     /// allow-list and `--pass-env` names, never the controller's whole environment.
     pub children: comfyfleet_daemon::child_env::ChildEnvironment,
@@ -40,7 +41,7 @@ impl Default for Settings {
             max_token_ttl: Duration::from_secs(365 * 24 * 3600),
             uv: None,
             cache_max_size: None,
-            git: crate::git_policy::GitPolicy::default(),
+            sources: crate::source_policy::SourcePolicy::default(),
             children: Default::default(),
             lock_on_apply: true,
         }
@@ -72,6 +73,8 @@ pub struct ControllerState {
     pub cluster: Option<Arc<crate::cluster::Cluster>>,
     /// The credentials specs name for their sources.
     pub source_secrets: Arc<crate::source_secrets::SourceSecrets>,
+    /// What each machine's revisions name: all the package cache serves it.
+    pub access: crate::source_access::SourceAccess,
 }
 
 impl ControllerState {

@@ -13,6 +13,7 @@ use tonic::{Request, Status};
 use crate::fleet_service::{FleetApi, mint_credential};
 use crate::pki::CertificateAuthority;
 use crate::presence::Presence;
+use crate::source_policy::SourcePolicy;
 use crate::state::{ControllerState, Settings};
 use crate::store::{JoinTokenRecord, NewMachine, SqliteStore};
 
@@ -48,7 +49,7 @@ impl TestFleet {
             presence: Presence::new(),
             settings: Settings {
                 lock_on_apply: false,
-                git: crate::git_policy::GitPolicy::permissive(),
+                sources: SourcePolicy::permissive(),
                 ..Settings::default()
             },
             reports,
@@ -59,21 +60,32 @@ impl TestFleet {
                     dir.path().join("cache/packages"),
                     None,
                     store_for_cache,
+                    SourcePolicy::permissive(),
                     Some(source_secrets.clone()),
                 )
                 .unwrap(),
             ),
-            mirror: crate::git_mirror::GitMirror::new(dir.path().join("cache/git"), Default::default()),
+            mirror: crate::git_mirror::GitMirror::new(
+                dir.path().join("cache/git"),
+                SourcePolicy::permissive(),
+                Default::default(),
+            ),
             locker: crate::locking::Locker {
                 uv: None,
                 children: Default::default(),
                 work: dir.path().join("cache/locking"),
-                mirror: crate::git_mirror::GitMirror::new(dir.path().join("cache/git"), Default::default()),
+                mirror: crate::git_mirror::GitMirror::new(
+                    dir.path().join("cache/git"),
+                    SourcePolicy::permissive(),
+                    Default::default(),
+                ),
+                upstream: crate::upstream_client::UpstreamClient::new(SourcePolicy::permissive()).unwrap(),
             },
             metrics,
             fleet_id: "0123456789abcdef0123456789abcdef".into(),
             cluster: None,
             source_secrets,
+            access: Default::default(),
         });
         crate::rollouts::spawn(state.clone(), inbox, tokio::sync::watch::channel(true).1);
         let (operator, _) = mint_credential(&state, "op", Role::Operator, "test", "").await.unwrap();

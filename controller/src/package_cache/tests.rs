@@ -56,6 +56,11 @@ fn flaky_upstream(data: Vec<u8>, cut: usize) -> (String, Arc<Mutex<Vec<Option<St
     (url, ranges)
 }
 
+/// The tests' upstreams are on 127.0.0.1, named as a farm names its mirror.
+fn local() -> SourcePolicy {
+    SourcePolicy { allow_hosts: vec!["127.0.0.1".into()], ..SourcePolicy::default() }
+}
+
 async fn store(dir: &Path) -> Arc<dyn Store> {
     Arc::new(SqliteStore::open(&dir.join("controller.db")).await.unwrap())
 }
@@ -123,7 +128,7 @@ async fn an_interrupted_upstream_download_resumes_where_it_stopped() {
         size: Some(data.len() as u64),
     };
     revision_with(store.as_ref(), "render", 'a', std::slice::from_ref(&file)).await;
-    let cache = Arc::new(PackageCache::new(dir.path().join("cache"), None, store).unwrap());
+    let cache = Arc::new(PackageCache::new(dir.path().join("cache"), None, store, local()).unwrap());
     let Opened::Downloading { state, .. } = cache.open(&file.sha256).await.unwrap() else {
         panic!("not cached yet")
     };
@@ -162,7 +167,7 @@ async fn over_its_limit_the_cache_evicts_what_no_kept_revision_needs_oldest_firs
     let newer = put("newer", 1000);
     // The newest revision of `render` needs the first file only.
     revision_with(store.as_ref(), "render", 'a', std::slice::from_ref(&needed)).await;
-    let cache = Arc::new(PackageCache::new(cache_dir, Some((2 << 20) + (1 << 19)), store).unwrap());
+    let cache = Arc::new(PackageCache::new(cache_dir, Some((2 << 20) + (1 << 19)), store, local()).unwrap());
     let status = cache.status().await;
     assert_eq!((status.files, status.needed_files), (3, 1));
     cache.evict().await;
@@ -178,49 +183,99 @@ async fn over_its_limit_the_cache_evicts_what_no_kept_revision_needs_oldest_firs
 #[tokio::test]
 async fn a_file_no_revision_names_is_not_fetched_for_anyone() {
     let dir = tempfile::tempdir().unwrap();
-    let cache = Arc::new(PackageCache::new(dir.path().join("cache"), None, store(dir.path()).await).unwrap());
+    let cache = Arc::new(
+        PackageCache::new(dir.path().join("cache"), None, store(dir.path()).await, local()).unwrap(),
+    );
     let unknown = "ab".repeat(32);
     assert!(matches!(cache.open(&unknown).await, Err(CacheError::Unknown(_))));
     assert!(matches!(cache.open("../../etc/passwd").await, Err(CacheError::BadDigest(_))));
 }
 
-#[tokio::test]
-async fn an_upstream_error_is_a_failure_that_names_the_url_not_a_hang() {
-    let dir = tempfile::tempdir().unwrap();
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let url = format!("http://{}/files/gone-1.0-py3-none-any.whl", listener.local_addr().unwrap());
+/// An upstream on `host` that answers every request with `answer`, counting them.
+fn answering(host: &str, answer: String) -> (std::net::SocketAddr, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind((host, 0)).unwrap();
+    let address = listener.local_addr().unwrap();
+    let requests = Arc::new(AtomicUsize::new(0));
+    let counted = requests.clone();
     std::thread::spawn(move || {
         for stream in listener.incoming() {
             let Ok(mut stream) = stream else { return };
             let mut buffer = [0u8; 4096];
             let _ = stream.read(&mut buffer);
-            let _ =
-                stream.write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+            counted.fetch_add(1, Ordering::SeqCst);
+            let _ = stream.write_all(answer.as_bytes());
         }
     });
-    let store = store(dir.path()).await;
+    (address, requests)
+}
+
+/// How the cache answers for a file at `url` once its download ended.
+async fn failure_for(dir: &Path, url: &str) -> String {
+    let store = store(dir).await;
     let file = PackageFile {
-        sha256: "cd".repeat(32),
-        url: url.clone(),
+        sha256: sha256_hex(url.as_bytes()),
+        url: url.to_owned(),
         file_name: "gone-1.0-py3-none-any.whl".into(),
         size: None,
     };
     revision_with(store.as_ref(), "render", 'a', std::slice::from_ref(&file)).await;
-    let cache = Arc::new(PackageCache::new(dir.path().join("cache"), None, store).unwrap());
+    let cache = Arc::new(PackageCache::new(dir.join("cache"), None, store, local()).unwrap());
     let Opened::Downloading { state, .. } = cache.open(&file.sha256).await.unwrap() else {
         panic!("not cached")
     };
     let State::Failed { message, integrity } =
-        tokio::time::timeout(Duration::from_secs(10), finished(state)).await.unwrap()
+        tokio::time::timeout(Duration::from_secs(30), finished(state)).await.unwrap()
     else {
-        panic!("a 404 cannot verify")
+        panic!("{url} cannot verify")
     };
     assert!(!integrity);
-    assert!(message.contains(&url) && message.contains("404"), "{message}");
     // Asked again at once: the reason again, without another upstream request.
     let Err(CacheError::Refused { message: again, .. }) = cache.open(&file.sha256).await else {
         panic!("refused")
     };
     assert_eq!(again, message);
     assert!(!cache.file_path(&file.sha256).exists());
+    message.replace(url, "URL")
+}
+
+#[tokio::test]
+async fn an_upstream_failure_says_unreachable_whatever_answered() {
+    let not_found =
+        "HTTP/1.1 404 Not Found\r\nContent-Length: 9\r\nConnection: close\r\n\r\nno secret".to_owned();
+    let (answered, _) = answering("127.0.0.1", not_found);
+    let closed = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let from_404 =
+        failure_for(dir_a.path(), &format!("http://{answered}/files/gone-1.0-py3-none-any.whl")).await;
+    let from_closed =
+        failure_for(dir_b.path(), &format!("http://{closed}/files/gone-1.0-py3-none-any.whl")).await;
+    assert!(from_404.contains("URL is unreachable"), "{from_404}");
+    assert_eq!(from_404, from_closed, "an answer and a closed port read alike");
+    for detail in ["404", "secret", "refused", "onnect"] {
+        assert!(!from_404.contains(detail), "{detail}: {from_404}");
+    }
+}
+
+#[tokio::test]
+async fn a_redirect_to_a_host_the_policy_refuses_is_not_followed() {
+    // A stand-in for a cloud metadata service, on another loopback address.
+    let metadata_answer =
+        "HTTP/1.1 200 OK\r\nContent-Length: 6\r\nConnection: close\r\n\r\nsecret".to_owned();
+    let (metadata, asked) = answering("127.0.0.2", metadata_answer);
+    let redirect = format!(
+        "HTTP/1.1 302 Found\r\nLocation: http://{metadata}/latest/meta-data/\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    );
+    let (upstream, redirected) = answering("127.0.0.1", redirect);
+    let dir = tempfile::tempdir().unwrap();
+    let message =
+        failure_for(dir.path(), &format!("http://{upstream}/files/gone-1.0-py3-none-any.whl")).await;
+    assert!(redirected.load(Ordering::SeqCst) > 0, "the allowed upstream was asked");
+    assert_eq!(asked.load(Ordering::SeqCst), 0, "the metadata service never was");
+    assert!(message.contains("unreachable") && !message.contains("127.0.0.2"), "{message}");
+
+    // Named directly, it is refused before anything is asked.
+    let dir = tempfile::tempdir().unwrap();
+    let direct = failure_for(dir.path(), &format!("http://{metadata}/files/gone-1.0-py3-none-any.whl")).await;
+    assert!(direct.contains("--source-allow-host 127.0.0.2"), "{direct}");
+    assert_eq!(asked.load(Ordering::SeqCst), 0);
 }

@@ -323,10 +323,17 @@ impl<S: Store> Store for MeteredStore<S> {
         result
     }
 
-    async fn record_package_files(&self, files: &[PackageFile]) -> StoreResult<()> {
+    async fn record_index_files(&self, index_key: &str, files: &[PackageFile]) -> StoreResult<()> {
         let started = Instant::now();
-        let result = self.inner.record_package_files(files).await;
-        self.metrics.store_call("record_package_files", started.elapsed(), result.is_err());
+        let result = self.inner.record_index_files(index_key, files).await;
+        self.metrics.store_call("record_index_files", started.elapsed(), result.is_err());
+        result
+    }
+
+    async fn linking_indexes(&self, sha256: &str) -> StoreResult<Vec<String>> {
+        let started = Instant::now();
+        let result = self.inner.linking_indexes(sha256).await;
+        self.metrics.store_call("linking_indexes", started.elapsed(), result.is_err());
         result
     }
 

@@ -527,9 +527,11 @@ pub trait Store: Send + Sync + 'static {
     async fn lock(&self, digest: &str) -> StoreResult<Option<StoredLock>>;
     /// Where the file with this sha256 comes from, if a stored revision names it.
     async fn package_file(&self, sha256: &str) -> StoreResult<Option<PackageFile>>;
-    /// Records where files listed on an index page come from (an existing row, from
-    /// a lock, is kept).
-    async fn record_package_files(&self, files: &[PackageFile]) -> StoreResult<()>;
+    /// Records where files listed on a page of the index with key `index_key` come
+    /// from (an existing row, from a lock, is kept), and that the index links them.
+    async fn record_index_files(&self, index_key: &str, files: &[PackageFile]) -> StoreResult<()>;
+    /// The keys of the indexes whose pages link the file with this sha256.
+    async fn linking_indexes(&self, sha256: &str) -> StoreResult<Vec<String>>;
     /// The canonical specs of the revisions the package cache keeps files for: each
     /// environment's newest, and every one assigned to a machine.
     async fn kept_revision_specs(&self) -> StoreResult<Vec<String>>;

@@ -26,6 +26,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("../../migrations/postgres/0001_fleet.sql")),
     (2, include_str!("../../migrations/postgres/0002_fleet_secrets.sql")),
     (3, include_str!("../../migrations/postgres/0003_cluster.sql")),
+    (4, include_str!("../../migrations/postgres/0004_index_links.sql")),
 ];
 
 /// Advisory lock keys (`pg_advisory_lock`): one per decision that must be taken by

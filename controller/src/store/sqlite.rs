@@ -30,6 +30,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (5, include_str!("../../migrations/0005_locks.sql")),
     (6, include_str!("../../migrations/0006_fleet_identity.sql")),
     (7, include_str!("../../migrations/0007_fleet_secrets.sql")),
+    (8, include_str!("../../migrations/0008_index_links.sql")),
 ];
 
 pub struct SqliteStore {

@@ -613,8 +613,14 @@ pub async fn locks_files_and_kept_specs(store: Arc<dyn Store>) {
     assert_eq!(store.lock(&lock.digest).await.unwrap(), Some(lock));
     assert_eq!(store.lock("nope").await.unwrap(), None);
     // An index page does not replace what a lock recorded; a revision does.
-    store.record_package_files(&[file("https://mirror/torch.whl", None)]).await.unwrap();
+    assert!(store.linking_indexes(&"f".repeat(64)).await.unwrap().is_empty());
+    store.record_index_files("0123456789abcdef", &[file("https://mirror/torch.whl", None)]).await.unwrap();
+    store.record_index_files("0123456789abcdef", &[file("https://mirror/torch.whl", None)]).await.unwrap();
+    store.record_index_files("fedcba9876543210", &[file("https://other/torch.whl", None)]).await.unwrap();
     assert_eq!(store.package_file(&"f".repeat(64)).await.unwrap().unwrap().url, "https://a/torch.whl");
+    let mut linking = store.linking_indexes(&"f".repeat(64)).await.unwrap();
+    linking.sort();
+    assert_eq!(linking, ["0123456789abcdef", "fedcba9876543210"], "each index that links it, once");
     let mut third = revision("render", 'c');
     third.files = vec![file("https://b/torch.whl", None)];
     store.put_environment_revision(&third).await.unwrap();

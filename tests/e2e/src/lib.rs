@@ -174,9 +174,17 @@ impl Controller {
         if !extra.contains(&"--heartbeat-interval") {
             command.args(["--heartbeat-interval", "1s"]);
         }
-        // The tests' repositories are local; a test that names a git policy gets only it.
-        if !extra.iter().any(|arg| arg.starts_with("--git-")) {
-            command.arg("--git-allow-file");
+        // The tests' repositories are local and their stand-in indexes on 127.0.0.1;
+        // the example spec's wheels are on a `.example` host that is never contacted. A
+        // test that names a source policy gets only it.
+        if !extra.iter().any(|arg| arg.starts_with("--git-") || arg.starts_with("--source-")) {
+            command.args([
+                "--git-allow-file",
+                "--source-allow-host",
+                "127.0.0.1",
+                "--source-allow-host",
+                "*.example",
+            ]);
         }
         // apply locks with uv: the tests' uv, where there is one.
         if let Some(uv) = standin::try_find_uv() {

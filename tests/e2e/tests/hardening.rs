@@ -345,13 +345,18 @@ fn a_change_and_its_audit_entry_are_stored_together_or_not_at_all() {
 /// `apply` used to run `git ls-remote` on whatever a spec named, so an operator could
 /// learn which paths exist on the controller's host and which of its ports answer.
 /// Now local paths need --git-allow-file and a host on a local address needs naming
-/// with --git-allow-host; nothing is asked of a refused remote, so an open port and a
-/// closed one, an existing path and a missing one, are refused in the same words.
+/// with --source-allow-host (or its old name, --git-allow-host); nothing is asked of a
+/// refused remote, so an open port and a closed one, an existing path and a missing
+/// one, are refused in the same words.
 #[test]
 fn apply_reads_git_only_from_remotes_the_controller_allows() {
     let dir = test_dir();
-    let controller =
-        Controller::start_with(&dir.path().join("controller"), 0, &["--git-allow-host", "git.farm.internal"]);
+    // The spec's index is the stand-in on 127.0.0.1; `localhost` is another name.
+    let controller = Controller::start_with(
+        &dir.path().join("controller"),
+        0,
+        &["--git-allow-host", "git.farm.internal", "--source-allow-host", "127.0.0.1"],
+    );
     let base = comfyfleet_e2e::rollouts::spec('1', "");
     let with_git = |url: &str| {
         base.lines()
@@ -370,11 +375,11 @@ fn apply_reads_git_only_from_remotes_the_controller_allows() {
     assert!(existing.contains("--git-allow-file"), "{existing}");
     assert!(!existing.contains("does not appear to be a git repository"), "{existing}");
     assert_eq!(existing, refusal("file:///no/such/dir"), "a path that exists reads as one that does not");
-    let open = refusal(&format!("http://127.0.0.1:{}/x", controller.port));
-    assert!(open.contains("--git-allow-host"), "{open}");
+    let open = refusal(&format!("https://localhost:{}/x", controller.port));
+    assert!(open.contains("--source-allow-host localhost"), "{open}");
     assert_eq!(
         open.replace(&controller.port.to_string(), "PORT"),
-        refusal(&format!("http://127.0.0.1:{closed}/x")).replace(&closed.to_string(), "PORT"),
+        refusal(&format!("https://localhost:{closed}/x")).replace(&closed.to_string(), "PORT"),
         "an open port reads as a closed one"
     );
     refusal("ext::sh -c id");

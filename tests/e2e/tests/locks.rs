@@ -221,10 +221,21 @@ fn eight_agents_asking_at_once_for_an_uncached_256_mib_wheel_cause_one_upstream_
     let index = fleet.world.server.root().to_owned();
     let big =
         IndexLayout::publish(&index, &[plain_module("standin-big", "1.0.0").padding(256 << 20)]).remove(0);
-    let heavy = node(&fleet, "ComfyUI-Heavy", "standin-big\n", "standin_big");
-    let spec = fleet.spec(|options| options.custom_nodes.push(TestNode::new(&heavy.url(), "main")));
-    let agents: Vec<Agent> = (0..8).map(|i| fleet.agent(&format!("m{i}"), "rtx4090-x1-570")).collect();
-    fleet.apply(&spec);
+    let mut agents: Vec<Agent> = (0..8).map(|i| fleet.agent(&format!("m{i}"), "rtx4090-x1-570")).collect();
+    fleet.apply(&fleet.spec(|_| {}));
+    // The cache serves a machine only what its own revision names: every machine is
+    // assigned the revision, and one reads the page of the revision's index that
+    // links the wheel. The requests below need only the machines' identities, so
+    // the agents stop rather than build.
+    fleet.cli(&["rollout", "start", "render-prod", "--max-parallel-prepare", "8"]).success();
+    for agent in &mut agents {
+        let id = fleet.machine_id(&agent.name);
+        fleet.wait_for(&id, "its assignment", |machine| !machine["assignment"].is_null());
+        agent.process.terminate(Duration::from_secs(60));
+    }
+    let index_key = &sha256_hex(format!("{}/simple", fleet.base_url()).as_bytes())[..16];
+    let page = format!("{}/cache/v1/index/{index_key}/standin-big/", fleet.controller.url);
+    assert_eq!(fetch_concurrently(&agents[..1], &page).len(), 1);
     fleet.world.server.reset_counts();
     // Upstream is slow to answer: every agent asks before the first byte arrives.
     fleet.world.server.set_delay("/files/standin_big", Duration::from_secs(2));

@@ -148,13 +148,33 @@ impl ThisStore {
         .transpose()
     }
 
-    pub(super) async fn insert_package_files(&self, files: &[PackageFile]) -> StoreResult<()> {
+    pub(super) async fn insert_index_files(&self, index_key: &str, files: &[PackageFile]) -> StoreResult<()> {
         if files.is_empty() {
             return Ok(());
         }
         let mut tx = self.write_transaction("starting to record package files").await?;
         insert_files(&mut tx, files, Conflict::Keep).await?;
+        for file in files {
+            sqlx::query(sqlx::AssertSqlSafe(sql(
+                "INSERT INTO index_links (index_key, sha256) VALUES (?, ?) ON CONFLICT DO NOTHING",
+            )))
+            .bind(index_key)
+            .bind(&file.sha256)
+            .execute(&mut *tx)
+            .await
+            .map_err(database("storing an index link"))?;
+        }
         tx.commit().await.map_err(database("committing package files"))
+    }
+
+    pub(super) async fn indexes_linking(&self, sha256: &str) -> StoreResult<Vec<String>> {
+        let rows =
+            sqlx::query(sqlx::AssertSqlSafe(sql("SELECT index_key FROM index_links WHERE sha256 = ?")))
+                .bind(sha256)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(database("reading which indexes link a file"))?;
+        rows.iter().map(|row| get(row, "index_key")).collect()
     }
 
     pub(super) async fn kept_specs(&self) -> StoreResult<Vec<String>> {

@@ -591,8 +591,12 @@ impl Store for ThisStore {
         self.file_by_sha256(sha256).await
     }
 
-    async fn record_package_files(&self, files: &[PackageFile]) -> StoreResult<()> {
-        self.insert_package_files(files).await
+    async fn record_index_files(&self, index_key: &str, files: &[PackageFile]) -> StoreResult<()> {
+        self.insert_index_files(index_key, files).await
+    }
+
+    async fn linking_indexes(&self, sha256: &str) -> StoreResult<Vec<String>> {
+        self.indexes_linking(sha256).await
     }
 
     async fn kept_revision_specs(&self) -> StoreResult<Vec<String>> {
