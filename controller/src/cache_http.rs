@@ -20,6 +20,7 @@ use axum::extract::{Path, Request, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use comfyfleet_config::text::Escaped;
 use futures_util::StreamExt;
 use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
 
@@ -108,7 +109,7 @@ async fn file(
             }
         }
     };
-    tracing::debug!(%machine, %sha256, "serving a cached file");
+    tracing::debug!(%machine, sha256 = %Escaped(&sha256), "serving a cached file");
     let counted = cache.clone();
     let stream = body_stream(opened).map(move |chunk| {
         if let Ok(bytes) = &chunk {

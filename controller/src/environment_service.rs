@@ -7,6 +7,7 @@ use comfyfleet_config::spec::canonical::to_canonical_json;
 use comfyfleet_config::spec::names::printable;
 use comfyfleet_config::spec::source::MAX_SPEC_BYTES;
 use comfyfleet_config::spec::{Spec, SpecFormat};
+use comfyfleet_config::text::Escaped;
 use comfyfleet_proto::v1 as pb;
 use comfyfleet_proto::{spec_format_from_wire, timestamp_to_wire};
 use jiff::Timestamp;
@@ -77,7 +78,7 @@ pub async fn apply(
         number = stored.number,
         id = %stored.id.short(),
         created,
-        by = %caller.actor(),
+        by = %Escaped(caller.actor()),
         "environment applied"
     );
     let mut wire = revision_to_wire(&stored);

@@ -10,6 +10,7 @@ use std::time::Duration;
 use comfyfleet_config::source_credentials::SourceCredentials;
 use comfyfleet_config::spec::Spec;
 use comfyfleet_config::spec::names::is_commit_id;
+use comfyfleet_config::text::Escaped;
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::process::Command;
 
@@ -179,7 +180,7 @@ async fn resolve_ref_with(
 }
 
 /// `git ls-remote -- URL`: every ref of the repository and the object it names.
-#[tracing::instrument(skip_all, fields(url = %url))]
+#[tracing::instrument(skip_all, fields(url = %Escaped(url)))]
 async fn ls_remote(what: &str, url: &str, env: &[(String, String)]) -> Result<String, PinError> {
     let mut child = Command::new("git")
         // ext:: and fd:: would run commands or use file descriptors named by the URL.

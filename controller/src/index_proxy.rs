@@ -14,6 +14,7 @@ use std::path::PathBuf;
 use axum::http::{HeaderMap, StatusCode, header};
 use comfyfleet_config::lock::repository_key;
 use comfyfleet_config::spec::wheel::percent_decode;
+use comfyfleet_config::text::Escaped;
 use comfyfleet_config::uv_pin::join_url;
 use comfyfleet_config::{Spec, SpecFormat};
 
@@ -85,7 +86,7 @@ pub async fn page(state: &ControllerState, key: &str, path: &str, headers: &Head
             let (body, files) =
                 if json { rewrite_json(&body, &final_url) } else { rewrite_html(&body, &final_url) };
             if let Err(problem) = state.packages.store().record_package_files(&files).await {
-                tracing::warn!(%problem, "cannot record an index page's files");
+                tracing::warn!(problem = %Escaped(&problem), "cannot record an index page's files");
             }
             if let Some(parent) = kept.parent()
                 && std::fs::create_dir_all(parent).is_ok()
@@ -100,7 +101,7 @@ pub async fn page(state: &ControllerState, key: &str, path: &str, headers: &Head
             });
             match kept {
                 Some((body, json)) => {
-                    tracing::info!(%upstream, %problem, "upstream unreachable; serving the kept index page");
+                    tracing::info!(upstream = %Escaped(&upstream), problem = %Escaped(&problem), "upstream unreachable; serving the kept index page");
                     Page { status: StatusCode::OK, content_type: content_type(json), body, stale: true }
                 }
                 None => error(StatusCode::BAD_GATEWAY, problem),
