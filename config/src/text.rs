@@ -43,9 +43,10 @@ pub const ESCAPED_MAX: usize = 512;
 /// Writes a value a peer sent (an agent's label, hostname or error, a client's header)
 /// so that it cannot pass for something else in a log: every character [`deceptive`]
 /// finds — line breaks, escape codes and other controls, bidirectional overrides,
-/// invisible characters — and `\` are written as Rust escapes (`\n`, `\u{1b}`,
-/// `\\`), and the value ends after [`ESCAPED_MAX`] characters with `…`. Anything
-/// else, `Łódź` included, is written as it is. Wraps any `Display`:
+/// invisible characters — is written as its Rust escape (`\n`, `\u{1b}`), and the
+/// value ends after [`ESCAPED_MAX`] characters with `…`. Anything else, `Łódź` and `\`
+/// included, is written as it is, so escaping twice (a message that holds an escaped
+/// value, logged escaped) changes nothing. Wraps any `Display`:
 /// `tracing::warn!(hostname = %Escaped(&hostname), …)`, `%Escaped(&error)`.
 #[derive(Debug, Clone, Copy)]
 pub struct Escaped<T>(pub T);
@@ -76,7 +77,7 @@ impl std::fmt::Write for EscapingWriter<'_, '_> {
                 return Ok(());
             }
             self.written += 1;
-            if c == '\\' || deceptive_char(c) {
+            if deceptive_char(c) {
                 for escaped in c.escape_default() {
                     self.out.write_char(escaped)?;
                 }
@@ -121,7 +122,7 @@ mod tests {
         let shown = Escaped(forged).to_string();
         assert!(!shown.contains('\n') && !shown.contains('\x1b'), "{shown}");
         assert_eq!(shown, "pool\\n2026-01-01T00:00:00Z  INFO audit: admin credential created\\u{1b}[31m");
-        assert_eq!(Escaped("a\\n").to_string(), "a\\\\n", "a typed backslash is not an escape");
+        assert_eq!(Escaped(&shown).to_string(), shown, "escaping twice changes nothing");
         assert_eq!(Escaped("render\u{202E}gnp").to_string(), "render\\u{202e}gnp");
         assert_eq!(Escaped("one\u{2028}two\r").to_string(), "one\\u{2028}two\\r");
         assert_eq!(Escaped("Łódź-gpu \"3\"").to_string(), "Łódź-gpu \"3\"", "printable text as it is");
