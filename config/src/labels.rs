@@ -3,12 +3,15 @@
 //! The rules follow Kubernetes labels, which operators already know: a key is an
 //! optional DNS-style prefix and `/`, then a name of at most 63 characters of
 //! letters, digits, `-`, `_` and `.`, starting and ending alphanumeric; a value is
-//! empty or such a name.
+//! empty or such a name. A refused key or value is shown escaped (`text::Escaped`):
+//! it came from an agent or a command line, and its message reaches logs.
 
 use std::collections::BTreeMap;
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
+
+use crate::text::Escaped;
 
 const MAX_NAME: usize = 63;
 const MAX_PREFIX: usize = 253;
@@ -18,14 +21,17 @@ pub const MAX_LABELS: usize = 64;
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum LabelError {
     #[error(
-        "label key `{key}` is invalid: use up to 63 letters, digits, `-`, `_` or `.`, starting and ending with a letter or digit, optionally after a `prefix/` (e.g. `pool` or `example.com/pool`)"
+        "label key `{}` is invalid: use up to 63 letters, digits, `-`, `_` or `.`, starting and ending with a letter or digit, optionally after a `prefix/` (e.g. `pool` or `example.com/pool`)",
+        Escaped(.key)
     )]
     Key { key: String },
     #[error(
-        "label value `{value}` for `{key}` is invalid: use up to 63 letters, digits, `-`, `_` or `.`, starting and ending with a letter or digit (or an empty value)"
+        "label value `{}` for `{}` is invalid: use up to 63 letters, digits, `-`, `_` or `.`, starting and ending with a letter or digit (or an empty value)",
+        Escaped(.value),
+        Escaped(.key)
     )]
     Value { key: String, value: String },
-    #[error("`{text}` is not a label: write it as key=value (e.g. pool=render-a)")]
+    #[error("`{}` is not a label: write it as key=value (e.g. pool=render-a)", Escaped(.text))]
     NotAPair { text: String },
     #[error("too many labels ({count}); a machine may carry at most {MAX_LABELS}")]
     TooMany { count: usize },
@@ -227,5 +233,16 @@ mod tests {
     fn deserialising_validates() {
         assert!(serde_json::from_str::<Labels>(r#"{"pool":"a"}"#).is_ok());
         assert!(serde_json::from_str::<Labels>(r#"{"bad key":"a"}"#).is_err());
+    }
+
+    #[test]
+    fn a_refused_label_is_shown_on_one_line() {
+        let error =
+            Labels::parse_pairs(["pool=a\n2026 INFO audit: admin credential created\x1b[31m"]).unwrap_err();
+        let message = error.to_string();
+        assert!(!message.contains('\n') && !message.contains('\x1b'), "{message}");
+        assert!(message.contains("a\\n2026 INFO audit"), "{message}");
+        let key = Labels::parse_pairs(["po\rol=a"]).unwrap_err().to_string();
+        assert!(key.contains("po\\rol"), "{key}");
     }
 }

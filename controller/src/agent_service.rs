@@ -10,6 +10,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use comfyfleet_config::text::Escaped;
 use comfyfleet_config::{ConvergenceReport, Inventory, JoinToken, MachineId, Phase};
 use comfyfleet_proto::v1 as pb;
 use comfyfleet_proto::{WireError, labels_from_wire};
@@ -34,7 +35,7 @@ const MAX_HOSTNAME: usize = 253;
 pub struct AgentApi {
     state: Arc<ControllerState>,
     /// Failed enrollments per address.
-    guard: Arc<crate::enroll_guard::EnrollGuard>,
+    guard: Arc<crate::failure_throttle::FailureThrottle>,
 }
 
 impl AgentApi {
@@ -51,7 +52,7 @@ const INVALID_TOKEN: &str = "this join token is not valid here (unknown to this 
 type SessionStream = Pin<Box<dyn Stream<Item = Result<pb::ControllerMessage, Status>> + Send>>;
 
 fn internal(error: impl std::fmt::Display) -> Status {
-    tracing::error!(%error, "internal error");
+    tracing::error!(error = %Escaped(&error), "internal error");
     Status::internal(error.to_string())
 }
 
@@ -62,7 +63,7 @@ impl pb::agent_service_server::AgentService for AgentApi {
         &self,
         request: Request<pb::EnrollRequest>,
     ) -> Result<Response<pb::EnrollResponse>, Status> {
-        use crate::enroll_guard::Admission;
+        use crate::failure_throttle::Admission;
         let address = request.remote_addr().map(|remote| remote.ip());
         let from = address.map_or_else(|| "an unknown address".to_owned(), |ip| ip.to_string());
         if let Some(ip) = address
@@ -73,8 +74,8 @@ impl pb::agent_service_server::AgentService for AgentApi {
                 tracing::warn!(address = %ip, "enrollments from this address are refused for a while: too many failed");
                 let detail = format!(
                     "more than {} failed in {} s",
-                    crate::enroll_guard::ALLOWED,
-                    crate::enroll_guard::WINDOW.as_secs()
+                    crate::failure_throttle::ALLOWED,
+                    crate::failure_throttle::WINDOW.as_secs()
                 );
                 self.state
                     .audit(&format!("enrollment from {from}"), "machine.enroll.throttled", "", &detail)
@@ -229,7 +230,7 @@ impl AgentApi {
         let enrolling = self.state.store.enroll_machine(token.id(), &digest, &new_machine);
         let outcome = crate::store::audited(entry, enrolling).await.map_err(|e| (None, internal(e)))?;
         if let Err(refusal) = outcome {
-            tracing::warn!(token = token.id(), %hostname, %refusal, "enrollment refused");
+            tracing::warn!(token = %Escaped(token.id()), hostname = %Escaped(&hostname), refusal = %Escaped(&refusal), "enrollment refused");
             let message = match refusal {
                 EnrollRefusal::UnknownToken { .. } | EnrollRefusal::WrongSecret { .. } => {
                     INVALID_TOKEN.to_owned()
@@ -244,7 +245,7 @@ impl AgentApi {
             };
             return Err((Some(reason), Status::permission_denied(message)));
         }
-        tracing::info!(machine_id = %machine_id, %hostname, token = token.id(), "machine enrolled");
+        tracing::info!(machine_id = %machine_id, hostname = %Escaped(&hostname), token = %Escaped(token.id()), "machine enrolled");
         Ok(pb::EnrollResponse {
             machine_id: machine_id.to_string(),
             certificate_pem: certificate.pem,
@@ -352,7 +353,7 @@ impl Session {
                 if let Some(reason) = session_refusal(&status, true) {
                     self.state.metrics.refused("session", reason);
                 }
-                tracing::warn!(code = ?status.code(), message = status.message(), "session refused");
+                tracing::warn!(code = ?status.code(), reason = %Escaped(status.message()), "session refused");
                 let _ = self.outbound.send(Err(status)).await;
                 return;
             }
@@ -378,12 +379,12 @@ impl Session {
                 if let Some(reason) = session_refusal(&status, false) {
                     self.state.metrics.refused("session", reason);
                 }
-                tracing::warn!(code = ?status.code(), message = status.message(), "session ended by the controller");
+                tracing::warn!(code = ?status.code(), reason = %Escaped(status.message()), "session ended by the controller");
                 let _ = self.outbound.send(Err(status)).await;
             }
         }
         if let Err(error) = self.state.store.record_last_seen(&[(self.machine_id.clone(), last_seen)]).await {
-            tracing::warn!(%error, "cannot record last-seen time");
+            tracing::warn!(error = %Escaped(&error), "cannot record last-seen time");
         }
     }
 
@@ -502,7 +503,7 @@ impl Session {
                     // One line per machine per phase is a flood at 10,000 machines: the
                     // rollout's events keep the story; failures stay in the log.
                     if phase == Phase::Failed || !error.is_empty() {
-                        tracing::warn!(generation, phase = %phase, error = %error, "convergence report");
+                        tracing::warn!(generation, phase = %phase, error = %Escaped(&error), "convergence report");
                     } else {
                         tracing::debug!(generation, phase = %phase, "convergence report");
                     }

@@ -25,6 +25,7 @@ use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use comfyfleet_config::text::Escaped;
 use futures_util::StreamExt;
 use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
 
@@ -154,7 +155,7 @@ async fn file(
             }
         }
     };
-    tracing::debug!(%machine, %sha256, "serving a cached file");
+    tracing::debug!(%machine, sha256 = %Escaped(&sha256), "serving a cached file");
     // The sha256 names these bytes for good: a strong validator for If-Range.
     serve(&state, opened, length, &request.headers, Some(format!("\"{sha256}\"")))
 }

@@ -7,20 +7,25 @@
 //! request — an HTTP/2 `HEADERS` frame, or the end of an HTTP/1.1 request head —
 //! within [`Limits::first_request`]; otherwise its reads fail and the server drops it.
 //! After its first request a connection is the protocol's business (keepalive, the
-//! handlers' own deadlines). And one source address holds at most
-//! [`Limits::per_address`] connections (handshakes included): past that, new ones are
-//! closed at accept.
+//! handlers' own deadlines, hyper's header-read timeout). And one source address holds
+//! at most [`Limits::per_address`] connections (handshakes included): past that, new
+//! ones are closed at accept ([`accept_capped`]). Every listener of the controller —
+//! the TLS port, the web page, `/metrics` ([`incoming`], plain TCP) — is held to the
+//! same limits.
 
 use std::collections::HashMap;
 use std::io;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
 use tokio::time::{Instant, Sleep};
+use tokio_stream::wrappers::ReceiverStream;
 
 /// The HTTP/2 client preface.
 const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -84,6 +89,63 @@ impl Drop for Slot {
             }
         }
     }
+}
+
+/// The next connection `listener` accepts from an address that holds fewer than
+/// `cap` (`0`: no cap), with its slot; those past the cap are closed at once.
+/// `warned`: when the last "closing its new ones" line was logged (one a minute).
+pub async fn accept_capped(
+    listener: &TcpListener,
+    counts: &AddressCounts,
+    cap: usize,
+    warned: &mut Option<Instant>,
+) -> (TcpStream, SocketAddr, Slot) {
+    loop {
+        let (tcp, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(error) => {
+                // EMFILE and friends: back off briefly instead of spinning.
+                tracing::warn!(%error, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Some(slot) = counts.take(peer.ip(), cap) else {
+            // One line a minute, not one per refused connection.
+            if warned.is_none_or(|at| at.elapsed() > Duration::from_secs(60)) {
+                *warned = Some(Instant::now());
+                let listen = listener.local_addr().ok();
+                tracing::warn!(address = %peer.ip(), cap, ?listen, "an address holds as many connections as it may; closing its new ones (--max-connections-per-address)");
+            }
+            drop(tcp);
+            continue;
+        };
+        let _ = tcp.set_nodelay(true);
+        return (tcp, peer, slot);
+    }
+}
+
+/// Accepts plain TCP connections on `listener` (no TLS: `/metrics`), each held to
+/// `limits` from its accept. Ends when the returned stream is dropped.
+pub fn incoming(
+    listener: TcpListener,
+    limits: Limits,
+) -> ReceiverStream<Result<Guarded<TcpStream>, io::Error>> {
+    let (ready, stream) = mpsc::channel(64);
+    tokio::spawn(async move {
+        let counts = AddressCounts::default();
+        let mut warned = None;
+        loop {
+            let (tcp, _, slot) = tokio::select! {
+                accepted = accept_capped(&listener, &counts, limits.per_address, &mut warned) => accepted,
+                () = ready.closed() => return,
+            };
+            if ready.send(Ok(Guarded::new(tcp, Instant::now(), limits, slot))).await.is_err() {
+                return;
+            }
+        }
+    });
+    ReceiverStream::new(stream)
 }
 
 /// Where a connection is in its first request.

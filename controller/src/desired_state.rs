@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use comfyfleet_config::MachineId;
 use comfyfleet_config::spec::SpecDigest;
+use comfyfleet_config::text::Escaped;
 use comfyfleet_proto::v1 as pb;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -156,7 +157,7 @@ async fn push(
             Ok(None) => {}
             Err(error) => {
                 // Nothing is lost by waiting: the assignment stays in the store.
-                tracing::warn!(%error, "cannot read the machine's desired state; trying again");
+                tracing::warn!(error = %Escaped(&error), "cannot read the machine's desired state; trying again");
                 tokio::select! {
                     () = tokio::time::sleep(RETRY_AFTER) => {}
                     () = doorbell.rung() => {}

@@ -8,6 +8,7 @@ use comfyfleet_config::spec::canonical::to_canonical_json;
 use comfyfleet_config::spec::names::printable;
 use comfyfleet_config::spec::source::MAX_SPEC_BYTES;
 use comfyfleet_config::spec::{Spec, SpecFormat};
+use comfyfleet_config::text::Escaped;
 use comfyfleet_proto::v1 as pb;
 use comfyfleet_proto::{spec_format_from_wire, timestamp_to_wire};
 use jiff::Timestamp;
@@ -103,7 +104,7 @@ async fn apply_spec(
         number = stored.number,
         id = %stored.id.short(),
         created,
-        by = %caller.actor(),
+        by = %Escaped(caller.actor()),
         "environment applied"
     );
     let mut wire = revision_to_wire(&stored);

@@ -10,6 +10,7 @@ use std::time::Duration;
 use comfyfleet_config::fleet_report::ReportKind;
 use comfyfleet_config::labels::validate_key;
 use comfyfleet_config::source_credentials::SourceSecret;
+use comfyfleet_config::text::Escaped;
 use comfyfleet_config::{JoinToken, MachineId, MachineRecord, OperatorCredential, Role};
 use comfyfleet_proto::v1 as pb;
 use comfyfleet_proto::{labels_from_wire, labels_to_wire, role_from_wire, timestamp_to_wire};
@@ -112,7 +113,7 @@ fn without_output_tails(mut record: MachineRecord) -> MachineRecord {
 }
 
 pub(crate) fn internal(error: impl std::fmt::Display) -> Status {
-    tracing::error!(%error, "internal error");
+    tracing::error!(error = %Escaped(&error), "internal error");
     Status::internal(error.to_string())
 }
 
@@ -383,7 +384,7 @@ impl pb::fleet_service_server::FleetService for FleetApi {
             .await
             .map_err(internal)?;
         let was_online = self.state.presence.kick(&machine.id, KickReason::Revoked);
-        tracing::warn!(machine_id = %machine.id, was_online, by = %caller.actor(), "machine revoked");
+        tracing::warn!(machine_id = %machine.id, was_online, by = %Escaped(caller.actor()), "machine revoked");
         let machine = self
             .state
             .store

@@ -32,7 +32,11 @@ pub struct GitMirror {
 pub use comfyfleet_config::lock::repository_key;
 
 impl GitMirror {
-    pub fn new(root: PathBuf, policy: crate::source_policy::SourcePolicy, children: ChildEnvironment) -> Self {
+    pub fn new(
+        root: PathBuf,
+        policy: crate::source_policy::SourcePolicy,
+        children: ChildEnvironment,
+    ) -> Self {
         Self { root, children, bundling: Default::default(), policy }
     }
 

@@ -11,6 +11,7 @@ use std::time::Duration;
 use comfyfleet_config::source_credentials::SourceCredentials;
 use comfyfleet_config::spec::Spec;
 use comfyfleet_config::spec::names::is_commit_id;
+use comfyfleet_config::text::Escaped;
 use comfyfleet_daemon::child_env::ChildEnvironment;
 use tokio::io::{AsyncRead, AsyncReadExt};
 
@@ -185,7 +186,7 @@ async fn resolve_ref_with(
 }
 
 /// `git ls-remote -- URL`: every ref of the repository and the object it names.
-#[tracing::instrument(skip_all, fields(url = %url))]
+#[tracing::instrument(skip_all, fields(url = %Escaped(url)))]
 async fn ls_remote(
     what: &str,
     url: &str,

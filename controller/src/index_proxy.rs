@@ -11,6 +11,7 @@
 use std::path::PathBuf;
 
 use axum::http::{HeaderMap, StatusCode, header};
+use comfyfleet_config::text::Escaped;
 
 use crate::index_page::ProjectPage;
 use crate::state::ControllerState;
@@ -66,7 +67,7 @@ pub async fn page(state: &ControllerState, key: &str, base: &str, path: &str, he
         Ok(page) => {
             let files: Vec<_> = page.files.iter().map(crate::index_page::IndexFile::package_file).collect();
             if let Err(problem) = state.packages.store().record_index_files(key, &files).await {
-                tracing::warn!(%problem, "cannot record an index page's files");
+                tracing::warn!(problem = %Escaped(&problem), "cannot record an index page's files");
                 return error(
                     StatusCode::SERVICE_UNAVAILABLE,
                     format!("cannot record the page's files: {problem}"),
@@ -85,7 +86,7 @@ pub async fn page(state: &ControllerState, key: &str, base: &str, path: &str, he
                 std::fs::read(&kept).ok().and_then(|json| serde_json::from_slice::<ProjectPage>(&json).ok());
             match stored {
                 Some(page) => {
-                    tracing::info!(%upstream, "upstream unreachable; serving the kept index page");
+                    tracing::info!(upstream = %Escaped(&upstream), "upstream unreachable; serving the kept index page");
                     Page { status: StatusCode::OK, content_type, body: render(&page), stale: true }
                 }
                 None => error(StatusCode::BAD_GATEWAY, problem),

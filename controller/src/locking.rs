@@ -26,6 +26,7 @@ use comfyfleet_config::resolve::{LockInputs, MachineFacts, Resolver};
 use comfyfleet_config::source_credentials::SourceCredentials;
 use comfyfleet_config::spec::Spec;
 use comfyfleet_config::spec::names::normalize_package_name;
+use comfyfleet_config::text::Escaped;
 use tokio::process::Command;
 
 use crate::git_mirror::GitMirror;
@@ -165,7 +166,7 @@ pub async fn uv_wheels(
             }
         }
         Err(error) => {
-            tracing::debug!(%page_url, %error, "the index lists no uv wheel for the package cache");
+            tracing::debug!(page_url = %Escaped(&page_url), error = %Escaped(&error), "the index lists no uv wheel for the package cache");
             return Vec::new();
         }
     };

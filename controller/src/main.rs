@@ -81,9 +81,10 @@ struct Args {
     /// proxies and CA bundles otherwise, never the controller's own secrets.
     #[arg(long = "pass-env", value_name = "NAME")]
     pass_env: Vec<String>,
-    /// The most connections one source address may hold at once (handshakes
-    /// included); past it, its new ones are closed at accept. 0: no cap. Raise it
-    /// when many machines reach the controller through one NAT address.
+    /// The most connections one source address may hold at once on each listener
+    /// (the gRPC port, the web page, /metrics; handshakes included); past it, its new
+    /// ones are closed at accept. 0: no cap. Raise it when many machines reach the
+    /// controller through one NAT address.
     #[arg(long, env = "COMFYFLEET_MAX_CONNECTIONS_PER_ADDRESS", value_name = "N", default_value_t = 1024)]
     max_connections_per_address: usize,
     /// Start a new, empty fleet on an empty database even though this data dir has

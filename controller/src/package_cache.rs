@@ -26,6 +26,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use comfyfleet_config::text::Escaped;
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
 use tokio::sync::watch;
@@ -179,7 +180,7 @@ impl PackageCache {
         match secrets.fleet_credentials().await {
             Ok(credentials) => credentials.authorization(url),
             Err(error) => {
-                tracing::warn!(%error, "cannot read the source credentials; fetching without one");
+                tracing::warn!(error = %Escaped(&error), "cannot read the source credentials; fetching without one");
                 None
             }
         }
@@ -252,11 +253,11 @@ impl PackageCache {
             let state = match result {
                 Ok(size) => {
                     cache.failures.lock().unwrap_or_else(PoisonError::into_inner).remove(&source.sha256);
-                    tracing::info!(url = %source.url, sha256 = %source.sha256, size, "cached from upstream");
+                    tracing::info!(url = %Escaped(&source.url), sha256 = %source.sha256, size, "cached from upstream");
                     State::Verified { size }
                 }
                 Err(Failure { message, integrity }) => {
-                    tracing::warn!(url = %source.url, %message, "cannot cache a file");
+                    tracing::warn!(url = %Escaped(&source.url), message = %Escaped(&message), "cannot cache a file");
                     cache.failures.lock().unwrap_or_else(PoisonError::into_inner).insert(
                         source.sha256.clone(),
                         (std::time::Instant::now(), message.clone(), integrity),
@@ -291,7 +292,7 @@ impl PackageCache {
                     return Err(Failure { message, integrity: false });
                 }
                 Err(Attempt::Retry(message)) => {
-                    tracing::info!(url = %source.url, attempt, %message, "upstream download interrupted; resuming");
+                    tracing::info!(url = %Escaped(&source.url), attempt, message = %Escaped(&message), "upstream download interrupted; resuming");
                     last_error = message;
                     tokio::time::sleep(Duration::from_millis(200 * u64::from(attempt))).await;
                 }

@@ -9,6 +9,7 @@ use std::collections::HashSet;
 use comfyfleet_config::resolve::{MachinePlan, Resolver};
 use comfyfleet_config::spec::names::printable;
 use comfyfleet_config::spec::{Spec, SpecFormat};
+use comfyfleet_config::text::Escaped;
 use comfyfleet_config::{AssignmentReason, MachineFacts, MachineId, MachineRecord};
 use comfyfleet_proto::v1 as pb;
 use tonic::Status;
@@ -25,7 +26,7 @@ const PAGE: u32 = 500;
 const MAX_NAMED: usize = 10_000;
 
 /// Assigns a machine the environment it ran before its current one.
-#[tracing::instrument(skip_all, fields(machine = %request.id))]
+#[tracing::instrument(skip_all, fields(machine = %Escaped(&request.id)))]
 pub async fn rollback(
     state: &ControllerState,
     caller: &Caller,
@@ -84,7 +85,7 @@ pub async fn rollback(
     )
     .await?;
     let online = notify(state, &record);
-    tracing::info!(machine_id = %id, revision = %label, generation = assigned.generation, online, by = %caller.actor(), "rollback assigned");
+    tracing::info!(machine_id = %id, revision = %label, generation = assigned.generation, online, by = %Escaped(caller.actor()), "rollback assigned");
     let machine = state
         .store
         .get_machine(&id)

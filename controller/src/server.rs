@@ -283,12 +283,20 @@ pub async fn run(
 
     let mut side_servers = Vec::new();
     if let Some(listener) = metrics_listener {
+        let limits = options.connection_limits;
         let address = listener.local_addr().ok();
-        let endpoint =
-            crate::metrics::MetricsEndpoint { state: state.clone(), token: options.metrics_token.clone() };
+        let endpoint = crate::metrics::MetricsEndpoint::new(state.clone(), options.metrics_token.clone());
         tracing::info!(listen = ?address, token = options.metrics_token.is_some(), "serving /metrics");
+        // The web page's server and limits: a deadline for the first request, hyper's
+        // header-read timeout after it, and the per-address cap.
+        let routes = tonic::service::Routes::from(crate::metrics::router(endpoint));
         side_servers.push(tokio::spawn(async move {
-            if let Err(error) = axum::serve(listener, crate::metrics::router(endpoint)).await {
+            let served = tonic::transport::Server::builder()
+                .accept_http1(true)
+                .add_routes(routes)
+                .serve_with_incoming(crate::connection_guard::incoming(listener, limits))
+                .await;
+            if let Err(error) = served {
                 tracing::error!(%error, "the metrics server failed");
             }
         }));

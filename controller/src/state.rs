@@ -3,6 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use comfyfleet_config::text::Escaped;
 use jiff::Timestamp;
 
 use crate::desired_state::SpecCache;
@@ -82,7 +83,7 @@ impl ControllerState {
     /// failure here is logged loudly rather than reported as the call failing.
     pub async fn audit(&self, actor: &str, action: &str, target: &str, detail: &str) {
         if let Err(error) = self.store.append_audit(Timestamp::now(), actor, action, target, detail).await {
-            tracing::error!(%error, actor, action, target, "cannot write the audit log");
+            tracing::error!(error = %Escaped(&error), actor = %Escaped(actor), action, target = %Escaped(target), "cannot write the audit log");
         }
     }
 }

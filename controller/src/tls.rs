@@ -10,6 +10,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use comfyfleet_config::text::Escaped;
 use rustls::RootCertStore;
 use rustls::server::WebPkiClientVerifier;
 use tokio::net::{TcpListener, TcpStream};
@@ -18,7 +19,7 @@ use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 use tokio_stream::wrappers::ReceiverStream;
 
-use crate::connection_guard::{AddressCounts, Guarded, Limits};
+use crate::connection_guard::{AddressCounts, Guarded, Limits, accept_capped};
 use crate::pki::{CertificateAuthority, ServerIdentity};
 
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -74,30 +75,12 @@ pub fn incoming(
     let acceptor = TlsAcceptor::from(config);
     let counts = AddressCounts::default();
     tokio::spawn(async move {
-        let mut refused_logged: Option<tokio::time::Instant> = None;
+        let mut warned = None;
         loop {
-            let (tcp, peer) = tokio::select! {
-                accepted = listener.accept() => match accepted {
-                    Ok(accepted) => accepted,
-                    Err(error) => {
-                        // EMFILE and friends: back off briefly instead of spinning.
-                        tracing::warn!(%error, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                },
+            let (tcp, peer, slot) = tokio::select! {
+                accepted = accept_capped(&listener, &counts, limits.per_address, &mut warned) => accepted,
                 () = ready.closed() => return,
             };
-            let Some(slot) = counts.take(peer.ip(), limits.per_address) else {
-                // One line a minute, not one per refused connection.
-                if refused_logged.is_none_or(|at| at.elapsed() > Duration::from_secs(60)) {
-                    refused_logged = Some(tokio::time::Instant::now());
-                    tracing::warn!(address = %peer.ip(), cap = limits.per_address, "an address holds as many connections as it may; closing its new ones (--max-connections-per-address)");
-                }
-                drop(tcp);
-                continue;
-            };
-            let _ = tcp.set_nodelay(true);
             let acceptor = acceptor.clone();
             let ready = ready.clone();
             tokio::spawn(async move {
@@ -120,11 +103,11 @@ fn log_handshake_failure(peer: SocketAddr, error: &std::io::Error) {
     match error.kind() {
         // Load balancers' TCP health checks connect and close: not news.
         ErrorKind::UnexpectedEof | ErrorKind::ConnectionReset => {
-            tracing::debug!(%peer, %error, "TLS handshake abandoned")
+            tracing::debug!(%peer, error = %Escaped(error), "TLS handshake abandoned")
         }
         // A certificate from another CA, plain HTTP on the TLS port: worth a line,
         // not a warning storm.
-        _ => tracing::info!(%peer, %error, "TLS handshake failed"),
+        _ => tracing::info!(%peer, error = %Escaped(error), "TLS handshake failed"),
     }
 }
 

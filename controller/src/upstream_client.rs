@@ -11,6 +11,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use comfyfleet_config::text::Escaped;
+
 use crate::source_policy::SourcePolicy;
 
 /// Redirects followed for one request.
@@ -99,7 +101,7 @@ impl UpstreamClient {
 /// a body cut short): the same words, so the answer says nothing about what is
 /// there. `detail` goes to the controller's log.
 pub fn unreachable(url: &str, detail: &str) -> String {
-    tracing::warn!(%url, %detail, "an upstream source is unreachable");
+    tracing::warn!(url = %Escaped(url), detail = %Escaped(detail), "an upstream source is unreachable");
     format!("{url} is unreachable from the controller (its log says why)")
 }
 

@@ -8,14 +8,14 @@
 //! pasted once: the page keeps a random session id in a `__Host-`, `Secure; HttpOnly;
 //! SameSite=Strict` cookie, and every request checks that the credential is still
 //! valid, so revoking it signs the browser out. Sessions live in memory (a
-//! controller restart signs everyone out) and last [`SESSION_TTL`].
+//! controller restart signs everyone out), last [`SESSION_TTL`] and are bounded per
+//! credential (`sessions`); failed sign-ins are throttled per address (`sign_in`).
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
-use axum::extract::{Form, FromRequestParts, Path, Query, State};
+use axum::extract::{FromRequestParts, Path, Query, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{Html, IntoResponse, Redirect, Response};
@@ -31,6 +31,8 @@ use crate::fleet_view::{self, FleetMachine};
 use crate::state::ControllerState;
 
 mod pages;
+mod sessions;
+mod sign_in;
 
 /// How long a sign-in lasts.
 pub const SESSION_TTL: Duration = Duration::from_secs(12 * 3600);
@@ -38,28 +40,21 @@ pub const SESSION_TTL: Duration = Duration::from_secs(12 * 3600);
 pub const PAGE: u32 = 100;
 /// `__Host-`: browsers take it only from HTTPS, for this host, path `/`.
 const COOKIE: &str = "__Host-comfyfleet_session";
-/// Most sessions held at once; the oldest go first.
-const MAX_SESSIONS: usize = 10_000;
-
-struct WebSession {
-    credential_id: String,
-    name: String,
-    expires: Instant,
-}
-
 pub struct Web {
     state: Arc<ControllerState>,
-    sessions: Mutex<HashMap<String, WebSession>>,
+    sessions: sessions::Sessions,
+    /// Failed sign-ins per address.
+    failed_sign_ins: crate::failure_throttle::FailureThrottle,
 }
 
 type Shared = Arc<Web>;
 
 pub fn router(state: Arc<ControllerState>) -> Router {
-    let web = Arc::new(Web { state, sessions: Mutex::new(HashMap::new()) });
+    let web = Arc::new(Web { state, sessions: Default::default(), failed_sign_ins: Default::default() });
     Router::new()
         .route("/", get(pages::overview))
-        .route("/login", get(login_page).post(login))
-        .route("/logout", post(logout))
+        .route("/login", get(sign_in::login_page).post(sign_in::login))
+        .route("/logout", post(sign_in::logout))
         .route("/machines", get(pages::machines))
         .route("/machines/{id}", get(pages::machine))
         .route("/environments", get(pages::environments))
@@ -98,12 +93,6 @@ async fn security_headers(mut response: Response) -> Response {
         set(headers, header::CACHE_CONTROL, "no-store");
     }
     response
-}
-
-impl Web {
-    fn sessions(&self) -> std::sync::MutexGuard<'_, HashMap<String, WebSession>> {
-        self.sessions.lock().unwrap_or_else(PoisonError::into_inner)
-    }
 }
 
 /// A signed-in viewer; pages that take one answer the sign-in page to anyone else.
@@ -145,25 +134,17 @@ impl FromRequestParts<Shared> for Viewer {
             }
         };
         let Some(id) = cookie(&parts.headers, COOKIE) else { return Err(to_login()) };
-        let (credential_id, name) = {
-            let sessions = web.sessions();
-            match sessions.get(&id) {
-                Some(session) if session.expires > Instant::now() => {
-                    (session.credential_id.clone(), session.name.clone())
-                }
-                _ => return Err(to_login()),
-            }
-        };
+        let Some(session) = web.sessions.get(&id) else { return Err(to_login()) };
         // Revoking the credential signs its browsers out.
         let valid = matches!(
-            web.state.store.get_credential(&credential_id).await,
+            web.state.store.get_credential(&session.credential_id).await,
             Ok(Some(record)) if record.revoked_at.is_none()
         );
         if !valid {
-            web.sessions().remove(&id);
+            web.sessions.remove(&id);
             return Err(to_login());
         }
-        Ok(Viewer { name })
+        Ok(Viewer { name: session.name })
     }
 }
 
@@ -178,116 +159,6 @@ fn encode_query(text: &str) -> String {
         }
     }
     encoded
-}
-
-/// Only a path on this site: never `//host` or a scheme.
-fn safe_next(next: Option<&str>) -> String {
-    match next {
-        Some(next) if next.starts_with('/') && !next.starts_with("//") && !next.contains('\\') => {
-            next.to_owned()
-        }
-        _ => "/".to_owned(),
-    }
-}
-
-#[derive(Deserialize)]
-struct LoginQuery {
-    next: Option<String>,
-}
-
-async fn login_page(Query(query): Query<LoginQuery>) -> Html<String> {
-    login_form(&safe_next(query.next.as_deref()), None)
-}
-
-fn login_form(next: &str, error: Option<&str>) -> Html<String> {
-    layout(
-        "Sign in",
-        None,
-        html! {
-            section.login {
-                h1 { "Sign in to comfyfleet" }
-                p { "Paste a credential (" code { "cfo1.…" } "): any role can read this page. "
-                    "Make one with " code { "comfyfleet credentials create NAME --role viewer" } "." }
-                @if let Some(error) = error { p.error { (error) } }
-                form method="post" action="/login" {
-                    input type="hidden" name="next" value=(next);
-                    label for="credential" { "Credential" }
-                    input #credential type="password" name="credential" autocomplete="off" required autofocus;
-                    button type="submit" { "Sign in" }
-                }
-            }
-        },
-    )
-}
-
-#[derive(Deserialize)]
-struct LoginForm {
-    credential: String,
-    next: Option<String>,
-}
-
-async fn login(State(web): State<Shared>, headers: HeaderMap, Form(form): Form<LoginForm>) -> Response {
-    let next = safe_next(form.next.as_deref());
-    // A sign-in posted from another site (login CSRF) is refused.
-    let cross_site = headers
-        .get("sec-fetch-site")
-        .and_then(|value| value.to_str().ok())
-        .is_some_and(|site| !matches!(site, "same-origin" | "none"));
-    if cross_site {
-        return (StatusCode::FORBIDDEN, "sign in from this site's own page\n").into_response();
-    }
-    let caller = match crate::auth::check_credential(web.state.store.as_ref(), form.credential.trim()).await {
-        Ok(caller) => caller,
-        Err(status) => {
-            tracing::info!(reason = status.message(), "web sign-in refused");
-            let page = login_form(&next, Some(status.message()));
-            return (StatusCode::UNAUTHORIZED, page).into_response();
-        }
-    };
-    let id = crate::secrets::new_web_session_id();
-    {
-        let mut sessions = web.sessions();
-        let now = Instant::now();
-        sessions.retain(|_, session| session.expires > now);
-        if sessions.len() >= MAX_SESSIONS
-            && let Some(oldest) =
-                sessions.iter().min_by_key(|(_, session)| session.expires).map(|(id, _)| id.clone())
-        {
-            sessions.remove(&oldest);
-        }
-        sessions.insert(
-            id.clone(),
-            WebSession {
-                credential_id: caller.credential_id.clone(),
-                name: caller.name.clone(),
-                expires: now + SESSION_TTL,
-            },
-        );
-    }
-    tracing::info!(credential = %caller.credential_id, name = %caller.name, "web sign-in");
-    let cookie = format!(
-        "{COOKIE}={id}; Path=/; Secure; HttpOnly; SameSite=Strict; Max-Age={}",
-        SESSION_TTL.as_secs()
-    );
-    let mut response = Redirect::to(&next).into_response();
-    if let Ok(value) = HeaderValue::from_str(&cookie) {
-        response.headers_mut().insert(header::SET_COOKIE, value);
-    }
-    response
-}
-
-async fn logout(State(web): State<Shared>, headers: HeaderMap) -> Response {
-    if let Some(id) = cookie(&headers, COOKIE) {
-        web.sessions().remove(&id);
-    }
-    let mut response = Redirect::to("/login").into_response();
-    response.headers_mut().insert(
-        header::SET_COOKIE,
-        HeaderValue::from_static(
-            "__Host-comfyfleet_session=; Path=/; Secure; HttpOnly; SameSite=Strict; Max-Age=0",
-        ),
-    );
-    response
 }
 
 /// Every page's frame: the navigation, who is signed in, the content.
@@ -451,11 +322,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn next_is_only_ever_a_path_on_this_site() {
-        assert_eq!(safe_next(Some("/machines?where=x")), "/machines?where=x");
-        for hostile in ["//evil.example/", "https://evil.example/", "/\\evil.example", "machines"] {
-            assert_eq!(safe_next(Some(hostile)), "/", "{hostile}");
-        }
+    fn the_path_to_come_back_to_is_percent_encoded() {
         assert_eq!(encode_query("/machines?where=a && b"), "/machines%3Fwhere%3Da%20%26%26%20b");
     }
 

@@ -10,6 +10,7 @@ use comfyfleet_config::assignment::AssignmentReason;
 use comfyfleet_config::convergence::Phase;
 use comfyfleet_config::resolve::Resolver;
 use comfyfleet_config::spec::{Spec, SpecFormat};
+use comfyfleet_config::text::Escaped;
 use comfyfleet_config::{MachineFacts, MachineId};
 use jiff::Timestamp;
 use tokio::sync::mpsc::error::TryRecvError;
@@ -444,7 +445,7 @@ impl Engine {
         if let Some(change) = &step.change {
             change.apply(&mut run.record);
             if change.state != record.state {
-                tracing::info!(rollout = id, state = change.state.as_str(), reason = %change.reason, "rollout state");
+                tracing::info!(rollout = id, state = change.state.as_str(), reason = %Escaped(&change.reason), "rollout state");
             }
         }
         for assigned in &written {

@@ -1,7 +1,8 @@
-//! Failed enrollments, per source address: a few are a typo, many are someone
-//! guessing. After [`ALLOWED`] failures within [`WINDOW`] an address is refused for
-//! [`BLOCK`] without a look at what it sends (kubeadm and Salt accept no unlimited
-//! guessing either); its refusals are audited until then, and the block once.
+//! Failures per source address — enrollments with a bad token, web sign-ins with a
+//! bad credential: a few are a typo, many are someone guessing. After [`ALLOWED`]
+//! failures within [`WINDOW`] an address is refused for [`BLOCK`] without a look at
+//! what it sends (kubeadm and Salt accept no unlimited guessing either). Each use
+//! (enrollment, sign-in) keeps its own [`FailureThrottle`].
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -24,7 +25,7 @@ struct Failures {
     told: bool,
 }
 
-/// Whether an enrollment from an address is looked at.
+/// Whether an attempt from an address is looked at.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Admission {
     Open,
@@ -36,11 +37,11 @@ pub enum Admission {
 }
 
 #[derive(Default)]
-pub struct EnrollGuard {
+pub struct FailureThrottle {
     failures: Mutex<HashMap<IpAddr, Failures>>,
 }
 
-impl EnrollGuard {
+impl FailureThrottle {
     pub fn admit(&self, address: IpAddr) -> Admission {
         self.admit_at(address, Instant::now())
     }
@@ -62,7 +63,7 @@ impl EnrollGuard {
         }
     }
 
-    /// Counts a failed enrollment; whether the address is blocked now.
+    /// Counts a failed attempt; whether the address is blocked now.
     pub fn failed(&self, address: IpAddr) -> bool {
         self.failed_at(address, Instant::now())
     }
@@ -90,7 +91,7 @@ impl EnrollGuard {
         entry.blocked_until.is_some()
     }
 
-    /// An address that enrolled a machine starts over.
+    /// An address that succeeded (enrolled a machine, signed in) starts over.
     pub fn succeeded(&self, address: IpAddr) {
         self.failures.lock().unwrap_or_else(PoisonError::into_inner).remove(&address);
     }
@@ -102,7 +103,7 @@ mod tests {
 
     #[test]
     fn an_address_is_blocked_after_its_allowance_and_free_again_after_the_block() {
-        let guard = EnrollGuard::default();
+        let guard = FailureThrottle::default();
         let (address, other): (IpAddr, IpAddr) = ("10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap());
         let start = Instant::now();
         for _ in 0..ALLOWED {
@@ -122,7 +123,7 @@ mod tests {
 
     #[test]
     fn failures_spread_over_windows_never_block_and_success_starts_over() {
-        let guard = EnrollGuard::default();
+        let guard = FailureThrottle::default();
         let address: IpAddr = "10.0.0.1".parse().unwrap();
         let start = Instant::now();
         for window in 0..4u32 {
