@@ -3,6 +3,7 @@
 //! the rules (what makes a join token usable) are pure functions they call.
 
 mod metered;
+mod pool_hygiene;
 mod postgres;
 mod rows;
 mod sqlite;
