@@ -103,3 +103,61 @@ fn writes_succeed_again_once_a_full_disk_has_space() {
     let listed = controller.cli(&["token", "list"]).success();
     assert!(listed.contains("after 19"), "{listed}");
 }
+
+#[test]
+fn backups_to_names_that_differ_only_in_extension_run_side_by_side() {
+    let dir = test_dir();
+    let data = dir.path().join("controller");
+    let controller = Controller::start(&data);
+    // Enough rows that a snapshot takes a moment to write, so the two overlap.
+    for index in 0..40 {
+        controller.cli(&["token", "create", "--description", &format!("token {index}")]).success();
+    }
+    let snapshots = dir.path().join("snapshots");
+    std::fs::create_dir(&snapshots).unwrap();
+    for round in 0..6 {
+        let targets =
+            [snapshots.join(format!("fleet-{round}.db")), snapshots.join(format!("fleet-{round}.sqlite"))];
+        let running: Vec<_> = targets
+            .iter()
+            .map(|target| {
+                Command::new(&comfyfleet_e2e::binaries().controller)
+                    .arg("--data-dir")
+                    .arg(&data)
+                    .args(["backup", "--to"])
+                    .arg(target)
+                    .stdout(std::process::Stdio::piped())
+                    .stderr(std::process::Stdio::piped())
+                    .spawn()
+                    .unwrap()
+            })
+            .collect();
+        for (target, child) in targets.iter().zip(running) {
+            let output = child.wait_with_output().unwrap();
+            assert!(
+                output.status.success(),
+                "backup --to {} (beside another backup to the same name with another extension): {}{}",
+                target.display(),
+                String::from_utf8_lossy(&output.stdout),
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+    }
+    // Every snapshot is whole, and no temporary file is left behind.
+    let mut names: Vec<String> = std::fs::read_dir(&snapshots)
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(names.len(), 12, "{names:?}");
+    for name in &names {
+        let check = dir.path().join("check");
+        std::fs::create_dir(&check).unwrap();
+        let snapshot = snapshots.join(name);
+        let (status, output) =
+            comfyfleet_e2e::controller_command(&check, &["restore", "--from", snapshot.to_str().unwrap()]);
+        assert!(status.success(), "{name} is not a whole snapshot: {output}");
+        std::fs::remove_dir_all(&check).unwrap();
+    }
+    drop(controller);
+}
