@@ -23,6 +23,7 @@ mod git_mirror;
 mod git_pin;
 pub mod git_policy;
 mod index_proxy;
+mod inventory_updates;
 mod locking;
 pub mod metrics;
 pub mod package_cache;

@@ -440,8 +440,15 @@ pub trait Store: Send + Sync + 'static {
         include_revoked: bool,
     ) -> StoreResult<Vec<StoredMachine>>;
     async fn record_hello(&self, id: &MachineId, hello: &Hello) -> StoreResult<()>;
-    async fn record_inventory(&self, id: &MachineId, inventory: &Inventory, at: Timestamp)
-    -> StoreResult<()>;
+    /// Stores `inventory` as the machine's, unless it is the one stored already (the
+    /// same canonical JSON): whether it was written. An agent that repeats itself costs
+    /// no write and leaves `inventory_updated_at` at the last change.
+    async fn record_inventory(
+        &self,
+        id: &MachineId,
+        inventory: &Inventory,
+        at: Timestamp,
+    ) -> StoreResult<bool>;
     async fn record_last_seen(&self, seen: &[(MachineId, Timestamp)]) -> StoreResult<()>;
     async fn set_operator_labels(&self, id: &MachineId, labels: &Labels) -> StoreResult<()>;
     /// Marks the machine revoked; returns false if it already was (or is unknown).

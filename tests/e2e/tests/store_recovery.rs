@@ -1,5 +1,7 @@
-//! The store recovers from a bad day: a controller whose disk filled up writes again
-//! as soon as space is free, with no restart.
+//! The store on a bad day: a controller whose disk filled up writes again as soon as
+//! space is free, with no restart; snapshots to names that differ only in extension
+//! run side by side; an agent that sends the same inventory again and again costs no
+//! writes and no log lines.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::print_stderr)] // test helpers fail loudly by design
 
@@ -7,7 +9,11 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use comfyfleet_e2e::{Controller, test_dir};
+use std::time::Duration;
+
+use comfyfleet_e2e::grpc::{AgentFiles, RawSession, channel, hello, inventory};
+use comfyfleet_e2e::{Agent, Controller, profile, test_dir, wait_until};
+use comfyfleet_proto::v1 as pb;
 
 /// A small tmpfs mounted on a directory for one test; unmounted when dropped (lazily,
 /// so a process still holding a file in it cannot keep it mounted past the test).
@@ -160,4 +166,74 @@ fn backups_to_names_that_differ_only_in_extension_run_side_by_side() {
         std::fs::remove_dir_all(&check).unwrap();
     }
     drop(controller);
+}
+
+/// Sends `inventory` as message `seq` and waits for its Ack.
+async fn send_inventory(session: &mut RawSession, seq: u64, inventory: pb::Inventory) {
+    session.send(pb::AgentMessage { seq, body: Some(pb::agent_message::Body::Inventory(inventory)) }).await;
+    loop {
+        match session.next().await.unwrap().unwrap().body {
+            Some(pb::controller_message::Body::Ack(ack)) if ack.seq == seq => return,
+            Some(pb::controller_message::Body::Ack(ack)) => panic!("Ack {} for message {seq}", ack.seq),
+            _ => {}
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_inventory_again_is_neither_stored_nor_logged() {
+    let dir = test_dir();
+    let controller = Controller::start(&dir.path().join("controller"));
+    let token = controller.create_token(&[]);
+    let mut agent =
+        Agent::start(dir.path(), "flood", &profile("t4-x1-535"), &controller.url, Some(&token), &[]);
+    wait_until(Duration::from_secs(20), "the agent online", || {
+        controller.machine("flood").filter(|machine| machine["online"] == true)
+    });
+    agent.process.kill();
+    let files = AgentFiles::read(&agent.data_dir);
+
+    // A peer with the machine's real certificate, whose Hello carries one inventory.
+    let one_gpu = inventory("flood", 1);
+    let channel = channel(&controller.url, &files.ca_pem, Some(&files)).await;
+    let mut session = RawSession::open(channel).await.unwrap();
+    session.send(hello(&files.machine_id, Some(one_gpu.clone()))).await;
+    let welcome = session.next().await.unwrap().unwrap();
+    assert!(matches!(welcome.body, Some(pb::controller_message::Body::Welcome(_))), "{welcome:?}");
+    let updated_at = || {
+        let machine = controller.machine("flood").unwrap();
+        (
+            machine["inventory_updated_at"].as_str().unwrap().to_owned(),
+            machine["gpus"].as_array().unwrap().len(),
+        )
+    };
+    let (first, gpus) = updated_at();
+    assert_eq!(gpus, 1);
+
+    // The times the CLI shows are in seconds: a write in the flood would move them.
+    tokio::time::sleep(Duration::from_millis(2_100)).await;
+    let mut seq = 1;
+    for _ in 0..2_000 {
+        seq += 1;
+        send_inventory(&mut session, seq, one_gpu.clone()).await;
+    }
+    assert_eq!(updated_at(), (first.clone(), 1), "the same inventory again was written");
+
+    // A change is stored at once; changes back and forth are all stored, and logged
+    // throttled.
+    let two_gpus = inventory("flood", 2);
+    seq += 1;
+    send_inventory(&mut session, seq, two_gpus.clone()).await;
+    let (changed, gpus) = updated_at();
+    assert!(changed != first && gpus == 2, "a changed inventory was not stored: {changed} {gpus}");
+    for round in 0..200 {
+        seq += 1;
+        send_inventory(&mut session, seq, if round % 2 == 0 { one_gpu.clone() } else { two_gpus.clone() })
+            .await;
+    }
+    assert_eq!(updated_at().1, 2, "the last inventory sent is the one stored");
+
+    let log = controller.process.log();
+    let lines = log.lines().filter(|line| line.contains("inventory updated")).count();
+    assert!(lines <= 3, "{lines} log lines for 2,201 inventories, 201 of them changes");
 }
