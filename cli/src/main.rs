@@ -539,13 +539,22 @@ async fn run(cli: Cli) -> anyhow::Result<String> {
                 .await
                 .map_err(commands::status_error)?
                 .into_inner();
+            commands::warn_if_certificate_expires(me.server_certificate_not_after.as_ref());
+            let certificate = commands::server_certificate_note(
+                me.server_certificate_not_after.as_ref(),
+                jiff::Timestamp::now(),
+            );
             Ok(format!(
-                "{} ({}) with role {} on {} (controller {})\n",
+                "{} ({}) with role {} on {} (controller {})\n{}",
                 me.name,
                 me.credential_id,
                 commands::role_name(me.role),
                 config.server,
-                me.controller_version
+                me.controller_version,
+                certificate
+                    .filter(|note| !note.starts_with("warning"))
+                    .map(|note| note + "\n")
+                    .unwrap_or_default()
             ))
         }
     }

@@ -35,6 +35,7 @@ mod rollout_service;
 pub mod rollouts;
 mod secrets;
 pub mod server;
+mod server_certificate;
 pub mod source_secrets;
 pub mod state;
 pub mod store;
