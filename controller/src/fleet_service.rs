@@ -111,10 +111,7 @@ fn without_output_tails(mut record: MachineRecord) -> MachineRecord {
     record
 }
 
-pub(crate) fn internal(error: impl std::fmt::Display) -> Status {
-    tracing::error!(%error, "internal error");
-    Status::internal(error.to_string())
-}
+pub(crate) use crate::grpc_status::internal;
 
 fn join_token_to_wire(token: &JoinTokenRecord) -> pb::JoinToken {
     pb::JoinToken {

@@ -22,6 +22,7 @@ pub mod fleet_view;
 mod git_mirror;
 mod git_pin;
 pub mod git_policy;
+mod grpc_status;
 mod index_proxy;
 mod inventory_updates;
 mod locking;

@@ -9,6 +9,7 @@ mod rows;
 mod sqlite;
 #[cfg(test)]
 pub(crate) mod suite;
+mod unavailable;
 
 pub use metered::MeteredStore;
 
