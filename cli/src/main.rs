@@ -533,30 +533,7 @@ async fn run(cli: Cli) -> anyhow::Result<String> {
             commands::environments::diff(&mut fleet, from, to).await
         }
         Command::Rollout(command) => rollout(&mut fleet, &config, command).await,
-        Command::Whoami => {
-            let me = fleet
-                .who_am_i(comfyfleet_proto::v1::WhoAmIRequest {})
-                .await
-                .map_err(commands::status_error)?
-                .into_inner();
-            commands::warn_if_certificate_expires(me.server_certificate_not_after.as_ref());
-            let certificate = commands::server_certificate_note(
-                me.server_certificate_not_after.as_ref(),
-                jiff::Timestamp::now(),
-            );
-            Ok(format!(
-                "{} ({}) with role {} on {} (controller {})\n{}",
-                me.name,
-                me.credential_id,
-                commands::role_name(me.role),
-                config.server,
-                me.controller_version,
-                certificate
-                    .filter(|note| !note.starts_with("warning"))
-                    .map(|note| note + "\n")
-                    .unwrap_or_default()
-            ))
-        }
+        Command::Whoami => commands::credentials::whoami(&mut fleet, &config).await,
     }
 }
 

@@ -441,9 +441,8 @@ pub trait Store: Send + Sync + 'static {
         include_revoked: bool,
     ) -> StoreResult<Vec<StoredMachine>>;
     async fn record_hello(&self, id: &MachineId, hello: &Hello) -> StoreResult<()>;
-    /// Stores `inventory` as the machine's, unless it is the one stored already (the
-    /// same canonical JSON): whether it was written. An agent that repeats itself costs
-    /// no write and leaves `inventory_updated_at` at the last change.
+    /// Stores `inventory` unless the machine's stored one is the same (canonical JSON),
+    /// so `inventory_updated_at` is its last change; whether it was written.
     async fn record_inventory(
         &self,
         id: &MachineId,
