@@ -84,6 +84,51 @@ pub async fn connect(config: &AdminConfig) -> Result<Fleet, ClientError> {
     })
 }
 
+/// Moves a connection to another of the fleet's controllers, for commands that
+/// outlive the controller they started on (`rollout watch`, `--wait`): any controller
+/// of a fleet answers for the whole fleet.
+#[derive(Debug)]
+pub struct Failover {
+    /// The index in the config's servers to try first.
+    next: usize,
+}
+
+impl Failover {
+    /// For a connection [`connect`] made: most likely to `server`, so the others
+    /// come first.
+    pub fn after_connect() -> Self {
+        Self { next: 1 }
+    }
+
+    /// Replaces `fleet` with a connection to the next of the config's controllers that
+    /// accepts one, each tried once, round from the one after the last reached (so
+    /// with one controller, a fresh connection to it); the URL reached.
+    pub async fn reconnect(
+        &mut self,
+        config: &AdminConfig,
+        fleet: &mut Fleet,
+    ) -> Result<String, ClientError> {
+        let servers: Vec<&str> = config.servers().collect();
+        let mut failures = Vec::new();
+        for offset in 0..servers.len() {
+            let index = (self.next + offset) % servers.len();
+            match connect_to(config, servers[index]).await {
+                Ok(connected) => {
+                    *fleet = connected;
+                    self.next = index + 1;
+                    return Ok(servers[index].to_owned());
+                }
+                Err(ClientError::Connect { url, detail }) => failures.push(format!("{url}: {detail}")),
+                Err(other) => return Err(other),
+            }
+        }
+        Err(ClientError::Connect {
+            url: "any of the fleet's controllers".into(),
+            detail: failures.join("; "),
+        })
+    }
+}
+
 async fn connect_to(config: &AdminConfig, url: &str) -> Result<Fleet, ClientError> {
     // A controller that accepts the connection and then says nothing (overloaded, or
     // not a controller) fails the call within seconds rather than hanging it: the

@@ -22,6 +22,10 @@ pub struct MachineView {
     pub online: bool,
     /// RFC 3339; null if the agent never connected.
     pub last_seen: Option<String>,
+    /// When the stored inventory last changed (RFC 3339; an agent that reports the
+    /// same one again does not move it); null before the first inventory.
+    #[serde(default)]
+    pub inventory_updated_at: Option<String>,
     #[serde(default)]
     pub enrolled_at: String,
     pub revoked_at: Option<String>,
@@ -105,6 +109,7 @@ impl From<&MachineRecord> for MachineView {
             hostname: machine.hostname.clone(),
             online: machine.online,
             last_seen: machine.last_seen.map(format::rfc3339),
+            inventory_updated_at: machine.inventory_updated_at.map(format::rfc3339),
             enrolled_at: format::rfc3339(machine.enrolled_at),
             revoked_at: machine.revoked_at.map(format::rfc3339),
             labels: machine.labels.as_map().clone(),
@@ -287,6 +292,7 @@ impl MachineView {
             hostname: hostname.into(),
             online: true,
             last_seen: None,
+            inventory_updated_at: None,
             enrolled_at: "2026-01-01T00:00:00Z".into(),
             revoked_at: None,
             labels: BTreeMap::from([("pool".to_owned(), "render-a".to_owned())]),
@@ -345,6 +351,7 @@ mod tests {
             hostname: "h".into(),
             online: true,
             last_seen: None,
+            inventory_updated_at: None,
             enrolled_at: String::new(),
             revoked_at: None,
             labels: BTreeMap::new(),

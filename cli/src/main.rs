@@ -543,35 +543,25 @@ async fn run(cli: Cli) -> anyhow::Result<String> {
         Command::Env(EnvCommand::Diff { from, to }) => {
             commands::environments::diff(&mut fleet, from, to).await
         }
-        Command::Rollout(command) => rollout(&mut fleet, command).await,
-        Command::Whoami => {
-            let me = fleet
-                .who_am_i(comfyfleet_proto::v1::WhoAmIRequest {})
-                .await
-                .map_err(commands::status_error)?
-                .into_inner();
-            Ok(format!(
-                "{} ({}) with role {} on {} (controller {})\n",
-                me.name,
-                me.credential_id,
-                commands::role_name(me.role),
-                config.server,
-                me.controller_version
-            ))
-        }
+        Command::Rollout(command) => rollout(&mut fleet, &config, command).await,
+        Command::Whoami => commands::credentials::whoami(&mut fleet, &config).await,
     }
 }
 
-async fn rollout(fleet: &mut client::Fleet, command: RolloutCommand) -> anyhow::Result<String> {
+async fn rollout(
+    fleet: &mut client::Fleet,
+    config: &comfyfleet_config::AdminConfig,
+    command: RolloutCommand,
+) -> anyhow::Result<String> {
     use commands::rollout::{StartArgs, UndoArgs};
     use commands::rollout_status::{self, Action};
     match command {
         RolloutCommand::Start { reference, machines, output, wait, timeout, policy } => {
-            let args = StartArgs { machines, policy, output, wait: wait.then_some(timeout) };
+            let args = StartArgs { config, machines, policy, output, wait: wait.then_some(timeout) };
             commands::rollout::start(fleet, reference, args).await
         }
         RolloutCommand::Undo { environment, to_revision, output, wait, timeout, policy } => {
-            let args = UndoArgs { to_revision, policy, output, wait: wait.then_some(timeout) };
+            let args = UndoArgs { config, to_revision, policy, output, wait: wait.then_some(timeout) };
             commands::rollout::undo(fleet, environment, args).await
         }
         RolloutCommand::Status { rollout, machines, output } => {
@@ -580,7 +570,7 @@ async fn rollout(fleet: &mut client::Fleet, command: RolloutCommand) -> anyhow::
         RolloutCommand::Watch { rollout, timeout, interval } => {
             let printer = commands::convergence::Printer::Stdout;
             let options = commands::rollout_watch::WatchOptions { limit: timeout, interval, printer };
-            commands::rollout_watch::watch(fleet, &rollout.unwrap_or_default(), &options).await
+            commands::rollout_watch::watch(fleet, config, &rollout.unwrap_or_default(), &options).await
         }
         RolloutCommand::Pause { rollout, reason, output } => {
             rollout_status::act(fleet, Action::Pause, rollout, reason.unwrap_or_default(), output).await

@@ -21,6 +21,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::desired_state;
+use crate::inventory_updates::InventoryUpdates;
 use crate::metrics::Refusal;
 use crate::pki::{certificate_sha256, machine_id_of};
 use crate::presence::{KickReason, SessionGuard};
@@ -133,6 +134,7 @@ impl pb::agent_service_server::AgentService for AgentApi {
             outbound,
             last_phase: None,
             last_report: None,
+            inventories: InventoryUpdates::default(),
         };
         tokio::spawn(session.run());
         let stream = tokio_stream::StreamExt::map(ReceiverStream::new(receiver), |message| {
@@ -334,6 +336,8 @@ struct Session {
     last_phase: Option<(u64, Phase)>,
     /// The latest report stored for this machine: finished steps are timed once.
     last_report: Option<ConvergenceReport>,
+    /// Inventories are stored and logged only when they change.
+    inventories: InventoryUpdates,
 }
 
 /// Why a session ended; the status, if any, goes to the agent.
@@ -432,6 +436,8 @@ impl Session {
         if machine.as_ref().is_none_or(|machine| machine.revoked_at.is_some()) {
             return Err(kick_status(&self.machine_id, &KickReason::Revoked));
         }
+        self.inventories =
+            InventoryUpdates::new(machine.as_ref().and_then(|machine| machine.inventory.clone()));
         self.last_report = machine.and_then(|machine| machine.report);
         let heartbeat =
             u32::try_from(self.state.settings.heartbeat_interval.as_secs()).unwrap_or(u32::MAX).max(1);
@@ -482,12 +488,8 @@ impl Session {
             Some(pb::agent_message::Body::Inventory(inventory)) => {
                 let inventory =
                     Inventory::try_from(inventory).map_err(|error: WireError| Status::from(error))?;
-                self.state
-                    .store
-                    .record_inventory(&self.machine_id, &inventory, now)
-                    .await
-                    .map_err(internal)?;
-                tracing::info!(gpus = inventory.nvidia.gpus.len(), "inventory updated");
+                let store = self.state.store.as_ref();
+                self.inventories.record(store, &self.machine_id, inventory, now).await.map_err(internal)?;
                 self.ack(message.seq).await
             }
             Some(pb::agent_message::Body::Report(report)) => {

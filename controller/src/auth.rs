@@ -64,7 +64,7 @@ pub async fn check_credential(store: &dyn Store, token: &str) -> Result<Caller, 
     let record = store
         .get_credential(credential.id())
         .await
-        .map_err(|error| Status::internal(error.to_string()))?
+        .map_err(|error| crate::grpc_status::store_status(&error))?
         .ok_or_else(rejected)?;
     if record.revoked_at.is_some()
         || !secrets::digests_match(&record.secret_sha256, &secrets::digest(credential.secret()))

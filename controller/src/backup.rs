@@ -6,6 +6,7 @@
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use jiff::Timestamp;
@@ -62,6 +63,17 @@ pub fn lock_data_dir(data_dir: &Path) -> Result<DataDirLock, BackupError> {
     }
 }
 
+/// The temporary file a snapshot to `to` is written into before it takes the name:
+/// beside it (a rename, never a copy), named after the whole file name and unique to
+/// this call, so that snapshots to `x.db` and `x.sqlite`, or two to one name, running
+/// at once never write into, or remove, each other's file.
+fn partial_path(to: &Path) -> PathBuf {
+    static CALLS: AtomicU64 = AtomicU64::new(0);
+    let call = CALLS.fetch_add(1, Ordering::Relaxed);
+    let name = to.file_name().map(|name| name.to_string_lossy().into_owned()).unwrap_or_default();
+    to.with_file_name(format!("{name}.{}-{call}.partial", std::process::id()))
+}
+
 /// Writes `to` through a `.partial` file that is checked before it takes the name:
 /// a snapshot that exists is whole and readable.
 async fn write_checked<F, Fut>(to: &Path, write: F) -> Result<SnapshotFacts, BackupError>
@@ -72,11 +84,7 @@ where
     if to.exists() {
         return Err(BackupError::Exists { path: to.to_owned() });
     }
-    let partial = to.with_extension("partial");
-    match std::fs::remove_file(&partial) {
-        Err(error) if error.kind() != std::io::ErrorKind::NotFound => return Err(io(&partial)(error)),
-        _ => {}
-    }
+    let partial = partial_path(to);
     let written = async {
         write(partial.clone()).await?;
         let facts = SqliteStore::inspect(&partial).await?;
@@ -84,15 +92,27 @@ where
             return Err(BackupError::NotAFleet { path: to.to_owned() });
         }
         File::open(&partial).and_then(|file| file.sync_all()).map_err(io(&partial))?;
-        std::fs::rename(&partial, to).map_err(io(to))?;
+        take_name(&partial, to)?;
         sync_parent(to)?;
         Ok(facts)
     }
     .await;
-    if written.is_err() {
-        let _ = std::fs::remove_file(&partial);
-    }
+    // Gone after a success too, when the name was taken by a link.
+    let _ = std::fs::remove_file(&partial);
     written
+}
+
+/// Gives the finished `partial` the name `to`, unless a file took that name meanwhile
+/// (another snapshot to the same name): a hard link fails where a rename would
+/// overwrite. Where the filesystem has no hard links, a rename.
+fn take_name(partial: &Path, to: &Path) -> Result<(), BackupError> {
+    match std::fs::hard_link(partial, to) {
+        Ok(()) => Ok(()),
+        Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => {
+            Err(BackupError::Exists { path: to.to_owned() })
+        }
+        Err(_) => std::fs::rename(partial, to).map_err(io(to)),
+    }
 }
 
 fn sync_parent(path: &Path) -> Result<(), BackupError> {

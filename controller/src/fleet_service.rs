@@ -112,10 +112,7 @@ fn without_output_tails(mut record: MachineRecord) -> MachineRecord {
     record
 }
 
-pub(crate) fn internal(error: impl std::fmt::Display) -> Status {
-    tracing::error!(error = %Escaped(&error), "internal error");
-    Status::internal(error.to_string())
-}
+pub(crate) use crate::grpc_status::internal;
 
 fn join_token_to_wire(token: &JoinTokenRecord) -> pb::JoinToken {
     pb::JoinToken {
@@ -250,6 +247,7 @@ impl pb::fleet_service_server::FleetService for FleetApi {
             name: caller.name,
             role: pb::Role::from(caller.role).into(),
             controller_version: env!("CARGO_PKG_VERSION").to_owned(),
+            server_certificate_not_after: Some(timestamp_to_wire(self.state.server_certificate.not_after())),
         }))
     }
 
@@ -358,7 +356,11 @@ impl pb::fleet_service_server::FleetService for FleetApi {
             .into_iter()
             .map(|machine| pb::Machine::from(&without_output_tails(machine.record)))
             .collect();
-        Ok(Response::new(pb::ListMachinesResponse { machines, next_page_token }))
+        Ok(Response::new(pb::ListMachinesResponse {
+            machines,
+            next_page_token,
+            server_certificate_not_after: Some(timestamp_to_wire(self.state.server_certificate.not_after())),
+        }))
     }
 
     async fn get_machine(

@@ -105,6 +105,10 @@ struct Args {
     /// Audit entries older than this are deleted.
     #[arg(long, env = "COMFYFLEET_AUDIT_RETENTION", default_value = "365d", value_parser = parse_duration)]
     audit_retention: Duration,
+    /// For tests: how long a server certificate is valid (e.g. 20s) instead of 365
+    /// days. The controller renews it at two-thirds of its life either way.
+    #[arg(long, hide = true, value_parser = parse_duration, value_name = "DURATION")]
+    server_cert_validity: Option<Duration>,
     #[command(subcommand)]
     command: Option<Command>,
     /// Log format: text or json.
@@ -278,6 +282,9 @@ async fn main() -> anyhow::Result<()> {
         },
         backup_interval: args.backup_interval,
         backup_keep: args.backup_keep as usize,
+        server_certificate_life: args
+            .server_cert_validity
+            .unwrap_or(comfyfleet_controller::pki::SERVER_VALIDITY),
         retention: comfyfleet_controller::retention::Retention {
             events: args.event_retention,
             audit: args.audit_retention,

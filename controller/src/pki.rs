@@ -4,7 +4,12 @@
 //! Agents pin the CA by the sha256 of its DER (carried in every join token), then get
 //! a client certificate naming their machine id. The server certificate is re-issued
 //! from the CA at every start, so a changed listen address or `--tls-san` needs no
-//! manual step and agents, which trust the CA rather than the leaf, never notice.
+//! manual step and agents, which trust the CA rather than the leaf, never notice; a
+//! running controller renews it too (`server_certificate`).
+//!
+//! Every certificate is back-dated by a day: a machine whose clock runs behind (an
+//! hour or two, or a hardware clock kept in local time in any timezone) still
+//! accepts one issued a moment ago.
 
 use std::path::{Path, PathBuf};
 
@@ -22,7 +27,11 @@ use comfyfleet_config::MachineId;
 use comfyfleet_daemon::files;
 
 const CA_VALIDITY_DAYS: i64 = 3650;
-const SERVER_VALIDITY_DAYS: i64 = 365;
+/// The server certificate's life by default (`--server-cert-validity` changes it,
+/// for tests); it is renewed at two-thirds of it.
+pub const SERVER_VALIDITY: std::time::Duration = std::time::Duration::from_secs(365 * 24 * 3600);
+/// How far before its issue a certificate becomes valid.
+const BACKDATE: Duration = Duration::hours(24);
 /// Agent certificates outlive any realistic gap between controller upgrades; renewal
 /// is a re-enrollment for now.
 const AGENT_VALIDITY_DAYS: i64 = 5 * 365;
@@ -59,6 +68,10 @@ pub struct CertificateAuthority {
 pub struct ServerIdentity {
     pub chain: Vec<CertificateDer<'static>>,
     pub key: PrivateKeyDer<'static>,
+    /// When it stops being valid.
+    pub not_after: OffsetDateTime,
+    /// Its serial number, hex: what tells one issue from the next.
+    pub serial: String,
 }
 
 impl ServerIdentity {
@@ -104,7 +117,7 @@ impl CertificateAuthority {
         params.key_usages =
             vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
         params.serial_number = Some(random_serial());
-        set_validity(&mut params, CA_VALIDITY_DAYS);
+        set_validity(&mut params, Duration::days(CA_VALIDITY_DAYS));
         let certificate = params
             .self_signed(&key)
             .map_err(|source| PkiError::Generate { what: "CA certificate", source })?;
@@ -149,8 +162,13 @@ impl CertificateAuthority {
         hex::encode(Sha256::digest(self.certificate_der.as_ref()))
     }
 
-    /// Issues a fresh server certificate for `names` (DNS names or IP addresses).
-    pub fn issue_server_certificate(&self, names: &[String]) -> Result<ServerIdentity, PkiError> {
+    /// Issues a fresh server certificate for `names` (DNS names or IP addresses),
+    /// valid for `life` from now (and from a day before, see [`BACKDATE`]).
+    pub fn issue_server_certificate(
+        &self,
+        names: &[String],
+        life: std::time::Duration,
+    ) -> Result<ServerIdentity, PkiError> {
         let key = KeyPair::generate().map_err(|source| PkiError::Generate { what: "server key", source })?;
         let mut params = CertificateParams::new(names.to_vec())
             .map_err(|source| PkiError::Generate { what: "server certificate", source })?;
@@ -158,8 +176,11 @@ impl CertificateAuthority {
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         params.use_authority_key_identifier_extension = true;
-        params.serial_number = Some(random_serial());
-        set_validity(&mut params, SERVER_VALIDITY_DAYS);
+        let serial = random_serial();
+        params.serial_number = Some(serial.clone());
+        let life = Duration::try_from(life).unwrap_or(Duration::days(CA_VALIDITY_DAYS));
+        set_validity(&mut params, life);
+        let not_after = params.not_after;
         let certificate = params
             .signed_by(&key, &self.issuer)
             .map_err(|source| PkiError::Generate { what: "server certificate", source })?;
@@ -167,6 +188,8 @@ impl CertificateAuthority {
             // The CA travels in the chain so a new agent can find it by its hash.
             chain: vec![certificate.der().clone(), self.certificate_der.clone()],
             key: PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
+            not_after,
+            serial: hex::encode(serial.to_bytes()),
         })
     }
 
@@ -191,7 +214,7 @@ impl CertificateAuthority {
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
         params.use_authority_key_identifier_extension = true;
         params.serial_number = Some(random_serial());
-        set_validity(&mut params, AGENT_VALIDITY_DAYS);
+        set_validity(&mut params, Duration::days(AGENT_VALIDITY_DAYS));
         let certificate = params
             .signed_by(&request.public_key, &self.issuer)
             .map_err(|source| PkiError::Generate { what: "agent certificate", source })?;
@@ -264,16 +287,16 @@ fn name(common_name: &str) -> DistinguishedName {
     name
 }
 
-fn set_validity(params: &mut CertificateParams, days: i64) {
+fn set_validity(params: &mut CertificateParams, life: Duration) {
     let now = OffsetDateTime::now_utc();
-    // A little slack for clocks that run behind.
-    params.not_before = now - Duration::hours(1);
-    params.not_after = now + Duration::days(days);
+    params.not_before = now - BACKDATE;
+    params.not_after = now + life;
 }
 
 fn random_serial() -> SerialNumber {
     let mut bytes: [u8; 16] = rand::random();
-    bytes[0] &= 0x7f; // positive
+    // Positive, and no leading zero byte for DER to drop: the serial reads back as made.
+    bytes[0] = (bytes[0] & 0x7f) | 0x40;
     SerialNumber::from_slice(&bytes)
 }
 
@@ -311,12 +334,29 @@ mod tests {
     fn the_server_certificate_is_saved_beside_the_ca() {
         let dir = tempfile::tempdir().unwrap();
         let ca = CertificateAuthority::load_or_create(dir.path()).unwrap();
-        ca.issue_server_certificate(&["localhost".into()]).unwrap().save(dir.path()).unwrap();
+        let issued = ca.issue_server_certificate(&["localhost".into()], SERVER_VALIDITY).unwrap();
+        issued.save(dir.path()).unwrap();
         let chain = std::fs::read_to_string(dir.path().join("pki/server.crt")).unwrap();
         assert_eq!(pem_certificates(&chain).len(), 2);
         assert_eq!(pem_certificates(&chain)[1], *ca.certificate_der());
         let key = std::fs::read_to_string(dir.path().join("pki/server.key")).unwrap();
         assert!(KeyPair::from_pem(&key).is_ok());
+    }
+
+    #[test]
+    fn certificates_are_back_dated_for_clocks_that_run_behind() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = CertificateAuthority::load_or_create(dir.path()).unwrap();
+        let issued =
+            ca.issue_server_certificate(&["localhost".into()], std::time::Duration::from_secs(20)).unwrap();
+        let (_, parsed) = X509Certificate::from_der(&issued.chain[0]).unwrap();
+        let now = OffsetDateTime::now_utc().unix_timestamp();
+        let not_before = parsed.validity().not_before.timestamp();
+        let not_after = parsed.validity().not_after.timestamp();
+        assert!(now - not_before >= 23 * 3600, "valid from {} s ago", now - not_before);
+        assert!((15..=20).contains(&(not_after - now)), "valid for {} s more", not_after - now);
+        assert_eq!(not_after, issued.not_after.unix_timestamp());
+        assert_eq!(issued.serial, hex::encode(parsed.raw_serial()));
     }
 
     #[test]

@@ -20,6 +20,7 @@ use crate::pki::CertificateAuthority;
 use crate::presence::{KickReason, Presence};
 use crate::report_writer::ReportWriter;
 use crate::rollouts::Rollouts;
+use crate::server_certificate::ServerCertificate;
 use crate::state::{ControllerState, Settings};
 use crate::store::{SqliteStore, Store};
 use crate::tls;
@@ -62,6 +63,9 @@ pub struct ControllerOptions {
     /// What a connection must do before its first request, and how many one address
     /// may hold (`--max-connections-per-address`).
     pub connection_limits: crate::connection_guard::Limits,
+    /// How long a server certificate is valid (`--server-cert-validity`, for tests);
+    /// it is renewed at two-thirds of it.
+    pub server_certificate_life: Duration,
 }
 
 impl ControllerOptions {
@@ -83,6 +87,7 @@ impl ControllerOptions {
             database_url: None,
             secrets_key_file: None,
             connection_limits: crate::connection_guard::Limits::default(),
+            server_certificate_life: crate::pki::SERVER_VALIDITY,
         }
     }
 }
@@ -112,6 +117,8 @@ pub enum ControllerError {
     Pki(#[from] crate::pki::PkiError),
     #[error(transparent)]
     Tls(#[from] crate::tls::TlsSetupError),
+    #[error(transparent)]
+    ServerCertificate(#[from] crate::server_certificate::ServerCertificateError),
     #[error(transparent)]
     AdminFile(#[from] admin_file::AdminFileError),
     #[error("cannot build the reflection service: {0}")]
@@ -152,7 +159,7 @@ pub async fn run(
     };
     let source_secrets =
         Arc::new(crate::source_secrets::SourceSecrets::new(store.clone(), secrets_key, fleet.id.clone()));
-    let ca = CertificateAuthority::load_or_create(data_dir)?;
+    let ca = Arc::new(CertificateAuthority::load_or_create(data_dir)?);
 
     let address = resolve_listen(&options.listen).await?;
     let listener =
@@ -160,18 +167,16 @@ pub async fn run(
     let bound = listener.local_addr().map_err(|source| ControllerError::Bind { address, source })?;
     let url = options.advertise_url.clone().unwrap_or_else(|| default_url(bound));
     let names = certificate_names(bound, &url, &options.tls_sans);
-    let identity = ca.issue_server_certificate(&names)?;
-    identity.save(data_dir)?;
-    let tls_config = tls::server_config(&ca, identity)?;
+    let server_certificate =
+        Arc::new(ServerCertificate::issue(&ca, names, options.server_certificate_life, data_dir)?);
+    let tls_config = tls::server_config(&ca, server_certificate.resolver())?;
     // Bound now, so a port in use is an error before anything else starts.
     let metrics_listener = match &options.metrics_listen {
         Some(listen) => Some(bind(listen).await?),
         None => None,
     };
     let web = match &options.web_listen {
-        Some(listen) => {
-            Some((bind(listen).await?, tls::web_server_config(ca.issue_server_certificate(&names)?)?))
-        }
+        Some(listen) => Some((bind(listen).await?, tls::web_server_config(server_certificate.resolver())?)),
         None => None,
     };
 
@@ -210,6 +215,7 @@ pub async fn run(
     let state = Arc::new(ControllerState {
         store,
         ca,
+        server_certificate,
         presence: Presence::new(),
         settings: options.settings.clone(),
         reports,
@@ -250,8 +256,13 @@ pub async fn run(
         .max_encoding_message_size(comfyfleet_proto::MAX_FLEET_MESSAGE_BYTES);
 
     let flusher = tokio::spawn(flush_last_seen(state.clone()));
-    let mut side_tasks =
-        vec![tokio::spawn(crate::retention::prune_forever(state.store.clone(), options.retention))];
+    let mut side_tasks = vec![
+        tokio::spawn(crate::retention::prune_forever(state.store.clone(), options.retention)),
+        tokio::spawn(crate::server_certificate::renew_forever(
+            state.server_certificate.clone(),
+            state.ca.clone(),
+        )),
+    ];
     if let Some(interval) = options.backup_interval {
         side_tasks.push(tokio::spawn(crate::backup::rotate_forever(
             state.store.clone(),

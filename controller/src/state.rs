@@ -51,7 +51,9 @@ impl Default for Settings {
 
 pub struct ControllerState {
     pub store: Arc<dyn Store>,
-    pub ca: CertificateAuthority,
+    pub ca: Arc<CertificateAuthority>,
+    /// The certificate the TLS listeners serve, renewed while the controller runs.
+    pub server_certificate: Arc<crate::server_certificate::ServerCertificate>,
     pub presence: Arc<Presence>,
     pub settings: Settings,
     pub rollouts: Rollouts,

@@ -43,9 +43,20 @@ impl TestFleet {
             crate::fleet_secrets::SecretsKey::load_or_create(&dir.path().join("secrets.key")).unwrap(),
             "0123456789abcdef0123456789abcdef".into(),
         ));
+        let ca = Arc::new(CertificateAuthority::load_or_create(dir.path()).unwrap());
+        let server_certificate = Arc::new(
+            crate::server_certificate::ServerCertificate::issue(
+                &ca,
+                vec!["localhost".into()],
+                crate::pki::SERVER_VALIDITY,
+                dir.path(),
+            )
+            .unwrap(),
+        );
         let state = Arc::new(ControllerState {
             store,
-            ca: CertificateAuthority::load_or_create(dir.path()).unwrap(),
+            ca,
+            server_certificate,
             presence: Presence::new(),
             settings: Settings {
                 lock_on_apply: false,

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use comfyfleet_config::text::Escaped;
 use rustls::RootCertStore;
-use rustls::server::WebPkiClientVerifier;
+use rustls::server::{ResolvesServerCert, WebPkiClientVerifier};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio_rustls::TlsAcceptor;
@@ -20,7 +20,7 @@ use tokio_rustls::server::TlsStream;
 use tokio_stream::wrappers::ReceiverStream;
 
 use crate::connection_guard::{AddressCounts, Guarded, Limits, accept_capped};
-use crate::pki::{CertificateAuthority, ServerIdentity};
+use crate::pki::CertificateAuthority;
 
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -32,9 +32,11 @@ pub enum TlsSetupError {
     Verifier(#[from] rustls::server::VerifierBuilderError),
 }
 
+/// The agents' and operators' TLS; `certificate` is what it serves (renewed while
+/// the controller runs, see `server_certificate`).
 pub fn server_config(
     ca: &CertificateAuthority,
-    identity: ServerIdentity,
+    certificate: Arc<dyn ResolvesServerCert>,
 ) -> Result<Arc<rustls::ServerConfig>, TlsSetupError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut roots = RootCertStore::empty();
@@ -45,7 +47,7 @@ pub fn server_config(
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_client_cert_verifier(verifier)
-        .with_single_cert(identity.chain, identity.key)?;
+        .with_cert_resolver(certificate);
     // HTTP/1.1 too: the package cache's clients (agents' downloads) may speak it.
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(Arc::new(config))
@@ -53,12 +55,14 @@ pub fn server_config(
 
 /// The web page's TLS: the controller's certificate, no client certificates (a
 /// browser would offer a picker), TLS 1.2 and 1.3, HTTP/2 and HTTP/1.1.
-pub fn web_server_config(identity: ServerIdentity) -> Result<Arc<rustls::ServerConfig>, TlsSetupError> {
+pub fn web_server_config(
+    certificate: Arc<dyn ResolvesServerCert>,
+) -> Result<Arc<rustls::ServerConfig>, TlsSetupError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
         .with_no_client_auth()
-        .with_single_cert(identity.chain, identity.key)?;
+        .with_cert_resolver(certificate);
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(Arc::new(config))
 }

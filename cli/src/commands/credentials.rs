@@ -9,6 +9,26 @@ use crate::OutputFormat;
 use crate::client::Fleet;
 use crate::format;
 
+/// `comfyfleet whoami`: the credential, its role, the controller, and until when its
+/// server certificate is valid (a warning on standard error when that is near).
+pub async fn whoami(client: &mut Fleet, config: &AdminConfig) -> anyhow::Result<String> {
+    let me = client.who_am_i(pb::WhoAmIRequest {}).await.map_err(status_error)?.into_inner();
+    let not_after = me.server_certificate_not_after.as_ref();
+    super::warn_if_certificate_expires(not_after);
+    let certificate = super::server_certificate_note(not_after, jiff::Timestamp::now())
+        .filter(|note| !note.starts_with("warning"))
+        .map(|note| note + "\n")
+        .unwrap_or_default();
+    Ok(format!(
+        "{} ({}) with role {} on {} (controller {})\n{certificate}",
+        me.name,
+        me.credential_id,
+        role_name(me.role),
+        config.server,
+        me.controller_version,
+    ))
+}
+
 /// Prints a ready-to-use config file for the new credential (or only the token).
 pub async fn create(
     client: &mut Fleet,

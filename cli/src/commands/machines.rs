@@ -29,6 +29,7 @@ pub async fn fetch(
 ) -> anyhow::Result<Vec<MachineView>> {
     let mut views = Vec::new();
     let mut page_token = String::new();
+    let mut first = true;
     loop {
         let page = client
             .list_machines(pb::ListMachinesRequest {
@@ -40,6 +41,9 @@ pub async fn fetch(
             .await
             .map_err(status_error)?
             .into_inner();
+        if std::mem::take(&mut first) {
+            super::warn_if_certificate_expires(page.server_certificate_not_after.as_ref());
+        }
         for machine in page.machines {
             views.push(view(machine)?);
         }

@@ -14,6 +14,7 @@ use super::{status_error, to_json};
 use crate::OutputFormat;
 use crate::client::Fleet;
 use crate::format;
+use comfyfleet_config::AdminConfig;
 
 /// How often `--wait` reads the rollout.
 const WAIT_INTERVAL: std::time::Duration = std::time::Duration::from_millis(500);
@@ -184,14 +185,16 @@ fn machine_list(machines: &[String]) -> Vec<String> {
     machines.iter().map(|id| id.trim().to_owned()).filter(|id| !id.is_empty()).collect()
 }
 
-pub struct StartArgs {
+pub struct StartArgs<'a> {
+    /// The fleet's controllers, for `--wait` to move to when one stops answering.
+    pub config: &'a AdminConfig,
     pub machines: Vec<String>,
     pub policy: PolicyFlags,
     pub output: OutputFormat,
     pub wait: Option<WaitLimit>,
 }
 
-pub async fn start(client: &mut Fleet, reference: String, args: StartArgs) -> anyhow::Result<String> {
+pub async fn start(client: &mut Fleet, reference: String, args: StartArgs<'_>) -> anyhow::Result<String> {
     let (environment, revision) = split_reference(&reference);
     if environment.is_empty() {
         anyhow::bail!("`{reference}` names no environment: write ENV, ENV@NUMBER or ENV@ID");
@@ -203,17 +206,19 @@ pub async fn start(client: &mut Fleet, reference: String, args: StartArgs) -> an
         policy: args.policy.to_wire(),
     };
     let response = client.start_rollout(request).await.map_err(status_error)?.into_inner();
-    report(client, response, args.output, args.wait).await
+    report(client, args.config, response, args.output, args.wait).await
 }
 
-pub struct UndoArgs {
+pub struct UndoArgs<'a> {
+    /// As [`StartArgs::config`].
+    pub config: &'a AdminConfig,
     pub to_revision: Option<String>,
     pub policy: PolicyFlags,
     pub output: OutputFormat,
     pub wait: Option<WaitLimit>,
 }
 
-pub async fn undo(client: &mut Fleet, environment: String, args: UndoArgs) -> anyhow::Result<String> {
+pub async fn undo(client: &mut Fleet, environment: String, args: UndoArgs<'_>) -> anyhow::Result<String> {
     let environment = environment.trim().to_owned();
     if environment.is_empty() || environment.contains('@') {
         anyhow::bail!(
@@ -224,12 +229,13 @@ pub async fn undo(client: &mut Fleet, environment: String, args: UndoArgs) -> an
     let to_revision = args.to_revision.map(|revision| revision.trim().to_owned()).unwrap_or_default();
     let request = pb::UndoRolloutRequest { environment, to_revision, policy: args.policy.to_wire() };
     let response = client.undo_rollout(request).await.map_err(status_error)?.into_inner();
-    report(client, response, args.output, args.wait).await
+    report(client, args.config, response, args.output, args.wait).await
 }
 
 /// The targets and the rollout started; with `wait`, what following it came to.
 async fn report(
     client: &mut Fleet,
+    config: &AdminConfig,
     response: pb::StartRolloutResponse,
     output: OutputFormat,
     wait: Option<WaitLimit>,
@@ -247,7 +253,7 @@ async fn report(
     let done = match &started.rollout {
         Some(rollout) => {
             let options = WatchOptions { limit: Some(limit), interval: WAIT_INTERVAL, printer };
-            let done = rollout_watch::watch(client, &rollout.id.to_string(), &options).await?;
+            let done = rollout_watch::watch(client, config, &rollout.id.to_string(), &options).await?;
             // Where each machine ended, with its torch build and optimisations.
             match convergence::outcome_lines(client, &started.awaited()).await {
                 Ok(lines) => format!("{lines}{done}"),

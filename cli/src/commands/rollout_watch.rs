@@ -1,12 +1,15 @@
 //! `comfyfleet rollout watch`, and `rollout start|undo --wait`: follow a rollout until
 //! it ends. Every interval it reads the rollout and the events stored after the last
 //! one seen, prints a line per event and keeps a progress bar per phase. A controller
-//! that is briefly unreachable (restarting) is retried; the rollout goes on without us.
+//! that stops answering is left for another of the fleet's (`other_servers`); one that
+//! is briefly unreachable (restarting, its database down) is retried until the watch's
+//! limit; the rollout goes on without us.
 
 use std::collections::HashMap;
 use std::io::{IsTerminal, Write};
 use std::time::{Duration, Instant};
 
+use comfyfleet_config::AdminConfig;
 use comfyfleet_proto::v1 as pb;
 use jiff::tz::TimeZone;
 
@@ -14,7 +17,7 @@ use super::convergence::{Printer, WaitLimit};
 use super::rollout_render::{Board, event_line};
 use super::rollout_view::{EventView, RolloutView};
 use super::status_error;
-use crate::client::Fleet;
+use crate::client::{Failover, Fleet};
 
 /// Events asked for per call; a full page means there may be more.
 const EVENT_PAGE: u32 = 1000;
@@ -152,6 +155,28 @@ impl RolloutSource for Fleet {
     }
 }
 
+/// The controller the watch reads from, left for another of the fleet's when it stops
+/// answering.
+struct Controllers<'a> {
+    fleet: &'a mut Fleet,
+    config: &'a AdminConfig,
+    failover: Failover,
+}
+
+impl RolloutSource for Controllers<'_> {
+    async fn poll(&mut self, target: &str, after: u64, machines: bool) -> Result<Poll, tonic::Status> {
+        let status = match self.fleet.poll(target, after, machines).await {
+            Err(status) if is_transient(&status) => status,
+            answered => return answered,
+        };
+        // Another of the fleet's controllers (or this one, reconnected) may answer now.
+        match self.failover.reconnect(self.config, self.fleet).await {
+            Ok(_) => self.fleet.poll(target, after, machines).await,
+            Err(_) => Err(status),
+        }
+    }
+}
+
 async fn bounded<T>(
     call: impl Future<Output = Result<tonic::Response<T>, tonic::Status>>,
 ) -> Result<T, tonic::Status> {
@@ -187,9 +212,17 @@ fn is_terminal(printer: Printer) -> bool {
 /// Watches `target` (a rollout id, an environment name, or "" for the newest rollout)
 /// until it succeeds (the final line), or ends otherwise or outlasts the limit (an
 /// error: exit status 1).
-pub async fn watch(client: &mut Fleet, target: &str, options: &WatchOptions) -> anyhow::Result<String> {
+/// `config` names the fleet's controllers to move to when the one `client` reaches
+/// stops answering (`client` is then left connected to the one that answered).
+pub async fn watch(
+    client: &mut Fleet,
+    config: &AdminConfig,
+    target: &str,
+    options: &WatchOptions,
+) -> anyhow::Result<String> {
     let board = Board::new(is_terminal(options.printer), TimeZone::system());
-    follow(client, target, options, board, &mut |text| emit(options.printer, text)).await
+    let mut source = Controllers { fleet: client, config, failover: Failover::after_connect() };
+    follow(&mut source, target, options, board, &mut |text| emit(options.printer, text)).await
 }
 
 async fn follow(

@@ -31,7 +31,12 @@ async fn a_snapshot_is_checked_named_and_never_overwritten() {
     let facts = snapshot(&store, &to).await.unwrap();
     assert_eq!(facts.fleet_id.as_deref(), Some(fleet.as_str()));
     assert_eq!(facts.credentials, 1);
-    assert!(!dir.path().join("snap.partial").exists());
+    let left: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|name| name.ends_with(".partial"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
     assert!(matches!(snapshot(&store, &to).await, Err(BackupError::Exists { .. })));
     // From outside, while the store is open and writing.
     store.create_credential(&credential("second")).await.unwrap();

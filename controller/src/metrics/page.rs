@@ -47,6 +47,11 @@ pub async fn render(state: &ControllerState) -> Result<String, String> {
         "Agent sessions connected to this controller now",
         gauge(i64::try_from(state.presence.online_count()).unwrap_or(i64::MAX)),
     );
+    registry.register(
+        "comfyfleet_server_certificate_expiry_timestamp_seconds",
+        "When the server certificate served now expires (Unix time); renewed at two-thirds of its life",
+        gauge(state.server_certificate.not_after().as_second()),
+    );
     rollout_registry(state, &mut registry).await?;
     state
         .metrics

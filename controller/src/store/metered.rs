@@ -91,7 +91,7 @@ impl<S: Store> Store for MeteredStore<S> {
         id: &MachineId,
         inventory: &Inventory,
         at: Timestamp,
-    ) -> StoreResult<()> {
+    ) -> StoreResult<bool> {
         let started = Instant::now();
         let result = self.inner.record_inventory(id, inventory, at).await;
         self.metrics.store_call("record_inventory", started.elapsed(), result.is_err());

@@ -3,11 +3,13 @@
 //! the rules (what makes a join token usable) are pure functions they call.
 
 mod metered;
+mod pool_hygiene;
 mod postgres;
 mod rows;
 mod sqlite;
 #[cfg(test)]
 pub(crate) mod suite;
+mod unavailable;
 
 pub use metered::MeteredStore;
 
@@ -439,8 +441,14 @@ pub trait Store: Send + Sync + 'static {
         include_revoked: bool,
     ) -> StoreResult<Vec<StoredMachine>>;
     async fn record_hello(&self, id: &MachineId, hello: &Hello) -> StoreResult<()>;
-    async fn record_inventory(&self, id: &MachineId, inventory: &Inventory, at: Timestamp)
-    -> StoreResult<()>;
+    /// Stores `inventory` unless the machine's stored one is the same (canonical JSON),
+    /// so `inventory_updated_at` is its last change; whether it was written.
+    async fn record_inventory(
+        &self,
+        id: &MachineId,
+        inventory: &Inventory,
+        at: Timestamp,
+    ) -> StoreResult<bool>;
     async fn record_last_seen(&self, seen: &[(MachineId, Timestamp)]) -> StoreResult<()>;
     async fn set_operator_labels(&self, id: &MachineId, labels: &Labels) -> StoreResult<()>;
     /// Marks the machine revoked; returns false if it already was (or is unknown).

@@ -122,6 +122,15 @@ impl PostgresStore {
             // A lost database answers every call within seconds with an error, rather
             // than holding requests for the default 30 s.
             .acquire_timeout(Duration::from_secs(5))
+            // PostgreSQL ends a transaction whose COMMIT failed, and answers the ROLLBACK
+            // sqlx then sends with a warning, not an error: its connections come back
+            // clean. Checked all the same (no round trip: sqlx counts the ROLLBACK it
+            // queued at once), so that no path leaves one inside a transaction.
+            .after_release(|connection, _| {
+                Box::pin(std::future::ready(Ok(super::pool_hygiene::outside_transaction(
+                    connection, "postgres",
+                ))))
+            })
             .connect_with(options)
             .await
             .map_err(|source| StoreError::Open { path: shown, source })?;

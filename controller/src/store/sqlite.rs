@@ -78,8 +78,19 @@ impl SqliteStore {
             .busy_timeout(Duration::from_secs(10))
             .foreign_keys(true);
         let shown = path.display().to_string();
-        let pool =
-            SqlitePoolOptions::new().max_connections(4).connect_with(options).await.map_err(|source| {
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .after_release(|connection, _| {
+                Box::pin(async move {
+                    // The ROLLBACK a dropped transaction queued has run once this round
+                    // trip to the connection's worker answers.
+                    sqlx::Connection::ping(&mut *connection).await?;
+                    Ok(super::pool_hygiene::outside_transaction(connection, "sqlite"))
+                })
+            })
+            .connect_with(options)
+            .await
+            .map_err(|source| {
                 damaged_or(&shown, source, |source| StoreError::Open { path: shown.clone(), source })
             })?;
         let store = Self { pool, path: path.to_owned() };

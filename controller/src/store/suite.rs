@@ -69,6 +69,9 @@ pub const CASES: &[(&str, Case)] = &[
         Box::pin(concurrent_enrollments_count_every_use(store))
     }),
     ("sealed_secrets_are_kept_once", |store| Box::pin(sealed_secrets_are_kept_once(store))),
+    ("an_inventory_is_written_only_when_it_changes", |store| {
+        Box::pin(an_inventory_is_written_only_when_it_changes(store))
+    }),
 ];
 
 fn token(uses_allowed: Option<u32>) -> JoinTokenRecord {
@@ -735,4 +738,36 @@ pub async fn sealed_secrets_are_kept_once(store: Arc<dyn Store>) {
     assert!(!store.delete_sealed_secret("source/farm").await.unwrap());
     assert_eq!(store.sealed_secrets("source/").await.unwrap().len(), 1);
     assert_eq!(store.sealed_secret("ca").await.unwrap(), Some(first), "the CA is not a source credential");
+}
+
+pub async fn an_inventory_is_written_only_when_it_changes(store: Arc<dyn Store>) {
+    seed_machines(&*store, &["m1"]).await;
+    let at = |seconds: i64| Timestamp::from_second(1_800_000_000 + seconds).unwrap();
+    let first = crate::test_fleet::inventory("t4-x1-535");
+    let updated_at = |store: Arc<dyn Store>| async move {
+        let machine = store.get_machine(&id("m1")).await.unwrap().unwrap();
+        (machine.inventory, machine.inventory_updated_at)
+    };
+    assert!(store.record_inventory(&id("m1"), &first, at(0)).await.unwrap());
+    assert!(!store.record_inventory(&id("m1"), &first, at(1)).await.unwrap(), "the same inventory again");
+    assert_eq!(updated_at(store.clone()).await, (Some(first.clone()), Some(at(0))));
+    // A Hello with the stored inventory leaves it as it was, too.
+    let hello = Hello {
+        agent_version: "0.1.0".into(),
+        agent_labels: Labels::default(),
+        inventory: Some(first.clone()),
+        remote_address: "10.0.0.5:40000".into(),
+        at: at(2),
+    };
+    store.record_hello(&id("m1"), &hello).await.unwrap();
+    assert_eq!(updated_at(store.clone()).await, (Some(first.clone()), Some(at(0))));
+    let mut second = first.clone();
+    second.host.data_dir_free_bytes += 1;
+    assert!(store.record_inventory(&id("m1"), &second, at(3)).await.unwrap());
+    assert_eq!(updated_at(store.clone()).await, (Some(second.clone()), Some(at(3))));
+    store
+        .record_hello(&id("m1"), &Hello { inventory: Some(first.clone()), at: at(4), ..hello })
+        .await
+        .unwrap();
+    assert_eq!(updated_at(store.clone()).await, (Some(first), Some(at(4))));
 }

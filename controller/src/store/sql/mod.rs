@@ -251,7 +251,7 @@ impl Store for ThisStore {
             "UPDATE machines SET agent_version = ?, agent_labels = ?, remote_address = ?, last_seen = ?, \
              hostname = COALESCE(?, hostname), \
              inventory = COALESCE(?, inventory), \
-             inventory_updated_at = CASE WHEN ? IS NULL THEN inventory_updated_at ELSE ? END \
+             inventory_updated_at = CASE WHEN ? IS NULL OR ? = inventory THEN inventory_updated_at ELSE ? END \
              WHERE id = ?",
         )))
         .bind(&hello.agent_version)
@@ -259,6 +259,7 @@ impl Store for ThisStore {
         .bind(&hello.remote_address)
         .bind(millis(hello.at))
         .bind(hostname)
+        .bind(inventory.as_deref())
         .bind(inventory.as_deref())
         .bind(inventory.as_deref())
         .bind(millis(hello.at))
@@ -274,21 +275,27 @@ impl Store for ThisStore {
         id: &MachineId,
         inventory: &Inventory,
         at: Timestamp,
-    ) -> StoreResult<()> {
+    ) -> StoreResult<bool> {
+        // serde_json writes an inventory's fields in declaration order and its lists in
+        // order: one inventory has one JSON text, so the stored text compares as is.
         let json = serde_json::to_string(inventory).map_err(|e| StoreError::Corrupt {
             what: "inventory",
             detail: format!("cannot serialise: {e}"),
         })?;
-        sqlx::query(sqlx::AssertSqlSafe(sql("UPDATE machines SET inventory = ?, inventory_updated_at = ?, last_seen = ?, hostname = ? WHERE id = ?")))
-        .bind(json)
+        let result = sqlx::query(sqlx::AssertSqlSafe(sql(
+            "UPDATE machines SET inventory = ?, inventory_updated_at = ?, last_seen = ?, hostname = ? \
+             WHERE id = ? AND (inventory IS NULL OR inventory <> ?)",
+        )))
+        .bind(&json)
         .bind(millis(at))
         .bind(millis(at))
         .bind(&inventory.host.hostname)
         .bind(id.as_str())
+        .bind(&json)
         .execute(&self.pool)
         .await
         .map_err(database("recording an inventory"))?;
-        Ok(())
+        Ok(result.rows_affected() > 0)
     }
 
     async fn record_last_seen(&self, seen: &[(MachineId, Timestamp)]) -> StoreResult<()> {
