@@ -125,6 +125,10 @@ enum Command {
     /// of a rollout (for air-gapped farms).
     #[command(subcommand)]
     Cache(CacheCommand),
+    /// comfyfleet's torch facts (which CUDA builds, platforms, Pythons, companions
+    /// and triton each torch release has) checked against what an index publishes.
+    #[command(subcommand)]
+    Facts(commands::facts::FactsCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -443,6 +447,10 @@ fn parse_role(text: &str) -> Result<Role, String> {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<String> {
+    // Checking the facts against an index needs no controller either.
+    if let Command::Facts(command) = &cli.command {
+        return commands::facts::run(command).await;
+    }
     // Offline planning needs no controller and no credentials.
     if let Command::Plan { file, facts: Some(facts), output } = &cli.command {
         let spec = spec_file::load(file)?;
@@ -533,6 +541,7 @@ async fn run(cli: Cli) -> anyhow::Result<String> {
             commands::environments::diff(&mut fleet, from, to).await
         }
         Command::Rollout(command) => rollout(&mut fleet, command).await,
+        Command::Facts(command) => commands::facts::run(&command).await,
         Command::Whoami => {
             let me = fleet
                 .who_am_i(comfyfleet_proto::v1::WhoAmIRequest {})
@@ -600,6 +609,11 @@ async fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(error) => {
+            if let Some(found) = error.downcast_ref::<commands::facts::Differences>() {
+                let mut stdout = std::io::stdout().lock();
+                let _ = stdout.write_all(found.report.as_bytes()).and_then(|()| stdout.flush());
+                return ExitCode::FAILURE;
+            }
             eprintln!("error: {error:#}");
             ExitCode::FAILURE
         }
