@@ -8,6 +8,7 @@ pub mod assignment;
 pub mod convergence;
 pub mod credential;
 pub mod duration;
+pub mod facts_check;
 pub mod fleet_report;
 pub mod installed;
 pub mod inventory;

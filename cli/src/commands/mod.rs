@@ -5,6 +5,7 @@ pub mod cache;
 pub mod convergence;
 pub mod credentials;
 pub mod environments;
+pub mod facts;
 mod machine_details;
 pub mod machines;
 pub mod plan;

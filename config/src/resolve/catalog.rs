@@ -12,7 +12,11 @@ use serde::{Deserialize, Serialize};
 
 use super::driver::DriverVersion;
 use crate::inventory::{ComputeCapability, CudaVersion};
-use crate::spec::{CudaTag, PythonVersion, ReleaseVersion, TorchSeries};
+use crate::spec::{CudaTag, PythonVersion, ReleaseVersion, Specifiers, TorchSeries};
+
+pub use triton::TritonPins;
+
+mod triton;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -29,6 +33,10 @@ pub struct TorchRelease {
     /// (`torchaudio = "2.11.0"`, for a package that stopped following torch).
     #[serde(default)]
     pub companions: BTreeMap<String, CompanionVersion>,
+    /// The triton each release of the series requires (`Requires-Dist: triton==…`
+    /// of its wheels): torch release → triton release.
+    #[serde(default, skip_serializing_if = "TritonPins::is_empty")]
+    pub triton: TritonPins,
     #[serde(default, rename = "build")]
     pub builds: Vec<TorchBuild>,
 }
@@ -50,10 +58,29 @@ pub struct TorchBuild {
     pub ptx: Vec<ComputeCapability>,
     /// The Linux aarch64 wheels' architectures; absent: there is no aarch64 wheel.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub aarch64: Option<ArchSet>,
+    pub aarch64: Option<PlatformWheels>,
     /// Companions of the release that have no wheel for this build.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub without: Vec<String>,
+    /// The releases of the series that have this build (`">=2.12.1"`: added in a
+    /// patch release); absent: every release.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub versions: Option<Specifiers>,
+}
+
+/// The wheels of one platform other than x86_64: their architectures, and the
+/// companions published there only as CPU builds without the `+cuXXX` tag.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PlatformWheels {
+    pub arch: Vec<ComputeCapability>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ptx: Vec<ComputeCapability>,
+    /// Companions whose wheels for this platform on the CUDA index carry no local
+    /// tag (`torchvision-0.24.1-cp312-cp312-manylinux_2_28_aarch64.whl` on
+    /// whl/cu128): pinned without `+cuXXX`, or the pin could never install.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub untagged: Vec<String>,
 }
 
 /// The architectures of one platform's wheels.
@@ -139,8 +166,27 @@ impl TorchBuild {
     pub fn for_platform(&self, platform: &str) -> Option<ArchSet> {
         match platform {
             "x86_64" => Some(ArchSet { arch: self.arch.clone(), ptx: self.ptx.clone() }),
-            "aarch64" => self.aarch64.clone(),
+            "aarch64" => self
+                .aarch64
+                .as_ref()
+                .map(|wheels| ArchSet { arch: wheels.arch.clone(), ptx: wheels.ptx.clone() }),
             _ => None,
+        }
+    }
+
+    /// Whether torch `version` (a release of this build's series) has this build.
+    pub fn serves(&self, version: &pep440_rs::Version) -> bool {
+        self.versions.as_ref().is_none_or(|versions| versions.contains(version))
+    }
+
+    /// Whether `companion`'s wheels for `platform` carry this build's local tag.
+    pub fn companion_tagged(&self, companion: &str, platform: &str) -> bool {
+        match platform {
+            "aarch64" => self
+                .aarch64
+                .as_ref()
+                .is_none_or(|wheels| !wheels.untagged.iter().any(|name| name == companion)),
+            _ => true,
         }
     }
 
@@ -269,11 +315,13 @@ impl TorchCatalog {
                 python_min: None,
                 python_max: None,
                 companions: BTreeMap::new(),
+                triton: TritonPins::default(),
                 builds: Vec::new(),
             });
             release.python_min = extension.python_min.or(release.python_min);
             release.python_max = extension.python_max.or(release.python_max);
             release.companions.extend(extension.companions.iter().map(|(k, v)| (k.clone(), v.clone())));
+            release.triton.extend(&extension.triton);
             for build in &extension.builds {
                 match release.builds.iter_mut().find(|existing| existing.cuda == build.cuda) {
                     Some(existing) => *existing = build.clone(),
@@ -294,6 +342,16 @@ impl TorchCatalog {
         self.releases.keys().copied().collect()
     }
 
+    /// Every CUDA tag any series has a build of, oldest CUDA first.
+    pub fn cuda_tags(&self) -> Vec<CudaTag> {
+        let tags: std::collections::BTreeSet<CudaTag> = self
+            .releases
+            .values()
+            .flat_map(|release| release.builds.iter().map(|build| build.cuda))
+            .collect();
+        tags.into_iter().collect()
+    }
+
     /// The oldest driver that runs CUDA runtimes of `major` under NVIDIA's
     /// minor-version compatibility.
     pub fn minor_compat_floor(&self, major: u32) -> Option<&DriverVersion> {
@@ -302,8 +360,33 @@ impl TorchCatalog {
 }
 
 impl TorchRelease {
+    /// The build of this CUDA tag, whichever releases of the series have it.
     pub fn build(&self, cuda: CudaTag) -> Option<&TorchBuild> {
         self.builds.iter().find(|build| build.cuda == cuda)
+    }
+
+    /// The build of this CUDA tag that torch `version` has.
+    pub fn build_for(&self, cuda: CudaTag, version: &pep440_rs::Version) -> Option<&TorchBuild> {
+        self.build(cuda).filter(|build| build.serves(version))
+    }
+
+    /// The CUDA builds torch `version` has.
+    pub fn builds_for<'a>(&'a self, version: &'a pep440_rs::Version) -> impl Iterator<Item = &'a TorchBuild> {
+        self.builds.iter().filter(move |build| build.serves(version))
+    }
+
+    /// Why torch `version` has no `cuda` build: "torch 2.8 has no cu130 build (it has
+    /// cu126, cu128, cu129)", or for a build later releases have, "torch 2.12.0 has no
+    /// cu129 build (it has cu126, cu130, cu132; cu129 is built for torch >=2.12.1 only)".
+    pub fn missing_build(&self, cuda: CudaTag, version: &pep440_rs::Version) -> String {
+        let known: Vec<String> = self.builds_for(version).map(|build| build.cuda.to_string()).collect();
+        match self.build(cuda).and_then(|build| build.versions.as_ref()) {
+            Some(versions) => format!(
+                "torch {version} has no {cuda} build (it has {}; {cuda} is built for torch {versions} only)",
+                known.join(", ")
+            ),
+            None => format!("torch {} has no {cuda} build (it has {})", self.series, known.join(", ")),
+        }
     }
 
     /// Why this release has no wheel for `python`, if it has none.
@@ -321,13 +404,15 @@ impl TorchRelease {
         })
     }
 
-    /// "2.8.0+cu128" style pins of the companions for `cuda`, or the companion the
-    /// build lacks.
+    /// "0.23.0+cu128" style pins of the companions for `build` on `platform` (no
+    /// local tag where that platform's wheels have none), or the companion the build
+    /// lacks.
     pub fn companion_versions(
         &self,
         companions: &[String],
         torch_patch: u64,
         build: &TorchBuild,
+        platform: &str,
     ) -> Result<Vec<(String, String)>, String> {
         companions
             .iter()
@@ -342,7 +427,12 @@ impl TorchRelease {
                         build.cuda
                     ));
                 }
-                Ok((name.clone(), format!("{}+{}", version.version_for(torch_patch), build.cuda)))
+                let release = version.version_for(torch_patch);
+                if build.companion_tagged(name, platform) {
+                    Ok((name.clone(), format!("{release}+{}", build.cuda)))
+                } else {
+                    Ok((name.clone(), release))
+                }
             })
             .collect()
     }

@@ -118,8 +118,8 @@ impl<'a> Resolver<'a> {
         let mut minor_would_run = Vec::new();
         for tag in &self.spec.torch.cuda {
             let torch = format!("{}+{tag}", self.spec.torch.version);
-            let Some(build) = release.build(*tag) else {
-                reasons.push(format!("{tag}: torch {} has no {tag} build", self.spec.torch.version));
+            let Some(build) = release.build_for(*tag, &self.spec.torch.version.0) else {
+                reasons.push(format!("{tag}: {}", release.missing_build(*tag, &self.spec.torch.version.0)));
                 continue;
             };
             let Some(arch) = build.for_platform(platform) else {
@@ -256,7 +256,8 @@ impl<'a> Resolver<'a> {
         let patch = torch_version.release().get(2).copied().unwrap_or(0);
         let mut packages =
             vec![PinnedPackage { name: "torch".to_owned(), version: format!("{torch_version}+{tag}") }];
-        for (name, version) in release.companion_versions(&spec.torch.companions, patch, build)? {
+        let platform = machine.arch.as_deref().unwrap_or(DEFAULT_PLATFORM);
+        for (name, version) in release.companion_versions(&spec.torch.companions, patch, build, platform)? {
             packages.push(PinnedPackage { name, version });
         }
         let (optimizations, skipped) = self.plan_optimizations(machine, gpus, tag)?;
@@ -397,9 +398,9 @@ impl Resolver<'_> {
         if !spec.torch.cuda.contains(&tag) {
             return Err(format!("build class {class}: the spec's torch.cuda does not allow {tag}"));
         }
-        let build = release
-            .build(tag)
-            .ok_or_else(|| format!("build class {class}: torch {} has no {tag} build", spec.torch.version))?;
+        let build = release.build_for(tag, &spec.torch.version.0).ok_or_else(|| {
+            format!("build class {class}: {}", release.missing_build(tag, &spec.torch.version.0))
+        })?;
         if build.for_platform(&class.platform).is_none() {
             return Err(format!(
                 "build class {class}: torch {}+{tag} has no wheel for {}",
@@ -409,21 +410,20 @@ impl Resolver<'_> {
         let torch_version = &spec.torch.version.0;
         let patch = torch_version.release().get(2).copied().unwrap_or(0);
         let mut pins = vec![format!("torch=={torch_version}+{tag}")];
-        for (name, version) in release.companion_versions(&spec.torch.companions, patch, build)? {
+        for (name, version) in
+            release.companion_versions(&spec.torch.companions, patch, build, &class.platform)?
+        {
             pins.push(format!("{name}=={version}"));
         }
-        let series = TorchSeries::of(torch_version);
+        // An optimisation this torch has no constraint for is left out, as the
+        // plan leaves it out (or refuses the build, when it is fatal).
         let index_optimizations = spec
             .optimizations
             .iter()
             .filter_map(|optimization| {
                 let package = optimization.package.as_ref()?;
-                let mut specifiers: Vec<String> =
-                    optimization.version.iter().map(ToString::to_string).collect();
-                if !optimization.torch_constraints.is_empty() {
-                    specifiers.push(optimization.torch_constraints.get(&series)?.to_string());
-                }
-                Some((format!("{package}{}", specifiers.join(",")), optimization.fatal))
+                let version = self.index_specifiers(optimization).ok()?;
+                Some((format!("{package}{version}"), optimization.fatal))
             })
             .collect();
         Ok(LockInputs { pins, torch_index: spec.torch.index_for(tag), index_optimizations })

@@ -3,6 +3,7 @@
 //! CUDA build, torch and GPU set fit the machine; or why it is left out.
 
 use crate::inventory::ComputeCapability;
+use crate::spec::names::normalize_package_name;
 use crate::spec::{CudaTag, Optimization, Requirement, TorchSeries};
 
 use super::{
@@ -57,19 +58,7 @@ impl Resolver<'_> {
             smoke: optimization.smoke.clone(),
         };
         if let Some(package) = &optimization.package {
-            let mut specifiers: Vec<String> = optimization.version.iter().map(ToString::to_string).collect();
-            if !optimization.torch_constraints.is_empty() {
-                let Some(constraint) = optimization.torch_constraints.get(&series) else {
-                    let known: Vec<String> =
-                        optimization.torch_constraints.keys().map(ToString::to_string).collect();
-                    return Err(format!(
-                        "torch_constraints has no entry for torch {series} (only {})",
-                        known.join(", ")
-                    ));
-                };
-                specifiers.push(constraint.to_string());
-            }
-            let version = specifiers.join(",");
+            let version = self.index_specifiers(optimization)?;
             return Ok(planned(
                 version.clone(),
                 OptimizationSource::Index {
@@ -109,6 +98,38 @@ impl Resolver<'_> {
             name.version.to_string(),
             OptimizationSource::Wheel { url: wheel.url.clone(), sha256, filename: name.filename.clone() },
         ))
+    }
+}
+
+impl Resolver<'_> {
+    /// The version specifiers of an index optimisation for the spec's torch: its own
+    /// `version`, and its `torch_constraints` entry for the torch series, or for
+    /// `triton` without one, the triton the torch release requires (the facts' pin:
+    /// torch's wheels require exactly one, so any other could never install).
+    pub(super) fn index_specifiers(&self, optimization: &Optimization) -> Result<String, String> {
+        let torch = &self.spec.torch.version.0;
+        let series = TorchSeries::of(torch);
+        let mut specifiers: Vec<String> = optimization.version.iter().map(ToString::to_string).collect();
+        let facts_pin = optimization
+            .package
+            .as_deref()
+            .filter(|package| normalize_package_name(package) == "triton")
+            .and_then(|_| self.release.as_ref().ok())
+            .and_then(|release| release.triton.requirement(torch));
+        match (optimization.torch_constraints.get(&series), facts_pin) {
+            (Some(constraint), _) => specifiers.push(constraint.to_string()),
+            (None, Some(pin)) => specifiers.push(pin),
+            (None, None) if optimization.torch_constraints.is_empty() => {}
+            (None, None) => {
+                let known: Vec<String> =
+                    optimization.torch_constraints.keys().map(ToString::to_string).collect();
+                return Err(format!(
+                    "torch_constraints has no entry for torch {series} (only {})",
+                    known.join(", ")
+                ));
+            }
+        }
+        Ok(specifiers.join(","))
     }
 }
 

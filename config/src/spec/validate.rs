@@ -169,14 +169,12 @@ fn check_torch(problems: &mut Problems, spec: &Spec) {
     for (i, tag) in torch.cuda.iter().enumerate() {
         if !seen.insert(*tag) {
             problems.add(format!("torch.cuda[{i}]"), format!("{tag} is listed twice: keep one"));
-        } else if release.build(*tag).is_none() {
-            let known: Vec<String> = release.builds.iter().map(|build| build.cuda.to_string()).collect();
+        } else if release.build_for(*tag, &torch.version.0).is_none() {
             problems.add(
                 format!("torch.cuda[{i}]"),
                 format!(
-                    "torch {series} has no {tag} build (it has {}): remove {tag}, or add it with a \
-                     [[torch.release]] build",
-                    known.join(", ")
+                    "{}: remove {tag}, or add it with a [[torch.release]] build",
+                    release.missing_build(*tag, &torch.version.0)
                 ),
             );
         }
@@ -260,7 +258,12 @@ fn check_optimization(problems: &mut Problems, path: &str, optimization: &Optimi
                 optimization.name
             ),
         ),
-        (Some(package), true) => problems.check(format!("{path}.package"), names::check_package_name(package)),
+        (Some(package), true) => {
+            problems.check(format!("{path}.package"), names::check_package_name(package));
+            if names::normalize_package_name(package) == "triton" {
+                check_triton_constraints(problems, path, optimization, spec);
+            }
+        }
         (None, false) => {
             if optimization.version.is_some() || !optimization.torch_constraints.is_empty() {
                 problems.add(
@@ -281,6 +284,28 @@ fn check_optimization(problems: &mut Problems, path: &str, optimization: &Optimi
                 );
             }
             check_wheels(problems, path, &optimization.wheels, spec);
+        }
+    }
+}
+
+/// torch's wheels require one exact triton, so a `torch_constraints` entry that
+/// excludes it could never install: refused here, naming what torch requires,
+/// rather than at the first lock.
+fn check_triton_constraints(problems: &mut Problems, path: &str, optimization: &Optimization, spec: &Spec) {
+    let Ok(catalog) = TorchCatalog::with_extensions(&spec.torch.releases) else { return };
+    let torch = &spec.torch.version.0;
+    for (series, constraint) in &optimization.torch_constraints {
+        let Some(release) = catalog.release(*series) else { continue };
+        let version = (TorchSeries::of(torch) == *series).then_some(torch);
+        if let Err(why) = release.triton.check(&series.to_string(), version, constraint) {
+            problems.add(
+                format!("{path}.torch_constraints.{series}"),
+                format!(
+                    "{why}: write a constraint that admits it, or leave the entry out and comfyfleet pins the \
+                     triton torch requires (if PyTorch changed it, correct the facts with a [[torch.release]] \
+                     triton table)"
+                ),
+            );
         }
     }
 }

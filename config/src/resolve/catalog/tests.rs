@@ -61,9 +61,12 @@ fn every_series_has_its_cuda_builds_and_python_range() {
         ("2.9", &["cu126", "cu128", "cu129", "cu130"], "3.10", "3.14"),
         ("2.10", &["cu126", "cu128", "cu129", "cu130"], "3.10", "3.14"),
         ("2.11", &["cu126", "cu128", "cu129", "cu130"], "3.10", "3.14"),
-        ("2.12", &["cu126", "cu130", "cu132"], "3.10", "3.14"),
-        ("2.13", &["cu126", "cu130", "cu132"], "3.10", "3.15"),
-        ("2.14", &["cu126", "cu130", "cu132"], "3.10", "3.15"),
+        // cu129 of 2.12 is 2.12.1's only (pytorch/pytorch#185269); 2.13 has one too
+        // (sgl-project/DeepGEMM#72). No cp315 plan without a source showing the wheels
+        // (pytorch/pytorch#187972, pytorch/test-infra#8710).
+        ("2.12", &["cu126", "cu129", "cu130", "cu132"], "3.10", "3.14"),
+        ("2.13", &["cu126", "cu129", "cu130", "cu132"], "3.10", "3.14"),
+        ("2.14", &["cu126", "cu130", "cu132"], "3.10", "3.14"),
     ];
     for (name, cuda, python_min, python_max) in expected {
         let release = catalog.release(series(name)).unwrap();
@@ -125,16 +128,17 @@ fn companions_follow_torch_or_stay_at_their_last_release() {
     let catalog = TorchCatalog::builtin().unwrap();
     let both = ["torchvision".to_owned(), "torchaudio".to_owned()];
     let release = catalog.release(series("2.9")).unwrap();
-    let pins = release.companion_versions(&both, 1, &build(&catalog, "2.9", "cu128")).unwrap();
+    let pins = release.companion_versions(&both, 1, &build(&catalog, "2.9", "cu128"), "x86_64").unwrap();
     assert_eq!(
         pins,
         [("torchvision".into(), "0.24.1+cu128".into()), ("torchaudio".into(), "2.9.1+cu128".into())]
     );
     // torchaudio stopped at 2.11: later torch pairs with 2.11.0, which has no cu132 wheel.
     let release = catalog.release(series("2.12")).unwrap();
-    let pins = release.companion_versions(&both, 1, &build(&catalog, "2.12", "cu130")).unwrap();
+    let pins = release.companion_versions(&both, 1, &build(&catalog, "2.12", "cu130"), "x86_64").unwrap();
     assert_eq!(pins[1], ("torchaudio".into(), "2.11.0+cu130".into()));
-    let error = release.companion_versions(&both, 0, &build(&catalog, "2.12", "cu132")).unwrap_err();
+    let error =
+        release.companion_versions(&both, 0, &build(&catalog, "2.12", "cu132"), "x86_64").unwrap_err();
     assert!(error.contains("torchaudio 2.11.0 has no cu132 build"), "{error}");
 }
 
@@ -202,4 +206,58 @@ fn spec_extensions_add_series_and_replace_builds() {
     assert_eq!(release.python_max.unwrap().to_string(), "3.14", "the spec's range wins");
     assert_eq!(release.python_min.unwrap().to_string(), "3.9", "what it leaves out is kept");
     assert!("0.23.x".parse::<CompanionVersion>().is_err());
+}
+
+/// The comment block right above the build of `cuda` in `series`.
+fn source_of(series: &str, cuda: &str) -> String {
+    let lines: Vec<&str> = BUILTIN_TABLE.lines().collect();
+    let start = lines.iter().position(|line| line.trim() == format!("series = \"{series}\"")).unwrap();
+    let at = (start..lines.len())
+        .find(|&i| {
+            lines[i].trim() == format!("cuda = \"{cuda}\"") && lines[i - 1].trim() == "[[release.build]]"
+        })
+        .unwrap_or_else(|| panic!("no {cuda} build of {series}"));
+    let comments: Vec<&str> =
+        lines[..at - 1].iter().rev().map(|l| l.trim()).take_while(|l| l.starts_with('#')).collect();
+    comments.into_iter().rev().collect::<Vec<_>>().join("\n")
+}
+
+#[test]
+fn corrected_sources_are_the_ones_cited() {
+    // aarch64 wheels came from build_cuda.sh from 2.10 (pytorch/pytorch#166044), not 2.9.
+    assert!(BUILTIN_TABLE.contains("from 2.10 the aarch64 wheels"), "the [build] note");
+    assert!(BUILTIN_TABLE.contains("pytorch/pytorch#166044"));
+    assert!(!BUILTIN_TABLE.contains("from 2.9 the aarch64 wheels are"));
+    assert!(source_of("2.9", "cu126").contains("[aarch64] v2.9.0"));
+    // 2.9's cu129 rests on test-infra#7352/#7364, not on a thread about 2.8's cu129.
+    let cu129 = source_of("2.9", "cu129");
+    assert!(cu129.contains("pytorch/test-infra#7352") && !cu129.contains("uv#15565"), "{cu129}");
+    // Each corrected 2.12+ fact names its source.
+    assert!(source_of("2.12", "cu129").contains("pytorch/pytorch#185269"));
+    assert!(source_of("2.13", "cu129").contains("sgl-project/DeepGEMM#72"));
+    for series in ["2.12", "2.13", "2.14"] {
+        assert!(
+            source_of(series, "cu130").contains("#188914") || source_of(series, "cu130").contains("#188925")
+        );
+        assert!(source_of(series, "cu132").contains("595.45.04"), "{series}");
+    }
+}
+
+#[test]
+fn triton_pins_share_their_series_minor() {
+    let catalog = TorchCatalog::builtin().unwrap();
+    let mut pinned = Vec::new();
+    for series in catalog.known_series() {
+        let pins = &catalog.release(series).unwrap().triton;
+        let minors: std::collections::BTreeSet<(u64, u64)> =
+            pins.iter().map(|(_, triton)| (triton.0.release()[0], triton.0.release()[1])).collect();
+        assert!(minors.len() <= 1, "torch {series} pins triton of several minors: {minors:?}");
+        for (torch, _) in pins.iter() {
+            assert_eq!(TorchSeries::of(&torch.0), series, "pin {torch} is filed under {series}");
+        }
+        if let Some((major, minor)) = pins.minor() {
+            pinned.push(format!("{series}→{major}.{minor}"));
+        }
+    }
+    assert_eq!(pinned, ["2.7→3.3", "2.8→3.4", "2.9→3.5", "2.11→3.6", "2.12→3.7", "2.13→3.7"]);
 }
