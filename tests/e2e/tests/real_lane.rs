@@ -158,7 +158,24 @@ fn the_real_comfyui_builds_from_pypi_with_its_real_requirements() {
         return;
     }
     let real_gpu = std::env::var("COMFYFLEET_REAL_GPU").as_deref() == Ok("1");
-    let fleet = Fleet::start();
+    // The real lane reaches PyPI (and, on a GPU machine, download.pytorch.org), named
+    // here: behind a sandbox's proxy their names may resolve to reserved addresses.
+    let fleet = Fleet::start_with_controller(
+        &comfyfleet_e2e::standin::CatalogOptions::new(&system_python().tag),
+        &[
+            "--git-allow-file",
+            "--source-allow-host",
+            "127.0.0.1",
+            "--source-allow-host",
+            "pypi.org",
+            "--source-allow-host",
+            "files.pythonhosted.org",
+            "--source-allow-host",
+            "download.pytorch.org",
+            "--source-allow-host",
+            "download-r2.pytorch.org",
+        ],
+    );
     let comfyui = real_comfyui(fleet.dir.path());
     let node_a = GitRepo::create(&fleet.dir.path().join("nodes/ComfyUI-RealLaneA"), &NODE_A);
     let node_b = GitRepo::create(&fleet.dir.path().join("nodes/ComfyUI-RealLaneB"), &NODE_B);
