@@ -235,7 +235,15 @@ fn the_controllers_git_and_uv_see_only_the_allow_list_and_die_with_it() {
     let mut controller = Controller::start_with_env(
         &dir.path().join("controller"),
         0,
-        &["--git-allow-file", "--uv", uv.to_str().unwrap()],
+        &[
+            "--git-allow-file",
+            "--source-allow-host",
+            "127.0.0.1",
+            "--source-allow-host",
+            "*.example",
+            "--uv",
+            uv.to_str().unwrap(),
+        ],
         &[("PATH", path.as_str()), (PROBE, "the-controllers-own-secret")],
     );
     let admin = controller.admin_config();
