@@ -92,7 +92,8 @@ fn problem(
                 "contributed no node classes to /object_info",
                 format!(
                     "ComfyUI imported it but lists no class from custom_nodes.{}: its classes may all have names \
-                     ComfyUI or another node already registers; a node pack that defines none needs \
+                     ComfyUI or another node already registers, or ComfyUI could not describe them (its log says \
+                     \"An error occurred while retrieving information\"); a node pack that defines none needs \
                      provides_nodes = false in its [[custom_node]]",
                     node.name
                 ),

@@ -32,8 +32,11 @@ fn node_class(class: &str) -> String {
 
 /// A node whose install.py records that it ran, and in which interpreter.
 const SETUP: [(&str, &str); 2] = [
-    ("__init__.py", "class Setup:\n    RETURN_TYPES = ()\n\n    @classmethod\n    def INPUT_TYPES(cls):\n        \
-                     return {\"required\": {}}\n\nNODE_CLASS_MAPPINGS = {\"Setup\": Setup}\n"),
+    (
+        "__init__.py",
+        "class Setup:\n    RETURN_TYPES = ()\n\n    @classmethod\n    def INPUT_TYPES(cls):\n        \
+                     return {\"required\": {}}\n\nNODE_CLASS_MAPPINGS = {\"Setup\": Setup}\n",
+    ),
     (
         "install.py",
         "import os, sys\nprint('setting up ComfyUI-Setup')\n\
@@ -54,10 +57,7 @@ fn a_node_that_fails_to_import_fails_the_switch_unless_it_is_optional() {
     let extras = node(
         &fleet,
         "ComfyUI-Extras",
-        &[
-            ("__init__.py", &node_class("Extras")),
-            ("install.py", "raise SystemExit('must not run')\n"),
-        ],
+        &[("__init__.py", &node_class("Extras")), ("install.py", "raise SystemExit('must not run')\n")],
     );
     let broken = node(&fleet, "ComfyUI-Broken", &[("__init__.py", BROKEN)]);
     let mut setup_node = TestNode::new(&setup.url(), "main");
@@ -149,7 +149,8 @@ fn a_node_that_fails_to_import_fails_the_switch_unless_it_is_optional() {
 }
 
 /// A node pack that defines no node classes: a web extension.
-const WEB_EXTENSION: &str = "# Adds to the frontend only.\nWEB_DIRECTORY = \"./js\"\nNODE_CLASS_MAPPINGS = {}\n";
+const WEB_EXTENSION: &str =
+    "# Adds to the frontend only.\nWEB_DIRECTORY = \"./js\"\nNODE_CLASS_MAPPINGS = {}\n";
 
 /// Rolls `spec` out and waits for the machine to be back on the revision before it;
 /// returns why the switch failed.
@@ -158,7 +159,8 @@ fn failed_switch(fleet: &Fleet, id: &str, spec: &str) -> String {
     fleet.cli(&["rollout", "start", "render-prod", "--wait", "--timeout", "3m"]).failure();
     wait_until(Duration::from_secs(60), "the machine to be back on the previous revision", || {
         let machine = fleet.show(id);
-        (machine["assignment"]["reason"] == "rollback" && machine["report"]["phase"] == "active").then_some(())
+        (machine["assignment"]["reason"] == "rollback" && machine["report"]["phase"] == "active")
+            .then_some(())
     });
     let rollout = fleet.cli(&["rollout", "status", "render-prod", "-o", "json"]).success();
     let status: serde_json::Value = serde_json::from_str(&rollout).unwrap();
@@ -198,7 +200,8 @@ fn on_comfyui_0_33_nodes_are_held_against_object_info_and_its_colour_coded_log_s
     let first = current_target(&agent).unwrap();
 
     // Revision 2: a node that does not import; the reason is read through the colours.
-    let why = failed_switch(&fleet, &id, &spec(&[&web_without_classes, &TestNode::new(&broken.url(), "main")], ""));
+    let why =
+        failed_switch(&fleet, &id, &spec(&[&web_without_classes, &TestNode::new(&broken.url(), "main")], ""));
     assert!(why.starts_with("health: custom node ComfyUI-Broken failed to import: "), "{why}");
     assert!(
         why.contains("import cv2") && why.contains("ModuleNotFoundError: No module named 'cv2'"),

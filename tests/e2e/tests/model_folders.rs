@@ -19,7 +19,9 @@ fn models_in_every_folder_comfyui_defines_are_seen_from_the_shared_models_root()
     let agent = fleet.agent("rtx4090", "rtx4090-x1-570");
     let models = agent.data_dir.join("shared/models");
     // Folders the agent's paths file did not name (it knew 12).
-    for (folder, file) in [("model_patches", "patch.safetensors"), ("latent_upscale_models", "x2.safetensors")] {
+    for (folder, file) in
+        [("model_patches", "patch.safetensors"), ("latent_upscale_models", "x2.safetensors")]
+    {
         std::fs::create_dir_all(models.join(folder)).unwrap();
         std::fs::write(models.join(folder).join(file), "").unwrap();
     }
@@ -49,7 +51,9 @@ fn models_in_every_folder_comfyui_defines_are_seen_from_the_shared_models_root()
     assert_eq!(comfyui_get(port, "/models/latent_upscale_models"), Some(json!(["x2.safetensors"])));
     assert_eq!(comfyui_get(port, "/models/model_patches"), Some(json!(["patch.safetensors"])));
     let types = comfyui_get(port, "/models").unwrap();
-    for folder in ["detection", "optical_flow", "geometry_estimation", "frame_interpolation", "background_removal"] {
+    for folder in
+        ["detection", "optical_flow", "geometry_estimation", "frame_interpolation", "background_removal"]
+    {
         assert!(types.as_array().unwrap().contains(&Value::from(folder)), "{types}");
         assert!(models.join(folder).is_dir(), "{folder} is created in shared/models");
     }

@@ -443,7 +443,9 @@ fn the_stand_in_comfyui_0_33_logs_in_colour_honours_the_whitelist_and_finds_ever
     let version = world.repos.comfyui.commit_version_0_33();
     let comfyui = checkout_comfyui(&world, &dir.path().join("ComfyUI"), &version);
     let models = dir.path().join("models");
-    for (folder, file) in [("model_patches", "patch.safetensors"), ("latent_upscale_models", "x2.safetensors")] {
+    for (folder, file) in
+        [("model_patches", "patch.safetensors"), ("latent_upscale_models", "x2.safetensors")]
+    {
         std::fs::create_dir_all(models.join(folder)).unwrap();
         std::fs::write(models.join(folder).join(file), "").unwrap();
     }
@@ -490,7 +492,10 @@ fn the_stand_in_comfyui_0_33_logs_in_colour_honours_the_whitelist_and_finds_ever
     let types: Vec<&str> = types.as_array().unwrap().iter().filter_map(Value::as_str).collect();
     assert_eq!(types.len(), 27, "25 model folders, custom_nodes and datasets: {types:?}");
     assert_eq!(http_json(port, "GET", "/models/model_patches", ""), serde_json::json!(["patch.safetensors"]));
-    assert_eq!(http_json(port, "GET", "/models/latent_upscale_models", ""), serde_json::json!(["x2.safetensors"]));
+    assert_eq!(
+        http_json(port, "GET", "/models/latent_upscale_models", ""),
+        serde_json::json!(["x2.safetensors"])
+    );
     assert_eq!(http(port, "GET", "/models/no_such_folder", "").0, 404);
 }
 
