@@ -3,9 +3,9 @@
 //! (`current` replaced atomically), `start` (ComfyUI restarted from it, on a
 //! database it can open and with ComfyUI-Manager set as the spec says) and `health`
 //! (`GET /system_stats` answers with the planned `pytorch_version`, and every
-//! required custom node imported: ComfyUI answers only after loading them, and
-//! logs the ones that fail). A failed health check switches back to the
-//! environment that was running and restarts it.
+//! required custom node loaded: ComfyUI answers only after trying them all, and
+//! `GET /object_info` lists the node classes each contributed). A failed health
+//! check switches back to the environment that was running and restarts it.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -13,7 +13,8 @@ use std::time::{Duration, Instant};
 use comfyfleet_config::convergence::StepState;
 use serde::Deserialize;
 
-use crate::comfyui::failed_nodes;
+use crate::comfyui::custom_nodes::{self, ExpectedNode};
+use crate::comfyui::model_folders;
 use crate::database;
 use crate::executor::record::CompleteRecord;
 use crate::journal::Journal;
@@ -25,9 +26,14 @@ use crate::service::{ComfyuiService, Launch};
 pub const STEPS: [&str; 4] = ["drain", "switch", "start", "health"];
 
 const POLL: Duration = Duration::from_millis(250);
+/// ComfyUI's quick routes (`/queue`, `/system_stats`), like the agent's HTTP client.
+const HTTP_TIMEOUT: Duration = Duration::from_secs(5);
 const STOP_GRACE: Duration = Duration::from_secs(10);
 /// How long the previous ComfyUI gets to come back after a failed switch.
 const RESTORE_HEALTH_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long `/object_info` may take: it describes every node class, thousands with
+/// large node packs, so it is slower than the other routes.
+const OBJECT_INFO_TIMEOUT: Duration = Duration::from_secs(60);
 
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("{step}: {message}")]
@@ -80,9 +86,8 @@ impl Activator<'_> {
             path("input"),
             "--user-directory".to_owned(),
             path("user"),
-            "--extra-model-paths-config".to_owned(),
-            path("extra_model_paths.yaml"),
         ];
+        args.extend(model_folders::arguments(&record.comfyui, &shared));
         if record.comfyui.database_url {
             // Not inside the checkout, where each revision would start on an empty one.
             args.extend(["--database-url".to_owned(), database::url(self.layout)]);
@@ -230,12 +235,14 @@ impl Activator<'_> {
         running: Option<&CompleteRecord>,
     ) -> Result<Option<String>, String> {
         manager::configure(&self.layout.shared().join("user"), record)?;
+        model_folders::prepare(&self.layout.shared(), &record.comfyui)?;
         database::prepare_for(self.layout, record, running)
     }
 
     /// Waits until ComfyUI answers `/system_stats` with the planned torch, then holds
     /// its custom nodes against the spec: ComfyUI answers only once it has tried to
-    /// load them all, and logs the ones that failed.
+    /// load them all, `/object_info` says which contributed node classes, and the log
+    /// says why one did not.
     async fn health(
         &self,
         record: &CompleteRecord,
@@ -265,11 +272,11 @@ impl Activator<'_> {
                         record.plan.torch,
                         seconds(started.elapsed())
                     );
-                    let (broken, warnings) = self.custom_node_failures(record);
-                    if !broken.is_empty() && nodes == Nodes::Required {
-                        return Err(fail(handle, broken.join("; ")));
+                    let found = self.custom_node_check(record, launch.port).await;
+                    if !found.broken.is_empty() && nodes == Nodes::Required {
+                        return Err(fail(handle, found.broken.join("; ")));
                     }
-                    for warning in broken.iter().chain(&warnings) {
+                    for warning in found.broken.iter().chain(&found.warnings) {
                         detail.push_str(&format!("; warning: {warning}"));
                     }
                     handle.finish(StepState::Done, detail);
@@ -343,32 +350,44 @@ impl Activator<'_> {
         ActivationFailure { step: failure.step, message: format!("{}; {outcome}", failure.message) }
     }
 
-    /// The custom nodes ComfyUI could not load at this start, from its log: those the
-    /// spec requires (each named with the end of its traceback), then warnings about
-    /// the ones it marks `required = false`.
-    fn custom_node_failures(&self, record: &CompleteRecord) -> (Vec<String>, Vec<String>) {
+    /// The spec's custom nodes held against what this start's ComfyUI serves
+    /// (`/object_info`) and logged: problems with required nodes, then warnings.
+    async fn custom_node_check(&self, record: &CompleteRecord, port: u16) -> custom_nodes::NodeCheck {
+        let expected = expected_nodes(record);
         let log = self.service.this_start_log();
-        let mut broken = Vec::new();
-        let mut warnings = Vec::new();
-        for node in failed_nodes(&log) {
-            let lines: Vec<&str> = node.why.lines().map(str::trim).collect();
-            let why = lines[lines.len().saturating_sub(3)..].join(" | ");
-            if record.optional_nodes.iter().any(|optional| optional == &node.name) {
-                warnings.push(format!(
-                    "custom node {} failed to import (required = false, ComfyUI runs without it): {why}",
-                    node.name
+        if expected.iter().all(|node| !node.node_classes) {
+            return custom_nodes::check(&expected, None, &log);
+        }
+        let url = format!("http://127.0.0.1:{port}/object_info");
+        match self.get_within::<serde_json::Map<String, serde_json::Value>>(&url, OBJECT_INFO_TIMEOUT).await {
+            Ok(object_info) => {
+                let served = custom_nodes::nodes_with_classes(&object_info);
+                custom_nodes::check(&expected, served.as_ref(), &log)
+            }
+            Err(error) => {
+                // Without it a node that loaded nothing cannot be told from one that did.
+                let mut found = custom_nodes::check(&expected, None, &log);
+                found.broken.push(format!(
+                    "ComfyUI did not answer {url} ({error}), so which custom nodes contributed node classes is unknown"
                 ));
-            } else {
-                broken.push(format!("custom node {} failed to import: {why}", node.name));
+                found
             }
         }
-        (broken, warnings)
     }
 
     async fn get<T: for<'de> Deserialize<'de>>(&self, url: &str) -> Result<T, String> {
+        self.get_within(url, HTTP_TIMEOUT).await
+    }
+
+    async fn get_within<T: for<'de> Deserialize<'de>>(
+        &self,
+        url: &str,
+        timeout: Duration,
+    ) -> Result<T, String> {
         let response = self
             .http
             .get(url)
+            .timeout(timeout)
             .send()
             .await
             .map_err(|error| comfyfleet_proto::transport::error_chain(&error))?;
@@ -379,6 +398,21 @@ impl Activator<'_> {
             response.bytes().await.map_err(|error| comfyfleet_proto::transport::error_chain(&error))?;
         serde_json::from_slice(&body).map_err(|error| format!("unreadable answer: {error}"))
     }
+}
+
+/// The custom nodes `record`'s spec lists, as the health check holds them.
+fn expected_nodes(record: &CompleteRecord) -> Vec<ExpectedNode> {
+    record
+        .custom_nodes
+        .iter()
+        .map(|node| ExpectedNode {
+            name: node.name.clone(),
+            required: !record.optional_nodes.contains(&node.name),
+            // ComfyUI-Manager registers no classes; records of older agents do not say so.
+            node_classes: !record.nodes_without_classes.contains(&node.name)
+                && !node.name.eq_ignore_ascii_case("comfyui-manager"),
+        })
+        .collect()
 }
 
 /// Whether a custom node that fails to import fails the health check.

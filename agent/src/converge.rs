@@ -130,6 +130,9 @@ impl Converger {
             tracing::warn!(%status, "ComfyUI exited; starting it again");
         }
         *last_restart = Some(Instant::now());
+        if let Err(error) = crate::comfyui::model_folders::prepare(&self.layout.shared(), &record.comfyui) {
+            tracing::error!(%error, "cannot prepare the shared model folders; starting ComfyUI anyway");
+        }
         if let Err(error) = self.service.start(&activator.launch(&record)) {
             tracing::error!(%error, "cannot start ComfyUI");
         }

@@ -170,7 +170,6 @@ pub async fn run(options: AgentOptions, shutdown: impl Future<Output = ()>) -> R
     let controller = CurrentController::new(&identity.controller_url);
     let layout = Layout::new(&options.data_dir).with_uv_cache(options.provisioning.uv_cache_dir.clone());
     layout.create().map_err(|source| AgentError::Layout { path: options.data_dir.clone(), source })?;
-    write_model_paths(&layout).map_err(|source| AgentError::Layout { path: layout.shared(), source })?;
     let journal = Journal::new(&layout.journal());
     let provisioning = options.provisioning;
     let environment = ChildEnvironment::from_process(&provisioning.pass_env);
@@ -260,39 +259,6 @@ pub async fn run(options: AgentOptions, shutdown: impl Future<Output = ()>) -> R
     linked?;
     tracing::info!("agent stopped");
     Ok(())
-}
-
-/// `shared/extra_model_paths.yaml`: every revision's ComfyUI finds its models in
-/// `shared/models/`, so models survive every switch.
-fn write_model_paths(layout: &Layout) -> std::io::Result<()> {
-    const FOLDERS: &[&str] = &[
-        "checkpoints",
-        "clip",
-        "clip_vision",
-        "configs",
-        "controlnet",
-        "diffusion_models",
-        "embeddings",
-        "loras",
-        "text_encoders",
-        "unet",
-        "upscale_models",
-        "vae",
-    ];
-    let models = layout.shared().join("models");
-    let mut yaml = format!(
-        "# Written by comfyfleet-agent: models shared by every environment revision.\ncomfyfleet:\n    base_path: {}\n    is_default: true\n",
-        models.display()
-    );
-    for folder in FOLDERS {
-        std::fs::create_dir_all(models.join(folder))?;
-        yaml.push_str(&format!("    {folder}: {folder}/\n"));
-    }
-    comfyfleet_daemon::files::write_atomic(
-        &layout.shared().join("extra_model_paths.yaml"),
-        yaml.as_bytes(),
-        0o644,
-    )
 }
 
 /// How often the identity files are looked for.

@@ -40,6 +40,9 @@ fn formatting_comments_key_order_and_format_do_not_change_the_digest() {
     assert_eq!(toml(&spelled).digest(), spec.digest());
     let with_default = EXAMPLE.replace("[rollout]\n", "[rollout]\nstalled_is_failure = true\n");
     assert_eq!(toml(&with_default).digest(), spec.digest());
+    // A key added later is left out at its default: earlier revisions keep their ids.
+    let node_default = EXAMPLE.replace("required = false", "required = false\nprovides_nodes = true");
+    assert_eq!(toml(&node_default).digest(), spec.digest());
 }
 
 #[test]
@@ -52,6 +55,7 @@ fn a_change_of_content_changes_the_digest() {
         ("# driver_compat = \"minor\"", "driver_compat = \"minor\""),
         ("manager = \"off\"", "manager = \"on\""),
         ("required = false", "required = true\ninstall_script = true"),
+        ("required = false", "required = false\nprovides_nodes = false"),
         ("ref = \"v0.3.64\"", "ref = \"v0.3.65\""),
         ("canary = 2", "canary = 3"),
     ];

@@ -84,6 +84,20 @@ fn unknown_keys_are_refused_where_they_are() {
 }
 
 #[test]
+fn a_custom_node_says_whether_it_provides_node_classes_with_a_boolean() {
+    let spec =
+        Spec::parse("spec.toml", &format!("{BASE}provides_nodes = false\n"), SpecFormat::Toml).unwrap();
+    assert!(!spec.custom_nodes[0].provides_nodes && !spec.custom_nodes[0].expects_node_classes());
+    let spec = Spec::parse("spec.toml", BASE, SpecFormat::Toml).unwrap();
+    assert!(spec.custom_nodes[0].provides_nodes, "node classes are expected unless the spec says otherwise");
+    assert_error(
+        &format!("{BASE}provides_nodes = \"no\"\n"),
+        "32:18",
+        &["custom_node[0].provides_nodes", "expected a boolean"],
+    );
+}
+
+#[test]
 fn bad_versions_and_specifiers_are_refused() {
     assert_error(
         &edit("version = \"2.8.0\"", "version = \"2.8.0+cu128\""),

@@ -426,6 +426,12 @@ fn complete(build: &Build<'_>, progress: &Progress) -> Result<(StepOutcome, Comp
             .filter(|node| !node.required)
             .map(|node| node.directory_name())
             .collect(),
+        nodes_without_classes: spec
+            .custom_nodes
+            .iter()
+            .filter(|node| !node.expects_node_classes())
+            .map(|node| node.directory_name())
+            .collect(),
         manager: spec.run.manager,
         packages: Some(record::installed_distributions(&build.env.venv())),
         custom_node_entries: Some(record::custom_node_entries(&build.env.comfyui())),

@@ -51,6 +51,10 @@ pub struct CompleteRecord {
     /// Custom nodes whose failure to import is a warning, not a failed switch.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub optional_nodes: Vec<String>,
+    /// Custom nodes that register no node classes (`provides_nodes = false`,
+    /// ComfyUI-Manager): held against ComfyUI's import list, not its `/object_info`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub nodes_without_classes: Vec<String>,
     #[serde(default)]
     pub manager: ManagerMode,
     /// Every distribution in the venv when it was verified (normalised name → version):

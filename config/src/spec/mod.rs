@@ -229,6 +229,13 @@ pub struct CustomNode {
     /// a deadline, its output in the report). Nothing runs that the spec does not name.
     #[serde(default, skip_serializing_if = "is_false")]
     pub install_script: bool,
+    /// Whether the node defines node classes (the default). The health check holds a
+    /// node that does against ComfyUI's `/object_info`, which lists every node class
+    /// with the custom node it came from; a node pack without any (a web extension,
+    /// a server plugin) is `false` and is held against ComfyUI's import list instead.
+    /// Left out of the canonical form when `true`, so earlier revisions keep their ids.
+    #[serde(default = "default_true", skip_serializing_if = "is_true")]
+    pub provides_nodes: bool,
     /// The controller's stored credential (`comfyfleet secrets set NAME`) for this
     /// URL's host; a URL never carries one itself.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -251,6 +258,13 @@ impl CustomNode {
     /// Whether this node is ComfyUI-Manager (which `run.manager` governs).
     pub fn is_manager(&self) -> bool {
         self.directory_name().eq_ignore_ascii_case("comfyui-manager")
+    }
+
+    /// Whether ComfyUI's `/object_info` must list node classes from this node.
+    /// ComfyUI-Manager registers none (`NODE_CLASS_MAPPINGS = {}`): it is held
+    /// against ComfyUI's import list whatever `provides_nodes` says.
+    pub fn expects_node_classes(&self) -> bool {
+        self.provides_nodes && !self.is_manager()
     }
 
     pub fn source(&self) -> GitSource {

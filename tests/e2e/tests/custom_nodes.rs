@@ -1,8 +1,11 @@
-//! Custom nodes as real ComfyUI treats them, with real agents: ComfyUI logs a node
-//! that fails to import and runs on without it, so the agent's health check reads
-//! the log and fails the switch (or, for `required = false`, warns); a node's
-//! `install.py` runs only when its spec entry says so; ComfyUI-Manager is off,
-//! read-only or on as the spec says, and what it installs shows as drift.
+//! Custom nodes as real ComfyUI treats them, with real agents: ComfyUI runs on
+//! without a node that fails to import, or that `--whitelist-custom-nodes` left out,
+//! so the agent's health check holds every node against the node classes ComfyUI's
+//! `/object_info` lists (a pack without classes, against its import list), fails the
+//! switch (or, for `required = false`, warns) and takes the reason from ComfyUI's
+//! log, plain (0.3.64) or colour-coded (0.33); a node's `install.py` runs only when
+//! its spec entry says so; ComfyUI-Manager is off, read-only or on as the spec says,
+//! and what it installs shows as drift.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test helpers fail loudly by design
 
@@ -18,9 +21,22 @@ use comfyfleet_e2e::wait_until;
 /// A node whose import fails the way a missing dependency does.
 const BROKEN: &str = "# A node whose requirements were never installed.\nimport cv2  # noqa: F401\n\nNODE_CLASS_MAPPINGS = {}\n";
 
+/// One node class named `class`: ComfyUI's `/object_info` must list one from every
+/// custom node that does not say `provides_nodes = false`.
+fn node_class(class: &str) -> String {
+    format!(
+        "class {class}:\n    RETURN_TYPES = ()\n\n    @classmethod\n    def INPUT_TYPES(cls):\n        \
+         return {{\"required\": {{}}}}\n\nNODE_CLASS_MAPPINGS = {{\"{class}\": {class}}}\n"
+    )
+}
+
 /// A node whose install.py records that it ran, and in which interpreter.
 const SETUP: [(&str, &str); 2] = [
-    ("__init__.py", "NODE_CLASS_MAPPINGS = {}\n"),
+    (
+        "__init__.py",
+        "class Setup:\n    RETURN_TYPES = ()\n\n    @classmethod\n    def INPUT_TYPES(cls):\n        \
+                     return {\"required\": {}}\n\nNODE_CLASS_MAPPINGS = {\"Setup\": Setup}\n",
+    ),
     (
         "install.py",
         "import os, sys\nprint('setting up ComfyUI-Setup')\n\
@@ -41,10 +57,7 @@ fn a_node_that_fails_to_import_fails_the_switch_unless_it_is_optional() {
     let extras = node(
         &fleet,
         "ComfyUI-Extras",
-        &[
-            ("__init__.py", "NODE_CLASS_MAPPINGS = {}\n"),
-            ("install.py", "raise SystemExit('must not run')\n"),
-        ],
+        &[("__init__.py", &node_class("Extras")), ("install.py", "raise SystemExit('must not run')\n")],
     );
     let broken = node(&fleet, "ComfyUI-Broken", &[("__init__.py", BROKEN)]);
     let mut setup_node = TestNode::new(&setup.url(), "main");
@@ -133,6 +146,93 @@ fn a_node_that_fails_to_import_fails_the_switch_unless_it_is_optional() {
     let shown = fleet.cli(&["machines", "show", &id]).success();
     assert!(shown.contains("ComfyUI-Broken failed to import"), "{shown}");
     assert_ne!(current_target(&agent).unwrap(), first);
+}
+
+/// A node pack that defines no node classes: a web extension.
+const WEB_EXTENSION: &str =
+    "# Adds to the frontend only.\nWEB_DIRECTORY = \"./js\"\nNODE_CLASS_MAPPINGS = {}\n";
+
+/// Rolls `spec` out and waits for the machine to be back on the revision before it;
+/// returns why the switch failed.
+fn failed_switch(fleet: &Fleet, id: &str, spec: &str) -> String {
+    fleet.apply(spec);
+    fleet.cli(&["rollout", "start", "render-prod", "--wait", "--timeout", "3m"]).failure();
+    wait_until(Duration::from_secs(60), "the machine to be back on the previous revision", || {
+        let machine = fleet.show(id);
+        (machine["assignment"]["reason"] == "rollback" && machine["report"]["phase"] == "active")
+            .then_some(())
+    });
+    let rollout = fleet.cli(&["rollout", "status", "render-prod", "-o", "json"]).success();
+    let status: serde_json::Value = serde_json::from_str(&rollout).unwrap();
+    status["machines"][0]["detail"].as_str().unwrap().to_owned()
+}
+
+#[test]
+fn on_comfyui_0_33_nodes_are_held_against_object_info_and_its_colour_coded_log_says_why() {
+    let fleet = Fleet::start();
+    let agent = fleet.agent("rtx4090", "rtx4090-x1-570");
+    let id = fleet.machine_id("rtx4090");
+    let comfyui_0_33 = fleet.world.repos.comfyui.commit_version_0_33();
+    let web = node(&fleet, "ComfyUI-Web", &[("__init__.py", WEB_EXTENSION)]);
+    let broken = node(&fleet, "ComfyUI-Broken", &[("__init__.py", BROKEN)]);
+    let left_out = node(&fleet, "ComfyUI-Left-Out", &[("__init__.py", &node_class("LeftOut"))]);
+    let mut web_without_classes = TestNode::new(&web.url(), "main");
+    web_without_classes.extra = "provides_nodes = false\n".to_owned();
+    let spec = |nodes: &[&TestNode], args: &str| {
+        fleet
+            .spec(|options| {
+                options.comfyui_ref = comfyui_0_33.clone();
+                options.cuda = vec!["cu128".to_owned()];
+                options.custom_nodes.extend(nodes.iter().map(|node| (*node).clone()));
+            })
+            .replacen("args = []", &format!("args = [{args}]"), 1)
+    };
+
+    // Revision 1: a pack without node classes passes on its import, under 0.33's log.
+    fleet.apply(&spec(&[&web_without_classes], ""));
+    fleet.cli(&["rollout", "start", "render-prod", "--wait", "--timeout", "3m"]).success();
+    let machine = fleet.show(&id);
+    let health = step(&machine, "health")["detail"].as_str().unwrap();
+    assert!(!health.contains("warning"), "{health}");
+    let log = std::fs::read_to_string(agent.data_dir.join("logs/comfyui.log")).unwrap();
+    assert!(log.contains("\u{1b}[32m[INFO]\u{1b}[0m    0.0 seconds: "), "ComfyUI 0.33's log format: {log}");
+    assert!(log.contains("custom_nodes/ComfyUI-Web"), "{log}");
+    let first = current_target(&agent).unwrap();
+
+    // Revision 2: a node that does not import; the reason is read through the colours.
+    let why =
+        failed_switch(&fleet, &id, &spec(&[&web_without_classes, &TestNode::new(&broken.url(), "main")], ""));
+    assert!(why.starts_with("health: custom node ComfyUI-Broken failed to import: "), "{why}");
+    assert!(
+        why.contains("import cv2") && why.contains("ModuleNotFoundError: No module named 'cv2'"),
+        "{why}"
+    );
+    assert!(why.contains("switched back to render-prod@1"), "{why}");
+    assert_eq!(current_target(&agent).unwrap(), first);
+
+    // Revision 3: ComfyUI leaves out a node the whitelist does not name, logging no
+    // failure; and a pack without classes that the spec does not mark so.
+    let why = failed_switch(
+        &fleet,
+        &id,
+        &spec(
+            &[&TestNode::new(&web.url(), "main"), &TestNode::new(&left_out.url(), "main")],
+            r#""--disable-all-custom-nodes", "--whitelist-custom-nodes", "ComfyUI-KJNodes", "ComfyUI-VideoHelperSuite", "ComfyUI-Web""#,
+        ),
+    );
+    assert!(
+        why.contains(
+            "custom node ComfyUI-Left-Out was not loaded (it contributed no node classes to /object_info): ComfyUI \
+             logged \"Skipping ComfyUI-Left-Out due to disable_all_custom_nodes and whitelist_custom_nodes\""
+        ),
+        "{why}"
+    );
+    assert!(
+        why.contains("custom node ComfyUI-Web contributed no node classes to /object_info")
+            && why.contains("provides_nodes = false"),
+        "{why}"
+    );
+    assert_eq!(current_target(&agent).unwrap(), first);
 }
 
 /// A stand-in ComfyUI-Manager: it reads the settings the real one reads and says

@@ -18,12 +18,22 @@ use comfyfleet_e2e::standin::{CatalogOptions, TestNode, find_uv, system_python};
 use comfyfleet_e2e::{Agent, wait_until};
 use serde_json::Value;
 
+/// One node class named after `node`: ComfyUI's `/object_info` must list one from
+/// every custom node that does not say `provides_nodes = false`.
+fn node_class(node: &str) -> String {
+    let class: String = node.chars().filter(char::is_ascii_alphanumeric).collect();
+    format!(
+        "class {class}:\n    RETURN_TYPES = ()\n\n    @classmethod\n    def INPUT_TYPES(cls):\n        \
+         return {{\"required\": {{}}}}\n\nNODE_CLASS_MAPPINGS = {{\"{class}\": {class}}}\n"
+    )
+}
+
 /// A custom node whose `requirements.txt` is `requirements` and that imports `module`.
 fn node(fleet: &Fleet, name: &str, requirements: &str, module: &str) -> GitRepo {
     GitRepo::create(
         &fleet.dir.path().join(name),
         &[
-            ("__init__.py", &format!("import {module}  # noqa: F401\n\nNODE_CLASS_MAPPINGS = {{}}\n")),
+            ("__init__.py", &format!("import {module}  # noqa: F401\n\n{}", node_class(name))),
             ("requirements.txt", requirements),
         ],
     )
@@ -377,7 +387,7 @@ fn an_install_script_installs_from_the_controllers_copy_of_the_index() {
     let setup = GitRepo::create(
         &fleet.dir.path().join("ComfyUI-Setup"),
         &[
-            ("__init__.py", "NODE_CLASS_MAPPINGS = {}\n"),
+            ("__init__.py", &node_class("ComfyUI-Setup")),
             (
                 "install.py",
                 "import subprocess, sys\n\

@@ -37,13 +37,19 @@ const BUILD_TIMEOUT: Duration = Duration::from_secs(900);
 const NODE_A: [(&str, &str); 2] = [
     (
         "__init__.py",
-        "import tabulate  # noqa: F401\n\nclass RealLaneTable:\n    RETURN_TYPES = ()\n    CATEGORY = \"comfyfleet\"\n\n\
+        "import tabulate  # noqa: F401\n\nclass RealLaneTable:\n    RETURN_TYPES = ()\n    CATEGORY = \"comfyfleet\"\n\n    \
+         @classmethod\n    def INPUT_TYPES(cls):\n        return {\"required\": {}}\n\n\
          NODE_CLASS_MAPPINGS = {\"RealLaneTable\": RealLaneTable}\n",
     ),
     ("requirements.txt", "tabulate>=0.9\nhumanize\ntorch>=2.0\n"),
 ];
 const NODE_B: [(&str, &str); 3] = [
-    ("__init__.py", "import colorama  # noqa: F401\n\nNODE_CLASS_MAPPINGS = {}\n"),
+    (
+        "__init__.py",
+        "import colorama  # noqa: F401\n\nclass RealLaneColour:\n    RETURN_TYPES = ()\n    CATEGORY = \"comfyfleet\"\n\n    \
+         @classmethod\n    def INPUT_TYPES(cls):\n        return {\"required\": {}}\n\n\
+         NODE_CLASS_MAPPINGS = {\"RealLaneColour\": RealLaneColour}\n",
+    ),
     ("requirements.txt", "colorama\n--extra-index-url https://example.invalid/simple\n"),
     (
         "install.py",

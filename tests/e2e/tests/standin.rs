@@ -434,6 +434,72 @@ fn the_stand_in_comfyui_serves_comfyuis_api_and_stops_when_its_directory_goes() 
 }
 
 #[test]
+fn the_stand_in_comfyui_0_33_logs_in_colour_honours_the_whitelist_and_finds_every_model_folder() {
+    let dir = test_dir();
+    let world = world(dir.path());
+    let venv = Venv::create(dir.path());
+    venv.install_torch(&world.server.base_url());
+    succeed(&mut venv.pip_install(&world.server.base_url(), &["einops", "imageio-ffmpeg"]));
+    let version = world.repos.comfyui.commit_version_0_33();
+    let comfyui = checkout_comfyui(&world, &dir.path().join("ComfyUI"), &version);
+    let models = dir.path().join("models");
+    for (folder, file) in
+        [("model_patches", "patch.safetensors"), ("latent_upscale_models", "x2.safetensors")]
+    {
+        std::fs::create_dir_all(models.join(folder)).unwrap();
+        std::fs::write(models.join(folder).join(file), "").unwrap();
+    }
+    let port = free_port();
+    let mut process = start_comfyui(
+        &venv,
+        &comfyui,
+        port,
+        &dir.path().join("imports.log"),
+        &[
+            "--user-directory",
+            dir.path().join("user").to_str().unwrap(),
+            "--database-url",
+            &format!("sqlite:///{}", dir.path().join("comfyui.db").display()),
+            "--models-directory",
+            models.to_str().unwrap(),
+            "--disable-all-custom-nodes",
+            "--whitelist-custom-nodes",
+            "ComfyUI-KJNodes",
+        ],
+    );
+    wait_listening(&mut process, port);
+
+    let stats = http_json(port, "GET", "/system_stats", "");
+    assert_eq!(stats["system"]["comfyui_version"], "0.33.0");
+    // ComfyUI 0.33's ColoredFormatter: a colour, the level, a reset, on every record.
+    let log = process.log();
+    assert!(
+        log.contains(
+            "\u{1b}[32m[INFO]\u{1b}[0m Skipping ComfyUI-VideoHelperSuite due to disable_all_custom_nodes and \
+             whitelist_custom_nodes"
+        ),
+        "{log}"
+    );
+    assert!(log.contains("\u{1b}[32m[INFO]\u{1b}[0m    0.0 seconds: "), "{log}");
+    assert!(!log.contains("ComfyUI-VideoHelperSuite module for custom nodes"), "no failure line: {log}");
+    // Only the whitelisted node contributed node classes.
+    let nodes = http_json(port, "GET", "/object_info", "");
+    assert_eq!(nodes["INTConstant"]["python_module"], "custom_nodes.ComfyUI-KJNodes", "{nodes}");
+    assert_eq!(nodes["CheckpointLoaderSimple"]["python_module"], "nodes");
+    assert!(nodes.get("VHS_VideoCombine").is_none(), "{nodes}");
+    // --models-directory moves every one of 0.33.0's 25 model folder types.
+    let types = http_json(port, "GET", "/models", "");
+    let types: Vec<&str> = types.as_array().unwrap().iter().filter_map(Value::as_str).collect();
+    assert_eq!(types.len(), 27, "25 model folders, custom_nodes and datasets: {types:?}");
+    assert_eq!(http_json(port, "GET", "/models/model_patches", ""), serde_json::json!(["patch.safetensors"]));
+    assert_eq!(
+        http_json(port, "GET", "/models/latent_upscale_models", ""),
+        serde_json::json!(["x2.safetensors"])
+    );
+    assert_eq!(http(port, "GET", "/models/no_such_folder", "").0, 404);
+}
+
+#[test]
 fn broken_comfyui_commits_fail_at_start_or_report_another_torch() {
     let dir = test_dir();
     let world = world(dir.path());

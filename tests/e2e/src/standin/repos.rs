@@ -1,8 +1,9 @@
 //! Stand-in git repositories, reached over `file://`: ComfyUI (ComfyUI's real
 //! requirements.txt and stdlib-only Python laid out as ComfyUI 0.3.64 is: `main.py`,
-//! `comfy/cli_args.py`, `app/database/db.py` with migrations in
-//! `alembic_db/versions`, `folder_paths.py`) and two custom nodes whose
-//! requirements try to replace torch, as the real ones do.
+//! `comfyui_version.py`, `comfy/cli_args.py`, `app/logger.py`, `app/database/db.py`
+//! with migrations in `alembic_db/versions`, `folder_paths.py`,
+//! `utils/extra_config.py`; a later commit can turn it into 0.33.0) and two custom
+//! nodes whose requirements try to replace torch, as the real ones do.
 
 use std::path::Path;
 
@@ -13,13 +14,17 @@ use crate::git::GitRepo;
 pub const COMFYUI_MAIN: &str = include_str!("comfyui/main.py");
 
 /// Every file of the stand-in ComfyUI but `main.py` and `requirements.txt`.
-const COMFYUI_FILES: [(&str, &str); 7] = [
+const COMFYUI_FILES: [(&str, &str); 11] = [
+    ("comfyui_version.py", COMFYUI_VERSION_FILE),
     ("comfy/__init__.py", ""),
-    ("comfy/cli_args.py", include_str!("comfyui/comfy/cli_args.py")),
+    ("comfy/cli_args.py", COMFYUI_CLI_ARGS),
     ("app/__init__.py", ""),
+    ("app/logger.py", include_str!("comfyui/app/logger.py")),
+    ("utils/__init__.py", ""),
+    ("utils/extra_config.py", include_str!("comfyui/utils/extra_config.py")),
     ("app/database/__init__.py", ""),
     ("app/database/db.py", include_str!("comfyui/app/database/db.py")),
-    ("folder_paths.py", include_str!("comfyui/folder_paths.py")),
+    ("folder_paths.py", COMFYUI_FOLDER_PATHS),
     (
         "alembic_db/versions/e9c714da8d57_init.py",
         include_str!("comfyui/alembic_db/versions/e9c714da8d57_init.py"),
@@ -32,6 +37,54 @@ pub const SECOND_MIGRATION: &str = "4a1f0c2b9d3e";
 
 /// The tag of the first ComfyUI commit.
 pub const COMFYUI_TAG: &str = "v0.3.64";
+
+const COMFYUI_VERSION_FILE: &str = include_str!("comfyui/comfyui_version.py");
+const COMFYUI_CLI_ARGS: &str = include_str!("comfyui/comfy/cli_args.py");
+const COMFYUI_FOLDER_PATHS: &str = include_str!("comfyui/folder_paths.py");
+
+/// What ComfyUI 0.33.0 changed in the files the stand-in has, as marker → text
+/// (read from its `comfy/cli_args.py` and `folder_paths.py`): `--models-directory`,
+/// which moves every model folder, and six more model folder types (`datasets` is
+/// under the base path, not a model folder).
+const COMFYUI_0_33_CLI_ARGS: (&str, &str) = (
+    "# standin: later options\n",
+    r#"def is_valid_directory(path):
+    if not os.path.exists(path):
+        raise argparse.ArgumentTypeError(f"The path '{path}' does not exist.")
+    if not os.path.isdir(path):
+        raise argparse.ArgumentTypeError(f"'{path}' is not a directory.")
+    return path
+
+
+parser.add_argument("--models-directory", type=is_valid_directory, default=None, help="Set the ComfyUI models directory. Overrides the models folder in --base-directory.")
+"#,
+);
+const COMFYUI_0_33_MODELS_DIR: (&str, &str) = (
+    "models_dir = os.path.join(base_path, \"models\")  # standin: models_dir\n",
+    r#"if args.models_directory:
+    models_dir = os.path.abspath(args.models_directory)
+else:
+    models_dir = os.path.join(base_path, "models")
+
+"#,
+);
+const COMFYUI_0_33_FOLDERS: (&str, &str) = (
+    "# standin: later folders\n",
+    r#"folder_names_and_paths["latent_upscale_models"] = ([os.path.join(models_dir, "latent_upscale_models")], supported_pt_extensions)
+
+folder_names_and_paths["datasets"] = ([os.path.join(base_path, "datasets")], set())
+
+folder_names_and_paths["background_removal"] = ([os.path.join(models_dir, "background_removal")], supported_pt_extensions)
+
+folder_names_and_paths["frame_interpolation"] = ([os.path.join(models_dir, "frame_interpolation")], supported_pt_extensions)
+
+folder_names_and_paths["geometry_estimation"] = ([os.path.join(models_dir, "geometry_estimation")], supported_pt_extensions)
+
+folder_names_and_paths["optical_flow"] = ([os.path.join(models_dir, "optical_flow")], supported_pt_extensions)
+
+folder_names_and_paths["detection"] = ([os.path.join(models_dir, "detection")], supported_pt_extensions)
+"#,
+);
 
 const BEFORE_LISTENING: &str = "    # standin: before listening\n";
 const REPORTED_VERSION: &str = "REPORTED_PYTORCH_VERSION = None  # standin: reported pytorch_version\n";
@@ -95,6 +148,30 @@ impl StandinComfyui {
         self.repo.commit(&[("main.py", &main)], &format!("Start {seconds} s late"))
     }
 
+    /// Commits ComfyUI 0.33.0 (`comfyui_version.py`, and what 0.33.0 changed in
+    /// `comfy/cli_args.py` and `folder_paths.py`): a ComfyUI that logs in colour with
+    /// `[LEVEL] ` tags, takes `--models-directory` and knows 25 model folder types.
+    /// Returns the commit.
+    pub fn commit_version_0_33(&self) -> String {
+        let replace = |text: &str, (marker, with): (&str, &str)| {
+            assert!(text.contains(marker), "the stand-in lost its marker {marker:?}");
+            text.replacen(marker, with, 1)
+        };
+        let version = COMFYUI_VERSION_FILE.replacen("\"0.3.64\"", "\"0.33.0\"", 1);
+        assert_ne!(version, COMFYUI_VERSION_FILE, "comfyui_version.py lost its version");
+        let cli_args = replace(COMFYUI_CLI_ARGS, COMFYUI_0_33_CLI_ARGS);
+        let folder_paths =
+            replace(&replace(COMFYUI_FOLDER_PATHS, COMFYUI_0_33_MODELS_DIR), COMFYUI_0_33_FOLDERS);
+        self.repo.commit(
+            &[
+                ("comfyui_version.py", version.as_str()),
+                ("comfy/cli_args.py", cli_args.as_str()),
+                ("folder_paths.py", folder_paths.as_str()),
+            ],
+            "ComfyUI 0.33.0",
+        )
+    }
+
     /// Commits the working `main.py` again (after a broken variant). Returns the commit.
     pub fn commit_working(&self) -> String {
         self.repo.commit(&[("main.py", COMFYUI_MAIN)], "Fix the start")
@@ -130,7 +207,11 @@ pub fn create_standin_repos(dir: &Path) -> StandinRepos {
             (
                 "__init__.py",
                 "# Stand-in ComfyUI-KJNodes: loads only where its requirements were installed.\n\
-                 import einops  # noqa: F401\n\nNODE_CLASS_MAPPINGS = {}\nNODE_DISPLAY_NAME_MAPPINGS = {}\n",
+                 import einops  # noqa: F401\n\n\
+                 class INTConstant:\n    RETURN_TYPES = (\"INT\",)\n    CATEGORY = \"KJNodes/constants\"\n\n    \
+                 @classmethod\n    def INPUT_TYPES(cls):\n        return {\"required\": {\"value\": (\"INT\", {\"default\": 0})}}\n\n\
+                 NODE_CLASS_MAPPINGS = {\"INTConstant\": INTConstant}\n\
+                 NODE_DISPLAY_NAME_MAPPINGS = {\"INTConstant\": \"INT Constant\"}\n",
             ),
             // The real node's file once pinned torch; an agent must not let it.
             ("requirements.txt", "einops\ntorch==2.3.0\n"),
@@ -143,7 +224,8 @@ pub fn create_standin_repos(dir: &Path) -> StandinRepos {
                 "__init__.py",
                 "# Stand-in ComfyUI-VideoHelperSuite: loads only where its requirements were installed.\n\
                  import imageio_ffmpeg  # noqa: F401\n\n\
-                 class VHS_VideoCombine:\n    pass\n\n\
+                 class VHS_VideoCombine:\n    RETURN_TYPES = ()\n    OUTPUT_NODE = True\n\n    \
+                 @classmethod\n    def INPUT_TYPES(cls):\n        return {\"required\": {\"images\": (\"IMAGE\",)}}\n\n\
                  NODE_CLASS_MAPPINGS = {\"VHS_VideoCombine\": VHS_VideoCombine}\n",
             ),
             ("requirements.txt", "torch-cpu\nnumpy>=1.25.0\nimageio-ffmpeg\n"),

@@ -1,12 +1,17 @@
 """Stand-in ComfyUI server (comfyfleet tests): the parts of ComfyUI's command line,
 start-up and HTTP API an agent uses, with the Python standard library only.
 
-It starts in ComfyUI 0.3.64's order: options (comfy/cli_args.py), torch, every custom
-node under custom_nodes/ (a node that fails to import is logged with ComfyUI's own
-lines, "Cannot import ... module for custom nodes" and "(IMPORT FAILED)", and the
-server runs on without it), the database at --database-url (app/database/db.py),
-and only then the routes: GET /system_stats, /queue, /object_info, /history and
-POST /prompt in ComfyUI's shapes. A prompt "renders" (one at a time) until the file
+It starts in ComfyUI's order: options (comfy/cli_args.py), the model paths
+(folder_paths.py, --extra-model-paths-config, --models-directory), torch, every
+custom node under custom_nodes/ (one that fails to import is logged with ComfyUI's
+own lines, "Cannot import ... module for custom nodes" and "(IMPORT FAILED)", and
+the server runs on without it; --disable-all-custom-nodes leaves out all but those
+--whitelist-custom-nodes names, logging only that it skipped them), the database at
+--database-url (app/database/db.py), and only then the routes: GET /system_stats,
+/queue, /object_info (every node class with its python_module), /models,
+/models/{folder}, /history and POST /prompt in ComfyUI's shapes. It imitates the
+version in comfyui_version.py: 0.3.64 logs bare messages, 0.23 and later (0.33.0)
+start each record with an ANSI colour and "[LEVEL] " (app/logger.py). A prompt "renders" (one at a time) until the file
 named by its "wait_for_file" key exists, or for "seconds" seconds. It writes nothing
 outside --output-directory, --user-directory and the database, and exits when the
 directory holding this file disappears, so a test that deletes its temporary
@@ -20,6 +25,7 @@ import sys
 sys.dont_write_bytecode = True
 
 import importlib.util  # noqa: E402
+import itertools  # noqa: E402
 import json  # noqa: E402
 import logging  # noqa: E402
 import os  # noqa: E402
@@ -31,7 +37,14 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer  # noqa: E40
 
 from comfy.cli_args import args  # noqa: E402
 
-COMFYUI_VERSION = "0.3.64"
+import comfyui_version  # noqa: E402
+import folder_paths  # noqa: E402
+import utils.extra_config  # noqa: E402
+from app.logger import setup_logger  # noqa: E402
+
+COMFYUI_VERSION = comfyui_version.__version__
+# The first release whose log lines carry a colour and a "[LEVEL] " tag.
+COLOURED_LOG_SINCE = (0, 23)
 HERE = os.path.dirname(os.path.abspath(__file__))
 # Variants of this file (tests' broken builds) replace the marked lines.
 REPORTED_PYTORCH_VERSION = None  # standin: reported pytorch_version
@@ -45,8 +58,14 @@ def watch_own_directory():
         time.sleep(0.25)
 
 
-def load_custom_node(module_path, node_classes):
-    """nodes.load_custom_node: True when the node registered its classes."""
+def version_tuple(version):
+    return tuple(int(part) for part in version.split(".")[:3] if part.isdigit())
+
+
+def load_custom_node(module_path, ignore, node_classes):
+    """nodes.load_custom_node: True when the node registered (V1 NODE_CLASS_MAPPINGS,
+    or a V3 comfy_entrypoint whose extension lists its node classes, each with a
+    NODE_ID). A class named like one ComfyUI already has is ignored, as in ComfyUI."""
     module_name = os.path.basename(module_path)
     if os.path.isfile(module_path):
         module_name = os.path.splitext(module_name)[0]
@@ -55,6 +74,7 @@ def load_custom_node(module_path, node_classes):
     else:
         init = os.path.join(module_path, "__init__.py")
         search = [module_path]
+    python_module = f"custom_nodes.{module_name}"
     try:
         spec = importlib.util.spec_from_file_location(module_path.replace(".", "_x_"), init,
                                                       submodule_search_locations=search)
@@ -62,21 +82,36 @@ def load_custom_node(module_path, node_classes):
         sys.modules[spec.name] = module
         spec.loader.exec_module(module)
         mappings = getattr(module, "NODE_CLASS_MAPPINGS", None)
-        if mappings is None:
-            logging.warning(f"Skip {module_path} module for custom nodes due to the lack of NODE_CLASS_MAPPINGS or NODES_LIST (need one).")
-            return False
-        for name, node_class in mappings.items():
-            node_classes[name] = (node_class, f"custom_nodes.{module_name}")
-        return True
+        if mappings is not None:
+            for name, node_class in mappings.items():
+                if name not in ignore:
+                    node_classes[name] = (node_class, python_module)
+            return True
+        if hasattr(module, "comfy_entrypoint"):
+            try:
+                extension = module.comfy_entrypoint()
+                if not hasattr(extension, "get_node_list"):
+                    logging.warning(f"comfy_entrypoint in {module_path} did not return a ComfyExtension, skipping.")
+                    return False
+                for node_class in extension.get_node_list():
+                    if node_class.NODE_ID not in ignore:
+                        node_classes[node_class.NODE_ID] = (node_class, python_module)
+                return True
+            except Exception as e:
+                logging.warning(f"Error while calling comfy_entrypoint in {module_path}: {e}")
+                return False
+        need = "comfy_entrypoint" if version_tuple(COMFYUI_VERSION) >= COLOURED_LOG_SINCE else "NODES_LIST"
+        logging.warning(f"Skip {module_path} module for custom nodes due to the lack of NODE_CLASS_MAPPINGS or {need} (need one).")
+        return False
     except Exception as e:
         logging.warning(traceback.format_exc())
         logging.warning(f"Cannot import {module_path} module for custom nodes: {e}")
         return False
 
 
-def init_external_custom_nodes():
+def init_external_custom_nodes(node_classes):
     """nodes.init_external_custom_nodes, with its log lines."""
-    node_classes = {}
+    base_node_names = set(node_classes)
     nodes_dir = os.path.join(HERE, "custom_nodes")
     import_times = []
     for possible_module in os.listdir(nodes_dir) if os.path.isdir(nodes_dir) else []:
@@ -87,8 +122,11 @@ def init_external_custom_nodes():
             continue
         if module_path.endswith(".disabled"):
             continue
+        if args.disable_all_custom_nodes and possible_module not in args.whitelist_custom_nodes:
+            logging.info(f"Skipping {possible_module} due to disable_all_custom_nodes and whitelist_custom_nodes")
+            continue
         started = time.perf_counter()
-        success = load_custom_node(module_path, node_classes)
+        success = load_custom_node(module_path, base_node_names, node_classes)
         import_times.append((time.perf_counter() - started, module_path, success))
     if import_times:
         logging.info("\nImport times for custom nodes:")
@@ -96,7 +134,27 @@ def init_external_custom_nodes():
             message = "" if success else " (IMPORT FAILED)"
             logging.info("{:6.1f} seconds{}: {}".format(seconds, message, module_path))
         logging.info("")
-    return node_classes
+
+
+class CheckpointLoaderSimple:
+    """A node ComfyUI itself defines (python_module "nodes")."""
+    RETURN_TYPES = ("MODEL", "CLIP", "VAE")
+    CATEGORY = "loaders"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"ckpt_name": (folder_paths.get_filename_list("checkpoints"),)}}
+
+
+def apply_custom_paths():
+    """main.apply_custom_paths: the model paths files, checkout's own first."""
+    own = os.path.join(HERE, "extra_model_paths.yaml")
+    if os.path.isfile(own):
+        utils.extra_config.load_extra_path_config(own)
+    for config_path in itertools.chain(*(args.extra_model_paths_config or [])):
+        utils.extra_config.load_extra_path_config(config_path)
+    if getattr(args, "models_directory", None):
+        logging.info(f"Setting models directory to: {folder_paths.models_dir}")
 
 
 def setup_database():
@@ -195,9 +253,10 @@ def system_stats(torch_module):
 
 
 def node_info(name, node_class, module):
-    """server.node_info for a V1 node."""
-    inputs = node_class.INPUT_TYPES() if hasattr(node_class, "INPUT_TYPES") else {"required": {}}
-    outputs = list(getattr(node_class, "RETURN_TYPES", ()))
+    """server.node_info for a V1 node: a class without INPUT_TYPES or RETURN_TYPES
+    cannot be described, and /object_info leaves it out."""
+    inputs = node_class.INPUT_TYPES()
+    outputs = list(node_class.RETURN_TYPES)
     return {
         "input": inputs,
         "input_order": {key: list(value.keys()) for key, value in inputs.items()},
@@ -211,6 +270,18 @@ def node_info(name, node_class, module):
         "category": getattr(node_class, "CATEGORY", "sd"),
         "output_node": bool(getattr(node_class, "OUTPUT_NODE", False)),
     }
+
+
+def object_info(node_classes):
+    """server.get_object_info: a node that cannot be described is logged and left out."""
+    out = {}
+    for name, (node_class, module) in node_classes.items():
+        try:
+            out[name] = node_info(name, node_class, module)
+        except Exception:
+            logging.error(f"[ERROR] An error occurred while retrieving information for the '{name}' node.")
+            logging.error(traceback.format_exc())
+    return out
 
 
 def make_handler(torch_module, queue, node_classes):
@@ -243,8 +314,15 @@ def make_handler(torch_module, queue, node_classes):
                     found = queue.history.get(prompt_id)
                 self.send_json({prompt_id: found} if found else {})
             elif path == "/object_info":
-                self.send_json({name: node_info(name, node_class, module)
-                                for name, (node_class, module) in node_classes.items()})
+                self.send_json(object_info(node_classes))
+            elif path == "/models":
+                self.send_json(list(folder_paths.folder_names_and_paths.keys()))
+            elif path.startswith("/models/"):
+                folder = path[len("/models/"):]
+                if folder in folder_paths.folder_names_and_paths:
+                    self.send_json(folder_paths.get_filename_list(folder))
+                else:
+                    self.send_json({"error": "not found"}, 404)
             else:
                 self.send_json({"error": "not found"}, 404)
 
@@ -271,7 +349,8 @@ def make_handler(torch_module, queue, node_classes):
 
 
 def main():
-    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    setup_logger(coloured=version_tuple(COMFYUI_VERSION) >= COLOURED_LOG_SINCE)
+    apply_custom_paths()
     threading.Thread(target=watch_own_directory, name="watchdog", daemon=True).start()
     logging.info("Python version: {}".format(sys.version))
     logging.info(f"ComfyUI version: {COMFYUI_VERSION} (comfyfleet stand-in)")
@@ -284,7 +363,11 @@ def main():
 
         logging.info("Using sage attention")
     # ComfyUI's order: custom nodes, then the database, then the routes.
-    node_classes = init_external_custom_nodes() if not args.disable_all_custom_nodes else {}
+    node_classes = {"CheckpointLoaderSimple": (CheckpointLoaderSimple, "nodes")}
+    if not args.disable_all_custom_nodes or args.whitelist_custom_nodes:
+        init_external_custom_nodes(node_classes)
+    else:
+        logging.info("Skipping loading of custom nodes")
     setup_database()
 
     output_directory = args.output_directory or os.path.join(HERE, "output")

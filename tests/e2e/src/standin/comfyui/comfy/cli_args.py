@@ -1,5 +1,6 @@
 """Stand-in comfy/cli_args.py (comfyfleet tests): the options an agent passes, with
-ComfyUI 0.3.64's defaults. Unknown options are an error, as in ComfyUI."""
+ComfyUI 0.3.64's defaults (and 0.33.0's --models-directory in a 0.33.0 checkout,
+StandinComfyui::commit_version). Unknown options are an error, as in ComfyUI."""
 import argparse
 import os
 
@@ -13,6 +14,9 @@ parser.add_argument("--extra-model-paths-config", type=str, default=None, action
 parser.add_argument("--use-sage-attention", action="store_true")
 parser.add_argument("--preview-method", type=str, default="none")
 parser.add_argument("--disable-all-custom-nodes", action="store_true")
+parser.add_argument("--whitelist-custom-nodes", type=str, nargs="+", default=[],
+                    help="Specify custom node folders to load even when --disable-all-custom-nodes is enabled.")
+# standin: later options
 
 database_default_path = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "user", "comfyui.db"))
 parser.add_argument("--database-url", type=str, default=f"sqlite:///{database_default_path}",
