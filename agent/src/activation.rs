@@ -14,8 +14,8 @@ use comfyfleet_config::convergence::StepState;
 use serde::Deserialize;
 
 use crate::comfyui::failed_nodes;
+use crate::complete_record::CompleteRecord;
 use crate::database;
-use crate::executor::record::CompleteRecord;
 use crate::journal::Journal;
 use crate::layout::{EnvDir, Layout};
 use crate::manager;

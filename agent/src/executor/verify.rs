@@ -16,9 +16,9 @@ use comfyfleet_config::resolve::catalog::ArchSet;
 use serde::Deserialize;
 
 use super::optimizations::{distributions, load};
-use super::record::TorchFacts;
 use super::{Build, StepOutcome, StepResult};
 use crate::command::{self, Invocation};
+use crate::complete_record::TorchFacts;
 use crate::report::StepHandle;
 
 const VERIFY_SCRIPT: &str = include_str!("verify.py");
