@@ -316,7 +316,7 @@ impl From<&InstalledEnvironments> for pb::InstalledEnvironments {
     }
 }
 
-/// Checked afterwards as part of the inventory ([`InstalledEnvironments::validate`]).
+/// Checked afterwards as part of the inventory ([`Inventory::validate`]).
 pub fn environments_from_wire(wire: pb::InstalledEnvironments) -> Result<InstalledEnvironments, WireError> {
     let installed = wire
         .installed

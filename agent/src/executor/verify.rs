@@ -12,7 +12,7 @@ use std::time::Duration;
 use comfyfleet_config::convergence::OptimizationState;
 use comfyfleet_config::inventory::CudaVersion;
 use comfyfleet_config::resolve::GpuFacts;
-use comfyfleet_config::resolve::catalog::ArchSet;
+use comfyfleet_config::spec::catalog::ArchSet;
 use serde::Deserialize;
 
 use super::optimizations::{distributions, load};
