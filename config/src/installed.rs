@@ -73,35 +73,38 @@ impl InstalledEnvironments {
     }
 }
 
+/// An environment of revision `id` (the char 64 times) for tests, activated at second
+/// `activated`.
+#[cfg(test)]
+pub(crate) fn test_environment(id: char, current: bool, activated: Option<i64>) -> InstalledEnvironment {
+    InstalledEnvironment {
+        revision_id: id.to_string().repeat(64).parse().unwrap(),
+        environment: "render-prod".into(),
+        revision_number: 1,
+        current,
+        activated_at: activated.map(|s| Timestamp::from_second(s).unwrap()),
+        python_version: "3.12.7".into(),
+        torch_version: "2.8.0+cu128".into(),
+        comfyui_commit: "a".repeat(40),
+        optimizations: vec![],
+        custom_nodes: vec![],
+        drift: vec![],
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn environment(id: char, current: bool, activated: Option<i64>) -> InstalledEnvironment {
-        InstalledEnvironment {
-            revision_id: id.to_string().repeat(64).parse().unwrap(),
-            environment: "render-prod".into(),
-            revision_number: 1,
-            current,
-            activated_at: activated.map(|s| Timestamp::from_second(s).unwrap()),
-            python_version: "3.12.7".into(),
-            torch_version: "2.8.0+cu128".into(),
-            comfyui_commit: "a".repeat(40),
-            optimizations: vec![],
-            custom_nodes: vec![],
-            drift: vec![],
-        }
-    }
 
     #[test]
     fn the_previous_environment_is_the_newest_other_activated_one() {
         let environments = InstalledEnvironments {
             current: Some("c".repeat(64).parse().unwrap()),
             installed: vec![
-                environment('c', true, Some(300)),
-                environment('b', false, Some(200)),
-                environment('a', false, Some(100)),
-                environment('d', false, None),
+                test_environment('c', true, Some(300)),
+                test_environment('b', false, Some(200)),
+                test_environment('a', false, Some(100)),
+                test_environment('d', false, None),
             ],
         };
         assert_eq!(environments.previous().unwrap().revision_id.as_str(), "b".repeat(64));

@@ -489,24 +489,10 @@ mod tests {
         assert!(long.validate().unwrap_err().to_string().contains("host.hostname"));
     }
 
-    fn installed(id: char, current: bool, activated: Option<i64>) -> crate::installed::InstalledEnvironment {
-        crate::installed::InstalledEnvironment {
-            revision_id: id.to_string().repeat(64).parse().unwrap(),
-            environment: "render-prod".into(),
-            revision_number: 1,
-            current,
-            activated_at: activated.map(|s| jiff::Timestamp::from_second(s).unwrap()),
-            python_version: "3.12.7".into(),
-            torch_version: "2.8.0+cu128".into(),
-            comfyui_commit: "a".repeat(40),
-            optimizations: vec![],
-            custom_nodes: vec![],
-            drift: vec![],
-        }
-    }
-
     #[test]
     fn installed_environments_are_checked_with_the_inventory() {
+        use crate::installed::test_environment as installed;
+
         let mut inventory = sample();
         inventory.environments = InstalledEnvironments {
             current: Some("c".repeat(64).parse().unwrap()),
