@@ -15,8 +15,8 @@ use serde::Deserialize;
 
 use crate::comfyui::custom_nodes::{self, ExpectedNode};
 use crate::comfyui::model_folders;
+use crate::complete_record::CompleteRecord;
 use crate::database;
-use crate::executor::record::CompleteRecord;
 use crate::journal::Journal;
 use crate::layout::{EnvDir, Layout};
 use crate::manager;

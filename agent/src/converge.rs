@@ -17,7 +17,7 @@ use jiff::Timestamp;
 use tokio::sync::{Notify, watch};
 
 use crate::activation::{self, Activator};
-use crate::executor::record::CompleteRecord;
+use crate::complete_record::CompleteRecord;
 use crate::executor::{self, Executor};
 use crate::inventory::InventoryCollector;
 use crate::journal::{ActivationMarker, Failure, Journal};

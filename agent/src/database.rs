@@ -25,7 +25,7 @@ use comfyfleet_config::spec::SpecDigest;
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
-use crate::executor::record::CompleteRecord;
+use crate::complete_record::CompleteRecord;
 use crate::layout::Layout;
 
 /// SQLite's companions of a database file, copied and removed with it.

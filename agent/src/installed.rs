@@ -14,7 +14,7 @@ use comfyfleet_config::installed::{
 
 use std::collections::BTreeMap;
 
-use crate::executor::record::{
+use crate::complete_record::{
     CompleteRecord, custom_node_entries, head_commit, installed_distributions, venv_python_version,
 };
 use crate::journal::Journal;

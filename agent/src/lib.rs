@@ -9,6 +9,7 @@ mod activation;
 mod backoff;
 pub mod comfyui;
 pub mod command;
+pub mod complete_record;
 mod converge;
 mod database;
 pub mod download;
@@ -23,6 +24,7 @@ pub mod link;
 mod manager;
 pub mod report;
 pub mod service;
+pub mod session_state;
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -42,9 +44,10 @@ use crate::identity::{IdentityDir, IdentityError};
 use crate::inventory::{InventoryCollector, NvmlProbe, kernel_hostname};
 use crate::journal::Journal;
 use crate::layout::Layout;
-use crate::link::{CurrentController, Link, LinkError};
+use crate::link::{Link, LinkError};
 use crate::report::Reporter;
 use crate::service::ComfyuiService;
+use crate::session_state::CurrentController;
 
 #[derive(Debug, Clone)]
 pub struct AgentOptions {
@@ -173,7 +176,7 @@ pub async fn run(options: AgentOptions, shutdown: impl Future<Output = ()>) -> R
     let journal = Journal::new(&layout.journal());
     let provisioning = options.provisioning;
     let environment = ChildEnvironment::from_process(&provisioning.pass_env);
-    let source_secrets = crate::executor::HeldSecrets::default();
+    let source_secrets = crate::session_state::HeldSecrets::default();
     let tools = Tools {
         uv_override: provisioning.uv.clone(),
         environment: environment.clone(),

@@ -20,6 +20,7 @@ use crate::backoff::Backoff;
 use crate::identity::Identity;
 use crate::inventory::{InventoryCollector, changed_materially};
 use crate::journal::Journal;
+use crate::session_state::{CurrentController, HeldSecrets};
 
 const WELCOME_TIMEOUT: Duration = Duration::from_secs(30);
 /// Reports that only show progress go up at most this often.
@@ -48,25 +49,6 @@ enum SessionEnd {
     },
 }
 
-/// The URL of the controller the agent's session is on now (the first it will try
-/// while none is up): builds fetch the package cache from it.
-#[derive(Debug, Clone)]
-pub struct CurrentController(Arc<Mutex<String>>);
-
-impl CurrentController {
-    pub fn new(url: &str) -> Self {
-        Self(Arc::new(Mutex::new(url.to_owned())))
-    }
-
-    pub fn url(&self) -> String {
-        self.0.lock().unwrap_or_else(PoisonError::into_inner).clone()
-    }
-
-    fn set(&self, url: &str) {
-        url.clone_into(&mut self.0.lock().unwrap_or_else(PoisonError::into_inner));
-    }
-}
-
 pub struct Link {
     pub identity: Identity,
     pub labels: Labels,
@@ -86,7 +68,7 @@ pub struct Link {
     pub controller: CurrentController,
     /// The source credentials of the assignment, as the controller last sent them:
     /// held in memory for the executor, never journaled.
-    pub source_secrets: crate::executor::HeldSecrets,
+    pub source_secrets: HeldSecrets,
 }
 
 impl Link {

@@ -15,7 +15,7 @@ use comfyfleet_config::Spec;
 use comfyfleet_config::spec::ManagerMode;
 
 use crate::comfyui::ComfyuiFacts;
-use crate::executor::record::CompleteRecord;
+use crate::complete_record::CompleteRecord;
 
 /// Whether the environment can have the manager the spec asks for.
 pub fn check_supported(spec: &Spec, comfyui: &ComfyuiFacts) -> Result<(), String> {

@@ -45,6 +45,12 @@ pub fn rfc3339(at: Timestamp) -> String {
     at.round(jiff::Unit::Second).map_or_else(|_| at.to_string(), |rounded| rounded.to_string())
 }
 
+/// A revision id as tables show it: its first 12 characters, enough to tell
+/// revisions apart and to paste into `env show NAME@ID`.
+pub fn short_id(id: &str) -> &str {
+    id.get(..12).unwrap_or(id)
+}
+
 /// A GPU model name without the vendor words every row would repeat.
 pub fn short_gpu_name(name: &str) -> &str {
     let name = name.strip_prefix("NVIDIA ").unwrap_or(name);

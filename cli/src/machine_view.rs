@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use comfyfleet_config::assignment::MachineAssignment;
 use comfyfleet_config::resolve::{GpuFacts, MachineFacts, SoftwareFacts};
 use comfyfleet_config::{ConvergenceReport, Gpu, InstalledEnvironments, MachineRecord, NvmlStatus};
+use comfyfleet_proto::v1 as pb;
 use serde::{Deserialize, Serialize};
 
 use crate::format;
@@ -92,6 +93,18 @@ impl From<&Gpu> for GpuView {
             pci_bus_id: gpu.pci_bus_id.clone(),
             errors: gpu.errors.clone(),
         }
+    }
+}
+
+impl MachineView {
+    /// A machine as the controller sent it; an unreadable record is the controller's
+    /// fault and says which machine it was.
+    pub fn from_wire(machine: pb::Machine) -> anyhow::Result<MachineView> {
+        let id = machine.id.clone();
+        let record = MachineRecord::try_from(machine).map_err(|error| {
+            anyhow::anyhow!("the controller sent an unreadable record for machine {id}: {error}")
+        })?;
+        Ok(MachineView::from(&record))
     }
 }
 

@@ -8,7 +8,7 @@ use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
 use crate::inventory::MAX_TEXT;
-use crate::spec::SpecDigest;
+use crate::spec_digest::SpecDigest;
 
 /// The most steps one report may carry (there are 13 today).
 pub const MAX_STEPS: usize = 32;

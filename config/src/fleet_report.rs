@@ -10,7 +10,7 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
-use crate::resolve::{MachineFacts, OptimizationOutcomeKind};
+use crate::machine_facts::{MachineFacts, OptimizationOutcomeKind};
 
 /// Which report.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

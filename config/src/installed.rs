@@ -1,16 +1,16 @@
 //! The environments a machine has built, as its agent reads them from disk: which
 //! revision `current` points at and, for every complete environment it keeps, the
 //! Python, torch build, optimisations, ComfyUI commit and custom nodes really there.
+//! They travel in the machine's inventory, and are checked with it
+//! ([`crate::Inventory::validate`]).
 
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
-use crate::inventory::{InventoryError, check_text};
-use crate::spec::SpecDigest;
+use crate::spec_digest::SpecDigest;
 
 /// More kept environments than this is a broken report.
 pub const MAX_INSTALLED: usize = 16;
-const MAX_ENTRIES: usize = 64;
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InstalledEnvironments {
@@ -71,101 +71,42 @@ impl InstalledEnvironments {
             .filter(|environment| !environment.current && environment.activated_at.is_some())
             .max_by_key(|environment| environment.activated_at)
     }
-
-    pub fn validate(&self) -> Result<(), InventoryError> {
-        if self.installed.len() > MAX_INSTALLED {
-            return Err(InventoryError::new(
-                "environments.installed",
-                format!("lists {} environments; at most {MAX_INSTALLED} are accepted", self.installed.len()),
-            ));
-        }
-        for (position, environment) in self.installed.iter().enumerate() {
-            let field = |name: &str| format!("environments.installed[{position}].{name}");
-            check(&field("environment"), &environment.environment)?;
-            check(&field("python_version"), &environment.python_version)?;
-            check(&field("torch_version"), &environment.torch_version)?;
-            check(&field("comfyui_commit"), &environment.comfyui_commit)?;
-            if environment.optimizations.len() > MAX_ENTRIES
-                || environment.custom_nodes.len() > MAX_ENTRIES
-                || environment.drift.len() > MAX_ENTRIES
-            {
-                return Err(InventoryError::new(field("optimizations"), "has too many entries"));
-            }
-            for package in &environment.optimizations {
-                check(&field("optimizations.name"), &package.name)?;
-                check(&field("optimizations.version"), &package.version)?;
-                check(&field("optimizations.detail"), &package.detail)?;
-            }
-            for node in &environment.custom_nodes {
-                check(&field("custom_nodes.name"), &node.name)?;
-                check(&field("custom_nodes.commit"), &node.commit)?;
-            }
-            for drift in &environment.drift {
-                check(&field("drift"), drift)?;
-            }
-        }
-        let current = self.installed.iter().filter(|environment| environment.current).count();
-        let points_elsewhere = self.current.as_ref().is_some_and(|current| {
-            !self
-                .installed
-                .iter()
-                .any(|environment| environment.current && &environment.revision_id == current)
-        });
-        if current > 1 || points_elsewhere {
-            return Err(InventoryError::new(
-                "environments.current_revision_id",
-                "does not name exactly the one installed environment marked current",
-            ));
-        }
-        Ok(())
-    }
 }
 
-fn check(field: &str, value: &str) -> Result<(), InventoryError> {
-    check_text(field, value, false)
+/// An environment of revision `id` (the char 64 times) for tests, activated at second
+/// `activated`.
+#[cfg(test)]
+pub(crate) fn test_environment(id: char, current: bool, activated: Option<i64>) -> InstalledEnvironment {
+    InstalledEnvironment {
+        revision_id: id.to_string().repeat(64).parse().unwrap(),
+        environment: "render-prod".into(),
+        revision_number: 1,
+        current,
+        activated_at: activated.map(|s| Timestamp::from_second(s).unwrap()),
+        python_version: "3.12.7".into(),
+        torch_version: "2.8.0+cu128".into(),
+        comfyui_commit: "a".repeat(40),
+        optimizations: vec![],
+        custom_nodes: vec![],
+        drift: vec![],
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn environment(id: char, current: bool, activated: Option<i64>) -> InstalledEnvironment {
-        InstalledEnvironment {
-            revision_id: id.to_string().repeat(64).parse().unwrap(),
-            environment: "render-prod".into(),
-            revision_number: 1,
-            current,
-            activated_at: activated.map(|s| Timestamp::from_second(s).unwrap()),
-            python_version: "3.12.7".into(),
-            torch_version: "2.8.0+cu128".into(),
-            comfyui_commit: "a".repeat(40),
-            optimizations: vec![],
-            custom_nodes: vec![],
-            drift: vec![],
-        }
-    }
-
     #[test]
     fn the_previous_environment_is_the_newest_other_activated_one() {
         let environments = InstalledEnvironments {
             current: Some("c".repeat(64).parse().unwrap()),
             installed: vec![
-                environment('c', true, Some(300)),
-                environment('b', false, Some(200)),
-                environment('a', false, Some(100)),
-                environment('d', false, None),
+                test_environment('c', true, Some(300)),
+                test_environment('b', false, Some(200)),
+                test_environment('a', false, Some(100)),
+                test_environment('d', false, None),
             ],
         };
-        environments.validate().unwrap();
         assert_eq!(environments.previous().unwrap().revision_id.as_str(), "b".repeat(64));
-    }
-
-    #[test]
-    fn current_must_name_the_current_environment() {
-        let environments = InstalledEnvironments {
-            current: Some("a".repeat(64).parse().unwrap()),
-            installed: vec![environment('b', true, Some(1))],
-        };
-        assert_eq!(environments.validate().unwrap_err().field, "environments.current_revision_id");
     }
 }

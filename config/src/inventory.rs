@@ -8,7 +8,7 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
-use crate::installed::InstalledEnvironments;
+use crate::installed::{InstalledEnvironments, MAX_INSTALLED};
 
 /// More GPUs than this in one machine is a broken report, not a machine.
 pub const MAX_GPUS: usize = 64;
@@ -16,6 +16,8 @@ pub const MAX_GPUS: usize = 64;
 pub const MAX_TEXT: usize = 256;
 /// Most error strings kept per GPU.
 pub const MAX_GPU_ERRORS: usize = 16;
+/// Most packages, custom nodes or drift lines one installed environment lists.
+const MAX_ENTRIES: usize = 64;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Inventory {
@@ -325,11 +327,63 @@ impl Inventory {
                 check_text(&field("errors"), error, true)?;
             }
         }
-        self.environments.validate()
+        check_environments(&self.environments)
     }
 }
 
-pub(crate) fn check_text(field: &str, value: &str, required: bool) -> Result<(), InventoryError> {
+/// The `environments` part of an inventory: what the agent has built.
+fn check_environments(environments: &InstalledEnvironments) -> Result<(), InventoryError> {
+    if environments.installed.len() > MAX_INSTALLED {
+        return Err(InventoryError::new(
+            "environments.installed",
+            format!(
+                "lists {} environments; at most {MAX_INSTALLED} are accepted",
+                environments.installed.len()
+            ),
+        ));
+    }
+    for (position, environment) in environments.installed.iter().enumerate() {
+        let field = |name: &str| format!("environments.installed[{position}].{name}");
+        check_text(&field("environment"), &environment.environment, false)?;
+        check_text(&field("python_version"), &environment.python_version, false)?;
+        check_text(&field("torch_version"), &environment.torch_version, false)?;
+        check_text(&field("comfyui_commit"), &environment.comfyui_commit, false)?;
+        if environment.optimizations.len() > MAX_ENTRIES
+            || environment.custom_nodes.len() > MAX_ENTRIES
+            || environment.drift.len() > MAX_ENTRIES
+        {
+            return Err(InventoryError::new(field("optimizations"), "has too many entries"));
+        }
+        for package in &environment.optimizations {
+            check_text(&field("optimizations.name"), &package.name, false)?;
+            check_text(&field("optimizations.version"), &package.version, false)?;
+            check_text(&field("optimizations.detail"), &package.detail, false)?;
+        }
+        for node in &environment.custom_nodes {
+            check_text(&field("custom_nodes.name"), &node.name, false)?;
+            check_text(&field("custom_nodes.commit"), &node.commit, false)?;
+        }
+        for drift in &environment.drift {
+            check_text(&field("drift"), drift, false)?;
+        }
+    }
+    let current = environments.installed.iter().filter(|environment| environment.current).count();
+    let points_elsewhere = environments.current.as_ref().is_some_and(|current| {
+        !environments
+            .installed
+            .iter()
+            .any(|environment| environment.current && &environment.revision_id == current)
+    });
+    if current > 1 || points_elsewhere {
+        return Err(InventoryError::new(
+            "environments.current_revision_id",
+            "does not name exactly the one installed environment marked current",
+        ));
+    }
+    Ok(())
+}
+
+fn check_text(field: &str, value: &str, required: bool) -> Result<(), InventoryError> {
     if required && value.is_empty() {
         return Err(InventoryError::new(field, "is empty"));
     }
@@ -433,5 +487,29 @@ mod tests {
         let mut long = sample();
         long.host.hostname = "h".repeat(300);
         assert!(long.validate().unwrap_err().to_string().contains("host.hostname"));
+    }
+
+    #[test]
+    fn installed_environments_are_checked_with_the_inventory() {
+        use crate::installed::test_environment as installed;
+
+        let mut inventory = sample();
+        inventory.environments = InstalledEnvironments {
+            current: Some("c".repeat(64).parse().unwrap()),
+            installed: vec![
+                installed('c', true, Some(300)),
+                installed('b', false, Some(200)),
+                installed('a', false, Some(100)),
+                installed('d', false, None),
+            ],
+        };
+        inventory.validate().unwrap();
+
+        // `current` must name the current environment.
+        inventory.environments = InstalledEnvironments {
+            current: Some("a".repeat(64).parse().unwrap()),
+            installed: vec![installed('b', true, Some(1))],
+        };
+        assert_eq!(inventory.validate().unwrap_err().field, "environments.current_revision_id");
     }
 }

@@ -5,6 +5,7 @@
 
 pub mod admin_config;
 pub mod assignment;
+pub mod build_class;
 pub mod convergence;
 pub mod credential;
 pub mod duration;
@@ -16,9 +17,11 @@ pub mod join_token;
 pub mod labels;
 pub mod lock;
 pub mod machine;
+pub mod machine_facts;
 pub mod requirements;
 mod secret_token;
 pub mod source_credentials;
+pub mod spec_digest;
 pub mod uv_pin;
 
 pub use admin_config::AdminConfig;

@@ -10,6 +10,7 @@ use crate::assignment::MachineAssignment;
 use crate::convergence::ConvergenceReport;
 use crate::inventory::Inventory;
 use crate::labels::Labels;
+use crate::machine_facts::{MachineFacts, SoftwareFacts};
 
 /// A machine's id: assigned by the controller at enrollment and written into the
 /// machine's client certificate. Lowercase letters, digits and `-`, at most 64.
@@ -83,6 +84,22 @@ pub struct MachineRecord {
     pub assignment: Option<MachineAssignment>,
     /// The agent's latest report on it.
     pub report: Option<ConvergenceReport>,
+}
+
+impl From<&MachineRecord> for MachineFacts {
+    fn from(machine: &MachineRecord) -> Self {
+        let mut facts = MachineFacts::new(
+            machine.id.to_string(),
+            machine.hostname.clone(),
+            machine.labels.as_map().clone(),
+            machine.inventory.as_ref(),
+        );
+        facts.software = SoftwareFacts::new(
+            machine.inventory.as_ref().map(|inventory| &inventory.environments),
+            machine.report.as_ref(),
+        );
+        facts
+    }
 }
 
 #[cfg(test)]

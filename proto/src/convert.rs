@@ -6,11 +6,14 @@ use std::collections::HashMap;
 
 use comfyfleet_config::assignment::MachineAssignment;
 use comfyfleet_config::convergence::ConvergenceReport;
+use comfyfleet_config::installed::{
+    InstalledEnvironment, InstalledEnvironments, InstalledNode, InstalledPackage,
+};
 use comfyfleet_config::inventory::{
     ComputeCapability, CudaVersion, Gpu, HostInfo, Inventory, InventoryError, NvidiaInfo, NvmlStatus,
 };
 use comfyfleet_config::labels::LabelError;
-use comfyfleet_config::spec::SpecFormat;
+use comfyfleet_config::spec::{SpecDigest, SpecFormat};
 use comfyfleet_config::{Labels, MachineId, MachineRecord, Role};
 use jiff::Timestamp;
 
@@ -41,6 +44,14 @@ pub fn timestamp_to_wire(at: Timestamp) -> prost_types::Timestamp {
 pub fn timestamp_from_wire(field: &'static str, at: &prost_types::Timestamp) -> Result<Timestamp, WireError> {
     Timestamp::new(at.seconds, at.nanos)
         .map_err(|error| WireError::Invalid { field, reason: error.to_string() })
+}
+
+pub(crate) fn digest(field: &'static str, text: &str) -> Result<SpecDigest, WireError> {
+    text.parse().map_err(|reason| WireError::Invalid { field, reason })
+}
+
+pub(crate) fn optional_digest(field: &'static str, text: &str) -> Result<Option<SpecDigest>, WireError> {
+    if text.is_empty() { Ok(None) } else { digest(field, text).map(Some) }
 }
 
 pub fn labels_from_wire(field: &'static str, labels: HashMap<String, String>) -> Result<Labels, WireError> {
@@ -106,11 +117,7 @@ impl TryFrom<pb::Inventory> for Inventory {
                 problems: host.problems.into_iter().take(16).collect(),
             },
             nvidia: NvidiaInfo { status, driver_version: nvidia.driver_version, cuda_driver_version, gpus },
-            environments: wire
-                .environments
-                .map(crate::provisioning::environments_from_wire)
-                .transpose()?
-                .unwrap_or_default(),
+            environments: wire.environments.map(environments_from_wire).transpose()?.unwrap_or_default(),
         };
         inventory.validate()?;
         Ok(inventory)
@@ -266,6 +273,94 @@ impl TryFrom<pb::Machine> for MachineRecord {
             report: wire.report.map(ConvergenceReport::try_from).transpose()?,
         })
     }
+}
+
+impl From<&InstalledEnvironments> for pb::InstalledEnvironments {
+    fn from(environments: &InstalledEnvironments) -> Self {
+        pb::InstalledEnvironments {
+            current_revision_id: environments.current.as_ref().map(ToString::to_string).unwrap_or_default(),
+            installed: environments
+                .installed
+                .iter()
+                .map(|environment| pb::InstalledEnvironment {
+                    revision_id: environment.revision_id.to_string(),
+                    environment: environment.environment.clone(),
+                    revision_number: environment.revision_number,
+                    current: environment.current,
+                    activated_at: environment.activated_at.map(timestamp_to_wire),
+                    python_version: environment.python_version.clone(),
+                    torch_version: environment.torch_version.clone(),
+                    comfyui_commit: environment.comfyui_commit.clone(),
+                    optimizations: environment
+                        .optimizations
+                        .iter()
+                        .map(|package| pb::InstalledPackage {
+                            name: package.name.clone(),
+                            version: package.version.clone(),
+                            verified: package.verified,
+                            detail: package.detail.clone(),
+                        })
+                        .collect(),
+                    custom_nodes: environment
+                        .custom_nodes
+                        .iter()
+                        .map(|node| pb::InstalledNode {
+                            name: node.name.clone(),
+                            commit: node.commit.clone(),
+                        })
+                        .collect(),
+                    drift: environment.drift.clone(),
+                })
+                .collect(),
+        }
+    }
+}
+
+/// Checked afterwards as part of the inventory ([`Inventory::validate`]).
+pub fn environments_from_wire(wire: pb::InstalledEnvironments) -> Result<InstalledEnvironments, WireError> {
+    let installed = wire
+        .installed
+        .into_iter()
+        .map(|environment| {
+            Ok(InstalledEnvironment {
+                revision_id: digest(
+                    "inventory.environments.installed.revision_id",
+                    &environment.revision_id,
+                )?,
+                environment: environment.environment,
+                revision_number: environment.revision_number,
+                current: environment.current,
+                activated_at: environment
+                    .activated_at
+                    .as_ref()
+                    .map(|at| timestamp_from_wire("inventory.environments.installed.activated_at", at))
+                    .transpose()?,
+                python_version: environment.python_version,
+                torch_version: environment.torch_version,
+                comfyui_commit: environment.comfyui_commit,
+                optimizations: environment
+                    .optimizations
+                    .into_iter()
+                    .map(|package| InstalledPackage {
+                        name: package.name,
+                        version: package.version,
+                        verified: package.verified,
+                        detail: package.detail,
+                    })
+                    .collect(),
+                custom_nodes: environment
+                    .custom_nodes
+                    .into_iter()
+                    .map(|node| InstalledNode { name: node.name, commit: node.commit })
+                    .collect(),
+                drift: environment.drift,
+            })
+        })
+        .collect::<Result<Vec<_>, WireError>>()?;
+    Ok(InstalledEnvironments {
+        current: optional_digest("inventory.environments.current_revision_id", &wire.current_revision_id)?,
+        installed,
+    })
 }
 
 #[cfg(test)]

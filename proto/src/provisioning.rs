@@ -1,25 +1,15 @@
-//! Wire ⇄ domain conversions for provisioning: assignments going to agents, the
-//! agents' convergence reports coming back, the environments they have installed.
+//! Wire ⇄ domain conversions for provisioning: assignments going to agents and the
+//! agents' convergence reports coming back. (The environments an agent has installed
+//! are part of its inventory, in [`crate::convert`].)
 
 use comfyfleet_config::assignment::{AssignmentRecord, MachineAssignment};
 use comfyfleet_config::convergence::{
     ConvergenceReport, OptimizationOutcome, OptimizationState, Phase, StepReport, StepState,
 };
-use comfyfleet_config::installed::{
-    InstalledEnvironment, InstalledEnvironments, InstalledNode, InstalledPackage,
-};
-use comfyfleet_config::spec::{DriverCompat, SpecDigest};
+use comfyfleet_config::spec::DriverCompat;
 
-use crate::convert::{WireError, timestamp_from_wire, timestamp_to_wire};
+use crate::convert::{WireError, digest, optional_digest, timestamp_from_wire, timestamp_to_wire};
 use crate::v1 as pb;
-
-fn digest(field: &'static str, text: &str) -> Result<SpecDigest, WireError> {
-    text.parse().map_err(|reason| WireError::Invalid { field, reason })
-}
-
-fn optional_digest(field: &'static str, text: &str) -> Result<Option<SpecDigest>, WireError> {
-    if text.is_empty() { Ok(None) } else { digest(field, text).map(Some) }
-}
 
 impl From<&AssignmentRecord> for pb::DesiredState {
     fn from(record: &AssignmentRecord) -> Self {
@@ -272,94 +262,6 @@ impl TryFrom<pb::ConvergenceReport> for ConvergenceReport {
             .map_err(|error| WireError::Invalid { field: "report", reason: error.to_string() })?;
         Ok(report)
     }
-}
-
-impl From<&InstalledEnvironments> for pb::InstalledEnvironments {
-    fn from(environments: &InstalledEnvironments) -> Self {
-        pb::InstalledEnvironments {
-            current_revision_id: environments.current.as_ref().map(ToString::to_string).unwrap_or_default(),
-            installed: environments
-                .installed
-                .iter()
-                .map(|environment| pb::InstalledEnvironment {
-                    revision_id: environment.revision_id.to_string(),
-                    environment: environment.environment.clone(),
-                    revision_number: environment.revision_number,
-                    current: environment.current,
-                    activated_at: environment.activated_at.map(timestamp_to_wire),
-                    python_version: environment.python_version.clone(),
-                    torch_version: environment.torch_version.clone(),
-                    comfyui_commit: environment.comfyui_commit.clone(),
-                    optimizations: environment
-                        .optimizations
-                        .iter()
-                        .map(|package| pb::InstalledPackage {
-                            name: package.name.clone(),
-                            version: package.version.clone(),
-                            verified: package.verified,
-                            detail: package.detail.clone(),
-                        })
-                        .collect(),
-                    custom_nodes: environment
-                        .custom_nodes
-                        .iter()
-                        .map(|node| pb::InstalledNode {
-                            name: node.name.clone(),
-                            commit: node.commit.clone(),
-                        })
-                        .collect(),
-                    drift: environment.drift.clone(),
-                })
-                .collect(),
-        }
-    }
-}
-
-/// Checked afterwards as part of the inventory ([`InstalledEnvironments::validate`]).
-pub fn environments_from_wire(wire: pb::InstalledEnvironments) -> Result<InstalledEnvironments, WireError> {
-    let installed = wire
-        .installed
-        .into_iter()
-        .map(|environment| {
-            Ok(InstalledEnvironment {
-                revision_id: digest(
-                    "inventory.environments.installed.revision_id",
-                    &environment.revision_id,
-                )?,
-                environment: environment.environment,
-                revision_number: environment.revision_number,
-                current: environment.current,
-                activated_at: environment
-                    .activated_at
-                    .as_ref()
-                    .map(|at| timestamp_from_wire("inventory.environments.installed.activated_at", at))
-                    .transpose()?,
-                python_version: environment.python_version,
-                torch_version: environment.torch_version,
-                comfyui_commit: environment.comfyui_commit,
-                optimizations: environment
-                    .optimizations
-                    .into_iter()
-                    .map(|package| InstalledPackage {
-                        name: package.name,
-                        version: package.version,
-                        verified: package.verified,
-                        detail: package.detail,
-                    })
-                    .collect(),
-                custom_nodes: environment
-                    .custom_nodes
-                    .into_iter()
-                    .map(|node| InstalledNode { name: node.name, commit: node.commit })
-                    .collect(),
-                drift: environment.drift,
-            })
-        })
-        .collect::<Result<Vec<_>, WireError>>()?;
-    Ok(InstalledEnvironments {
-        current: optional_digest("inventory.environments.current_revision_id", &wire.current_revision_id)?,
-        installed,
-    })
 }
 
 #[cfg(test)]

@@ -173,7 +173,7 @@ async fn has_commit(build: &Build<'_>, step: &mut StepHandle, cache: &Path, comm
 
 /// Whether `dest` is a checkout of `commit` with no tracked file changed.
 async fn is_clean_checkout(build: &Build<'_>, step: &mut StepHandle, dest: &Path, commit: &str) -> bool {
-    if super::record::head_commit(dest).as_deref() != Some(commit) {
+    if crate::complete_record::head_commit(dest).as_deref() != Some(commit) {
         return false;
     }
     let status = git(build).cwd(dest).args(["status", "--porcelain", "--untracked-files=no"]);

@@ -8,7 +8,6 @@ mod git;
 mod install_scripts;
 mod locked;
 mod optimizations;
-pub mod record;
 mod requirements;
 mod torch;
 mod uv;
@@ -20,16 +19,17 @@ use std::path::PathBuf;
 use comfyfleet_config::Assignment;
 use comfyfleet_config::convergence::{OptimizationOutcome, StepReport, StepState};
 use comfyfleet_config::resolve::GpuFacts;
-use comfyfleet_config::source_credentials::{SourceCredentials, SourceSecret};
+use comfyfleet_config::source_credentials::SourceCredentials;
 use serde::{Deserialize, Serialize};
 
 use crate::comfyui::ComfyuiFacts;
 use crate::command::{self, ChildEnvironment, Invocation};
+use crate::complete_record::{self, CompleteRecord};
 use crate::download::Downloader;
 use crate::layout::{EnvDir, Layout};
 use crate::manager;
 use crate::report::{Reporter, StepHandle};
-use record::CompleteRecord;
+use crate::session_state::{CurrentController, HeldSecrets};
 pub use uv::PINNED_UV_VERSION;
 
 /// The preparation steps, in order.
@@ -66,48 +66,11 @@ pub struct Tools {
     pub source_secrets: HeldSecrets,
 }
 
-/// Source credentials by name, as the session last delivered them: in memory only,
-/// so an agent that restarts holds none until its session delivers them again.
-#[derive(Debug, Clone, Default)]
-pub struct HeldSecrets(std::sync::Arc<HeldState>);
-
-#[derive(Debug, Default)]
-struct HeldState {
-    /// `None` until the first desired state of this process's sessions.
-    delivered: std::sync::RwLock<Option<std::collections::BTreeMap<String, SourceSecret>>>,
-    changed: tokio::sync::Notify,
-}
-
-impl HeldSecrets {
-    /// What a desired state brought: replaces what was held.
-    pub fn deliver(&self, secrets: std::collections::BTreeMap<String, SourceSecret>) {
-        *self.0.delivered.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(secrets);
-        self.0.changed.notify_waiters();
-    }
-
-    /// The credentials held once a session has delivered them: at once if one has,
-    /// else when it does (a build resumed from the journal right after a restart
-    /// waits for the controller rather than failing against a private source).
-    pub async fn delivered(&self) -> std::collections::BTreeMap<String, SourceSecret> {
-        loop {
-            let changed = self.0.changed.notified();
-            tokio::pin!(changed);
-            changed.as_mut().enable();
-            if let Some(secrets) =
-                self.0.delivered.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
-            {
-                return secrets;
-            }
-            changed.await;
-        }
-    }
-}
-
 /// The controller's package cache, as this agent reaches it.
 #[derive(Debug, Clone)]
 pub struct PackageCacheClient {
     /// The controller whose `/cache/v1` is used: the one the session is on.
-    pub controller: crate::link::CurrentController,
+    pub controller: CurrentController,
     /// Presents the machine's certificate; trusts only the controller's CA.
     pub downloader: Downloader,
     /// The machine's certificate and key in one PEM file, and the controller's CA:
@@ -137,36 +100,6 @@ impl PackageCacheClient {
 
     pub fn bundle_url(&self, git: &str, commit: &str) -> String {
         format!("{}/git/{}/{commit}.bundle", self.base(), comfyfleet_config::lock::repository_key(git))
-    }
-}
-
-#[cfg(test)]
-mod held_tests {
-    use std::collections::BTreeMap;
-    use std::time::Duration;
-
-    use super::*;
-
-    #[tokio::test]
-    async fn a_build_waits_for_the_first_delivery_and_not_after_it() {
-        let held = HeldSecrets::default();
-        let waiting = tokio::spawn({
-            let held = held.clone();
-            async move { held.delivered().await }
-        });
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        assert!(!waiting.is_finished(), "nothing delivered yet");
-        let secret = SourceSecret {
-            username: "u".to_owned(),
-            password: "p".to_owned(),
-            origins: vec!["https://h".to_owned()],
-        };
-        held.deliver(BTreeMap::from([("farm".to_owned(), secret.clone())]));
-        let got = tokio::time::timeout(Duration::from_secs(5), waiting).await.unwrap().unwrap();
-        assert_eq!(got.get("farm"), Some(&secret));
-        held.deliver(BTreeMap::new());
-        let now = tokio::time::timeout(Duration::from_secs(1), held.delivered()).await.unwrap();
-        assert!(now.is_empty(), "a later delivery replaces, and is taken at once");
     }
 }
 
@@ -433,8 +366,8 @@ fn complete(build: &Build<'_>, progress: &Progress) -> Result<(StepOutcome, Comp
             .map(|node| node.directory_name())
             .collect(),
         manager: spec.run.manager,
-        packages: Some(record::installed_distributions(&build.env.venv())),
-        custom_node_entries: Some(record::custom_node_entries(&build.env.comfyui())),
+        packages: Some(complete_record::installed_distributions(&build.env.venv())),
+        custom_node_entries: Some(complete_record::custom_node_entries(&build.env.comfyui())),
     };
     record
         .save(&build.env)

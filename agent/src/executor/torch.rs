@@ -2,9 +2,9 @@
 //! (`torch==2.8.0+cu128`), from the planned CUDA index first. Later steps hold
 //! these versions fixed with uv overrides ([`overrides`]).
 
-use super::record::installed_distributions;
 use super::uv::{package_indexes, pip_install};
 use super::{Build, StepOutcome, StepResult};
+use crate::complete_record::installed_distributions;
 use crate::report::StepHandle;
 
 pub async fn install(build: &Build<'_>, step: &mut StepHandle) -> StepResult {

@@ -1,9 +1,9 @@
 //! The `venv` step: a virtual environment with the spec's Python, made by uv (which
 //! finds an installed CPython of that version, or downloads one if the agent allows).
 
-use super::record::venv_python_version;
 use super::{Build, StepOutcome, StepResult};
 use crate::command::Invocation;
+use crate::complete_record::venv_python_version;
 use crate::report::StepHandle;
 
 pub async fn create(build: &Build<'_>, step: &mut StepHandle) -> StepResult {

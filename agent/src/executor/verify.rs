@@ -12,13 +12,13 @@ use std::time::Duration;
 use comfyfleet_config::convergence::OptimizationState;
 use comfyfleet_config::inventory::CudaVersion;
 use comfyfleet_config::resolve::GpuFacts;
-use comfyfleet_config::resolve::catalog::ArchSet;
+use comfyfleet_config::spec::catalog::ArchSet;
 use serde::Deserialize;
 
 use super::optimizations::{distributions, load};
-use super::record::TorchFacts;
 use super::{Build, StepOutcome, StepResult};
 use crate::command::{self, Invocation};
+use crate::complete_record::TorchFacts;
 use crate::report::StepHandle;
 
 const VERIFY_SCRIPT: &str = include_str!("verify.py");

@@ -10,7 +10,6 @@ use comfyfleet_config::convergence::{OptimizationState, StepState};
 use comfyfleet_config::{ConvergenceReport, Phase};
 use comfyfleet_proto::v1 as pb;
 
-use super::machines::view;
 use super::status_error;
 use crate::client::Fleet;
 use crate::machine_view::MachineView;
@@ -185,7 +184,7 @@ pub async fn wait(
             Ok(found) => {
                 for machine in unsettled {
                     let Some(wire) = found.get(&machine.id) else { continue };
-                    let now = progress(&view(wire.clone())?, machine.generation);
+                    let now = progress(&MachineView::from_wire(wire.clone())?, machine.generation);
                     if last.get(machine.id.as_str()) != Some(&now) && !now.is_quiet() {
                         printer.line(&now.line(machine));
                     }
@@ -220,7 +219,7 @@ pub async fn outcome_lines(client: &mut Fleet, machines: &[Awaited]) -> Result<S
     let mut text = String::new();
     for machine in machines {
         let Some(wire) = found.get(&machine.id) else { continue };
-        let Ok(view) = view(wire.clone()) else { continue };
+        let Ok(view) = MachineView::from_wire(wire.clone()) else { continue };
         text.push_str(&progress(&view, machine.generation).line(machine));
         text.push('\n');
     }

@@ -13,12 +13,6 @@ use crate::client::Fleet;
 use crate::format;
 use crate::spec_file::SpecFile;
 
-const SHORT_ID: usize = 12;
-
-pub fn short(id: &str) -> &str {
-    id.get(..SHORT_ID).unwrap_or(id)
-}
-
 /// The spec a stored revision holds (canonical JSON, itself a valid spec).
 fn revision_spec(revision: &pb::EnvironmentRevision) -> anyhow::Result<Spec> {
     Spec::parse(
@@ -119,7 +113,7 @@ pub async fn list(client: &mut Fleet, output: OutputFormat) -> anyhow::Result<St
             vec![
                 env.name.clone(),
                 env.revisions.to_string(),
-                latest.map(|r| format!("{} ({})", r.number, short(&r.id))).unwrap_or_default(),
+                latest.map(|r| format!("{} ({})", r.number, format::short_id(&r.id))).unwrap_or_default(),
                 latest.and_then(|r| time(r.created_at.as_ref())).map(format::rfc3339).unwrap_or_default(),
                 latest.map(|r| r.created_by.clone()).unwrap_or_default(),
             ]
@@ -197,7 +191,7 @@ pub async fn history(
         let commit = spec.comfyui.commit.as_deref().map(|c| c.get(..10).unwrap_or(c)).unwrap_or("-");
         rows.push(vec![
             revision.number.to_string(),
-            short(&revision.id).to_owned(),
+            format::short_id(&revision.id).to_owned(),
             time(revision.created_at.as_ref()).map(format::rfc3339).unwrap_or_default(),
             revision.created_by.clone(),
             format!(
@@ -310,8 +304,8 @@ pub async fn diff(client: &mut Fleet, from: String, to: String) -> anyhow::Resul
     let to = if to.contains('@') { to } else { format!("{from_name}@{to}") };
     let a = get(client, &from).await?;
     let b = get(client, &to).await?;
-    let a_label = format!("{}@{} ({})", a.environment, a.number, short(&a.id));
-    let b_label = format!("{}@{} ({})", b.environment, b.number, short(&b.id));
+    let a_label = format!("{}@{} ({})", a.environment, a.number, format::short_id(&a.id));
+    let b_label = format!("{}@{} ({})", b.environment, b.number, format::short_id(&b.id));
     if a.id == b.id {
         return Ok(format!("{a_label} and {b_label} are the same revision\n"));
     }

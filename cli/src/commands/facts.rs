@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use comfyfleet_config::facts_check::{self, PACKAGES, PublishedIndex};
-use comfyfleet_config::resolve::catalog::TorchCatalog;
+use comfyfleet_config::spec::catalog::TorchCatalog;
 use comfyfleet_config::spec::{CudaTag, Spec};
 
 #[derive(Debug, clap::Subcommand)]

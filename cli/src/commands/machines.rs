@@ -1,13 +1,11 @@
 //! `comfyfleet machines …`: what the fleet is made of, and sending one machine back
 //! to the environment it ran before.
 
-use comfyfleet_config::MachineRecord;
 use comfyfleet_config::labels::{parse_pair, validate_key};
 use comfyfleet_proto::v1 as pb;
 use jiff::Timestamp;
 
 use super::convergence::{self, Awaited, Printer, WaitLimit};
-use super::environments::short;
 use super::machine_details::describe;
 use super::{status_error, to_json};
 use crate::OutputFormat;
@@ -45,21 +43,13 @@ pub async fn fetch(
             super::warn_if_certificate_expires(page.server_certificate_not_after.as_ref());
         }
         for machine in page.machines {
-            views.push(view(machine)?);
+            views.push(MachineView::from_wire(machine)?);
         }
         if page.next_page_token.is_empty() {
             return Ok(views);
         }
         page_token = page.next_page_token;
     }
-}
-
-pub fn view(machine: pb::Machine) -> anyhow::Result<MachineView> {
-    let id = machine.id.clone();
-    let record = MachineRecord::try_from(machine).map_err(|error| {
-        anyhow::anyhow!("the controller sent an unreadable record for machine {id}: {error}")
-    })?;
-    Ok(MachineView::from(&record))
 }
 
 pub async fn list(
@@ -155,7 +145,7 @@ fn csv(views: &[MachineView]) -> anyhow::Result<String> {
 
 pub async fn show(client: &mut Fleet, id: String, output: OutputFormat) -> anyhow::Result<String> {
     let machine = client.get_machine(pb::GetMachineRequest { id }).await.map_err(status_error)?.into_inner();
-    let machine = view(machine)?;
+    let machine = MachineView::from_wire(machine)?;
     match output {
         OutputFormat::Json => to_json(&machine),
         OutputFormat::Table | OutputFormat::Csv => Ok(describe(&machine, Timestamp::now())),
@@ -178,8 +168,12 @@ pub async fn rollback(client: &mut Fleet, id: String, wait: Option<WaitLimit>) -
     let machine = response.machine.ok_or_else(|| anyhow::anyhow!("the controller sent no machine"))?;
     let revision = response.revision.ok_or_else(|| anyhow::anyhow!("the controller sent no revision"))?;
     let label = format!("{}@{}", revision.environment, revision.number);
-    let said =
-        format!("{} {}: rolling back to {label} ({})\n", machine.id, machine.hostname, short(&revision.id));
+    let said = format!(
+        "{} {}: rolling back to {label} ({})\n",
+        machine.id,
+        machine.hostname,
+        format::short_id(&revision.id)
+    );
     let Some(limit) = wait else { return Ok(said) };
     Printer::Stdout.line(&said);
     let generation = machine.assignment.as_ref().map(|assignment| assignment.generation).unwrap_or_default();
@@ -208,7 +202,7 @@ pub async fn label(client: &mut Fleet, id: String, changes: Vec<String>) -> anyh
         .await
         .map_err(status_error)?
         .into_inner();
-    let machine = view(machine)?;
+    let machine = MachineView::from_wire(machine)?;
     Ok(format!("machine {} labels: {}\n", machine.id, machine.labels_text()))
 }
 

@@ -8,7 +8,7 @@ use std::fmt;
 use pep440_rs::Version;
 
 use super::{PublishedIndex, PublishedWheel};
-use crate::resolve::catalog::{TorchBuild, TorchCatalog, TorchRelease};
+use crate::spec::catalog::{TorchBuild, TorchCatalog, TorchRelease};
 use crate::spec::{CudaTag, TorchSeries};
 
 const PLATFORMS: [&str; 2] = ["x86_64", "aarch64"];

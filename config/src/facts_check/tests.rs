@@ -1,5 +1,5 @@
 use super::*;
-use crate::resolve::catalog::TorchCatalog;
+use crate::spec::catalog::TorchCatalog;
 
 fn tag(text: &str) -> CudaTag {
     text.parse().unwrap()

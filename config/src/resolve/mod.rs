@@ -2,22 +2,21 @@
 //! precise reason there is none out. Pure: no I/O, no clock, so the controller, the
 //! CLI (`plan`, offline or live) and tests all get the same answer from the same facts.
 
-pub mod catalog;
-pub mod driver;
-mod facts;
 mod optimizations;
 mod plan;
 
 use std::collections::HashMap;
 
 use crate::inventory::{ComputeCapability, CudaVersion};
+use crate::spec::catalog::{ArchSet, TorchBuild, TorchCatalog, TorchRelease};
+use crate::spec::driver::DriverVersion;
 use crate::spec::names::normalize_package_name;
 use crate::spec::wheel::WheelName;
 use crate::spec::{CudaTag, DriverCompat, Spec, TorchSeries};
-use catalog::{ArchSet, TorchBuild, TorchCatalog, TorchRelease};
-use driver::DriverVersion;
 
-pub use facts::{GpuFacts, MachineFacts, OptimizationFact, OptimizationOutcomeKind, SoftwareFacts};
+pub use crate::machine_facts::{
+    GpuFacts, MachineFacts, OptimizationFact, OptimizationOutcomeKind, SoftwareFacts,
+};
 pub use plan::{
     Incompatibility, MachinePlan, OptimizationSource, PinnedPackage, PlannedOptimization, Resolution,
     SkippedOptimization,
@@ -382,7 +381,7 @@ pub struct LockInputs {
 impl Resolver<'_> {
     /// The torch build and index optimisations a machine of `class` would install,
     /// whatever its GPUs: what the class's lock holds.
-    pub fn lock_inputs(&self, class: &crate::lock::BuildClass) -> Result<LockInputs, String> {
+    pub fn lock_inputs(&self, class: &crate::build_class::BuildClass) -> Result<LockInputs, String> {
         let spec = self.spec;
         let release = self.release.as_ref().map_err(Clone::clone)?;
         if class.python_tag != spec.python.tag() {

@@ -45,7 +45,7 @@ fn default_platform() -> String {
 impl MachinePlan {
     /// The build class whose lock this plan installs: `cp312-cu128-linux_x86_64`.
     pub fn class(&self) -> String {
-        crate::lock::class_of(self, &self.platform)
+        crate::build_class::class_name(&self.python_tag, &self.cuda_tag.to_string(), &self.platform)
     }
 }
 

@@ -1,11 +1,15 @@
 //! The environment spec: what an operator wants a ComfyUI environment to be. Parsed
-//! from TOML (or JSON) in [`source`], checked across fields in [`validate`],
-//! canonicalised and hashed in [`canonical`]. The field names here are the file
-//! format; the README's "Environment specs" section documents it.
+//! from TOML (or JSON) in [`source`], checked across fields in [`validate`] (against
+//! the torch build facts of [`catalog`], which a spec may extend), canonicalised and
+//! hashed in [`canonical`]. The field names here are the file format; the README's
+//! "Environment specs" section documents it.
 
 pub mod bounds;
 pub mod canonical;
+pub mod catalog;
 pub mod compute_set;
+pub mod credentials;
+pub mod driver;
 pub mod kernel;
 pub mod names;
 pub mod selector;
@@ -18,7 +22,6 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-pub use canonical::SpecDigest;
 pub use compute_set::ComputeSet;
 pub use kernel::{SmokeCall, SmokeInputs, TorchMatch, WheelPython};
 pub use selector::Selector;
@@ -28,7 +31,8 @@ pub use values::{
     Sha256Hex, Specifiers, TorchSeries,
 };
 
-use crate::resolve::catalog::TorchRelease;
+pub use crate::spec_digest::SpecDigest;
+use catalog::TorchRelease;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

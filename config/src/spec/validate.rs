@@ -4,10 +4,10 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use super::catalog::TorchCatalog;
 use super::names::{self, printable};
 use super::wheel::WheelName;
 use super::{Amount, KernelWheel, Optimization, Spec, TorchSeries};
-use crate::resolve::catalog::TorchCatalog;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Problem {
@@ -90,7 +90,7 @@ pub(crate) fn check(spec: &Spec) -> Vec<Problem> {
         }
     }
 
-    for (path, message) in crate::source_credentials::check(spec) {
+    for (path, message) in super::credentials::check(spec) {
         problems.add(path, message);
     }
     check_manager(&mut problems, spec);
@@ -525,10 +525,12 @@ fn check_rollout(problems: &mut Problems, spec: &Spec) {
 
 fn check_lock(problems: &mut Problems, spec: &Spec) {
     for (i, class) in spec.lock.classes.iter().enumerate() {
-        problems.check(format!("lock.classes[{i}]"), crate::lock::BuildClass::parse(class).map(|_| ()));
+        problems
+            .check(format!("lock.classes[{i}]"), crate::build_class::BuildClass::parse(class).map(|_| ()));
     }
     for (class, digest) in &spec.lock.digests {
-        problems.check(format!("lock.digests.{class}"), crate::lock::BuildClass::parse(class).map(|_| ()));
+        problems
+            .check(format!("lock.digests.{class}"), crate::build_class::BuildClass::parse(class).map(|_| ()));
         if digest.len() != 64 || !digest.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
             problems.add(
                 format!("lock.digests.{class}"),

@@ -72,7 +72,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::convergence::Phase;
 use crate::inventory::{ComputeCapability, CudaVersion};
-use crate::resolve::{MachineFacts, OptimizationOutcomeKind};
+use crate::machine_facts::{MachineFacts, OptimizationOutcomeKind};
 
 mod evaluate;
 mod lexer;

@@ -208,7 +208,9 @@ impl SimAgent {
             reports: self.reports.clone(),
             inventory_changed: self.inventory_changed.clone(),
             connected: self.connected.clone(),
-            controller: comfyfleet_agent::link::CurrentController::new(&self.identity.controller_url),
+            controller: comfyfleet_agent::session_state::CurrentController::new(
+                &self.identity.controller_url,
+            ),
             source_secrets: Default::default(),
         };
         let watcher = SessionWatcher {

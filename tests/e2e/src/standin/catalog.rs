@@ -22,8 +22,8 @@ use serde::{Deserialize, Serialize};
 use super::index::{IndexLayout, IndexedWheel};
 use super::packages::{self, KernelTarget};
 use super::requirements::parse_requirements;
-use comfyfleet_config::resolve::catalog::TorchCatalog;
 use comfyfleet_config::spec::ComputeSet;
+use comfyfleet_config::spec::catalog::TorchCatalog;
 
 /// ComfyUI's real requirements.txt, the list the stand-in ComfyUI repository carries.
 pub const COMFYUI_REQUIREMENTS: &str = include_str!("../../../fixtures/comfyui-requirements.txt");

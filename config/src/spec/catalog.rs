@@ -1,7 +1,9 @@
 //! Facts about torch builds: which CUDA builds a torch series has, for which
 //! platforms and Pythons, what driver each needs and which GPU architectures it
 //! carries. Built into comfyfleet from `config/data/torch-releases.toml`; a spec
-//! extends or corrects them with `[[torch.release]]` tables of the same shape.
+//! extends or corrects them with `[[torch.release]]` tables of the same shape. They
+//! are the spec's (it embeds them and is validated against them); the resolver and
+//! `facts check` read them from here.
 
 use std::collections::BTreeMap;
 use std::fmt;

@@ -1,7 +1,8 @@
 //! What the resolver and the target selector know about a machine. Built from a
-//! stored [`MachineRecord`] (controller), or from the JSON of `comfyfleet machines
-//! -o json` (CLI), so that planning offline and against the live fleet read the same
-//! facts.
+//! stored [`MachineRecord`](crate::MachineRecord) (controller, `From` in
+//! [`crate::machine`]), or from the JSON of `comfyfleet machines -o json` (CLI), so
+//! that planning offline and against the live fleet read the same facts. Below both
+//! the spec (whose selectors read them) and the resolver.
 
 use std::collections::BTreeMap;
 
@@ -10,7 +11,6 @@ use serde::{Deserialize, Serialize};
 use crate::convergence::{ConvergenceReport, OptimizationState, Phase};
 use crate::installed::InstalledEnvironments;
 use crate::inventory::{ComputeCapability, CudaVersion, Inventory, NvmlStatus};
-use crate::machine::MachineRecord;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MachineFacts {
@@ -191,22 +191,6 @@ impl GpuFacts {
             Some(name) => format!("GPU {} ({name})", self.index),
             None => format!("GPU {}", self.index),
         }
-    }
-}
-
-impl From<&MachineRecord> for MachineFacts {
-    fn from(machine: &MachineRecord) -> Self {
-        let mut facts = MachineFacts::new(
-            machine.id.to_string(),
-            machine.hostname.clone(),
-            machine.labels.as_map().clone(),
-            machine.inventory.as_ref(),
-        );
-        facts.software = SoftwareFacts::new(
-            machine.inventory.as_ref().map(|inventory| &inventory.environments),
-            machine.report.as_ref(),
-        );
-        facts
     }
 }
 
