@@ -33,6 +33,7 @@ pub mod metrics;
 pub mod package_cache;
 pub mod pki;
 mod presence;
+mod report_intake;
 mod report_writer;
 pub mod retention;
 mod rollout_service;
