@@ -36,6 +36,7 @@ mod presence;
 mod report_intake;
 mod report_writer;
 pub mod retention;
+mod revision_files;
 mod rollout_service;
 pub mod rollouts;
 mod secrets;
