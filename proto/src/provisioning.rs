@@ -185,11 +185,14 @@ impl TryFrom<pb::ConvergenceReport> for ConvergenceReport {
     /// Strict: any field that fails its check refuses the whole report (what the CLI
     /// reads back from the controller, which stores only checked reports).
     fn try_from(wire: pb::ConvergenceReport) -> Result<Self, Self::Error> {
-        let (report, mended) = report_from_agent(wire, jiff::Timestamp::UNIX_EPOCH)?;
-        match mended.into_iter().next() {
-            Some(error) => Err(WireError::Invalid { field: "report", reason: error.to_string() }),
-            None => Ok(report),
+        let (report, unreadable) = convert_report(wire, jiff::Timestamp::UNIX_EPOCH)?;
+        if let Some(error) = unreadable.into_iter().next() {
+            return Err(WireError::Invalid { field: "report", reason: error.to_string() });
         }
+        report
+            .validate()
+            .map_err(|error| WireError::Invalid { field: "report", reason: error.to_string() })?;
+        Ok(report)
     }
 }
 
@@ -233,6 +236,17 @@ fn optimization_state_from_wire(state: i32) -> Option<OptimizationState> {
 /// `updated_at` replaced by `received_at`. Returns the report with what was mended and
 /// why. Only a report whose phase is unknown is refused: it claims nothing readable.
 pub fn report_from_agent(
+    wire: pb::ConvergenceReport,
+    received_at: jiff::Timestamp,
+) -> Result<(ConvergenceReport, Vec<ReportError>), WireError> {
+    let (mut report, mut mended) = convert_report(wire, received_at)?;
+    mended.extend(report.mend());
+    Ok((report, mended))
+}
+
+/// The report with what cannot be read at all left out (and said in the list);
+/// sizes and text not checked yet.
+fn convert_report(
     wire: pb::ConvergenceReport,
     received_at: jiff::Timestamp,
 ) -> Result<(ConvergenceReport, Vec<ReportError>), WireError> {
@@ -299,7 +313,7 @@ pub fn report_from_agent(
             received_at
         }
     };
-    let mut report = ConvergenceReport {
+    let report = ConvergenceReport {
         generation: wire.generation,
         environment: wire.environment,
         revision_number: wire.revision_number,
@@ -310,7 +324,6 @@ pub fn report_from_agent(
         error: wire.error,
         updated_at,
     };
-    mended.extend(report.mend());
     Ok((report, mended))
 }
 
