@@ -148,6 +148,23 @@ pub fn check_claim(report: &ConvergenceReport, known: Option<&Assigned>) -> Clai
     }
 }
 
+/// `steps[3].detail` → `steps[].detail`: one kind of complaint whichever entry it is
+/// about, so a peer cannot make every line a new kind.
+fn without_positions(field: &str) -> String {
+    let mut kind = String::with_capacity(field.len());
+    let mut inside = false;
+    for c in field.chars() {
+        match c {
+            '[' => inside = true,
+            ']' => inside = false,
+            _ if inside => continue,
+            _ => {}
+        }
+        kind.push(c);
+    }
+    kind
+}
+
 /// When each kind of complaint was last logged in this session.
 #[derive(Default)]
 struct Complaints(HashMap<String, Instant>);
@@ -210,7 +227,7 @@ impl ReportIntake {
             state.metrics.refused("report-field", Refusal::BadField);
         }
         if let Some(first) = mended.first()
-            && self.complaints.due(&format!("field {}", first.field))
+            && self.complaints.due(&format!("field {}", without_positions(&first.field)))
         {
             let fields: Vec<String> = mended.iter().map(ToString::to_string).collect();
             tracing::warn!(
@@ -323,5 +340,6 @@ mod tests {
         assert!(complaints.due("field error"));
         assert!(!complaints.due("field error"));
         assert!(complaints.due("unassigned-revision"));
+        assert_eq!(without_positions("optimizations[12].detail"), "optimizations[].detail");
     }
 }
