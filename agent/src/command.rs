@@ -18,6 +18,9 @@ const TAIL_LINES: usize = 40;
 const TAIL_BYTES: usize = 4096;
 /// Longer lines (a progress bar, minified JSON) are cut.
 const MAX_LINE: usize = 512;
+/// Arguments an error shows before it says how many more there were: a locked
+/// install passes one `--find-links` per file, kilobytes that say nothing useful.
+const SHOWN_ARGS: usize = 8;
 
 pub use comfyfleet_daemon::child_env::ChildEnvironment;
 
@@ -77,10 +80,25 @@ impl Invocation {
         self
     }
 
-    /// The command line as people read it in errors, with credentials in URLs hidden.
+    /// The command line as people read it in errors: the program, its first
+    /// [`SHOWN_ARGS`] arguments and how many more there were, with credentials in URLs
+    /// hidden.
     pub fn display(&self) -> String {
+        let mut line = self.words(SHOWN_ARGS);
+        if self.args.len() > SHOWN_ARGS {
+            line.push_str(&format!(" … {} more arguments", self.args.len() - SHOWN_ARGS));
+        }
+        line
+    }
+
+    /// The whole command line, credentials hidden: for the agent's debug log.
+    pub fn full_display(&self) -> String {
+        self.words(self.args.len())
+    }
+
+    fn words(&self, args: usize) -> String {
         std::iter::once(self.program.as_os_str())
-            .chain(self.args.iter().map(OsString::as_os_str))
+            .chain(self.args.iter().take(args).map(OsString::as_os_str))
             .map(|arg| redact_credentials(&arg.to_string_lossy()))
             .collect::<Vec<_>>()
             .join(" ")
@@ -157,7 +175,7 @@ pub async fn run(
     }
     command.kill_on_drop(true);
     comfyfleet_daemon::children::die_with_parent(&mut command);
-    tracing::debug!(%argv, "running");
+    tracing::debug!(argv = %invocation.full_display(), "running");
     let mut child = command.spawn().map_err(|source| CommandError::Spawn { argv: argv.clone(), source })?;
 
     let mut stdout = child.stdout.take().map(|out| BufReader::new(out).lines());
@@ -253,6 +271,21 @@ mod tests {
         );
         assert_eq!(redact_credentials("https://pypi.org/simple"), "https://pypi.org/simple");
         assert_eq!(redact_credentials("file:///srv/a@b"), "file:///srv/a@b");
+    }
+
+    #[test]
+    fn long_command_lines_are_summarised_in_errors() {
+        let mut install = Invocation::new("/usr/bin/uv").args(["pip", "install", "--no-deps"]);
+        for n in 0..37 {
+            install = install.arg("--find-links").arg(format!("/var/lib/comfyfleet/cache/wheels/{n:064}"));
+        }
+        let shown = install.display();
+        assert!(shown.starts_with("/usr/bin/uv pip install --no-deps --find-links"), "{shown}");
+        assert!(shown.ends_with(" … 69 more arguments"), "{shown}");
+        assert!(shown.len() < 300, "{} bytes: {shown}", shown.len());
+        assert!(install.full_display().len() > 4096);
+        let short = Invocation::new("git").args(["fetch", "https://bot:s3cret@git.example/x"]);
+        assert_eq!(short.display(), "git fetch https://***@git.example/x");
     }
 
     #[test]

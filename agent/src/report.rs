@@ -1,6 +1,9 @@
 //! The agent's [`ConvergenceReport`], kept up to date as the executor works and
 //! published on a watch channel; the link sends it to the controller (the latest
 //! state wins, so a report lost with a dropped connection is simply sent again).
+//! Every change is fitted to the limits the controller checks
+//! ([`ConvergenceReport::fit_to_limits`]): a long error keeps its head and its tail,
+//! and the report always goes through whole.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -28,6 +31,7 @@ impl Reporter {
 
     /// Starts over with `report` (a new assignment, or the state found at start).
     pub fn replace(&self, mut report: ConvergenceReport) {
+        report.fit_to_limits();
         report.updated_at = Timestamp::now();
         self.sender.send_replace(report);
     }
@@ -35,6 +39,7 @@ impl Reporter {
     pub fn update(&self, change: impl FnOnce(&mut ConvergenceReport)) {
         self.sender.send_modify(|report| {
             change(report);
+            report.fit_to_limits();
             report.updated_at = Timestamp::now();
         });
     }
@@ -103,5 +108,32 @@ impl StepHandle {
             finished = Some(step.clone());
         });
         finished.unwrap_or_else(|| StepReport::pending(self.name))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use comfyfleet_config::convergence::{MAX_DETAIL, Phase};
+
+    use super::*;
+
+    #[test]
+    fn what_is_reported_always_fits_the_limits() {
+        let (reporter, receiver) = Reporter::new();
+        let failure = format!(
+            "requirements: `uv pip install{}` failed: error: disk full",
+            " --find-links /x".repeat(400)
+        );
+        let step = reporter.begin("requirements");
+        step.finish(StepState::Failed, failure.clone());
+        reporter.update(|report| {
+            report.phase = Phase::Failed;
+            report.error = failure.clone();
+        });
+        let sent = receiver.borrow().clone();
+        sent.validate().unwrap();
+        assert!(sent.error.len() <= MAX_DETAIL && sent.error.ends_with("error: disk full"), "{}", sent.error);
+        let detail = &sent.step("requirements").unwrap().detail;
+        assert!(detail.starts_with("requirements: `uv pip install") && detail.contains("bytes left out"));
     }
 }

@@ -7,6 +7,7 @@ use std::fmt;
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
+use crate::bounded_text;
 use crate::inventory::MAX_TEXT;
 use crate::spec_digest::SpecDigest;
 
@@ -182,7 +183,7 @@ pub struct ReportError {
 }
 
 impl ReportError {
-    fn new(field: impl Into<String>, reason: impl Into<String>) -> Self {
+    pub fn new(field: impl Into<String>, reason: impl Into<String>) -> Self {
         Self { field: field.into(), reason: reason.into() }
     }
 }
@@ -240,6 +241,94 @@ impl ConvergenceReport {
             text(&field("detail"), &outcome.detail, MAX_DETAIL)?;
         }
         Ok(())
+    }
+
+    /// The report as the agent sends it: every text field within its limit (its head
+    /// and its tail kept, never cut blindly), control characters escaped, steps and
+    /// optimisations that could not pass [`validate`](Self::validate) left out.
+    pub fn fit_to_limits(&mut self) {
+        self.shorten_fields(&|text, limit| bounded_text::keep_head_and_tail(text, limit), &mut Vec::new());
+    }
+
+    /// What the controller stores of a report that [`validate`](Self::validate) would
+    /// refuse: every field that fails its check costs that field only — text too long
+    /// is cut to its limit and marked (`… [cut: N bytes]`), control characters are
+    /// escaped, a step or optimisation without a valid name is left out, entries past
+    /// the limits are dropped. Returns what was mended, and why; afterwards the report
+    /// validates.
+    pub fn mend(&mut self) -> Vec<ReportError> {
+        let mut mended = Vec::new();
+        self.shorten_fields(&|text, limit| bounded_text::cut_to(text, limit), &mut mended);
+        mended
+    }
+
+    fn shorten_fields(
+        &mut self,
+        shorten: &dyn Fn(&str, usize) -> std::borrow::Cow<'_, str>,
+        mended: &mut Vec<ReportError>,
+    ) {
+        let mut text = |field: &dyn Fn() -> String, value: &mut String, limit: usize, controls: bool| {
+            if controls && bounded_text::has_controls(value) {
+                *value = bounded_text::escape_controls(value).into_owned();
+                mended.push(ReportError::new(field(), "contained control characters; they were escaped"));
+            }
+            if value.len() > limit {
+                let length = value.len();
+                *value = shorten(value, limit).into_owned();
+                mended.push(ReportError::new(
+                    field(),
+                    format!("was {length} bytes long; cut to the limit of {limit}"),
+                ));
+            }
+        };
+        text(&|| "environment".to_owned(), &mut self.environment, MAX_TEXT, true);
+        text(&|| "error".to_owned(), &mut self.error, MAX_DETAIL, true);
+        let mut dropped = Vec::new();
+        if self.steps.len() > MAX_STEPS {
+            dropped.push(ReportError::new(
+                "steps",
+                format!("had {} entries; the first {MAX_STEPS} were kept", self.steps.len()),
+            ));
+            self.steps.truncate(MAX_STEPS);
+        }
+        let mut position = 0;
+        self.steps.retain_mut(|step| {
+            let at = position;
+            position += 1;
+            if name(&format!("steps[{at}].name"), &step.name).is_err() {
+                dropped.push(ReportError::new(
+                    format!("steps[{at}].name"),
+                    "is not 1 to 64 printable characters without spaces; the step was left out",
+                ));
+                return false;
+            }
+            text(&|| format!("steps[{at}].detail"), &mut step.detail, MAX_DETAIL, true);
+            text(&|| format!("steps[{at}].output_tail"), &mut step.output_tail, MAX_OUTPUT_TAIL, false);
+            true
+        });
+        if self.optimizations.len() > MAX_OPTIMIZATIONS {
+            dropped.push(ReportError::new(
+                "optimizations",
+                format!("had {} entries; the first {MAX_OPTIMIZATIONS} were kept", self.optimizations.len()),
+            ));
+            self.optimizations.truncate(MAX_OPTIMIZATIONS);
+        }
+        let mut position = 0;
+        self.optimizations.retain_mut(|outcome| {
+            let at = position;
+            position += 1;
+            if name(&format!("optimizations[{at}].name"), &outcome.name).is_err() {
+                dropped.push(ReportError::new(
+                    format!("optimizations[{at}].name"),
+                    "is not 1 to 64 printable characters without spaces; the optimisation was left out",
+                ));
+                return false;
+            }
+            text(&|| format!("optimizations[{at}].version"), &mut outcome.version, MAX_TEXT, true);
+            text(&|| format!("optimizations[{at}].detail"), &mut outcome.detail, MAX_DETAIL, true);
+            true
+        });
+        mended.extend(dropped);
     }
 }
 
@@ -299,5 +388,71 @@ mod tests {
         let mut many = report();
         many.steps = (0..=MAX_STEPS).map(|_| StepReport::pending("x")).collect();
         assert_eq!(many.validate().unwrap_err().field, "steps");
+    }
+
+    fn hostile() -> ConvergenceReport {
+        let mut hostile = report();
+        hostile.error = "e".repeat(100_000);
+        hostile.steps[0].detail = format!("red\u{1b}[31m{}", "d".repeat(MAX_DETAIL));
+        hostile.steps[0].output_tail = "o".repeat(MAX_OUTPUT_TAIL * 3);
+        hostile.steps.push(StepReport::pending("two words"));
+        hostile.steps.push(StepReport::pending("verify"));
+        hostile.optimizations = (0..MAX_OPTIMIZATIONS + 5)
+            .map(|i| OptimizationOutcome {
+                name: format!("opt{i}"),
+                version: "v".repeat(MAX_TEXT + 1),
+                fatal: false,
+                state: OptimizationState::Failed,
+                detail: String::new(),
+            })
+            .collect();
+        hostile
+    }
+
+    #[test]
+    fn a_mended_report_validates_and_says_what_each_field_cost() {
+        let mut mended = hostile();
+        let what = mended.mend();
+        mended.validate().unwrap();
+        let fields: Vec<&str> = what.iter().map(|error| error.field.as_str()).collect();
+        for field in [
+            "error",
+            "steps[0].detail",
+            "steps[0].output_tail",
+            "steps[1].name",
+            "optimizations",
+            "optimizations[0].version",
+        ] {
+            assert!(fields.contains(&field), "{field} in {fields:?}");
+        }
+        assert!((MAX_DETAIL - 8..=MAX_DETAIL).contains(&mended.error.len()), "{}", mended.error.len());
+        assert!(
+            mended.error.starts_with("eee") && mended.error.ends_with(" bytes]"),
+            "{}",
+            &mended.error[4000..]
+        );
+        let cut: usize =
+            mended.error.rsplit("[cut: ").next().unwrap().trim_end_matches(" bytes]").parse().unwrap();
+        assert_eq!(cut + mended.error.len() - format!("… [cut: {cut} bytes]").len(), 100_000);
+        assert!(mended.steps[0].detail.starts_with("red\\u{1b}[31m"), "{}", &mended.steps[0].detail[..20]);
+        assert_eq!(
+            mended.steps.iter().map(|step| step.name.as_str()).collect::<Vec<_>>(),
+            ["torch", "verify"],
+            "only the step without a valid name is left out"
+        );
+        assert_eq!(mended.optimizations.len(), MAX_OPTIMIZATIONS);
+        assert!(report().mend().is_empty(), "a valid report is left alone");
+    }
+
+    #[test]
+    fn what_the_agent_sends_fits_keeping_head_and_tail() {
+        let mut fitted = hostile();
+        fitted.error = format!("the requirements step failed{}error: disk full", "x".repeat(20_000));
+        fitted.fit_to_limits();
+        fitted.validate().unwrap();
+        assert!(fitted.error.len() <= MAX_DETAIL);
+        assert!(fitted.error.starts_with("the requirements step failed"), "{}", &fitted.error[..40]);
+        assert!(fitted.error.ends_with("error: disk full"), "{}", &fitted.error[fitted.error.len() - 40..]);
+        assert!(fitted.error.contains(" bytes left out] …"));
     }
 }

@@ -5,6 +5,7 @@
 
 pub mod admin_config;
 pub mod assignment;
+pub mod bounded_text;
 pub mod build_class;
 pub mod convergence;
 pub mod credential;

@@ -2,7 +2,9 @@
 //! per machine over mutual TLS.
 //!
 //! Anything an agent sends is checked here before it reaches the store; a bad message
-//! ends that agent's session with a status that says what was wrong, and nothing else.
+//! ends that agent's session with a status that says what was wrong, and nothing else
+//! — except in a convergence report, where a bad field costs only that field and a
+//! claim the controller never assigned only that report (`report_intake`).
 //! What the controller sends besides Welcome and Acks (the desired state) comes from
 //! `desired_state`, beside the receive loop.
 
@@ -11,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use comfyfleet_config::text::Escaped;
-use comfyfleet_config::{ConvergenceReport, Inventory, JoinToken, MachineId, Phase};
+use comfyfleet_config::{Inventory, JoinToken, MachineId};
 use comfyfleet_proto::v1 as pb;
 use comfyfleet_proto::{WireError, labels_from_wire};
 use jiff::Timestamp;
@@ -25,6 +27,7 @@ use crate::inventory_updates::InventoryUpdates;
 use crate::metrics::Refusal;
 use crate::pki::{certificate_sha256, machine_id_of};
 use crate::presence::{KickReason, SessionGuard};
+use crate::report_intake::ReportIntake;
 use crate::secrets;
 use crate::state::ControllerState;
 use crate::store::{EnrollRefusal, Hello, NewMachine, StoredMachine};
@@ -132,8 +135,7 @@ impl pb::agent_service_server::AgentService for AgentApi {
             remote,
             inbound: request.into_inner(),
             outbound,
-            last_phase: None,
-            last_report: None,
+            reports: ReportIntake::new(None, None),
             inventories: InventoryUpdates::default(),
         };
         tokio::spawn(session.run());
@@ -332,10 +334,8 @@ struct Session {
     remote: String,
     inbound: Streaming<pb::AgentMessage>,
     outbound: desired_state::Outbound,
-    /// The generation and phase of the last report, to log only changes.
-    last_phase: Option<(u64, Phase)>,
-    /// The latest report stored for this machine: finished steps are timed once.
-    last_report: Option<ConvergenceReport>,
+    /// Checks and stores its reports; knows what the machine was assigned.
+    reports: ReportIntake,
     /// Inventories are stored and logged only when they change.
     inventories: InventoryUpdates,
 }
@@ -370,6 +370,7 @@ impl Session {
             self.state.source_secrets.clone(),
             self.machine_id.clone(),
             guard.assignment_changed(),
+            self.reports.known.clone(),
             self.outbound.clone(),
         );
         let (end, guard) = self.serve(guard).await;
@@ -438,7 +439,10 @@ impl Session {
         }
         self.inventories =
             InventoryUpdates::new(machine.as_ref().and_then(|machine| machine.inventory.clone()));
-        self.last_report = machine.and_then(|machine| machine.report);
+        self.reports = ReportIntake::new(
+            machine.as_ref().and_then(|machine| machine.assignment.as_ref()).map(Into::into),
+            machine.and_then(|machine| machine.report),
+        );
         let heartbeat =
             u32::try_from(self.state.settings.heartbeat_interval.as_secs()).unwrap_or(u32::MAX).max(1);
         let welcome = pb::ControllerMessage {
@@ -493,23 +497,7 @@ impl Session {
                 self.ack(message.seq).await
             }
             Some(pb::agent_message::Body::Report(report)) => {
-                let report =
-                    ConvergenceReport::try_from(report).map_err(|error: WireError| Status::from(error))?;
-                let phase = (report.generation, report.phase, report.error.clone());
-                self.state.metrics.steps_reported(self.last_report.as_ref(), &report);
-                self.last_report = Some(report.clone());
-                self.state.reports.record(&self.machine_id, report, now).await.map_err(internal)?;
-                let (generation, phase, error) = phase;
-                if self.last_phase != Some((generation, phase)) {
-                    self.last_phase = Some((generation, phase));
-                    // One line per machine per phase is a flood at 10,000 machines: the
-                    // rollout's events keep the story; failures stay in the log.
-                    if phase == Phase::Failed || !error.is_empty() {
-                        tracing::warn!(generation, phase = %phase, error = %Escaped(&error), "convergence report");
-                    } else {
-                        tracing::debug!(generation, phase = %phase, "convergence report");
-                    }
-                }
+                self.reports.take(&self.state, &self.machine_id, report, now).await.map_err(internal)?;
                 self.ack(message.seq).await
             }
             Some(pb::agent_message::Body::Hello(_)) => {

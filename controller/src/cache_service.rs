@@ -2,10 +2,8 @@
 //! everything every class of a revision needs, so that a rollout of it builds with
 //! every upstream unreachable).
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use comfyfleet_config::lock::Lock;
 use comfyfleet_config::spec::{Spec, SpecFormat};
 use comfyfleet_proto::v1 as pb;
 use futures_util::StreamExt;
@@ -58,38 +56,15 @@ async fn revision_files(
     state: &ControllerState,
     spec: &Spec,
 ) -> Result<(Vec<PackageFile>, Vec<(String, String)>), Status> {
-    let mut files: BTreeMap<String, PackageFile> = BTreeMap::new();
-    for (class, digest) in &spec.lock.digests {
-        let stored = state
-            .store
-            .lock(digest)
-            .await
-            .map_err(internal)?
-            .ok_or_else(|| Status::internal(format!("the store has lost the lock of {class}")))?;
-        let lock = Lock::from_json(&stored.lock_json).map_err(Status::internal)?;
-        for package in lock.packages {
-            files.entry(package.sha256.clone()).or_insert_with(|| PackageFile {
-                sha256: package.sha256.clone(),
-                url: package.url.clone(),
-                file_name: package.file_name(),
-                size: package.size,
-            });
-        }
-    }
-    for file in crate::locking::kernel_wheel_files(spec) {
-        files.entry(file.sha256.clone()).or_insert(file);
-    }
-    // The pinned uv wheels, where apply found them on the spec's index.
-    for (_, _, sha256) in comfyfleet_config::uv_pin::PINNED_UV_WHEELS {
-        if let Some(file) = state.store.package_file(sha256).await.map_err(internal)? {
-            files.entry(file.sha256.clone()).or_insert(file);
-        }
+    let found = crate::revision_files::revision_files(state.store.as_ref(), spec).await.map_err(internal)?;
+    if !found.problems.is_empty() {
+        return Err(Status::internal(found.problems.join("; ")));
     }
     let mut git = vec![(spec.comfyui.git.clone(), spec.comfyui.commit.clone().unwrap_or_default())];
     git.extend(
         spec.custom_nodes.iter().map(|node| (node.git.clone(), node.commit.clone().unwrap_or_default())),
     );
-    Ok((files.into_values().collect(), git))
+    Ok((found.files.into_values().collect(), git))
 }
 
 /// Starts filling the cache for a revision; progress arrives on the receiver, the
@@ -108,14 +83,18 @@ pub async fn fill(
     state.audit(&caller.actor(), "cache.fill", &target, &format!("{} files", files.len())).await;
     let (sender, receiver) = mpsc::channel(64);
     tokio::spawn(async move {
+        // A total only when every size is known: a partial one reads as "of 0 B".
+        let sizes: Option<Vec<u64>> = files.iter().map(|file| file.size).collect();
         let mut progress = pb::FillCacheProgress {
-            files_total: (files.len() + git.len()) as u64,
-            bytes_total: files.iter().filter_map(|file| file.size).sum(),
+            files_total: files.len() as u64,
+            bytes_total: sizes.map_or(0, |sizes| sizes.iter().sum()),
+            sources_total: git.len() as u64,
             ..Default::default()
         };
         let upstream_before = state.packages.status().await.bytes_from_upstream;
         let _ = sender.send(Ok(progress.clone())).await;
         let mut failures = Vec::new();
+        let mut sources_failed = 0;
         for (url, commit) in &git {
             progress.current = format!("{url} at {}", &commit[..commit.len().min(12)]);
             let _ = sender.send(Ok(progress.clone())).await;
@@ -127,8 +106,9 @@ pub async fn fill(
             };
             if let Err(error) = made {
                 failures.push(format!("{url}: {error}"));
+                sources_failed += 1;
             }
-            progress.files_done += 1;
+            progress.sources_done += 1;
         }
         let packages = state.packages.clone();
         let mut fetches = futures_util::stream::iter(files.into_iter().map(|file| {
@@ -169,15 +149,39 @@ pub async fn fill(
             }
         }
         if !failures.is_empty() {
+            // Not "unavailable": the controller answered; what it fetches from did not.
             let _ = sender
-                .send(Err(Status::unavailable(format!(
-                    "{} of {} could not be cached:\n{}",
-                    failures.len(),
-                    progress.files_total,
-                    failures.join("\n")
+                .send(Err(Status::failed_precondition(fill_failure(
+                    &target,
+                    &progress,
+                    sources_failed,
+                    &failures,
                 ))))
                 .await;
         }
     });
     Ok(receiver)
+}
+
+/// What `cache fill` says when some of it failed: how much, each failure, what to do.
+fn fill_failure(
+    target: &str,
+    progress: &pb::FillCacheProgress,
+    sources_failed: u64,
+    failures: &[String],
+) -> String {
+    let files_failed = failures.len() as u64 - sources_failed;
+    let mut parts = Vec::new();
+    if files_failed > 0 {
+        parts.push(format!("{files_failed} of {} files", progress.files_total));
+    }
+    if sources_failed > 0 {
+        parts.push(format!("{sources_failed} of {} git sources", progress.sources_total));
+    }
+    format!(
+        "{} of {target} could not be cached (the rest are):\n{}\ncheck that the controller can reach them (its \
+         log says what failed) and run `comfyfleet cache fill {target}` again",
+        parts.join(" and "),
+        failures.join("\n")
+    )
 }

@@ -20,6 +20,7 @@ use tonic::Status;
 use tracing::Instrument;
 
 use crate::presence::Doorbell;
+use crate::report_intake::KnownAssignment;
 use crate::source_secrets::SourceSecrets;
 use crate::store::{Store, StoreError, StoredAssignment};
 
@@ -120,9 +121,11 @@ pub fn spawn(
     secrets: Arc<SourceSecrets>,
     machine: MachineId,
     doorbell: Arc<Doorbell>,
+    known: Arc<KnownAssignment>,
     outbound: Outbound,
 ) -> DesiredStatePusher {
-    let task = tokio::spawn(push(store, specs, secrets, machine, doorbell, outbound).in_current_span());
+    let task =
+        tokio::spawn(push(store, specs, secrets, machine, doorbell, known, outbound).in_current_span());
     DesiredStatePusher { task }
 }
 
@@ -132,6 +135,7 @@ async fn push(
     secrets: Arc<SourceSecrets>,
     machine: MachineId,
     doorbell: Arc<Doorbell>,
+    known: Arc<KnownAssignment>,
     outbound: Outbound,
 ) {
     let mut last_sent: Option<u64> = None;
@@ -140,6 +144,8 @@ async fn push(
         // Boxed: the task waits on its doorbell for hours and reads rarely.
         match Box::pin(load(store.as_ref(), &specs, &secrets, &machine, handed, last_sent)).await {
             Ok(Some((assignment, desired))) => {
+                // Known before it is sent: the agent may report on it at once.
+                known.raise((&assignment).into());
                 let message =
                     pb::ControllerMessage { body: Some(pb::controller_message::Body::Desired(desired)) };
                 if outbound.send(Ok(Box::new(message))).await.is_err() {
@@ -294,12 +300,14 @@ mod tests {
         let revision = fleet.apply(&spec("render", &"1".repeat(40))).await;
         let session = fleet.state.presence.register(machine.clone(), Timestamp::now());
         let (outbound, mut inbox) = mpsc::channel(4);
+        let known = Arc::new(KnownAssignment::default());
         let pusher = spawn(
             fleet.state.store.clone(),
             Default::default(),
             fleet.state.source_secrets.clone(),
             machine.clone(),
             session.assignment_changed(),
+            known.clone(),
             outbound,
         );
         assert!(next(&mut inbox).await.is_none(), "nothing assigned, nothing sent");
@@ -308,6 +316,7 @@ mod tests {
         assert!(rollout.targets[0].online, "the machine has a live session");
         let desired = next(&mut inbox).await.expect("the rollout reaches the session");
         assert_eq!(desired.generation, 1);
+        assert_eq!(known.get().map(|known| known.generation), Some(1), "what was sent is known");
         let record = assignment_from_wire(desired).unwrap();
         assert_eq!(record.spec_json, revision.spec_json, "the revision's canonical spec");
         let checked = Assignment::from_record(&record).expect("what an agent accepts");
@@ -330,6 +339,7 @@ mod tests {
             fleet.state.source_secrets.clone(),
             machine,
             session.assignment_changed(),
+            Arc::default(),
             outbound,
         );
         assert_eq!(next(&mut inbox).await.map(|desired| desired.generation), Some(2));

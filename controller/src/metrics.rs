@@ -77,6 +77,12 @@ pub enum Refusal {
     Silent,
     Replaced,
     Throttled,
+    /// A report field that failed its check: cut, escaped or left out, the rest kept.
+    BadField,
+    /// A report on a generation this machine was never assigned.
+    UnassignedGeneration,
+    /// A report on the assigned generation that names another revision.
+    UnassignedRevision,
 }
 
 impl Refusal {
@@ -97,6 +103,9 @@ impl Refusal {
             Refusal::Silent => "silent",
             Refusal::Replaced => "replaced",
             Refusal::Throttled => "throttled",
+            Refusal::BadField => "bad-field",
+            Refusal::UnassignedGeneration => "unassigned-generation",
+            Refusal::UnassignedRevision => "unassigned-revision",
         }
     }
 }
@@ -157,7 +166,7 @@ impl Metrics {
         );
         registry.register(
             "comfyfleet_refusals",
-            "Enrollments, certificates and agent sessions refused, by stage and reason",
+            "Enrollments, certificates, agent sessions, reports and report fields refused, by stage and reason",
             self.refusals.clone(),
         );
         registry.register(

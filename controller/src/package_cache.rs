@@ -440,7 +440,7 @@ impl PackageCache {
     }
 
     /// The sha256 of every file a kept revision (each environment's newest, every
-    /// assigned one) installs.
+    /// assigned one) installs ([`crate::revision_files`]: the set `cache fill` fetches).
     pub async fn needed(&self) -> Result<HashSet<String>, String> {
         let specs = self.store.kept_revision_specs().await.map_err(|error| error.to_string())?;
         let mut needed = HashSet::new();
@@ -450,23 +450,29 @@ impl PackageCache {
             else {
                 continue;
             };
-            needed.extend(crate::locking::kernel_wheel_files(&spec).into_iter().map(|file| file.sha256));
-            for digest in spec.lock.digests.values() {
-                let Ok(Some(stored)) = self.store.lock(digest).await else { continue };
-                if let Ok(lock) = comfyfleet_config::lock::Lock::from_json(&stored.lock_json) {
-                    needed.extend(lock.packages.into_iter().map(|package| package.sha256));
-                }
-            }
+            // What could be read is kept; a lock that cannot be is `cache fill`'s error.
+            let found = crate::revision_files::revision_files(self.store.as_ref(), &spec)
+                .await
+                .map_err(|error| error.to_string())?;
+            needed.extend(found.files.into_keys());
         }
         Ok(needed)
     }
 
     /// Removes files: those no kept revision needs, or every one with `all`.
     pub async fn prune(&self, all: bool) -> (u64, u64) {
-        let needed = if all { HashSet::new() } else { self.needed().await.unwrap_or_default() };
-        if !all && needed.is_empty() && self.store.kept_revision_specs().await.is_err() {
-            return (0, 0);
-        }
+        let needed = if all {
+            HashSet::new()
+        } else {
+            match self.needed().await {
+                Ok(needed) => needed,
+                // Without knowing what is needed, nothing is removed.
+                Err(error) => {
+                    tracing::warn!(error = %Escaped(&error), "cannot tell what kept revisions need; nothing pruned");
+                    return (0, 0);
+                }
+            }
+        };
         let mut removed = (0, 0);
         for (sha, size, _) in self.files_on_disk() {
             if !needed.contains(&sha) && std::fs::remove_file(self.file_path(&sha)).is_ok() {

@@ -203,14 +203,32 @@ fn problem(viewer: &Viewer, status: StatusCode, message: &str) -> Response {
     (status, layout("Problem", Some(viewer), html! { p.error { (message) } })).into_response()
 }
 
-/// A horizontal bar of a rollout phase: active, failed, activating and the rest.
+/// A horizontal bar of a rollout or one of its phases: active, failed, activating and
+/// the rest. Drawn as SVG geometry, not `style` widths: the page's Content Security
+/// Policy (`style-src 'self'`) drops inline styles, which left every bar empty on
+/// pages whose script does not redraw them (the rollout list, the overview).
 fn progress_bar(machines: u32, active: u32, failed: u32, activating: u32) -> Markup {
-    let share = |part: u32| if machines == 0 { 0.0 } else { f64::from(part) * 100.0 / f64::from(machines) };
+    let share = |part: u32| {
+        if machines == 0 { 0.0 } else { f64::from(part.min(machines)) * 100.0 / f64::from(machines) }
+    };
+    // Laid end to end in a box 100 wide: each part starts where the last one ended.
+    let mut x = 0.0;
+    let parts: Vec<(&str, f64, f64)> =
+        [("active", share(active)), ("failed", share(failed)), ("activating", share(activating))]
+            .into_iter()
+            .map(|(part, width)| {
+                let width = width.min(100.0 - x);
+                let start = x;
+                x += width;
+                (part, start, width)
+            })
+            .collect();
     html! {
-        div.bar role="img" aria-label={ (active) " of " (machines) " active, " (failed) " failed" } {
-            span.active style={ "width:" (format!("{:.1}", share(active))) "%" } data-part="active" {}
-            span.failed style={ "width:" (format!("{:.1}", share(failed))) "%" } data-part="failed" {}
-            span.activating style={ "width:" (format!("{:.1}", share(activating))) "%" } data-part="activating" {}
+        svg.bar viewBox="0 0 100 1" preserveAspectRatio="none" role="img"
+            aria-label={ (active) " of " (machines) " active, " (failed) " failed" } {
+            @for (part, x, width) in parts {
+                rect class=(part) data-part=(part) x=(format!("{x:.1}")) y="0" width=(format!("{width:.1}")) height="1" {}
+            }
         }
     }
 }
@@ -332,6 +350,18 @@ mod tests {
         headers.insert(header::COOKIE, HeaderValue::from_static("a=1; __Host-comfyfleet_session=abc; b=2"));
         assert_eq!(cookie(&headers, COOKIE).as_deref(), Some("abc"));
         assert_eq!(cookie(&headers, "missing"), None);
+    }
+
+    #[test]
+    fn a_bar_is_drawn_without_inline_styles() {
+        let bar = progress_bar(3, 2, 1, 0).into_string();
+        assert!(!bar.contains("style="), "the page's CSP drops inline styles: {bar}");
+        assert!(bar.contains(r#"data-part="active" x="0.0" y="0" width="66.7""#), "{bar}");
+        assert!(bar.contains(r#"data-part="failed" x="66.7" y="0" width="33.3""#), "{bar}");
+        let full = progress_bar(3, 3, 0, 0).into_string();
+        assert!(full.contains(r#"data-part="active" x="0.0" y="0" width="100.0""#), "{full}");
+        let empty = progress_bar(0, 0, 0, 0).into_string();
+        assert!(empty.contains(r#"width="0.0""#), "{empty}");
     }
 
     #[test]

@@ -12,7 +12,7 @@ pub use convert::{
     WireError, labels_from_wire, labels_to_wire, role_from_wire, spec_format_from_wire, timestamp_from_wire,
     timestamp_to_wire,
 };
-pub use provisioning::assignment_from_wire;
+pub use provisioning::{assignment_from_wire, report_from_agent};
 
 /// The generated messages, clients and servers.
 pub mod v1 {

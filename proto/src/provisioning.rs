@@ -4,7 +4,7 @@
 
 use comfyfleet_config::assignment::{AssignmentRecord, MachineAssignment};
 use comfyfleet_config::convergence::{
-    ConvergenceReport, OptimizationOutcome, OptimizationState, Phase, StepReport, StepState,
+    ConvergenceReport, OptimizationOutcome, OptimizationState, Phase, ReportError, StepReport, StepState,
 };
 use comfyfleet_config::spec::DriverCompat;
 
@@ -172,96 +172,149 @@ impl From<&ConvergenceReport> for pb::ConvergenceReport {
 impl TryFrom<pb::ConvergenceReport> for ConvergenceReport {
     type Error = WireError;
 
+    /// Strict: any field that fails its check refuses the whole report (what the CLI
+    /// reads back from the controller, which stores only checked reports).
     fn try_from(wire: pb::ConvergenceReport) -> Result<Self, Self::Error> {
-        let phase = match pb::ConvergencePhase::try_from(wire.phase) {
-            Ok(pb::ConvergencePhase::Idle) => Phase::Idle,
-            Ok(pb::ConvergencePhase::Preparing) => Phase::Preparing,
-            Ok(pb::ConvergencePhase::Prepared) => Phase::Prepared,
-            Ok(pb::ConvergencePhase::Activating) => Phase::Activating,
-            Ok(pb::ConvergencePhase::Active) => Phase::Active,
-            Ok(pb::ConvergencePhase::Failed) => Phase::Failed,
-            Ok(pb::ConvergencePhase::Unspecified) | Err(_) => {
-                return Err(WireError::Invalid {
-                    field: "report.phase",
-                    reason: format!("{} is not a known phase", wire.phase),
-                });
-            }
-        };
-        let steps = wire
-            .steps
-            .into_iter()
-            .map(|step| {
-                let state = match pb::StepState::try_from(step.state) {
-                    Ok(pb::StepState::Pending) => StepState::Pending,
-                    Ok(pb::StepState::Running) => StepState::Running,
-                    Ok(pb::StepState::Done) => StepState::Done,
-                    Ok(pb::StepState::Skipped) => StepState::Skipped,
-                    Ok(pb::StepState::Failed) => StepState::Failed,
-                    Ok(pb::StepState::Unspecified) | Err(_) => {
-                        return Err(WireError::Invalid {
-                            field: "report.steps.state",
-                            reason: format!("{} is not a known step state", step.state),
-                        });
-                    }
-                };
-                Ok(StepReport {
-                    name: step.name,
-                    state,
-                    started_at: step
-                        .started_at
-                        .as_ref()
-                        .map(|at| timestamp_from_wire("report.steps.started_at", at))
-                        .transpose()?,
-                    duration_ms: step.duration_ms,
-                    detail: step.detail,
-                    output_tail: step.output_tail,
-                })
-            })
-            .collect::<Result<Vec<_>, WireError>>()?;
-        let optimizations = wire
-            .optimizations
-            .into_iter()
-            .map(|outcome| {
-                let state = match pb::OptimizationState::try_from(outcome.state) {
-                    Ok(pb::OptimizationState::Pending) => OptimizationState::Pending,
-                    Ok(pb::OptimizationState::Verified) => OptimizationState::Verified,
-                    Ok(pb::OptimizationState::Failed) => OptimizationState::Failed,
-                    Ok(pb::OptimizationState::Skipped) => OptimizationState::Skipped,
-                    Ok(pb::OptimizationState::Unspecified) | Err(_) => {
-                        return Err(WireError::Invalid {
-                            field: "report.optimizations.state",
-                            reason: format!("{} is not a known optimization state", outcome.state),
-                        });
-                    }
-                };
-                Ok(OptimizationOutcome {
-                    name: outcome.name,
-                    version: outcome.version,
-                    fatal: outcome.fatal,
-                    state,
-                    detail: outcome.detail,
-                })
-            })
-            .collect::<Result<Vec<_>, WireError>>()?;
-        let report = ConvergenceReport {
-            generation: wire.generation,
-            environment: wire.environment,
-            revision_number: wire.revision_number,
-            revision_id: optional_digest("report.revision_id", &wire.revision_id)?,
-            phase,
-            steps,
-            optimizations,
-            error: wire.error,
-            updated_at: timestamp_from_wire(
-                "report.updated_at",
-                wire.updated_at.as_ref().ok_or(WireError::Missing("report.updated_at"))?,
-            )?,
-        };
+        let (report, unreadable) = convert_report(wire, jiff::Timestamp::UNIX_EPOCH)?;
+        if let Some(error) = unreadable.into_iter().next() {
+            return Err(WireError::Invalid { field: "report", reason: error.to_string() });
+        }
         report
             .validate()
             .map_err(|error| WireError::Invalid { field: "report", reason: error.to_string() })?;
         Ok(report)
     }
+}
+
+fn phase_from_wire(phase: i32) -> Option<Phase> {
+    match pb::ConvergencePhase::try_from(phase).ok()? {
+        pb::ConvergencePhase::Idle => Some(Phase::Idle),
+        pb::ConvergencePhase::Preparing => Some(Phase::Preparing),
+        pb::ConvergencePhase::Prepared => Some(Phase::Prepared),
+        pb::ConvergencePhase::Activating => Some(Phase::Activating),
+        pb::ConvergencePhase::Active => Some(Phase::Active),
+        pb::ConvergencePhase::Failed => Some(Phase::Failed),
+        pb::ConvergencePhase::Unspecified => None,
+    }
+}
+
+fn step_state_from_wire(state: i32) -> Option<StepState> {
+    match pb::StepState::try_from(state).ok()? {
+        pb::StepState::Pending => Some(StepState::Pending),
+        pb::StepState::Running => Some(StepState::Running),
+        pb::StepState::Done => Some(StepState::Done),
+        pb::StepState::Skipped => Some(StepState::Skipped),
+        pb::StepState::Failed => Some(StepState::Failed),
+        pb::StepState::Unspecified => None,
+    }
+}
+
+fn optimization_state_from_wire(state: i32) -> Option<OptimizationState> {
+    match pb::OptimizationState::try_from(state).ok()? {
+        pb::OptimizationState::Pending => Some(OptimizationState::Pending),
+        pb::OptimizationState::Verified => Some(OptimizationState::Verified),
+        pb::OptimizationState::Failed => Some(OptimizationState::Failed),
+        pb::OptimizationState::Skipped => Some(OptimizationState::Skipped),
+        pb::OptimizationState::Unspecified => None,
+    }
+}
+
+/// An agent's report as the controller takes it: a field that fails its check costs
+/// that field, not the report — text is cut to its limit and marked, control
+/// characters escaped ([`ConvergenceReport::mend`]), a step or optimisation in an
+/// unknown state left out, an unreadable revision id or start time dropped, a missing
+/// `updated_at` replaced by `received_at`. Returns the report with what was mended and
+/// why. Only a report whose phase is unknown is refused: it claims nothing readable.
+pub fn report_from_agent(
+    wire: pb::ConvergenceReport,
+    received_at: jiff::Timestamp,
+) -> Result<(ConvergenceReport, Vec<ReportError>), WireError> {
+    let (mut report, mut mended) = convert_report(wire, received_at)?;
+    mended.extend(report.mend());
+    Ok((report, mended))
+}
+
+/// The report with what cannot be read at all left out (and said in the list);
+/// sizes and text not checked yet.
+fn convert_report(
+    wire: pb::ConvergenceReport,
+    received_at: jiff::Timestamp,
+) -> Result<(ConvergenceReport, Vec<ReportError>), WireError> {
+    let phase = phase_from_wire(wire.phase).ok_or_else(|| WireError::Invalid {
+        field: "report.phase",
+        reason: format!("{} is not a known phase", wire.phase),
+    })?;
+    let mut mended = Vec::new();
+    let mut steps = Vec::with_capacity(wire.steps.len());
+    for (position, step) in wire.steps.into_iter().enumerate() {
+        let Some(state) = step_state_from_wire(step.state) else {
+            mended.push(ReportError::new(
+                format!("steps[{position}].state"),
+                format!("{} is not a known step state; the step was left out", step.state),
+            ));
+            continue;
+        };
+        let started_at = step.started_at.as_ref().and_then(|at| {
+            timestamp_from_wire("report.steps.started_at", at)
+                .map_err(|error| {
+                    mended.push(ReportError::new(format!("steps[{position}].started_at"), error.to_string()));
+                })
+                .ok()
+        });
+        steps.push(StepReport {
+            name: step.name,
+            state,
+            started_at,
+            duration_ms: step.duration_ms,
+            detail: step.detail,
+            output_tail: step.output_tail,
+        });
+    }
+    let mut optimizations = Vec::with_capacity(wire.optimizations.len());
+    for (position, outcome) in wire.optimizations.into_iter().enumerate() {
+        let Some(state) = optimization_state_from_wire(outcome.state) else {
+            mended.push(ReportError::new(
+                format!("optimizations[{position}].state"),
+                format!("{} is not a known optimization state; the optimisation was left out", outcome.state),
+            ));
+            continue;
+        };
+        optimizations.push(OptimizationOutcome {
+            name: outcome.name,
+            version: outcome.version,
+            fatal: outcome.fatal,
+            state,
+            detail: outcome.detail,
+        });
+    }
+    let revision_id = optional_digest("report.revision_id", &wire.revision_id).unwrap_or_else(|error| {
+        mended.push(ReportError::new("report.revision_id", format!("{error}; it was left out")));
+        None
+    });
+    let updated_at = match wire.updated_at.as_ref().map(|at| timestamp_from_wire("report.updated_at", at)) {
+        Some(Ok(at)) => at,
+        Some(Err(error)) => {
+            mended
+                .push(ReportError::new("report.updated_at", format!("{error}; the time it arrived is kept")));
+            received_at
+        }
+        None => {
+            mended.push(ReportError::new("report.updated_at", "is missing; the time it arrived is kept"));
+            received_at
+        }
+    };
+    let report = ConvergenceReport {
+        generation: wire.generation,
+        environment: wire.environment,
+        revision_number: wire.revision_number,
+        revision_id,
+        phase,
+        steps,
+        optimizations,
+        error: wire.error,
+        updated_at,
+    };
+    Ok((report, mended))
 }
 
 #[cfg(test)]
@@ -288,5 +341,28 @@ mod tests {
         let mut bad = wire;
         bad.steps[0].detail = "\u{7}".into();
         assert!(ConvergenceReport::try_from(bad).unwrap_err().to_string().contains("steps[0].detail"));
+    }
+
+    #[test]
+    fn an_agents_bad_fields_cost_those_fields_only() {
+        let mut report = ConvergenceReport::idle(Timestamp::from_second(1_700_000_000).unwrap());
+        report.phase = Phase::Failed;
+        report.steps.push(StepReport { state: StepState::Failed, ..StepReport::pending("requirements") });
+        report.steps.push(StepReport::pending("verify"));
+        let mut wire = pb::ConvergenceReport::from(&report);
+        wire.error = "x".repeat(100_000);
+        wire.revision_id = "../../etc".into();
+        wire.steps[1].state = 99;
+        wire.updated_at = None;
+        let received = Timestamp::from_second(1_800_000_000).unwrap();
+        let (taken, mended) = report_from_agent(wire.clone(), received).unwrap();
+        taken.validate().unwrap();
+        assert!(taken.error.ends_with(" bytes]") && taken.error.len() <= 4096);
+        assert_eq!((taken.revision_id, taken.updated_at, taken.steps.len()), (None, received, 1));
+        let fields: Vec<String> = mended.iter().map(|error| error.field.clone()).collect();
+        assert_eq!(fields, ["steps[1].state", "report.revision_id", "report.updated_at", "error"]);
+
+        wire.phase = 42;
+        assert!(report_from_agent(wire, received).unwrap_err().to_string().contains("report.phase"));
     }
 }

@@ -116,32 +116,75 @@ pub async fn fill(client: &mut Fleet, reference: String) -> anyhow::Result<Strin
                 return Err(status_error(status));
             }
         };
-        let line = format!(
-            "{} {}/{} files, {} of {} ({} from upstream) {}",
-            bar(progress.files_done, progress.files_total),
-            progress.files_done,
-            progress.files_total,
-            bytes(progress.bytes_done),
-            bytes(progress.bytes_total),
-            bytes(progress.bytes_from_upstream),
-            progress.current
-        );
+        let line = progress_line(&progress);
         if terminal {
             eprint!("\r\x1b[2K{line}");
             let _ = std::io::stderr().flush();
-        } else if progress.files_done == progress.files_total || progress.files_done >= printed_at + 10 {
-            eprintln!("{line}");
-            printed_at = progress.files_done;
+        } else {
+            let done = progress.files_done + progress.sources_done;
+            if done == progress.files_total + progress.sources_total || done >= printed_at + 10 {
+                eprintln!("{line}");
+                printed_at = done;
+            }
         }
         last = progress;
     }
     if terminal {
         eprintln!();
     }
+    let sources = if last.sources_total > 0 {
+        format!(" and {} git sources", last.sources_done)
+    } else {
+        String::new()
+    };
     Ok(format!(
-        "cached {} files ({}) for {reference}; {} fetched from upstream, the rest was cached already\n",
+        "cached {} files ({}){sources} for {reference}; {} fetched from upstream, the rest was cached already\n",
         last.files_done,
         bytes(last.bytes_done),
         bytes(last.bytes_from_upstream)
     ))
+}
+
+/// One line of progress: `[###---] 4/9 files, 1.2 MiB of 3.0 MiB (1.2 MiB from
+/// upstream), 2/2 git sources CURRENT`. Without a total size (some file's size is only
+/// known once fetched) the bytes say what was done, not "of 0 B".
+fn progress_line(progress: &pb::FillCacheProgress) -> String {
+    let of =
+        if progress.bytes_total > 0 { format!(" of {}", bytes(progress.bytes_total)) } else { String::new() };
+    let sources = if progress.sources_total > 0 {
+        format!(", {}/{} git sources", progress.sources_done, progress.sources_total)
+    } else {
+        String::new()
+    };
+    format!(
+        "{} {}/{} files, {}{of} ({} from upstream){sources} {}",
+        bar(progress.files_done + progress.sources_done, progress.files_total + progress.sources_total),
+        progress.files_done,
+        progress.files_total,
+        bytes(progress.bytes_done),
+        bytes(progress.bytes_from_upstream),
+        progress.current
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn progress_never_reads_of_zero_bytes_and_counts_sources_apart() {
+        let unknown = pb::FillCacheProgress {
+            files_total: 9,
+            files_done: 4,
+            bytes_done: 2048,
+            sources_total: 2,
+            sources_done: 2,
+            ..Default::default()
+        };
+        let line = progress_line(&unknown);
+        assert!(line.contains(" 4/9 files, 2.0 KiB (0 B from upstream), 2/2 git sources"), "{line}");
+        assert!(!line.contains(" of "), "{line}");
+        let known = pb::FillCacheProgress { bytes_total: 4096, ..unknown };
+        assert!(progress_line(&known).contains("2.0 KiB of 4.0 KiB"), "{}", progress_line(&known));
+    }
 }

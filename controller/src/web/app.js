@@ -6,7 +6,7 @@
   if (!live) return;
   const rollout = live.dataset.rollout;
   let after = Number(live.dataset.after || "0");
-  const percent = (part, whole) => (whole ? (part * 100) / whole : 0).toFixed(1) + "%";
+  const share = (part, whole) => (whole ? (Math.min(part, whole) * 100) / whole : 0);
 
   function apply(update) {
     const state = document.getElementById("rollout-state");
@@ -20,9 +20,13 @@
         const cell = row.querySelector('[data-count="' + key + '"]');
         if (cell) cell.textContent = phase[key];
       }
+      // The bar is SVG: its parts are rectangles laid end to end in a 100-wide box.
+      let x = 0;
       for (const key of ["active", "failed", "activating"]) {
+        const width = Math.min(share(phase[key], phase.machines), 100 - x);
         const part = row.querySelector('.bar [data-part="' + key + '"]');
-        if (part) part.style.width = percent(phase[key], phase.machines);
+        if (part) { part.setAttribute("x", x.toFixed(1)); part.setAttribute("width", width.toFixed(1)); }
+        x += width;
       }
     }
     const list = document.getElementById("events");

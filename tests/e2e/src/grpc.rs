@@ -74,6 +74,19 @@ impl RawSession {
         self.send_bytes(message.encode_to_vec()).await;
     }
 
+    /// Sends a heartbeat every `every` until the stream ends (what keeps a raw session
+    /// open past the controller's silence limit while a test waits on other things).
+    pub fn keep_alive(&self, every: std::time::Duration) -> tokio::task::JoinHandle<()> {
+        let outbound = self.outbound.clone();
+        let heartbeat =
+            pb::AgentMessage { seq: 0, body: Some(pb::agent_message::Body::Heartbeat(pb::Heartbeat {})) };
+        tokio::spawn(async move {
+            while outbound.send(heartbeat.encode_to_vec()).await.is_ok() {
+                tokio::time::sleep(every).await;
+            }
+        })
+    }
+
     /// The next message, or the status the stream ended with.
     pub async fn next(&mut self) -> Result<Option<pb::ControllerMessage>, Status> {
         tokio::time::timeout(std::time::Duration::from_secs(20), self.inbound.message())

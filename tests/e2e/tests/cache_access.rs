@@ -171,6 +171,13 @@ fn sources_the_policy_refuses_are_never_asked_and_failures_read_alike() {
         .replace(&format!("{base}{answering}"), &format!("{base}/gone{answering}"));
     fleet.apply(&spec);
     let filled = fleet.cli(&["cache", "fill", "render-prod"]).failure();
+    // The controller answered: what failed was upstream, and the error says so.
+    assert!(!filled.contains("the controller is unavailable"), "{filled}");
+    assert!(filled.contains("2 of ") && filled.contains(" files of render-prod@"), "{filled}");
+    assert!(
+        filled.contains("could not be cached") && filled.contains("run `comfyfleet cache fill render-prod@"),
+        "{filled}"
+    );
     let line = |url: &str| {
         let line =
             filled.lines().find(|line| line.contains(url)).unwrap_or_else(|| panic!("{url}: {filled}"));

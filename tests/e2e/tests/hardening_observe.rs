@@ -440,7 +440,8 @@ async fn an_agent_cannot_write_lines_into_the_controllers_log() {
         refused.message()
     );
 
-    // A failed report whose error holds a line of its own (line feeds are allowed there).
+    // A report whose error holds a line of its own (line feeds are allowed there). The
+    // machine has no assignment, so only an idle report (generation 0) is stored.
     let mut session =
         RawSession::open(channel(&controller.url, &files.ca_pem, Some(&files)).await).await.unwrap();
     session.send(hello(&files.machine_id, Some(inventory("mallory", 1)))).await;
@@ -449,8 +450,8 @@ async fn an_agent_cannot_write_lines_into_the_controllers_log() {
         Some(pb::controller_message::Body::Welcome(_))
     ));
     let report = pb::ConvergenceReport {
-        generation: 1,
-        phase: pb::ConvergencePhase::Failed.into(),
+        generation: 0,
+        phase: pb::ConvergencePhase::Idle.into(),
         error: format!("torch failed\n{FORGED}"),
         updated_at: Some(comfyfleet_proto::timestamp_to_wire(jiff::Timestamp::now())),
         ..Default::default()

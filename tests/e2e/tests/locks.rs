@@ -293,6 +293,17 @@ fn after_cache_fill_a_new_machine_builds_with_every_upstream_gone() {
     let text = filled.success();
     assert!(text.contains("cached") && text.contains("fetched from upstream"), "{text}");
     assert!(progress.contains("] ") && progress.contains(" files, "), "progress is shown: {progress}");
+    // Fill and status count the same files (git sources apart), and no total reads 0 B.
+    assert!(!progress.contains("of 0 B"), "{progress}");
+    let last = progress.lines().last().unwrap();
+    let files: u64 = last.split(" files").next().unwrap().rsplit('/').next().unwrap().parse().unwrap();
+    let sources = last.split(" git sources").next().unwrap().rsplit(", ").next().unwrap();
+    assert_eq!(sources, "3/3", "ComfyUI and two nodes, apart from the files: {last}");
+    assert!(last.contains(&format!("{files}/{files} files")), "{last}");
+    let status: Value =
+        serde_json::from_str(&fleet.cli(&["cache", "status", "-o", "json"]).success()).unwrap();
+    assert_eq!(status["needed_files"], files, "cache status counts what fill cached: {status}\n{progress}");
+    assert!(text.contains(&format!("cached {files} files")) && text.contains("and 3 git sources"), "{text}");
 
     // The package index goes away, and so do the git repositories.
     fleet.world.server.stop();
