@@ -4,7 +4,7 @@
 use std::time::Instant;
 
 use super::*;
-use crate::metrics::Metrics;
+use crate::counters::Metrics;
 
 pub struct MeteredStore<S> {
     pub inner: S,

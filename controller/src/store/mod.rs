@@ -3,6 +3,7 @@
 //! the rules (what makes a join token usable) are pure functions they call.
 
 mod metered;
+pub mod rollout_model;
 mod pool_hygiene;
 mod postgres;
 mod rows;
@@ -21,7 +22,7 @@ use jiff::Timestamp;
 pub use postgres::{ClusterLink, NOTICE_CHANNEL, PostgresStore, notify, redact_url};
 pub use sqlite::{SnapshotFacts, SqliteStore};
 
-use crate::rollouts::model::{NewRollout, RolloutRecord, RolloutStep, StoredEvent, StoredMachineRow};
+use crate::store::rollout_model::{NewRollout, RolloutRecord, RolloutStep, StoredEvent, StoredMachineRow};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

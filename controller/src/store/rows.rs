@@ -13,7 +13,7 @@ use super::{
     CredentialRecord, JoinTokenRecord, StoreError, StoreResult, StoredAssignment, StoredMachine,
     StoredRevision,
 };
-use crate::rollouts::model::{
+use crate::store::rollout_model::{
     MachineRow, NewEvent, RevisionRef, RolloutKind, RolloutRecord, RolloutState, StoredEvent,
     StoredMachineRow,
 };

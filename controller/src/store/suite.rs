@@ -250,9 +250,9 @@ pub async fn concurrent_applies_get_distinct_numbers(store: Arc<dyn Store>) {
 /// A rollout of render@2 (seeded by [`seed_machines`]) with no machine rows.
 pub(crate) fn machineless_rollout(
     at: Timestamp,
-    events: Vec<crate::rollouts::model::NewEvent>,
-) -> crate::rollouts::model::NewRollout {
-    use crate::rollouts::model::*;
+    events: Vec<crate::store::rollout_model::NewEvent>,
+) -> crate::store::rollout_model::NewRollout {
+    use crate::store::rollout_model::*;
     NewRollout {
         environment: "render".into(),
         revision_number: 2,
@@ -417,7 +417,7 @@ pub async fn revisions_are_found_by_exact_id(store: Arc<dyn Store>) {
 }
 
 pub async fn a_rollout_step_is_its_rows_assignments_and_events_together(store: Arc<dyn Store>) {
-    use crate::rollouts::model::*;
+    use crate::store::rollout_model::*;
     seed_machines(&*store, &["m1", "m2"]).await;
     let now = Timestamp::from_millisecond(1_800_000_000_000).unwrap();
     let row = |machine: &str, ordinal: u32| MachineRow {
@@ -667,7 +667,7 @@ pub async fn reports_in_batches_and_retention(store: Arc<dyn Store>) {
     assert_eq!(store.list_audit(10).await.unwrap().len(), 1);
 
     // Events of an open rollout stay whatever their age; a finished one's go.
-    use crate::rollouts::model::*;
+    use crate::store::rollout_model::*;
     let open = machineless_rollout(
         old,
         vec![NewEvent::rollout(old, "started", ""), NewEvent::rollout(new, "paused", "")],
@@ -743,7 +743,7 @@ pub async fn sealed_secrets_are_kept_once(store: Arc<dyn Store>) {
 pub async fn an_inventory_is_written_only_when_it_changes(store: Arc<dyn Store>) {
     seed_machines(&*store, &["m1"]).await;
     let at = |seconds: i64| Timestamp::from_second(1_800_000_000 + seconds).unwrap();
-    let first = crate::test_fleet::inventory("t4-x1-535");
+    let first = crate::use_cases::test_fleet::inventory("t4-x1-535");
     let updated_at = |store: Arc<dyn Store>| async move {
         let machine = store.get_machine(&id("m1")).await.unwrap().unwrap();
         (machine.inventory, machine.inventory_updated_at)

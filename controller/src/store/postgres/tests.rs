@@ -44,7 +44,7 @@ async fn controllers_starting_together_migrate_once() {
 /// change goes out with the write.
 #[tokio::test]
 async fn engine_writes_are_fenced_by_the_lease() {
-    use crate::rollouts::model::*;
+    use crate::store::rollout_model::*;
     let server = comfyfleet_testsupport::postgres::Server::start();
     let url = server.create_database("fenced");
     let store = PostgresStore::connect(&url).await.unwrap();

@@ -16,7 +16,7 @@ use jiff::Timestamp;
 use sqlx::Transaction;
 
 use super::{Db, LOCK_ROW, ThisStore, sql};
-use crate::rollouts::model::{NewRollout, RolloutRecord, RolloutStep, StoredEvent, StoredMachineRow};
+use crate::store::rollout_model::{NewRollout, RolloutRecord, RolloutStep, StoredEvent, StoredMachineRow};
 use crate::store::rows::*;
 use crate::store::{
     AuditRecord, CredentialRecord, EnrollRefusal, EnvironmentSummary, Hello, JoinTokenRecord, NewAssignment,

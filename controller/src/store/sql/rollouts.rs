@@ -8,7 +8,7 @@ use comfyfleet_config::MachineId;
 
 use super::provisioning::insert_assignments;
 use super::{Db, ThisStore, sql};
-use crate::rollouts::model::{
+use crate::store::rollout_model::{
     MachineRow, NewEvent, NewRollout, RolloutChange, RolloutRecord, RolloutStep, StoredEvent,
     StoredMachineRow,
 };
