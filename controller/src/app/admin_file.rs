@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 use comfyfleet_config::{AdminConfig, Role};
 use comfyfleet_daemon::files;
 
-use crate::edges::operator_grpc::fleet_service::mint_credential;
 use crate::use_cases::ControllerState;
+use crate::use_cases::credentials::auth::mint_credential;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AdminFileError {

@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use jiff::Timestamp;
 
-use crate::use_cases::credentials::fleet_identity::{BACKUP_DIR, FLEET_ID_FILE};
 use crate::store::{SnapshotFacts, SqliteStore, Store, StoreError};
+use crate::use_cases::credentials::fleet_identity::{BACKUP_DIR, FLEET_ID_FILE};
 
 pub const DATABASE_FILE: &str = "controller.db";
 const LOCK_FILE: &str = "controller.lock";

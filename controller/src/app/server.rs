@@ -14,16 +14,16 @@ use jiff::Timestamp;
 use tokio::net::TcpListener;
 
 use crate::app::admin_file;
+use crate::app::tls;
 use crate::edges::agent_grpc::AgentApi;
 use crate::edges::operator_grpc::fleet_service::FleetApi;
-use crate::use_cases::credentials::pki::CertificateAuthority;
-use crate::use_cases::presence::{KickReason, Presence};
-use crate::use_cases::rollouts::report_writer::ReportWriter;
-use crate::use_cases::rollouts::Rollouts;
-use crate::use_cases::credentials::server_certificate::ServerCertificate;
-use crate::use_cases::{ControllerState, Settings};
 use crate::store::{SqliteStore, Store};
-use crate::app::tls;
+use crate::use_cases::credentials::pki::CertificateAuthority;
+use crate::use_cases::credentials::server_certificate::ServerCertificate;
+use crate::use_cases::presence::{KickReason, Presence};
+use crate::use_cases::rollouts::Rollouts;
+use crate::use_cases::rollouts::report_writer::ReportWriter;
+use crate::use_cases::{ControllerState, Settings};
 
 /// How long in-flight calls get to finish after a shutdown signal.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -141,24 +141,33 @@ pub async fn run(
     let _data_dir_lock = crate::app::backup::lock_data_dir(data_dir)?;
     let metrics = crate::counters::Metrics::default();
     let (store, database, clustered) = open_store(&options, &metrics).await?;
-    let fleet =
-        crate::use_cases::credentials::fleet_identity::establish(data_dir, &database, store.as_ref(), options.initialize).await?;
+    let fleet = crate::use_cases::credentials::fleet_identity::establish(
+        data_dir,
+        &database,
+        store.as_ref(),
+        options.initialize,
+    )
+    .await?;
     let secrets_key = if options.database_url.is_some() {
         let path = options.secrets_key_file.as_deref().ok_or(ControllerError::NoSecretsKey)?;
         let key = crate::use_cases::credentials::fleet_secrets::SecretsKey::load(path)?;
-        crate::use_cases::credentials::fleet_secrets::share_ca(store.as_ref(), &key, &fleet.id, data_dir).await?;
+        crate::use_cases::credentials::fleet_secrets::share_ca(store.as_ref(), &key, &fleet.id, data_dir)
+            .await?;
         key
     } else {
         match options.secrets_key_file.as_deref() {
             Some(path) => crate::use_cases::credentials::fleet_secrets::SecretsKey::load(path)?,
             // One controller: its source credentials are sealed with a key of its own.
-            None => {
-                crate::use_cases::credentials::fleet_secrets::SecretsKey::load_or_create(&data_dir.join("pki").join("secrets.key"))?
-            }
+            None => crate::use_cases::credentials::fleet_secrets::SecretsKey::load_or_create(
+                &data_dir.join("pki").join("secrets.key"),
+            )?,
         }
     };
-    let source_secrets =
-        Arc::new(crate::use_cases::source_secrets::SourceSecrets::new(store.clone(), secrets_key, fleet.id.clone()));
+    let source_secrets = Arc::new(crate::use_cases::source_secrets::SourceSecrets::new(
+        store.clone(),
+        secrets_key,
+        fleet.id.clone(),
+    ));
     let ca = Arc::new(CertificateAuthority::load_or_create(data_dir)?);
 
     let address = resolve_listen(&options.listen).await?;
@@ -231,7 +240,9 @@ pub async fn run(
         access: Default::default(),
     });
     let _engine = crate::use_cases::rollouts::spawn(state.clone(), inbox, leading);
-    let cluster_tasks = cluster.as_ref().map(|cluster| cluster.start(state.clone())).unwrap_or_default();
+    let handed = Arc::new(crate::edges::operator_grpc::rollout_api::HandedRolloutCalls);
+    let cluster_tasks =
+        cluster.as_ref().map(|cluster| cluster.start(state.clone(), handed)).unwrap_or_default();
     let urls = match &cluster {
         Some(cluster) => cluster.urls().await,
         None => vec![url.clone()],
@@ -296,7 +307,8 @@ pub async fn run(
     if let Some(listener) = metrics_listener {
         let limits = options.connection_limits;
         let address = listener.local_addr().ok();
-        let endpoint = crate::edges::metrics::MetricsEndpoint::new(state.clone(), options.metrics_token.clone());
+        let endpoint =
+            crate::edges::metrics::MetricsEndpoint::new(state.clone(), options.metrics_token.clone());
         tracing::info!(listen = ?address, token = options.metrics_token.is_some(), "serving /metrics");
         // The web page's server and limits: a deadline for the first request, hyper's
         // header-read timeout after it, and the per-address cap.
@@ -375,7 +387,8 @@ async fn open_store(
     metrics: &crate::counters::Metrics,
 ) -> Result<(Arc<dyn Store>, String, Clustered), ControllerError> {
     let data_dir = &options.data_dir;
-    let may_create = options.initialize || !crate::use_cases::credentials::fleet_identity::has_served(data_dir);
+    let may_create =
+        options.initialize || !crate::use_cases::credentials::fleet_identity::has_served(data_dir);
     if let Some(url) = &options.database_url {
         let shown = crate::store::redact_url(url);
         let store = crate::store::PostgresStore::connect(url).await?;
@@ -388,16 +401,16 @@ async fn open_store(
     }
     let database = data_dir.join(crate::app::backup::DATABASE_FILE);
     let opened = SqliteStore::open_with(&database, may_create).await.map_err(|error| match error {
-        crate::store::StoreError::Empty { path } => {
-            ControllerError::Fleet(crate::use_cases::credentials::fleet_identity::empty_refusal(data_dir, &path))
-        }
-        crate::store::StoreError::Damaged { path, detail } => {
-            ControllerError::Fleet(crate::use_cases::credentials::fleet_identity::FleetIdentityError::Damaged {
+        crate::store::StoreError::Empty { path } => ControllerError::Fleet(
+            crate::use_cases::credentials::fleet_identity::empty_refusal(data_dir, &path),
+        ),
+        crate::store::StoreError::Damaged { path, detail } => ControllerError::Fleet(
+            crate::use_cases::credentials::fleet_identity::FleetIdentityError::Damaged {
                 database: path,
                 detail,
                 advice: crate::use_cases::credentials::fleet_identity::restore_advice(data_dir, false),
-            })
-        }
+            },
+        ),
         other => ControllerError::Store(other),
     })?;
     let metered = crate::store::MeteredStore { inner: opened, metrics: metrics.clone() };

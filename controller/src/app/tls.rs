@@ -114,11 +114,3 @@ fn log_handshake_failure(peer: SocketAddr, error: &std::io::Error) {
         _ => tracing::info!(%peer, error = %Escaped(error), "TLS handshake failed"),
     }
 }
-
-/// The process-wide rustls provider for clients that take the default (reqwest).
-pub fn install_crypto_provider() {
-    static ONCE: std::sync::Once = std::sync::Once::new();
-    ONCE.call_once(|| {
-        let _ = rustls::crypto::ring::default_provider().install_default();
-    });
-}

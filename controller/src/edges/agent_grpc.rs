@@ -22,15 +22,15 @@ use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::counters::Refusal;
+use crate::store::{EnrollRefusal, Hello, NewMachine, StoredMachine};
+use crate::use_cases::ControllerState;
+use crate::use_cases::credentials::pki::{certificate_sha256, machine_id_of};
+use crate::use_cases::credentials::secrets;
 use crate::use_cases::environments::desired_state;
 use crate::use_cases::machines::inventory_updates::InventoryUpdates;
-use crate::counters::Refusal;
-use crate::use_cases::credentials::pki::{certificate_sha256, machine_id_of};
-use crate::use_cases::presence::{KickReason, SessionGuard};
 use crate::use_cases::machines::report_intake::ReportIntake;
-use crate::use_cases::credentials::secrets;
-use crate::use_cases::ControllerState;
-use crate::store::{EnrollRefusal, Hello, NewMachine, StoredMachine};
+use crate::use_cases::presence::{KickReason, SessionGuard};
 
 /// How long a new session may take to say Hello.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(30);
@@ -213,7 +213,8 @@ impl AgentApi {
         let machine_id: MachineId = secrets::new_machine_id().parse().map_err(|e| (None, internal(e)))?;
         let certificate =
             self.state.ca.sign_agent_csr(&request.csr_pem, &machine_id).map_err(|error| match error {
-                crate::use_cases::credentials::pki::PkiError::BadCsr(_) | crate::use_cases::credentials::pki::PkiError::UnsupportedKey(_) => {
+                crate::use_cases::credentials::pki::PkiError::BadCsr(_)
+                | crate::use_cases::credentials::pki::PkiError::UnsupportedKey(_) => {
                     (Some(Refusal::BadCsr), Status::invalid_argument(error.to_string()))
                 }
                 other => (None, internal(other)),

@@ -30,10 +30,10 @@ use futures_util::StreamExt;
 use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
 
 use crate::edges::agent_grpc::authenticated_machine;
-use crate::use_cases::package_cache::body::{ByteRange, body_stream};
-use crate::use_cases::package_cache::{CacheError, HOLDBACK, Opened, State as Download, is_sha256};
-use crate::use_cases::package_cache::source_access::MachineSources;
 use crate::use_cases::ControllerState;
+use crate::use_cases::package_cache::body::{ByteRange, body_stream};
+use crate::use_cases::package_cache::source_access::MachineSources;
+use crate::use_cases::package_cache::{CacheError, HOLDBACK, Opened, State as Download, is_sha256};
 
 pub fn router(state: Arc<ControllerState>) -> Router {
     Router::new()
@@ -285,7 +285,8 @@ async fn index_page(
     let Some(base) = sources.index(&key) else {
         return not_named(&machine, &sources, &format!("the index with key {key}"));
     };
-    let page = crate::use_cases::package_cache::index_proxy::page(&state, &key, base, &path, &request.headers).await;
+    let page =
+        crate::use_cases::package_cache::index_proxy::page(&state, &key, base, &path, &request.headers).await;
     let mut response = Response::new(Body::from(page.body));
     *response.status_mut() = page.status;
     if let Ok(value) = HeaderValue::from_str(&page.content_type) {

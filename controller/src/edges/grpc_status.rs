@@ -1,10 +1,15 @@
 //! How the gRPC edges answer the controller's own failures: a store that cannot be
 //! reached just now is UNAVAILABLE, which clients retry; anything else is INTERNAL.
+//! And the one place the use cases' typed errors become gRPC codes.
 
 use comfyfleet_config::text::Escaped;
 use tonic::Status;
 
 use crate::store::StoreError;
+use crate::use_cases::credentials::auth::CredentialError;
+use crate::use_cases::environments::RevisionError;
+use crate::use_cases::machines::MachineError;
+use crate::use_cases::rollouts::RolloutError;
 
 /// A failure of the controller's own, as the caller's status: UNAVAILABLE (clients
 /// retry) when the store cannot be reached just now, INTERNAL otherwise.
@@ -26,4 +31,77 @@ pub(crate) fn store_status(error: &StoreError) -> Status {
     }
     tracing::error!(error = %Escaped(&error), "internal error");
     Status::internal(error.to_string())
+}
+
+// The one mapping of the use cases' errors to gRPC codes. Each message is the
+// error's own text; what is the controller's fault is logged here (`internal`).
+
+impl From<MachineError> for Status {
+    fn from(error: MachineError) -> Self {
+        match error {
+            MachineError::Store(store) => store_status(&store),
+            MachineError::NoMachineStartsWith { .. } => Status::not_found(error.to_string()),
+            MachineError::Revoked { .. } => Status::failed_precondition(error.to_string()),
+            MachineError::NoMachineGiven
+            | MachineError::SeveralMachinesMatch { .. }
+            | MachineError::TooManyNamed { .. } => Status::invalid_argument(error.to_string()),
+        }
+    }
+}
+
+impl From<RevisionError> for Status {
+    fn from(error: RevisionError) -> Self {
+        match error {
+            RevisionError::Store(store) => store_status(&store),
+            RevisionError::SourceSecrets(inner) => internal(inner),
+            RevisionError::StoredRevisionUnparsable { .. } => internal(error),
+            RevisionError::SourceCredentialsRefused(_) => Status::failed_precondition(error.to_string()),
+            RevisionError::UnknownEnvironment { .. }
+            | RevisionError::NoRevisionNumbered { .. }
+            | RevisionError::NoRevisionWithPrefix { .. } => Status::not_found(error.to_string()),
+            RevisionError::NoEnvironmentName
+            | RevisionError::NotARevision { .. }
+            | RevisionError::SeveralRevisionsMatch { .. } => Status::invalid_argument(error.to_string()),
+        }
+    }
+}
+
+impl From<RolloutError> for Status {
+    fn from(error: RolloutError) -> Self {
+        match error {
+            RolloutError::Store(store) => store_status(&store),
+            RolloutError::Machines(inner) => inner.into(),
+            RolloutError::Revisions(inner) => inner.into(),
+            RolloutError::Internal(message) => internal(message),
+            RolloutError::EngineStopped | RolloutError::NotLeading | RolloutError::LeadLost(_) => {
+                Status::unavailable(error.to_string())
+            }
+            RolloutError::NoSuchRollout { .. }
+            | RolloutError::NoRolloutYet
+            | RolloutError::NoRolloutOf { .. }
+            | RolloutError::Gone { .. } => Status::not_found(error.to_string()),
+            RolloutError::NotOpen { .. }
+            | RolloutError::NothingToUndo { .. }
+            | RolloutError::NoEarlierRevision { .. }
+            | RolloutError::AlreadyRolledOut { .. } => Status::failed_precondition(error.to_string()),
+            RolloutError::BadPolicy { .. }
+            | RolloutError::NoProgressDeadline
+            | RolloutError::PolicyLetsNoneThrough { .. }
+            | RolloutError::NoRolloutNamed { .. }
+            | RolloutError::DeceptiveReason(_)
+            | RolloutError::ReasonTooLong => Status::invalid_argument(error.to_string()),
+        }
+    }
+}
+
+impl From<CredentialError> for Status {
+    fn from(error: CredentialError) -> Self {
+        match error {
+            CredentialError::Store(store) => store_status(&store),
+            CredentialError::RoleTooLow { .. } => Status::permission_denied(error.to_string()),
+            CredentialError::Malformed(_) | CredentialError::NotValidHere { .. } => {
+                Status::unauthenticated(error.to_string())
+            }
+        }
+    }
 }

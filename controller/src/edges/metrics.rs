@@ -21,8 +21,8 @@ use tokio::time::Instant;
 mod fleet;
 
 use crate::counters::label::label;
-use fleet::{fleet_registry, gauge, rollout_registry};
 use crate::use_cases::ControllerState;
+use fleet::{fleet_registry, gauge, rollout_registry};
 
 /// How long a built page is served before the next scrape builds another. Below any
 /// sensible scrape interval, so each Prometheus sees fresh values.
@@ -41,7 +41,9 @@ pub struct Page {
 /// The whole page, in OpenMetrics text.
 pub async fn render(state: &ControllerState) -> Result<String, String> {
     let started = std::time::Instant::now();
-    let machines = crate::use_cases::machines::fleet_view::machines(state, None, true).await.map_err(|error| error.to_string())?;
+    let machines = crate::use_cases::machines::fleet_view::machines(state, None, true)
+        .await
+        .map_err(|error| error.to_string())?;
     let mut registry = Registry::default();
     fleet_registry(&mut registry, &machines);
     registry.register(

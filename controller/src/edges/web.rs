@@ -27,8 +27,11 @@ use comfyfleet_proto::v1 as pb;
 use maud::{DOCTYPE, Markup, html};
 use serde::Deserialize;
 
-use crate::use_cases::machines::fleet_view::{self, FleetMachine};
+use crate::edges::operator_grpc::rollout_api::{event_to_wire, rollout_to_wire};
 use crate::use_cases::ControllerState;
+use crate::use_cases::machines::fleet_view::{self, FleetMachine};
+use crate::use_cases::machines::lookup::{machine_record, resolve_machine};
+use crate::use_cases::rollouts::api;
 
 mod pages;
 mod sessions;
@@ -199,6 +202,12 @@ fn layout(title: &str, viewer: Option<&Viewer>, content: Markup) -> Html<String>
 }
 
 /// An error page that keeps the frame.
+/// What the page says of a use case's error: its text, as the operators' API says
+/// it (a controller fault logged, an unreachable database said so).
+fn message(error: impl Into<tonic::Status>) -> String {
+    error.into().message().to_owned()
+}
+
 fn problem(viewer: &Viewer, status: StatusCode, message: &str) -> Response {
     (status, layout("Problem", Some(viewer), html! { p.error { (message) } })).into_response()
 }

@@ -3,9 +3,9 @@
 //! the rules (what makes a join token usable) are pure functions they call.
 
 mod metered;
-pub mod rollout_model;
 mod pool_hygiene;
 mod postgres;
+pub mod rollout_model;
 mod rows;
 mod sqlite;
 #[cfg(test)]

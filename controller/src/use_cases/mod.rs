@@ -22,12 +22,12 @@ use std::time::Duration;
 use comfyfleet_config::text::Escaped;
 use jiff::Timestamp;
 
-use crate::use_cases::environments::desired_state::SpecCache;
-use crate::use_cases::credentials::pki::CertificateAuthority;
-use crate::use_cases::presence::Presence;
-use crate::use_cases::rollouts::report_writer::ReportWriter;
-use crate::use_cases::rollouts::Rollouts;
 use crate::store::Store;
+use crate::use_cases::credentials::pki::CertificateAuthority;
+use crate::use_cases::environments::desired_state::SpecCache;
+use crate::use_cases::presence::Presence;
+use crate::use_cases::rollouts::Rollouts;
+use crate::use_cases::rollouts::report_writer::ReportWriter;
 
 #[derive(Debug, Clone)]
 pub struct Settings {

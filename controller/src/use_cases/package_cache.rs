@@ -36,8 +36,8 @@ use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
 use tokio::sync::watch;
 
-use crate::use_cases::sources::source_policy::SourcePolicy;
 use crate::store::{PackageFile, Store};
+use crate::use_cases::sources::source_policy::SourcePolicy;
 use crate::use_cases::sources::upstream_client::{UpstreamClient, detail, unreachable};
 
 /// Bytes of an unverified download that are held back from waiting agents.
@@ -456,9 +456,10 @@ impl PackageCache {
                 continue;
             };
             // What could be read is kept; a lock that cannot be is `cache fill`'s error.
-            let found = crate::use_cases::environments::revision_files::revision_files(self.store.as_ref(), &spec)
-                .await
-                .map_err(|error| error.to_string())?;
+            let found =
+                crate::use_cases::environments::revision_files::revision_files(self.store.as_ref(), &spec)
+                    .await
+                    .map_err(|error| error.to_string())?;
             needed.extend(found.files.into_keys());
         }
         Ok(needed)

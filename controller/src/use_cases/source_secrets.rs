@@ -21,8 +21,8 @@ use comfyfleet_config::source_credentials::{
 };
 use jiff::Timestamp;
 
-use crate::use_cases::credentials::fleet_secrets::{FleetSecretsError, SecretsKey};
 use crate::store::Store;
+use crate::use_cases::credentials::fleet_secrets::{FleetSecretsError, SecretsKey};
 
 /// Store names of source credentials: `source/NAME` (the CA is `ca`).
 const PREFIX: &str = "source/";

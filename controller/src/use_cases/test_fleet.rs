@@ -10,12 +10,13 @@ use comfyfleet_proto::v1::fleet_service_server::FleetService;
 use jiff::Timestamp;
 use tonic::{Request, Status};
 
-use crate::edges::operator_grpc::fleet_service::{FleetApi, mint_credential};
+use crate::edges::operator_grpc::fleet_service::FleetApi;
+use crate::store::{JoinTokenRecord, NewMachine, SqliteStore};
+use crate::use_cases::credentials::auth::mint_credential;
 use crate::use_cases::credentials::pki::CertificateAuthority;
 use crate::use_cases::presence::Presence;
 use crate::use_cases::sources::source_policy::SourcePolicy;
 use crate::use_cases::{ControllerState, Settings};
-use crate::store::{JoinTokenRecord, NewMachine, SqliteStore};
 
 const PROFILES: &str = include_str!("../../../tests/fixtures/gpu-profiles.json");
 const TOKEN_ID: &str = "0123456789ab";
@@ -36,11 +37,15 @@ impl TestFleet {
         let metrics = crate::counters::Metrics::default();
         let store: Arc<dyn crate::store::Store> =
             Arc::new(crate::store::MeteredStore { inner: store, metrics: metrics.clone() });
-        let reports = crate::use_cases::rollouts::report_writer::ReportWriter::spawn(store.clone(), rollouts.clone());
+        let reports =
+            crate::use_cases::rollouts::report_writer::ReportWriter::spawn(store.clone(), rollouts.clone());
         let store_for_cache = store.clone();
         let source_secrets = Arc::new(crate::use_cases::source_secrets::SourceSecrets::new(
             store.clone(),
-            crate::use_cases::credentials::fleet_secrets::SecretsKey::load_or_create(&dir.path().join("secrets.key")).unwrap(),
+            crate::use_cases::credentials::fleet_secrets::SecretsKey::load_or_create(
+                &dir.path().join("secrets.key"),
+            )
+            .unwrap(),
             "0123456789abcdef0123456789abcdef".into(),
         ));
         let ca = Arc::new(CertificateAuthority::load_or_create(dir.path()).unwrap());
@@ -90,7 +95,10 @@ impl TestFleet {
                     SourcePolicy::permissive(),
                     Default::default(),
                 ),
-                upstream: crate::use_cases::sources::upstream_client::UpstreamClient::new(SourcePolicy::permissive()).unwrap(),
+                upstream: crate::use_cases::sources::upstream_client::UpstreamClient::new(
+                    SourcePolicy::permissive(),
+                )
+                .unwrap(),
             },
             metrics,
             fleet_id: "0123456789abcdef0123456789abcdef".into(),

@@ -1,7 +1,7 @@
 use super::*;
-use crate::use_cases::credentials::fleet_identity::establish;
 use crate::app::retention::{Retention, prune_once};
 use crate::store::{CredentialRecord, Prunable};
+use crate::use_cases::credentials::fleet_identity::establish;
 use comfyfleet_config::Role;
 
 fn credential(id: &str) -> CredentialRecord {

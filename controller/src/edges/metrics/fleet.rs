@@ -10,8 +10,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
 use crate::counters::label::{LabelValue, Labels, label};
-use crate::use_cases::machines::fleet_view::FleetMachine;
 use crate::use_cases::ControllerState;
+use crate::use_cases::machines::fleet_view::FleetMachine;
 
 pub(super) fn gauge(value: i64) -> Gauge {
     let gauge = Gauge::default();
@@ -155,7 +155,9 @@ pub(super) fn fleet_registry(registry: &mut Registry, machines: &[FleetMachine])
 
 /// Open rollouts' progress.
 pub(super) async fn rollout_registry(state: &ControllerState, registry: &mut Registry) -> Result<(), String> {
-    let rollouts = crate::use_cases::rollouts::api::open(state).await.map_err(|status| status.message().to_owned())?;
+    let rollouts = crate::edges::operator_grpc::rollout_api::open(state)
+        .await
+        .map_err(|status| status.message().to_owned())?;
     let machines = Family::<Labels, Gauge>::default();
     let unavailable = Family::<Labels, Gauge>::default();
     let failures = Family::<Labels, Gauge>::default();

@@ -10,12 +10,12 @@ use futures_util::StreamExt;
 use tokio::sync::mpsc;
 use tonic::Status;
 
-use crate::use_cases::credentials::auth::Caller;
-use crate::edges::operator_grpc::environment_service::find_revision;
-use crate::edges::operator_grpc::fleet_service::internal;
-use crate::use_cases::package_cache::{CacheStatus, Opened, State};
-use crate::use_cases::ControllerState;
+use crate::edges::grpc_status::internal;
 use crate::store::PackageFile;
+use crate::use_cases::ControllerState;
+use crate::use_cases::credentials::auth::Caller;
+use crate::use_cases::environments::revisions::{find_revision, source_credentials};
+use crate::use_cases::package_cache::{CacheStatus, Opened, State};
 
 /// Upstream downloads a fill runs at once.
 const FILL_PARALLEL: usize = 4;
@@ -56,7 +56,9 @@ async fn revision_files(
     state: &ControllerState,
     spec: &Spec,
 ) -> Result<(Vec<PackageFile>, Vec<(String, String)>), Status> {
-    let found = crate::use_cases::environments::revision_files::revision_files(state.store.as_ref(), spec).await.map_err(internal)?;
+    let found = crate::use_cases::environments::revision_files::revision_files(state.store.as_ref(), spec)
+        .await
+        .map_err(internal)?;
     if !found.problems.is_empty() {
         return Err(Status::internal(found.problems.join("; ")));
     }
@@ -78,7 +80,7 @@ pub async fn fill(
     let spec = Spec::parse("stored spec", &revision.spec_json, SpecFormat::Json)
         .map_err(|errors| Status::internal(format!("a stored revision does not parse: {errors}")))?;
     let (files, git) = revision_files(&state, &spec).await?;
-    let credentials = crate::edges::operator_grpc::environment_service::source_credentials(&state, &spec).await?;
+    let credentials = source_credentials(&state, &spec).await?;
     let target = format!("{}@{}", revision.environment, revision.number);
     state.audit(&caller.actor(), "cache.fill", &target, &format!("{} files", files.len())).await;
     let (sender, receiver) = mpsc::channel(64);
@@ -99,9 +101,11 @@ pub async fn fill(
             progress.current = format!("{url} at {}", &commit[..commit.len().min(12)]);
             let _ = sender.send(Ok(progress.clone())).await;
             let made = match state.mirror.ensure(url, commit, &credentials).await {
-                Ok(_) => {
-                    state.mirror.bundle(&crate::use_cases::sources::git_mirror::repository_key(url), commit).await.map(|_| ())
-                }
+                Ok(_) => state
+                    .mirror
+                    .bundle(&crate::use_cases::sources::git_mirror::repository_key(url), commit)
+                    .await
+                    .map(|_| ()),
                 Err(error) => Err(error),
             };
             if let Err(error) = made {

@@ -14,18 +14,17 @@ use comfyfleet_proto::{spec_format_from_wire, timestamp_to_wire};
 use jiff::Timestamp;
 use tonic::Status;
 
+use crate::edges::grpc_status::internal;
+use crate::store::{EnvironmentSummary, NewRevision, StoredRevision};
+use crate::use_cases::ControllerState;
 use crate::use_cases::credentials::auth::Caller;
-use crate::edges::operator_grpc::fleet_service::internal;
+use crate::use_cases::environments::RevisionError;
 use crate::use_cases::environments::git_pin::{self, GitPin};
 use crate::use_cases::environments::locking;
-use crate::use_cases::ControllerState;
-use crate::store::{EnvironmentSummary, NewRevision, StoredRevision};
+#[cfg(test)]
+use crate::use_cases::environments::revisions::RevisionSelector;
+use crate::use_cases::environments::revisions::{check_environment_name, find_revision, source_credentials};
 
-const MAX_ENVIRONMENT_NAME: usize = 64;
-/// Shorter id prefixes match too much to be worth typing.
-const MIN_ID_PREFIX: usize = 4;
-/// Candidates named when an id prefix matches several revisions.
-const CANDIDATES_SHOWN: usize = 10;
 /// Longer file names are not a name anyone typed; messages call the spec "spec".
 const MAX_FILE_NAME: usize = 4096;
 
@@ -61,10 +60,12 @@ async fn apply_spec(
     }
     let format = spec_format(request.format, &request.file_name, &request.spec)?;
     let (name, text) = (file.to_owned(), request.spec);
-    let mut spec = crate::use_cases::environments::cpu_work::run("checking the spec", move || Spec::parse(&name, &text, format))
-        .await
-        .map_err(internal)?
-        .map_err(|errors| Status::invalid_argument(errors.to_string()))?;
+    let mut spec = crate::use_cases::environments::cpu_work::run("checking the spec", move || {
+        Spec::parse(&name, &text, format)
+    })
+    .await
+    .map_err(internal)?
+    .map_err(|errors| Status::invalid_argument(errors.to_string()))?;
     attempt.environment = Some(spec.name.clone());
     attempt.credentials = credential_names(&spec);
     // Nothing is asked of a source the policy refuses, not even its refs.
@@ -130,18 +131,6 @@ async fn refuse_sources(state: &ControllerState, spec: &Spec) -> Result<(), Stat
     )))
 }
 
-/// The stored credentials `spec` names, bound to its sources; a name the
-/// controller does not have, or one named for an origin its secret is not bound to,
-/// is refused with what to do.
-pub async fn source_credentials(state: &ControllerState, spec: &Spec) -> Result<SourceCredentials, Status> {
-    state.source_secrets.for_spec(spec).await.map_err(|error| match error {
-        crate::use_cases::source_secrets::SourceSecretsError::Refused(_) => {
-            Status::failed_precondition(error.to_string())
-        }
-        other => internal(other),
-    })
-}
-
 /// Locks the classes the targeted fleet needs, the spec's `lock.classes` and the
 /// requested ones (every allowed CUDA build on x86_64 when that is none), and names
 /// the locks in the spec.
@@ -151,17 +140,18 @@ async fn lock_applied(
     requested: Vec<String>,
     credentials: &SourceCredentials,
 ) -> Result<locking::Locked, Status> {
-    let machines: Vec<_> = crate::edges::operator_grpc::rollout_service::fleet(state)
+    let machines: Vec<_> = crate::use_cases::machines::lookup::fleet(state)
         .await?
         .into_iter()
-        .map(|machine| crate::edges::operator_grpc::fleet_service::machine_record(&state.presence, machine))
+        .map(|machine| crate::use_cases::machines::lookup::machine_record(&state.presence, machine))
         .collect();
     let planned = spec.clone();
-    let mut classes = crate::use_cases::environments::cpu_work::run("planning the fleet's build classes", move || {
-        locking::fleet_classes(&planned, &machines)
-    })
-    .await
-    .map_err(internal)?;
+    let mut classes =
+        crate::use_cases::environments::cpu_work::run("planning the fleet's build classes", move || {
+            locking::fleet_classes(&planned, &machines)
+        })
+        .await
+        .map_err(internal)?;
     classes.extend(spec.lock.classes.iter().cloned());
     classes.extend(requested);
     if classes.is_empty() {
@@ -300,7 +290,7 @@ pub async fn history(
     check_environment_name(&name)?;
     let revisions = state.store.environment_revisions(&name).await.map_err(internal)?;
     if revisions.is_empty() {
-        return Err(unknown_environment(&name));
+        return Err(RevisionError::UnknownEnvironment { name }.into());
     }
     Ok(pb::ListEnvironmentRevisionsResponse { revisions: revisions.iter().map(revision_to_wire).collect() })
 }
@@ -314,137 +304,6 @@ pub async fn get(
     let mut wire = revision_to_wire(&revision);
     wire.locks = locks_to_wire(state, &revision).await?;
     Ok(wire)
-}
-
-/// The revision `revision` names in environment `name`: "" for the latest, a number,
-/// or a unique prefix of its id. Every call that names a revision resolves it here.
-pub async fn find_revision(
-    state: &ControllerState,
-    name: &str,
-    revision: &str,
-) -> Result<StoredRevision, Status> {
-    check_environment_name(name)?;
-    let selector = RevisionSelector::parse(revision)?;
-    let latest = state
-        .store
-        .latest_environment_revision(name)
-        .await
-        .map_err(internal)?
-        .ok_or_else(|| unknown_environment(name))?;
-    let revision = match selector {
-        RevisionSelector::Latest => latest,
-        RevisionSelector::Number(number) if number == latest.number => latest,
-        RevisionSelector::Number(number) => {
-            match state.store.environment_revision(name, number).await.map_err(internal)? {
-                Some(revision) => revision,
-                // An id prefix can be all decimal digits (`11295557`): a number that
-                // names no revision may still be the start of exactly one id.
-                None => match digits_as_id_prefix(state, name, revision).await? {
-                    Some(revision) => revision,
-                    None => {
-                        let (shown, newest) = (printable(name), latest.number);
-                        return Err(Status::not_found(format!(
-                            "environment {shown} has no revision {number}; its revisions are 1 to {newest} \
-                             (`comfyfleet env history {shown}` lists them)"
-                        )));
-                    }
-                },
-            }
-        }
-        RevisionSelector::IdPrefix(prefix) => {
-            let limit = u32::try_from(CANDIDATES_SHOWN + 1).unwrap_or(u32::MAX);
-            let mut matches =
-                state.store.find_environment_revisions(name, &prefix, limit).await.map_err(internal)?;
-            match matches.len() {
-                0 => {
-                    let shown = printable(name);
-                    return Err(Status::not_found(format!(
-                        "no revision of environment {shown} has an id starting with `{prefix}` \
-                         (`comfyfleet env history {shown}` lists them)"
-                    )));
-                }
-                1 => matches.remove(0),
-                _ => return Err(ambiguous_prefix(name, &prefix, &matches)),
-            }
-        }
-    };
-    Ok(revision)
-}
-
-/// The one revision whose id starts with `digits`, if they are long enough to be a prefix.
-async fn digits_as_id_prefix(
-    state: &ControllerState,
-    name: &str,
-    digits: &str,
-) -> Result<Option<StoredRevision>, Status> {
-    if digits.len() < MIN_ID_PREFIX || digits.len() > 64 {
-        return Ok(None);
-    }
-    let mut matches = state.store.find_environment_revisions(name, digits, 2).await.map_err(internal)?;
-    Ok(if matches.len() == 1 { matches.pop() } else { None })
-}
-
-/// Which revision a `GetEnvironmentRevision` asks for.
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum RevisionSelector {
-    Latest,
-    Number(u32),
-    /// Lowercase hex, [`MIN_ID_PREFIX`] to 64 digits.
-    IdPrefix(String),
-}
-
-impl RevisionSelector {
-    fn parse(text: &str) -> Result<Self, Status> {
-        if text.is_empty() {
-            return Ok(Self::Latest);
-        }
-        if text.bytes().all(|b| b.is_ascii_digit())
-            && let Ok(number) = text.parse()
-        {
-            // Also tried as an id prefix when no revision has that number.
-            return Ok(Self::Number(number));
-        }
-        let is_prefix =
-            (MIN_ID_PREFIX..=64).contains(&text.len()) && text.bytes().all(|b| b.is_ascii_hexdigit());
-        if is_prefix {
-            return Ok(Self::IdPrefix(text.to_ascii_lowercase()));
-        }
-        Err(Status::invalid_argument(format!(
-            "`{}` is not a revision: give its number (3), at least {MIN_ID_PREFIX} hex digits of its id, or \
-             nothing for the latest",
-            printable(text)
-        )))
-    }
-}
-
-fn ambiguous_prefix(name: &str, prefix: &str, matches: &[StoredRevision]) -> Status {
-    let mut candidates: Vec<String> = matches
-        .iter()
-        .take(CANDIDATES_SHOWN)
-        .map(|revision| format!("{} ({})", revision.number, revision.id.short()))
-        .collect();
-    if matches.len() > CANDIDATES_SHOWN {
-        candidates.push("…".to_owned());
-    }
-    Status::invalid_argument(format!(
-        "`{prefix}` matches several revisions of environment {}: {}; give more digits of the id, or the \
-         revision number",
-        printable(name),
-        candidates.join(", ")
-    ))
-}
-
-fn check_environment_name(name: &str) -> Result<(), Status> {
-    if name.is_empty() || name.len() > MAX_ENVIRONMENT_NAME {
-        return Err(Status::invalid_argument(
-            "give an environment name (1 to 64 bytes); `comfyfleet env list` shows them",
-        ));
-    }
-    Ok(())
-}
-
-fn unknown_environment(name: &str) -> Status {
-    Status::not_found(format!("no environment {}; `comfyfleet env list` shows them", printable(name)))
 }
 
 /// How messages name the spec: the file name the client sent, if it is a plausible one.

@@ -11,18 +11,20 @@ use comfyfleet_config::fleet_report::ReportKind;
 use comfyfleet_config::labels::validate_key;
 use comfyfleet_config::source_credentials::SourceSecret;
 use comfyfleet_config::text::Escaped;
-use comfyfleet_config::{JoinToken, MachineId, MachineRecord, OperatorCredential, Role};
+use comfyfleet_config::{JoinToken, MachineId, MachineRecord, Role};
 use comfyfleet_proto::v1 as pb;
 use comfyfleet_proto::{labels_from_wire, labels_to_wire, role_from_wire, timestamp_to_wire};
 use jiff::{SignedDuration, Timestamp};
 use tonic::{Request, Response, Status};
 
-use crate::use_cases::credentials::auth::{Caller, authenticate};
-use crate::use_cases::presence::{KickReason, Presence};
+use super::authenticate;
+use super::{cache_service, environment_service, rollout_api, rollout_service};
+use crate::store::{AuditEntry, CredentialRecord, JoinTokenRecord, StoredMachine, audited};
 use crate::use_cases::ControllerState;
-use crate::store::{AuditEntry, CredentialRecord, JoinTokenRecord, Store, StoredMachine, audited};
-use crate::edges::operator_grpc::{cache_service, environment_service, rollout_service};
+use crate::use_cases::credentials::auth::{Caller, mint_credential};
 use crate::use_cases::credentials::secrets;
+use crate::use_cases::machines::lookup::{machine_record, resolve_machine};
+use crate::use_cases::presence::KickReason;
 use crate::use_cases::rollouts;
 
 const DEFAULT_PAGE: u32 = 200;
@@ -49,57 +51,7 @@ impl FleetApi {
     }
 
     async fn resolve_machine(&self, text: &str) -> Result<StoredMachine, Status> {
-        resolve_machine(self.state.store.as_ref(), text).await
-    }
-}
-
-/// A stored machine as operators see it: online while it has a live session here.
-pub(crate) fn machine_record(presence: &Presence, machine: StoredMachine) -> MachineRecord {
-    let labels = machine.effective_labels();
-    let live_seen = presence.last_seen(&machine.id);
-    let live = machine.revoked_at.is_none() && live_seen.is_some();
-    let last_seen = live_seen.or(machine.last_seen);
-    MachineRecord {
-        labels,
-        online: live,
-        last_seen,
-        id: machine.id,
-        hostname: machine.hostname,
-        enrolled_at: machine.enrolled_at,
-        revoked_at: machine.revoked_at,
-        operator_labels: machine.operator_labels,
-        token_labels: machine.token_labels,
-        inventory: machine.inventory,
-        inventory_updated_at: machine.inventory_updated_at,
-        agent_version: machine.agent_version,
-        remote_address: machine.remote_address,
-        join_token_id: machine.join_token_id,
-        assignment: machine.assignment,
-        report: machine.report,
-    }
-}
-
-/// The one machine whose id is `text` or starts with it.
-pub(crate) async fn resolve_machine(store: &dyn Store, text: &str) -> Result<StoredMachine, Status> {
-    if text.is_empty() || text.len() > MachineId::MAX_LEN {
-        return Err(Status::invalid_argument("give a machine id (or a unique prefix of one)"));
-    }
-    let mut matches = store.find_machines(text, 6).await.map_err(internal)?;
-    if let Some(exact) = matches.iter().position(|machine| machine.id.as_str() == text) {
-        return Ok(matches.swap_remove(exact));
-    }
-    match matches.len() {
-        0 => {
-            Err(Status::not_found(format!("no machine id starts with `{text}` (see `comfyfleet machines`)")))
-        }
-        1 => Ok(matches.remove(0)),
-        _ => {
-            let ids: Vec<_> = matches.iter().map(|machine| machine.id.as_str()).collect();
-            Err(Status::invalid_argument(format!(
-                "`{text}` matches several machines ({}); give more characters",
-                ids.join(", ")
-            )))
-        }
+        Ok(resolve_machine(self.state.store.as_ref(), text).await?)
     }
 }
 
@@ -114,7 +66,7 @@ fn without_output_tails(mut record: MachineRecord) -> MachineRecord {
     record
 }
 
-pub(crate) use crate::edges::grpc_status::internal;
+use crate::edges::grpc_status::internal;
 
 fn join_token_to_wire(token: &JoinTokenRecord) -> pb::JoinToken {
     pb::JoinToken {
@@ -172,34 +124,6 @@ fn check_credential_name(name: &str) -> Result<(), Status> {
             "a credential name is 1 to 64 letters, digits, `-`, `_`, `.` or `@` (e.g. ci-reader)",
         ))
     }
-}
-
-/// Mints a credential and stores its digest; returns the secret text, shown once.
-/// Makes a credential, audited (`credential.create` by `created_by`, `note` after the
-/// name and role) in the same transaction.
-pub async fn mint_credential(
-    state: &ControllerState,
-    name: &str,
-    role: Role,
-    created_by: &str,
-    note: &str,
-) -> Result<(OperatorCredential, CredentialRecord), crate::store::StoreError> {
-    let id = secrets::new_token_id();
-    let secret = secrets::new_secret();
-    let record = CredentialRecord {
-        id: id.clone(),
-        name: name.to_owned(),
-        role,
-        secret_sha256: secrets::digest(&secret),
-        created_at: Timestamp::now(),
-        revoked_at: None,
-        created_by: created_by.to_owned(),
-    };
-    let entry = AuditEntry::new(created_by, "credential.create", &id, format!("{name} as {role}{note}"));
-    audited(entry, state.store.create_credential(&record)).await?;
-    let credential = OperatorCredential::new(&id, &secret)
-        .map_err(|e| crate::store::StoreError::Corrupt { what: "new credential", detail: e.to_string() })?;
-    Ok((credential, record))
 }
 
 #[tonic::async_trait]
@@ -348,11 +272,17 @@ impl pb::fleet_service_server::FleetService for FleetApi {
                     .map_err(|_| Status::invalid_argument("page_token is not one we issued"))?,
             ),
         };
-        let selector = crate::use_cases::machines::fleet_view::query(&request.selector).map_err(Status::invalid_argument)?;
-        let (page, next) =
-            crate::use_cases::machines::fleet_view::page(&self.state, selector.as_ref(), after, limit, request.include_revoked)
-                .await
-                .map_err(internal)?;
+        let selector = crate::use_cases::machines::fleet_view::query(&request.selector)
+            .map_err(Status::invalid_argument)?;
+        let (page, next) = crate::use_cases::machines::fleet_view::page(
+            &self.state,
+            selector.as_ref(),
+            after,
+            limit,
+            request.include_revoked,
+        )
+        .await
+        .map_err(internal)?;
         let next_page_token = next.map(|id| id.to_string()).unwrap_or_default();
         let machines = page
             .into_iter()
@@ -580,9 +510,11 @@ impl pb::fleet_service_server::FleetService for FleetApi {
         self.caller(&request, Role::Viewer).await?;
         let request = request.into_inner();
         let kind: ReportKind = request.report.parse().map_err(Status::invalid_argument)?;
-        let selector = crate::use_cases::machines::fleet_view::query(&request.selector).map_err(Status::invalid_argument)?;
-        let report =
-            crate::use_cases::machines::fleet_view::report(&self.state, kind, selector.as_ref()).await.map_err(internal)?;
+        let selector = crate::use_cases::machines::fleet_view::query(&request.selector)
+            .map_err(Status::invalid_argument)?;
+        let report = crate::use_cases::machines::fleet_view::report(&self.state, kind, selector.as_ref())
+            .await
+            .map_err(internal)?;
         let report_json = serde_json::to_string(&report).map_err(internal)?;
         Ok(Response::new(pb::FleetReport { report_json }))
     }
@@ -649,7 +581,7 @@ impl pb::fleet_service_server::FleetService for FleetApi {
         request: Request<pb::StartRolloutRequest>,
     ) -> Result<Response<pb::StartRolloutResponse>, Status> {
         let caller = self.caller(&request, Role::Operator).await?;
-        rollouts::api::start(&self.state, &caller, request.into_inner()).await.map(Response::new)
+        rollout_api::start(&self.state, &caller, request.into_inner()).await.map(Response::new)
     }
 
     async fn rollback_machine(
@@ -665,7 +597,7 @@ impl pb::fleet_service_server::FleetService for FleetApi {
         request: Request<pb::GetRolloutRequest>,
     ) -> Result<Response<pb::Rollout>, Status> {
         self.caller(&request, Role::Viewer).await?;
-        rollouts::api::get(&self.state, request.into_inner()).await.map(Response::new)
+        rollout_api::get(&self.state, request.into_inner()).await.map(Response::new)
     }
 
     async fn list_rollouts(
@@ -673,7 +605,7 @@ impl pb::fleet_service_server::FleetService for FleetApi {
         request: Request<pb::ListRolloutsRequest>,
     ) -> Result<Response<pb::ListRolloutsResponse>, Status> {
         self.caller(&request, Role::Viewer).await?;
-        rollouts::api::list(&self.state, request.into_inner()).await.map(Response::new)
+        rollout_api::list(&self.state, request.into_inner()).await.map(Response::new)
     }
 
     async fn list_rollout_events(
@@ -681,7 +613,7 @@ impl pb::fleet_service_server::FleetService for FleetApi {
         request: Request<pb::ListRolloutEventsRequest>,
     ) -> Result<Response<pb::ListRolloutEventsResponse>, Status> {
         self.caller(&request, Role::Viewer).await?;
-        rollouts::api::events(&self.state, request.into_inner()).await.map(Response::new)
+        rollout_api::events(&self.state, request.into_inner()).await.map(Response::new)
     }
 
     async fn pause_rollout(
@@ -689,7 +621,7 @@ impl pb::fleet_service_server::FleetService for FleetApi {
         request: Request<pb::RolloutActionRequest>,
     ) -> Result<Response<pb::Rollout>, Status> {
         let caller = self.caller(&request, Role::Operator).await?;
-        rollouts::api::act(&self.state, &caller, rollouts::Command::Pause, request.into_inner())
+        rollout_api::act(&self.state, &caller, rollouts::Command::Pause, request.into_inner())
             .await
             .map(Response::new)
     }
@@ -699,7 +631,7 @@ impl pb::fleet_service_server::FleetService for FleetApi {
         request: Request<pb::RolloutActionRequest>,
     ) -> Result<Response<pb::Rollout>, Status> {
         let caller = self.caller(&request, Role::Operator).await?;
-        rollouts::api::act(&self.state, &caller, rollouts::Command::Resume, request.into_inner())
+        rollout_api::act(&self.state, &caller, rollouts::Command::Resume, request.into_inner())
             .await
             .map(Response::new)
     }
@@ -709,7 +641,7 @@ impl pb::fleet_service_server::FleetService for FleetApi {
         request: Request<pb::RolloutActionRequest>,
     ) -> Result<Response<pb::Rollout>, Status> {
         let caller = self.caller(&request, Role::Operator).await?;
-        rollouts::api::act(&self.state, &caller, rollouts::Command::Abort, request.into_inner())
+        rollout_api::act(&self.state, &caller, rollouts::Command::Abort, request.into_inner())
             .await
             .map(Response::new)
     }
@@ -719,7 +651,7 @@ impl pb::fleet_service_server::FleetService for FleetApi {
         request: Request<pb::UndoRolloutRequest>,
     ) -> Result<Response<pb::StartRolloutResponse>, Status> {
         let caller = self.caller(&request, Role::Operator).await?;
-        rollouts::api::undo(&self.state, &caller, request.into_inner()).await.map(Response::new)
+        rollout_api::undo(&self.state, &caller, request.into_inner()).await.map(Response::new)
     }
 }
 

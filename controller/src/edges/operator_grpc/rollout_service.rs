@@ -1,29 +1,24 @@
 //! Assigning one machine outside a rollout: `RollbackMachine` assigns a machine the
 //! environment it ran before its current one, which it still has on disk. The
 //! machine's live session is told at once; an offline machine gets its assignment
-//! when it reconnects. Also the fleet listings the rollout engine starts from.
+//! when it reconnects.
 //! `fleet_service` authenticates the caller and delegates here.
-
-use std::collections::HashSet;
 
 use comfyfleet_config::resolve::{MachinePlan, Resolver};
 use comfyfleet_config::spec::names::printable;
-use comfyfleet_config::spec::{Spec, SpecFormat};
 use comfyfleet_config::text::Escaped;
 use comfyfleet_config::{AssignmentReason, MachineFacts, MachineId, MachineRecord};
 use comfyfleet_proto::v1 as pb;
 use tonic::Status;
 
-use crate::use_cases::credentials::auth::Caller;
-use crate::edges::operator_grpc::environment_service::revision_to_wire;
-use crate::edges::operator_grpc::fleet_service::{internal, machine_record, resolve_machine};
+use super::environment_service::revision_to_wire;
+use crate::edges::grpc_status::internal;
+use crate::store::{NewAssignment, StoredAssignment, StoredRevision};
 use crate::use_cases::ControllerState;
-use crate::store::{NewAssignment, StoredAssignment, StoredMachine, StoredRevision};
-
-/// Machines read from the store per page when a rollout targets the whole fleet.
-const PAGE: u32 = 500;
-/// More machine names than this in one call is a mistake, not a list.
-const MAX_NAMED: usize = 10_000;
+use crate::use_cases::credentials::auth::Caller;
+use crate::use_cases::environments::revisions::revision_spec;
+use crate::use_cases::machines::MachineError;
+use crate::use_cases::machines::lookup::{machine_record, resolve_machine};
 
 /// Assigns a machine the environment it ran before its current one.
 #[tracing::instrument(skip_all, fields(machine = %Escaped(&request.id)))]
@@ -35,7 +30,7 @@ pub async fn rollback(
     let machine = resolve_machine(state.store.as_ref(), &request.id).await?;
     let id = machine.id.clone();
     if machine.revoked_at.is_some() {
-        return Err(revoked(&id));
+        return Err(MachineError::Revoked { machine: id.clone() }.into());
     }
     let previous = machine
         .inventory
@@ -98,13 +93,6 @@ pub async fn rollback(
     })
 }
 
-/// The spec a stored revision holds (canonical JSON, itself a valid spec).
-pub(crate) fn revision_spec(revision: &StoredRevision) -> Result<Spec, Status> {
-    let name = format!("{}@{}", revision.environment, revision.number);
-    Spec::parse(&name, &revision.spec_json, SpecFormat::Json)
-        .map_err(|errors| internal(format!("stored revision {name} no longer parses: {errors}")))
-}
-
 async fn assign(
     state: &ControllerState,
     caller: &Caller,
@@ -123,51 +111,6 @@ async fn assign(
 fn notify(state: &ControllerState, record: &MachineRecord) -> bool {
     let here = state.presence.notify_assignment(&record.id);
     (here || state.presence.last_seen(&record.id).is_some()) && record.revoked_at.is_none()
-}
-
-fn revoked(id: &MachineId) -> Status {
-    Status::failed_precondition(format!(
-        "machine {id} is revoked; it can run nothing (see `comfyfleet machines --all`)"
-    ))
-}
-
-/// Every machine that is not revoked, in id order.
-pub(crate) async fn fleet(state: &ControllerState) -> Result<Vec<StoredMachine>, Status> {
-    let mut machines: Vec<StoredMachine> = Vec::new();
-    loop {
-        let after = machines.last().map(|machine| machine.id.clone());
-        let page = state.store.list_machines(after.as_ref(), PAGE, false).await.map_err(internal)?;
-        let full = page.len() == PAGE as usize;
-        machines.extend(page);
-        if !full {
-            return Ok(machines);
-        }
-    }
-}
-
-/// Exactly the machines named (ids or unique prefixes), each once, in the order given.
-pub(crate) async fn named_machines(
-    state: &ControllerState,
-    names: &[String],
-) -> Result<Vec<StoredMachine>, Status> {
-    if names.len() > MAX_NAMED {
-        return Err(Status::invalid_argument(format!(
-            "{} machines named; name at most {MAX_NAMED}, or none to target every machine the spec selects",
-            names.len()
-        )));
-    }
-    let mut seen = HashSet::new();
-    let mut machines = Vec::with_capacity(names.len());
-    for name in names {
-        let machine = resolve_machine(state.store.as_ref(), name.trim()).await?;
-        if machine.revoked_at.is_some() {
-            return Err(revoked(&machine.id));
-        }
-        if seen.insert(machine.id.clone()) {
-            machines.push(machine);
-        }
-    }
-    Ok(machines)
 }
 
 #[cfg(test)]

@@ -27,7 +27,10 @@ pub async fn overview(viewer: Viewer, State(web): State<Shared>) -> Response {
         .count();
     let gpu_report = report(ReportKind::Gpus, &machines);
     let environment_report = report(ReportKind::Environments, &machines);
-    let rollouts = crate::use_cases::rollouts::api::open(state).await.unwrap_or_default();
+    let rollouts: Vec<pb::Rollout> = crate::use_cases::rollouts::api::open(state)
+        .await
+        .map(|views| views.iter().map(rollout_to_wire).collect())
+        .unwrap_or_default();
     let content = html! {
         h1 { "Fleet" }
         section.cards {
@@ -149,11 +152,11 @@ pub async fn machines(
 
 pub async fn machine(viewer: Viewer, State(web): State<Shared>, Path(id): Path<String>) -> Response {
     let state = &web.state;
-    let stored = match crate::edges::operator_grpc::fleet_service::resolve_machine(state.store.as_ref(), &id).await {
+    let stored = match resolve_machine(state.store.as_ref(), &id).await {
         Ok(stored) => stored,
-        Err(status) => return problem(&viewer, StatusCode::NOT_FOUND, status.message()),
+        Err(error) => return problem(&viewer, StatusCode::NOT_FOUND, &message(error)),
     };
-    let machine = FleetMachine::new(crate::edges::operator_grpc::fleet_service::machine_record(&state.presence, stored));
+    let machine = FleetMachine::new(machine_record(&state.presence, stored));
     let record = &machine.record;
     let inventory = record.inventory.as_ref();
     let host = inventory.map(|inventory| &inventory.host);
@@ -318,10 +321,9 @@ pub async fn environment(viewer: Viewer, State(web): State<Shared>, Path(name): 
 }
 
 pub async fn rollouts(viewer: Viewer, State(web): State<Shared>) -> Response {
-    let request = pb::ListRolloutsRequest { environment: String::new(), limit: 50 };
-    let listed = match crate::use_cases::rollouts::api::list(&web.state, request).await {
-        Ok(listed) => listed.rollouts,
-        Err(status) => return problem(&viewer, StatusCode::INTERNAL_SERVER_ERROR, status.message()),
+    let listed: Vec<pb::Rollout> = match api::list(&web.state, "", 50).await {
+        Ok(listed) => listed.iter().map(rollout_to_wire).collect(),
+        Err(error) => return problem(&viewer, StatusCode::INTERNAL_SERVER_ERROR, &message(error)),
     };
     let content = html! {
         h1 { "Rollouts" }
@@ -333,18 +335,14 @@ pub async fn rollouts(viewer: Viewer, State(web): State<Shared>) -> Response {
 
 pub async fn rollout(viewer: Viewer, State(web): State<Shared>, Path(id): Path<String>) -> Response {
     let state = &web.state;
-    let request = pb::GetRolloutRequest { rollout: id.clone(), without_machines: false };
-    let rollout = match crate::use_cases::rollouts::api::get(state, request).await {
-        Ok(rollout) => rollout,
-        Err(status) => return problem(&viewer, StatusCode::NOT_FOUND, status.message()),
+    let rollout = match api::get(state, &id, true).await {
+        Ok(rollout) => rollout_to_wire(&rollout),
+        Err(error) => return problem(&viewer, StatusCode::NOT_FOUND, &message(error)),
     };
-    let events = crate::use_cases::rollouts::api::events(
-        state,
-        pb::ListRolloutEventsRequest { rollout: rollout.id.to_string(), after: 0, limit: 0 },
-    )
-    .await
-    .map(|events| events.events)
-    .unwrap_or_default();
+    let events: Vec<pb::RolloutEvent> = api::events(state, &rollout.id.to_string(), 0, 0)
+        .await
+        .map(|(_, events)| events.iter().map(event_to_wire).collect())
+        .unwrap_or_default();
     let last_event = events.last().map_or(0, |event| event.id);
     let counts = rollout.counts.unwrap_or_default();
     // At most ROLLOUT_MACHINES rows: failures first, then machines at work, then the rest.
@@ -445,18 +443,14 @@ pub async fn rollout_live(
     Query(query): Query<LiveQuery>,
 ) -> Response {
     let state = &web.state;
-    let request = pb::GetRolloutRequest { rollout: id.clone(), without_machines: true };
-    let rollout = match crate::use_cases::rollouts::api::get(state, request).await {
-        Ok(rollout) => rollout,
-        Err(status) => return (StatusCode::NOT_FOUND, status.message().to_owned()).into_response(),
+    let rollout = match api::get(state, &id, false).await {
+        Ok(rollout) => rollout_to_wire(&rollout),
+        Err(error) => return (StatusCode::NOT_FOUND, message(error)).into_response(),
     };
-    let events = crate::use_cases::rollouts::api::events(
-        state,
-        pb::ListRolloutEventsRequest { rollout: rollout.id.to_string(), after: query.after, limit: 200 },
-    )
-    .await
-    .map(|events| events.events)
-    .unwrap_or_default();
+    let events: Vec<pb::RolloutEvent> = api::events(state, &rollout.id.to_string(), query.after, 200)
+        .await
+        .map(|(_, events)| events.iter().map(event_to_wire).collect())
+        .unwrap_or_default();
     let counts = rollout.counts.unwrap_or_default();
     let body = serde_json::json!({
         "state": rollout_state(&rollout),

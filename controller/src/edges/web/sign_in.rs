@@ -121,7 +121,13 @@ pub(super) async fn login(
         return (StatusCode::TOO_MANY_REQUESTS, [(header::RETRY_AFTER, seconds.to_string())], page)
             .into_response();
     }
-    let caller = match crate::use_cases::credentials::auth::check_credential(web.state.store.as_ref(), form.credential.trim()).await {
+    let caller = match crate::use_cases::credentials::auth::check_credential(
+        web.state.store.as_ref(),
+        form.credential.trim(),
+    )
+    .await
+    .map_err(tonic::Status::from)
+    {
         Ok(caller) => caller,
         Err(status) if status.code() == tonic::Code::Internal => {
             tracing::error!(error = %Escaped(status.message()), "cannot check a web sign-in");

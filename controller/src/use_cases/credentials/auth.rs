@@ -1,13 +1,14 @@
 //! Who is calling the operator API, and whether their role allows the call.
 //!
-//! Operators send `authorization: Bearer cfo1.<id>.<secret>`. Only the secret's
-//! sha256 is stored; it is compared in constant time.
+//! Operators send `cfo1.<id>.<secret>` (the edges take it from their header or
+//! form). Only the secret's sha256 is stored; it is compared in constant time.
 
 use comfyfleet_config::{OperatorCredential, Role};
-use tonic::{Request, Status};
+use jiff::Timestamp;
 
+use crate::store::{AuditEntry, CredentialRecord, Store, StoreError, audited};
+use crate::use_cases::ControllerState;
 use crate::use_cases::credentials::secrets;
-use crate::store::Store;
 
 #[derive(Debug, Clone)]
 pub struct Caller {
@@ -16,60 +17,78 @@ pub struct Caller {
     pub role: Role,
 }
 
+/// Why a caller is refused.
+#[derive(Debug, thiserror::Error)]
+pub enum CredentialError {
+    /// The text is not a credential (the parser says why).
+    #[error("{0}")]
+    Malformed(String),
+    #[error(
+        "credential {id} is not valid on this controller (revoked, or issued by another controller); \
+         ask an admin for a new one (`comfyfleet credentials create`)"
+    )]
+    NotValidHere { id: String },
+    #[error("credential `{name}` has role {role}; this needs {needed} or higher")]
+    RoleTooLow { name: String, role: Role, needed: Role },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
 impl Caller {
     /// How the audit log names this caller.
     pub fn actor(&self) -> String {
         format!("{} ({})", self.name, self.credential_id)
     }
 
-    pub fn require(&self, needed: Role) -> Result<(), Status> {
+    pub fn require(&self, needed: Role) -> Result<(), CredentialError> {
         if self.role >= needed {
             Ok(())
         } else {
-            Err(Status::permission_denied(format!(
-                "credential `{}` has role {}; this needs {needed} or higher",
-                self.name, self.role
-            )))
+            Err(CredentialError::RoleTooLow { name: self.name.clone(), role: self.role, needed })
         }
     }
 }
 
-pub async fn authenticate<T>(store: &dyn Store, request: &Request<T>) -> Result<Caller, Status> {
-    let header = request.metadata().get("authorization").ok_or_else(|| {
-        Status::unauthenticated(
-            "no credential: run comfyfleet with --config FILE (the admin.toml the controller wrote) or set COMFYFLEET_CONFIG",
-        )
-    })?;
-    let text =
-        header.to_str().map_err(|_| Status::unauthenticated("the authorization header is not text"))?;
-    let token = text
-        .strip_prefix("Bearer ")
-        .ok_or_else(|| Status::unauthenticated("the authorization header must be `Bearer <credential>`"))?;
-    check_credential(store, token).await
-}
-
 /// The caller a credential (`cfo1.<id>.<secret>`) names, if it is valid here.
-pub async fn check_credential(store: &dyn Store, token: &str) -> Result<Caller, Status> {
+pub async fn check_credential(store: &dyn Store, token: &str) -> Result<Caller, CredentialError> {
     let credential: OperatorCredential =
         token.parse().map_err(|error: comfyfleet_config::credential::MalformedCredential| {
-            Status::unauthenticated(error.to_string())
+            CredentialError::Malformed(error.to_string())
         })?;
-    let rejected = || {
-        Status::unauthenticated(format!(
-            "credential {} is not valid on this controller (revoked, or issued by another controller); \
-             ask an admin for a new one (`comfyfleet credentials create`)",
-            credential.id()
-        ))
-    };
-    let record = store
-        .get_credential(credential.id())
-        .await
-        .map_err(|error| crate::edges::grpc_status::store_status(&error))?
-        .ok_or_else(rejected)?;
+    let rejected = || CredentialError::NotValidHere { id: credential.id().to_owned() };
+    let record = store.get_credential(credential.id()).await?.ok_or_else(rejected)?;
     if record.revoked_at.is_some()
         || !secrets::digests_match(&record.secret_sha256, &secrets::digest(credential.secret()))
     {
         return Err(rejected());
     }
     Ok(Caller { credential_id: record.id, name: record.name, role: record.role })
+}
+
+/// Mints a credential and stores its digest; returns the secret text, shown once.
+/// Makes a credential, audited (`credential.create` by `created_by`, `note` after the
+/// name and role) in the same transaction.
+pub async fn mint_credential(
+    state: &ControllerState,
+    name: &str,
+    role: Role,
+    created_by: &str,
+    note: &str,
+) -> Result<(OperatorCredential, CredentialRecord), crate::store::StoreError> {
+    let id = secrets::new_token_id();
+    let secret = secrets::new_secret();
+    let record = CredentialRecord {
+        id: id.clone(),
+        name: name.to_owned(),
+        role,
+        secret_sha256: secrets::digest(&secret),
+        created_at: Timestamp::now(),
+        revoked_at: None,
+        created_by: created_by.to_owned(),
+    };
+    let entry = AuditEntry::new(created_by, "credential.create", &id, format!("{name} as {role}{note}"));
+    audited(entry, state.store.create_credential(&record)).await?;
+    let credential = OperatorCredential::new(&id, &secret)
+        .map_err(|e| crate::store::StoreError::Corrupt { what: "new credential", detail: e.to_string() })?;
+    Ok((credential, record))
 }

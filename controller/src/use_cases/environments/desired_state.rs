@@ -19,10 +19,10 @@ use tokio::task::JoinHandle;
 use tonic::Status;
 use tracing::Instrument;
 
-use crate::use_cases::presence::Doorbell;
-use crate::use_cases::machines::report_intake::KnownAssignment;
-use crate::use_cases::source_secrets::SourceSecrets;
 use crate::store::{Store, StoreError, StoredAssignment};
+use crate::use_cases::machines::report_intake::KnownAssignment;
+use crate::use_cases::presence::Doorbell;
+use crate::use_cases::source_secrets::SourceSecrets;
 
 /// Revisions' canonical specs by id, shared by every session: a revision never
 /// changes, and a rollout sends the same one to thousands of machines at once.

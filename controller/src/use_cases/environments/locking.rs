@@ -29,8 +29,8 @@ use comfyfleet_config::spec::names::normalize_package_name;
 use comfyfleet_config::text::Escaped;
 use tokio::process::Command;
 
-use crate::use_cases::sources::git_mirror::GitMirror;
 use crate::store::{PackageFile, StoredLock};
+use crate::use_cases::sources::git_mirror::GitMirror;
 
 mod source_only;
 use source_only::{ClassFailure, SourceOnly};

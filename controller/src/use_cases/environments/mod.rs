@@ -3,6 +3,13 @@
 
 pub(crate) mod cpu_work;
 pub(crate) mod desired_state;
+mod error;
 pub(crate) mod git_pin;
 pub(crate) mod locking;
 pub(crate) mod revision_files;
+pub mod revisions;
+
+pub use error::RevisionError;
+
+/// Shorter id prefixes match too much to be worth typing.
+pub const MIN_ID_PREFIX: usize = 4;

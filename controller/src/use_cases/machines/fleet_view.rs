@@ -6,9 +6,9 @@ use comfyfleet_config::resolve::MachineFacts;
 use comfyfleet_config::spec::Selector;
 use comfyfleet_config::{MachineId, MachineRecord};
 
-use crate::edges::operator_grpc::fleet_service::machine_record;
-use crate::use_cases::ControllerState;
+use super::lookup::machine_record;
 use crate::store::StoreResult;
+use crate::use_cases::ControllerState;
 
 /// How many machines are read from the store at a time.
 const SCAN_PAGE: u32 = 1000;

@@ -10,8 +10,8 @@
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use crate::use_cases::package_cache::is_sha256;
 use crate::store::PackageFile;
+use crate::use_cases::package_cache::is_sha256;
 
 /// Longer values are not a version specifier or a reason anyone wrote.
 const MAX_ATTRIBUTE: usize = 1024;

@@ -13,8 +13,8 @@ use std::path::PathBuf;
 use axum::http::{HeaderMap, StatusCode, header};
 use comfyfleet_config::text::Escaped;
 
-use crate::use_cases::package_cache::index_page::ProjectPage;
 use crate::use_cases::ControllerState;
+use crate::use_cases::package_cache::index_page::ProjectPage;
 use crate::use_cases::sources::upstream_client::{detail, unreachable};
 
 const PEP691: &str = "application/vnd.pypi.simple.v1+json";
@@ -65,7 +65,11 @@ pub async fn page(state: &ControllerState, key: &str, base: &str, path: &str, he
     let kept = kept_path(state, key, project);
     match fetch(state, &upstream, wants_json).await {
         Ok(page) => {
-            let files: Vec<_> = page.files.iter().map(crate::use_cases::package_cache::index_page::IndexFile::package_file).collect();
+            let files: Vec<_> = page
+                .files
+                .iter()
+                .map(crate::use_cases::package_cache::index_page::IndexFile::package_file)
+                .collect();
             if let Err(problem) = state.packages.store().record_index_files(key, &files).await {
                 tracing::warn!(problem = %Escaped(&problem), "cannot record an index page's files");
                 return error(

@@ -134,8 +134,10 @@ impl RevisionSources {
 
     /// What the spec itself names (its locks aside).
     fn of_spec(spec: &Spec) -> Self {
-        let mut files: HashSet<String> =
-            crate::use_cases::environments::locking::kernel_wheel_files(spec).into_iter().map(|file| file.sha256).collect();
+        let mut files: HashSet<String> = crate::use_cases::environments::locking::kernel_wheel_files(spec)
+            .into_iter()
+            .map(|file| file.sha256)
+            .collect();
         files.extend(comfyfleet_config::uv_pin::PINNED_UV_WHEELS.iter().map(|(_, _, sha)| (*sha).to_owned()));
         let mut indexes = HashMap::new();
         let torch = spec.torch.cuda.iter().map(|cuda| spec.torch.index_for(*cuda));

@@ -7,21 +7,17 @@ use std::collections::HashMap;
 
 use comfyfleet_config::MachineId;
 use jiff::Timestamp;
-use tonic::Status;
 
 use super::engine::Engine;
 use super::model::{MachineStatus, NewEvent, NewRollout, RolloutChange, RolloutState, RolloutStep, RowWrite};
-use super::{Command, Created};
-use crate::edges::operator_grpc::fleet_service::internal;
+use super::{Command, Created, RolloutError};
 
 /// A rollout write that failed: `unavailable` while the lead changes hands (the call
 /// may be tried again), else internal.
-fn step_error(error: crate::store::StoreError) -> Status {
+fn step_error(error: crate::store::StoreError) -> RolloutError {
     match error {
-        crate::store::StoreError::NotLeader => {
-            Status::unavailable(format!("{error}; try again in a few seconds"))
-        }
-        other => internal(other),
+        crate::store::StoreError::NotLeader => RolloutError::LeadLost(error),
+        other => RolloutError::Store(other),
     }
 }
 
@@ -30,7 +26,7 @@ impl Engine {
         &mut self,
         mut rollout: NewRollout,
         audit: crate::store::AuditEntry,
-    ) -> Result<Created, Status> {
+    ) -> Result<Created, RolloutError> {
         let superseded: Vec<u64> = self
             .runs
             .values()
@@ -68,18 +64,14 @@ impl Engine {
         actor: &str,
         reason: &str,
         audit: Option<crate::store::AuditEntry>,
-    ) -> Result<(), Status> {
+    ) -> Result<(), RolloutError> {
         let Some(run) = self.runs.get(&id) else {
-            let record = self.state.store.rollout(id).await.map_err(internal)?;
+            let record = self.state.store.rollout(id).await?;
             return Err(match record {
-                Some(record) => Status::failed_precondition(format!(
-                    "rollout {id} has {}; only a running or paused rollout can be told to {}",
-                    record.state.as_str(),
-                    command.as_str()
-                )),
-                None => Status::not_found(format!(
-                    "there is no rollout {id} (`comfyfleet rollout list` shows them)"
-                )),
+                Some(record) => {
+                    RolloutError::NotOpen { id, state: record.state.as_str(), command: command.as_str() }
+                }
+                None => RolloutError::NoSuchRollout { rollout: id.to_string() },
             });
         };
         let now = Timestamp::now();

@@ -9,10 +9,9 @@ use comfyfleet_config::convergence::Phase;
 use comfyfleet_config::resolve::{Resolution, Resolver};
 use comfyfleet_config::spec::{Amount, HumanDuration, RolloutPolicy, Spec};
 use comfyfleet_config::{MachineFacts, MachineRecord};
-use comfyfleet_proto::v1 as pb;
 use jiff::Timestamp;
-use tonic::Status;
 
+use super::RolloutError;
 use super::model::{MachineRow, MachineStatus, RevisionRef};
 use super::plan::phase_of;
 use crate::store::StoredRevision;
@@ -33,16 +32,14 @@ pub fn current_revision(machine: &MachineRecord) -> Option<RevisionRef> {
     })
 }
 
-fn amount(field: &str, text: &str) -> Result<Option<Amount>, Status> {
+fn amount(field: &'static str, text: &str) -> Result<Option<Amount>, RolloutError> {
     if text.trim().is_empty() {
         return Ok(None);
     }
-    text.parse()
-        .map(Some)
-        .map_err(|error: String| Status::invalid_argument(format!("policy.{field}: {error}")))
+    text.parse().map(Some).map_err(|error: String| RolloutError::BadPolicy { field, error })
 }
 
-fn duration(field: &str, text: &str) -> Result<Option<Option<HumanDuration>>, Status> {
+fn duration(field: &'static str, text: &str) -> Result<Option<Option<HumanDuration>>, RolloutError> {
     let text = text.trim();
     if text.is_empty() {
         return Ok(None);
@@ -52,11 +49,28 @@ fn duration(field: &str, text: &str) -> Result<Option<Option<HumanDuration>>, St
     }
     text.parse()
         .map(|duration| Some(Some(duration)))
-        .map_err(|error: String| Status::invalid_argument(format!("policy.{field}: {error}")))
+        .map_err(|error: String| RolloutError::BadPolicy { field, error })
+}
+
+/// What an operator may override of the spec's rollout policy: empty text and
+/// `None` keep the spec's.
+#[derive(Debug, Clone, Default)]
+pub struct PolicyOverrides {
+    pub canary: Option<u32>,
+    pub max_unavailable: String,
+    pub max_parallel_prepare: String,
+    pub soak: String,
+    pub failure_budget: String,
+    pub auto_rollback: Option<bool>,
+    pub progress_deadline: String,
+    pub stalled_is_failure: Option<bool>,
 }
 
 /// The spec's policy with the request's overrides, checked.
-pub fn effective_policy(spec: &Spec, overrides: Option<&pb::RolloutPolicy>) -> Result<RolloutPolicy, Status> {
+pub fn effective_policy(
+    spec: &Spec,
+    overrides: Option<&PolicyOverrides>,
+) -> Result<RolloutPolicy, RolloutError> {
     let mut policy = spec.rollout.clone();
     let Some(overrides) = overrides else { return Ok(policy) };
     if let Some(canary) = overrides.canary {
@@ -75,9 +89,7 @@ pub fn effective_policy(spec: &Spec, overrides: Option<&pb::RolloutPolicy>) -> R
         policy.soak = soak;
     }
     if let Some(deadline) = duration("progress_deadline", &overrides.progress_deadline)? {
-        policy.progress_deadline = deadline.ok_or_else(|| {
-            Status::invalid_argument("policy.progress_deadline: must be more than 0s (e.g. \"30m\")")
-        })?;
+        policy.progress_deadline = deadline.ok_or(RolloutError::NoProgressDeadline)?;
     }
     if let Some(value) = overrides.auto_rollback {
         policy.auto_rollback = value;
@@ -89,18 +101,42 @@ pub fn effective_policy(spec: &Spec, overrides: Option<&pb::RolloutPolicy>) -> R
         [("max_unavailable", policy.max_unavailable), ("max_parallel_prepare", policy.max_parallel_prepare)]
     {
         if matches!(value, Amount::Count(0) | Amount::Percent(0)) {
-            return Err(Status::invalid_argument(format!(
-                "policy.{field}: {value} would never let a machine through; give at least 1 or a percentage such as 10%"
-            )));
+            return Err(RolloutError::PolicyLetsNoneThrough { field, value });
         }
     }
     Ok(policy)
 }
 
+/// What became of one machine when a rollout started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TargetOutcome {
+    /// In the rollout: it prepares and switches as the policy allows.
+    Assigned,
+    /// The resolver found no plan for it (the detail says why).
+    Incompatible,
+    /// The spec's selector leaves it out.
+    NotTargeted,
+    /// Already in a running rollout of another environment.
+    Busy,
+    /// Already runs this revision.
+    Current,
+}
+
+/// One machine as a starting rollout saw it.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub machine_id: String,
+    pub hostname: String,
+    pub outcome: TargetOutcome,
+    /// The planned torch build when assigned, the reason otherwise.
+    pub detail: String,
+    pub online: bool,
+}
+
 /// How one machine enters a rollout.
 pub enum Entry {
-    Row(Box<MachineRow>, pb::RolloutTarget),
-    Left(pb::RolloutTarget),
+    Row(Box<MachineRow>, Target),
+    Left(Target),
 }
 
 /// Plans `revision` for one machine: a pending row (or a done one when it already
@@ -112,13 +148,12 @@ pub fn entry(
     now: Timestamp,
     ignore_selector: bool,
 ) -> Entry {
-    let mut target = pb::RolloutTarget {
+    let mut target = Target {
         machine_id: record.id.to_string(),
         hostname: record.hostname.clone(),
-        outcome: pb::TargetOutcome::Unspecified.into(),
+        outcome: TargetOutcome::Assigned,
         detail: String::new(),
         online: record.online,
-        generation: 0,
     };
     let facts = MachineFacts::from(record);
     let resolution = if ignore_selector {
@@ -132,12 +167,12 @@ pub fn entry(
     let plan = match resolution {
         Resolution::Planned(plan) => plan,
         Resolution::Incompatible(incompatibility) => {
-            target.outcome = pb::TargetOutcome::Incompatible.into();
+            target.outcome = TargetOutcome::Incompatible;
             target.detail = incompatibility.summary();
             return Entry::Left(target);
         }
         Resolution::NotTargeted => {
-            target.outcome = pb::TargetOutcome::NotTargeted.into();
+            target.outcome = TargetOutcome::NotTargeted;
             target.detail = "left out by the target selector".to_owned();
             return Entry::Left(target);
         }
@@ -146,7 +181,7 @@ pub fn entry(
     let current = from
         .as_ref()
         .is_some_and(|from| from.environment == revision.environment && from.number == revision.number);
-    target.outcome = if current { pb::TargetOutcome::Current } else { pb::TargetOutcome::Assigned }.into();
+    target.outcome = if current { TargetOutcome::Current } else { TargetOutcome::Assigned };
     target.detail = plan.torch.clone();
     let mut row = new_row(record.id.clone(), &plan, from, now);
     if current {

@@ -14,17 +14,16 @@ use comfyfleet_config::text::Escaped;
 use comfyfleet_config::{MachineFacts, MachineId};
 use jiff::Timestamp;
 use tokio::sync::mpsc::error::TryRecvError;
-use tonic::Status;
 
 use super::model::{
     AssignKind, MachineRow, MachineStatus, NewEvent, RevisionRef, RolloutRecord, RolloutState, RolloutStep,
     RowWrite,
 };
 use super::plan::{self, Context};
-use super::{Inbox, Message};
-use crate::edges::operator_grpc::fleet_service::{internal, machine_record};
-use crate::use_cases::ControllerState;
+use super::{Inbox, Message, RolloutError};
 use crate::store::{NewAssignment, StoreResult, StoredRevision};
+use crate::use_cases::ControllerState;
+use crate::use_cases::machines::lookup::machine_record;
 
 /// How often every open rollout is looked at even when nothing was reported:
 /// progress deadlines, soaks, machines coming back.
@@ -113,11 +112,7 @@ pub fn spawn(
 
 /// Answers a call that reached a controller which does not lead.
 fn refuse(message: Message) {
-    let not_leader = || {
-        Status::unavailable(
-            "this controller does not lead the rollout engine just now; try again in a few seconds",
-        )
-    };
+    let not_leader = || RolloutError::NotLeading;
     match message {
         Message::Create { reply, .. } => drop(reply.send(Err(not_leader()))),
         Message::Command { reply, .. } => drop(reply.send(Err(not_leader()))),
@@ -132,10 +127,11 @@ enum Served {
     Deposed,
 }
 
-fn parse_spec(revision: &StoredRevision) -> Result<Spec, Status> {
+fn parse_spec(revision: &StoredRevision) -> Result<Spec, RolloutError> {
     let name = format!("{}@{}", revision.environment, revision.number);
-    Spec::parse(&name, &revision.spec_json, SpecFormat::Json)
-        .map_err(|errors| internal(format!("stored revision {name} no longer parses: {errors}")))
+    Spec::parse(&name, &revision.spec_json, SpecFormat::Json).map_err(|errors| {
+        RolloutError::Internal(format!("stored revision {name} no longer parses: {errors}"))
+    })
 }
 
 impl Engine {
@@ -171,16 +167,9 @@ impl Engine {
     }
 
     /// Takes an open rollout into memory, its rows read from the store.
-    pub(super) async fn adopt(&mut self, record: RolloutRecord) -> Result<(), Status> {
-        let rows: Vec<MachineRow> = self
-            .state
-            .store
-            .rollout_machines(record.id)
-            .await
-            .map_err(internal)?
-            .into_iter()
-            .map(|r| r.row)
-            .collect();
+    pub(super) async fn adopt(&mut self, record: RolloutRecord) -> Result<(), RolloutError> {
+        let rows: Vec<MachineRow> =
+            self.state.store.rollout_machines(record.id).await?.into_iter().map(|r| r.row).collect();
         self.adopt_rows(record, rows).await
     }
 
@@ -190,7 +179,7 @@ impl Engine {
         &mut self,
         record: RolloutRecord,
         rows: Vec<MachineRow>,
-    ) -> Result<(), Status> {
+    ) -> Result<(), RolloutError> {
         let target = record.target();
         let spec = self.spec(&target).await?;
         let index = rows.iter().enumerate().map(|(i, row)| (row.machine_id.clone(), i)).collect();
@@ -208,7 +197,7 @@ impl Engine {
     pub(super) async fn spec(
         &mut self,
         revision: &RevisionRef,
-    ) -> Result<Arc<(StoredRevision, Spec)>, Status> {
+    ) -> Result<Arc<(StoredRevision, Spec)>, RolloutError> {
         if let Some(found) = self.specs.get(revision) {
             return Ok(found.clone());
         }
@@ -216,9 +205,8 @@ impl Engine {
             .state
             .store
             .environment_revision(&revision.environment, revision.number)
-            .await
-            .map_err(internal)?
-            .ok_or_else(|| internal(format!("revision {revision} is not in the store")))?;
+            .await?
+            .ok_or_else(|| RolloutError::Internal(format!("revision {revision} is not in the store")))?;
         let spec = parse_spec(&stored)?;
         let found = Arc::new((stored, spec));
         self.specs.insert(revision.clone(), found.clone());
@@ -513,7 +501,7 @@ impl Engine {
         row: &MachineRow,
     ) -> Result<NewAssignment, String> {
         let from = row.from.clone().ok_or("it ran nothing before this rollout")?;
-        let found = self.spec(&from).await.map_err(|status| status.message().to_owned())?;
+        let found = self.spec(&from).await.map_err(|error| error.to_string())?;
         let (revision, spec) = (&found.0, &found.1);
         let machine = self
             .state

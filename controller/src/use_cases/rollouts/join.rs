@@ -14,8 +14,8 @@ use super::create::{current_revision, new_row};
 use super::engine::Engine;
 use super::model::{MachineStatus, NewEvent, RolloutState, RolloutStep, RowWrite};
 use super::plan;
-use crate::edges::operator_grpc::fleet_service::machine_record;
 use crate::store::NewAssignment;
+use crate::use_cases::machines::lookup::machine_record;
 
 impl Engine {
     /// A machine no open rollout holds came online. Returns the rollout it joined.

@@ -15,6 +15,7 @@ pub mod api;
 mod commands;
 mod create;
 mod engine;
+mod error;
 mod join;
 pub use crate::store::rollout_model as model;
 pub mod plan;
@@ -24,9 +25,10 @@ use comfyfleet_config::MachineId;
 use comfyfleet_config::convergence::Phase;
 use jiff::Timestamp;
 use tokio::sync::{mpsc, oneshot};
-use tonic::Status;
 
+pub use create::{PolicyOverrides, Target, TargetOutcome};
 pub use engine::spawn;
+pub use error::RolloutError;
 
 use self::model::{NewRollout, RolloutRecord};
 
@@ -69,7 +71,7 @@ enum Message {
         rollout: Box<NewRollout>,
         /// Written with the rollout (`{rollout}` in it becomes its id).
         audit: crate::store::AuditEntry,
-        reply: oneshot::Sender<Result<Created, Status>>,
+        reply: oneshot::Sender<Result<Created, RolloutError>>,
     },
     Command {
         id: u64,
@@ -78,7 +80,7 @@ enum Message {
         reason: String,
         /// Written with the step the command makes.
         audit: crate::store::AuditEntry,
-        reply: oneshot::Sender<Result<(), Status>>,
+        reply: oneshot::Sender<Result<(), RolloutError>>,
     },
 }
 
@@ -120,12 +122,16 @@ impl Rollouts {
         let _ = self.sender.send(Message::Connected(machine.clone()));
     }
 
-    async fn create(&self, rollout: NewRollout, audit: crate::store::AuditEntry) -> Result<Created, Status> {
+    async fn create(
+        &self,
+        rollout: NewRollout,
+        audit: crate::store::AuditEntry,
+    ) -> Result<Created, RolloutError> {
         let (reply, answer) = oneshot::channel();
         self.sender
             .send(Message::Create { rollout: Box::new(rollout), audit, reply })
-            .map_err(|_| stopped())?;
-        answer.await.map_err(|_| stopped())?
+            .map_err(|_| RolloutError::EngineStopped)?;
+        answer.await.map_err(|_| RolloutError::EngineStopped)?
     }
 
     async fn command(
@@ -135,12 +141,12 @@ impl Rollouts {
         actor: String,
         reason: String,
         audit: crate::store::AuditEntry,
-    ) -> Result<(), Status> {
+    ) -> Result<(), RolloutError> {
         let (reply, answer) = oneshot::channel();
         self.sender
             .send(Message::Command { id, command, actor, reason, audit, reply })
-            .map_err(|_| stopped())?;
-        answer.await.map_err(|_| stopped())?
+            .map_err(|_| RolloutError::EngineStopped)?;
+        answer.await.map_err(|_| RolloutError::EngineStopped)?
     }
 }
 
@@ -158,8 +164,4 @@ fn optimization_note(report: &comfyfleet_config::ConvergenceReport) -> String {
     } else {
         format!("optimizations not verified: {}", failed.join(", "))
     }
-}
-
-fn stopped() -> Status {
-    Status::unavailable("the rollout engine has stopped (the controller is shutting down); try again")
 }

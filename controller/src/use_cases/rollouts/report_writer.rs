@@ -13,8 +13,8 @@ use comfyfleet_config::{ConvergenceReport, MachineId};
 use jiff::Timestamp;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::use_cases::rollouts::Rollouts;
 use crate::store::{Store, StoreError};
+use crate::use_cases::rollouts::Rollouts;
 
 /// Reports stored in one transaction at most.
 const BATCH: usize = 4_096;

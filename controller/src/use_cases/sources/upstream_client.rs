@@ -50,7 +50,7 @@ impl reqwest::dns::Resolve for PolicyResolver {
 
 impl UpstreamClient {
     pub fn new(policy: SourcePolicy) -> Result<Self, String> {
-        crate::app::tls::install_crypto_provider();
+        install_crypto_provider();
         let policy = Arc::new(policy);
         let on_redirect = policy.clone();
         let redirects = reqwest::redirect::Policy::custom(move |attempt| {
@@ -105,7 +105,22 @@ pub fn unreachable(url: &str, detail: &str) -> String {
     format!("{url} is unreachable from the controller (its log says why)")
 }
 
-/// The full chain of a reqwest error, for the log.
+/// The full chain of a reqwest error, for the log: `outer: inner: innermost`.
 pub fn detail(error: &reqwest::Error) -> String {
-    comfyfleet_proto::transport::error_chain(error)
+    let mut text = error.to_string();
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+/// The process-wide rustls provider for clients that take the default (reqwest).
+fn install_crypto_provider() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    });
 }

@@ -8,8 +8,8 @@
 
 use tonic::Status;
 
-use crate::use_cases::credentials::auth::Caller;
 use crate::use_cases::ControllerState;
+use crate::use_cases::credentials::auth::Caller;
 
 /// The most characters of a refusal's reason an entry keeps.
 const MAX_REASON_CHARS: usize = 1500;

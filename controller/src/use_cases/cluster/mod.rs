@@ -29,20 +29,20 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use comfyfleet_config::{ConvergenceReport, MachineId, Role};
-use comfyfleet_proto::v1 as pb;
+use comfyfleet_config::{ConvergenceReport, MachineId};
 use jiff::Timestamp;
-use prost::Message as _;
 use sqlx::PgPool;
 use sqlx::postgres::PgListener;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
-use tonic::{Code, Status};
 
-use crate::use_cases::credentials::auth::Caller;
-use crate::use_cases::presence::{KickReason, SessionChange};
-use crate::use_cases::ControllerState;
+mod calls;
+
+pub use calls::{CallFailed, Forwarded, HandedCalls};
+
 use crate::store::{ClusterLink, NOTICE_CHANNEL, StoreError, StoreResult, notify};
+use crate::use_cases::ControllerState;
+use crate::use_cases::presence::{KickReason, SessionChange};
 
 /// How often a controller beats: heartbeat, the others' sessions, the lease.
 const BEAT: Duration = Duration::from_secs(1);
@@ -72,33 +72,8 @@ pub struct Cluster {
     answered: watch::Sender<u64>,
     /// When a failing beat was last logged (one line per 30 s, not one per second).
     complained: Mutex<Option<Instant>>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Forwarded {
-    Start,
-    Undo,
-    Pause,
-    Resume,
-    Abort,
-}
-
-impl Forwarded {
-    fn as_str(self) -> &'static str {
-        match self {
-            Forwarded::Start => "start",
-            Forwarded::Undo => "undo",
-            Forwarded::Pause => "pause",
-            Forwarded::Resume => "resume",
-            Forwarded::Abort => "abort",
-        }
-    }
-
-    fn parse(text: &str) -> Option<Self> {
-        [Forwarded::Start, Forwarded::Undo, Forwarded::Pause, Forwarded::Resume, Forwarded::Abort]
-            .into_iter()
-            .find(|kind| kind.as_str() == text)
-    }
+    /// What runs the calls other controllers hand this one (set at [`Cluster::start`]).
+    calls: std::sync::OnceLock<Arc<dyn HandedCalls>>,
 }
 
 fn seconds(duration: Duration) -> f64 {
@@ -133,6 +108,7 @@ impl Cluster {
             epoch: AtomicI64::new(0),
             answered: watch::channel(0).0,
             complained: Mutex::new(None),
+            calls: std::sync::OnceLock::new(),
         }))
     }
 
@@ -145,8 +121,14 @@ impl Cluster {
         *self.leading.borrow()
     }
 
-    /// Starts the beat, the session writer and the notice listener.
-    pub fn start(self: &Arc<Self>, state: Arc<ControllerState>) -> Vec<JoinHandle<()>> {
+    /// Starts the beat, the session writer and the notice listener; `calls` runs
+    /// the calls other controllers hand this one while it leads.
+    pub fn start(
+        self: &Arc<Self>,
+        state: Arc<ControllerState>,
+        calls: Arc<dyn HandedCalls>,
+    ) -> Vec<JoinHandle<()>> {
+        let _ = self.calls.set(calls);
         let (changes, received) = mpsc::unbounded_channel();
         state.presence.report_changes(changes);
         vec![
@@ -512,208 +494,6 @@ impl Cluster {
             state.rollouts.reported(&machine, &report, at);
         }
         Ok(())
-    }
-
-    /// Has the leader run a rollout call this controller took, and waits for its
-    /// answer.
-    pub async fn forward<Request: prost::Message, Answer: prost::Message + Default>(
-        &self,
-        kind: Forwarded,
-        caller: &Caller,
-        request: &Request,
-    ) -> Result<Answer, Status> {
-        let unavailable = |error: sqlx::Error| {
-            Status::unavailable(format!("cannot hand the call to the leading controller: database: {error}"))
-        };
-        let mut answered = self.answered.subscribe();
-        let posted = async {
-            let mut tx = self.pool.begin().await?;
-            let id: i64 = sqlx::query_scalar(
-                "INSERT INTO forwarded_calls (kind, body, caller_id, caller_name, caller_role, posted_by) \
-                 VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
-            )
-            .bind(kind.as_str())
-            .bind(request.encode_to_vec())
-            .bind(&caller.credential_id)
-            .bind(&caller.name)
-            .bind(caller.role.as_str())
-            .bind(&self.id)
-            .fetch_one(&mut *tx)
-            .await?;
-            notify(&mut tx, &self.id, "call", &[&id.to_string()]).await?;
-            tx.commit().await?;
-            Ok::<_, sqlx::Error>(id)
-        };
-        let id = posted.await.map_err(unavailable)?;
-        tracing::debug!(call = id, kind = kind.as_str(), "handed a rollout call to the leader");
-        let deadline = Instant::now() + FORWARD_TIMEOUT;
-        loop {
-            let answer: Option<(i32, String, Vec<u8>)> = sqlx::query_as(
-                "SELECT code, message, answer FROM forwarded_calls WHERE id = $1 AND answered_at IS NOT NULL",
-            )
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(unavailable)?;
-            if let Some((code, message, answer)) = answer {
-                if code != 0 {
-                    return Err(Status::new(Code::from_i32(code), message));
-                }
-                return Answer::decode(answer.as_slice()).map_err(|error| {
-                    Status::internal(format!("the leader's answer does not decode: {error}"))
-                });
-            }
-            if Instant::now() > deadline {
-                return Err(self.give_up(id).await);
-            }
-            tokio::select! {
-                _ = answered.changed() => {}
-                () = tokio::time::sleep(Duration::from_millis(500)) => {}
-            }
-        }
-    }
-
-    /// A call nobody answered in time: withdrawn if no leader took it.
-    async fn give_up(&self, id: i64) -> Status {
-        let withdrawn = sqlx::query(
-            "UPDATE forwarded_calls SET answered_at = now(), code = $2, message = 'withdrawn: no answer in time' \
-             WHERE id = $1 AND claimed_epoch IS NULL AND answered_at IS NULL",
-        )
-        .bind(id)
-        .bind(Code::DeadlineExceeded as i32)
-        .execute(&self.pool)
-        .await
-        .is_ok_and(|done| done.rows_affected() > 0);
-        if withdrawn {
-            Status::unavailable(format!(
-                "no controller of the fleet leads the rollout engine just now (none took the call in {} s); \
-                 nothing was done — try again, and see `comfyfleet status` on each controller",
-                FORWARD_TIMEOUT.as_secs()
-            ))
-        } else {
-            Status::deadline_exceeded(format!(
-                "the leading controller took the call but did not answer in {} s; \
-                 `comfyfleet rollout list` shows whether it ran",
-                FORWARD_TIMEOUT.as_secs()
-            ))
-        }
-    }
-
-    /// The leader runs the calls waiting for it (each once: claimed under its epoch
-    /// before it runs), and answers those an earlier leader took and never answered.
-    async fn take_calls(self: &Arc<Self>, state: &Arc<ControllerState>) {
-        let epoch = self.epoch.load(Ordering::SeqCst);
-        let claimed = async {
-            let orphaned: Vec<i64> = sqlx::query_scalar(
-                "UPDATE forwarded_calls SET answered_at = now(), code = $2, message = $3 \
-                 WHERE answered_at IS NULL AND claimed_epoch IS NOT NULL AND claimed_epoch <> $1 RETURNING id",
-            )
-            .bind(epoch)
-            .bind(Code::Unavailable as i32)
-            .bind(
-                "the leading controller stopped while it ran this call; `comfyfleet rollout list` shows \
-                 whether it took effect before you try again",
-            )
-            .fetch_all(&self.pool)
-            .await?;
-            if !orphaned.is_empty() {
-                self.announce_answered(&orphaned).await?;
-            }
-            sqlx::query_as::<_, (i64, String, Vec<u8>, String, String, String)>(
-                "UPDATE forwarded_calls SET claimed_epoch = $1 WHERE id IN (SELECT id FROM forwarded_calls \
-                 WHERE answered_at IS NULL AND claimed_epoch IS NULL ORDER BY id FOR UPDATE SKIP LOCKED LIMIT 16) \
-                 RETURNING id, kind, body, caller_id, caller_name, caller_role",
-            )
-            .bind(epoch)
-            .fetch_all(&self.pool)
-            .await
-        };
-        let calls = match claimed.await {
-            Ok(calls) => calls,
-            Err(error) => {
-                self.complain("cannot take the rollout calls other controllers handed over", &error);
-                return;
-            }
-        };
-        // Each in its own task: a call may take seconds, and neither the beat (which
-        // renews the lease) nor the notices may wait for it.
-        for (id, kind, body, credential_id, name, role) in calls {
-            let (cluster, state) = (self.clone(), state.clone());
-            tokio::spawn(async move {
-                let result = match (Forwarded::parse(&kind), Role::from_str(&role)) {
-                    (Some(kind), Ok(role)) => {
-                        let caller = Caller { credential_id, name, role };
-                        tracing::info!(call = id, kind = kind.as_str(), actor = %caller.actor(), "running a rollout call handed over by another controller");
-                        run_forwarded(&state, kind, &caller, &body).await
-                    }
-                    _ => Err(Status::internal(format!(
-                        "a handed-over call of unknown kind {kind:?} or role {role:?}"
-                    ))),
-                };
-                cluster.answer(id, result).await;
-            });
-        }
-    }
-
-    async fn answer(&self, id: i64, result: Result<Vec<u8>, Status>) {
-        let (code, message, answer) = match result {
-            Ok(answer) => (0, String::new(), answer),
-            Err(status) => (status.code() as i32, status.message().to_owned(), Vec::new()),
-        };
-        let written = sqlx::query(
-            "UPDATE forwarded_calls SET answered_at = now(), code = $2, message = $3, answer = $4 WHERE id = $1",
-        )
-        .bind(id)
-        .bind(code)
-        .bind(message)
-        .bind(answer)
-        .execute(&self.pool)
-        .await;
-        match written {
-            Ok(_) => {
-                if let Err(error) = self.announce_answered(&[id]).await {
-                    self.complain("cannot tell the other controllers a call was answered", &error);
-                }
-            }
-            Err(error) => self.complain("cannot write the answer to a handed-over call", &error),
-        }
-    }
-
-    async fn announce_answered(&self, ids: &[i64]) -> Result<(), sqlx::Error> {
-        let ids: Vec<String> = ids.iter().map(i64::to_string).collect();
-        let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
-        let mut connection = self.pool.acquire().await?;
-        notify(&mut connection, &self.id, "answered", &ids).await?;
-        self.answered.send_modify(|count| *count += 1);
-        Ok(())
-    }
-}
-
-async fn run_forwarded(
-    state: &ControllerState,
-    kind: Forwarded,
-    caller: &Caller,
-    body: &[u8],
-) -> Result<Vec<u8>, Status> {
-    use crate::use_cases::rollouts::{Command, api};
-    let malformed =
-        |error: prost::DecodeError| Status::internal(format!("a handed-over call does not decode: {error}"));
-    let act = |command| async move {
-        let request = pb::RolloutActionRequest::decode(body).map_err(malformed)?;
-        api::act_here(state, caller, command, request).await.map(|answer| answer.encode_to_vec())
-    };
-    match kind {
-        Forwarded::Start => {
-            let request = pb::StartRolloutRequest::decode(body).map_err(malformed)?;
-            api::start_here(state, caller, request).await.map(|answer| answer.encode_to_vec())
-        }
-        Forwarded::Undo => {
-            let request = pb::UndoRolloutRequest::decode(body).map_err(malformed)?;
-            api::undo_here(state, caller, request).await.map(|answer| answer.encode_to_vec())
-        }
-        Forwarded::Pause => act(Command::Pause).await,
-        Forwarded::Resume => act(Command::Resume).await,
-        Forwarded::Abort => act(Command::Abort).await,
     }
 }
 
