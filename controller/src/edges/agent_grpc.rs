@@ -8,6 +8,8 @@
 //! What the controller sends besides Welcome and Acks (the desired state) comes from
 //! `desired_state`, beside the receive loop.
 
+mod desired_state;
+
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,7 +29,6 @@ use crate::store::{EnrollRefusal, Hello, NewMachine, StoredMachine};
 use crate::use_cases::ControllerState;
 use crate::use_cases::credentials::pki::{certificate_sha256, machine_id_of};
 use crate::use_cases::credentials::secrets;
-use crate::use_cases::environments::desired_state;
 use crate::use_cases::machines::inventory_updates::InventoryUpdates;
 use crate::use_cases::machines::report_intake::ReportIntake;
 use crate::use_cases::presence::{KickReason, SessionGuard};
@@ -498,7 +499,9 @@ impl Session {
                 self.ack(message.seq).await
             }
             Some(pb::agent_message::Body::Report(report)) => {
-                self.reports.take(&self.state, &self.machine_id, report, now).await.map_err(internal)?;
+                let received =
+                    comfyfleet_proto::report_from_agent(report, now).map_err(|error| error.to_string());
+                self.reports.take(&self.state, &self.machine_id, received, now).await.map_err(internal)?;
                 self.ack(message.seq).await
             }
             Some(pb::agent_message::Body::Hello(_)) => {

@@ -24,7 +24,7 @@ use jiff::Timestamp;
 
 use crate::store::Store;
 use crate::use_cases::credentials::pki::CertificateAuthority;
-use crate::use_cases::environments::desired_state::SpecCache;
+use crate::use_cases::environments::spec_cache::SpecCache;
 use crate::use_cases::presence::Presence;
 use crate::use_cases::rollouts::Rollouts;
 use crate::use_cases::rollouts::report_writer::ReportWriter;

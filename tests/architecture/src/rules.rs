@@ -72,25 +72,4 @@ const LAYERING: &[LayeringRule] = &[
 ];
 
 /// What is still allowed to break the rules. Empty this list; do not grow it.
-const EXEMPTIONS: &[Exemption] = &[
-    Exemption {
-        path: "controller/src/use_cases/environments/desired_state.rs",
-        checks: &[Check::Layering],
-        why: "issue 25: the desired-state pusher builds the agents' messages; it moves to the agents' edge",
-    },
-    Exemption {
-        path: "controller/src/use_cases/machines/report_intake.rs",
-        checks: &[Check::Layering],
-        why: "issue 25: the report intake still takes the wire report; its conversion moves to the agents' edge",
-    },
-    Exemption {
-        path: "controller/src/store/",
-        checks: &[Check::FileLength],
-        why: "issue 25: store/mod.rs, store/sql/mod.rs and the store's test suite are being split by concern",
-    },
-    Exemption {
-        path: "controller/src/edges/operator_grpc/fleet_service.rs",
-        checks: &[Check::FileLength],
-        why: "issue 25: the operators' gRPC service is being split by capability",
-    },
-];
+const EXEMPTIONS: &[Exemption] = &[];

@@ -3,13 +3,11 @@
 //! role and written to the audit log. Environment calls are decided in
 //! `environment_service`, rollouts and rollbacks in `rollout_service`.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use comfyfleet_config::fleet_report::ReportKind;
 use comfyfleet_config::labels::validate_key;
-use comfyfleet_config::source_credentials::SourceSecret;
 use comfyfleet_config::text::Escaped;
 use comfyfleet_config::{JoinToken, MachineId, MachineRecord, Role};
 use comfyfleet_proto::v1 as pb;
@@ -79,27 +77,6 @@ fn join_token_to_wire(token: &JoinTokenRecord) -> pb::JoinToken {
         description: token.description.clone(),
         created_by: token.created_by.clone(),
     }
-}
-
-fn check_source_credential_name(name: &str) -> Result<(), Status> {
-    comfyfleet_config::source_credentials::check_credential_name(name).map_err(Status::invalid_argument)
-}
-
-/// Credential name → the environments (`name@revision`) whose latest revision names it.
-async fn source_secret_users(state: &ControllerState) -> Result<BTreeMap<String, Vec<String>>, Status> {
-    let mut users: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    for environment in state.store.list_environments().await.map_err(internal)? {
-        let Ok(spec) = serde_json::from_str::<comfyfleet_config::Spec>(&environment.latest.spec_json) else {
-            continue;
-        };
-        for name in comfyfleet_config::source_credentials::credential_names(&spec) {
-            users
-                .entry(name)
-                .or_default()
-                .push(format!("{}@{}", environment.name, environment.latest.number));
-        }
-    }
-    Ok(users)
 }
 
 fn credential_to_wire(credential: &CredentialRecord) -> pb::Credential {
@@ -423,84 +400,21 @@ impl pb::fleet_service_server::FleetService for FleetApi {
         &self,
         request: Request<pb::SetSourceSecretRequest>,
     ) -> Result<Response<pb::SourceSecretInfo>, Status> {
-        let caller = self.caller(&request, Role::Admin).await?;
-        let request = request.into_inner();
-        check_source_credential_name(&request.name)?;
-        let mut origins = Vec::new();
-        for given in &request.origins {
-            let origin = comfyfleet_config::source_credentials::parse_origin(given).map_err(|message| {
-                Status::invalid_argument(format!("credential {:?}: {message}", request.name))
-            })?;
-            if !origins.contains(&origin) {
-                origins.push(origin);
-            }
-        }
-        let secret = SourceSecret { username: request.username, password: request.secret, origins };
-        secret.check().map_err(|message| {
-            Status::invalid_argument(format!("credential {:?}: {message}", request.name))
-        })?;
-        let detail =
-            format!("username {}; origins {}; {{created}}", secret.username, secret.origins.join(", "));
-        let entry = AuditEntry::new(caller.actor(), "secret.set", &request.name, detail);
-        let replaced =
-            audited(entry, self.state.source_secrets.set(&request.name, &secret)).await.map_err(internal)?;
-        let used_by = source_secret_users(&self.state).await?.remove(&request.name).unwrap_or_default();
-        Ok(Response::new(pb::SourceSecretInfo {
-            name: request.name,
-            username: secret.username,
-            set_at: Some(timestamp_to_wire(Timestamp::now())),
-            used_by,
-            replaced,
-            origins: secret.origins,
-        }))
+        self.set_secret(request).await
     }
 
     async fn list_source_secrets(
         &self,
         request: Request<pb::ListSourceSecretsRequest>,
     ) -> Result<Response<pb::ListSourceSecretsResponse>, Status> {
-        self.caller(&request, Role::Admin).await?;
-        let mut users = source_secret_users(&self.state).await?;
-        let listed = self.state.source_secrets.list().await.map_err(internal)?;
-        Ok(Response::new(pb::ListSourceSecretsResponse {
-            secrets: listed
-                .into_iter()
-                .map(|info| pb::SourceSecretInfo {
-                    used_by: users.remove(&info.name).unwrap_or_default(),
-                    name: info.name,
-                    username: info.username,
-                    set_at: Some(timestamp_to_wire(info.set_at)),
-                    replaced: false,
-                    origins: info.origins,
-                })
-                .collect(),
-        }))
+        self.list_secrets(request).await
     }
 
     async fn delete_source_secret(
         &self,
         request: Request<pb::DeleteSourceSecretRequest>,
     ) -> Result<Response<pb::DeleteSourceSecretResponse>, Status> {
-        let caller = self.caller(&request, Role::Admin).await?;
-        let request = request.into_inner();
-        check_source_credential_name(&request.name)?;
-        let users = source_secret_users(&self.state).await?.remove(&request.name).unwrap_or_default();
-        if !users.is_empty() && !request.force {
-            return Err(Status::failed_precondition(format!(
-                "credential {:?} is named by {}: apply specs that no longer name it first, or delete it anyway with \
-                 --force (their builds then fail where they need it)",
-                request.name,
-                users.join(", ")
-            )));
-        }
-        let entry = AuditEntry::new(caller.actor(), "secret.delete", &request.name, "");
-        if !audited(entry, self.state.source_secrets.delete(&request.name)).await.map_err(internal)? {
-            return Err(Status::not_found(format!(
-                "no credential {:?} (see `comfyfleet secrets list`)",
-                request.name
-            )));
-        }
-        Ok(Response::new(pb::DeleteSourceSecretResponse {}))
+        self.delete_secret(request).await
     }
 
     async fn get_fleet_report(
@@ -655,117 +569,6 @@ impl pb::fleet_service_server::FleetService for FleetApi {
     }
 }
 
+mod source_secrets;
 #[cfg(test)]
-mod tests {
-    use comfyfleet_config::Labels;
-    use pb::fleet_service_server::FleetService;
-
-    use super::*;
-
-    #[tokio::test]
-    async fn listed_reports_leave_out_step_output_which_get_machine_keeps() {
-        use comfyfleet_config::convergence::{Phase, StepReport, StepState};
-        use comfyfleet_config::{ConvergenceReport, MachineId};
-
-        use crate::use_cases::test_fleet::TestFleet;
-
-        let fleet = TestFleet::new().await;
-        let machine: MachineId = fleet.add_machine("aa01", "h100-x8-580", &[]).await;
-        let mut report = ConvergenceReport::idle(Timestamp::now());
-        report.phase = Phase::Failed;
-        report.steps.push(StepReport {
-            state: StepState::Failed,
-            output_tail: "error: no matching distribution".into(),
-            ..StepReport::pending("torch")
-        });
-        fleet.state.store.record_report(&machine, &report, Timestamp::now()).await.unwrap();
-        let full = fleet.get_machine(&machine).await.report.unwrap();
-        assert_eq!(full.steps[0].output_tail, "error: no matching distribution");
-        let message = pb::ListMachinesRequest::default();
-        let listed = fleet.api.list_machines(TestFleet::request(&fleet.viewer, message)).await.unwrap();
-        let listed = listed.into_inner().machines.remove(0).report.unwrap();
-        assert_eq!(
-            (listed.phase(), listed.steps[0].output_tail.as_str()),
-            (pb::ConvergencePhase::Failed, "")
-        );
-    }
-
-    #[tokio::test]
-    async fn a_selector_filters_listed_machines_page_by_page_and_reports_come_from_the_same_machines() {
-        use crate::use_cases::test_fleet::TestFleet;
-
-        let fleet = TestFleet::new().await;
-        // 12 machines, ids in order: every third a 4× A100 in pool b, the rest 4090s.
-        for n in 0..12 {
-            let profile = if n % 3 == 0 { "a100-x4-570" } else { "rtx4090-x1-570" };
-            let pool = if n % 3 == 0 { "pool=b" } else { "pool=a" };
-            fleet.add_machine(&format!("m{n:02}"), profile, &[pool]).await;
-        }
-        let list = |selector: &str, page_token: String| pb::ListMachinesRequest {
-            page_size: 3,
-            page_token,
-            include_revoked: false,
-            selector: selector.to_owned(),
-        };
-        let mut seen = Vec::new();
-        let mut token = String::new();
-        let mut pages = 0;
-        loop {
-            let request =
-                TestFleet::request(&fleet.viewer, list("gpu.name contains A100 && pool == b", token));
-            let page = fleet.api.list_machines(request).await.unwrap().into_inner();
-            assert!(page.machines.len() <= 3);
-            seen.extend(page.machines.into_iter().map(|machine| machine.id));
-            pages += 1;
-            if page.next_page_token.is_empty() {
-                break;
-            }
-            token = page.next_page_token;
-        }
-        assert_eq!(seen, ["m00", "m03", "m06", "m09"], "after {pages} pages");
-        // A mistake says where it is and what to write.
-        let request = TestFleet::request(&fleet.viewer, list("phase == actve", String::new()));
-        let refused = fleet.api.list_machines(request).await.unwrap_err();
-        assert_eq!(refused.code(), tonic::Code::InvalidArgument);
-        assert!(
-            refused.message().contains("at character 10: `phase` cannot be compared"),
-            "{}",
-            refused.message()
-        );
-        // The same selector narrows a report.
-        let request = pb::FleetReportRequest { report: "gpus".into(), selector: "pool == b".into() };
-        let report = fleet.api.get_fleet_report(TestFleet::request(&fleet.viewer, request)).await.unwrap();
-        let report: serde_json::Value = serde_json::from_str(&report.into_inner().report_json).unwrap();
-        assert_eq!((report["report"].as_str(), report["machines"].as_u64()), (Some("gpus"), Some(4)));
-        assert_eq!(report["rows"][0]["gpus"], 16);
-        let request = pb::FleetReportRequest { report: "cpus".into(), selector: String::new() };
-        let refused =
-            fleet.api.get_fleet_report(TestFleet::request(&fleet.viewer, request)).await.unwrap_err();
-        assert!(refused.message().contains("choose gpus, environments, optimizations or drift"));
-    }
-
-    #[test]
-    fn credential_names_are_checked() {
-        assert!(check_credential_name("ci-reader").is_ok());
-        assert!(check_credential_name("").is_err());
-        assert!(check_credential_name("a b").is_err());
-    }
-
-    #[test]
-    fn labels_round_trip_for_tokens() {
-        let record = JoinTokenRecord {
-            id: "0123456789ab".into(),
-            secret_sha256: [0; 32],
-            created_at: Timestamp::UNIX_EPOCH,
-            expires_at: Timestamp::UNIX_EPOCH,
-            uses_allowed: None,
-            uses: 0,
-            labels: Labels::parse_pairs(["pool=a"]).unwrap(),
-            description: String::new(),
-            created_by: String::new(),
-        };
-        let wire = join_token_to_wire(&record);
-        assert_eq!(wire.uses_allowed, 0);
-        assert_eq!(wire.labels.get("pool").map(String::as_str), Some("a"));
-    }
-}
+mod tests;

@@ -4,6 +4,7 @@
 //! JSON field's extraction, a row lock, and what only one of them has (backups,
 //! advisory locks). Behaviour is held to one test suite, run on both.
 
+mod credentials;
 mod environments;
 mod provisioning;
 mod rollouts;
@@ -31,28 +32,6 @@ fn select_machines(condition: &str) -> String {
         provisioning::joined_assignment_columns(),
         ASSIGNMENT_JOINS
     )
-}
-
-/// Inserts a sealed secret; `on_conflict` says what an existing one of that name gets.
-async fn insert_sealed(
-    tx: &mut Transaction<'_, Db>,
-    name: &str,
-    secret: &SealedSecret,
-    at: Timestamp,
-    on_conflict: &str,
-) -> StoreResult<()> {
-    let statement = format!(
-        "INSERT INTO fleet_secrets (name, nonce, sealed, created_at) VALUES (?, ?, ?, ?) {on_conflict}"
-    );
-    sqlx::query(sqlx::AssertSqlSafe(sql(&statement)))
-        .bind(name)
-        .bind(secret.nonce.as_slice())
-        .bind(secret.sealed.as_slice())
-        .bind(millis(at))
-        .execute(&mut **tx)
-        .await
-        .map_err(database("storing a sealed secret"))?;
-    Ok(())
 }
 
 /// Writes the audit entry of the change this transaction makes, if its caller gave
@@ -350,58 +329,19 @@ impl Store for ThisStore {
     }
 
     async fn create_credential(&self, credential: &CredentialRecord) -> StoreResult<()> {
-        let mut tx = self.write_transaction("starting to create a credential").await?;
-        sqlx::query(sqlx::AssertSqlSafe(sql(
-            "INSERT INTO credentials (id, name, role, secret_sha256, created_at, revoked_at, created_by) \
-             VALUES (?, ?, ?, ?, ?, ?, ?)",
-        )))
-        .bind(&credential.id)
-        .bind(&credential.name)
-        .bind(credential.role.as_str())
-        .bind(credential.secret_sha256.as_slice())
-        .bind(millis(credential.created_at))
-        .bind(credential.revoked_at.map(millis))
-        .bind(&credential.created_by)
-        .execute(&mut *tx)
-        .await
-        .map_err(database("creating a credential"))?;
-        write_pending_audit(&mut tx, &[]).await?;
-        tx.commit().await.map_err(database("committing a credential"))?;
-        Ok(())
+        self.insert_credential(credential).await
     }
 
     async fn get_credential(&self, id: &str) -> StoreResult<Option<CredentialRecord>> {
-        let row = sqlx::query(sqlx::AssertSqlSafe(sql("SELECT * FROM credentials WHERE id = ?")))
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(database("reading a credential"))?;
-        row.as_ref().map(credential_from_row).transpose()
+        self.credential_by_id(id).await
     }
 
     async fn list_credentials(&self) -> StoreResult<Vec<CredentialRecord>> {
-        let rows = sqlx::query(sqlx::AssertSqlSafe(sql("SELECT * FROM credentials ORDER BY created_at, id")))
-            .fetch_all(&self.pool)
-            .await
-            .map_err(database("listing credentials"))?;
-        rows.iter().map(credential_from_row).collect()
+        self.all_credentials().await
     }
 
     async fn revoke_credential(&self, id: &str, at: Timestamp) -> StoreResult<bool> {
-        let mut tx = self.write_transaction("starting to revoke a credential").await?;
-        let result = sqlx::query(sqlx::AssertSqlSafe(sql(
-            "UPDATE credentials SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL",
-        )))
-        .bind(millis(at))
-        .bind(id)
-        .execute(&mut *tx)
-        .await
-        .map_err(database("revoking a credential"))?;
-        if result.rows_affected() > 0 {
-            write_pending_audit(&mut tx, &[]).await?;
-        }
-        tx.commit().await.map_err(database("committing a credential revocation"))?;
-        Ok(result.rows_affected() > 0)
+        self.revoke_credential_row(id, at).await
     }
 
     async fn append_audit(
@@ -412,86 +352,27 @@ impl Store for ThisStore {
         target: &str,
         detail: &str,
     ) -> StoreResult<()> {
-        sqlx::query(sqlx::AssertSqlSafe(sql(
-            "INSERT INTO audit_events (at, actor, action, target, detail) VALUES (?, ?, ?, ?, ?)",
-        )))
-        .bind(millis(at))
-        .bind(actor)
-        .bind(action)
-        .bind(target)
-        .bind(detail)
-        .execute(&self.pool)
-        .await
-        .map_err(database("writing the audit log"))?;
-        Ok(())
+        self.insert_audit(at, actor, action, target, detail).await
     }
 
     async fn list_audit(&self, limit: u32) -> StoreResult<Vec<AuditRecord>> {
-        let rows =
-            sqlx::query(sqlx::AssertSqlSafe(sql("SELECT * FROM audit_events ORDER BY id DESC LIMIT ?")))
-                .bind(i64::from(limit))
-                .fetch_all(&self.pool)
-                .await
-                .map_err(database("reading the audit log"))?;
-        rows.iter()
-            .map(|row| {
-                Ok(AuditRecord {
-                    id: u64::try_from(get::<i64>(row, "id")?).unwrap_or_default(),
-                    at: timestamp("audit time", get(row, "at")?)?,
-                    actor: get(row, "actor")?,
-                    action: get(row, "action")?,
-                    target: get(row, "target")?,
-                    detail: get(row, "detail")?,
-                })
-            })
-            .collect()
+        self.audit_rows(limit).await
     }
 
     async fn fleet_id(&self) -> StoreResult<Option<String>> {
-        sqlx::query_scalar(sqlx::AssertSqlSafe(sql("SELECT fleet_id FROM fleet WHERE singleton = 1")))
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(database("reading the fleet id"))
+        self.fleet_id_row().await
     }
 
     async fn adopt_fleet_id(&self, fleet_id: &str, at: Timestamp) -> StoreResult<String> {
-        let mut tx = self.write_transaction("recording the fleet id").await?;
-        sqlx::query(sqlx::AssertSqlSafe(sql(
-            "INSERT INTO fleet (singleton, fleet_id, created_at) VALUES (1, ?, ?) ON CONFLICT DO NOTHING",
-        )))
-        .bind(fleet_id)
-        .bind(millis(at))
-        .execute(&mut *tx)
-        .await
-        .map_err(database("recording the fleet id"))?;
-        let held: String =
-            sqlx::query_scalar(sqlx::AssertSqlSafe(sql("SELECT fleet_id FROM fleet WHERE singleton = 1")))
-                .fetch_one(&mut *tx)
-                .await
-                .map_err(database("reading the fleet id"))?;
-        tx.commit().await.map_err(database("recording the fleet id"))?;
-        Ok(held)
+        self.insert_fleet_id(fleet_id, at).await
     }
 
     async fn holds_fleet(&self) -> StoreResult<bool> {
-        sqlx::query_scalar(sqlx::AssertSqlSafe(sql(
-            "SELECT EXISTS (SELECT 1 FROM credentials) OR EXISTS (SELECT 1 FROM machines) \
-             OR EXISTS (SELECT 1 FROM environment_revisions)",
-        )))
-        .fetch_one(&self.pool)
-        .await
-        .map_err(database("looking for a fleet in the database"))
+        self.has_fleet_rows().await
     }
 
     async fn sealed_secret(&self, name: &str) -> StoreResult<Option<SealedSecret>> {
-        let row =
-            sqlx::query(sqlx::AssertSqlSafe(sql("SELECT nonce, sealed FROM fleet_secrets WHERE name = ?")))
-                .bind(name)
-                .fetch_optional(&self.pool)
-                .await
-                .map_err(database("reading a sealed secret"))?;
-        row.map(|row| Ok(SealedSecret { nonce: get(&row, "nonce")?, sealed: get(&row, "sealed")? }))
-            .transpose()
+        self.sealed_by_name(name).await
     }
 
     async fn put_sealed_secret(
@@ -500,58 +381,19 @@ impl Store for ThisStore {
         secret: &SealedSecret,
         at: Timestamp,
     ) -> StoreResult<SealedSecret> {
-        let mut tx = self.write_transaction("storing a sealed secret").await?;
-        insert_sealed(&mut tx, name, secret, at, "ON CONFLICT DO NOTHING").await?;
-        let row =
-            sqlx::query(sqlx::AssertSqlSafe(sql("SELECT nonce, sealed FROM fleet_secrets WHERE name = ?")))
-                .bind(name)
-                .fetch_one(&mut *tx)
-                .await
-                .map_err(database("reading a sealed secret"))?;
-        let stored = SealedSecret { nonce: get(&row, "nonce")?, sealed: get(&row, "sealed")? };
-        tx.commit().await.map_err(database("storing a sealed secret"))?;
-        Ok(stored)
+        self.insert_sealed_secret(name, secret, at).await
     }
 
     async fn set_sealed_secret(&self, name: &str, secret: &SealedSecret, at: Timestamp) -> StoreResult<bool> {
-        let mut tx = self.write_transaction("storing a sealed secret").await?;
-        let existed: bool = sqlx::query_scalar(sqlx::AssertSqlSafe(sql(
-            "SELECT EXISTS (SELECT 1 FROM fleet_secrets WHERE name = ?)",
-        )))
-        .bind(name)
-        .fetch_one(&mut *tx)
-        .await
-        .map_err(database("reading a sealed secret"))?;
-        let replace = "ON CONFLICT (name) DO UPDATE SET nonce = excluded.nonce, sealed = excluded.sealed, \
-                       created_at = excluded.created_at";
-        insert_sealed(&mut tx, name, secret, at, replace).await?;
-        write_pending_audit(&mut tx, &[("created", if existed { "replaced" } else { "created" })]).await?;
-        tx.commit().await.map_err(database("storing a sealed secret"))?;
-        Ok(existed)
+        self.replace_sealed_secret(name, secret, at).await
     }
 
     async fn delete_sealed_secret(&self, name: &str) -> StoreResult<bool> {
-        self.delete_audited("DELETE FROM fleet_secrets WHERE name = ?", name, "deleting a sealed secret")
-            .await
+        self.delete_sealed_row(name).await
     }
 
     async fn sealed_secrets(&self, prefix: &str) -> StoreResult<Vec<(String, SealedSecret, Timestamp)>> {
-        let rows = sqlx::query(sqlx::AssertSqlSafe(sql(
-            "SELECT name, nonce, sealed, created_at FROM fleet_secrets ORDER BY name",
-        )))
-        .fetch_all(&self.pool)
-        .await
-        .map_err(database("listing sealed secrets"))?;
-        // A handful of rows: filtered here rather than with a LIKE pattern to escape.
-        let mut secrets = Vec::new();
-        for row in &rows {
-            let name: String = get(row, "name")?;
-            if name.starts_with(prefix) {
-                let sealed = SealedSecret { nonce: get(row, "nonce")?, sealed: get(row, "sealed")? };
-                secrets.push((name, sealed, timestamp("a sealed secret's time", get(row, "created_at")?)?));
-            }
-        }
-        Ok(secrets)
+        self.sealed_rows(prefix).await
     }
 
     async fn backup(&self, to: &Path) -> StoreResult<()> {

@@ -1,13 +1,13 @@
 //! Environments: apply (revision files, locks), pin (git revisions), and the desired
-//! state each machine is pushed.
+//! specs and locks the agents are pushed.
 
 pub(crate) mod cpu_work;
-pub(crate) mod desired_state;
 mod error;
 pub(crate) mod git_pin;
 pub(crate) mod locking;
 pub(crate) mod revision_files;
 pub mod revisions;
+pub mod spec_cache;
 
 pub use error::RevisionError;
 

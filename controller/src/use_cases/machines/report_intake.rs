@@ -1,6 +1,6 @@
 //! One session's convergence reports on their way in. A bad field costs that field,
 //! never the session: the report is stored with the field cut to its limit and marked,
-//! escaped or left out ([`comfyfleet_proto::report_from_agent`]). A report counts only
+//! escaped or left out (by the agents' edge, which converts it). A report counts only
 //! for what the controller assigned: its generation must be one this machine was given
 //! and, for the current generation, the revision must be that generation's — anything
 //! else ([`check_claim`]) is refused for that machine: not stored, not seen by
@@ -12,9 +12,9 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
+use comfyfleet_config::convergence::ReportError;
 use comfyfleet_config::text::Escaped;
 use comfyfleet_config::{ConvergenceReport, MachineId, Phase, SpecDigest};
-use comfyfleet_proto::v1 as pb;
 use jiff::Timestamp;
 
 use crate::counters::Refusal;
@@ -204,16 +204,17 @@ impl ReportIntake {
         Self { known, last_phase: None, last_report: stored, complaints: Complaints::default() }
     }
 
-    /// Takes one report: stores what counts, refuses the rest. Errs only when the
-    /// store fails (the controller's fault, not the agent's).
+    /// Takes one report, as converted from the wire (with the fields that were
+    /// mended, or why it could not be read): stores what counts, refuses the rest.
+    /// Errs only when the store fails (the controller's fault, not the agent's).
     pub async fn take(
         &mut self,
         state: &ControllerState,
         machine: &MachineId,
-        wire: pb::ConvergenceReport,
+        received: Result<(ConvergenceReport, Vec<ReportError>), String>,
         now: Timestamp,
     ) -> Result<(), String> {
-        let (report, mended) = match comfyfleet_proto::report_from_agent(wire, now) {
+        let (report, mended) = match received {
             Ok(taken) => taken,
             Err(error) => {
                 state.metrics.refused("report", Refusal::BadMessage);
