@@ -40,8 +40,15 @@ impl From<MachineError> for Status {
     fn from(error: MachineError) -> Self {
         match error {
             MachineError::Store(store) => store_status(&store),
-            MachineError::NoMachineStartsWith { .. } => Status::not_found(error.to_string()),
-            MachineError::Revoked { .. } => Status::failed_precondition(error.to_string()),
+            MachineError::Revisions(inner) => inner.into(),
+            MachineError::Internal(message) => internal(message),
+            MachineError::NoMachineStartsWith { .. } | MachineError::Disappeared { .. } => {
+                Status::not_found(error.to_string())
+            }
+            MachineError::Revoked { .. }
+            | MachineError::NothingToReturnTo { .. }
+            | MachineError::EarlierRevisionUnknown { .. }
+            | MachineError::CannotRunAnyMore { .. } => Status::failed_precondition(error.to_string()),
             MachineError::NoMachineGiven
             | MachineError::SeveralMachinesMatch { .. }
             | MachineError::TooManyNamed { .. } => Status::invalid_argument(error.to_string()),

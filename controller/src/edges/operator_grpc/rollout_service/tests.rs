@@ -1,6 +1,7 @@
 //! Rollouts and rollbacks through the real `FleetService` handlers over SQLite, with
 //! machines of the fixture GPU profiles.
 
+use comfyfleet_config::MachineId;
 use comfyfleet_config::installed::{InstalledEnvironment, InstalledEnvironments};
 use comfyfleet_config::resolve::MachinePlan;
 use comfyfleet_proto::v1::fleet_service_server::FleetService;
