@@ -9,6 +9,7 @@ use crate::store::StoreError;
 use crate::use_cases::credentials::auth::CredentialError;
 use crate::use_cases::environments::RevisionError;
 use crate::use_cases::machines::MachineError;
+use crate::use_cases::package_cache::fill::FillError;
 use crate::use_cases::rollouts::RolloutError;
 
 /// A failure of the controller's own, as the caller's status: UNAVAILABLE (clients
@@ -109,6 +110,18 @@ impl From<CredentialError> for Status {
             CredentialError::Malformed(_) | CredentialError::NotValidHere { .. } => {
                 Status::unauthenticated(error.to_string())
             }
+        }
+    }
+}
+
+impl From<FillError> for Status {
+    fn from(error: FillError) -> Self {
+        match error {
+            FillError::Store(store) => store_status(&store),
+            FillError::Revisions(inner) => inner.into(),
+            FillError::Internal(message) => internal(message),
+            // Not "unavailable": the controller answered; what it fetches from did not.
+            FillError::Incomplete(_) => Status::failed_precondition(error.to_string()),
         }
     }
 }

@@ -20,6 +20,7 @@
 //! (by mtime, touched at every hit) first.
 
 pub(crate) mod body;
+pub mod fill;
 pub(crate) mod index_page;
 pub(crate) mod index_proxy;
 pub(crate) mod source_access;

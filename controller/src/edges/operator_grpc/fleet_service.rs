@@ -105,7 +105,7 @@ fn check_credential_name(name: &str) -> Result<(), Status> {
 
 #[tonic::async_trait]
 impl pb::fleet_service_server::FleetService for FleetApi {
-    type FillCacheStream = tokio_stream::wrappers::ReceiverStream<Result<pb::FillCacheProgress, Status>>;
+    type FillCacheStream = cache_service::FillStream;
 
     async fn lock_environment(
         &self,
@@ -136,8 +136,8 @@ impl pb::fleet_service_server::FleetService for FleetApi {
         request: Request<pb::FillCacheRequest>,
     ) -> Result<Response<Self::FillCacheStream>, Status> {
         let caller = self.caller(&request, Role::Operator).await?;
-        let receiver = cache_service::fill(self.state.clone(), &caller, request.into_inner()).await?;
-        Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(receiver)))
+        let stream = cache_service::fill(self.state.clone(), &caller, request.into_inner()).await?;
+        Ok(Response::new(stream))
     }
 
     async fn who_am_i(
