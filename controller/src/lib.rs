@@ -11,6 +11,7 @@ pub mod backup;
 mod cache_body;
 mod cache_http;
 mod cache_service;
+mod checkout_check;
 pub mod cluster;
 pub mod connection_guard;
 mod cpu_work;
