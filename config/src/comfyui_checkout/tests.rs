@@ -27,7 +27,7 @@ fn real(version: &str, path: &str) -> String {
 fn spec(python: &str, run: &str) -> Spec {
     let text = format!(
         "name = \"r\"\npython = \"{python}\"\n[comfyui]\ngit = \"https://github.com/c/ComfyUI\"\nref = \"v1\"\n\
-         [torch]\nversion = \"2.11.0\"\ncuda = [\"cu128\", \"cu130\"]\n[run]\n{run}"
+         [torch]\nversion = \"2.11.0\"\ncuda = [\"cu130\", \"cu128\"]\n[run]\n{run}"
     );
     Spec::parse("spec.toml", &text, SpecFormat::Toml).unwrap()
 }
@@ -65,10 +65,14 @@ fn options_are_read_from_the_real_cli_args() {
     assert_eq!(refused.len(), 1, "{refused:?}");
     assert!(refused[0].contains("run.args: `--normalvram` is not an option of this ComfyUI commit"), "{refused:?}");
     check_arguments(&spec("3.12", "args = [\"--normalvram\"]\n"), &old).unwrap();
-    let verified = spec("3.12", "[run.when_verified]\nsageattention = [\"--use-sage-attention\", \"--fast=fp16\"]\n");
+    let verified = spec(
+        "3.12",
+        "[run.when_verified]\ntriton = [\"--use-sage-attention\", \"--disable-dynamic-vram\"]\n\
+         [[optimization]]\nname = \"triton\"\npackage = \"triton\"\nrequires = [\"nvidia\", \"linux\"]\n",
+    );
     let refused = check_arguments(&verified, &old).unwrap_err();
     assert_eq!(refused.len(), 1, "{refused:?}");
-    assert!(refused[0].starts_with("run.when_verified.sageattention: `--fast`"), "{refused:?}");
+    assert!(refused[0].starts_with("run.when_verified.triton: `--disable-dynamic-vram`"), "{refused:?}");
     check_arguments(&verified, &new).unwrap();
 }
 
@@ -124,7 +128,7 @@ fn manager_on_beyond_loopback_is_warned_about() {
     assert!(warned("manager = \"on\"\n").is_empty());
     assert!(warned("manager = \"on\"\nargs = [\"--listen\", \"127.0.0.1,::1\"]\n").is_empty());
     assert!(warned("manager = \"read-only\"\nargs = [\"--listen\"]\n").is_empty());
-    for args in ["[\"--listen\"]", "[\"--listen\", \"--port\", \"1\"]", "[\"--listen=10.0.0.5\"]", "[\"--listen\", \"0.0.0.0\"]"] {
+    for args in ["[\"--listen\"]", "[\"--listen\", \"--preview-method\", \"auto\"]", "[\"--listen=10.0.0.5\"]", "[\"--listen\", \"0.0.0.0\"]"] {
         let warning = warned(&format!("manager = \"on\"\nargs = {args}\n"));
         assert_eq!(warning.len(), 1, "{args}");
         assert!(warning[0].contains("network_mode is \"personal_cloud\""), "{}", warning[0]);
