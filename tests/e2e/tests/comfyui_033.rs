@@ -11,16 +11,39 @@
 use std::path::Path;
 use std::time::Duration;
 
+use comfyfleet_e2e::git::GitRepo;
 use comfyfleet_e2e::provision::{Fleet, current_target, step};
 use comfyfleet_e2e::real_comfyui::{COMFYUI_0_3_64, COMFYUI_0_33_0, real_comfyui};
 use comfyfleet_e2e::standin::system_python;
 use comfyfleet_e2e::wait_until;
 
-/// `spec` with `python = "<version>"` and `args = [<args>]` in place of the test's.
-fn with(spec: &str, python: &str, args: &str) -> String {
-    let ours = format!("python = \"{}\"", system_python().version);
-    assert!(spec.contains(&ours), "{spec}");
-    spec.replacen(&ours, &format!("python = \"{python}\""), 1).replacen("args = []", &format!("args = [{args}]"), 1)
+/// A spec of ComfyUI `repo` at `tag` with nothing else to it: torch `torch` from the
+/// stand-in index, no optimisation, no custom node.
+fn bare_spec(fleet: &Fleet, repo: &GitRepo, tag: &str, python: &str, torch: &str, run: &str) -> String {
+    let base = fleet.base_url();
+    format!(
+        r#"name = "render-prod"
+python = "{python}"
+
+[comfyui]
+git = "{git}"
+ref = "{tag}"
+
+[torch]
+version = "{torch}"
+cuda = {cuda}
+index = "{base}/whl/{{cuda}}"
+
+[index]
+url = "{base}/simple"
+trusted_hosts = ["127.0.0.1"]
+
+[run]
+{run}
+"#,
+        git = repo.url(),
+        cuda = if torch == "2.8.0" { r#"["cu128"]"# } else { r#"["cu130", "cu128"]"# },
+    )
 }
 
 fn apply_refused(fleet: &Fleet, spec: &str) -> String {
@@ -34,36 +57,31 @@ fn the_real_0_33_checkout_refuses_python_3_9_and_normalvram_at_apply() {
     let fleet = Fleet::start();
     let new = real_comfyui(fleet.dir.path(), COMFYUI_0_33_0);
     let old = real_comfyui(fleet.dir.path(), COMFYUI_0_3_64);
-    let spec = |repo: &comfyfleet_e2e::git::GitRepo, tag: &str| {
-        fleet.spec(|options| {
-            options.comfyui_git = repo.url();
-            options.comfyui_ref = tag.to_owned();
-            options.torch_version = "2.8.0".to_owned();
-            options.cuda = vec!["cu128".to_owned()];
-            options.custom_nodes.clear();
-        })
-    };
     let python = system_python().version.clone();
+    let spec = |repo: &GitRepo, tag: &str, python: &str, args: &str| {
+        bare_spec(&fleet, repo, tag, python, "2.8.0", &format!("args = [{args}]"))
+    };
 
-    let refused = apply_refused(&fleet, &with(&spec(&new, "v0.33.0"), "3.9", ""));
-    assert!(refused.contains("cannot run on ComfyUI 783545f689a0"), "{refused}");
+    let refused = apply_refused(&fleet, &spec(&new, "v0.33.0", "3.9", ""));
+    let pinned = format!("render-prod cannot run on ComfyUI {}:", &new.head()[..12]);
+    assert!(refused.contains(&pinned), "{refused}");
     assert!(refused.contains("python = \"3.9\", but this ComfyUI commit requires Python >=3.10"), "{refused}");
     assert!(!refused.contains("--normalvram"), "{refused}");
 
-    let refused = apply_refused(&fleet, &with(&spec(&new, "v0.33.0"), &python, "\"--normalvram\""));
+    let refused = apply_refused(&fleet, &spec(&new, "v0.33.0", &python, "\"--normalvram\""));
     assert!(
         refused.contains("run.args: `--normalvram` is not an option of this ComfyUI commit"),
         "{refused}"
     );
     assert!(!refused.contains("requires Python"), "{refused}");
     // An option the checkout declares passes the check (and fails nothing here).
-    let refused = apply_refused(&fleet, &with(&spec(&new, "v0.33.0"), "3.9", "\"--highvram\", \"--normalvram\""));
+    let refused = apply_refused(&fleet, &spec(&new, "v0.33.0", "3.9", "\"--highvram\", \"--normalvram\""));
     assert!(refused.contains("requires Python >=3.10") && refused.contains("`--normalvram`"), "{refused}");
     assert!(!refused.contains("`--highvram`"), "{refused}");
 
     // 0.3.64 still has --normalvram and takes Python 3.9: its checkout refuses
     // neither, and apply goes on to lock it (which its pins fail on the stand-in index).
-    let refused = apply_refused(&fleet, &with(&spec(&old, "v0.3.64"), &python, "\"--normalvram\""));
+    let refused = apply_refused(&fleet, &spec(&old, "v0.3.64", &python, "\"--normalvram\""));
     assert!(refused.contains("cannot lock"), "{refused}");
     assert!(!refused.contains("cannot run on ComfyUI") && !refused.contains("not an option"), "{refused}");
 }
@@ -80,17 +98,8 @@ fn plan_says_where_comfy_kitchen_cuda_ops_are_off_and_warns_about_the_manager_be
     }
     let new = real_comfyui(fleet.dir.path(), COMFYUI_0_33_0);
     let old = real_comfyui(fleet.dir.path(), COMFYUI_0_3_64);
-    let spec = |repo: &comfyfleet_e2e::git::GitRepo, tag: &str, run: &str| {
-        fleet
-            .spec(|options| {
-                options.comfyui_git = repo.url();
-                options.comfyui_ref = tag.to_owned();
-                options.torch_version = "2.11.0".to_owned();
-                options.cuda = vec!["cu130".to_owned(), "cu128".to_owned()];
-                options.custom_nodes.clear();
-                options.run_extra = run.to_owned();
-            })
-            .replacen("args = []", "args = [\"--listen\", \"0.0.0.0\"]", 1)
+    let spec = |repo: &GitRepo, tag: &str, run: &str| {
+        bare_spec(&fleet, repo, tag, &system_python().version, "2.11.0", &format!("args = [\"--listen\", \"0.0.0.0\"]\n{run}"))
     };
     let plan = |text: &str, output: &str| {
         let path = fleet.dir.path().join("plan.toml");
