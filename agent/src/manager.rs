@@ -142,7 +142,10 @@ mod tests {
 
     #[test]
     fn the_built_in_manager_is_confirmed_by_its_route() {
-        assert_eq!(loaded(Ok("4.2.2\n".into()), "").unwrap(), "ComfyUI-Manager 4.2.2 serves /v2/manager/version");
+        assert_eq!(
+            loaded(Ok("4.2.2\n".into()), "").unwrap(),
+            "ComfyUI-Manager 4.2.2 serves /v2/manager/version"
+        );
         let log = "\u{1b}[33m[WARNING]\u{1b}[0m \n\nTo use the `--enable-manager` feature, the `comfyui-manager` \
                    package must be installed first.\n";
         let missing = loaded(Err("status 404 Not Found".into()), log).unwrap_err();

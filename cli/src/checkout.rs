@@ -18,7 +18,9 @@ pub fn comfyui_requirements(spec: &Spec) -> Result<String, String> {
     let _ = std::fs::remove_dir_all(&dir);
     let result = fetch_and_read(&dir, &source.git, wanted);
     let _ = std::fs::remove_dir_all(&dir);
-    result.map_err(|error| format!("cannot read ComfyUI's {REQUIREMENTS} at {wanted} from {}: {error}", source.git))
+    result.map_err(|error| {
+        format!("cannot read ComfyUI's {REQUIREMENTS} at {wanted} from {}: {error}", source.git)
+    })
 }
 
 fn fetch_and_read(dir: &Path, url: &str, wanted: &str) -> Result<String, String> {

@@ -105,7 +105,10 @@ pub fn check_arguments(spec: &Spec, declared: &BTreeSet<String>) -> Result<(), V
 
 /// `--x` of `--x` or `--x=value`; none for a value (`auto`, `-1`).
 fn option_of(arg: &str) -> Option<&str> {
-    if !arg.starts_with('-') || arg.len() < 2 || arg[1..].starts_with(|c: char| c.is_ascii_digit() || c == '.') {
+    if !arg.starts_with('-')
+        || arg.len() < 2
+        || arg[1..].starts_with(|c: char| c.is_ascii_digit() || c == '.')
+    {
         return None;
     }
     Some(arg.split_once('=').map_or(arg, |(option, _)| option))
@@ -113,9 +116,11 @@ fn option_of(arg: &str) -> Option<&str> {
 
 /// Whether a `requirements.txt` asks for comfy-kitchen.
 pub fn has_comfy_kitchen(requirements: &str) -> bool {
-    requirements.lines().map(str::trim).filter(|line| !line.is_empty() && !line.starts_with(['#', '-'])).any(
-        |line| normalize_package_name(requirement_name(line)) == "comfy-kitchen",
-    )
+    requirements
+        .lines()
+        .map(str::trim)
+        .filter(|line| !line.is_empty() && !line.starts_with(['#', '-']))
+        .any(|line| normalize_package_name(requirement_name(line)) == "comfy-kitchen")
 }
 
 /// "comfy-kitchen CUDA ops off: torch 2.11.0+cu128" where the plan's torch is a
@@ -123,7 +128,8 @@ pub fn has_comfy_kitchen(requirements: &str) -> bool {
 pub fn comfy_kitchen_note(requirements: &str, plan: &MachinePlan) -> Option<String> {
     let cuda = plan.cuda_tag.cuda();
     let old = (cuda.major, cuda.minor) < KITCHEN_CUDA_SINCE;
-    (old && has_comfy_kitchen(requirements)).then(|| format!("comfy-kitchen CUDA ops off: torch {}", plan.torch))
+    (old && has_comfy_kitchen(requirements))
+        .then(|| format!("comfy-kitchen CUDA ops off: torch {}", plan.torch))
 }
 
 /// The addresses `--listen` binds in `args` (ComfyUI's default `127.0.0.1`; a bare

@@ -12,7 +12,11 @@ use tonic::Status;
 use crate::git_mirror::GitMirror;
 
 /// Refuses `spec` when its pinned ComfyUI commit cannot run it, naming why.
-pub async fn refuse_unfit(mirror: &GitMirror, spec: &Spec, credentials: &SourceCredentials) -> Result<(), Status> {
+pub async fn refuse_unfit(
+    mirror: &GitMirror,
+    spec: &Spec,
+    credentials: &SourceCredentials,
+) -> Result<(), Status> {
     let Some(commit) = spec.comfyui.commit.as_deref() else { return Ok(()) };
     let read = |path: &'static str| async move {
         mirror

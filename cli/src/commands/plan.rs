@@ -154,7 +154,9 @@ pub fn plan_with_checkout(spec: &Spec, machines: &[MachineView]) -> anyhow::Resu
     match crate::checkout::comfyui_requirements(spec) {
         Ok(requirements) => {
             let resolver = Resolver::new(spec);
-            for (outcome, machine) in report.machines.iter_mut().zip(machines.iter().filter(|m| m.revoked_at.is_none())) {
+            for (outcome, machine) in
+                report.machines.iter_mut().zip(machines.iter().filter(|m| m.revoked_at.is_none()))
+            {
                 let Some(view) = outcome.plan.as_mut() else { continue };
                 let facts = machine.facts().map_err(|e| anyhow::anyhow!(e))?;
                 if let Resolution::Planned(plan) = resolver.resolve(&facts) {

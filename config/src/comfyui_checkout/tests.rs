@@ -52,7 +52,8 @@ fn options_are_read_from_the_real_cli_args() {
     let new = declared_options(&real("0.33.0", "comfy/cli_args.py"));
     let old = declared_options(&real("0.3.64", "comfy/cli_args.py"));
     // Multi-line calls, groups and short forms are all read.
-    for option in ["--listen", "--enable-manager", "--disable-manager-ui", "--models-directory", "--highvram"] {
+    for option in ["--listen", "--enable-manager", "--disable-manager-ui", "--models-directory", "--highvram"]
+    {
         assert!(new.contains(option), "0.33.0 lacks {option}: {new:?}");
     }
     assert!(!new.contains("--normalvram"), "0.33.0 removed --normalvram");
@@ -60,10 +61,14 @@ fn options_are_read_from_the_real_cli_args() {
     assert!(new.len() > 90 && old.len() > 70, "{} {}", new.len(), old.len());
     assert!(new.iter().all(|option| option.starts_with('-')));
 
-    let refused = check_arguments(&spec("3.12", "args = [\"--normalvram\", \"--preview-method\", \"auto\"]\n"), &new)
-        .unwrap_err();
+    let refused =
+        check_arguments(&spec("3.12", "args = [\"--normalvram\", \"--preview-method\", \"auto\"]\n"), &new)
+            .unwrap_err();
     assert_eq!(refused.len(), 1, "{refused:?}");
-    assert!(refused[0].contains("run.args: `--normalvram` is not an option of this ComfyUI commit"), "{refused:?}");
+    assert!(
+        refused[0].contains("run.args: `--normalvram` is not an option of this ComfyUI commit"),
+        "{refused:?}"
+    );
     check_arguments(&spec("3.12", "args = [\"--normalvram\"]\n"), &old).unwrap();
     let verified = spec(
         "3.12",
@@ -107,7 +112,10 @@ fn comfy_kitchen_is_noted_below_cu130_for_the_real_033_requirements() {
         }
     };
     let cu128 = plan("570.86.10", (12, 8));
-    assert_eq!(comfy_kitchen_note(&new, &cu128).as_deref(), Some("comfy-kitchen CUDA ops off: torch 2.11.0+cu128"));
+    assert_eq!(
+        comfy_kitchen_note(&new, &cu128).as_deref(),
+        Some("comfy-kitchen CUDA ops off: torch 2.11.0+cu128")
+    );
     assert_eq!(comfy_kitchen_note(&old, &cu128), None);
     let cu130 = plan("580.65.06", (13, 0));
     assert_eq!(cu130.cuda_tag.to_string(), "cu130");
@@ -128,7 +136,12 @@ fn manager_on_beyond_loopback_is_warned_about() {
     assert!(warned("manager = \"on\"\n").is_empty());
     assert!(warned("manager = \"on\"\nargs = [\"--listen\", \"127.0.0.1,::1\"]\n").is_empty());
     assert!(warned("manager = \"read-only\"\nargs = [\"--listen\"]\n").is_empty());
-    for args in ["[\"--listen\"]", "[\"--listen\", \"--preview-method\", \"auto\"]", "[\"--listen=10.0.0.5\"]", "[\"--listen\", \"0.0.0.0\"]"] {
+    for args in [
+        "[\"--listen\"]",
+        "[\"--listen\", \"--preview-method\", \"auto\"]",
+        "[\"--listen=10.0.0.5\"]",
+        "[\"--listen\", \"0.0.0.0\"]",
+    ] {
         let warning = warned(&format!("manager = \"on\"\nargs = {args}\n"));
         assert_eq!(warning.len(), 1, "{args}");
         assert!(warning[0].contains("network_mode is \"personal_cloud\""), "{}", warning[0]);

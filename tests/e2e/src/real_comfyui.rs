@@ -15,9 +15,11 @@ pub struct RealComfyui {
 }
 
 /// ComfyUI 0.3.64 (2025-10-12), commit a125cd84.
-pub const COMFYUI_0_3_64: RealComfyui = RealComfyui { tarball: "comfyui-0.3.64-a125cd84.tar.gz", tag: "v0.3.64" };
+pub const COMFYUI_0_3_64: RealComfyui =
+    RealComfyui { tarball: "comfyui-0.3.64-a125cd84.tar.gz", tag: "v0.3.64" };
 /// ComfyUI 0.33.0 (2026-08-22), commit 783545f6.
-pub const COMFYUI_0_33_0: RealComfyui = RealComfyui { tarball: "comfyui-0.33.0-783545f6.tar.gz", tag: "v0.33.0" };
+pub const COMFYUI_0_33_0: RealComfyui =
+    RealComfyui { tarball: "comfyui-0.33.0-783545f6.tar.gz", tag: "v0.33.0" };
 
 fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")

@@ -65,7 +65,10 @@ fn the_real_0_33_checkout_refuses_python_3_9_and_normalvram_at_apply() {
     let refused = apply_refused(&fleet, &spec(&new, "v0.33.0", "3.9", ""));
     let pinned = format!("render-prod cannot run on ComfyUI {}:", &new.head()[..12]);
     assert!(refused.contains(&pinned), "{refused}");
-    assert!(refused.contains("python = \"3.9\", but this ComfyUI commit requires Python >=3.10"), "{refused}");
+    assert!(
+        refused.contains("python = \"3.9\", but this ComfyUI commit requires Python >=3.10"),
+        "{refused}"
+    );
     assert!(!refused.contains("--normalvram"), "{refused}");
 
     let refused = apply_refused(&fleet, &spec(&new, "v0.33.0", &python, "\"--normalvram\""));
@@ -94,12 +97,21 @@ fn plan_says_where_comfy_kitchen_cuda_ops_are_off_and_warns_about_the_manager_be
     let ada = fleet.machine_id("ada");
     let hopper = fleet.machine_id("hopper");
     for id in [&ada, &hopper] {
-        fleet.wait_for(id, "its inventory", |machine| machine["gpus"].as_array().is_some_and(|gpus| !gpus.is_empty()));
+        fleet.wait_for(id, "its inventory", |machine| {
+            machine["gpus"].as_array().is_some_and(|gpus| !gpus.is_empty())
+        });
     }
     let new = real_comfyui(fleet.dir.path(), COMFYUI_0_33_0);
     let old = real_comfyui(fleet.dir.path(), COMFYUI_0_3_64);
     let spec = |repo: &GitRepo, tag: &str, run: &str| {
-        bare_spec(&fleet, repo, tag, &system_python().version, "2.11.0", &format!("args = [\"--listen\", \"0.0.0.0\"]\n{run}"))
+        bare_spec(
+            &fleet,
+            repo,
+            tag,
+            &system_python().version,
+            "2.11.0",
+            &format!("args = [\"--listen\", \"0.0.0.0\"]\n{run}"),
+        )
     };
     let plan = |text: &str, output: &str| {
         let path = fleet.dir.path().join("plan.toml");
@@ -175,15 +187,18 @@ fn the_manager_package_is_locked_installed_and_confirmed_only_when_the_manager_r
 
     // A checkout whose manager_requirements.txt names nothing: ComfyUI warns and runs
     // without the manager, and the health check fails the switch, saying why.
-    let without = comfyui.repo.commit(&[("manager_requirements.txt", "# no manager package\n")], "No manager package");
+    let without =
+        comfyui.repo.commit(&[("manager_requirements.txt", "# no manager package\n")], "No manager package");
     fleet.apply(&spec(&without, "read-only"));
     rollout(false);
     let machine = wait_until(Duration::from_secs(60), "the machine to be back on revision 1", || {
         let machine = fleet.show(&id);
-        (machine["assignment"]["reason"] == "rollback" && machine["report"]["phase"] == "active").then_some(machine)
+        (machine["assignment"]["reason"] == "rollback" && machine["report"]["phase"] == "active")
+            .then_some(machine)
     });
     let status: serde_json::Value =
-        serde_json::from_str(&fleet.cli(&["rollout", "status", "render-prod", "-o", "json"]).success()).unwrap();
+        serde_json::from_str(&fleet.cli(&["rollout", "status", "render-prod", "-o", "json"]).success())
+            .unwrap();
     let detail = status["machines"][0]["detail"].as_str().unwrap();
     assert!(detail.contains("ComfyUI-Manager did not load (/v2/manager/version: status 404"), "{detail}");
     assert!(detail.contains("comfyui-manager package is not installed"), "{detail}");

@@ -72,7 +72,14 @@ struct Lane {
     manager: &'static str,
 }
 
-fn real_spec(lane: &Lane, comfyui: &GitRepo, nodes: [&GitRepo; 2], torch_index: &str, cuda: &str, port: u16) -> String {
+fn real_spec(
+    lane: &Lane,
+    comfyui: &GitRepo,
+    nodes: [&GitRepo; 2],
+    torch_index: &str,
+    cuda: &str,
+    port: u16,
+) -> String {
     let python = &system_python().version;
     format!(
         r#"name = "real-lane"
@@ -183,7 +190,10 @@ fn the_real_comfyui_0_33_builds_from_pypi_with_its_real_requirements_and_the_man
     }
     let record: Value = serde_json::from_slice(&std::fs::read(env.join(".complete")).unwrap()).unwrap();
     let comfyui = &record["comfyui"];
-    assert_eq!((comfyui["builtin_manager"].as_bool(), comfyui["models_directory"].as_bool()), (Some(true), Some(true)));
+    assert_eq!(
+        (comfyui["builtin_manager"].as_bool(), comfyui["models_directory"].as_bool()),
+        (Some(true), Some(true))
+    );
     assert_eq!(comfyui["migrations"].as_array().map(Vec::len), Some(6), "{comfyui}");
     let requirements = step(&machine, "requirements")["detail"].as_str().unwrap();
     if machine["assignment"]["torch"].as_str().unwrap_or_default().ends_with("+cu128") {
