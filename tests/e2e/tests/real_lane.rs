@@ -153,7 +153,7 @@ fn directory_size(path: &Path) -> u64 {
 
 #[test]
 fn the_real_comfyui_builds_from_pypi_with_its_real_requirements() {
-    let Some((machine, installed, env)) =
+    let Some((machine, installed, record)) =
         real_lane(&Lane { release: COMFYUI_0_3_64, torch: "2.9.0", manager: "off" })
     else {
         return;
@@ -161,7 +161,6 @@ fn the_real_comfyui_builds_from_pypi_with_its_real_requirements() {
     assert_eq!(installed["comfyui-frontend-package"], "1.27.10", "ComfyUI 0.3.64's own pin");
     assert!(installed.get("comfyui-manager").is_none(), "{installed}");
     // The real checkout and what the agent reads from it.
-    let record: Value = serde_json::from_slice(&std::fs::read(env.join(".complete")).unwrap()).unwrap();
     assert_eq!(record["comfyui"]["database_url"], true, "0.3.64 takes --database-url: {}", record["comfyui"]);
     assert_eq!(record["comfyui"]["builtin_manager"], false, "{}", record["comfyui"]);
     let requirements = step(&machine, "requirements")["detail"].as_str().unwrap();
@@ -170,7 +169,7 @@ fn the_real_comfyui_builds_from_pypi_with_its_real_requirements() {
 
 #[test]
 fn the_real_comfyui_0_33_builds_from_pypi_with_its_real_requirements_and_the_manager_package() {
-    let Some((machine, installed, env)) =
+    let Some((machine, installed, record)) =
         real_lane(&Lane { release: COMFYUI_0_33_0, torch: "2.11.0", manager: "on" })
     else {
         return;
@@ -188,7 +187,6 @@ fn the_real_comfyui_0_33_builds_from_pypi_with_its_real_requirements_and_the_man
     for package in ["comfy-angle", "blake3", "simpleeval", "pyopengl"] {
         assert!(installed.get(package).is_some(), "{package} is missing: {installed}");
     }
-    let record: Value = serde_json::from_slice(&std::fs::read(env.join(".complete")).unwrap()).unwrap();
     let comfyui = &record["comfyui"];
     assert_eq!(
         (comfyui["builtin_manager"].as_bool(), comfyui["models_directory"].as_bool()),
@@ -202,8 +200,9 @@ fn the_real_comfyui_0_33_builds_from_pypi_with_its_real_requirements_and_the_man
 }
 
 /// Builds `lane` to `prepared` (to `active` on a real GPU) and returns the machine,
-/// the venv's distributions and the environment's directory; none when skipped.
-fn real_lane(lane: &Lane) -> Option<(Value, Value, PathBuf)> {
+/// the venv's distributions and the environment's completion record (what the agent
+/// read from the real checkout); none when skipped.
+fn real_lane(lane: &Lane) -> Option<(Value, Value, Value)> {
     if std::env::var("COMFYFLEET_REAL_LANE").as_deref() == Ok("skip") {
         eprintln!("COMFYFLEET_REAL_LANE=skip: the real lane did not run");
         return None;
@@ -330,5 +329,6 @@ fn real_lane(lane: &Lane) -> Option<(Value, Value, PathBuf)> {
         assert!(agent.comfyui_pid().is_none(), "nothing was activated");
         assert_eq!(machine["gpus"][0]["name"], "NVIDIA GeForce RTX 4090");
     }
-    Some((machine, installed, env))
+    let record: Value = serde_json::from_slice(&std::fs::read(env.join(".complete")).unwrap()).unwrap();
+    Some((machine, installed, record))
 }
