@@ -202,6 +202,7 @@ fn the_real_comfyui_0_33_builds_from_pypi_with_its_real_requirements_and_the_man
 /// Builds `lane` to `prepared` (to `active` on a real GPU) and returns the machine,
 /// the venv's distributions and the environment's completion record (what the agent
 /// read from the real checkout); none when skipped.
+#[allow(clippy::print_stderr)] // the lane says what it did, and when it was skipped
 fn real_lane(lane: &Lane) -> Option<(Value, Value, Value)> {
     if std::env::var("COMFYFLEET_REAL_LANE").as_deref() == Ok("skip") {
         eprintln!("COMFYFLEET_REAL_LANE=skip: the real lane did not run");
