@@ -216,4 +216,13 @@ fn the_manager_package_is_locked_installed_and_confirmed_only_when_the_manager_r
     assert!(log.contains("[START] ComfyUI-Manager"), "{log}");
     let config = agent.data_dir.join("shared/user/__manager/config.ini");
     assert!(std::fs::read_to_string(&config).unwrap().contains("security_level = strong"));
+
+    // On, listening beyond loopback: apply says the manager will refuse installs.
+    let on = spec(&release, "on").replacen("args = []", "args = [\"--listen\", \"0.0.0.0\"]", 1);
+    let applied = fleet.apply(&on);
+    assert!(
+        applied.contains("warning: run.manager = \"on\" with --listen 0.0.0.0 (not loopback): ComfyUI-Manager refuses installs"),
+        "{applied}"
+    );
+    assert!(!fleet.apply(&spec(&release, "on")).contains("warning"), "loopback: no warning");
 }
