@@ -279,6 +279,13 @@ impl Activator<'_> {
                     for warning in found.broken.iter().chain(&found.warnings) {
                         detail.push_str(&format!("; warning: {warning}"));
                     }
+                    if manager::expects_builtin(record) {
+                        match self.manager_check(launch.port).await {
+                            Ok(note) => detail.push_str(&format!("; {note}")),
+                            Err(problem) if nodes == Nodes::Required => return Err(fail(handle, problem)),
+                            Err(problem) => detail.push_str(&format!("; warning: {problem}")),
+                        }
+                    }
                     handle.finish(StepState::Done, detail);
                     return Ok(());
                 }
@@ -373,6 +380,19 @@ impl Activator<'_> {
                 found
             }
         }
+    }
+
+    /// Whether the built-in manager this start asked for serves its route.
+    async fn manager_check(&self, port: u16) -> Result<String, String> {
+        let url = format!("http://127.0.0.1:{port}{}", manager::VERSION_ROUTE);
+        let answer = match self.http.get(&url).timeout(HTTP_TIMEOUT).send().await {
+            Ok(response) if response.status().is_success() => {
+                response.text().await.map_err(|error| comfyfleet_proto::transport::error_chain(&error))
+            }
+            Ok(response) => Err(format!("status {}", response.status())),
+            Err(error) => Err(comfyfleet_proto::transport::error_chain(&error)),
+        };
+        manager::loaded(answer, &self.service.this_start_log())
     }
 
     async fn get<T: for<'de> Deserialize<'de>>(&self, url: &str) -> Result<T, String> {

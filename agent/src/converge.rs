@@ -510,7 +510,7 @@ mod tests {
 
     fn assignment_for(facts: &MachineFacts) -> Assignment {
         let text = include_str!("../../config/examples/render-farm.toml")
-            .replace("ref = \"v0.3.64\"", &format!("ref = \"v0.3.64\"\ncommit = \"{}\"", "a".repeat(40)))
+            .replace("ref = \"v0.33.0\"", &format!("ref = \"v0.33.0\"\ncommit = \"{}\"", "a".repeat(40)))
             .replace("ref = \"main\"", &format!("ref = \"main\"\ncommit = \"{}\"", "b".repeat(40)));
         let spec = Spec::parse("render-farm.toml", &text, SpecFormat::Toml).unwrap();
         let plan = Resolver::new(&spec).plan(facts).unwrap();

@@ -42,6 +42,39 @@ pub fn arguments(record: &CompleteRecord) -> Vec<String> {
     }
 }
 
+/// The route the built-in manager (the `comfyui_manager` package, 4.x) serves once
+/// ComfyUI started it: its version, as text.
+pub const VERSION_ROUTE: &str = "/v2/manager/version";
+
+/// Whether the health check must find the built-in manager serving: it was asked
+/// for with `--enable-manager` (ComfyUI 0.4+ turns it off, logs a warning and runs
+/// on when the `comfyui_manager` package is not installed).
+pub fn expects_builtin(record: &CompleteRecord) -> bool {
+    !arguments(record).is_empty()
+}
+
+/// The health check's verdict on the built-in manager from what
+/// [`VERSION_ROUTE`] answered (`answer`) and this start's `log`: a note naming its
+/// version, or why it is not there.
+pub fn loaded(answer: Result<String, String>, log: &str) -> Result<String, String> {
+    match answer {
+        Ok(version) if !version.trim().is_empty() && version.trim().len() <= 64 => {
+            Ok(format!("ComfyUI-Manager {} serves {VERSION_ROUTE}", version.trim()))
+        }
+        Ok(_) => Err(format!("ComfyUI-Manager did not load: {VERSION_ROUTE} gave no version")),
+        Err(error) => {
+            let lines = crate::comfyui::log::plain_lines(log);
+            let why = if lines.iter().any(|line| line.contains("package must be installed first")) {
+                "ComfyUI logged that the comfyui-manager package is not installed (manager_requirements.txt), and \
+                 runs without the manager"
+            } else {
+                "ComfyUI logged no reason"
+            };
+            Err(format!("ComfyUI-Manager did not load ({VERSION_ROUTE}: {error}): {why}"))
+        }
+    }
+}
+
 /// Writes the manager's `security_level` for `record` into the user directory.
 pub fn configure(user_directory: &Path, record: &CompleteRecord) -> Result<(), String> {
     let level = match record.manager {
@@ -106,6 +139,19 @@ fn with_setting(text: &str, section: &str, key: &str, value: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_built_in_manager_is_confirmed_by_its_route() {
+        assert_eq!(
+            loaded(Ok("4.2.2\n".into()), "").unwrap(),
+            "ComfyUI-Manager 4.2.2 serves /v2/manager/version"
+        );
+        let log = "\u{1b}[33m[WARNING]\u{1b}[0m \n\nTo use the `--enable-manager` feature, the `comfyui-manager` \
+                   package must be installed first.\n";
+        let missing = loaded(Err("status 404 Not Found".into()), log).unwrap_err();
+        assert!(missing.contains("status 404") && missing.contains("not installed"), "{missing}");
+        assert!(loaded(Err("refused".into()), "").unwrap_err().contains("logged no reason"));
+    }
 
     #[test]
     fn the_security_level_is_set_and_other_settings_stay() {

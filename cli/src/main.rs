@@ -3,6 +3,7 @@
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
 mod args;
+mod checkout;
 mod client;
 mod commands;
 mod format;
@@ -141,7 +142,7 @@ async fn run(cli: Cli) -> anyhow::Result<String> {
     if let Command::Plan { file, facts: Some(facts), output } = &cli.command {
         let spec = spec_file::load(file)?;
         let machines = commands::plan::read_facts(facts)?;
-        return commands::plan::render(&commands::plan::plan(&spec.spec, &machines)?, *output);
+        return commands::plan::render(&commands::plan::plan_with_checkout(&spec.spec, &machines)?, *output);
     }
     // A spec with mistakes is reported before any connection is tried.
     let spec = match &cli.command {
@@ -199,7 +200,7 @@ async fn run(cli: Cli) -> anyhow::Result<String> {
         Command::Plan { output, .. } => {
             let spec = spec.ok_or_else(|| anyhow::anyhow!("no spec"))?;
             let machines = commands::machines::fetch_all(&mut fleet, false).await?;
-            commands::plan::render(&commands::plan::plan(&spec.spec, &machines)?, output)
+            commands::plan::render(&commands::plan::plan_with_checkout(&spec.spec, &machines)?, output)
         }
         Command::Apply { classes, .. } => {
             let spec = spec.ok_or_else(|| anyhow::anyhow!("no spec"))?;

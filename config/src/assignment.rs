@@ -235,7 +235,7 @@ mod tests {
 
     fn pinned_example() -> Spec {
         let text = include_str!("../examples/render-farm.toml")
-            .replace("ref = \"v0.3.64\"", &format!("ref = \"v0.3.64\"\ncommit = \"{}\"", "a".repeat(40)))
+            .replace("ref = \"v0.33.0\"", &format!("ref = \"v0.33.0\"\ncommit = \"{}\"", "a".repeat(40)))
             .replace("ref = \"main\"", &format!("ref = \"main\"\ncommit = \"{}\"", "b".repeat(40)));
         Spec::parse("render-farm.toml", &text, SpecFormat::Toml).unwrap()
     }

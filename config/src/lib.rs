@@ -7,6 +7,7 @@ pub mod admin_config;
 pub mod assignment;
 pub mod bounded_text;
 pub mod build_class;
+pub mod comfyui_checkout;
 pub mod convergence;
 pub mod credential;
 pub mod duration;

@@ -56,7 +56,7 @@ fn a_change_of_content_changes_the_digest() {
         ("manager = \"off\"", "manager = \"on\""),
         ("required = false", "required = true\ninstall_script = true"),
         ("required = false", "required = false\nprovides_nodes = false"),
-        ("ref = \"v0.3.64\"", "ref = \"v0.3.65\""),
+        ("ref = \"v0.33.0\"", "ref = \"v0.33.1\""),
         ("canary = 2", "canary = 3"),
     ];
     for (from, to) in changes {

@@ -5,10 +5,12 @@
 //! Requirement files come from repositories, not from the operator, so options in
 //! them that would change where packages come from (`--index-url`,
 //! `--extra-index-url`, `--find-links`, …) or pull in other files are dropped and
-//! reported: packages come from the spec's indexes only.
+//! reported: packages come from the spec's indexes only. ComfyUI's
+//! `manager_requirements.txt` is installed only when the spec runs the manager.
 
 use std::path::{Path, PathBuf};
 
+use comfyfleet_config::comfyui_checkout;
 use comfyfleet_config::requirements::sanitize;
 
 use super::torch::{is_held, overrides};
@@ -29,14 +31,25 @@ pub async fn install(build: &Build<'_>, step: &mut StepHandle) -> StepResult {
             .find(|line| line.starts_with("Installed") || line.starts_with("Audited"))
             .unwrap_or("installed");
         let mut detail = format!("{} locked packages of {} ({summary})", all.len(), lock.class);
-        for note in &lock.notes {
+        for note in lock.notes.iter().chain(&kitchen_note(build)) {
             detail.push_str("; ");
             detail.push_str(note);
         }
         return Ok(StepOutcome::done(detail));
     }
+    // ComfyUI's manager_requirements.txt too when the spec runs the manager.
     let mut sources: Vec<(String, PathBuf)> =
-        vec![("ComfyUI".to_owned(), build.env.comfyui().join("requirements.txt"))];
+        comfyui_checkout::requirement_files(build.assignment.spec.run.manager)
+            .into_iter()
+            .map(|file| {
+                let name = if file == comfyui_checkout::REQUIREMENTS {
+                    "ComfyUI".to_owned()
+                } else {
+                    "ComfyUI.manager_requirements".to_owned()
+                };
+                (name, build.env.comfyui().join(file))
+            })
+            .collect();
     for node in &build.assignment.spec.custom_nodes {
         let name = node.directory_name();
         let file = build.env.custom_node(&name).join("requirements.txt");
@@ -87,11 +100,19 @@ pub async fn install(build: &Build<'_>, step: &mut StepHandle) -> StepResult {
         .unwrap_or("installed")
         .to_owned();
     let mut detail = summary;
+    notes.extend(kitchen_note(build));
     if !notes.is_empty() {
         detail.push_str("; ");
         detail.push_str(&notes.join("; "));
     }
     Ok(StepOutcome::done(detail))
+}
+
+/// "comfy-kitchen CUDA ops off: torch 2.11.0+cu128" where this checkout has
+/// comfy-kitchen and the plan's torch build is older than cu130.
+fn kitchen_note(build: &Build<'_>) -> Option<String> {
+    let text = std::fs::read_to_string(build.env.comfyui().join(comfyui_checkout::REQUIREMENTS)).ok()?;
+    comfyui_checkout::comfy_kitchen_note(&text, &build.assignment.plan)
 }
 
 /// The planned index optimisations as uv constraints.

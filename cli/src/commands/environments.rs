@@ -85,6 +85,9 @@ async fn applied(client: &mut Fleet, response: pb::ApplyEnvironmentResponse) -> 
         &format!("plan for {}@{}", revision.environment, revision.number),
         &report.summary,
     ));
+    for warning in &report.warnings {
+        text.push_str(&format!("warning: {warning}\n"));
+    }
     Ok(text)
 }
 

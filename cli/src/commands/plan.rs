@@ -6,6 +6,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
+use comfyfleet_config::comfyui_checkout;
 use comfyfleet_config::resolve::{MachinePlan, OptimizationSource, Resolution, Resolver};
 use comfyfleet_config::spec::{DriverCompat, Spec};
 use serde::Serialize;
@@ -22,6 +23,10 @@ pub struct PlanReport {
     pub spec_digest: String,
     pub machines: Vec<MachineOutcome>,
     pub summary: Summary,
+    /// What the spec will meet that it does not refuse (ComfyUI-Manager installs
+    /// refused beyond loopback), and a checkout `plan` could not read.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -58,6 +63,9 @@ pub struct PlanView {
     pub comfyui_args: Vec<String>,
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub comfyui_args_when_verified: BTreeMap<String, Vec<String>>,
+    /// What the checkout does with this plan: "comfy-kitchen CUDA ops off: torch …".
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -134,8 +142,31 @@ impl From<&MachinePlan> for PlanView {
                 .collect(),
             comfyui_args: plan.comfyui_args.clone(),
             comfyui_args_when_verified: plan.comfyui_args_when_verified.clone(),
+            notes: Vec::new(),
         }
     }
+}
+
+/// [`plan`] with what ComfyUI's checkout at the spec's ref says of each machine's
+/// plan (its `requirements.txt`, read with git: comfy-kitchen below cu130).
+pub fn plan_with_checkout(spec: &Spec, machines: &[MachineView]) -> anyhow::Result<PlanReport> {
+    let mut report = plan(spec, machines)?;
+    match crate::checkout::comfyui_requirements(spec) {
+        Ok(requirements) => {
+            let resolver = Resolver::new(spec);
+            for (outcome, machine) in
+                report.machines.iter_mut().zip(machines.iter().filter(|m| m.revoked_at.is_none()))
+            {
+                let Some(view) = outcome.plan.as_mut() else { continue };
+                let facts = machine.facts().map_err(|e| anyhow::anyhow!(e))?;
+                if let Resolution::Planned(plan) = resolver.resolve(&facts) {
+                    view.notes.extend(comfyui_checkout::comfy_kitchen_note(&requirements, &plan));
+                }
+            }
+        }
+        Err(error) => report.warnings.push(format!("{error}; the checkout's notes are left out")),
+    }
+    Ok(report)
 }
 
 /// Resolves every machine (revoked ones are left out).
@@ -176,6 +207,7 @@ pub fn plan(spec: &Spec, machines: &[MachineView]) -> anyhow::Result<PlanReport>
         spec_digest: spec.digest().to_string(),
         machines: outcomes,
         summary,
+        warnings: comfyui_checkout::warnings(spec),
     })
 }
 
@@ -208,6 +240,7 @@ fn table(report: &PlanReport) -> String {
                     let mut parts: Vec<String> =
                         plan.optimizations.iter().map(|o| format!("{} {}", o.name, o.version)).collect();
                     parts.extend(plan.skipped.iter().map(|s| format!("no {}", s.name)));
+                    parts.extend(plan.notes.iter().cloned());
                     (torch_column(plan), parts.join(", "))
                 }
                 (None, Some(reason)) => ("-".to_owned(), reason.clone()),
@@ -220,6 +253,9 @@ fn table(report: &PlanReport) -> String {
         format::table(&["MACHINE", "HOSTNAME", "GPUS", "STATUS", "TORCH", "OPTIMIZATIONS / REASON"], &rows);
     text.push('\n');
     text.push_str(&summary_line(&report.environment, &report.summary));
+    for warning in &report.warnings {
+        text.push_str(&format!("warning: {warning}\n"));
+    }
     text
 }
 

@@ -8,6 +8,7 @@ use tonic::Status;
 use crate::store::StoreError;
 use crate::use_cases::credentials::auth::CredentialError;
 use crate::use_cases::environments::RevisionError;
+use crate::use_cases::environments::checkout_check::CheckoutError;
 use crate::use_cases::machines::MachineError;
 use crate::use_cases::package_cache::fill::FillError;
 use crate::use_cases::rollouts::RolloutError;
@@ -54,6 +55,13 @@ impl From<MachineError> for Status {
             | MachineError::SeveralMachinesMatch { .. }
             | MachineError::TooManyNamed { .. } => Status::invalid_argument(error.to_string()),
         }
+    }
+}
+
+impl From<CheckoutError> for Status {
+    fn from(error: CheckoutError) -> Self {
+        // Both are the spec's or its source's to fix, before anything is stored.
+        Status::failed_precondition(error.to_string())
     }
 }
 

@@ -12,6 +12,7 @@ pub mod grpc;
 pub mod observe;
 mod process;
 pub mod provision;
+pub mod real_comfyui;
 pub mod rollouts;
 pub mod sim;
 pub mod standin;

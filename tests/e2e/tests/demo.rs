@@ -43,6 +43,8 @@ fn the_demo_brings_up_four_agents_and_converges_them_on_the_example_spec() {
     // The example spec, localised, rolled out: the three targeted machines build
     // and verify their environments and run ComfyUI from them.
     assert!(stdout.contains("render-prod@1: 3 assigned, 0 incompatible, 1 not targeted"), "{stdout}");
+    // The example pins ComfyUI 0.33.0 (the stand-in's tag of it).
+    assert!(stdout.lines().any(|line| line.contains("ComfyUI") && line.contains("v0.33.0")), "{stdout}");
     assert!(stdout.contains("canary started") && stdout.contains("batch 1 started"), "{stdout}");
     assert!(stdout.contains("succeeded: 3 active"), "{stdout}");
     assert!(

@@ -214,7 +214,7 @@ fn sources(root: &Path) -> Sources {
     Catalog::build(&root.join("index"), &CatalogOptions::new("cp312"));
     let index = IndexServer::start(&root.join("index"));
     let comfyui = GitRepo::create(&root.join("git/ComfyUI"), &[("main.py", "print('stand-in ComfyUI')\n")]);
-    comfyui.tag("v0.3.64");
+    comfyui.tag("v0.33.0");
     comfyui.commit(&[("main.py", "print('newer ComfyUI')\n")], "after the tag");
     let kjnodes = GitRepo::create(&root.join("git/ComfyUI-KJNodes"), &[("__init__.py", "")]);
     let videohelper = GitRepo::create(&root.join("git/ComfyUI-VideoHelperSuite"), &[("__init__.py", "")]);
@@ -249,7 +249,7 @@ fn apply_pins_refs_into_immutable_revisions() {
 
     let first = controller.cli(&["apply", "-f", spec_arg]).success();
     assert!(first.starts_with("render-prod revision 1 created, id "), "{first}");
-    let tagged = sources.comfyui.rev_parse("v0.3.64");
+    let tagged = sources.comfyui.rev_parse("v0.33.0");
     assert_ne!(tagged, sources.comfyui.head(), "the tag is behind the branch");
     assert!(first.contains(&tagged), "the annotated tag is pinned to its commit: {first}");
     assert!(first.contains(&sources.kjnodes.head()), "{first}");
@@ -368,7 +368,7 @@ async fn the_controller_validates_specs_itself() {
         comfyfleet_e2e::grpc::channel(&controller.url, admin["ca_certificate"].as_str().unwrap(), None).await;
     let mut fleet = pb::fleet_service_client::FleetServiceClient::new(channel);
     let bad = EXAMPLE
-        .replace("ref = \"v0.3.64\"", "ref = \"--upload-pack=touch /tmp/pwned\"")
+        .replace("ref = \"v0.33.0\"", "ref = \"--upload-pack=touch /tmp/pwned\"")
         .replace("python = \"3.12\"", "python = \"2.7\"");
     let mut request = tonic::Request::new(pb::ApplyEnvironmentRequest {
         spec: bad,

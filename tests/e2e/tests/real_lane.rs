@@ -1,6 +1,8 @@
-//! The real lane: the real ComfyUI 0.3.64 source (tests/fixtures/real), unpacked into
-//! a local git repository, built by a real agent with the real uv: its real
-//! requirements.txt resolved and installed from PyPI, with torch, torchvision and
+//! The real lane: the real ComfyUI 0.3.64 and 0.33.0 sources (tests/fixtures/real),
+//! each unpacked into a local git repository, built by a real agent with the real uv:
+//! its real requirements.txt (0.33.0: comfy-kitchen, comfy-aimdo, comfy-angle, the
+//! frontend packages, and its manager_requirements.txt's comfyui_manager, the spec
+//! running the manager) resolved and installed from PyPI, with torch, torchvision and
 //! torchaudio held at stand-in builds from a local index (so kornia, spandrel and
 //! torchsde must accept them), plus two small custom nodes of our own whose
 //! requirements name real PyPI packages, one with an install.py. The machine must
@@ -25,11 +27,11 @@ use std::time::{Duration, Instant};
 
 use comfyfleet_e2e::git::GitRepo;
 use comfyfleet_e2e::provision::{Fleet, comfyui_get, comfyui_port, free_port, step};
+use comfyfleet_e2e::real_comfyui::{COMFYUI_0_3_64, COMFYUI_0_33_0, RealComfyui, real_comfyui};
 use comfyfleet_e2e::standin::system_python;
 use comfyfleet_e2e::{Agent, wait_until};
 use serde_json::Value;
 
-const TARBALL: &str = "comfyui-0.3.64-a125cd84.tar.gz";
 /// How long a cold build from PyPI may take on a slow CI machine.
 const BUILD_TIMEOUT: Duration = Duration::from_secs(900);
 
@@ -63,33 +65,21 @@ fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
-/// The real ComfyUI, unpacked and committed into a local repository tagged v0.3.64.
-fn real_comfyui(dir: &Path) -> GitRepo {
-    let tarball = repo_root().join("tests/fixtures/real").join(TARBALL);
-    let status = Command::new("tar").arg("-xzf").arg(&tarball).arg("-C").arg(dir).status().unwrap();
-    assert!(status.success(), "cannot unpack {}", tarball.display());
-    let path = dir.join("ComfyUI");
-    let git = |args: &[&str]| {
-        let output = Command::new("git").arg("-C").arg(&path).args(args).output().unwrap();
-        assert!(output.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&output.stderr));
-    };
-    git(&["init", "--quiet", "--initial-branch=master"]);
-    git(&["-c", "user.name=comfyfleet", "-c", "user.email=tests@comfyfleet", "add", "--all"]);
-    git(&[
-        "-c",
-        "user.name=comfyfleet",
-        "-c",
-        "user.email=tests@comfyfleet",
-        "commit",
-        "--quiet",
-        "-m",
-        "ComfyUI 0.3.64",
-    ]);
-    git(&["tag", "v0.3.64"]);
-    GitRepo { path }
+/// What one lane builds: the release, its torch, and how the spec runs the manager.
+struct Lane {
+    release: RealComfyui,
+    torch: &'static str,
+    manager: &'static str,
 }
 
-fn real_spec(comfyui: &GitRepo, nodes: [&GitRepo; 2], torch_index: &str, cuda: &str, port: u16) -> String {
+fn real_spec(
+    lane: &Lane,
+    comfyui: &GitRepo,
+    nodes: [&GitRepo; 2],
+    torch_index: &str,
+    cuda: &str,
+    port: u16,
+) -> String {
     let python = &system_python().version;
     format!(
         r#"name = "real-lane"
@@ -97,10 +87,10 @@ python = "{python}"
 
 [comfyui]
 git = "{comfyui}"
-ref = "v0.3.64"
+ref = "{tag}"
 
 [torch]
-version = "2.9.0"
+version = "{torch}"
 with = ["torchvision", "torchaudio"]
 cuda = {cuda}
 index = "{torch_index}"
@@ -121,7 +111,11 @@ install_script = true
 [run]
 port = {port}
 health_timeout = "5m"
+manager = "{manager}"
 "#,
+        tag = lane.release.tag,
+        torch = lane.torch,
+        manager = lane.manager,
         comfyui = comfyui.url(),
         a = nodes[0].url(),
         b = nodes[1].url(),
@@ -159,9 +153,60 @@ fn directory_size(path: &Path) -> u64 {
 
 #[test]
 fn the_real_comfyui_builds_from_pypi_with_its_real_requirements() {
+    let Some((machine, installed, record)) =
+        real_lane(&Lane { release: COMFYUI_0_3_64, torch: "2.9.0", manager: "off" })
+    else {
+        return;
+    };
+    assert_eq!(installed["comfyui-frontend-package"], "1.27.10", "ComfyUI 0.3.64's own pin");
+    assert!(installed.get("comfyui-manager").is_none(), "{installed}");
+    // The real checkout and what the agent reads from it.
+    assert_eq!(record["comfyui"]["database_url"], true, "0.3.64 takes --database-url: {}", record["comfyui"]);
+    assert_eq!(record["comfyui"]["builtin_manager"], false, "{}", record["comfyui"]);
+    let requirements = step(&machine, "requirements")["detail"].as_str().unwrap();
+    assert!(!requirements.contains("comfy-kitchen"), "{requirements}");
+}
+
+#[test]
+fn the_real_comfyui_0_33_builds_from_pypi_with_its_real_requirements_and_the_manager_package() {
+    let Some((machine, installed, record)) =
+        real_lane(&Lane { release: COMFYUI_0_33_0, torch: "2.11.0", manager: "on" })
+    else {
+        return;
+    };
+    for (package, version) in [
+        ("comfyui-frontend-package", "1.49.6"),
+        ("comfyui-workflow-templates", "0.11.44"),
+        ("comfyui-embedded-docs", "0.5.10"),
+        ("comfy-kitchen", "0.2.31"),
+        ("comfy-aimdo", "0.4.13"),
+        ("comfyui-manager", "4.2.2"),
+    ] {
+        assert_eq!(installed[package], version, "ComfyUI 0.33.0's pin of {package}: {installed}");
+    }
+    for package in ["comfy-angle", "blake3", "simpleeval", "pyopengl"] {
+        assert!(installed.get(package).is_some(), "{package} is missing: {installed}");
+    }
+    let comfyui = &record["comfyui"];
+    assert_eq!(
+        (comfyui["builtin_manager"].as_bool(), comfyui["models_directory"].as_bool()),
+        (Some(true), Some(true))
+    );
+    assert_eq!(comfyui["migrations"].as_array().map(Vec::len), Some(6), "{comfyui}");
+    let requirements = step(&machine, "requirements")["detail"].as_str().unwrap();
+    if machine["assignment"]["torch"].as_str().unwrap_or_default().ends_with("+cu128") {
+        assert!(requirements.contains("comfy-kitchen CUDA ops off: torch 2.11.0+cu128"), "{requirements}");
+    }
+}
+
+/// Builds `lane` to `prepared` (to `active` on a real GPU) and returns the machine,
+/// the venv's distributions and the environment's completion record (what the agent
+/// read from the real checkout); none when skipped.
+#[allow(clippy::print_stderr)] // the lane says what it did, and when it was skipped
+fn real_lane(lane: &Lane) -> Option<(Value, Value, Value)> {
     if std::env::var("COMFYFLEET_REAL_LANE").as_deref() == Ok("skip") {
         eprintln!("COMFYFLEET_REAL_LANE=skip: the real lane did not run");
-        return;
+        return None;
     }
     let real_gpu = std::env::var("COMFYFLEET_REAL_GPU").as_deref() == Ok("1");
     // The real lane reaches PyPI (and, on a GPU machine, download.pytorch.org), named
@@ -182,7 +227,7 @@ fn the_real_comfyui_builds_from_pypi_with_its_real_requirements() {
             "download-r2.pytorch.org",
         ],
     );
-    let comfyui = real_comfyui(fleet.dir.path());
+    let comfyui = real_comfyui(fleet.dir.path(), lane.release);
     let node_a = GitRepo::create(&fleet.dir.path().join("nodes/ComfyUI-RealLaneA"), &NODE_A);
     let node_b = GitRepo::create(&fleet.dir.path().join("nodes/ComfyUI-RealLaneB"), &NODE_B);
     let cache = uv_cache();
@@ -206,7 +251,7 @@ fn the_real_comfyui_builds_from_pypi_with_its_real_requirements() {
         (agent, format!("{}/whl/{{cuda}}", fleet.base_url()), r#"["cu128"]"#)
     };
     let id = fleet.machine_id("real");
-    fleet.apply(&real_spec(&comfyui, [&node_a, &node_b], &torch_index, cuda, free_port()));
+    fleet.apply(&real_spec(lane, &comfyui, [&node_a, &node_b], &torch_index, cuda, free_port()));
 
     let started = Instant::now();
     if real_gpu {
@@ -275,11 +320,7 @@ fn the_real_comfyui_builds_from_pypi_with_its_real_requirements() {
     ] {
         assert!(installed.get(package).is_some(), "{package} is missing: {installed}");
     }
-    assert_eq!(installed["comfyui-frontend-package"], "1.27.10", "ComfyUI 0.3.64's own pin");
     assert!(env.join("ComfyUI/custom_nodes/ComfyUI-RealLaneB/installed.txt").exists());
-    // The real checkout and what the agent reads from it.
-    let record: Value = serde_json::from_slice(&std::fs::read(env.join(".complete")).unwrap()).unwrap();
-    assert_eq!(record["comfyui"]["database_url"], true, "0.3.64 takes --database-url: {}", record["comfyui"]);
 
     if real_gpu {
         let stats = comfyui_get(comfyui_port(&agent), "/system_stats").unwrap();
@@ -289,4 +330,6 @@ fn the_real_comfyui_builds_from_pypi_with_its_real_requirements() {
         assert!(agent.comfyui_pid().is_none(), "nothing was activated");
         assert_eq!(machine["gpus"][0]["name"], "NVIDIA GeForce RTX 4090");
     }
+    let record: Value = serde_json::from_slice(&std::fs::read(env.join(".complete")).unwrap()).unwrap();
+    Some((machine, installed, record))
 }

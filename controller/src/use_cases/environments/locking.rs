@@ -235,7 +235,8 @@ impl Locker {
             })
     }
 
-    /// ComfyUI's and each custom node's `requirements.txt` at their pinned commits.
+    /// ComfyUI's and each custom node's `requirements.txt` at their pinned commits, and
+    /// ComfyUI's `manager_requirements.txt` when the spec runs the manager.
     async fn requirement_files(
         &self,
         spec: &Spec,
@@ -246,15 +247,28 @@ impl Locker {
             sources.push((node.directory_name(), node.git.clone(), node.commit.clone()));
         }
         let mut files = Vec::new();
-        for (name, git, commit) in sources {
+        for (index, (name, git, commit)) in sources.into_iter().enumerate() {
             let commit = commit.ok_or_else(|| format!("{name} is not pinned to a commit"))?;
-            let text = self
-                .mirror
-                .read_file(&git, &commit, "requirements.txt", credentials)
-                .await
-                .map_err(|error| format!("reading {name}'s requirements.txt: {error}"))?;
-            if let Some(text) = text {
-                files.push((name, text));
+            // ComfyUI's manager_requirements.txt too when the manager runs.
+            let paths = if index == 0 {
+                comfyfleet_config::comfyui_checkout::requirement_files(spec.run.manager)
+            } else {
+                vec![comfyfleet_config::comfyui_checkout::REQUIREMENTS]
+            };
+            for path in paths {
+                let text = self
+                    .mirror
+                    .read_file(&git, &commit, path, credentials)
+                    .await
+                    .map_err(|error| format!("reading {name}'s {path}: {error}"))?;
+                if let Some(text) = text {
+                    let label = if path == comfyfleet_config::comfyui_checkout::REQUIREMENTS {
+                        name.clone()
+                    } else {
+                        format!("{name}.manager_requirements")
+                    };
+                    files.push((label, text));
+                }
             }
         }
         Ok(files)

@@ -1,6 +1,7 @@
 //! Environments: apply (revision files, locks), pin (git revisions), and the desired
 //! specs and locks the agents are pushed.
 
+pub(crate) mod checkout_check;
 pub(crate) mod cpu_work;
 mod error;
 pub(crate) mod git_pin;

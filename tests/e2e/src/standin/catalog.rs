@@ -57,8 +57,9 @@ const SAGEATTENTION_RANGES: [(&str, &str, &str); 5] = [
     ("sm90", ">=9.0,<10.0", "9.0"),
 ];
 
-/// Packages custom nodes ask for that ComfyUI's own file does not have.
-const CUSTOM_NODE_EXTRAS: [(&str, &str); 1] = [("imageio-ffmpeg", "0.6.0")];
+/// Packages custom nodes ask for that ComfyUI's own file does not have, and the
+/// manager package the stand-in ComfyUI 0.33.0's manager_requirements.txt pins.
+const CUSTOM_NODE_EXTRAS: [(&str, &str); 2] = [("imageio-ffmpeg", "0.6.0"), ("comfyui_manager", "4.2.2")];
 const TRITON_VERSIONS: [&str; 4] = ["3.3.0", "3.4.0", "3.5.0", "3.6.0"];
 
 #[derive(Debug, Clone)]

@@ -2,7 +2,8 @@
 //! requirements.txt and stdlib-only Python laid out as ComfyUI 0.3.64 is: `main.py`,
 //! `comfyui_version.py`, `comfy/cli_args.py`, `app/logger.py`, `app/database/db.py`
 //! with migrations in `alembic_db/versions`, `folder_paths.py`,
-//! `utils/extra_config.py`; a later commit can turn it into 0.33.0) and two custom
+//! `utils/extra_config.py`; tagged `v0.3.64` on `main`, and `v0.33.0` on a branch;
+//! a later commit on `main` can turn it into 0.33.0 too) and two custom
 //! nodes whose requirements try to replace torch, as the real ones do.
 
 use std::path::Path;
@@ -37,6 +38,9 @@ pub const SECOND_MIGRATION: &str = "4a1f0c2b9d3e";
 
 /// The tag of the first ComfyUI commit.
 pub const COMFYUI_TAG: &str = "v0.3.64";
+/// The tag of the stand-in's 0.33.0 (on its `release-0.33` branch): what the example
+/// spec pins.
+pub const COMFYUI_0_33_TAG: &str = "v0.33.0";
 
 const COMFYUI_VERSION_FILE: &str = include_str!("comfyui/comfyui_version.py");
 const COMFYUI_CLI_ARGS: &str = include_str!("comfyui/comfy/cli_args.py");
@@ -57,6 +61,11 @@ const COMFYUI_0_33_CLI_ARGS: (&str, &str) = (
 
 
 parser.add_argument("--models-directory", type=is_valid_directory, default=None, help="Set the ComfyUI models directory. Overrides the models folder in --base-directory.")
+
+parser.add_argument("--enable-manager", action="store_true", help="Enable the ComfyUI-Manager feature.")
+manager_group = parser.add_mutually_exclusive_group()
+manager_group.add_argument("--disable-manager-ui", action="store_true", help="Disables only the ComfyUI-Manager UI and endpoints. Scheduled installations and similar background tasks will still operate.")
+manager_group.add_argument("--enable-manager-legacy-ui", action="store_true", help="Enables the legacy UI of ComfyUI-Manager. Implies --enable-manager.")
 "#,
 );
 const COMFYUI_0_33_MODELS_DIR: (&str, &str) = (
@@ -86,6 +95,13 @@ folder_names_and_paths["detection"] = ([os.path.join(models_dir, "detection")], 
 "#,
 );
 
+/// 0.33.0's `manager_requirements.txt` and the `requires-python` of its
+/// `pyproject.toml`, as in the real 0.33.0 tree (the stand-in's requirements.txt,
+/// ComfyUI's of a later commit, already has comfy-kitchen).
+const COMFYUI_0_33_MANAGER_REQUIREMENTS: &str = "comfyui_manager==4.2.2\n";
+const COMFYUI_0_33_PYPROJECT: &str =
+    "[project]\nname = \"ComfyUI\"\nversion = \"0.33.0\"\nrequires-python = \">=3.10\"\n";
+
 const BEFORE_LISTENING: &str = "    # standin: before listening\n";
 const REPORTED_VERSION: &str = "REPORTED_PYTORCH_VERSION = None  # standin: reported pytorch_version\n";
 
@@ -101,7 +117,13 @@ impl StandinComfyui {
         files.extend(COMFYUI_FILES);
         let repo = GitRepo::create(path, &files);
         repo.tag(COMFYUI_TAG);
-        Self { repo }
+        // 0.33.0 on a branch of its own, tagged as upstream is; `main` stays 0.3.64.
+        let comfyui = Self { repo };
+        comfyui.repo.git(&["checkout", "--quiet", "-b", "release-0.33"]);
+        comfyui.commit_version_0_33();
+        comfyui.repo.tag(COMFYUI_0_33_TAG);
+        comfyui.repo.git(&["checkout", "--quiet", "main"]);
+        comfyui
     }
 
     /// Commits a second database migration (a column added to `model`): a ComfyUI that
@@ -149,8 +171,10 @@ impl StandinComfyui {
     }
 
     /// Commits ComfyUI 0.33.0 (`comfyui_version.py`, and what 0.33.0 changed in
-    /// `comfy/cli_args.py` and `folder_paths.py`): a ComfyUI that logs in colour with
-    /// `[LEVEL] ` tags, takes `--models-directory` and knows 25 model folder types.
+    /// `comfy/cli_args.py` and `folder_paths.py`, with its `manager_requirements.txt`
+    /// and `pyproject.toml`): a ComfyUI that logs in colour with `[LEVEL] ` tags,
+    /// takes `--models-directory` and `--enable-manager`, needs Python 3.10 and knows
+    /// 25 model folder types.
     /// Returns the commit.
     pub fn commit_version_0_33(&self) -> String {
         let replace = |text: &str, (marker, with): (&str, &str)| {
@@ -167,6 +191,8 @@ impl StandinComfyui {
                 ("comfyui_version.py", version.as_str()),
                 ("comfy/cli_args.py", cli_args.as_str()),
                 ("folder_paths.py", folder_paths.as_str()),
+                ("manager_requirements.txt", COMFYUI_0_33_MANAGER_REQUIREMENTS),
+                ("pyproject.toml", COMFYUI_0_33_PYPROJECT),
             ],
             "ComfyUI 0.33.0",
         )

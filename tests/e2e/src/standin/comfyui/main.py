@@ -9,7 +9,11 @@ the server runs on without it; --disable-all-custom-nodes leaves out all but tho
 --whitelist-custom-nodes names, logging only that it skipped them), the database at
 --database-url (app/database/db.py), and only then the routes: GET /system_stats,
 /queue, /object_info (every node class with its python_module), /models,
-/models/{folder}, /history and POST /prompt in ComfyUI's shapes. It imitates the
+/models/{folder}, /history and POST /prompt in ComfyUI's shapes. With
+--enable-manager (a 0.33.0 checkout) it behaves as ComfyUI 0.4+ does: when the
+comfyui_manager package is importable it starts it, which serves
+/v2/manager/version; when it is not it logs ComfyUI's warning, turns the manager
+off and runs on. It imitates the
 version in comfyui_version.py: 0.3.64 logs bare messages, 0.23 and later (0.33.0)
 start each record with an ANSI colour and "[LEVEL] " (app/logger.py). A prompt "renders" (one at a time) until the file
 named by its "wait_for_file" key exists, or for "seconds" seconds. It writes nothing
@@ -48,6 +52,8 @@ COLOURED_LOG_SINCE = (0, 23)
 HERE = os.path.dirname(os.path.abspath(__file__))
 # Variants of this file (tests' broken builds) replace the marked lines.
 REPORTED_PYTORCH_VERSION = None  # standin: reported pytorch_version
+# The comfyui_manager module once started (main.py's `args.enable_manager`).
+MANAGER = None
 
 
 def watch_own_directory():
@@ -284,6 +290,29 @@ def object_info(node_classes):
     return out
 
 
+def handle_comfyui_manager_unavailable():
+    """ComfyUI 0.33.0's main.py: warn with the install command, turn the manager off."""
+    manager_req_path = os.path.join(HERE, "manager_requirements.txt")
+    pip_cmd = f"{sys.executable} -m pip install -r {manager_req_path}"
+    msg = f"\n\nTo use the `--enable-manager` feature, the `comfyui-manager` package must be installed first.\ncommand:\n\t{pip_cmd}"
+    msg += "\n"
+    logging.warning(msg)
+    args.enable_manager = False
+
+
+def start_manager():
+    global MANAGER
+    if not getattr(args, "enable_manager", False):
+        return
+    if importlib.util.find_spec("comfyui_manager"):
+        import comfyui_manager
+
+        logging.info("[START] ComfyUI-Manager")
+        MANAGER = comfyui_manager
+    else:
+        handle_comfyui_manager_unavailable()
+
+
 def make_handler(torch_module, queue, node_classes):
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
@@ -313,6 +342,13 @@ def make_handler(torch_module, queue, node_classes):
                 with queue.condition:
                     found = queue.history.get(prompt_id)
                 self.send_json({prompt_id: found} if found else {})
+            elif path == "/v2/manager/version" and MANAGER is not None:
+                body = MANAGER.__version__.encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "text/plain")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
             elif path == "/object_info":
                 self.send_json(object_info(node_classes))
             elif path == "/models":
@@ -358,6 +394,7 @@ def main():
     import torch
 
     logging.info(f"pytorch version: {torch.version.__version__}")
+    start_manager()
     if args.use_sage_attention:
         import sageattention  # noqa: F401  (ComfyUI fails without it when asked to use it)
 
