@@ -26,11 +26,44 @@ use crate::store::{Store, StoreError, StoredAssignment};
 
 /// Revisions' canonical specs by id, shared by every session: a revision never
 /// changes, and a rollout sends the same one to thousands of machines at once.
+///
+/// Whoever commits assignments fills it first ([`SpecCache::prepare`]: the rollout
+/// engine before it rings the doorbells), so the sessions that push them read nothing
+/// from the store. What is still missing is read once, not by each session: one
+/// session reads it while the others wait for it (`loading`), rather than thousands
+/// of sessions each reading and parsing the same revision from a pool of a few
+/// connections at the moment a rollout's first step rings them all.
 #[derive(Default)]
 pub struct SpecCache {
     specs: Mutex<HashMap<SpecDigest, Arc<CachedRevision>>>,
     /// Locks by digest, likewise immutable and sent to every machine of a class.
     locks: Mutex<HashMap<String, Arc<String>>>,
+    /// Held while a revision or lock the cache lacks is read.
+    loading: tokio::sync::Mutex<()>,
+    /// The stored credentials each revision names, as a step that assigned it found
+    /// them: the sessions it rang send these rather than each opening the store's.
+    credentials: Mutex<HashMap<SpecDigest, ReadCredentials>>,
+}
+
+/// Credentials as read at one moment, in the form they are sent.
+type ReadCredentials = (std::time::Instant, Arc<Vec<pb::SourceCredential>>);
+
+/// How long credentials read for a step serve the pushes it started; later pushes
+/// read them again (a rotated secret goes with the next desired state).
+const CREDENTIALS_FRESH: Duration = Duration::from_secs(10);
+
+fn credentials_to_wire(
+    named: Vec<(String, comfyfleet_config::source_credentials::SourceSecret)>,
+) -> Vec<pb::SourceCredential> {
+    named
+        .into_iter()
+        .map(|(name, secret)| pb::SourceCredential {
+            name,
+            username: secret.username,
+            secret: secret.password,
+            origins: secret.origins,
+        })
+        .collect()
 }
 
 /// A revision as pushers need it: its canonical spec, and the digests of its locks
@@ -63,6 +96,77 @@ impl CachedRevision {
 const CACHED_SPECS: usize = 64;
 
 impl SpecCache {
+    /// Reads into the cache every revision and lock `assignments` need that it lacks
+    /// (a read per revision and per build class, never per machine), so the sessions
+    /// that send them find everything in memory.
+    pub async fn prepare(
+        &self,
+        store: &dyn Store,
+        secrets: &SourceSecrets,
+        assignments: &[StoredAssignment],
+    ) -> Result<(), String> {
+        let mut revisions: HashMap<&SpecDigest, &StoredAssignment> = HashMap::new();
+        for assignment in assignments {
+            revisions.entry(&assignment.revision_id).or_insert(assignment);
+        }
+        for assignment in revisions.into_values() {
+            let revision = self.revision(store, assignment).await.map_err(|error| error.to_string())?;
+            if !revision.credential_uses.is_empty() {
+                let named =
+                    secrets.for_agent(&revision.credential_uses).await.map_err(|error| error.to_string())?;
+                let wire = Arc::new(credentials_to_wire(named));
+                let mut credentials = self.credentials.lock().unwrap_or_else(PoisonError::into_inner);
+                credentials.retain(|_, (at, _)| at.elapsed() < CREDENTIALS_FRESH);
+                credentials.insert(assignment.revision_id.clone(), (std::time::Instant::now(), wire));
+            }
+            if revision.lock_digests.is_empty() {
+                continue;
+            }
+            // Plans differ per machine, their build classes rarely: one lookup each.
+            let mut plans: std::collections::HashSet<&str> = std::collections::HashSet::new();
+            for other in assignments.iter().filter(|other| other.revision_id == assignment.revision_id) {
+                if plans.insert(other.plan_json.as_str()) && plans.len() <= CACHED_SPECS {
+                    lock_for(store, self, &revision.lock_digests, &other.plan_json)
+                        .await
+                        .map_err(|error| error.to_string())?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The assigned revision, from the cache or (one reader at a time) the store.
+    async fn revision(
+        &self,
+        store: &dyn Store,
+        assignment: &StoredAssignment,
+    ) -> Result<Arc<CachedRevision>, LoadError> {
+        if let Some(found) = self.get(&assignment.revision_id) {
+            return Ok(found);
+        }
+        let _one_reader = self.loading.lock().await;
+        if let Some(found) = self.get(&assignment.revision_id) {
+            return Ok(found);
+        }
+        let revision = store
+            .environment_revision_by_id(&assignment.environment, &assignment.revision_id)
+            .await?
+            .ok_or_else(|| LoadError::MissingRevision {
+                environment: assignment.environment.clone(),
+                number: assignment.revision_number,
+                id: assignment.revision_id.short().to_owned(),
+            })?;
+        let cached = Arc::new(CachedRevision::new(revision.spec_json));
+        self.put(assignment.revision_id.clone(), cached.clone());
+        Ok(cached)
+    }
+
+    /// The credentials a recent step read for revision `id`.
+    fn fresh_credentials(&self, id: &SpecDigest) -> Option<Arc<Vec<pb::SourceCredential>>> {
+        let credentials = self.credentials.lock().unwrap_or_else(PoisonError::into_inner);
+        credentials.get(id).filter(|(at, _)| at.elapsed() < CREDENTIALS_FRESH).map(|(_, wire)| wire.clone())
+    }
+
     fn get(&self, id: &SpecDigest) -> Option<Arc<CachedRevision>> {
         self.specs.lock().unwrap_or_else(PoisonError::into_inner).get(id).cloned()
     }
@@ -203,37 +307,21 @@ async fn load(
     if last_sent.is_some_and(|sent| assignment.generation <= sent) {
         return Ok(None);
     }
-    let revision = match specs.get(&assignment.revision_id) {
-        Some(spec) => spec,
-        None => {
-            let revision = store
-                .environment_revision_by_id(&assignment.environment, &assignment.revision_id)
-                .await?
-                .ok_or_else(|| LoadError::MissingRevision {
-                    environment: assignment.environment.clone(),
-                    number: assignment.revision_number,
-                    id: assignment.revision_id.short().to_owned(),
-                })?;
-            let cached = Arc::new(CachedRevision::new(revision.spec_json));
-            specs.put(assignment.revision_id.clone(), cached.clone());
-            cached
-        }
-    };
+    let revision = specs.revision(store, &assignment).await?;
     let lock_json = lock_for(store, specs, &revision.lock_digests, &assignment.plan_json).await?;
     let mut desired = pb::DesiredState::from(&assignment.record(revision.spec_json.clone(), lock_json));
     // An agent on the package cache may need none of them: the assignment goes out
     // even when they cannot be read, and a build that needs one fails saying so.
+    if revision.credential_uses.is_empty() {
+        return Ok(Some((assignment, desired)));
+    }
+    if let Some(wire) = specs.fresh_credentials(&assignment.revision_id) {
+        desired.source_credentials = wire.as_ref().clone();
+        return Ok(Some((assignment, desired)));
+    }
     match secrets.for_agent(&revision.credential_uses).await {
         Ok(named) => {
-            desired.source_credentials = named
-                .into_iter()
-                .map(|(name, secret)| pb::SourceCredential {
-                    name,
-                    username: secret.username,
-                    secret: secret.password,
-                    origins: secret.origins,
-                })
-                .collect();
+            desired.source_credentials = credentials_to_wire(named);
         }
         Err(error) => {
             tracing::warn!(%error, "cannot read the source credentials the assigned spec names; sending it without");
@@ -265,6 +353,10 @@ async fn lock_for(
     let platform = plan.platform.as_deref().unwrap_or(comfyfleet_config::resolve::DEFAULT_PLATFORM);
     let class = comfyfleet_config::lock::class_name(&plan.python_tag, &plan.cuda_tag, platform);
     let Some(digest) = digests.get(&class) else { return Ok(String::new()) };
+    if let Some(lock) = cache.lock(digest) {
+        return Ok(lock.as_ref().clone());
+    }
+    let _one_reader = cache.loading.lock().await;
     if let Some(lock) = cache.lock(digest) {
         return Ok(lock.as_ref().clone());
     }

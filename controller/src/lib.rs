@@ -20,6 +20,7 @@ mod failure_throttle;
 pub mod fleet_identity;
 pub mod fleet_secrets;
 mod fleet_service;
+mod fleet_summary;
 pub mod fleet_view;
 mod git_command;
 mod git_mirror;

@@ -229,7 +229,12 @@ pub async fn run(
         cluster: cluster.clone(),
         source_secrets,
         access: Default::default(),
+        fleet: Default::default(),
     });
+    state.fleet.load(state.store.as_ref()).await?;
+    if cluster.is_some() {
+        tokio::spawn(state.fleet.clone().refresh_from(state.store.clone()));
+    }
     let _engine = crate::rollouts::spawn(state.clone(), inbox, leading);
     let cluster_tasks = cluster.as_ref().map(|cluster| cluster.start(state.clone())).unwrap_or_default();
     let urls = match &cluster {

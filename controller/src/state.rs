@@ -78,6 +78,8 @@ pub struct ControllerState {
     pub source_secrets: Arc<crate::source_secrets::SourceSecrets>,
     /// What each machine's revisions name: all the package cache serves it.
     pub access: crate::source_access::SourceAccess,
+    /// What the overview, `/metrics` and the fleet reports count, kept in memory.
+    pub fleet: Arc<crate::fleet_summary::FleetSummary>,
 }
 
 impl ControllerState {
