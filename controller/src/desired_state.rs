@@ -122,14 +122,17 @@ impl SpecCache {
             if revision.lock_digests.is_empty() {
                 continue;
             }
-            // Plans differ per machine, their build classes rarely: one lookup each.
-            let mut plans: std::collections::HashSet<&str> = std::collections::HashSet::new();
-            for other in assignments.iter().filter(|other| other.revision_id == assignment.revision_id) {
-                if plans.insert(other.plan_json.as_str()) && plans.len() <= CACHED_SPECS {
-                    lock_for(store, self, &revision.lock_digests, &other.plan_json)
-                        .await
-                        .map_err(|error| error.to_string())?;
-                }
+            // Plans differ per machine, their build classes rarely: each lock once.
+            // Machines alike have the same plan: each distinct one is parsed once.
+            let plans: std::collections::HashSet<&str> = assignments
+                .iter()
+                .filter(|other| other.revision_id == assignment.revision_id)
+                .map(|other| other.plan_json.as_str())
+                .collect();
+            let digests: std::collections::BTreeSet<&String> =
+                plans.into_iter().filter_map(|plan| lock_digest(&revision.lock_digests, plan)).collect();
+            for digest in digests {
+                cached_lock(store, self, digest).await.map_err(|error| error.to_string())?;
             }
         }
         Ok(())
@@ -338,8 +341,17 @@ async fn lock_for(
     digests: &std::collections::BTreeMap<String, String>,
     plan_json: &str,
 ) -> Result<String, LoadError> {
+    let Some(digest) = lock_digest(digests, plan_json) else { return Ok(String::new()) };
+    Ok(cached_lock(store, cache, digest).await?.map(|lock| lock.as_ref().clone()).unwrap_or_default())
+}
+
+/// The digest of the lock of the plan's build class, if the revision has one.
+fn lock_digest<'a>(
+    digests: &'a std::collections::BTreeMap<String, String>,
+    plan_json: &str,
+) -> Option<&'a String> {
     if digests.is_empty() {
-        return Ok(String::new());
+        return None;
     }
     // Only what names the class: the plan is parsed at every push.
     #[derive(serde::Deserialize)]
@@ -349,20 +361,28 @@ async fn lock_for(
         #[serde(default)]
         platform: Option<String>,
     }
-    let Ok(plan) = serde_json::from_str::<Class>(plan_json) else { return Ok(String::new()) };
+    let plan = serde_json::from_str::<Class>(plan_json).ok()?;
     let platform = plan.platform.as_deref().unwrap_or(comfyfleet_config::resolve::DEFAULT_PLATFORM);
-    let class = comfyfleet_config::lock::class_name(&plan.python_tag, &plan.cuda_tag, platform);
-    let Some(digest) = digests.get(&class) else { return Ok(String::new()) };
+    digests.get(&comfyfleet_config::lock::class_name(&plan.python_tag, &plan.cuda_tag, platform))
+}
+
+/// The lock with this digest, from the cache or (one reader at a time) the store.
+async fn cached_lock(
+    store: &dyn Store,
+    cache: &SpecCache,
+    digest: &str,
+) -> Result<Option<Arc<String>>, LoadError> {
     if let Some(lock) = cache.lock(digest) {
-        return Ok(lock.as_ref().clone());
+        return Ok(Some(lock));
     }
     let _one_reader = cache.loading.lock().await;
     if let Some(lock) = cache.lock(digest) {
-        return Ok(lock.as_ref().clone());
+        return Ok(Some(lock));
     }
-    let Some(stored) = store.lock(digest).await? else { return Ok(String::new()) };
-    cache.put_lock(digest.clone(), Arc::new(stored.lock_json.clone()));
-    Ok(stored.lock_json)
+    let Some(stored) = store.lock(digest).await? else { return Ok(None) };
+    let lock = Arc::new(stored.lock_json);
+    cache.put_lock(digest.to_owned(), lock.clone());
+    Ok(Some(lock))
 }
 
 #[cfg(test)]

@@ -285,12 +285,18 @@ fn main() {
         secs(ideal)
     );
     drop(sim);
+    // sqlx's warning when a caller waited past its threshold for a pooled connection:
+    // counted, not printed (thousands when the store is on the push path).
+    let mut slow_acquires = 0;
     for line in controllers
         .iter()
         .flat_map(|controller| controller.process.log().lines().map(str::to_owned).collect::<Vec<_>>())
     {
-        if line.contains("slow rollout step") || line.contains("rollout planned") || line.contains("slow") {
+        if line.contains("time to acquire exceeded slow threshold") {
+            slow_acquires += 1;
+        } else if line.contains("rollout planned") || line.contains("slow") {
             eprintln!("controller: {line}");
         }
     }
+    println!("| controller log: slow connection acquires (sqlx) | {slow_acquires} |");
 }
