@@ -117,6 +117,17 @@ const MAX_REASON: usize = 240;
 impl FleetReport {
     /// `kind` over `machines`, in one pass.
     pub fn build<'a>(kind: ReportKind, machines: impl IntoIterator<Item = &'a MachineFacts>) -> FleetReport {
+        Self::build_counted(kind, machines.into_iter().map(|machine| (machine, 1)))
+    }
+
+    /// As [`FleetReport::build`], where each `(facts, n)` stands for `n` machines with
+    /// those facts: a fleet summary that keeps one copy of each distinct set of facts
+    /// and how many machines have it builds its reports from that, not machine by
+    /// machine. (Drift rows name a machine: give each drifted machine on its own.)
+    pub fn build_counted<'a>(
+        kind: ReportKind,
+        machines: impl IntoIterator<Item = (&'a MachineFacts, u64)>,
+    ) -> FleetReport {
         match kind {
             ReportKind::Gpus => gpus(machines),
             ReportKind::Environments => environments(machines),
@@ -220,12 +231,12 @@ fn unknown(value: Option<String>) -> String {
     value.unwrap_or_else(|| "unknown".to_owned())
 }
 
-fn gpus<'a>(machines: impl IntoIterator<Item = &'a MachineFacts>) -> FleetReport {
+fn gpus<'a>(machines: impl IntoIterator<Item = (&'a MachineFacts, u64)>) -> FleetReport {
     let mut count = 0;
     // (model, cc, driver, cuda) → (machines, gpus)
     let mut groups: HashMap<(String, String, String, String), (u64, u64)> = HashMap::new();
-    for machine in machines {
-        count += 1;
+    for (machine, weight) in machines {
+        count += weight;
         let driver = unknown(machine.driver_version.clone());
         let cuda = unknown(machine.cuda_driver_version.map(|cuda| cuda.to_string()));
         let mut seen: Vec<(String, String)> = Vec::new();
@@ -233,9 +244,9 @@ fn gpus<'a>(machines: impl IntoIterator<Item = &'a MachineFacts>) -> FleetReport
             let model = unknown(gpu.name.clone());
             let cc = unknown(gpu.compute_capability.map(|cc| cc.to_string()));
             let entry = groups.entry((model.clone(), cc.clone(), driver.clone(), cuda.clone())).or_default();
-            entry.1 += 1;
+            entry.1 += weight;
             if !seen.contains(&(model.clone(), cc.clone())) {
-                entry.0 += 1;
+                entry.0 += weight;
                 seen.push((model, cc));
             }
         }
@@ -268,15 +279,15 @@ fn current_environment(machine: &MachineFacts) -> String {
     }
 }
 
-fn environments<'a>(machines: impl IntoIterator<Item = &'a MachineFacts>) -> FleetReport {
+fn environments<'a>(machines: impl IntoIterator<Item = (&'a MachineFacts, u64)>) -> FleetReport {
     let mut count = 0;
     let mut groups: HashMap<(String, String, String), u64> = HashMap::new();
-    for machine in machines {
-        count += 1;
+    for (machine, weight) in machines {
+        count += weight;
         let software = &machine.software;
         let torch = software.torch.clone().unwrap_or_else(|| "-".to_owned());
         let phase = software.phase.map_or("unreported", |phase| phase.as_str()).to_owned();
-        *groups.entry((current_environment(machine), torch, phase)).or_default() += 1;
+        *groups.entry((current_environment(machine), torch, phase)).or_default() += weight;
     }
     let mut rows: Vec<EnvironmentRow> = groups
         .into_iter()
@@ -308,11 +319,11 @@ fn reason(detail: &str) -> String {
     }
 }
 
-fn optimizations<'a>(machines: impl IntoIterator<Item = &'a MachineFacts>) -> FleetReport {
+fn optimizations<'a>(machines: impl IntoIterator<Item = (&'a MachineFacts, u64)>) -> FleetReport {
     let mut count = 0;
     let mut groups: BTreeMap<(String, String), OptimizationCounts> = BTreeMap::new();
-    for machine in machines {
-        count += 1;
+    for (machine, weight) in machines {
+        count += weight;
         let mut models: Vec<String> = machine.gpus.iter().map(|gpu| unknown(gpu.name.clone())).collect();
         models.sort_unstable();
         models.dedup();
@@ -323,13 +334,13 @@ fn optimizations<'a>(machines: impl IntoIterator<Item = &'a MachineFacts>) -> Fl
             for model in &models {
                 let counts = groups.entry((fact.name.clone(), model.clone())).or_default();
                 match fact.outcome {
-                    OptimizationOutcomeKind::Verified => counts.verified += 1,
+                    OptimizationOutcomeKind::Verified => counts.verified += weight,
                     OptimizationOutcomeKind::Failed => {
-                        counts.failed += 1;
-                        *counts.reasons.entry(reason(&fact.detail)).or_default() += 1;
+                        counts.failed += weight;
+                        *counts.reasons.entry(reason(&fact.detail)).or_default() += weight;
                     }
-                    OptimizationOutcomeKind::Skipped => counts.skipped += 1,
-                    OptimizationOutcomeKind::Pending => counts.pending += 1,
+                    OptimizationOutcomeKind::Skipped => counts.skipped += weight,
+                    OptimizationOutcomeKind::Pending => counts.pending += weight,
                     OptimizationOutcomeKind::Absent => {}
                 }
             }
@@ -358,11 +369,11 @@ fn optimizations<'a>(machines: impl IntoIterator<Item = &'a MachineFacts>) -> Fl
     FleetReport::Optimizations { machines: count, rows }
 }
 
-fn drift<'a>(machines: impl IntoIterator<Item = &'a MachineFacts>) -> FleetReport {
+fn drift<'a>(machines: impl IntoIterator<Item = (&'a MachineFacts, u64)>) -> FleetReport {
     let mut count = 0;
     let mut rows = Vec::new();
-    for machine in machines {
-        count += 1;
+    for (machine, weight) in machines {
+        count += weight;
         if !machine.software.drift.is_empty() {
             rows.push(DriftRow {
                 machine: machine.id.clone(),

@@ -238,7 +238,12 @@ pub async fn run(
         cluster: cluster.clone(),
         source_secrets,
         access: Default::default(),
+        fleet: Default::default(),
     });
+    state.fleet.load(state.store.as_ref()).await?;
+    if cluster.is_some() {
+        tokio::spawn(state.fleet.clone().refresh_from(state.store.clone()));
+    }
     let _engine = crate::use_cases::rollouts::spawn(state.clone(), inbox, leading);
     let handed = Arc::new(crate::edges::operator_grpc::rollout_api::HandedRolloutCalls);
     let cluster_tasks =

@@ -252,6 +252,7 @@ impl AgentApi {
             return Err((Some(reason), Status::permission_denied(message)));
         }
         tracing::info!(machine_id = %machine_id, hostname = %Escaped(&hostname), token = %Escaped(token.id()), "machine enrolled");
+        self.state.fleet.enrolled(&machine_id, &hostname);
         Ok(pb::EnrollResponse {
             machine_id: machine_id.to_string(),
             certificate_pem: certificate.pem,
@@ -439,6 +440,9 @@ impl Session {
         if machine.as_ref().is_none_or(|machine| machine.revoked_at.is_some()) {
             return Err(kick_status(&self.machine_id, &KickReason::Revoked));
         }
+        if let Some(machine) = &machine {
+            self.state.fleet.stored(machine);
+        }
         self.inventories =
             InventoryUpdates::new(machine.as_ref().and_then(|machine| machine.inventory.clone()));
         self.reports = ReportIntake::new(
@@ -495,13 +499,22 @@ impl Session {
                 let inventory =
                     Inventory::try_from(inventory).map_err(|error: WireError| Status::from(error))?;
                 let store = self.state.store.as_ref();
-                self.inventories.record(store, &self.machine_id, inventory, now).await.map_err(internal)?;
+                let new = self
+                    .inventories
+                    .record(store, &self.machine_id, inventory, now)
+                    .await
+                    .map_err(internal)?;
+                if new && let Some(inventory) = self.inventories.stored() {
+                    self.state.fleet.inventory(&self.machine_id, inventory, self.reports.latest());
+                }
                 self.ack(message.seq).await
             }
             Some(pb::agent_message::Body::Report(report)) => {
                 let received =
                     comfyfleet_proto::report_from_agent(report, now).map_err(|error| error.to_string());
                 self.reports.take(&self.state, &self.machine_id, received, now).await.map_err(internal)?;
+                let environments = self.inventories.stored().map(|inventory| &inventory.environments);
+                self.state.fleet.reported(&self.machine_id, environments, self.reports.latest());
                 self.ack(message.seq).await
             }
             Some(pb::agent_message::Body::Hello(_)) => {

@@ -41,11 +41,9 @@ pub struct Page {
 /// The whole page, in OpenMetrics text.
 pub async fn render(state: &ControllerState) -> Result<String, String> {
     let started = std::time::Instant::now();
-    let machines = crate::use_cases::machines::fleet_view::machines(state, None, true)
-        .await
-        .map_err(|error| error.to_string())?;
+    let summary = state.fleet.summary(&state.presence);
     let mut registry = Registry::default();
-    fleet_registry(&mut registry, &machines);
+    fleet_registry(&mut registry, &summary);
     registry.register(
         "comfyfleet_agent_sessions",
         "Agent sessions connected to this controller now",

@@ -336,10 +336,6 @@ fn parse_machine_id(text: &str) -> Option<MachineId> {
     text.parse().ok()
 }
 
-fn report(kind: ReportKind, machines: &[FleetMachine]) -> FleetReport {
-    FleetReport::build(kind, machines.iter().map(|machine| &machine.facts))
-}
-
 fn timestamp(at: Option<jiff::Timestamp>) -> String {
     at.map_or_else(|| "-".to_owned(), |at| at.strftime("%Y-%m-%d %H:%M:%S UTC").to_string())
 }

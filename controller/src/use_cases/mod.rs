@@ -45,8 +45,9 @@ pub struct Settings {
     /// The environment the controller's children (uv, git) get: the daemons'
     /// allow-list and `--pass-env` names, never the controller's whole environment.
     pub children: comfyfleet_daemon::child_env::ChildEnvironment,
-    /// Whether apply locks every build class (always, in the controller binary; the
-    /// unit tests of revision storage and rollouts run without uv or an index).
+    /// Whether apply reads the pinned ComfyUI checkout and locks every build class
+    /// (always, in the controller binary; the unit tests of revision storage and
+    /// rollouts run without git, uv or an index).
     pub lock_on_apply: bool,
 }
 
@@ -94,6 +95,8 @@ pub struct ControllerState {
     pub source_secrets: Arc<crate::use_cases::source_secrets::SourceSecrets>,
     /// What each machine's revisions name: all the package cache serves it.
     pub access: crate::use_cases::package_cache::source_access::SourceAccess,
+    /// What the overview, `/metrics` and the fleet reports count, kept in memory.
+    pub fleet: Arc<crate::use_cases::machines::fleet_summary::FleetSummary>,
 }
 
 impl ControllerState {

@@ -105,6 +105,7 @@ impl TestFleet {
             cluster: None,
             source_secrets,
             access: Default::default(),
+            fleet: Default::default(),
         });
         crate::use_cases::rollouts::spawn(state.clone(), inbox, tokio::sync::watch::channel(true).1);
         let (operator, _) = mint_credential(&state, "op", Role::Operator, "test", "").await.unwrap();
@@ -149,6 +150,7 @@ impl TestFleet {
         };
         self.state.store.enroll_machine(TOKEN_ID, &[1; 32], &machine).await.unwrap().unwrap();
         self.state.store.record_inventory(&machine.id, &inventory(profile), Timestamp::now()).await.unwrap();
+        self.state.fleet.inventory(&machine.id, &inventory(profile), None);
         machine.id
     }
 

@@ -3,7 +3,11 @@
 //! simulated agents (`comfyfleet-fleetsim`, five GPU profiles) that have taken a
 //! rollout, so every machine has an inventory, an assignment and a report. Each
 //! request is timed end to end from this process (curl for HTTPS), best and median
-//! of several.
+//! of several. Beside the end-to-end figures, what the controller itself takes: the
+//! overview's time from request sent to first byte (curl's `time_starttransfer` less
+//! `time_pretransfer`), `report gpus` over an open gRPC channel, and the fleet part of
+//! building `/metrics` (its own `comfyfleet_scrape_seconds{part="fleet"}`); and the
+//! controller's RSS with every agent connected, before and after the requests.
 //!
 //! ```text
 //! cargo build --release --workspace
@@ -57,6 +61,72 @@ fn timed_after(pause: Duration, mut work: impl FnMut()) -> (Duration, Duration) 
         .collect();
     took.sort();
     (took[0], took[RUNS / 2])
+}
+
+/// The controller's time on `url`: from the request sent to the first byte back.
+fn server_time(jar: &Path, url: &str) -> Duration {
+    let output = Command::new("curl")
+        .args(["-sk", "-b"])
+        .arg(jar)
+        .args(["-o", "/dev/null", "-w", "%{http_code} %{time_pretransfer} %{time_starttransfer}", url])
+        .output()
+        .expect("curl");
+    let text = String::from_utf8_lossy(&output.stdout);
+    let fields: Vec<&str> = text.split_whitespace().collect();
+    assert_eq!(fields.first().copied(), Some("200"), "{url}: {text}");
+    let seconds = |at: usize| fields[at].parse::<f64>().unwrap();
+    Duration::from_secs_f64((seconds(2) - seconds(1)).max(0.0))
+}
+
+/// `VmRSS` of a process, in MiB.
+fn rss_mib(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find(|line| line.starts_with("VmRSS:"))
+        .and_then(|line| line.split_whitespace().nth(1))
+        .and_then(|kib| kib.parse::<f64>().ok())
+        .map_or(0.0, |kib| kib / 1024.0)
+}
+
+/// `comfyfleet_scrape_seconds{part="fleet"}`'s sum and count on an OpenMetrics page.
+fn fleet_scrape_seconds(page: &str) -> (f64, f64) {
+    let value = |name: &str| {
+        page.lines()
+            .find(|line| line.starts_with(name) && line.contains("part=\"fleet\""))
+            .and_then(|line| line.rsplit(' ').next())
+            .and_then(|value| value.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    (value("comfyfleet_scrape_seconds_sum"), value("comfyfleet_scrape_seconds_count"))
+}
+
+/// `report gpus` over one open channel, timed per call (best and median).
+fn grpc_report_gpus(controller: &Controller, token: &str) -> (Duration, Duration) {
+    use comfyfleet_proto::v1 as pb;
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    runtime.block_on(async {
+        let ca = comfyfleet_e2e::grpc::controller_ca(&controller.data_dir);
+        let channel = comfyfleet_e2e::grpc::channel(&controller.url, &ca, None).await;
+        let bearer: tonic::metadata::MetadataValue<_> = format!("Bearer {token}").parse().unwrap();
+        let mut client = pb::fleet_service_client::FleetServiceClient::with_interceptor(
+            channel,
+            move |mut request: tonic::Request<()>| {
+                request.metadata_mut().insert("authorization", bearer.clone());
+                Ok(request)
+            },
+        )
+        .max_decoding_message_size(64 << 20);
+        let mut took = Vec::new();
+        for _ in 0..RUNS {
+            let request = pb::FleetReportRequest { report: "gpus".into(), selector: String::new() };
+            let started = Instant::now();
+            client.get_fleet_report(request).await.unwrap();
+            took.push(started.elapsed());
+        }
+        took.sort();
+        (took[0], took[RUNS / 2])
+    })
 }
 
 fn curl(jar: &Path, url: &str) -> (u16, usize) {
@@ -131,6 +201,8 @@ fn main() {
     let first: Vec<Value> = serde_json::from_str(&machine).unwrap();
     let machine_id = first[first.len() / 2]["id"].as_str().unwrap().to_owned();
 
+    let pid = controller.process.pid();
+    let rss_before = rss_mib(pid);
     println!("observe bench: {n} simulated machines, every one with an inventory and a report");
     println!("| request | answer | best | median |");
     println!("|---|---:|---:|---:|");
@@ -181,4 +253,29 @@ fn main() {
         controller.cli(&["machines", "--where", "gpu.compute >= 9.0", "-o", "json"]).success();
     });
     row("`comfyfleet machines --where 'gpu.compute >= 9.0' -o json`", "-".to_owned(), took);
+
+    // What the controller itself takes.
+    let overview = format!("{web_base}/");
+    let mut server: Vec<Duration> = (0..RUNS).map(|_| server_time(&jar, &overview)).collect();
+    server.sort();
+    row(
+        "controller: overview `/`, request sent to first byte",
+        "-".to_owned(),
+        (server[0], server[RUNS / 2]),
+    );
+    row(
+        "controller: `report gpus` over an open gRPC channel",
+        "-".to_owned(),
+        grpc_report_gpus(&controller, credential.trim()),
+    );
+    let page = http_get(metrics_port, "/metrics", &[("Accept", "application/openmetrics-text")]).unwrap();
+    let (sum, count) = fleet_scrape_seconds(&page.body);
+    println!(
+        "| controller: the fleet part of building `/metrics` (mean of {count:.0}) | - | {:.1} ms | - |",
+        if count > 0.0 { sum / count * 1e3 } else { 0.0 }
+    );
+    println!(
+        "| controller RSS, {n} agents connected: before / after the requests | {rss_before:.0} / {:.0} MiB | - | - |",
+        rss_mib(pid)
+    );
 }

@@ -53,6 +53,9 @@ pub struct SimOptions {
     pub labels: Vec<String>,
     /// More command-line arguments.
     pub extra: Vec<String>,
+    /// The CPU the simulator runs on (`taskset -c`), for benchmarks that keep it off
+    /// the controller's; `None`: wherever the scheduler puts it.
+    pub cpu: Option<usize>,
 }
 
 impl SimOptions {
@@ -70,6 +73,7 @@ impl SimOptions {
             profiles: Vec::new(),
             labels: Vec::new(),
             extra: Vec::new(),
+            cpu: None,
         }
     }
 }
@@ -100,7 +104,15 @@ impl SimFleet {
         let data_dir = dir.join("fleetsim");
         let events_path = dir.join("fleetsim-events.jsonl");
         let log_path = dir.join("fleetsim.log");
-        let mut command = Command::new(fleetsim_binary());
+        let mut command = match options.cpu {
+            // taskset execs the simulator: the child's id stays the simulator's.
+            Some(cpu) => {
+                let mut pinned = Command::new("taskset");
+                pinned.args(["--cpu-list", &cpu.to_string()]).arg(fleetsim_binary());
+                pinned
+            }
+            None => Command::new(fleetsim_binary()),
+        };
         command
             .arg("--controller")
             .arg(url)

@@ -17,8 +17,8 @@ use tokio::task::JoinHandle;
 use tonic::Status;
 use tracing::Instrument;
 
-use crate::store::{Store, StoreError, StoredAssignment};
-use crate::use_cases::environments::spec_cache::{CachedRevision, SpecCache};
+use crate::store::{Store, StoredAssignment};
+use crate::use_cases::environments::spec_cache::{LoadError, SpecCache, lock_digest};
 use crate::use_cases::machines::report_intake::KnownAssignment;
 use crate::use_cases::presence::Doorbell;
 use crate::use_cases::source_secrets::SourceSecrets;
@@ -39,14 +39,6 @@ impl Drop for DesiredStatePusher {
     fn drop(&mut self) {
         self.task.abort();
     }
-}
-
-#[derive(Debug, thiserror::Error)]
-enum LoadError {
-    #[error(transparent)]
-    Store(#[from] StoreError),
-    #[error("the assigned revision {environment}@{number} ({id}) is not in the store")]
-    MissingRevision { environment: String, number: u32, id: String },
 }
 
 /// Starts pushing `machine`'s desired state into `outbound`, in the current span.
@@ -138,37 +130,21 @@ async fn load(
     if last_sent.is_some_and(|sent| assignment.generation <= sent) {
         return Ok(None);
     }
-    let revision = match specs.get(&assignment.revision_id) {
-        Some(spec) => spec,
-        None => {
-            let revision = store
-                .environment_revision_by_id(&assignment.environment, &assignment.revision_id)
-                .await?
-                .ok_or_else(|| LoadError::MissingRevision {
-                    environment: assignment.environment.clone(),
-                    number: assignment.revision_number,
-                    id: assignment.revision_id.short().to_owned(),
-                })?;
-            let cached = Arc::new(CachedRevision::new(revision.spec_json));
-            specs.put(assignment.revision_id.clone(), cached.clone());
-            cached
-        }
-    };
+    let revision = specs.revision(store, &assignment).await?;
     let lock_json = lock_for(store, specs, &revision.lock_digests, &assignment.plan_json).await?;
     let mut desired = pb::DesiredState::from(&assignment.record(revision.spec_json.clone(), lock_json));
     // An agent on the package cache may need none of them: the assignment goes out
     // even when they cannot be read, and a build that needs one fails saying so.
+    if revision.credential_uses.is_empty() {
+        return Ok(Some((assignment, desired)));
+    }
+    if let Some(named) = specs.fresh_credentials(&assignment.revision_id) {
+        desired.source_credentials = credentials_to_wire(&named);
+        return Ok(Some((assignment, desired)));
+    }
     match secrets.for_agent(&revision.credential_uses).await {
         Ok(named) => {
-            desired.source_credentials = named
-                .into_iter()
-                .map(|(name, secret)| pb::SourceCredential {
-                    name,
-                    username: secret.username,
-                    secret: secret.password,
-                    origins: secret.origins,
-                })
-                .collect();
+            desired.source_credentials = credentials_to_wire(&named);
         }
         Err(error) => {
             tracing::warn!(%error, "cannot read the source credentials the assigned spec names; sending it without");
@@ -185,27 +161,22 @@ async fn lock_for(
     digests: &std::collections::BTreeMap<String, String>,
     plan_json: &str,
 ) -> Result<String, LoadError> {
-    if digests.is_empty() {
-        return Ok(String::new());
-    }
-    // Only what names the class: the plan is parsed at every push.
-    #[derive(serde::Deserialize)]
-    struct Class {
-        python_tag: String,
-        cuda_tag: String,
-        #[serde(default)]
-        platform: Option<String>,
-    }
-    let Ok(plan) = serde_json::from_str::<Class>(plan_json) else { return Ok(String::new()) };
-    let platform = plan.platform.as_deref().unwrap_or(comfyfleet_config::resolve::DEFAULT_PLATFORM);
-    let class = comfyfleet_config::lock::class_name(&plan.python_tag, &plan.cuda_tag, platform);
-    let Some(digest) = digests.get(&class) else { return Ok(String::new()) };
-    if let Some(lock) = cache.lock(digest) {
-        return Ok(lock.as_ref().clone());
-    }
-    let Some(stored) = store.lock(digest).await? else { return Ok(String::new()) };
-    cache.put_lock(digest.clone(), Arc::new(stored.lock_json.clone()));
-    Ok(stored.lock_json)
+    let Some(digest) = lock_digest(digests, plan_json) else { return Ok(String::new()) };
+    Ok(cache.cached_lock(store, digest).await?.map(|lock| lock.as_ref().clone()).unwrap_or_default())
+}
+
+fn credentials_to_wire(
+    named: &[(String, comfyfleet_config::source_credentials::SourceSecret)],
+) -> Vec<pb::SourceCredential> {
+    named
+        .iter()
+        .map(|(name, secret)| pb::SourceCredential {
+            name: name.clone(),
+            username: secret.username.clone(),
+            secret: secret.password.clone(),
+            origins: secret.origins.clone(),
+        })
+        .collect()
 }
 
 #[cfg(test)]

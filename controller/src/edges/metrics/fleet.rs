@@ -1,6 +1,6 @@
-//! The fleet's state as metrics, read at each scrape: machines by status, phase and
-//! revision, GPUs with NVIDIA GPU Feature Discovery's label names, optimisation
-//! outcomes, and open rollouts' progress.
+//! The fleet's state as metrics, from its summary in memory at each scrape: machines
+//! by status, phase and revision, GPUs with NVIDIA GPU Feature Discovery's label
+//! names, optimisation outcomes; and open rollouts' progress.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -11,7 +11,7 @@ use prometheus_client::registry::Registry;
 
 use crate::counters::label::{LabelValue, Labels, label};
 use crate::use_cases::ControllerState;
-use crate::use_cases::machines::fleet_view::FleetMachine;
+use crate::use_cases::machines::fleet_summary::Summary;
 
 pub(super) fn gauge(value: i64) -> Gauge {
     let gauge = Gauge::default();
@@ -34,39 +34,34 @@ fn gfd_product(name: &str) -> String {
     name.split_whitespace().collect::<Vec<_>>().join("-")
 }
 
-/// The fleet's state as metrics; `machines` are every machine, revoked ones included.
-pub(super) fn fleet_registry(registry: &mut Registry, machines: &[FleetMachine]) {
-    let mut by_status: BTreeMap<&'static str, i64> =
-        [("online", 0), ("offline", 0), ("revoked", 0)].into_iter().collect();
+/// The fleet's state as metrics, from its summary.
+pub(super) fn fleet_registry(registry: &mut Registry, summary: &Summary) {
+    let count = |machines: u64| i64::try_from(machines).unwrap_or(i64::MAX);
+    let by_status: BTreeMap<&'static str, i64> = [
+        ("online", count(summary.online)),
+        ("offline", count(summary.offline)),
+        ("revoked", count(summary.revoked)),
+    ]
+    .into_iter()
+    .collect();
     let mut by_phase: BTreeMap<String, i64> = BTreeMap::new();
     let mut by_revision: BTreeMap<(String, String), i64> = BTreeMap::new();
     let mut gpus: HashMap<Labels, i64> = HashMap::new();
     let mut gpu_machines: HashMap<Labels, i64> = HashMap::new();
     let mut outcomes: HashMap<Labels, i64> = HashMap::new();
     let mut drifted = 0;
-    for machine in machines {
-        let record = &machine.record;
-        let status = if record.revoked_at.is_some() {
-            "revoked"
-        } else if record.online {
-            "online"
-        } else {
-            "offline"
-        };
-        *by_status.entry(status).or_default() += 1;
-        if record.revoked_at.is_some() {
-            continue;
-        }
-        let software = &machine.facts.software;
+    // Each class of machines counts as many times as machines have it.
+    for (facts, machines) in &summary.classes {
+        let weight = count(*machines);
+        let software = &facts.software;
         let phase = software.phase.map_or("unreported", |phase| phase.as_str());
-        *by_phase.entry(phase.to_owned()).or_default() += 1;
+        *by_phase.entry(phase.to_owned()).or_default() += weight;
         if let (Some(environment), Some(revision)) = (&software.environment, software.revision) {
-            *by_revision.entry((environment.clone(), revision.to_string())).or_default() += 1;
+            *by_revision.entry((environment.clone(), revision.to_string())).or_default() += weight;
         }
         if !software.drift.is_empty() {
-            drifted += 1;
+            drifted += weight;
         }
-        let facts = &machine.facts;
         let driver: Vec<&str> = facts.driver_version.as_deref().unwrap_or_default().split('.').collect();
         let part = |at: usize| driver.get(at).copied().unwrap_or_default().to_owned();
         let (runtime_major, runtime_minor) = facts
@@ -90,9 +85,9 @@ pub(super) fn fleet_registry(registry: &mut Registry, machines: &[FleetMachine])
                 label("nvidia_com_cuda_runtime_major", runtime_major.clone()),
                 label("nvidia_com_cuda_runtime_minor", runtime_minor.clone()),
             ];
-            *gpus.entry(labels.clone()).or_default() += 1;
+            *gpus.entry(labels.clone()).or_default() += weight;
             if !models.contains(&labels) {
-                *gpu_machines.entry(labels.clone()).or_default() += 1;
+                *gpu_machines.entry(labels.clone()).or_default() += weight;
                 models.push(labels);
             }
         }
@@ -110,7 +105,7 @@ pub(super) fn fleet_registry(registry: &mut Registry, machines: &[FleetMachine])
                     label("nvidia_com_gpu_product", product.as_str()),
                     label("outcome", optimization.outcome.as_str()),
                 ];
-                *outcomes.entry(labels).or_default() += 1;
+                *outcomes.entry(labels).or_default() += weight;
             }
         }
     }

@@ -76,7 +76,10 @@ async fn apply_spec(
     let pins = git_pin::pin_spec(&mut spec, &state.settings.sources, &credentials, &state.settings.children)
         .await
         .map_err(|errors| Status::failed_precondition(errors.to_string()))?;
-    crate::use_cases::environments::checkout_check::refuse_unfit(&state.mirror, &spec, &credentials).await?;
+    if state.settings.lock_on_apply {
+        crate::use_cases::environments::checkout_check::refuse_unfit(&state.mirror, &spec, &credentials)
+            .await?;
+    }
     let requested = parse_classes(&request.classes)?;
     let locked = if state.settings.lock_on_apply {
         lock_applied(state, &mut spec, requested, &credentials).await?

@@ -294,6 +294,7 @@ impl pb::fleet_service_server::FleetService for FleetApi {
         audited(entry, self.state.store.revoke_machine(&machine.id, Timestamp::now()))
             .await
             .map_err(internal)?;
+        self.state.fleet.revoked(&machine.id);
         let was_online = self.state.presence.kick(&machine.id, KickReason::Revoked);
         tracing::warn!(machine_id = %machine.id, was_online, by = %Escaped(caller.actor()), "machine revoked");
         let machine = self

@@ -1,5 +1,6 @@
-//! The pages themselves. Each reads what it shows from the store at request time;
-//! the machines table is filtered and paged on the server.
+//! The pages themselves. The overview counts from the fleet's summary in memory; the
+//! others read what they show from the store at request time; the machines table is
+//! filtered and paged on the server.
 
 use super::*;
 
@@ -14,19 +15,13 @@ fn gib(bytes: u64) -> String {
 
 pub async fn overview(viewer: Viewer, State(web): State<Shared>) -> Response {
     let state = &web.state;
-    let machines = match fleet_view::machines(state, None, false).await {
-        Ok(machines) => machines,
-        Err(error) => return problem(&viewer, StatusCode::INTERNAL_SERVER_ERROR, &error.to_string()),
-    };
-    let online = machines.iter().filter(|machine| machine.record.online).count();
-    let gpus: usize = machines.iter().map(|machine| machine.facts.gpus.len()).sum();
-    let drifted = machines.iter().filter(|machine| !machine.facts.software.drift.is_empty()).count();
-    let failed = machines
-        .iter()
-        .filter(|machine| machine.facts.software.phase == Some(comfyfleet_config::Phase::Failed))
-        .count();
-    let gpu_report = report(ReportKind::Gpus, &machines);
-    let environment_report = report(ReportKind::Environments, &machines);
+    let summary = state.fleet.summary(&state.presence);
+    let (machines, online) = (summary.machines(), summary.online);
+    let gpus: u64 = summary.classes.iter().map(|(facts, machines)| facts.gpus.len() as u64 * machines).sum();
+    let drifted = summary.count(|facts| !facts.software.drift.is_empty());
+    let failed = summary.count(|facts| facts.software.phase == Some(comfyfleet_config::Phase::Failed));
+    let gpu_report = summary.report(ReportKind::Gpus);
+    let environment_report = summary.report(ReportKind::Environments);
     let rollouts: Vec<pb::Rollout> = crate::use_cases::rollouts::api::open(state)
         .await
         .map(|views| views.iter().map(rollout_to_wire).collect())
@@ -34,9 +29,9 @@ pub async fn overview(viewer: Viewer, State(web): State<Shared>) -> Response {
     let content = html! {
         h1 { "Fleet" }
         section.cards {
-            div.card { strong #count-machines { (machines.len()) } span { "machines" } }
+            div.card { strong #count-machines { (machines) } span { "machines" } }
             div.card { strong #count-online { (online) } span { "online" } }
-            div.card { strong { (machines.len() - online) } span { "offline" } }
+            div.card { strong { (summary.offline) } span { "offline" } }
             div.card { strong #count-gpus { (gpus) } span { "GPUs" } }
             div.card { a href="/machines?where=phase%20%3D%3D%20failed" { strong { (failed) } span { "failed" } } }
             div.card { a href="/machines?where=drift%20%3D%3D%20true" { strong { (drifted) } span { "drifted" } } }

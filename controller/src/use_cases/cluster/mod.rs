@@ -419,6 +419,8 @@ impl Cluster {
     /// What notices may have been missed: every local session looks at its
     /// assignment again, the leader's engine at every stored report.
     async fn catch_up(&self, state: &ControllerState) {
+        // The fleet summary reads every machine again, on its own task.
+        state.fleet.stale(Vec::new());
         for machine in state.presence.local_machines() {
             state.presence.notify_assignment(&machine);
         }
@@ -450,11 +452,14 @@ impl Cluster {
             }
             "revoked" => {
                 for machine in machines() {
+                    state.fleet.revoked(&machine);
                     state.presence.kick(&machine, KickReason::Revoked);
                 }
             }
             "up" => {
                 let machines = machines();
+                // Its Hello (inventory, labels) was stored there: read on the summary's task.
+                state.fleet.stale(machines.clone());
                 state.presence.remote_changed(&machines, true, Timestamp::now());
                 if self.is_leading() {
                     for machine in &machines {
@@ -463,8 +468,11 @@ impl Cluster {
                 }
             }
             "down" => state.presence.remote_changed(&machines(), false, Timestamp::now()),
-            "reported" if self.is_leading() => {
-                if let Err(error) = self.feed_reports(state, &ids).await {
+            "reported" => {
+                state.fleet.stale(machines());
+                if self.is_leading()
+                    && let Err(error) = self.feed_reports(state, &ids).await
+                {
                     self.complain("cannot read reports another controller stored", &error);
                 }
             }

@@ -94,12 +94,16 @@ pub async fn page(
     }
 }
 
-/// `kind` over the machines `selector` picks (revoked machines left out).
+/// `kind` over the machines `selector` picks (revoked machines left out): over the
+/// whole fleet from its summary in memory, else from the machines the store lists.
 pub async fn report(
     state: &ControllerState,
     kind: ReportKind,
     selector: Option<&Selector>,
 ) -> StoreResult<FleetReport> {
+    if selector.is_none() {
+        return Ok(state.fleet.summary(&state.presence).report(kind));
+    }
     let machines = machines(state, selector, false).await?;
     Ok(FleetReport::build(kind, machines.iter().map(|machine| &machine.facts)))
 }

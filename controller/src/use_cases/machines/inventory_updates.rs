@@ -30,23 +30,29 @@ impl InventoryUpdates {
         Self { stored, ..Self::default() }
     }
 
+    /// The inventory this session last stored or found stored.
+    pub fn stored(&self) -> Option<&Inventory> {
+        self.stored.as_ref()
+    }
+
     /// Stores `inventory` unless it is the machine's stored one, and logs the change
-    /// unless a line went out less than a minute ago.
+    /// unless a line went out less than a minute ago. Whether it was new to this
+    /// session (then [`InventoryUpdates::stored`] is it).
     pub async fn record(
         &mut self,
         store: &dyn Store,
         machine_id: &MachineId,
         inventory: Inventory,
         at: Timestamp,
-    ) -> StoreResult<()> {
+    ) -> StoreResult<bool> {
         if self.stored.as_ref() == Some(&inventory) {
-            return Ok(());
+            return Ok(false);
         }
         let changed = store.record_inventory(machine_id, &inventory, at).await?;
         let gpus = inventory.nvidia.gpus.len();
         self.stored = Some(inventory);
         if !changed {
-            return Ok(());
+            return Ok(true);
         }
         self.unlogged += 1;
         let now = Instant::now();
@@ -55,6 +61,6 @@ impl InventoryUpdates {
             self.last_line = Some(now);
             self.unlogged = 0;
         }
-        Ok(())
+        Ok(true)
     }
 }

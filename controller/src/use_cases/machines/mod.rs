@@ -2,6 +2,7 @@
 //! updates, what agents report about their convergence, and rollbacks.
 
 mod error;
+pub mod fleet_summary;
 pub mod fleet_view;
 pub(crate) mod inventory_updates;
 pub mod lookup;

@@ -204,6 +204,11 @@ impl ReportIntake {
         Self { known, last_phase: None, last_report: stored, complaints: Complaints::default() }
     }
 
+    /// The latest report stored for this machine.
+    pub fn latest(&self) -> Option<&ConvergenceReport> {
+        self.last_report.as_ref()
+    }
+
     /// Takes one report, as converted from the wire (with the fields that were
     /// mended, or why it could not be read): stores what counts, refuses the rest.
     /// Errs only when the store fails (the controller's fault, not the agent's).

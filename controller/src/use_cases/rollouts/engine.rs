@@ -416,6 +416,17 @@ impl Engine {
                 return;
             }
         };
+        // What the sessions send with these assignments, read once here rather than
+        // by each of them when their doorbells ring below.
+        if !written.is_empty()
+            && let Err(error) = self
+                .state
+                .specs
+                .prepare(self.state.store.as_ref(), &self.state.source_secrets, &written)
+                .await
+        {
+            tracing::warn!(rollout = id, error = %Escaped(&error), "cannot read the assigned revision ahead of the sessions");
+        }
         let Some(run) = self.runs.get_mut(&id) else { return };
         let mut generations: HashMap<MachineId, u64> =
             written.iter().map(|assigned| (assigned.machine_id.clone(), assigned.generation)).collect();

@@ -29,7 +29,7 @@ mod spec_text;
 pub mod wheel;
 pub mod world;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
@@ -73,8 +73,9 @@ pub fn system_python() -> &'static SystemPython {
     })
 }
 
-/// The `uv` the tests drive: `COMFYFLEET_TEST_UV`, else `uv` on PATH; `None`
-/// where there is none.
+/// The `uv` the tests drive: `COMFYFLEET_TEST_UV`, else `uv` on PATH, else the one
+/// `scripts/test` installs under `target/test-tools/uv/bin` (a fresh clone after
+/// `scripts/test`, run from a shell without it on PATH); `None` where there is none.
 pub fn try_find_uv() -> Option<PathBuf> {
     if let Some(path) = std::env::var_os("COMFYFLEET_TEST_UV").filter(|path| !path.is_empty()) {
         return Some(PathBuf::from(path));
@@ -84,6 +85,18 @@ pub fn try_find_uv() -> Option<PathBuf> {
         .flat_map(std::env::split_paths)
         .map(|dir| dir.join("uv"))
         .find(|candidate| candidate.is_file())
+        .or_else(|| installed_test_tools().map(|tools| tools.join("uv/bin/uv")).find(|uv| uv.is_file()))
+}
+
+/// Where `scripts/test` may have put its tools: `<target>/test-tools` of the target
+/// directory this test binary runs from (`<target>/<profile>/deps/<binary>`), and of
+/// the workspace's own `target/`.
+fn installed_test_tools() -> impl Iterator<Item = PathBuf> {
+    let from_binary = std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.ancestors().nth(3).map(|target| target.join("test-tools")));
+    let from_workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/test-tools");
+    from_binary.into_iter().chain(std::iter::once(from_workspace))
 }
 
 /// [`try_find_uv`], which must find one.
