@@ -232,6 +232,7 @@ async fn load(
                     username: secret.username,
                     secret: secret.password,
                     origins: secret.origins,
+                    bearer: secret.bearer,
                 })
                 .collect();
         }
