@@ -30,6 +30,7 @@ mod index_proxy;
 mod inventory_updates;
 mod locking;
 pub mod metrics;
+mod model_cache;
 pub mod package_cache;
 pub mod pki;
 mod presence;

@@ -137,6 +137,7 @@ impl RevisionSources {
         let mut files: HashSet<String> =
             crate::locking::kernel_wheel_files(spec).into_iter().map(|file| file.sha256).collect();
         files.extend(comfyfleet_config::uv_pin::PINNED_UV_WHEELS.iter().map(|(_, _, sha)| (*sha).to_owned()));
+        files.extend(crate::model_cache::model_files(spec).into_iter().map(|file| file.sha256));
         let mut indexes = HashMap::new();
         let torch = spec.torch.cuda.iter().map(|cuda| spec.torch.index_for(*cuda));
         for url in
