@@ -104,3 +104,59 @@ fn three_agents_get_identical_models_fetched_from_upstream_once() {
     assert_eq!(hub.cdn_refused_credentials(), 0, "the bearer token never went to the CDN host");
     assert_eq!(hub.unauthorized(), 0, "the controller sent the token to the hub");
 }
+
+/// A fleet of one agent whose spec names `content` at `vae/ae.safetensors` with
+/// `sha256` and `size`; its rollout is started (and fails).
+fn one_agent_with(
+    hub: &ModelHub,
+    content: &[u8],
+    sha256: &str,
+    size: u64,
+) -> (Fleet, comfyfleet_e2e::Agent, Value) {
+    hub.add("Comfy-Org/vae", COMMIT, "ae.safetensors", HubFile::Lfs(content.to_vec().into()));
+    let fleet = Fleet::start();
+    let agent = fleet.agent("ws-1", "rtx4090-x1-570");
+    let entry = format!(
+        "\n[[model]]\nfolder = \"vae\"\nname = \"ae.safetensors\"\nurl = \"{}/Comfy-Org/vae/resolve/{COMMIT}/ae.safetensors\"\n\
+         sha256 = \"{sha256}\"\nsize = {size}\n",
+        hub.endpoint()
+    );
+    fleet.apply(&format!("{}{entry}", fleet.spec(|options| options.cuda = vec!["cu128".to_owned()])));
+    let _ = fleet.cli(&["rollout", "start", "render-prod", "--wait", "--timeout", "3m"]);
+    let machine = fleet.wait_for_phase(&fleet.machine_id("ws-1"), "failed");
+    (fleet, agent, machine)
+}
+
+#[test]
+fn bytes_that_are_not_the_specs_are_never_linked() {
+    let hub = ModelHub::start();
+    let content = bytes(11, 2 << 20);
+    let actual = hex::encode(Sha256::digest(&content));
+    let claimed = "9".repeat(64);
+    let (_fleet, agent, machine) = one_agent_with(&hub, &content, &claimed, content.len() as u64);
+    let text = machine.to_string();
+    assert!(text.contains("model vae/ae.safetensors ("), "names the model: {text}");
+    assert!(text.contains(&format!("has sha256 {actual}, but the revision requires {claimed}")), "{text}");
+    assert!(text.contains("/Comfy-Org/vae/resolve/"), "names the URL: {text}");
+    assert!(!agent.data_dir.join("shared/models/vae/ae.safetensors").exists(), "nothing linked");
+    assert!(!agent.data_dir.join("models/store").join(&claimed).join("blob").exists());
+    assert!(std::fs::read_link(agent.data_dir.join("current")).is_err(), "nothing switched");
+}
+
+#[test]
+fn a_machine_without_room_for_its_models_fails_before_fetching_with_the_figures() {
+    let hub = ModelHub::start();
+    let content = bytes(13, 1 << 20);
+    let sha256 = hex::encode(Sha256::digest(&content));
+    // A size no test machine has free (the bytes served would be the real ones).
+    let size: u64 = 1 << 60;
+    let (_fleet, agent, machine) = one_agent_with(&hub, &content, &sha256, size);
+    let text = machine.to_string();
+    assert!(
+        text.contains(&format!("the models still missing need {size} bytes (vae/ae.safetensors)")),
+        "{text}"
+    );
+    assert!(text.contains("bytes free: free space there"), "{text}");
+    assert_eq!(hub.cdn_served(&sha256).requests, 0, "nothing was fetched");
+    assert!(std::fs::read_link(agent.data_dir.join("current")).is_err(), "nothing switched");
+}
