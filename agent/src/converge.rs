@@ -441,8 +441,14 @@ async fn remove_trash(layout: &Layout) {
 /// the controller planned from stale facts (or is not to be trusted), and building
 /// it could install the wrong torch for these GPUs.
 fn check_plan(assignment: &Assignment, facts: &MachineFacts) -> Result<(), String> {
+    // The models' targets may select on labels, which only the controller holds:
+    // which models the machine gets is the controller's to plan.
+    let without_models = |plan: &comfyfleet_config::MachinePlan| comfyfleet_config::MachinePlan {
+        models: Vec::new(),
+        ..plan.clone()
+    };
     match Resolver::new(&assignment.spec).plan(facts) {
-        Ok(plan) if plan == assignment.plan => Ok(()),
+        Ok(plan) if without_models(&plan) == without_models(&assignment.plan) => Ok(()),
         Ok(plan) => Err(format!(
             "the controller planned torch {} with {} optimisation(s), but this machine's own facts give torch {} \
              with {}; its inventory changed since it was planned: start the rollout again",

@@ -66,6 +66,8 @@ pub struct Downloader {
     cache: PathBuf,
     /// Sent with every request: a source credential for the host downloaded from.
     authorization: Option<std::sync::Arc<str>>,
+    /// The largest file accepted ([`MAX_DOWNLOAD_BYTES`] unless a model's size says more).
+    limit: u64,
 }
 
 impl std::fmt::Debug for Downloader {
@@ -94,7 +96,7 @@ impl Downloader {
             .user_agent(concat!("comfyfleet-agent/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|error| DownloadError::Client(error.to_string()))?;
-        Ok(Self { client, cache: cache.to_owned(), authorization: None })
+        Ok(Self { client, cache: cache.to_owned(), authorization: None, limit: MAX_DOWNLOAD_BYTES })
     }
 
     /// Downloads through the controller's package cache: its CA is the only root
@@ -120,7 +122,18 @@ impl Downloader {
             .user_agent(concat!("comfyfleet-agent/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(client_error)?;
-        Ok(Self { client, cache: cache.to_owned(), authorization: None })
+        Ok(Self { client, cache: cache.to_owned(), authorization: None, limit: MAX_DOWNLOAD_BYTES })
+    }
+
+    /// This downloader, keeping verified files under `cache` (by sha256) instead.
+    pub fn with_cache(&self, cache: &Path) -> Self {
+        Self { cache: cache.to_owned(), ..self.clone() }
+    }
+
+    /// This downloader, accepting files up to `limit` bytes (a model's size) and at
+    /// least the usual bound.
+    pub fn with_limit(&self, limit: u64) -> Self {
+        Self { limit: limit.max(MAX_DOWNLOAD_BYTES), ..self.clone() }
     }
 
     /// This downloader, sending `authorization` (a source credential's header) with
@@ -145,7 +158,8 @@ impl Downloader {
         let mut response = self.get(url).await?;
         let partial = dest.with_extension("partial");
         let mut file = tokio::fs::File::create(&partial).await.map_err(io(&partial))?;
-        let received = write_body(&mut response, &mut file, &partial, &shown, &mut |_, _| {}).await?;
+        let received =
+            write_body(&mut response, &mut file, &partial, &shown, self.limit, &mut |_, _| {}).await?;
         file.sync_all().await.map_err(io(&partial))?;
         drop(file);
         tokio::fs::rename(&partial, dest).await.map_err(io(dest))?;
@@ -278,8 +292,8 @@ impl Downloader {
         }
         let have = from.unwrap_or(0);
         let total = response.content_length().map(|length| length + have);
-        if total.is_some_and(|total| total > MAX_DOWNLOAD_BYTES) {
-            return Err(DownloadError::TooLarge { url: shown, limit: MAX_DOWNLOAD_BYTES }.into());
+        if total.is_some_and(|total| total > self.limit) {
+            return Err(DownloadError::TooLarge { url: shown, limit: self.limit }.into());
         }
         let mut hasher = Sha256::new();
         let mut file = if have > 0 {
@@ -288,11 +302,12 @@ impl Downloader {
         } else {
             tokio::fs::File::create(&partial).await.map_err(io(&partial))?
         };
-        let received = write_body(&mut response, &mut file, &partial, &shown, &mut |chunk, received| {
-            hasher.update(chunk);
-            progress(have + received, total);
-        })
-        .await?;
+        let received =
+            write_body(&mut response, &mut file, &partial, &shown, self.limit, &mut |chunk, received| {
+                hasher.update(chunk);
+                progress(have + received, total);
+            })
+            .await?;
         file.sync_all().await.map_err(io(&partial))?;
         drop(file);
         let actual = hex::encode(hasher.finalize());
@@ -360,14 +375,15 @@ async fn hash_prefix(path: &Path, length: u64, hasher: &mut Sha256) -> std::io::
     }
 }
 
-/// Writes the response body to `file` (at `partial`), at most [`MAX_DOWNLOAD_BYTES`]
-/// (else the partial file is removed), telling `each` every chunk and the bytes so
+/// Writes the response body to `file` (at `partial`), at most `limit` bytes (else
+/// the partial file is removed), telling `each` every chunk and the bytes so
 /// far. The bytes received.
 async fn write_body(
     response: &mut reqwest::Response,
     file: &mut tokio::fs::File,
     partial: &Path,
     shown: &str,
+    limit: u64,
     each: &mut (dyn FnMut(&[u8], u64) + Send),
 ) -> Result<u64, DownloadError> {
     let mut received = 0u64;
@@ -377,9 +393,9 @@ async fn write_body(
         .map_err(|error| DownloadError::Request { url: shown.to_owned(), detail: error_chain(&error) })?
     {
         received += chunk.len() as u64;
-        if received > MAX_DOWNLOAD_BYTES {
+        if received > limit {
             let _ = tokio::fs::remove_file(partial).await;
-            return Err(DownloadError::TooLarge { url: shown.to_owned(), limit: MAX_DOWNLOAD_BYTES });
+            return Err(DownloadError::TooLarge { url: shown.to_owned(), limit });
         }
         each(&chunk, received);
         file.write_all(&chunk)

@@ -7,6 +7,7 @@
 //!   cache/uv/          UV_CACHE_DIR, on the same filesystem as envs/ (hardlinks)
 //!   cache/wheels/      downloaded kernel wheels, by sha256
 //!   cache/git/         bare repositories the environments are checked out from
+//!   models/store/      model files by sha256 (`<sha256>/blob`), hard-linked into shared/models
 //!   tools/             a uv fetched from the package index
 //!   envs/<revision>/   ComfyUI/ (with custom_nodes/), venv/, .comfyfleet/, .complete last
 //!   current -> envs/<revision>   switched atomically
@@ -55,6 +56,12 @@ impl Layout {
 
     pub fn wheel_cache(&self) -> PathBuf {
         self.root.join("cache/wheels")
+    }
+
+    /// The models' content-addressed store: on the data dir's filesystem, so its
+    /// files can be hard-linked into `shared/models`.
+    pub fn model_store(&self) -> PathBuf {
+        self.root.join("models/store")
     }
 
     pub fn git_cache(&self) -> PathBuf {

@@ -275,6 +275,7 @@ impl Link {
                             password: credential.secret,
                             // The agent binds it to these only (`SourceCredentials::add_spec`).
                             origins: credential.origins,
+                            bearer: credential.bearer,
                         },
                     )
                 })

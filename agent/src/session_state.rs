@@ -82,6 +82,7 @@ mod tests {
             username: "u".to_owned(),
             password: "p".to_owned(),
             origins: vec!["https://h".to_owned()],
+            bearer: false,
         };
         held.deliver(BTreeMap::from([("farm".to_owned(), secret.clone())]));
         let got = tokio::time::timeout(Duration::from_secs(5), waiting).await.unwrap().unwrap();

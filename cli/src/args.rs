@@ -296,6 +296,11 @@ pub enum SecretsCommand {
         /// indexes expect; GitHub takes any username with a token).
         #[arg(long, default_value = "__token__")]
         username: String,
+        /// A bearer token (sent as `Authorization: Bearer`, as Hugging Face and
+        /// Civitai take it) rather than a username and secret; serves [[model]]
+        /// downloads only.
+        #[arg(long, conflicts_with = "username")]
+        bearer: bool,
         /// An origin it may be sent to: scheme, host and port, exactly
         /// (`https://mirror.farm.internal`, `http://10.0.0.5:8080`); repeatable, at
         /// least one. A spec naming it for any other origin is refused. Setting it

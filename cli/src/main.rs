@@ -131,12 +131,20 @@ enum Command {
     /// and triton each torch release has) checked against what an index publishes.
     #[command(subcommand)]
     Facts(commands::facts::FactsCommand),
+    /// Model files for specs: `import` reads the models a ComfyUI workflow declares
+    /// and prints them as [[model]] entries, sha256 and size filled in.
+    #[command(subcommand)]
+    Models(commands::models::ModelsCommand),
 }
 
 async fn run(cli: Cli) -> anyhow::Result<String> {
     // Checking the facts against an index needs no controller either.
     if let Command::Facts(command) = &cli.command {
         return commands::facts::run(command).await;
+    }
+    // So does reading a workflow's models.
+    if let Command::Models(command) = &cli.command {
+        return commands::models::run(command).await;
     }
     // Offline planning needs no controller and no credentials.
     if let Command::Plan { file, facts: Some(facts), output } = &cli.command {
@@ -180,9 +188,10 @@ async fn run(cli: Cli) -> anyhow::Result<String> {
         Command::Credentials(CredentialsCommand::Create { name, role, token_only }) => {
             commands::credentials::create(&mut fleet, &config, name, role, token_only).await
         }
-        Command::Secrets(SecretsCommand::Set { name, username, origins, from_file }) => {
+        Command::Secrets(SecretsCommand::Set { name, username, bearer, origins, from_file }) => {
             let secret = commands::secrets::read_secret(&name, from_file.as_deref())?;
-            commands::secrets::set(&mut fleet, name, username, origins, secret).await
+            let username = if bearer { String::new() } else { username };
+            commands::secrets::set(&mut fleet, name, username, bearer, origins, secret).await
         }
         Command::Secrets(SecretsCommand::List { output }) => {
             commands::secrets::list(&mut fleet, output).await
@@ -229,6 +238,7 @@ async fn run(cli: Cli) -> anyhow::Result<String> {
         }
         Command::Rollout(command) => rollout(&mut fleet, &config, command).await,
         Command::Facts(command) => commands::facts::run(&command).await,
+        Command::Models(command) => commands::models::run(&command).await,
         Command::Whoami => commands::credentials::whoami(&mut fleet, &config).await,
     }
 }

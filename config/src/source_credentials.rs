@@ -33,8 +33,9 @@ pub use crate::spec::credentials::{
 pub const MAX_ORIGINS: usize = 32;
 
 /// A stored credential's value: HTTP basic auth (a token is the password, with the
-/// username the service expects, `__token__` by default), and the origins its admin
-/// bound it to.
+/// username the service expects, `__token__` by default) or a bearer token
+/// (`Authorization: Bearer`, as Hugging Face and Civitai take it; no username), and
+/// the origins its admin bound it to.
 #[derive(Clone, PartialEq, Eq)]
 pub struct SourceSecret {
     pub username: String,
@@ -42,6 +43,9 @@ pub struct SourceSecret {
     /// Canonical origins ([`parse_origin`]) it may be sent to; empty: none (a secret
     /// stored before secrets were bound).
     pub origins: Vec<String>,
+    /// A bearer token: sent as `Authorization: Bearer`, for model downloads only (uv
+    /// and git take basic auth).
+    pub bearer: bool,
 }
 
 impl std::fmt::Debug for SourceSecret {
@@ -49,6 +53,7 @@ impl std::fmt::Debug for SourceSecret {
         f.debug_struct("SourceSecret")
             .field("username", &self.username)
             .field("origins", &self.origins)
+            .field("bearer", &self.bearer)
             .finish_non_exhaustive()
     }
 }
@@ -58,6 +63,11 @@ impl SourceSecret {
     pub fn basic_auth(&self) -> String {
         let pair = format!("{}:{}", self.username, self.password);
         format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(pair))
+    }
+
+    /// The `Authorization` header's value for its kind: bearer or basic.
+    pub fn authorization(&self) -> String {
+        if self.bearer { format!("Bearer {}", self.password) } else { self.basic_auth() }
     }
 
     /// Whether it may be sent to `origin` (canonical, as [`origin`] gives it).
@@ -84,7 +94,11 @@ impl SourceSecret {
             }
         }
         let printable = |text: &str| !text.chars().any(|c| c.is_control());
-        if self.username.is_empty() || self.username.len() > 256 || self.username.contains(':') {
+        if self.bearer {
+            if !self.username.is_empty() {
+                return Err("a bearer token has no username: leave --username out".to_owned());
+            }
+        } else if self.username.is_empty() || self.username.len() > 256 || self.username.contains(':') {
             return Err("the username must be 1 to 256 characters without `:`".to_owned());
         }
         if self.password.is_empty() || self.password.len() > 4096 {
@@ -195,6 +209,18 @@ pub struct CredentialRefusal {
     pub missing: Vec<String>,
     /// Names used for an origin their secret is not bound to.
     pub unbound: Vec<UnboundUse>,
+    /// Bearer tokens named for a package index or git remote (`index.credential:
+    /// credential "hf" …`): uv and git take basic auth only.
+    pub bearer_for_packages: Vec<String>,
+}
+
+impl CredentialRefusal {
+    /// What to fix, one line per problem.
+    pub fn lines(&self) -> Vec<String> {
+        let mut lines: Vec<String> = self.unbound.iter().map(ToString::to_string).collect();
+        lines.extend(self.bearer_for_packages.iter().cloned());
+        lines
+    }
 }
 
 /// The credentials one spec's sources need, each bound to its origins.
@@ -227,6 +253,14 @@ impl SourceCredentials {
                 if !secret.allows(&unbound.origin) && !refusal.unbound.contains(&unbound) {
                     refusal.unbound.push(unbound);
                 }
+            }
+            if secret.bearer && !used.key.starts_with("model[") {
+                refusal.bearer_for_packages.push(format!(
+                    "{}: credential \"{}\" is a bearer token, which serves [[model]] downloads only (uv and git \
+                     take a username and secret): store one with `comfyfleet secrets set NAME --username USER \
+                     --origin …` for this source",
+                    used.key, used.name
+                ));
             }
         }
         if refusal != CredentialRefusal::default() {
@@ -263,16 +297,21 @@ impl SourceCredentials {
         self.by_origin.get(&origin(url)?).map(|(_, secret)| secret)
     }
 
-    /// The `Authorization` header for a request to `url`.
+    /// The `Authorization` header for a request to `url` (basic or bearer, as stored).
     pub fn authorization(&self, url: &str) -> Option<String> {
-        self.for_url(url).map(SourceSecret::basic_auth)
+        self.for_url(url).map(SourceSecret::authorization)
+    }
+
+    /// The credential for `url` when uv or git may use it: basic auth only.
+    fn for_package_url(&self, url: &str) -> Option<&SourceSecret> {
+        self.for_url(url).filter(|secret| !secret.bearer)
     }
 
     /// The index argument for uv: `NAME=URL` when the URL has a credential (uv then
     /// reads it from `UV_INDEX_NAME_USERNAME` and `_PASSWORD`, see [`Self::uv_env`]),
     /// else the URL.
     pub fn uv_index(&self, url: &str) -> OsString {
-        match self.for_url(url) {
+        match self.for_package_url(url) {
             Some(_) => format!("{}={url}", uv_index_name(url)).into(),
             None => url.into(),
         }
@@ -282,7 +321,7 @@ impl SourceCredentials {
     pub fn uv_env<'a>(&self, urls: impl IntoIterator<Item = &'a str>) -> Vec<(String, String)> {
         let mut env = Vec::new();
         for url in urls {
-            if let Some(secret) = self.for_url(url) {
+            if let Some(secret) = self.for_package_url(url) {
                 let upper = uv_index_name(url).to_ascii_uppercase();
                 env.push((format!("UV_INDEX_{upper}_USERNAME"), secret.username.clone()));
                 env.push((format!("UV_INDEX_{upper}_PASSWORD"), secret.password.clone()));
@@ -294,14 +333,20 @@ impl SourceCredentials {
     /// Variables that give git a credential helper per origin, answering from
     /// variables of its own environment, and no other helper (none may store them).
     pub fn git_env(&self) -> Vec<(String, String)> {
-        if self.by_origin.is_empty() {
+        let basic: Vec<(&String, &SourceSecret)> = self
+            .by_origin
+            .iter()
+            .filter(|(_, (_, secret))| !secret.bearer)
+            .map(|(o, (_, s))| (o, s))
+            .collect();
+        if basic.is_empty() {
             return Vec::new();
         }
         let mut env = vec![
             ("GIT_CONFIG_KEY_0".to_owned(), "credential.helper".to_owned()),
             ("GIT_CONFIG_VALUE_0".to_owned(), String::new()),
         ];
-        for (i, (origin, (_, secret))) in self.by_origin.iter().enumerate() {
+        for (i, (origin, secret)) in basic.iter().enumerate() {
             let slot = i + 1;
             env.push((format!("GIT_CONFIG_KEY_{slot}"), format!("credential.{origin}.helper")));
             env.push((
@@ -314,7 +359,7 @@ impl SourceCredentials {
             env.push((format!("COMFYFLEET_GIT_USERNAME_{slot}"), secret.username.clone()));
             env.push((format!("COMFYFLEET_GIT_PASSWORD_{slot}"), secret.password.clone()));
         }
-        env.push(("GIT_CONFIG_COUNT".to_owned(), (self.by_origin.len() + 1).to_string()));
+        env.push(("GIT_CONFIG_COUNT".to_owned(), (basic.len() + 1).to_string()));
         env
     }
 }
@@ -336,6 +381,7 @@ mod tests {
             username: "builder".to_owned(),
             password: password.to_owned(),
             origins: vec!["https://mirror.farm".to_owned()],
+            bearer: false,
         }
     }
 
@@ -371,6 +417,49 @@ mod tests {
         assert_eq!(
             secret("pw").basic_auth(),
             format!("Basic {}", base64::engine::general_purpose::STANDARD.encode("builder:pw"))
+        );
+    }
+
+    #[test]
+    fn a_bearer_token_is_sent_as_bearer_and_serves_models_only() {
+        let hf = SourceSecret {
+            username: String::new(),
+            password: "hf_token".to_owned(),
+            origins: vec!["https://huggingface.co".to_owned()],
+            bearer: true,
+        };
+        assert!(hf.check().is_ok());
+        assert!(
+            SourceSecret { username: "u".to_owned(), ..hf.clone() }
+                .check()
+                .unwrap_err()
+                .contains("no username")
+        );
+        assert_eq!(hf.authorization(), "Bearer hf_token");
+        let known: BTreeMap<String, SourceSecret> = [("hf".to_owned(), hf)].into();
+        let model = format!(
+            "{}\n[[model]]\nfolder = \"vae\"\nname = \"ae.safetensors\"\nurl = \
+             \"https://huggingface.co/o/r/resolve/main/ae.safetensors\"\nsha256 = \"{}\"\ncredential = \"hf\"\n",
+            "name = \"r\"\npython = \"3.12\"\n[comfyui]\ngit = \"https://github.com/c/ComfyUI\"\nref = \"v1\"\n\
+             [torch]\nversion = \"2.8.0\"\ncuda = [\"cu128\"]",
+            "a".repeat(64)
+        );
+        let spec = Spec::parse("spec.toml", &model, crate::spec::SpecFormat::Toml).unwrap();
+        let bound = SourceCredentials::for_spec(&spec, &known).unwrap();
+        let url = "https://huggingface.co/o/r/resolve/main/ae.safetensors";
+        assert_eq!(bound.authorization(url).as_deref(), Some("Bearer hf_token"));
+        assert!(
+            bound.uv_env([url]).is_empty() && bound.git_env().is_empty(),
+            "uv and git never get a bearer token"
+        );
+        assert_eq!(bound.uv_index(url), OsString::from(url));
+
+        let index = spec_naming("https://huggingface.co/simple", "hf");
+        let refusal = SourceCredentials::for_spec(&index, &known).unwrap_err();
+        assert_eq!(refusal.bearer_for_packages.len(), 1, "{refusal:?}");
+        assert!(
+            refusal.lines()[0].starts_with("index.credential: credential \"hf\" is a bearer token"),
+            "{refusal:?}"
         );
     }
 

@@ -7,6 +7,7 @@
 mod git;
 mod install_scripts;
 mod locked;
+mod models;
 mod optimizations;
 mod requirements;
 mod torch;
@@ -33,8 +34,9 @@ use crate::session_state::{CurrentController, HeldSecrets};
 pub use uv::PINNED_UV_VERSION;
 
 /// The preparation steps, in order.
-pub const STEPS: [&str; 10] = [
+pub const STEPS: [&str; 11] = [
     "uv",
+    "models",
     "comfyui",
     "custom-nodes",
     "venv",
@@ -267,6 +269,7 @@ impl Executor {
             let mut handle = reporter.begin(step);
             let result = match step {
                 "uv" => uv::find_or_fetch(&mut build, &mut handle).await,
+                "models" => models::fetch(&build, &mut handle).await,
                 "comfyui" => git::comfyui(&build, &mut handle).await,
                 "custom-nodes" => git::custom_nodes(&build, &mut handle).await,
                 "venv" => venv::create(&build, &mut handle).await,

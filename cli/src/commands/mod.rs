@@ -8,6 +8,7 @@ pub mod environments;
 pub mod facts;
 mod machine_details;
 pub mod machines;
+pub mod models;
 pub mod plan;
 pub mod reports;
 pub mod rollout;

@@ -8,6 +8,7 @@ use std::path::Path;
 
 use comfyfleet_config::comfyui_checkout;
 use comfyfleet_config::resolve::{MachinePlan, OptimizationSource, Resolution, Resolver};
+use comfyfleet_config::spec::model::{models_for, total_size};
 use comfyfleet_config::spec::{DriverCompat, Spec};
 use serde::Serialize;
 
@@ -43,6 +44,28 @@ pub struct MachineOutcome {
     pub reason: Option<String>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub reasons: Vec<String>,
+    /// The `[[model]]` entries the machine gets (none when it is not planned).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub models: Vec<ModelView>,
+    /// Their total bytes, over those with a `size`.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub model_bytes: u64,
+    /// How many of them have no `size` yet (learned at apply).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub models_without_size: u64,
+}
+
+fn is_zero(value: &u64) -> bool {
+    *value == 0
+}
+
+#[derive(Debug, Serialize)]
+pub struct ModelView {
+    /// `<folder>/<name>` below `shared/models/`.
+    pub path: String,
+    pub sha256: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub size: Option<u64>,
 }
 
 #[derive(Debug, Serialize)]
@@ -186,19 +209,39 @@ pub fn plan(spec: &Spec, machines: &[MachineView]) -> anyhow::Result<PlanReport>
             plan: None,
             reason: None,
             reasons: Vec::new(),
+            models: Vec::new(),
+            model_bytes: 0,
+            models_without_size: 0,
         };
-        match &resolution {
-            Resolution::Planned(plan) => {
+        let models = models_for(spec, &facts);
+        match (&resolution, models) {
+            (Resolution::Planned(_), Err(why)) => {
+                summary.incompatible += 1;
+                outcome.status = "incompatible";
+                outcome.reason = Some(why);
+            }
+            (Resolution::Planned(plan), Ok(models)) => {
                 summary.ok += 1;
                 *summary.cuda.entry(plan.cuda_tag.to_string()).or_default() += 1;
                 outcome.plan = Some(PlanView::from(plan.as_ref()));
+                let (bytes, without_size) = total_size(models.iter().map(|(_, model)| *model));
+                outcome.model_bytes = bytes;
+                outcome.models_without_size = without_size as u64;
+                outcome.models = models
+                    .iter()
+                    .map(|(_, model)| ModelView {
+                        path: model.relative_path(),
+                        sha256: model.sha256.as_ref().map(ToString::to_string).unwrap_or_default(),
+                        size: model.size,
+                    })
+                    .collect();
             }
-            Resolution::Incompatible(why) => {
+            (Resolution::Incompatible(why), _) => {
                 summary.incompatible += 1;
                 outcome.reason = Some(why.summary());
                 outcome.reasons = why.reasons.clone();
             }
-            Resolution::NotTargeted => summary.not_targeted += 1,
+            (Resolution::NotTargeted, _) => summary.not_targeted += 1,
         }
         outcomes.push(outcome);
     }
@@ -231,6 +274,7 @@ pub fn render(report: &PlanReport, output: OutputFormat) -> anyhow::Result<Strin
 }
 
 fn table(report: &PlanReport) -> String {
+    let with_models = report.machines.iter().any(|m| !m.models.is_empty());
     let rows: Vec<Vec<String>> = report
         .machines
         .iter()
@@ -246,16 +290,43 @@ fn table(report: &PlanReport) -> String {
                 (None, Some(reason)) => ("-".to_owned(), reason.clone()),
                 (None, None) => ("-".to_owned(), "left out by the target selector".to_owned()),
             };
-            vec![m.machine.clone(), m.hostname.clone(), m.gpus.clone(), m.status.to_owned(), torch, detail]
+            let mut row = vec![
+                m.machine.clone(),
+                m.hostname.clone(),
+                m.gpus.clone(),
+                m.status.to_owned(),
+                torch,
+                detail,
+            ];
+            if with_models {
+                row.push(models_column(m));
+            }
+            row
         })
         .collect();
-    let mut text =
-        format::table(&["MACHINE", "HOSTNAME", "GPUS", "STATUS", "TORCH", "OPTIMIZATIONS / REASON"], &rows);
+    let mut header = vec!["MACHINE", "HOSTNAME", "GPUS", "STATUS", "TORCH", "OPTIMIZATIONS / REASON"];
+    if with_models {
+        header.push("MODELS");
+    }
+    let mut text = format::table(&header, &rows);
     text.push('\n');
     text.push_str(&summary_line(&report.environment, &report.summary));
     for warning in &report.warnings {
         text.push_str(&format!("warning: {warning}\n"));
     }
+    text
+}
+
+/// `4 (24 GiB)`, `3 (9.5 GiB + 1 of unknown size)`, or `-`.
+fn models_column(machine: &MachineOutcome) -> String {
+    if machine.models.is_empty() {
+        return "-".to_owned();
+    }
+    let mut text = format!("{} ({}", machine.models.len(), format::bytes(machine.model_bytes));
+    if machine.models_without_size > 0 {
+        text.push_str(&format!(" + {} of unknown size", machine.models_without_size));
+    }
+    text.push(')');
     text
 }
 

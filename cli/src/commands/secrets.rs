@@ -61,11 +61,12 @@ pub async fn set(
     client: &mut Fleet,
     name: String,
     username: String,
+    bearer: bool,
     origins: Vec<String>,
     secret: String,
 ) -> anyhow::Result<String> {
     let info = client
-        .set_source_secret(pb::SetSourceSecretRequest { name, username, secret, origins })
+        .set_source_secret(pb::SetSourceSecretRequest { name, username, secret, origins, bearer })
         .await
         .map_err(status_error)?
         .into_inner();
@@ -73,7 +74,7 @@ pub async fn set(
     let mut text = format!(
         "credential {} ({}) {verb}, sent only to {}\n",
         info.name,
-        info.username,
+        kind(info.bearer, &info.username),
         info.origins.join(", ")
     );
     if info.used_by.is_empty() {
@@ -90,10 +91,17 @@ pub async fn set(
     Ok(text)
 }
 
+/// `bearer token`, or the username a basic credential goes with.
+fn kind(bearer: bool, username: &str) -> String {
+    if bearer { "bearer token".to_owned() } else { username.to_owned() }
+}
+
 #[derive(Serialize)]
 struct SecretView {
     name: String,
     username: String,
+    /// `bearer` or `basic`.
+    kind: &'static str,
     /// Where it may be sent; empty: nowhere (stored before secrets were bound).
     origins: Vec<String>,
     set_at: Option<String>,
@@ -112,6 +120,7 @@ pub async fn list(client: &mut Fleet, output: OutputFormat) -> anyhow::Result<St
         .map(|info| SecretView {
             set_at: time(info.set_at.as_ref()).map(format::rfc3339),
             name: info.name,
+            kind: if info.bearer { "bearer" } else { "basic" },
             username: info.username,
             origins: info.origins,
             used_by: info.used_by,
@@ -125,7 +134,7 @@ pub async fn list(client: &mut Fleet, output: OutputFormat) -> anyhow::Result<St
                 .map(|view| {
                     vec![
                         view.name.clone(),
-                        view.username.clone(),
+                        kind(view.kind == "bearer", &view.username),
                         if view.origins.is_empty() {
                             // Stored before secrets were bound: sent nowhere.
                             "none: set it again with --origin".to_owned()

@@ -18,8 +18,8 @@ pub use crate::machine_facts::{
     GpuFacts, MachineFacts, OptimizationFact, OptimizationOutcomeKind, SoftwareFacts,
 };
 pub use plan::{
-    Incompatibility, MachinePlan, OptimizationSource, PinnedPackage, PlannedOptimization, Resolution,
-    SkippedOptimization,
+    Incompatibility, MachinePlan, OptimizationSource, PinnedPackage, PlannedModel, PlannedOptimization,
+    Resolution, SkippedOptimization,
 };
 
 /// The platform a machine that has not said (`uname -m`) is taken to be.
@@ -84,7 +84,8 @@ impl<'a> Resolver<'a> {
     /// checking its assignment, a rollback). A revision with locks plans only machines
     /// whose build class has one: a machine never resolves packages itself.
     pub fn plan(&self, machine: &MachineFacts) -> Result<MachinePlan, Incompatibility> {
-        let plan = self.plan_unlocked(machine)?;
+        let mut plan = self.plan_unlocked(machine)?;
+        plan.models = planned_models(self.spec, machine).map_err(Incompatibility::new)?;
         let locks = &self.spec.lock.digests;
         if !locks.is_empty() && !locks.contains_key(&plan.class()) {
             return Err(Incompatibility::new(format!(
@@ -100,7 +101,8 @@ impl<'a> Resolver<'a> {
         Ok(plan)
     }
 
-    /// The plan for a machine before locks are asked about: what apply locks.
+    /// The plan for a machine before locks are asked about (and without its models):
+    /// what apply locks.
     pub fn plan_unlocked(&self, machine: &MachineFacts) -> Result<MachinePlan, Incompatibility> {
         let release = self.release.as_ref().map_err(|message| Incompatibility::new(message.clone()))?;
         let gpus = gpu_capabilities(machine)?;
@@ -285,8 +287,23 @@ impl<'a> Resolver<'a> {
             comfyui_args_when_verified,
             driver_compat,
             platform: machine.arch.clone().unwrap_or_else(|| DEFAULT_PLATFORM.to_owned()),
+            models: Vec::new(),
         })
     }
+}
+
+/// The models a machine with `facts` gets, as its plan carries them.
+fn planned_models(spec: &Spec, facts: &MachineFacts) -> Result<Vec<PlannedModel>, String> {
+    Ok(crate::spec::model::models_for(spec, facts)?
+        .into_iter()
+        .map(|(_, model)| PlannedModel {
+            path: model.relative_path(),
+            url: model.url.clone(),
+            sha256: model.sha256.as_ref().map(ToString::to_string).unwrap_or_default(),
+            size: model.size,
+            keep: model.keep,
+        })
+        .collect())
 }
 
 /// "would run cu128 under CUDA minor-version compatibility: set torch.driver_compat = "minor"".

@@ -36,6 +36,22 @@ pub struct MachinePlan {
     /// The machine's `uname -m`.
     #[serde(default = "default_platform")]
     pub platform: String,
+    /// The `[[model]]` files this machine gets (their targets match it), in spec order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub models: Vec<PlannedModel>,
+}
+
+/// One model file a machine gets: where ComfyUI finds it and the bytes it must be.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlannedModel {
+    /// `<folder>/<name>` below `shared/models/`.
+    pub path: String,
+    pub url: String,
+    pub sha256: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<u64>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub keep: bool,
 }
 
 fn default_platform() -> String {

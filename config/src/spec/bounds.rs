@@ -10,6 +10,8 @@ use super::Spec;
 pub const MAX_WHEELS: usize = 1024;
 pub const MAX_OPTIMIZATIONS: usize = 64;
 pub const MAX_CUSTOM_NODES: usize = 256;
+/// `[[model]]` entries (a large workflow collection names a few hundred).
+pub const MAX_MODELS: usize = 1024;
 /// `[[torch.release]]` additions to the built-in facts.
 pub const MAX_TORCH_RELEASES: usize = 64;
 /// `index.extra` indexes.
@@ -38,6 +40,7 @@ pub(crate) fn over_bounds(spec: &Spec) -> Vec<(String, String)> {
     bound("optimization", "optimizations", spec.optimizations.len(), MAX_OPTIMIZATIONS);
     bound("optimization", "kernel wheels", wheels, MAX_WHEELS);
     bound("custom_node", "custom nodes", spec.custom_nodes.len(), MAX_CUSTOM_NODES);
+    bound("model", "[[model]] entries", spec.models.len(), MAX_MODELS);
     bound("torch.release", "[[torch.release]] entries", spec.torch.releases.len(), MAX_TORCH_RELEASES);
     bound("index.extra", "extra indexes", spec.index.extra.len(), MAX_EXTRA_INDEXES);
     bound("run.args", "run.args", spec.run.args.len(), MAX_RUN_ARGS);

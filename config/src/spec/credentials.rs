@@ -47,6 +47,9 @@ pub fn credential_uses(spec: &Spec) -> Vec<CredentialUse> {
             );
         }
     }
+    for (i, model) in spec.models.iter().enumerate() {
+        add(format!("model[{i}].credential"), &model.credential, vec![model.url.clone()]);
+    }
     uses
 }
 

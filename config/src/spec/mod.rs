@@ -11,6 +11,7 @@ pub mod compute_set;
 pub mod credentials;
 pub mod driver;
 pub mod kernel;
+pub mod model;
 pub mod names;
 pub mod selector;
 pub mod source;
@@ -24,6 +25,7 @@ use serde::{Deserialize, Serialize};
 
 pub use compute_set::ComputeSet;
 pub use kernel::{SmokeCall, SmokeInputs, TorchMatch, WheelPython};
+pub use model::Model;
 pub use selector::Selector;
 pub use source::{SpecError, SpecErrors, SpecFormat};
 pub use values::{
@@ -57,6 +59,10 @@ pub struct Spec {
     pub rollout: RolloutPolicy,
     #[serde(default, skip_serializing_if = "LockSpec::is_empty")]
     pub lock: LockSpec,
+    /// The model files the environment needs, pinned by sha256. Left out of the
+    /// canonical form when there are none, so earlier revisions keep their ids.
+    #[serde(default, rename = "model", skip_serializing_if = "Vec::is_empty")]
+    pub models: Vec<Model>,
 }
 
 /// The build classes locked with every revision (`classes`, besides those the

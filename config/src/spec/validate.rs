@@ -90,6 +90,9 @@ pub(crate) fn check(spec: &Spec) -> Vec<Problem> {
         }
     }
 
+    for (path, message) in super::model::check(spec) {
+        problems.add(path, message);
+    }
     for (path, message) in super::credentials::check(spec) {
         problems.add(path, message);
     }

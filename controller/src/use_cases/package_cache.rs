@@ -369,11 +369,9 @@ impl PackageCache {
             .content_length()
             .map(|length| if resumed { length + have } else { length })
             .or(source.size);
-        if total.is_some_and(|total| total > MAX_FILE_BYTES) {
-            return Err(Attempt::Fatal(format!(
-                "{} is larger than {MAX_FILE_BYTES} bytes; refusing it",
-                source.url
-            )));
+        let limit = crate::use_cases::environments::model_files::size_limit(source, MAX_FILE_BYTES);
+        if total.is_some_and(|total| total > limit) {
+            return Err(Attempt::Fatal(format!("{} is larger than {limit} bytes; refusing it", source.url)));
         }
         let mut file = tokio::fs::OpenOptions::new()
             .create(true)
@@ -393,9 +391,9 @@ impl PackageCache {
             file.write_all(&chunk).await.map_err(io)?;
             written += chunk.len() as u64;
             self.counters.bytes_from_upstream.fetch_add(chunk.len() as u64, Ordering::Relaxed);
-            if written > MAX_FILE_BYTES {
+            if written > limit {
                 return Err(Attempt::Fatal(format!(
-                    "{} is larger than {MAX_FILE_BYTES} bytes; refusing it",
+                    "{} is larger than {limit} bytes; refusing it",
                     source.url
                 )));
             }

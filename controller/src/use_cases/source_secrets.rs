@@ -58,7 +58,7 @@ fn refusal_text(refusal: &CredentialRefusal) -> String {
             if missing.len() == 1 { "it" } else { "them" }
         ));
     }
-    lines.extend(refusal.unbound.iter().map(ToString::to_string));
+    lines.extend(refusal.lines());
     lines.join("\n")
 }
 
@@ -70,11 +70,19 @@ struct Stored {
     secret: String,
     #[serde(default)]
     origins: Vec<String>,
+    /// A bearer token (absent from what was sealed before bearer tokens existed).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    bearer: bool,
 }
 
 impl From<Stored> for SourceSecret {
     fn from(stored: Stored) -> Self {
-        SourceSecret { username: stored.username, password: stored.secret, origins: stored.origins }
+        SourceSecret {
+            username: stored.username,
+            password: stored.secret,
+            origins: stored.origins,
+            bearer: stored.bearer,
+        }
     }
 }
 
@@ -85,6 +93,8 @@ pub struct SourceSecretInfo {
     pub username: String,
     /// Where it may be sent; empty: nowhere (stored before secrets were bound).
     pub origins: Vec<String>,
+    /// A bearer token rather than a username and secret.
+    pub bearer: bool,
     pub set_at: Timestamp,
 }
 
@@ -115,6 +125,7 @@ impl SourceSecrets {
             username: secret.username.clone(),
             secret: secret.password.clone(),
             origins: secret.origins.clone(),
+            bearer: secret.bearer,
         };
         let plain = serde_json::to_vec(&stored)
             .map_err(|e| SourceSecretsError::Corrupt(name.to_owned(), e.to_string()))?;
@@ -187,6 +198,7 @@ impl SourceSecrets {
                 name,
                 username: stored.username,
                 origins: stored.origins,
+                bearer: stored.bearer,
                 set_at,
             })
             .collect())
@@ -250,7 +262,7 @@ impl SourceSecrets {
         names
             .iter()
             .filter_map(|name| known.get(name))
-            .flat_map(|secret| [secret.password.clone(), secret.basic_auth()])
+            .flat_map(|secret| [secret.password.clone(), secret.basic_auth(), secret.authorization()])
             .collect()
     }
 }
@@ -270,6 +282,7 @@ mod tests {
             username: "builder".to_owned(),
             password: "hunter2-value".to_owned(),
             origins: vec!["https://mirror.farm".to_owned()],
+            bearer: false,
         };
         secrets.set("farm", &value).await.unwrap();
         let sealed = store.sealed_secret("source/farm").await.unwrap().unwrap();

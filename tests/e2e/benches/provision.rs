@@ -39,7 +39,7 @@ const REPEATS: usize = 3;
 const SETTLE_TIMEOUT: Duration = Duration::from_secs(300);
 const POLL: Duration = Duration::from_millis(50);
 /// The agent's own list, so the benchmark follows its steps.
-const BUILD_STEPS: [&str; 10] = comfyfleet_agent::executor::STEPS;
+const BUILD_STEPS: [&str; 11] = comfyfleet_agent::executor::STEPS;
 const ACTIVATION_STEPS: [&str; 4] = ["drain", "switch", "start", "health"];
 /// Where the torch build's wheels are served (torchsde, also on the index, is not one).
 const TORCH_WHEELS: [&str; 3] = ["/files/torch-", "/files/torchvision-", "/files/torchaudio-"];

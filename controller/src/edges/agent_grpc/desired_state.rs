@@ -175,6 +175,7 @@ fn credentials_to_wire(
             username: secret.username.clone(),
             secret: secret.password.clone(),
             origins: secret.origins.clone(),
+            bearer: secret.bearer,
         })
         .collect()
 }

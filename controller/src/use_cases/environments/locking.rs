@@ -118,6 +118,11 @@ impl Locked {
             );
         }
         files.extend(kernel_wheel_files(spec).into_iter().map(|file| (file.sha256.clone(), file)));
+        files.extend(
+            crate::use_cases::environments::model_files::model_files(spec)
+                .into_iter()
+                .map(|file| (file.sha256.clone(), file)),
+        );
         files.extend(self.tools.iter().map(|file| (file.sha256.clone(), file.clone())));
         files.into_values().collect()
     }

@@ -6,6 +6,7 @@ pub(crate) mod cpu_work;
 mod error;
 pub(crate) mod git_pin;
 pub(crate) mod locking;
+pub(crate) mod model_files;
 pub(crate) mod revision_files;
 pub mod revisions;
 pub mod spec_cache;

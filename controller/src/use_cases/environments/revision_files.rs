@@ -40,7 +40,10 @@ pub async fn revision_files(store: &dyn Store, spec: &Spec) -> Result<RevisionFi
             Err(error) => found.problems.push(format!("the stored lock of {class} does not parse: {error}")),
         }
     }
-    for file in crate::use_cases::environments::locking::kernel_wheel_files(spec) {
+    for file in crate::use_cases::environments::locking::kernel_wheel_files(spec)
+        .into_iter()
+        .chain(crate::use_cases::environments::model_files::model_files(spec))
+    {
         found.files.entry(file.sha256.clone()).or_insert(file);
     }
     // A machine without uv fetches the pinned wheel through the cache.

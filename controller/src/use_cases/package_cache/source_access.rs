@@ -139,6 +139,11 @@ impl RevisionSources {
             .map(|file| file.sha256)
             .collect();
         files.extend(comfyfleet_config::uv_pin::PINNED_UV_WHEELS.iter().map(|(_, _, sha)| (*sha).to_owned()));
+        files.extend(
+            crate::use_cases::environments::model_files::model_files(spec)
+                .into_iter()
+                .map(|file| file.sha256),
+        );
         let mut indexes = HashMap::new();
         let torch = spec.torch.cuda.iter().map(|cuda| spec.torch.index_for(*cuda));
         for url in

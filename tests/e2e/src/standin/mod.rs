@@ -11,6 +11,7 @@
 //!   requirements, triton, per-SM SageAttention wheels, decoys) and the spec text
 //!   that points at them.
 //! - [`server`]: an HTTP/1.1 file server over the index, with counters and faults.
+//! - [`hub`]: a stand-in Hugging Face (hub and CDN hosts) for model files.
 //! - [`repos`]: stand-in ComfyUI (a stdlib-only `main.py` speaking ComfyUI's HTTP
 //!   API) and custom-node git repositories.
 //! - [`world`]: all of the above in one directory, served, with a manifest.
@@ -18,6 +19,7 @@
 //! - [`sdist`]: a source-only package whose build backend leaves a marker.
 
 pub mod catalog;
+pub mod hub;
 pub mod index;
 pub mod localize;
 pub mod packages;

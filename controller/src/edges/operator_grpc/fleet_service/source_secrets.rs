@@ -32,12 +32,18 @@ impl FleetApi {
                 origins.push(origin);
             }
         }
-        let secret = SourceSecret { username: request.username, password: request.secret, origins };
+        let secret = SourceSecret {
+            username: request.username,
+            password: request.secret,
+            origins,
+            bearer: request.bearer,
+        };
         secret.check().map_err(|message| {
             Status::invalid_argument(format!("credential {:?}: {message}", request.name))
         })?;
-        let detail =
-            format!("username {}; origins {}; {{created}}", secret.username, secret.origins.join(", "));
+        let who =
+            if secret.bearer { "bearer token".to_owned() } else { format!("username {}", secret.username) };
+        let detail = format!("{who}; origins {}; {{created}}", secret.origins.join(", "));
         let entry = AuditEntry::new(caller.actor(), "secret.set", &request.name, detail);
         let replaced =
             audited(entry, self.state.source_secrets.set(&request.name, &secret)).await.map_err(internal)?;
@@ -49,6 +55,7 @@ impl FleetApi {
             used_by,
             replaced,
             origins: secret.origins,
+            bearer: secret.bearer,
         }))
     }
 
@@ -69,6 +76,7 @@ impl FleetApi {
                     set_at: Some(timestamp_to_wire(info.set_at)),
                     replaced: false,
                     origins: info.origins,
+                    bearer: info.bearer,
                 })
                 .collect(),
         }))
