@@ -12,7 +12,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use comfyfleet_config::convergence::StepState;
+use comfyfleet_config::convergence::{InstanceReport, InstanceState, StepState};
 use serde::Deserialize;
 
 use crate::comfyui::custom_nodes::{self, ExpectedNode};
@@ -256,6 +256,8 @@ impl Activator<'_> {
                     detail.push_str(&format!("; {note}"));
                 }
                 handle.finish(StepState::Done, detail);
+                let states = vec![(InstanceState::Starting, String::new()); launches.len()];
+                self.publish(&launches, &states);
                 Ok(launches)
             }
             Err(message) => {
@@ -304,6 +306,28 @@ impl Activator<'_> {
         Ok(note)
     }
 
+    /// The instances in the report, each with its pid, state and last health.
+    fn publish(&self, launches: &[Launch], states: &[(InstanceState, String)]) {
+        let recorded = self.service.recorded();
+        let instances: Vec<InstanceReport> = launches
+            .iter()
+            .zip(states)
+            .map(|(launch, (state, health))| InstanceReport {
+                index: u32::try_from(launch.instance).unwrap_or(u32::MAX),
+                gpus: launch.gpus.clone(),
+                port: launch.port.into(),
+                pid: recorded
+                    .iter()
+                    .find(|recorded| recorded.launch.instance == launch.instance)
+                    .and_then(|recorded| u32::try_from(recorded.pid).ok())
+                    .unwrap_or_default(),
+                state: *state,
+                health: health.clone(),
+            })
+            .collect();
+        self.reporter.update(|report| report.instances = instances);
+    }
+
     /// Every instance's [`Activator::health_of`], as one step: one failing fails it.
     async fn health(
         &self,
@@ -314,8 +338,15 @@ impl Activator<'_> {
     ) -> Result<(), ActivationFailure> {
         let handle = self.reporter.begin("health");
         let mut details = Vec::new();
-        for launch in launches {
-            match self.health_of(record, launch, timeout, nodes).await {
+        let mut states = vec![(InstanceState::Starting, String::new()); launches.len()];
+        for (position, launch) in launches.iter().enumerate() {
+            let checked = self.health_of(record, launch, timeout, nodes).await;
+            states[position] = match &checked {
+                Ok(detail) => (InstanceState::Healthy, detail.clone()),
+                Err(message) => (InstanceState::Failed, message.clone()),
+            };
+            self.publish(launches, &states);
+            match checked {
                 Ok(detail) if launches.len() > 1 => details.push(format!("{}: {detail}", describe(launch))),
                 Ok(detail) => details.push(detail),
                 Err(message) => {

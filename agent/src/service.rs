@@ -70,6 +70,8 @@ pub struct ComfyuiService {
     /// The processes this agent started, by instance (so they can be reaped); an
     /// adopted process belongs to init.
     children: Mutex<BTreeMap<usize, tokio::process::Child>>,
+    /// How reaped children ended, by instance, until someone asks.
+    exits: Mutex<BTreeMap<usize, String>>,
 }
 
 /// A ComfyUI the agent started and recorded, and whether it still runs.
@@ -82,7 +84,12 @@ pub struct Recorded {
 
 impl ComfyuiService {
     pub fn new(layout: Layout, environment: ChildEnvironment) -> Self {
-        Self { layout, environment, children: Mutex::new(BTreeMap::new()) }
+        Self {
+            layout,
+            environment,
+            children: Mutex::new(BTreeMap::new()),
+            exits: Mutex::new(BTreeMap::new()),
+        }
     }
 
     fn pid_file(&self, instance: usize) -> PathBuf {
@@ -119,25 +126,24 @@ impl ComfyuiService {
         found
     }
 
-    /// Reaps our own children that exited; returns the first that did, and how it ended.
-    pub fn exited(&self) -> Option<(usize, String)> {
-        let mut children = self.children.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let (instance, status) =
-            children.iter_mut().find_map(|(instance, child)| Some((*instance, child.try_wait().ok()??)))?;
-        children.remove(&instance);
-        Some((instance, status.to_string()))
-    }
-
-    /// Reaps instance `instance` if it exited; returns how it ended.
+    /// Reaps instance `instance` if it exited; returns how it ended (once).
     pub fn exited_instance(&self, instance: usize) -> Option<String> {
-        let mut children = self.children.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let status = children.get_mut(&instance)?.try_wait().ok()??;
-        children.remove(&instance);
-        Some(status.to_string())
+        self.reap();
+        self.exits.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&instance)
     }
 
+    /// Reaps our own children that exited, keeping how each ended.
     fn reap(&self) {
-        while self.exited().is_some() {}
+        let mut children = self.children.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let ended: Vec<(usize, String)> = children
+            .iter_mut()
+            .filter_map(|(instance, child)| Some((*instance, child.try_wait().ok()??.to_string())))
+            .collect();
+        let mut exits = self.exits.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        for (instance, status) in ended {
+            children.remove(&instance);
+            exits.insert(instance, status);
+        }
     }
 
     /// Every ComfyUI the agent started and has not stopped, running or not.
@@ -198,6 +204,7 @@ impl ComfyuiService {
         let pid_file = self.pid_file(launch.instance);
         comfyfleet_daemon::files::write_atomic(&pid_file, &json, 0o644)
             .map_err(|source| ServiceError::Write { path: pid_file.clone(), source })?;
+        self.exits.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&launch.instance);
         self.children
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)

@@ -4,8 +4,11 @@
 use std::sync::PoisonError;
 use std::time::{Duration, Instant};
 
+use comfyfleet_config::convergence::{InstanceReport, InstanceState};
+
 use crate::converge::Converger;
 use crate::instances::GpuSlot;
+use crate::service::Recorded;
 
 /// Shortest time between two restarts of a ComfyUI that keeps exiting.
 const RESTART_BACKOFF: Duration = Duration::from_secs(10);
@@ -27,6 +30,7 @@ impl Converger {
     /// start): an instance that exited is started again as it was launched.
     pub(crate) fn supervise(&self, last_restart: &mut Option<Instant>) {
         let recorded = self.service.recorded();
+        self.report_instances(&recorded);
         let all_alive = !recorded.is_empty() && recorded.iter().all(|recorded| recorded.alive);
         if all_alive || last_restart.is_some_and(|at| at.elapsed() < RESTART_BACKOFF) {
             return;
@@ -63,6 +67,37 @@ impl Converger {
             if let Err(error) = self.service.start(&launch) {
                 tracing::error!(%error, "cannot start ComfyUI");
             }
+        }
+    }
+
+    /// The report's instances brought up to date with the processes: an adopted or
+    /// restarted one is `running`, a gone one `exited`; a known one keeps its state.
+    fn report_instances(&self, recorded: &[Recorded]) {
+        let report = self.reporter.current();
+        let instances: Vec<InstanceReport> = recorded
+            .iter()
+            .map(|recorded| {
+                let pid = u32::try_from(recorded.pid).unwrap_or_default();
+                let index = u32::try_from(recorded.launch.instance).unwrap_or(u32::MAX);
+                let known =
+                    report.instances.iter().find(|instance| instance.index == index && instance.pid == pid);
+                let (state, health) = match known {
+                    _ if !recorded.alive => (InstanceState::Exited, String::new()),
+                    Some(known) => (known.state, known.health.clone()),
+                    None => (InstanceState::Running, String::new()),
+                };
+                InstanceReport {
+                    index,
+                    gpus: recorded.launch.gpus.clone(),
+                    port: recorded.launch.port.into(),
+                    pid,
+                    state,
+                    health,
+                }
+            })
+            .collect();
+        if instances != report.instances {
+            self.reporter.update(|report| report.instances = instances);
         }
     }
 }

@@ -38,6 +38,32 @@ fn alive(pid: i64) -> bool {
 }
 
 /// Every instance's pid, port and `/system_stats`, checked against its GPU.
+/// The report's instances: (GPUs, port, pid, state) each.
+fn reported(machine: &Value) -> Vec<(Value, u64, i64, String)> {
+    machine["report"]["instances"]
+        .as_array()
+        .unwrap_or(&Vec::new())
+        .iter()
+        .map(|instance| {
+            (
+                instance["gpus"].clone(),
+                instance["port"].as_u64().unwrap(),
+                instance["pid"].as_i64().unwrap(),
+                instance["state"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
+fn expected(pids: &[i64], base_port: u16, state: &str) -> Vec<(Value, u64, i64, String)> {
+    pids.iter()
+        .enumerate()
+        .map(|(gpu, pid)| {
+            (serde_json::json!([gpu]), u64::from(base_port) + gpu as u64, *pid, state.to_owned())
+        })
+        .collect()
+}
+
 fn check_instances(agent: &Agent, uuids: &[String], base_port: u16, env: &Path) -> Vec<i64> {
     let mut pids = Vec::new();
     let mut databases = BTreeSet::new();
@@ -105,6 +131,14 @@ fn per_gpu_runs_eight_comfyuis_adopted_after_a_kill_and_one_failing_switches_the
     assert!(start.starts_with("8 ComfyUIs: ComfyUI instance 0 (GPU 0, port"), "{start}");
     let health = step(&machine, "health")["detail"].as_str().unwrap().to_owned();
     assert_eq!(health.matches("/system_stats reports pytorch").count(), GPUS, "{health}");
+    assert_eq!(reported(&machine), expected(&pids, base_port, "healthy"));
+    assert!(
+        machine["report"]["instances"][7]["health"].as_str().unwrap().starts_with("/system_stats reports")
+    );
+    let shown = fleet.cli(&["machines", "show", &id]).success();
+    assert!(shown.contains("Instances:") && shown.contains("INSTANCE  GPUS  PORT"), "{shown}");
+    let row = format!("7         7     {}  {}  healthy", base_port + 7, pids[7]);
+    assert!(shown.contains(&row), "{row:?} in {shown}");
 
     // kill -9 of the agent: the eight keep running, and the new agent adopts them
     // (it starts none of its own).
@@ -114,6 +148,9 @@ fn per_gpu_runs_eight_comfyuis_adopted_after_a_kill_and_one_failing_switches_the
     std::thread::sleep(Duration::from_secs(5));
     let adopted = check_instances(&agent, &uuids, base_port, &first);
     assert_eq!(adopted, pids, "the same eight processes, adopted");
+    fleet.wait_for(&id, "the adopted instances in the report", |machine| {
+        reported(machine) == expected(&pids, base_port, "running")
+    });
 
     // A render on instance 5 holds the switch of all eight; the new revision's
     // ComfyUI cannot start on GPU 3, so the whole machine goes back.
@@ -144,4 +181,5 @@ fn per_gpu_runs_eight_comfyuis_adopted_after_a_kill_and_one_failing_switches_the
     assert_eq!(agent.data_dir.join(current_target(&agent).unwrap()), first);
     let restored = check_instances(&agent, &uuids, base_port, &first);
     assert!(restored.iter().all(|pid| !pids.contains(pid)), "every instance was restarted");
+    assert_eq!(reported(&machine), expected(&restored, base_port, "healthy"), "the instances running again");
 }
