@@ -5,18 +5,21 @@
 //! (`GET /system_stats` answers with the planned `pytorch_version`, and every
 //! required custom node loaded: ComfyUI answers only after trying them all, and
 //! `GET /object_info` lists the node classes each contributed). A failed health
-//! check switches back to the environment that was running and restarts it.
+//! check switches back to the environment that was running and restarts it. A
+//! machine runs one ComfyUI per GPU ([`crate::instances`]): each step covers every
+//! instance, and one failing instance switches the whole machine back.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use comfyfleet_config::convergence::StepState;
+use comfyfleet_config::convergence::{InstanceReport, InstanceState, StepState};
 use serde::Deserialize;
 
 use crate::comfyui::custom_nodes::{self, ExpectedNode};
 use crate::comfyui::model_folders;
 use crate::complete_record::CompleteRecord;
 use crate::database;
+use crate::instances::{self, GpuSlot, InstancePlan};
 use crate::journal::Journal;
 use crate::layout::{EnvDir, Layout};
 use crate::manager;
@@ -50,6 +53,8 @@ pub struct Activator<'a> {
     pub http: &'a reqwest::Client,
     /// `--comfyui-port`: several agents on one host each run their own ComfyUI.
     pub port_override: Option<u16>,
+    /// The machine's GPUs, for one ComfyUI per GPU.
+    pub gpus: Vec<GpuSlot>,
 }
 
 #[derive(Deserialize)]
@@ -71,15 +76,27 @@ struct SystemInfo {
 }
 
 impl Activator<'_> {
-    /// How ComfyUI runs from `record`'s environment.
-    pub fn launch(&self, record: &CompleteRecord) -> Launch {
+    /// How each of the machine's ComfyUIs runs from `record`'s environment.
+    pub fn launches(&self, record: &CompleteRecord) -> Result<Vec<(InstancePlan, Launch)>, String> {
+        let port = self.port_override.unwrap_or(record.port);
+        let plans = instances::plan(self.layout, record, &self.gpus, port)?;
+        Ok(plans
+            .into_iter()
+            .map(|plan| {
+                let launch = self.launch(record, &plan);
+                (plan, launch)
+            })
+            .collect())
+    }
+
+    /// How one instance runs from `record`'s environment.
+    fn launch(&self, record: &CompleteRecord, plan: &InstancePlan) -> Launch {
         let env = self.layout.env(&record.revision_id);
         let shared = self.layout.shared();
         let path = |name: &str| shared.join(name).to_string_lossy().into_owned();
-        let port = self.port_override.unwrap_or(record.port);
         let mut args = vec![
             "--port".to_owned(),
-            port.to_string(),
+            plan.port.to_string(),
             "--output-directory".to_owned(),
             path("output"),
             "--input-directory".to_owned(),
@@ -87,14 +104,29 @@ impl Activator<'_> {
             "--user-directory".to_owned(),
             path("user"),
         ];
+        if let Some(temp) = plan.temp_directory.as_ref().filter(|_| record.comfyui.temp_directory) {
+            args.extend(["--temp-directory".to_owned(), temp.to_string_lossy().into_owned()]);
+        }
         args.extend(model_folders::arguments(&record.comfyui, &shared));
         if record.comfyui.database_url {
             // Not inside the checkout, where each revision would start on an empty one.
-            args.extend(["--database-url".to_owned(), database::url(self.layout)]);
+            let url = match &plan.database {
+                Some(own) => format!("sqlite:///{}", own.display()),
+                None => database::url(self.layout),
+            };
+            args.extend(["--database-url".to_owned(), url]);
         }
         args.extend(manager::arguments(record));
         args.extend(record.comfyui_args.iter().cloned());
-        Launch { revision_id: record.revision_id.clone(), env_dir: env.path, port, args }
+        Launch {
+            revision_id: record.revision_id.clone(),
+            env_dir: env.path,
+            port: plan.port,
+            args,
+            instance: plan.index,
+            gpus: plan.gpus.clone(),
+            env: plan.env.clone(),
+        }
     }
 
     /// The environment `current` points at, if it is complete.
@@ -115,12 +147,16 @@ impl Activator<'_> {
             switch_current(self.layout, &self.layout.env(&record.revision_id).path)
                 .map(|()| format!("current → {}", record.describe()))
         })?;
-        let launch = self.launch(record);
-        let started = self.restart(&launch, record, previous).await;
+        let started = self.restart(record, previous).await;
         let healthy = match started {
-            Ok(()) => {
-                self.health(record, &launch, Duration::from_millis(record.health_timeout_ms), Nodes::Required)
-                    .await
+            Ok(launches) => {
+                self.health(
+                    record,
+                    &launches,
+                    Duration::from_millis(record.health_timeout_ms),
+                    Nodes::Required,
+                )
+                .await
             }
             Err(failure) => Err(failure),
         };
@@ -156,35 +192,43 @@ impl Activator<'_> {
         }
     }
 
-    /// Waits for ComfyUI's queue to empty. Safe to cancel: nothing is switched yet.
+    /// Waits for every ComfyUI's queue to empty. Safe to cancel: nothing is switched yet.
     pub async fn drain(&self, record: &CompleteRecord) -> Result<(), ActivationFailure> {
         let handle = self.reporter.begin("drain");
-        let Some(running) = self.service.running() else {
+        let running = self.service.running();
+        let Some(first) = running.first() else {
             handle.finish(StepState::Skipped, "ComfyUI is not running: nothing to drain");
             return Ok(());
         };
         let timeout = Duration::from_millis(record.drain_timeout_ms);
         let started = Instant::now();
-        let url = format!("http://127.0.0.1:{}/queue", running.port);
         loop {
-            let last = match self.get::<Queue>(&url).await {
-                Ok(queue) if queue.queue_running.is_empty() && queue.queue_pending.is_empty() => {
-                    let waited = started.elapsed();
-                    handle.finish(StepState::Done, format!("queue empty after {}", seconds(waited)));
-                    return Ok(());
-                }
-                Ok(queue) => format!(
-                    "{} running and {} queued prompts",
-                    queue.queue_running.len(),
-                    queue.queue_pending.len()
-                ),
-                Err(error) => format!("ComfyUI's /queue does not answer ({error})"),
-            };
+            let mut busy = Vec::new();
+            for launch in &running {
+                let url = format!("http://127.0.0.1:{}/queue", launch.port);
+                let state = match self.get::<Queue>(&url).await {
+                    Ok(queue) if queue.queue_running.is_empty() && queue.queue_pending.is_empty() => continue,
+                    Ok(queue) => format!(
+                        "{} running and {} queued prompts",
+                        queue.queue_running.len(),
+                        queue.queue_pending.len()
+                    ),
+                    Err(error) => format!("ComfyUI's /queue does not answer ({error})"),
+                };
+                busy.push(if running.len() > 1 { format!("{}: {state}", describe(launch)) } else { state });
+            }
+            if busy.is_empty() {
+                let waited = started.elapsed();
+                let what = if running.len() > 1 { "every queue" } else { "queue" };
+                handle.finish(StepState::Done, format!("{what} empty after {}", seconds(waited)));
+                return Ok(());
+            }
+            let last = busy.join("; ");
             if started.elapsed() >= timeout {
                 let message = format!(
                     "{last} after {} (run.drain_timeout); nothing was switched, ComfyUI keeps running {}",
                     seconds(timeout),
-                    running.revision_id.short()
+                    first.revision_id.short()
                 );
                 handle.finish(StepState::Failed, message.clone());
                 return Err(ActivationFailure { step: "drain", message });
@@ -198,32 +242,51 @@ impl Activator<'_> {
         }
     }
 
+    /// Every ComfyUI stopped, then `record`'s instances started. Returns them.
     async fn restart(
         &self,
-        launch: &Launch,
         record: &CompleteRecord,
         running: Option<&CompleteRecord>,
-    ) -> Result<(), ActivationFailure> {
+    ) -> Result<Vec<Launch>, ActivationFailure> {
         let handle = self.reporter.begin("start");
         self.service.stop(STOP_GRACE).await;
-        let prepared = self.prepare_start(record, running);
-        let started = prepared.and_then(|note| {
-            self.service.start(launch).map(|pid| (pid, note)).map_err(|error| error.to_string())
-        });
-        match started {
-            Ok((pid, note)) => {
-                let mut detail = format!("ComfyUI pid {pid} on port {}", launch.port);
+        match self.start_all(record, running) {
+            Ok((launches, mut detail, note)) => {
                 if let Some(note) = note {
                     detail.push_str(&format!("; {note}"));
                 }
                 handle.finish(StepState::Done, detail);
-                Ok(())
+                let states = vec![(InstanceState::Starting, String::new()); launches.len()];
+                self.publish(&launches, &states);
+                Ok(launches)
             }
             Err(message) => {
                 handle.finish(StepState::Failed, message.clone());
                 Err(ActivationFailure { step: "start", message })
             }
         }
+    }
+
+    /// Starts `record`'s instances (none runs now). Returns them, what was started
+    /// and what else is worth reporting.
+    fn start_all(
+        &self,
+        record: &CompleteRecord,
+        running: Option<&CompleteRecord>,
+    ) -> Result<(Vec<Launch>, String, Option<String>), String> {
+        let planned = self.launches(record)?;
+        let plans: Vec<InstancePlan> = planned.iter().map(|(plan, _)| plan.clone()).collect();
+        let note = self.prepare_start(record, running, &plans)?;
+        let mut started = Vec::new();
+        for (_, launch) in &planned {
+            let pid = self.service.start(launch).map_err(|error| error.to_string())?;
+            started.push(format!("{} pid {pid} on port {}", instance_name(launch), launch.port));
+        }
+        let detail = match started.as_slice() {
+            [one] => one.clone(),
+            many => format!("{} ComfyUIs: {}", many.len(), many.join(", ")),
+        };
+        Ok((planned.into_iter().map(|(_, launch)| launch).collect(), detail, note))
     }
 
     /// What must be in place before `record`'s ComfyUI starts (none runs now): a
@@ -233,37 +296,88 @@ impl Activator<'_> {
         &self,
         record: &CompleteRecord,
         running: Option<&CompleteRecord>,
+        plans: &[InstancePlan],
     ) -> Result<Option<String>, String> {
         manager::configure(&self.layout.shared().join("user"), record)?;
         model_folders::prepare(&self.layout.shared(), &record.comfyui)?;
-        database::prepare_for(self.layout, record, running)
+        instances::create_directories(plans)?;
+        let note = database::prepare_for(self.layout, record, running)?;
+        instances::seed_databases(self.layout, plans)?;
+        Ok(note)
     }
 
-    /// Waits until ComfyUI answers `/system_stats` with the planned torch, then holds
-    /// its custom nodes against the spec: ComfyUI answers only once it has tried to
-    /// load them all, `/object_info` says which contributed node classes, and the log
-    /// says why one did not.
+    /// The instances in the report, each with its pid, state and last health.
+    fn publish(&self, launches: &[Launch], states: &[(InstanceState, String)]) {
+        let recorded = self.service.recorded();
+        let instances: Vec<InstanceReport> = launches
+            .iter()
+            .zip(states)
+            .map(|(launch, (state, health))| InstanceReport {
+                index: u32::try_from(launch.instance).unwrap_or(u32::MAX),
+                gpus: launch.gpus.clone(),
+                port: launch.port.into(),
+                pid: recorded
+                    .iter()
+                    .find(|recorded| recorded.launch.instance == launch.instance)
+                    .and_then(|recorded| u32::try_from(recorded.pid).ok())
+                    .unwrap_or_default(),
+                state: *state,
+                health: health.clone(),
+            })
+            .collect();
+        self.reporter.update(|report| report.instances = instances);
+    }
+
+    /// Every instance's [`Activator::health_of`], as one step: one failing fails it.
     async fn health(
+        &self,
+        record: &CompleteRecord,
+        launches: &[Launch],
+        timeout: Duration,
+        nodes: Nodes,
+    ) -> Result<(), ActivationFailure> {
+        let handle = self.reporter.begin("health");
+        let mut details = Vec::new();
+        let mut states = vec![(InstanceState::Starting, String::new()); launches.len()];
+        for (position, launch) in launches.iter().enumerate() {
+            let checked = self.health_of(record, launch, timeout, nodes).await;
+            states[position] = match &checked {
+                Ok(detail) => (InstanceState::Healthy, detail.clone()),
+                Err(message) => (InstanceState::Failed, message.clone()),
+            };
+            self.publish(launches, &states);
+            match checked {
+                Ok(detail) if launches.len() > 1 => details.push(format!("{}: {detail}", describe(launch))),
+                Ok(detail) => details.push(detail),
+                Err(message) => {
+                    let message =
+                        if launches.len() > 1 { format!("{}: {message}", describe(launch)) } else { message };
+                    handle.finish(StepState::Failed, message.clone());
+                    return Err(ActivationFailure { step: "health", message });
+                }
+            }
+        }
+        handle.finish(StepState::Done, details.join("; "));
+        Ok(())
+    }
+
+    /// Waits until one ComfyUI answers `/system_stats` with the planned torch, then
+    /// holds its custom nodes against the spec: ComfyUI answers only once it has
+    /// tried to load them all, `/object_info` says which contributed node classes,
+    /// and the log says why one did not.
+    async fn health_of(
         &self,
         record: &CompleteRecord,
         launch: &Launch,
         timeout: Duration,
         nodes: Nodes,
-    ) -> Result<(), ActivationFailure> {
-        let handle = self.reporter.begin("health");
+    ) -> Result<String, String> {
         let url = format!("http://127.0.0.1:{}/system_stats", launch.port);
         let started = Instant::now();
-        let fail = |handle: crate::report::StepHandle, message: String| {
-            handle.finish(StepState::Failed, message.clone());
-            ActivationFailure { step: "health", message }
-        };
         loop {
-            if let Some(status) = self.service.exited() {
-                let tail = self.service.log_tail(8);
-                return Err(fail(
-                    handle,
-                    format!("ComfyUI exited ({status}) before answering; its log ends:\n{tail}"),
-                ));
+            if let Some(status) = self.service.exited_instance(launch.instance) {
+                let tail = self.service.log_tail(launch.instance, 8);
+                return Err(format!("ComfyUI exited ({status}) before answering; its log ends:\n{tail}"));
             }
             match self.get::<SystemStats>(&url).await {
                 Ok(stats) if stats.system.pytorch_version == record.plan.torch => {
@@ -272,40 +386,33 @@ impl Activator<'_> {
                         record.plan.torch,
                         seconds(started.elapsed())
                     );
-                    let found = self.custom_node_check(record, launch.port).await;
+                    let found = self.custom_node_check(record, launch).await;
                     if !found.broken.is_empty() && nodes == Nodes::Required {
-                        return Err(fail(handle, found.broken.join("; ")));
+                        return Err(found.broken.join("; "));
                     }
                     for warning in found.broken.iter().chain(&found.warnings) {
                         detail.push_str(&format!("; warning: {warning}"));
                     }
                     if manager::expects_builtin(record) {
-                        match self.manager_check(launch.port).await {
+                        match self.manager_check(launch).await {
                             Ok(note) => detail.push_str(&format!("; {note}")),
-                            Err(problem) if nodes == Nodes::Required => return Err(fail(handle, problem)),
+                            Err(problem) if nodes == Nodes::Required => return Err(problem),
                             Err(problem) => detail.push_str(&format!("; warning: {problem}")),
                         }
                     }
-                    handle.finish(StepState::Done, detail);
-                    return Ok(());
+                    return Ok(detail);
                 }
                 Ok(stats) => {
-                    return Err(fail(
-                        handle,
-                        format!(
-                            "/system_stats reports pytorch {}, not the planned {}",
-                            stats.system.pytorch_version, record.plan.torch
-                        ),
+                    return Err(format!(
+                        "/system_stats reports pytorch {}, not the planned {}",
+                        stats.system.pytorch_version, record.plan.torch
                     ));
                 }
                 Err(_) if started.elapsed() < timeout => tokio::time::sleep(POLL).await,
                 Err(error) => {
-                    return Err(fail(
-                        handle,
-                        format!(
-                            "ComfyUI did not answer {url} within {} (run.health_timeout): {error}",
-                            seconds(timeout)
-                        ),
+                    return Err(format!(
+                        "ComfyUI did not answer {url} within {} (run.health_timeout): {error}",
+                        seconds(timeout)
                     ));
                 }
             }
@@ -333,13 +440,12 @@ impl Activator<'_> {
         };
         let restored = switch_current(self.layout, &self.layout.env(&previous.revision_id).path)
             .map_err(|error| format!("cannot switch back: {error}"));
-        let launch = self.launch(previous);
-        let restarted = restored.and_then(|()| {
-            let note = self.prepare_start(previous, Some(failed))?;
-            self.service.start(&launch).map(|_| note).map_err(|error| error.to_string())
-        });
+        let restarted = restored.and_then(|()| self.start_all(previous, Some(failed)));
         let outcome = match restarted {
-            Ok(note) => match self.health(previous, &launch, RESTORE_HEALTH_TIMEOUT, Nodes::Report).await {
+            Ok((launches, _, note)) => match self
+                .health(previous, &launches, RESTORE_HEALTH_TIMEOUT, Nodes::Report)
+                .await
+            {
                 Ok(()) => match note {
                     Some(note) => {
                         format!("switched back to {}, which is running again; {note}", previous.describe())
@@ -359,9 +465,10 @@ impl Activator<'_> {
 
     /// The spec's custom nodes held against what this start's ComfyUI serves
     /// (`/object_info`) and logged: problems with required nodes, then warnings.
-    async fn custom_node_check(&self, record: &CompleteRecord, port: u16) -> custom_nodes::NodeCheck {
+    async fn custom_node_check(&self, record: &CompleteRecord, launch: &Launch) -> custom_nodes::NodeCheck {
+        let port = launch.port;
         let expected = expected_nodes(record);
-        let log = self.service.this_start_log();
+        let log = self.service.this_start_log(launch.instance);
         if expected.iter().all(|node| !node.node_classes) {
             return custom_nodes::check(&expected, None, &log);
         }
@@ -383,8 +490,8 @@ impl Activator<'_> {
     }
 
     /// Whether the built-in manager this start asked for serves its route.
-    async fn manager_check(&self, port: u16) -> Result<String, String> {
-        let url = format!("http://127.0.0.1:{port}{}", manager::VERSION_ROUTE);
+    async fn manager_check(&self, launch: &Launch) -> Result<String, String> {
+        let url = format!("http://127.0.0.1:{}{}", launch.port, manager::VERSION_ROUTE);
         let answer = match self.http.get(&url).timeout(HTTP_TIMEOUT).send().await {
             Ok(response) if response.status().is_success() => {
                 response.text().await.map_err(|error| comfyfleet_proto::transport::error_chain(&error))
@@ -392,7 +499,7 @@ impl Activator<'_> {
             Ok(response) => Err(format!("status {}", response.status())),
             Err(error) => Err(comfyfleet_proto::transport::error_chain(&error)),
         };
-        manager::loaded(answer, &self.service.this_start_log())
+        manager::loaded(answer, &self.service.this_start_log(launch.instance))
     }
 
     async fn get<T: for<'de> Deserialize<'de>>(&self, url: &str) -> Result<T, String> {
@@ -437,7 +544,7 @@ fn expected_nodes(record: &CompleteRecord) -> Vec<ExpectedNode> {
 
 /// Whether a custom node that fails to import fails the health check.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Nodes {
+pub enum Nodes {
     /// A new environment: a required node that failed fails the switch.
     Required,
     /// The environment being switched back to: it runs whatever it has.
@@ -458,6 +565,25 @@ pub fn switch_current(layout: &Layout, env: &Path) -> Result<(), String> {
     std::fs::File::open(layout.root())
         .and_then(|dir| dir.sync_all())
         .map_err(|error| format!("cannot sync {}: {error}", layout.root().display()))
+}
+
+/// `ComfyUI` for the only instance, `ComfyUI 3 (GPU 3)` for one of several.
+fn instance_name(launch: &Launch) -> String {
+    if launch.gpus.is_empty() && launch.instance == 0 {
+        "ComfyUI".to_owned()
+    } else {
+        format!("ComfyUI {}", describe(launch))
+    }
+}
+
+/// `instance 3 (GPU 3, port 8191)`.
+fn describe(launch: &Launch) -> String {
+    let gpus: Vec<String> = launch.gpus.iter().map(u32::to_string).collect();
+    match gpus.as_slice() {
+        [] => format!("instance {} (port {})", launch.instance, launch.port),
+        [one] => format!("instance {} (GPU {one}, port {})", launch.instance, launch.port),
+        many => format!("instance {} (GPUs {}, port {})", launch.instance, many.join(", "), launch.port),
+    }
 }
 
 fn seconds(duration: Duration) -> String {

@@ -8,6 +8,7 @@ use std::path::Path;
 
 use comfyfleet_config::convergence::{OptimizationOutcome, OptimizationState, StepReport};
 use comfyfleet_config::installed::InstalledNode;
+use comfyfleet_config::spec::instances::InstancesPlan;
 use comfyfleet_config::spec::names::normalize_package_name;
 use comfyfleet_config::spec::{ManagerMode, SpecDigest};
 use comfyfleet_config::{Assignment, MachinePlan};
@@ -64,6 +65,9 @@ pub struct CompleteRecord {
     /// The entries of `ComfyUI/custom_nodes/` when it was verified.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub custom_node_entries: Option<Vec<String>>,
+    /// How many ComfyUIs run, on which GPUs (`run.instances`, `[[run.instance]]`).
+    #[serde(default, skip_serializing_if = "InstancesPlan::is_default")]
+    pub instances: InstancesPlan,
 }
 
 impl CompleteRecord {

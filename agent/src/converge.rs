@@ -19,6 +19,7 @@ use tokio::sync::{Notify, watch};
 use crate::activation::{self, Activator};
 use crate::complete_record::CompleteRecord;
 use crate::executor::{self, Executor};
+use crate::instances::GpuSlot;
 use crate::inventory::InventoryCollector;
 use crate::journal::{ActivationMarker, Failure, Journal};
 use crate::layout::Layout;
@@ -27,8 +28,6 @@ use crate::service::ComfyuiService;
 
 /// How often the loop checks that ComfyUI still runs when nothing else happens.
 const SUPERVISE_INTERVAL: Duration = Duration::from_secs(2);
-/// Shortest time between two restarts of a ComfyUI that keeps exiting.
-const RESTART_BACKOFF: Duration = Duration::from_secs(10);
 
 /// What stops work that is safe to stop (preparing, draining).
 enum Interrupt {
@@ -74,10 +73,12 @@ pub struct Converger {
     pub port_override: Option<u16>,
     /// Environments kept besides the current one, for instant rollback.
     pub keep_previous: usize,
+    /// The GPUs the last inventory found (`None`: none taken yet), for the instances.
+    pub gpus: Mutex<Option<Vec<GpuSlot>>>,
 }
 
 impl Converger {
-    fn activator(&self) -> Activator<'_> {
+    pub(crate) fn activator(&self) -> Activator<'_> {
         Activator {
             layout: &self.layout,
             service: &self.service,
@@ -85,6 +86,7 @@ impl Converger {
             reporter: &self.reporter,
             http: &self.http,
             port_override: self.port_override,
+            gpus: self.gpu_slots(),
         }
     }
 
@@ -116,25 +118,6 @@ impl Converger {
                     () = tokio::time::sleep(SUPERVISE_INTERVAL) => self.supervise(&mut last_restart),
                 }
             }
-        }
-    }
-
-    /// Keeps ComfyUI running from `current` (a crash, a reboot, a first start).
-    fn supervise(&self, last_restart: &mut Option<Instant>) {
-        if self.service.running().is_some() || last_restart.is_some_and(|at| at.elapsed() < RESTART_BACKOFF) {
-            return;
-        }
-        let activator = self.activator();
-        let Some(record) = activator.current() else { return };
-        if let Some(status) = self.service.exited() {
-            tracing::warn!(%status, "ComfyUI exited; starting it again");
-        }
-        *last_restart = Some(Instant::now());
-        if let Err(error) = crate::comfyui::model_folders::prepare(&self.layout.shared(), &record.comfyui) {
-            tracing::error!(%error, "cannot prepare the shared model folders; starting ComfyUI anyway");
-        }
-        if let Err(error) = self.service.start(&activator.launch(&record)) {
-            tracing::error!(%error, "cannot start ComfyUI");
         }
     }
 
@@ -298,6 +281,10 @@ impl Converger {
         })
         .await
         .ok();
+        if let Some(inventory) = &inventory {
+            *self.gpus.lock().unwrap_or_else(PoisonError::into_inner) =
+                Some(GpuSlot::from_inventory(&inventory.nvidia.gpus));
+        }
         MachineFacts::new(String::new(), String::new(), Default::default(), inventory.as_ref())
     }
 

@@ -177,7 +177,7 @@ fn prune(layout: &Layout) {
 }
 
 /// Copies a database and its WAL files, each through a temporary file and a rename.
-fn copy_database(from: &Path, to: &Path) -> Result<(), String> {
+pub fn copy_database(from: &Path, to: &Path) -> Result<(), String> {
     if let Some(parent) = to.parent() {
         std::fs::create_dir_all(parent)
             .map_err(|error| format!("cannot create {}: {error}", parent.display()))?;
@@ -199,7 +199,7 @@ fn copy_database(from: &Path, to: &Path) -> Result<(), String> {
     Ok(())
 }
 
-fn remove_database(path: &Path) -> Result<(), String> {
+pub fn remove_database(path: &Path) -> Result<(), String> {
     for file in std::iter::once(path.to_owned()).chain(SIDE_FILES.iter().map(|suffix| side(path, suffix))) {
         match std::fs::remove_file(&file) {
             Ok(()) => {}

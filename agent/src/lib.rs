@@ -17,6 +17,7 @@ pub mod enroll;
 pub mod executor;
 pub mod identity;
 mod installed;
+pub mod instances;
 pub mod inventory;
 pub mod journal;
 pub mod layout;
@@ -25,6 +26,7 @@ mod manager;
 pub mod report;
 pub mod service;
 pub mod session_state;
+mod supervise;
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -231,6 +233,7 @@ pub async fn run(options: AgentOptions, shutdown: impl Future<Output = ()>) -> R
         inventory_changed: inventory_changed.clone(),
         port_override: provisioning.comfyui_port,
         keep_previous: provisioning.keep_previous,
+        gpus: Mutex::new(None),
     };
     let (stop, stopped) = watch::channel(false);
     let wait_stop = |mut stopped: watch::Receiver<bool>| async move {

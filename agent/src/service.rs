@@ -1,9 +1,11 @@
-//! The ComfyUI service the agent runs: one process started from an environment,
-//! in its own process group, that outlives the agent. An agent restart (an upgrade,
-//! a crash, kill -9) must not stop in-flight renders, so the process is not tied to
-//! the agent; its pid and kernel start time go into `run/comfyui.json`, and a new
-//! agent adopts it from there.
+//! The ComfyUI service the agent runs: one process per instance (one per GPU on a
+//! machine with several, [`crate::instances`]) started from an environment, each in
+//! its own process group, that outlive the agent. An agent restart (an upgrade, a
+//! crash, kill -9) must not stop in-flight renders, so the processes are not tied to
+//! the agent; each one's pid and kernel start time go into `run/comfyui.json`
+//! (instance 0) or `run/comfyui-<i>.json`, and a new agent adopts them from there.
 
+use std::collections::BTreeMap;
 use std::fs::OpenOptions;
 use std::io::Write;
 use std::path::PathBuf;
@@ -33,6 +35,15 @@ pub struct Launch {
     pub port: u16,
     /// Everything after `main.py`.
     pub args: Vec<String>,
+    /// Which instance of the machine this is (0: the first, or the only one).
+    #[serde(default)]
+    pub instance: usize,
+    /// The GPUs (NVML indices) it sees; empty: every GPU.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub gpus: Vec<u32>,
+    /// Environment variables of its own (`CUDA_VISIBLE_DEVICES`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub env: Vec<(String, String)>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -56,50 +67,114 @@ pub enum ServiceError {
 pub struct ComfyuiService {
     layout: Layout,
     environment: ChildEnvironment,
-    /// The process when this agent started it (so it can be reaped); an adopted
-    /// process belongs to init.
-    child: Mutex<Option<tokio::process::Child>>,
+    /// The processes this agent started, by instance (so they can be reaped); an
+    /// adopted process belongs to init.
+    children: Mutex<BTreeMap<usize, tokio::process::Child>>,
+    /// How reaped children ended, by instance, until someone asks.
+    exits: Mutex<BTreeMap<usize, String>>,
+}
+
+/// A ComfyUI the agent started and recorded, and whether it still runs.
+#[derive(Debug, Clone)]
+pub struct Recorded {
+    pub launch: Launch,
+    pub pid: i32,
+    pub alive: bool,
 }
 
 impl ComfyuiService {
     pub fn new(layout: Layout, environment: ChildEnvironment) -> Self {
-        Self { layout, environment, child: Mutex::new(None) }
+        Self {
+            layout,
+            environment,
+            children: Mutex::new(BTreeMap::new()),
+            exits: Mutex::new(BTreeMap::new()),
+        }
     }
 
-    fn pid_file(&self) -> PathBuf {
-        self.layout.run().join("comfyui.json")
+    fn pid_file(&self, instance: usize) -> PathBuf {
+        self.layout.run().join(format!("{}.json", file_stem(instance)))
     }
 
-    pub fn log_file(&self) -> PathBuf {
-        self.layout.logs().join("comfyui.log")
+    pub fn log_file(&self, instance: usize) -> PathBuf {
+        self.layout.logs().join(format!("{}.log", file_stem(instance)))
     }
 
-    fn read_pid_file(&self) -> Option<PidFile> {
-        let text = std::fs::read(self.pid_file()).ok()?;
+    fn read_pid_file(&self, instance: usize) -> Option<PidFile> {
+        let text = std::fs::read(self.pid_file(instance)).ok()?;
         serde_json::from_slice(&text).ok()
     }
 
-    /// Reaps our own child if it exited; returns how it ended.
-    pub fn exited(&self) -> Option<String> {
-        let mut child = self.child.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let status = child.as_mut()?.try_wait().ok()??;
-        *child = None;
-        Some(status.to_string())
+    /// The instances with a pid file, by instance.
+    fn pid_files(&self) -> BTreeMap<usize, PidFile> {
+        let mut found = BTreeMap::new();
+        let Ok(entries) = std::fs::read_dir(self.layout.run()) else { return found };
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let instance = match name.strip_suffix(".json") {
+                Some("comfyui") => 0,
+                Some(stem) => match stem.strip_prefix("comfyui-").and_then(|i| i.parse::<usize>().ok()) {
+                    Some(instance) if instance > 0 => instance,
+                    _ => continue,
+                },
+                None => continue,
+            };
+            if let Some(record) = self.read_pid_file(instance) {
+                found.insert(instance, record);
+            }
+        }
+        found
     }
 
-    /// What is running now, if anything.
-    pub fn running(&self) -> Option<Launch> {
-        let _ = self.exited();
-        let record = self.read_pid_file()?;
-        (process_start_ticks(record.pid) == Some(record.start_ticks)).then_some(record.launch)
+    /// Reaps instance `instance` if it exited; returns how it ended (once).
+    pub fn exited_instance(&self, instance: usize) -> Option<String> {
+        self.reap();
+        self.exits.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&instance)
+    }
+
+    /// Reaps our own children that exited, keeping how each ended.
+    fn reap(&self) {
+        let mut children = self.children.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let ended: Vec<(usize, String)> = children
+            .iter_mut()
+            .filter_map(|(instance, child)| Some((*instance, child.try_wait().ok()??.to_string())))
+            .collect();
+        let mut exits = self.exits.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        for (instance, status) in ended {
+            children.remove(&instance);
+            exits.insert(instance, status);
+        }
+    }
+
+    /// Every ComfyUI the agent started and has not stopped, running or not.
+    pub fn recorded(&self) -> Vec<Recorded> {
+        self.reap();
+        self.pid_files()
+            .into_values()
+            .map(|record| Recorded {
+                alive: process_start_ticks(record.pid) == Some(record.start_ticks),
+                pid: record.pid,
+                launch: record.launch,
+            })
+            .collect()
+    }
+
+    /// What is running now, by instance.
+    pub fn running(&self) -> Vec<Launch> {
+        self.recorded()
+            .into_iter()
+            .filter(|recorded| recorded.alive)
+            .map(|recorded| recorded.launch)
+            .collect()
     }
 
     pub fn start(&self, launch: &Launch) -> Result<u32, ServiceError> {
         let comfyui = launch.env_dir.join("ComfyUI");
         let python = launch.env_dir.join("venv/bin/python");
         let log = self.open_log(launch)?;
-        let log_err =
-            log.try_clone().map_err(|source| ServiceError::Write { path: self.log_file(), source })?;
+        let log_err = log
+            .try_clone()
+            .map_err(|source| ServiceError::Write { path: self.log_file(launch.instance), source })?;
         let mut command = tokio::process::Command::new(&python);
         command
             .arg(comfyui.join("main.py"))
@@ -114,6 +189,7 @@ impl ComfyuiService {
             .kill_on_drop(false);
         self.environment.apply(&mut command);
         command.env("PYTHONUNBUFFERED", "1");
+        command.envs(launch.env.iter().map(|(name, value)| (name, value)));
         let child =
             command.spawn().map_err(|source| ServiceError::Start { env: launch.env_dir.clone(), source })?;
         let pid = child.id().unwrap_or_default();
@@ -125,51 +201,71 @@ impl ComfyuiService {
             launch: launch.clone(),
         };
         let json = serde_json::to_vec_pretty(&record).unwrap_or_default();
-        comfyfleet_daemon::files::write_atomic(&self.pid_file(), &json, 0o644)
-            .map_err(|source| ServiceError::Write { path: self.pid_file(), source })?;
-        *self.child.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(child);
-        tracing::info!(pid, port = launch.port, revision = %launch.revision_id.short(), "ComfyUI started");
+        let pid_file = self.pid_file(launch.instance);
+        comfyfleet_daemon::files::write_atomic(&pid_file, &json, 0o644)
+            .map_err(|source| ServiceError::Write { path: pid_file.clone(), source })?;
+        self.exits.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&launch.instance);
+        self.children
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(launch.instance, child);
+        tracing::info!(
+            pid,
+            port = launch.port,
+            instance = launch.instance,
+            gpus = ?launch.gpus,
+            revision = %launch.revision_id.short(),
+            "ComfyUI started"
+        );
         Ok(pid)
     }
 
-    /// SIGTERM to ComfyUI's process group, SIGKILL after `grace`.
+    /// Every instance stopped: SIGTERM to each one's process group, SIGKILL after `grace`.
     pub async fn stop(&self, grace: Duration) {
-        let Some(record) = self.read_pid_file() else { return };
-        if process_start_ticks(record.pid) == Some(record.start_ticks)
-            && let Some(pid) = Pid::from_raw(record.pid)
-        {
-            let _ = rustix::process::kill_process_group(pid, Signal::TERM);
-            let deadline = tokio::time::Instant::now() + grace;
-            while tokio::time::Instant::now() < deadline && self.alive(&record) {
-                tokio::time::sleep(Duration::from_millis(50)).await;
+        let records = self.pid_files();
+        for record in records.values() {
+            if self.alive(record)
+                && let Some(pid) = Pid::from_raw(record.pid)
+            {
+                let _ = rustix::process::kill_process_group(pid, Signal::TERM);
             }
-            if self.alive(&record) {
+        }
+        let deadline = tokio::time::Instant::now() + grace;
+        while tokio::time::Instant::now() < deadline && records.values().any(|record| self.alive(record)) {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        for record in records.values() {
+            if self.alive(record)
+                && let Some(pid) = Pid::from_raw(record.pid)
+            {
                 tracing::warn!(pid = record.pid, "ComfyUI did not stop within {grace:?}; killing it");
                 let _ = rustix::process::kill_process_group(pid, Signal::KILL);
-                while self.alive(&record) {
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
             }
-            tracing::info!(pid = record.pid, "ComfyUI stopped");
         }
-        let _ = std::fs::remove_file(self.pid_file());
+        while records.values().any(|record| self.alive(record)) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        for (instance, record) in &records {
+            tracing::info!(pid = record.pid, instance, "ComfyUI stopped");
+            let _ = std::fs::remove_file(self.pid_file(*instance));
+        }
     }
 
     fn alive(&self, record: &PidFile) -> bool {
-        let _ = self.exited();
+        self.reap();
         process_start_ticks(record.pid) == Some(record.start_ticks)
     }
 
-    /// The last lines ComfyUI printed.
-    pub fn log_tail(&self, lines: usize) -> String {
-        let text = std::fs::read_to_string(self.log_file()).unwrap_or_default();
+    /// The last lines instance `instance` printed.
+    pub fn log_tail(&self, instance: usize, lines: usize) -> String {
+        let text = std::fs::read_to_string(self.log_file(instance)).unwrap_or_default();
         let all: Vec<&str> = text.lines().collect();
         all[all.len().saturating_sub(lines)..].join("\n")
     }
 
-    /// What ComfyUI printed since the agent last started it.
-    pub fn this_start_log(&self) -> String {
-        let text = std::fs::read_to_string(self.log_file()).unwrap_or_default();
+    /// What instance `instance` printed since the agent last started it.
+    pub fn this_start_log(&self, instance: usize) -> String {
+        let text = std::fs::read_to_string(self.log_file(instance)).unwrap_or_default();
         match text.rfind(START_MARKER) {
             Some(at) => text[at..].to_owned(),
             None => text,
@@ -177,7 +273,7 @@ impl ComfyuiService {
     }
 
     fn open_log(&self, launch: &Launch) -> Result<std::fs::File, ServiceError> {
-        let path = self.log_file();
+        let path = self.log_file(launch.instance);
         if std::fs::metadata(&path).is_ok_and(|meta| meta.len() > MAX_LOG_BYTES) {
             let _ = std::fs::rename(&path, path.with_extension("log.1"));
         }
@@ -195,6 +291,12 @@ impl ComfyuiService {
         );
         Ok(file)
     }
+}
+
+/// `comfyui` for instance 0 (the only one on most machines, named as before
+/// instances), `comfyui-<i>` for the others.
+fn file_stem(instance: usize) -> String {
+    if instance == 0 { "comfyui".to_owned() } else { format!("comfyui-{instance}") }
 }
 
 /// A live (not zombie) process's start time, from `/proc/PID/stat`.

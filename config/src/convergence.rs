@@ -15,6 +15,8 @@ use crate::spec_digest::SpecDigest;
 pub const MAX_STEPS: usize = 32;
 /// The most optimisations one report may carry.
 pub const MAX_OPTIMIZATIONS: usize = 64;
+/// ComfyUI instances in one report (one per GPU: 8 on the largest machines).
+pub const MAX_INSTANCES: usize = 64;
 /// The longest step detail or error accepted.
 pub const MAX_DETAIL: usize = 4096;
 /// The longest output tail accepted per step.
@@ -172,6 +174,69 @@ pub struct ConvergenceReport {
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub error: String,
     pub updated_at: Timestamp,
+    /// The machine's ComfyUIs (one per GPU): absent from older agents' reports.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub instances: Vec<InstanceReport>,
+}
+
+/// One ComfyUI of a machine: the GPUs it sees, where it listens, how it is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstanceReport {
+    pub index: u32,
+    /// NVML indices; empty: every GPU (the only instance).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub gpus: Vec<u32>,
+    pub port: u32,
+    pub pid: u32,
+    pub state: InstanceState,
+    /// What its last health check said.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub health: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum InstanceState {
+    /// Started, its health not checked yet.
+    Starting,
+    /// Passed its health check.
+    Healthy,
+    /// Failed its health check.
+    Failed,
+    /// Running (adopted, or restarted after a crash): not checked since.
+    Running,
+    /// Its process is gone.
+    Exited,
+}
+
+impl InstanceState {
+    pub const ALL: [InstanceState; 5] = [
+        InstanceState::Starting,
+        InstanceState::Healthy,
+        InstanceState::Failed,
+        InstanceState::Running,
+        InstanceState::Exited,
+    ];
+
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            InstanceState::Starting => "starting",
+            InstanceState::Healthy => "healthy",
+            InstanceState::Failed => "failed",
+            InstanceState::Running => "running",
+            InstanceState::Exited => "exited",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<InstanceState> {
+        InstanceState::ALL.into_iter().find(|state| state.as_str() == text)
+    }
+}
+
+impl fmt::Display for InstanceState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// Why a report was refused; `field` is a path such as `steps[2].detail`.
@@ -200,6 +265,7 @@ impl ConvergenceReport {
             optimizations: Vec::new(),
             error: String::new(),
             updated_at: now,
+            instances: Vec::new(),
         }
     }
 
@@ -239,6 +305,18 @@ impl ConvergenceReport {
             name(&field("name"), &outcome.name)?;
             text(&field("version"), &outcome.version, MAX_TEXT)?;
             text(&field("detail"), &outcome.detail, MAX_DETAIL)?;
+        }
+        if self.instances.len() > MAX_INSTANCES {
+            return Err(ReportError::new("instances", format!("has more than {MAX_INSTANCES} entries")));
+        }
+        for (position, instance) in self.instances.iter().enumerate() {
+            text(&format!("instances[{position}].health"), &instance.health, MAX_DETAIL)?;
+            if instance.gpus.len() > MAX_INSTANCES {
+                return Err(ReportError::new(
+                    format!("instances[{position}].gpus"),
+                    format!("has more than {MAX_INSTANCES} entries"),
+                ));
+            }
         }
         Ok(())
     }
@@ -328,6 +406,23 @@ impl ConvergenceReport {
             text(&|| format!("optimizations[{at}].detail"), &mut outcome.detail, MAX_DETAIL, true);
             true
         });
+        if self.instances.len() > MAX_INSTANCES {
+            dropped.push(ReportError::new(
+                "instances",
+                format!("had {} entries; the first {MAX_INSTANCES} were kept", self.instances.len()),
+            ));
+            self.instances.truncate(MAX_INSTANCES);
+        }
+        for (at, instance) in self.instances.iter_mut().enumerate() {
+            if instance.gpus.len() > MAX_INSTANCES {
+                dropped.push(ReportError::new(
+                    format!("instances[{at}].gpus"),
+                    format!("had {} entries; the first {MAX_INSTANCES} were kept", instance.gpus.len()),
+                ));
+                instance.gpus.truncate(MAX_INSTANCES);
+            }
+            text(&|| format!("instances[{at}].health"), &mut instance.health, MAX_DETAIL, true);
+        }
         mended.extend(dropped);
     }
 }

@@ -331,3 +331,24 @@ fn per_build_torch_indexes_must_be_allowed_builds_over_https() {
         "{messages:#?}"
     );
 }
+
+#[test]
+fn instances_are_a_mode_or_gpu_groups_never_both() {
+    let accepted = |text: &str| Spec::parse("spec.toml", text, SpecFormat::Toml).unwrap();
+    let one = accepted(&format!("{BASE}\n[run]\ninstances = \"one\"\n"));
+    assert_eq!(one.run.instances_plan().groups_for(&[0, 1]).unwrap(), vec![Vec::<u32>::new()]);
+    let groups =
+        accepted(&format!("{BASE}\n[[run.instance]]\ngpus = [0, 1]\n[[run.instance]]\ngpus = [2]\n"));
+    assert_eq!(groups.run.instances_plan().groups_for(&[0, 1, 2]).unwrap(), vec![vec![0, 1], vec![2]]);
+    let default = accepted(BASE);
+    assert_eq!(default.run.instances_plan().groups_for(&[0, 1]).unwrap(), vec![vec![0], vec![1]]);
+
+    let wrong = errors(&format!("{BASE}\n[run]\ninstances = \"two\"\n"));
+    assert!(wrong[0].to_string().contains("per-gpu"), "{}", wrong[0]);
+    let both = errors(&format!("{BASE}\n[run]\ninstances = \"one\"\n[[run.instance]]\ngpus = [0]\n"));
+    assert!(both[0].to_string().contains("keep one"), "{}", both[0]);
+    let twice = errors(&format!("{BASE}\n[[run.instance]]\ngpus = [0, 1]\n[[run.instance]]\ngpus = [1]\n"));
+    assert!(twice[0].to_string().contains("GPU 1 is in two instances"), "{}", twice[0]);
+    let empty = errors(&format!("{BASE}\n[[run.instance]]\ngpus = []\n"));
+    assert!(empty[0].to_string().contains("run.instance[0].gpus"), "{}", empty[0]);
+}

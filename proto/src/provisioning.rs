@@ -4,7 +4,8 @@
 
 use comfyfleet_config::assignment::{AssignmentRecord, MachineAssignment};
 use comfyfleet_config::convergence::{
-    ConvergenceReport, OptimizationOutcome, OptimizationState, Phase, ReportError, StepReport, StepState,
+    ConvergenceReport, InstanceReport, InstanceState, OptimizationOutcome, OptimizationState, Phase,
+    ReportError, StepReport, StepState,
 };
 use comfyfleet_config::spec::DriverCompat;
 
@@ -165,6 +166,18 @@ impl From<&ConvergenceReport> for pb::ConvergenceReport {
                 .collect(),
             error: report.error.clone(),
             updated_at: Some(timestamp_to_wire(report.updated_at)),
+            instances: report
+                .instances
+                .iter()
+                .map(|instance| pb::InstanceReport {
+                    index: instance.index,
+                    gpus: instance.gpus.clone(),
+                    port: instance.port,
+                    pid: instance.pid,
+                    state: instance.state.to_string(),
+                    health: instance.health.clone(),
+                })
+                .collect(),
         }
     }
 }
@@ -303,7 +316,26 @@ fn convert_report(
             received_at
         }
     };
+    let mut instances = Vec::with_capacity(wire.instances.len());
+    for (position, instance) in wire.instances.into_iter().enumerate() {
+        let Some(state) = InstanceState::parse(&instance.state) else {
+            mended.push(ReportError::new(
+                format!("instances[{position}].state"),
+                "is not a known instance state; the instance was left out",
+            ));
+            continue;
+        };
+        instances.push(InstanceReport {
+            index: instance.index,
+            gpus: instance.gpus,
+            port: instance.port,
+            pid: instance.pid,
+            state,
+            health: instance.health,
+        });
+    }
     let report = ConvergenceReport {
+        instances,
         generation: wire.generation,
         environment: wire.environment,
         revision_number: wire.revision_number,

@@ -33,6 +33,9 @@ pub struct ComfyuiFacts {
     /// record of an older agent).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub model_folders: Vec<ModelFolder>,
+    /// It takes `--temp-directory`: each instance gets its own.
+    #[serde(default)]
+    pub temp_directory: bool,
 }
 
 impl ComfyuiFacts {
@@ -45,6 +48,7 @@ impl ComfyuiFacts {
             migrations: migrations(comfyui),
             models_directory: cli_args.contains("\"--models-directory\""),
             model_folders: model_folders::defined_in(&folder_paths),
+            temp_directory: cli_args.contains("\"--temp-directory\""),
         }
     }
 }

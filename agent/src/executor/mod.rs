@@ -352,6 +352,7 @@ fn complete(build: &Build<'_>, progress: &Progress) -> Result<(StepOutcome, Comp
         steps,
         comfyui_args,
         port: spec.run.port,
+        instances: spec.run.instances_plan(),
         drain_timeout_ms: duration_ms(spec.run.drain_timeout.0),
         health_timeout_ms: duration_ms(spec.run.health_timeout.0),
         completed_at: jiff::Timestamp::now(),

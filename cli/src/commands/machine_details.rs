@@ -198,7 +198,31 @@ fn report(machine: &MachineView, now: Timestamp) -> String {
             "  ",
         ));
     }
+    if !report.instances.is_empty() {
+        text.push_str("Instances:\n");
+        text.push_str(&indented(&instances(report), "  "));
+    }
     text
+}
+
+/// One row per ComfyUI: its GPUs, port, pid, state and last health (first line).
+fn instances(report: &ConvergenceReport) -> String {
+    let rows: Vec<Vec<String>> = report
+        .instances
+        .iter()
+        .map(|instance| {
+            let gpus: Vec<String> = instance.gpus.iter().map(u32::to_string).collect();
+            vec![
+                instance.index.to_string(),
+                if gpus.is_empty() { "all".to_owned() } else { gpus.join(",") },
+                instance.port.to_string(),
+                instance.pid.to_string(),
+                instance.state.to_string(),
+                instance.health.lines().next().unwrap_or("-").to_owned(),
+            ]
+        })
+        .collect();
+    format::table(&["INSTANCE", "GPUS", "PORT", "PID", "STATE", "HEALTH"], &rows)
 }
 
 /// `render-prod@2 (1a2b3c4d5e6f)`, or `nothing assigned` for an idle report.

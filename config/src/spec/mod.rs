@@ -10,6 +10,7 @@ pub mod catalog;
 pub mod compute_set;
 pub mod credentials;
 pub mod driver;
+pub mod instances;
 pub mod kernel;
 pub mod model;
 pub mod names;
@@ -308,6 +309,22 @@ pub struct RunSpec {
     /// (installs allowed, and shown as drift).
     #[serde(default, skip_serializing_if = "ManagerMode::is_off")]
     pub manager: ManagerMode,
+    /// `per-gpu` (one ComfyUI per GPU, the default) or `one` (one that sees them all).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instances: Option<instances::InstancesMode>,
+    /// Explicit GPU groups, one ComfyUI each (`[[run.instance]] gpus = [0, 1]`).
+    #[serde(default, rename = "instance", skip_serializing_if = "Vec::is_empty")]
+    pub instance: Vec<instances::InstanceSpec>,
+}
+
+impl RunSpec {
+    /// What the agent runs: the mode, or the explicit groups.
+    pub fn instances_plan(&self) -> instances::InstancesPlan {
+        instances::InstancesPlan {
+            mode: self.instances.unwrap_or_default(),
+            groups: self.instance.iter().map(|instance| instance.gpus.clone()).collect(),
+        }
+    }
 }
 
 fn default_port() -> u16 {
@@ -331,6 +348,8 @@ impl Default for RunSpec {
             drain_timeout: default_drain_timeout(),
             health_timeout: default_health_timeout(),
             manager: ManagerMode::default(),
+            instances: None,
+            instance: Vec::new(),
         }
     }
 }

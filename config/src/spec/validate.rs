@@ -481,6 +481,30 @@ fn check_run(problems: &mut Problems, spec: &Spec, optimization_names: &BTreeSet
     if run.port == 0 {
         problems.add("run.port", "0 is not a port: write e.g. 8188");
     }
+    if run.instances.is_some() && !run.instance.is_empty() {
+        problems.add(
+            "run.instances",
+            "is set together with [[run.instance]]: keep one (the groups say which GPUs each ComfyUI sees)",
+        );
+    }
+    let mut seen = BTreeSet::new();
+    for (i, instance) in run.instance.iter().enumerate() {
+        if instance.gpus.is_empty() {
+            problems
+                .add(format!("run.instance[{i}].gpus"), "is empty: list the GPU indices, e.g. gpus = [0, 1]");
+        }
+        for gpu in &instance.gpus {
+            if !seen.insert(*gpu) {
+                problems.add(
+                    format!("run.instance[{i}].gpus"),
+                    format!("GPU {gpu} is in two instances: each GPU renders for one ComfyUI"),
+                );
+            }
+        }
+    }
+    if usize::from(run.port) + run.instance.len().max(1) > usize::from(u16::MAX) + 1 {
+        problems.add("run.port", "leaves no room for one port per instance (run.port + its index)");
+    }
     let check_args = |problems: &mut Problems, path: &str, args: &[String]| {
         for (i, arg) in args.iter().enumerate() {
             if arg.is_empty() || arg.len() > 1024 || arg.chars().any(char::is_control) {

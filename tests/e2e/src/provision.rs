@@ -47,6 +47,30 @@ pub fn free_ports(n: usize) -> Vec<u16> {
     listeners.iter().map(|listener| listener.local_addr().unwrap().port()).collect()
 }
 
+/// A port nobody listens on now, followed by `n - 1` more: the ports of a machine's
+/// `n` ComfyUIs (one per GPU, `--comfyui-port` + its index).
+pub fn free_port_run(n: usize) -> u16 {
+    loop {
+        let first = free_port();
+        let rest: Option<Vec<TcpListener>> = (1..n)
+            .map(|offset| u16::try_from(usize::from(first) + offset).ok())
+            .map(|port| port.and_then(|port| TcpListener::bind(("127.0.0.1", port)).ok()))
+            .collect();
+        if rest.is_some() {
+            return first;
+        }
+    }
+}
+
+/// How many GPUs a profile of gpu-profiles.json has.
+fn gpu_count(profile: &Value) -> usize {
+    profile["gpus"]
+        .as_array()
+        .map(|gpus| gpus.iter().map(|gpu| gpu["count"].as_u64().unwrap_or(1)).sum::<u64>())
+        .and_then(|count| usize::try_from(count).ok())
+        .unwrap_or(1)
+}
+
 impl Fleet {
     pub fn start() -> Fleet {
         Self::start_with(&CatalogOptions::new(&crate::standin::system_python().tag))
@@ -113,7 +137,8 @@ impl Fleet {
     /// As [`Fleet::agent`], with extra flags, and `path` as the agent's PATH (default:
     /// the shims, then the test's PATH).
     pub fn agent_with(&self, name: &str, profile_name: &str, extra: &[&str], path: Option<&str>) -> Agent {
-        let port = free_port().to_string();
+        // One ComfyUI per GPU, on consecutive ports.
+        let port = free_port_run(gpu_count(&profile(profile_name)).max(1)).to_string();
         let default_path = format!("{}:{}", self.shims.display(), std::env::var("PATH").unwrap_or_default());
         let path = path.map_or(default_path, str::to_owned);
         let import_log = self.import_log.to_string_lossy().into_owned();

@@ -152,6 +152,18 @@ impl StandinComfyui {
         self.repo.commit(&[("main.py", &main)], "Break the start")
     }
 
+    /// Commits a `main.py` that exits with "broken GPU" before it listens when it is
+    /// given the GPUs `visible` (its `CUDA_VISIBLE_DEVICES`): one instance of a
+    /// machine's several that never passes its health check. Returns the commit.
+    pub fn commit_crash_on_devices(&self, visible: &str) -> String {
+        let crash = format!(
+            "    if os.environ.get(\"CUDA_VISIBLE_DEVICES\") == {visible:?}:\n        raise SystemExit(\"broken GPU {visible}\")\n"
+        );
+        let main = COMFYUI_MAIN.replacen(BEFORE_LISTENING, &crash, 1);
+        assert_ne!(main, COMFYUI_MAIN, "main.py lost its marker");
+        self.repo.commit(&[("main.py", &main)], "Break the start on one GPU")
+    }
+
     /// Commits a `main.py` whose `/system_stats` reports `pytorch_version` instead
     /// of the installed torch's: a health check that must fail. Returns the commit.
     pub fn commit_reporting_pytorch_version(&self, pytorch_version: &str) -> String {

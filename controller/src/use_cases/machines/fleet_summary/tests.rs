@@ -19,6 +19,7 @@ fn report(phase: Phase) -> ConvergenceReport {
         steps: Vec::new(),
         optimizations: Vec::new(),
         error: String::new(),
+        instances: Vec::new(),
         updated_at: Timestamp::now(),
     }
 }

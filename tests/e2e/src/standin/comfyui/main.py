@@ -17,7 +17,7 @@ off and runs on. It imitates the
 version in comfyui_version.py: 0.3.64 logs bare messages, 0.23 and later (0.33.0)
 start each record with an ANSI colour and "[LEVEL] " (app/logger.py). A prompt "renders" (one at a time) until the file
 named by its "wait_for_file" key exists, or for "seconds" seconds. It writes nothing
-outside --output-directory, --user-directory and the database, and exits when the
+outside --output-directory, --user-directory, --temp-directory and the database, and exits when the
 directory holding this file disappears, so a test that deletes its temporary
 directory leaves no process behind.
 """
@@ -242,6 +242,9 @@ def system_stats(torch_module):
             "pytorch_version": pytorch_version,
             "embedded_python": False,
             "argv": sys.argv,
+            # Not in ComfyUI's answer: which GPUs this process was given, for tests.
+            "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
+            "cuda_device_order": os.environ.get("CUDA_DEVICE_ORDER"),
         },
         # ComfyUI reports the one device it renders on.
         "devices": [
@@ -406,6 +409,9 @@ def main():
     else:
         logging.info("Skipping loading of custom nodes")
     setup_database()
+    if args.temp_directory:
+        # ComfyUI's temp directory is "temp" under the one it is given.
+        os.makedirs(os.path.join(os.path.abspath(args.temp_directory), "temp"), exist_ok=True)
 
     output_directory = args.output_directory or os.path.join(HERE, "output")
     queue = PromptQueue(output_directory)
