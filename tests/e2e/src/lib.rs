@@ -294,20 +294,22 @@ impl Agent {
         Agent { name: name.to_owned(), data_dir, profile_path, process, url: url.to_owned(), extra, env }
     }
 
-    /// The ComfyUI process the agent runs, from its pid file, if alive.
+    /// The ComfyUI process the agent runs (its first instance), from its pid file, if alive.
     pub fn comfyui_pid(&self) -> Option<i32> {
-        let text = std::fs::read_to_string(self.data_dir.join("run/comfyui.json")).ok()?;
-        let pid = serde_json::from_str::<Value>(&text).ok()?["pid"].as_i64()?;
-        let pid = i32::try_from(pid).ok()?;
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-        let state = stat.rsplit(')').next()?.split_whitespace().next()?;
-        (state != "Z").then_some(pid)
+        live_pid(&self.data_dir.join("run/comfyui.json"))
     }
 
-    /// kill -9 of the ComfyUI process group, if one runs.
+    /// kill -9 of every ComfyUI process group the agent runs (one per instance).
     pub fn kill_comfyui(&self) {
-        if let Some(pid) = self.comfyui_pid().and_then(rustix::process::Pid::from_raw) {
-            let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
+        let Ok(entries) = std::fs::read_dir(self.data_dir.join("run")) else { return };
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if !(name.starts_with("comfyui") && name.ends_with(".json")) {
+                continue;
+            }
+            if let Some(pid) = live_pid(&entry.path()).and_then(rustix::process::Pid::from_raw) {
+                let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
+            }
         }
     }
 
@@ -345,6 +347,16 @@ impl Drop for Agent {
         self.process.kill();
         self.kill_comfyui();
     }
+}
+
+/// The pid a ComfyUI pid file names, if that process is alive.
+fn live_pid(pid_file: &Path) -> Option<i32> {
+    let text = std::fs::read_to_string(pid_file).ok()?;
+    let pid = serde_json::from_str::<Value>(&text).ok()?["pid"].as_i64()?;
+    let pid = i32::try_from(pid).ok()?;
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let state = stat.rsplit(')').next()?.split_whitespace().next()?;
+    (state != "Z").then_some(pid)
 }
 
 #[allow(clippy::too_many_arguments)]
