@@ -150,7 +150,17 @@ fn main() {
     let controller = Controller::start_with(
         &dir.path().join("controller"),
         0,
-        &["--heartbeat-interval", "5s", "--metrics-listen", &metrics, "--web-listen", &web],
+        // Every simulated agent comes from 127.0.0.1: no cap per address.
+        &[
+            "--heartbeat-interval",
+            "5s",
+            "--max-connections-per-address",
+            "0",
+            "--metrics-listen",
+            &metrics,
+            "--web-listen",
+            &web,
+        ],
     );
 
     let mut options = SimOptions::new(n);
